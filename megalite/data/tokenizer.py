@@ -1,0 +1,172 @@
+"""One tokenizer interface over sentencepiece models, Hugging Face tokenizers and GPT-2 BPE files.
+
+``build_tokenizer`` takes Megatron's ``--tokenizer-type`` names. Every tokenizer exposes the
+vocabulary size, the end-of-document id (appended by ``--append-eod``), bos/pad ids when the
+vocabulary has them, and encode / batch-encode / decode. Encoding never adds special tokens:
+pretraining data marks document boundaries with ``eod`` explicitly.
+"""
+
+import json
+import os
+from abc import ABC, abstractmethod
+from typing import List, Optional, Sequence
+
+from megalite.errors import MegaliteError
+
+
+class Tokenizer(ABC):
+    vocab_size: int
+    eod: int
+    bos: Optional[int] = None
+    pad: Optional[int] = None
+
+    @abstractmethod
+    def encode_batch(self, texts: Sequence[str]) -> List[List[int]]:
+        """Token ids of each text, on the calling thread only (workers parallelise above us)."""
+
+    @abstractmethod
+    def decode(self, ids: Sequence[int]) -> str: ...
+
+    def encode(self, text: str) -> List[int]:
+        return self.encode_batch([text])[0]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(vocab_size={self.vocab_size}, eod={self.eod})"
+
+
+class SentencePieceTokenizer(Tokenizer):
+    """A sentencepiece ``.model`` file (Llama-style; what data_tools/train_tokenizer.py writes)."""
+
+    def __init__(self, model_file: str):
+        import sentencepiece
+
+        _require_file(model_file, "--tokenizer-model")
+        self.model_file = model_file
+        self._sp = sentencepiece.SentencePieceProcessor(model_file=model_file)
+        self.vocab_size = self._sp.get_piece_size()
+        self.eod = _or_none(self._sp.eos_id())
+        self.bos = _or_none(self._sp.bos_id())
+        self.pad = _or_none(self._sp.pad_id())
+        if self.eod is None:
+            raise MegaliteError(f"{model_file}: the sentencepiece model has no eos piece to use as eod")
+
+    def encode_batch(self, texts):
+        return self._sp.encode(list(texts), num_threads=1)
+
+    def decode(self, ids):
+        return self._sp.decode([int(i) for i in ids])
+
+
+class _TokenizersLibTokenizer(Tokenizer):
+    """Shared code for tokenizers built on the Rust ``tokenizers`` library."""
+
+    def _setup(self, tok, eod_token: Optional[str], bos_token=None, pad_token=None, where=""):
+        self._tok = tok
+        self.vocab_size = tok.get_vocab_size(with_added_tokens=True)
+        self.eod = tok.token_to_id(eod_token) if eod_token else None
+        if self.eod is None:
+            raise MegaliteError(f"{where}: no end-of-document token ({eod_token!r}) in the vocabulary")
+        self.bos = tok.token_to_id(bos_token) if bos_token else None
+        self.pad = tok.token_to_id(pad_token) if pad_token else None
+
+    def encode_batch(self, texts):
+        # encode_batch in the Rust library fans out over its own thread pool; we want one thread.
+        return [self._tok.encode(t, add_special_tokens=False).ids for t in texts]
+
+    def decode(self, ids):
+        return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
+
+
+class HuggingFaceTokenizer(_TokenizersLibTokenizer):
+    """A Hugging Face tokenizer folder (with tokenizer.json) or a bare ``tokenizer.json``."""
+
+    def __init__(self, path: str):
+        from tokenizers import Tokenizer as RustTokenizer
+
+        folder = path if os.path.isdir(path) else os.path.dirname(path)
+        file = os.path.join(path, "tokenizer.json") if os.path.isdir(path) else path
+        _require_file(file, "--tokenizer-model")
+        config = _read_json(os.path.join(folder, "tokenizer_config.json"))
+        specials = {**config, **_read_json(os.path.join(folder, "special_tokens_map.json"))}
+        tok = RustTokenizer.from_file(file)
+        eod = _token_str(specials.get("eos_token")) or _guess_eod(tok)
+        self._setup(tok, eod, _token_str(specials.get("bos_token")), _token_str(specials.get("pad_token")), file)
+        self.path = path
+
+
+class GPT2BPETokenizer(_TokenizersLibTokenizer):
+    """GPT-2 byte-level BPE from ``vocab.json`` + ``merges.txt`` (Megatron's GPT2BPETokenizer)."""
+
+    def __init__(self, vocab_file: str, merge_file: str):
+        from tokenizers import ByteLevelBPETokenizer
+
+        _require_file(vocab_file, "--vocab-file")
+        _require_file(merge_file, "--merge-file")
+        tok = ByteLevelBPETokenizer(vocab_file, merge_file)
+        self._setup(tok, "<|endoftext|>", where=vocab_file)
+
+
+TOKENIZER_TYPES = (
+    "SentencePieceTokenizer",
+    "GPTSentencePieceTokenizer",
+    "Llama2Tokenizer",
+    "HuggingFaceTokenizer",
+    "GPT2BPETokenizer",
+)
+
+
+def build_tokenizer(
+    tokenizer_type: str,
+    tokenizer_model: Optional[str] = None,
+    vocab_file: Optional[str] = None,
+    merge_file: Optional[str] = None,
+) -> Tokenizer:
+    """Build a tokenizer from Megatron-style flags."""
+    if tokenizer_type in ("SentencePieceTokenizer", "GPTSentencePieceTokenizer", "Llama2Tokenizer"):
+        return SentencePieceTokenizer(_need(tokenizer_model, "--tokenizer-model", tokenizer_type))
+    if tokenizer_type == "HuggingFaceTokenizer":
+        return HuggingFaceTokenizer(_need(tokenizer_model, "--tokenizer-model", tokenizer_type))
+    if tokenizer_type == "GPT2BPETokenizer":
+        return GPT2BPETokenizer(
+            _need(vocab_file, "--vocab-file", tokenizer_type),
+            _need(merge_file, "--merge-file", tokenizer_type),
+        )
+    raise MegaliteError(
+        f"--tokenizer-type {tokenizer_type!r} is not supported; choose one of {', '.join(TOKENIZER_TYPES)}"
+    )
+
+
+def _need(value, flag, tokenizer_type):
+    if not value:
+        raise MegaliteError(f"--tokenizer-type {tokenizer_type} needs {flag}")
+    return value
+
+
+def _require_file(path: str, flag: str) -> None:
+    if not os.path.isfile(path):
+        raise MegaliteError(f"{flag} {path}: no such file")
+
+
+def _or_none(i: int) -> Optional[int]:
+    return None if i < 0 else i
+
+
+def _read_json(path: str) -> dict:
+    if not os.path.isfile(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _token_str(value) -> Optional[str]:
+    """Special tokens in HF configs are a string or an AddedToken dict with a 'content' key."""
+    if isinstance(value, dict):
+        return value.get("content")
+    return value
+
+
+def _guess_eod(tok) -> Optional[str]:
+    for name in ("<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>", "<|im_end|>"):
+        if tok.token_to_id(name) is not None:
+            return name
+    return None

@@ -1,0 +1,35 @@
+"""Installs megalite, builds the C++ index helpers (csrc/) and declares the optional extras."""
+
+from pybind11.setup_helpers import Pybind11Extension, build_ext
+from setuptools import find_packages, setup
+
+extras = {
+    "data": ["datasets>=2.14", "pyarrow>=12", "zstandard>=0.21", "datasketch>=1.5"],
+    "hf": ["transformers>=4.40", "safetensors>=0.4"],
+    "post": ["trl>=0.9", "peft>=0.10"],
+    "eval": ["lm-eval>=0.4"],
+    # flash-attn is used when present but never required: it needs CUDA to build.
+    "gpu": ["triton>=3.0"],
+    "dev": ["pytest>=7", "pytest-timeout>=2"],
+}
+
+setup(
+    name="megalite",
+    version="0.1.0",
+    description="A readable, Megatron-style framework for pretraining decoder-only LLMs",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    packages=find_packages(include=["megalite", "megalite.*"]),
+    ext_modules=[Pybind11Extension("megalite._helpers", ["csrc/helpers.cpp"], cxx_std=17)],
+    cmdclass={"build_ext": build_ext},
+    install_requires=[
+        "torch>=2.5",
+        "numpy>=1.24",
+        "sentencepiece>=0.1.99",
+        "tokenizers>=0.15",
+        "pyyaml>=6",
+        "tqdm>=4.60",
+    ],
+    extras_require=extras,
+)
