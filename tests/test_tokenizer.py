@@ -1,0 +1,85 @@
+import json
+
+import pytest
+
+from megalite.data.tokenizer import build_tokenizer
+from megalite.errors import MegaliteError
+from tests.conftest import english_documents, run_tool
+
+SAMPLE = "In 1987, the café served 12345 croissants — naïve 日本語 text 🙂 stays\nexact.  Two  spaces."
+
+
+def test_trained_sentencepiece(spm_model):
+    tok = build_tokenizer("SentencePieceTokenizer", spm_model)
+    assert tok.vocab_size == 1000
+    assert (tok.eod, tok.bos, tok.pad) == (2, 1, 3)
+    ids = tok.encode(SAMPLE)
+    assert tok.decode(ids) == SAMPLE  # identity normalisation + byte fallback: exact round trip
+    digits = [tok.decode([i]) for i in tok.encode("12345")]
+    assert [d for d in digits if d.strip()] == ["1", "2", "3", "4", "5"]  # split digits
+    assert 4 in tok.encode("<|im_start|>user")  # the user special token is one, unsplit piece
+    assert tok.encode_batch(["a b", "c"]) == [tok.encode("a b"), tok.encode("c")]
+
+
+def test_train_tokenizer_cli(tmp_path, english_jsonl):
+    run_tool("data_tools/train_tokenizer.py", "--input", english_jsonl, "--vocab-size", "600",
+             "--output-dir", str(tmp_path))
+    tok = build_tokenizer("GPTSentencePieceTokenizer", str(tmp_path / "tokenizer.model"))
+    assert tok.vocab_size == 600
+    assert [p.name for p in tmp_path.iterdir()] == ["tokenizer.model"]
+
+
+def test_train_tokenizer_cli_error(tmp_path):
+    proc = run_tool("data_tools/train_tokenizer.py", "--input", str(tmp_path / "nope.jsonl"),
+                    "--vocab-size", "600", "--output-dir", str(tmp_path), check=False)
+    assert proc.returncode == 1 and proc.stderr.strip().startswith("error:") and "nope.jsonl" in proc.stderr
+
+
+def _train_hf_bpe(folder):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=800, special_tokens=["<s>", "</s>", "<pad>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(english_documents()[:300], trainer)
+    folder.mkdir()
+    tok.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps(
+        {"bos_token": "<s>", "eos_token": {"content": "</s>", "special": True}, "pad_token": "<pad>"}))
+    return tok
+
+
+def test_huggingface_folder_and_file(tmp_path):
+    ref = _train_hf_bpe(tmp_path / "hf")
+    for path in (tmp_path / "hf", tmp_path / "hf" / "tokenizer.json"):
+        tok = build_tokenizer("HuggingFaceTokenizer", str(path))
+        assert tok.vocab_size == ref.get_vocab_size()
+        assert tok.encode(SAMPLE) == ref.encode(SAMPLE, add_special_tokens=False).ids
+        assert tok.decode(tok.encode(SAMPLE)) == SAMPLE
+    tok = build_tokenizer("HuggingFaceTokenizer", str(tmp_path / "hf"))
+    assert (tok.bos, tok.eod, tok.pad) == (0, 1, 2)
+
+
+def test_gpt2_bpe_files(tmp_path):
+    from tokenizers import ByteLevelBPETokenizer
+
+    ref = ByteLevelBPETokenizer()
+    ref.train_from_iterator(english_documents()[:300], vocab_size=700, special_tokens=["<|endoftext|>"])
+    vocab, merges = ref.save_model(str(tmp_path))
+    tok = build_tokenizer("GPT2BPETokenizer", vocab_file=vocab, merge_file=merges)
+    assert tok.eod == ref.token_to_id("<|endoftext|>")
+    assert tok.encode(SAMPLE) == ref.encode(SAMPLE).ids
+    assert tok.decode(tok.encode(SAMPLE)) == SAMPLE
+
+
+@pytest.mark.parametrize("args, message", [
+    (("BertWordPiece",), "not supported"),
+    (("SentencePieceTokenizer",), "needs --tokenizer-model"),
+    (("SentencePieceTokenizer", "/nonexistent/tokenizer.model"), "no such file"),
+    (("GPT2BPETokenizer", None, "/nonexistent/vocab.json", "/x"), "--vocab-file"),
+])
+def test_bad_tokenizer_flags(args, message):
+    with pytest.raises(MegaliteError, match=message):
+        build_tokenizer(*args)
