@@ -10,7 +10,7 @@ writes data/my_text_document.{bin,idx}. See docs/data.md.
 import argparse
 
 from megalite.data.preprocess import PreprocessConfig, TokenizerSpec, preprocess
-from megalite.data.tokenizer import TOKENIZER_TYPES
+from megalite.data.tokenizer import add_tokenizer_args
 from megalite.utils.cli import run_tool
 
 
@@ -24,12 +24,8 @@ def parse_args(argv=None):
     g.add_argument("--strict", action="store_true", help="stop at the first malformed record")
     g.add_argument("--rank", type=int, default=0, help="process records i with i %% world-size == rank")
     g.add_argument("--world-size", type=int, default=1, help="number of parts the input is split into")
-    g = p.add_argument_group("tokenizer")
-    g.add_argument("--tokenizer-type", required=True, choices=TOKENIZER_TYPES)
-    g.add_argument("--tokenizer-model", help="sentencepiece .model, HF folder or tokenizer.json")
-    g.add_argument("--vocab-file", help="GPT-2 BPE vocab.json")
-    g.add_argument("--merge-file", help="GPT-2 BPE merges.txt")
-    g.add_argument("--append-eod", action="store_true", help="append the end-of-document token")
+    add_tokenizer_args(p)
+    p.add_argument("--append-eod", action="store_true", help="append the end-of-document token")
     g = p.add_argument_group("output")
     g.add_argument("--output-prefix", required=True, help="writes <prefix>_<key>_document.{bin,idx}")
     g.add_argument("--workers", type=int, default=1, help="tokenizer processes (one core each)")

@@ -194,6 +194,20 @@ def _check_consistent(path, dtype, lengths, pointers, doc_idx) -> None:
         )
 
 
+def write_index(path: str, dtype, lengths: np.ndarray, doc_idx: np.ndarray) -> None:
+    """Write an ``.idx`` file for tokens of ``dtype`` laid out back to back in the ``.bin``."""
+    dtype = np.dtype(dtype)
+    lengths = np.asarray(lengths)
+    pointers = np.zeros(len(lengths), dtype=np.int64)
+    np.cumsum(lengths[:-1], dtype=np.int64, out=pointers[1:])
+    pointers *= dtype.itemsize
+    with open(path, "wb") as f:
+        f.write(_HEADER.pack(MAGIC, VERSION, _CODE_OF[dtype], len(lengths), len(doc_idx)))
+        f.write(lengths.astype("<i4").tobytes())
+        f.write(pointers.astype("<i8").tobytes())
+        f.write(np.asarray(doc_idx).astype("<i8").tobytes())
+
+
 class IndexedDatasetBuilder:
     """Appends documents to a new ``.bin/.idx`` pair; files appear only on ``finalize``.
 
@@ -277,14 +291,7 @@ class IndexedDatasetBuilder:
         self._closed = True
         lengths = np.concatenate(self._lengths) if self._lengths else np.zeros(0, np.int32)
         doc_idx = np.concatenate(self._doc_starts + [np.array([self._n_seq], dtype=np.int64)])
-        pointers = np.zeros(len(lengths), dtype=np.int64)
-        np.cumsum(lengths[:-1], dtype=np.int64, out=pointers[1:])
-        pointers *= self.dtype.itemsize
-        with open(self._idx_tmp, "wb") as f:
-            f.write(_HEADER.pack(MAGIC, VERSION, _CODE_OF[self.dtype], len(lengths), len(doc_idx)))
-            f.write(lengths.astype("<i4").tobytes())
-            f.write(pointers.astype("<i8").tobytes())
-            f.write(doc_idx.astype("<i8").tobytes())
+        write_index(self._idx_tmp, self.dtype, lengths, doc_idx)
         # .bin first: if we die between the two renames the old .idx no longer matches the
         # new .bin's size, and readers say so instead of reading garbage.
         publish(self._bin_tmp, bin_path(self.path_prefix))

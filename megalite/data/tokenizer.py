@@ -136,6 +136,15 @@ def build_tokenizer(
     )
 
 
+def add_tokenizer_args(parser) -> None:
+    """Megatron's tokenizer flags, shared by every tool that tokenizes or decodes."""
+    g = parser.add_argument_group("tokenizer")
+    g.add_argument("--tokenizer-type", required=True, choices=TOKENIZER_TYPES)
+    g.add_argument("--tokenizer-model", help="sentencepiece .model, HF folder or tokenizer.json")
+    g.add_argument("--vocab-file", help="GPT-2 BPE vocab.json")
+    g.add_argument("--merge-file", help="GPT-2 BPE merges.txt")
+
+
 def _need(value, flag, tokenizer_type):
     if not value:
         raise MegaliteError(f"--tokenizer-type {tokenizer_type} needs {flag}")

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Creates .venv (once) and installs megalite with everything the demo and the tests use.
+# torch: kept if already importable; otherwise the CUDA build where nvidia-smi exists, else
+# the CPU build (pip install torch==2.13.0). Re-running is quick: it reinstalls megalite only
+# when setup.py, pyproject.toml or csrc/ changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+. .venv/bin/activate
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+
+if ! python -c "import torch" 2>/dev/null; then
+    if command -v nvidia-smi >/dev/null 2>&1; then
+        pip install -q torch
+    else
+        pip install -q torch==2.13.0
+    fi
+fi
+
+stamp=.venv/.megalite-installed
+want=$(cat setup.py pyproject.toml csrc/* | sha1sum | cut -c1-40)
+if [ "$(cat $stamp 2>/dev/null)" != "$want" ]; then
+    pip install -q setuptools wheel pybind11
+    pip install -q --no-build-isolation -e ".[data,hf,dev]"
+    echo "$want" > $stamp
+fi
