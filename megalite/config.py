@@ -1,0 +1,311 @@
+"""Every setting of a run, as dataclasses, with Megatron-LM's flag names.
+
+Each field becomes a flag: ``num_layers`` -> ``--num-layers`` (or the name in its metadata).
+``--config x.yaml`` may hold any flag (dashes or underscores); flags on the command line
+override it. ``validate`` rejects impossible combinations with one readable message.
+"""
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+from megalite.errors import MegaliteError
+
+
+def opt(default, help: str, flag: Optional[str] = None, **kw):
+    """A dataclass field that is also a command-line flag."""
+    return field(default=default, metadata={"help": help, "flag": flag, **kw})
+
+
+@dataclass
+class ModelConfig:
+    num_layers: Optional[int] = opt(None, "transformer layers")
+    hidden_size: Optional[int] = opt(None, "model width")
+    num_attention_heads: Optional[int] = opt(None, "query heads")
+    ffn_hidden_size: Optional[int] = opt(None, "MLP width (default 4*hidden, or Llama's 8/3*hidden rounded to 64 with --swiglu)")
+    kv_channels: Optional[int] = opt(None, "head dimension (default hidden / heads)")
+    group_query_attention: bool = opt(False, "use --num-query-groups key/value heads")
+    num_query_groups: Optional[int] = opt(None, "key/value heads with --group-query-attention")
+    normalization: str = opt("LayerNorm", "normalization layer", choices=["LayerNorm", "RMSNorm"])
+    norm_epsilon: float = opt(1e-5, "epsilon of the normalization layers")
+    position_embedding_type: str = opt("learned_absolute", "positions", choices=["learned_absolute", "rope"])
+    rotary_base: int = opt(10000, "RoPE base")
+    rotary_percent: float = opt(1.0, "fraction of each head's dimensions that RoPE rotates")
+    max_position_embeddings: Optional[int] = opt(None, "longest sequence (default --seq-length)")
+    swiglu: bool = opt(False, "SwiGLU MLP instead of GELU")
+    add_bias_linear: bool = opt(True, "no bias in linear layers", flag="--disable-bias-linear", action="store_false")
+    add_qkv_bias: bool = opt(False, "bias in the QKV projection only (Qwen2 style)")
+    untie_embeddings_and_output_weights: bool = opt(False, "separate output layer weights")
+    hidden_dropout: float = opt(0.1, "dropout on the residual branches and embeddings")
+    attention_dropout: float = opt(0.1, "dropout on attention probabilities")
+    init_method_std: float = opt(0.02, "std of the normal initialisation")
+    make_vocab_size_divisible_by: int = opt(128, "pad the vocabulary to a multiple of this (times TP)")
+    vocab_size: Optional[int] = opt(None, "vocabulary size when no tokenizer is given (--mock-data)")
+    attention_backend: str = opt("sdpa", "attention implementation", choices=["sdpa"])
+    # Set from the tokenizer at start-up; stored in checkpoints.
+    padded_vocab_size: Optional[int] = opt(None, "padded vocabulary (normally derived)")
+
+
+@dataclass
+class ParallelConfig:
+    tensor_model_parallel_size: int = opt(1, "tensor-parallel ranks")
+    pipeline_model_parallel_size: int = opt(1, "pipeline stages")
+    distributed_backend: Optional[str] = opt(None, "nccl on CUDA, gloo on CPU by default", choices=["nccl", "gloo"])
+    ddp_bucket_size: int = opt(40_000_000, "elements per data-parallel gradient all-reduce bucket")
+    overlap_grad_reduce: bool = opt(True, "all-reduce gradients in backward", flag="--no-overlap-grad-reduce",
+                                    action="store_false")
+
+
+@dataclass
+class DataConfig:
+    data_path: Optional[List[str]] = opt(None, "PREFIX or WEIGHT PREFIX ...", nargs="+")
+    mock_data: bool = opt(False, "synthetic random tokens instead of --data-path")
+    split: str = opt("969,30,1", "train,valid,test proportions of the documents")
+    data_cache_path: Optional[str] = opt(None, "where GPT sample indices are cached")
+    seq_length: Optional[int] = opt(None, "tokens per sample")
+    tokenizer_type: Optional[str] = opt(None, "tokenizer (see megalite.data.tokenizer)")
+    tokenizer_model: Optional[str] = opt(None, "sentencepiece model / HF tokenizer")
+    vocab_file: Optional[str] = opt(None, "GPT-2 BPE vocab.json")
+    merge_file: Optional[str] = opt(None, "GPT-2 BPE merges.txt")
+    eod_mask_loss: bool = opt(False, "no loss on end-of-document targets")
+    num_workers: int = opt(2, "data loader worker processes")
+
+
+@dataclass
+class TrainingConfig:
+    micro_batch_size: int = opt(1, "samples per forward/backward")
+    global_batch_size: Optional[int] = opt(None, "samples per optimizer step (default micro * dp)")
+    rampup_batch_size: Optional[List[int]] = opt(None, "START INCREMENT RAMP_SAMPLES", nargs=3, type=int)
+    train_iters: Optional[int] = opt(None, "optimizer steps")
+    train_samples: Optional[int] = opt(None, "samples to train on (instead of --train-iters)")
+    seed: int = opt(1234, "seed for initialisation, data order and dropout")
+    lr: float = opt(1e-4, "peak learning rate")
+    min_lr: float = opt(0.0, "learning rate at the end of decay")
+    lr_decay_style: str = opt("cosine", "decay shape", choices=["constant", "linear", "cosine", "WSD"])
+    lr_decay_iters: Optional[int] = opt(None, "iterations of decay (default --train-iters)")
+    lr_warmup_iters: int = opt(0, "linear warm-up iterations")
+    lr_wsd_decay_iters: Optional[int] = opt(None, "final decay iterations of WSD (default 10%% of decay)")
+    lr_wsd_decay_style: str = opt("linear", "WSD's final decay shape", choices=["linear", "cosine", "exponential"])
+    weight_decay: float = opt(0.01, "AdamW weight decay (not on norms and biases)")
+    adam_beta1: float = opt(0.9, "AdamW beta1")
+    adam_beta2: float = opt(0.999, "AdamW beta2")
+    adam_eps: float = opt(1e-8, "AdamW epsilon")
+    clip_grad: float = opt(1.0, "global gradient-norm clip (0 = off)")
+    bf16: bool = opt(False, "bfloat16 parameters and compute, fp32 master weights")
+    fp16: bool = opt(False, "float16 parameters and compute, fp32 master weights, loss scaling")
+    loss_scale: Optional[float] = opt(None, "static loss scale for fp16 (default dynamic)")
+    initial_loss_scale: float = opt(2.0**32, "first dynamic loss scale")
+    min_loss_scale: float = opt(1.0, "smallest dynamic loss scale")
+    loss_scale_window: int = opt(1000, "good steps before the loss scale doubles")
+    hysteresis: int = opt(2, "overflows tolerated before the loss scale halves")
+    recompute_granularity: Optional[str] = opt(None, "activation recomputation", choices=["full", "selective"])
+    eval_interval: int = opt(1000, "iterations between evaluations")
+    eval_iters: int = opt(100, "global batches per evaluation")
+    skip_train: bool = opt(False, "only evaluate")
+
+
+@dataclass
+class LoggingConfig:
+    log_interval: int = opt(100, "iterations between log lines")
+    tensorboard_dir: Optional[str] = opt(None, "TensorBoard event files")
+    metrics_file: Optional[str] = opt(None, "JSON lines of metrics (default <save>/metrics.jsonl)")
+    peak_tflops: Optional[float] = opt(None, "device peak TFLOP/s for MFU (default from a table of GPUs)")
+
+
+@dataclass
+class CheckpointConfig:
+    save: Optional[str] = opt(None, "checkpoint folder")
+    save_interval: Optional[int] = opt(None, "iterations between checkpoints")
+    load: Optional[str] = opt(None, "checkpoint folder to resume from")
+    finetune: bool = opt(False, "load weights only; start at iteration 0")
+    no_load_optim: bool = opt(False, "do not restore the optimizer")
+    no_load_rng: bool = opt(False, "do not restore random states")
+    exit_interval: Optional[int] = opt(None, "save and exit when the iteration is a multiple of this")
+    exit_duration_in_mins: Optional[float] = opt(None, "save and exit after this many minutes")
+
+
+SECTIONS = {
+    "model": ModelConfig,
+    "parallel": ParallelConfig,
+    "data": DataConfig,
+    "training": TrainingConfig,
+    "logging": LoggingConfig,
+    "checkpoint": CheckpointConfig,
+}
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Config":
+        return cls(**{name: SECTIONS[name](**d.get(name, {})) for name in SECTIONS})
+
+
+def _flag(f: dataclasses.Field) -> str:
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def build_parser(description: str = "") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--config", help="YAML file with any of the flags below; command-line flags win")
+    for section, cls in SECTIONS.items():
+        g = p.add_argument_group(section)
+        for f in dataclasses.fields(cls):
+            kw = {"dest": f.name, "help": f.metadata["help"], "default": argparse.SUPPRESS}
+            if f.metadata.get("action"):
+                kw["action"] = f.metadata["action"]
+            elif f.type is bool or f.type == "bool":
+                kw["action"] = "store_true"
+            else:
+                kw["type"] = f.metadata.get("type") or _scalar_type(f)
+                for k in ("choices", "nargs"):
+                    if f.metadata.get(k):
+                        kw[k] = f.metadata[k]
+            g.add_argument(_flag(f), **kw)
+    return p
+
+
+def _scalar_type(f: dataclasses.Field):
+    text = str(f.type)
+    for name, t in (("int", int), ("float", float)):
+        if name in text and "List" not in text:
+            return t
+    return str
+
+
+def parse_config(argv=None, description: str = "") -> Config:
+    """Flags (and an optional --config YAML) -> a validated Config."""
+    ns = vars(build_parser(description).parse_args(argv))
+    values = _read_yaml(ns.pop("config")) if ns.get("config") else {}
+    ns.pop("config", None)
+    values.update(ns)
+    return config_from_values(values)
+
+
+def config_from_values(values: dict) -> Config:
+    """Config from a flat {field name: value} mapping (unknown names are an error)."""
+    cfg = Config()
+    known = {}
+    for section in SECTIONS:
+        for f in dataclasses.fields(SECTIONS[section]):
+            known[f.name] = section
+    for name, value in values.items():
+        if name not in known:
+            raise MegaliteError(f"unknown setting {name!r} (flag --{name.replace('_', '-')})")
+        setattr(getattr(cfg, known[name]), name, value)
+    return cfg
+
+
+def _read_yaml(path: str) -> dict:
+    import yaml
+
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+    except FileNotFoundError:
+        raise MegaliteError(f"--config {path}: no such file") from None
+    except yaml.YAMLError as e:
+        raise MegaliteError(f"--config {path}: not valid YAML ({e})") from None
+    if not isinstance(data, dict):
+        raise MegaliteError(f"--config {path}: expected a mapping of flag names to values")
+    flags = {_flag(f).lstrip("-"): f for cls in SECTIONS.values() for f in dataclasses.fields(cls)}
+    out = {}
+    for key, value in data.items():
+        k = str(key).replace("_", "-")
+        if k not in flags:
+            raise MegaliteError(f"--config {path}: unknown setting {key!r}")
+        f = flags[k]
+        if f.metadata.get("action") == "store_false":  # e.g. disable-bias-linear: true
+            value = not value
+        out[f.name] = value
+    return out
+
+
+def validate(cfg: Config, world_size: int = 1) -> Config:
+    """Fill derived values and reject impossible settings, naming the flags involved."""
+    m, p, d, t, c = cfg.model, cfg.parallel, cfg.data, cfg.training, cfg.checkpoint
+
+    def need(value, flag):
+        if value is None:
+            raise MegaliteError(f"{flag} is required")
+
+    for value, flag in ((m.num_layers, "--num-layers"), (m.hidden_size, "--hidden-size"),
+                        (m.num_attention_heads, "--num-attention-heads"), (d.seq_length, "--seq-length")):
+        need(value, flag)
+    if p.tensor_model_parallel_size != 1 or p.pipeline_model_parallel_size != 1:
+        raise MegaliteError("--tensor-model-parallel-size and --pipeline-model-parallel-size > 1 are not "
+                            "supported yet")
+    mp = p.tensor_model_parallel_size * p.pipeline_model_parallel_size
+    if world_size % mp:
+        raise MegaliteError(f"world size {world_size} is not divisible by tensor x pipeline parallel size {mp}")
+    dp = world_size // mp
+    if m.kv_channels is None:
+        if m.hidden_size % m.num_attention_heads:
+            raise MegaliteError(f"--hidden-size {m.hidden_size} is not divisible by --num-attention-heads "
+                                f"{m.num_attention_heads}")
+        m.kv_channels = m.hidden_size // m.num_attention_heads
+    if m.group_query_attention:
+        need(m.num_query_groups, "--num-query-groups")
+    else:
+        m.num_query_groups = m.num_attention_heads
+    if m.num_attention_heads % m.num_query_groups:
+        raise MegaliteError(f"--num-attention-heads {m.num_attention_heads} is not divisible by "
+                            f"--num-query-groups {m.num_query_groups}")
+    if m.ffn_hidden_size is None:
+        m.ffn_hidden_size = int(8 * m.hidden_size / 3 / 64) * 64 if m.swiglu else 4 * m.hidden_size
+    if m.max_position_embeddings is None:
+        m.max_position_embeddings = d.seq_length
+    if m.position_embedding_type == "learned_absolute" and d.seq_length > m.max_position_embeddings:
+        raise MegaliteError(f"--seq-length {d.seq_length} exceeds --max-position-embeddings "
+                            f"{m.max_position_embeddings}")
+    if not 0 < m.rotary_percent <= 1:
+        raise MegaliteError("--rotary-percent must be in (0, 1]")
+    if d.data_path is None and not d.mock_data:
+        raise MegaliteError("--data-path is required (or --mock-data for synthetic tokens)")
+    if d.mock_data and d.tokenizer_type is None:
+        need(m.vocab_size, "--vocab-size (needed by --mock-data without a tokenizer)")
+    if d.data_path is not None and d.tokenizer_type is None:
+        raise MegaliteError("--tokenizer-type is required with --data-path")
+    if t.bf16 and t.fp16:
+        raise MegaliteError("--bf16 and --fp16 are mutually exclusive")
+    if t.global_batch_size is None:
+        t.global_batch_size = t.micro_batch_size * dp
+    if t.global_batch_size % (t.micro_batch_size * dp):
+        raise MegaliteError(f"--global-batch-size {t.global_batch_size} is not divisible by --micro-batch-size "
+                            f"{t.micro_batch_size} x data-parallel size {dp}")
+    if t.rampup_batch_size:
+        start, inc, _ = t.rampup_batch_size
+        unit = t.micro_batch_size * dp
+        if start % unit or inc % unit or (t.global_batch_size - start) % inc:
+            raise MegaliteError(f"--rampup-batch-size {t.rampup_batch_size}: start and increment must be "
+                                f"multiples of micro batch x dp ({unit}) and reach --global-batch-size")
+    if (t.train_iters is None) == (t.train_samples is None) and not t.skip_train:
+        raise MegaliteError("give exactly one of --train-iters and --train-samples")
+    if c.save_interval is not None and c.save is None:
+        raise MegaliteError("--save-interval needs --save")
+    if cfg.logging.metrics_file is None and c.save:
+        cfg.logging.metrics_file = f"{c.save}/metrics.jsonl"
+    return cfg
+
+
+def data_parallel_size(cfg: Config, world_size: int) -> int:
+    return world_size // (cfg.parallel.tensor_model_parallel_size * cfg.parallel.pipeline_model_parallel_size)
+
+
+# Model settings that must match a checkpoint for its weights to load.
+ARCHITECTURE_FIELDS = (
+    "num_layers", "hidden_size", "num_attention_heads", "ffn_hidden_size", "kv_channels", "num_query_groups",
+    "normalization", "position_embedding_type", "rotary_percent", "swiglu", "add_bias_linear", "add_qkv_bias",
+    "untie_embeddings_and_output_weights", "padded_vocab_size",
+)

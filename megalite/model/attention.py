@@ -1,0 +1,58 @@
+"""Causal self-attention with fused QKV, grouped-query heads and optional RoPE.
+
+The fused QKV weight is laid out group by group, [q heads of group 0, k0, v0, q heads of
+group 1, k1, v1, ...], so a contiguous split of its rows gives each tensor-parallel rank
+whole groups. Activations are [seq, batch, hidden] throughout, as in Megatron.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from megalite.config import ModelConfig
+from megalite.model.rotary import apply_rotary
+from megalite.parallel import state
+from megalite.parallel.layers import ColumnParallelLinear, RowParallelLinear
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig, recompute_core: bool = False):
+        super().__init__()
+        tp = state.get().tp_size
+        self.head_dim = cfg.kv_channels
+        self.heads = cfg.num_attention_heads // tp
+        self.groups = cfg.num_query_groups // tp
+        self.dropout = cfg.attention_dropout
+        self.recompute_core = recompute_core
+        qkv_out = (cfg.num_attention_heads + 2 * cfg.num_query_groups) * self.head_dim
+        self.qkv = ColumnParallelLinear(cfg.hidden_size, qkv_out, bias=cfg.add_bias_linear or cfg.add_qkv_bias,
+                                        init_std=cfg.init_method_std)
+        self.proj = RowParallelLinear(cfg.num_attention_heads * self.head_dim, cfg.hidden_size,
+                                      bias=cfg.add_bias_linear,
+                                      init_std=cfg.init_method_std / math.sqrt(2.0 * cfg.num_layers))
+
+    def forward(self, x, rope=None):
+        s, b, _ = x.shape
+        q_per_group = self.heads // self.groups
+        qkv = self.qkv(x).view(s, b, self.groups, q_per_group + 2, self.head_dim)
+        q = qkv[:, :, :, :q_per_group].reshape(s, b, self.heads, self.head_dim)
+        k, v = qkv[:, :, :, q_per_group], qkv[:, :, :, q_per_group + 1]
+        if self.recompute_core and self.training:
+            out = checkpoint(self._core, q, k, v, rope, use_reentrant=False)
+        else:
+            out = self._core(q, k, v, rope)
+        return self.proj(out)
+
+    def _core(self, q, k, v, rope):
+        if rope is not None:
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        q, k, v = (t.permute(1, 2, 0, 3) for t in (q, k, v))  # [batch, heads, seq, dim]
+        out = F.scaled_dot_product_attention(
+            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0,
+            enable_gqa=self.groups != self.heads,
+        )
+        s, b = out.shape[2], out.shape[0]
+        return out.permute(2, 0, 1, 3).reshape(s, b, self.heads * self.head_dim)

@@ -1,0 +1,101 @@
+"""A decoder-only transformer (GPT / Llama / Qwen2 families), one pipeline stage at a time.
+
+``GPTModel(cfg, pre_process, post_process, layers)`` builds the part of the model one
+pipeline stage owns: the embedding if ``pre_process``, the given range of layers (named by
+their global index, so checkpoints and initialisation do not depend on the split), and the
+final norm + output layer if ``post_process``. With everything on one stage it is the whole
+model. Tensors are [seq, batch, hidden] inside; inputs and outputs are [batch, seq].
+"""
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from megalite.config import ModelConfig
+from megalite.model.attention import SelfAttention
+from megalite.model.mlp import MLP
+from megalite.model.norms import build_norm
+from megalite.model.rotary import RotaryEmbedding
+from megalite.parallel.cross_entropy import vocab_parallel_cross_entropy
+from megalite.parallel.init import mark
+from megalite.parallel.layers import ColumnParallelLinear, VocabParallelEmbedding
+from megalite.parallel.mappings import copy_to_tp
+
+
+class TransformerLayer(nn.Module):
+    """Pre-norm block: x + attn(norm(x)), then x + mlp(norm(x)), dropout on both branches."""
+
+    def __init__(self, cfg: ModelConfig, recompute_core: bool = False):
+        super().__init__()
+        self.input_norm = build_norm(cfg.normalization, cfg.hidden_size, cfg.norm_epsilon)
+        self.attention = SelfAttention(cfg, recompute_core)
+        self.post_attention_norm = build_norm(cfg.normalization, cfg.hidden_size, cfg.norm_epsilon)
+        self.mlp = MLP(cfg)
+        self.dropout = nn.Dropout(cfg.hidden_dropout)
+
+    def forward(self, x, rope=None):
+        x = x + self.dropout(self.attention(self.input_norm(x), rope))
+        return x + self.dropout(self.mlp(self.post_attention_norm(x)))
+
+
+class GPTModel(nn.Module):
+    def __init__(self, cfg: ModelConfig, pre_process: bool = True, post_process: bool = True,
+                 layers: Optional[range] = None, recompute_granularity: Optional[str] = None):
+        super().__init__()
+        self.cfg = cfg
+        self.pre_process, self.post_process = pre_process, post_process
+        self.recompute_full = recompute_granularity == "full"
+        layers = range(cfg.num_layers) if layers is None else layers
+        if pre_process:
+            self.embedding = VocabParallelEmbedding(cfg.padded_vocab_size, cfg.hidden_size, cfg.init_method_std)
+            if cfg.position_embedding_type == "learned_absolute":
+                self.position_embedding = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size)
+                mark(self.position_embedding.weight, cfg.init_method_std)
+            self.embedding_dropout = nn.Dropout(cfg.hidden_dropout)
+        self.rotary = None
+        if cfg.position_embedding_type == "rope":
+            self.rotary = RotaryEmbedding(cfg.kv_channels, cfg.rotary_base, cfg.rotary_percent)
+        selective = recompute_granularity == "selective"
+        self.layers = nn.ModuleDict({str(i): TransformerLayer(cfg, selective) for i in layers})
+        if post_process:
+            self.final_norm = build_norm(cfg.normalization, cfg.hidden_size, cfg.norm_epsilon)
+            if cfg.untie_embeddings_and_output_weights:
+                self.output_layer = ColumnParallelLinear(cfg.hidden_size, cfg.padded_vocab_size, bias=False,
+                                                         init_std=cfg.init_method_std)
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """[batch, seq] ids -> [seq, batch, hidden]."""
+        x = self.embedding(tokens.t())
+        if hasattr(self, "position_embedding"):
+            x = x + self.position_embedding(torch.arange(tokens.shape[1], device=tokens.device))[:, None, :]
+        return self.embedding_dropout(x)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Final norm and output layer: [seq, batch, hidden] -> [seq, batch, vocab / tp]."""
+        x = self.final_norm(x)
+        if self.cfg.untie_embeddings_and_output_weights:
+            return self.output_layer(x)
+        return F.linear(copy_to_tp(x), self.embedding.weight)
+
+    def forward(self, tokens: Optional[torch.Tensor] = None, labels: Optional[torch.Tensor] = None,
+                hidden: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Per-token loss [batch, seq] when ``labels`` are given, else logits [batch, seq, vocab / tp]
+        (or this stage's hidden states when it has no output layer)."""
+        x = self.embed(tokens) if self.pre_process else hidden
+        rope = None
+        if self.rotary is not None:
+            rope = self.rotary(torch.arange(x.shape[0], device=x.device), x.dtype)
+        for layer in self.layers.values():
+            if self.recompute_full and self.training:
+                x = checkpoint(layer, x, rope, use_reentrant=False)
+            else:
+                x = layer(x, rope)
+        if not self.post_process:
+            return x
+        logits = self.logits(x)
+        if labels is None:
+            return logits.transpose(0, 1)
+        return vocab_parallel_cross_entropy(logits, labels.t()).t()

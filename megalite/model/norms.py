@@ -1,0 +1,34 @@
+"""RMSNorm and LayerNorm, computed in fp32 whatever the activation dtype."""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from megalite.parallel.init import mark
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = mark(nn.Parameter(torch.empty(dim)), None, fill=1.0)
+
+    def forward(self, x):
+        y = F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps)
+        return y.to(x.dtype)
+
+
+class LayerNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = mark(nn.Parameter(torch.empty(dim)), None, fill=1.0)
+        self.bias = mark(nn.Parameter(torch.empty(dim)), None, fill=0.0)
+
+    def forward(self, x):
+        y = F.layer_norm(x.float(), (x.shape[-1],), self.weight.float(), self.bias.float(), self.eps)
+        return y.to(x.dtype)
+
+
+def build_norm(kind: str, dim: int, eps: float) -> nn.Module:
+    return {"RMSNorm": RMSNorm, "LayerNorm": LayerNorm}[kind](dim, eps)

@@ -1,0 +1,35 @@
+"""Rotary position embeddings (RoPE), rotate-half convention as in Llama / GPT-NeoX.
+
+With rotary_percent < 1 only the first part of each head's dimensions is rotated.
+"""
+
+import torch
+from torch import nn
+
+
+class RotaryEmbedding(nn.Module):
+    def __init__(self, head_dim: int, base: float, percent: float = 1.0):
+        super().__init__()
+        self.rot_dim = int(head_dim * percent)
+        exponent = torch.arange(0, self.rot_dim, 2, dtype=torch.int64).float() / self.rot_dim
+        self.register_buffer("inv_freq", 1.0 / (base ** exponent), persistent=False)
+
+    def forward(self, positions: torch.Tensor, dtype: torch.dtype):
+        """cos, sin of shape [seq, 1, 1, rot_dim] for ``positions`` [seq]."""
+        freqs = positions.float()[:, None] * self.inv_freq.float()[None, :]
+        emb = torch.cat((freqs, freqs), dim=-1)[:, None, None, :]
+        return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def _rotate_half(x):
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x`` [seq, batch, heads, head_dim] by the angles in cos/sin."""
+    rot = cos.shape[-1]
+    if rot == x.shape[-1]:
+        return x * cos + _rotate_half(x) * sin
+    x_rot, x_pass = x[..., :rot], x[..., rot:]
+    return torch.cat((x_rot * cos + _rotate_half(x_rot) * sin, x_pass), dim=-1)

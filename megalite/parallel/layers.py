@@ -1,0 +1,79 @@
+"""Linear and embedding layers split over tensor-parallel ranks (Megatron's three layers).
+
+ColumnParallelLinear splits the output features, RowParallelLinear the input features,
+VocabParallelEmbedding the vocabulary. With one tensor-parallel rank they are an ordinary
+nn.Linear / nn.Embedding.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from megalite.parallel import state
+from megalite.parallel.init import mark
+from megalite.parallel.mappings import copy_to_tp, gather_from_tp, reduce_from_tp, scatter_to_tp
+
+
+def _divide(n: int, k: int, what: str) -> int:
+    if n % k:
+        raise ValueError(f"{what} ({n}) is not divisible by the tensor-parallel size ({k})")
+    return n // k
+
+
+class ColumnParallelLinear(nn.Module):
+    """y = x W^T + b with W's rows (output features) split across ranks.
+
+    ``stride`` > 1 means the output holds that many stacked blocks (SwiGLU's gate and up),
+    each split separately so every rank keeps matching slices of all of them.
+    """
+
+    def __init__(self, in_features, out_features, bias=True, gather_output=False, init_std=0.02, stride=1):
+        super().__init__()
+        tp = state.get().tp_size
+        self.gather_output = gather_output
+        self.weight = mark(nn.Parameter(torch.empty(_divide(out_features, tp, "output features"), in_features)),
+                           init_std, tp_dim=0, tp_stride=stride)
+        self.bias = None
+        if bias:
+            self.bias = mark(nn.Parameter(torch.empty(self.weight.shape[0])), None, tp_dim=0, tp_stride=stride)
+
+    def forward(self, x):
+        y = F.linear(copy_to_tp(x), self.weight, self.bias)
+        return gather_from_tp(y) if self.gather_output else y
+
+
+class RowParallelLinear(nn.Module):
+    """y = x W^T + b with W's columns (input features) split; partial sums are all-reduced."""
+
+    def __init__(self, in_features, out_features, bias=True, input_is_parallel=True, init_std=0.02):
+        super().__init__()
+        tp = state.get().tp_size
+        self.input_is_parallel = input_is_parallel
+        self.weight = mark(nn.Parameter(torch.empty(out_features, _divide(in_features, tp, "input features"))),
+                           init_std, tp_dim=1)
+        self.bias = mark(nn.Parameter(torch.empty(out_features)), None) if bias else None
+
+    def forward(self, x):
+        if not self.input_is_parallel:
+            x = scatter_to_tp(x)
+        y = reduce_from_tp(F.linear(x, self.weight))
+        return y if self.bias is None else y + self.bias
+
+
+class VocabParallelEmbedding(nn.Module):
+    """Embedding whose vocabulary rows are split; each rank looks up the ids it owns."""
+
+    def __init__(self, num_embeddings, embedding_dim, init_std=0.02):
+        super().__init__()
+        s = state.get()
+        per_rank = _divide(num_embeddings, s.tp_size, "vocabulary size")
+        self.vocab_start, self.vocab_end = s.tp_rank * per_rank, (s.tp_rank + 1) * per_rank
+        self.weight = mark(nn.Parameter(torch.empty(per_rank, embedding_dim)), init_std, tp_dim=0)
+
+    def forward(self, ids):
+        if state.get().tp_size == 1:
+            return F.embedding(ids, self.weight)
+        outside = (ids < self.vocab_start) | (ids >= self.vocab_end)
+        local = (ids - self.vocab_start).masked_fill(outside, 0)
+        out = F.embedding(local, self.weight).masked_fill(outside.unsqueeze(-1), 0.0)
+        return reduce_from_tp(out)

@@ -1,0 +1,97 @@
+"""Who talks to whom: the tensor-, pipeline- and data-parallel process groups.
+
+Ranks are laid out as Megatron does, tensor-parallel fastest, then data-parallel, then
+pipeline: ``rank = tp_rank + tp * (dp_rank + dp * pp_rank)``. Every module asks this one
+place for its ranks and groups; with every size at 1 (or no torch.distributed at all) the
+groups are None and every collective in megalite is a no-op.
+"""
+
+from dataclasses import dataclass
+from typing import List, Optional
+
+import torch.distributed as dist
+
+from megalite.errors import MegaliteError
+
+
+@dataclass
+class ParallelState:
+    world_size: int = 1
+    rank: int = 0
+    tp_size: int = 1
+    pp_size: int = 1
+    dp_size: int = 1
+    tp_rank: int = 0
+    pp_rank: int = 0
+    dp_rank: int = 0
+    tp_group: Optional[object] = None
+    pp_group: Optional[object] = None
+    dp_group: Optional[object] = None
+    model_parallel_group: Optional[object] = None  # tp x pp: ranks holding one model replica
+    pp_ranks: Optional[List[int]] = None
+
+    @property
+    def is_first_stage(self) -> bool:
+        return self.pp_rank == 0
+
+    @property
+    def is_last_stage(self) -> bool:
+        return self.pp_rank == self.pp_size - 1
+
+
+_state = ParallelState()
+
+
+def get() -> ParallelState:
+    return _state
+
+
+def layout(world_size: int, tp: int, pp: int):
+    """Rank lists of every tp, dp, pp and model-parallel group, Megatron's order."""
+    if tp < 1 or pp < 1 or world_size % (tp * pp):
+        raise MegaliteError(
+            f"world size {world_size} is not divisible by tensor ({tp}) x pipeline ({pp}) parallel size"
+        )
+    dp = world_size // (tp * pp)
+
+    def rank(t, d, p):
+        return t + tp * (d + dp * p)
+
+    return {
+        "tp": [[rank(t, d, p) for t in range(tp)] for p in range(pp) for d in range(dp)],
+        "dp": [[rank(t, d, p) for d in range(dp)] for p in range(pp) for t in range(tp)],
+        "pp": [[rank(t, d, p) for p in range(pp)] for d in range(dp) for t in range(tp)],
+        "mp": [[rank(t, d, p) for p in range(pp) for t in range(tp)] for d in range(dp)],
+    }
+
+
+def initialize(tp: int = 1, pp: int = 1) -> ParallelState:
+    """Create the groups for the running torch.distributed world (or a single process)."""
+    global _state
+    if not (dist.is_available() and dist.is_initialized()):
+        layout(1, tp, pp)
+        _state = ParallelState()
+        return _state
+    world, me = dist.get_world_size(), dist.get_rank()
+    groups = layout(world, tp, pp)
+    s = ParallelState(world_size=world, rank=me, tp_size=tp, pp_size=pp, dp_size=world // (tp * pp))
+    for kind, lists in groups.items():
+        for ranks in lists:
+            group = dist.new_group(ranks) if len(ranks) > 1 else None  # every rank must call new_group
+            if me in ranks:
+                idx = ranks.index(me)
+                if kind == "tp":
+                    s.tp_group, s.tp_rank = group, idx
+                elif kind == "dp":
+                    s.dp_group, s.dp_rank = group, idx
+                elif kind == "pp":
+                    s.pp_group, s.pp_rank, s.pp_ranks = group, idx, ranks
+                else:
+                    s.model_parallel_group = group
+    _state = s
+    return s
+
+
+def destroy() -> None:
+    global _state
+    _state = ParallelState()

@@ -1,0 +1,1 @@
+"""Optimizer, schedules, the training loop, checkpoints and logging."""

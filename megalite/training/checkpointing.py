@@ -1,0 +1,176 @@
+"""Checkpoints in Megatron's layout, written atomically, resumed exactly.
+
+    <save>/latest_checkpointed_iteration.txt      the last complete iteration, written last
+    <save>/iter_0000100/mp_rank_00/model_optim_rng.pt
+
+One file per model-parallel rank (``mp_rank_TT`` or ``mp_rank_TT_PPP`` with pipelining),
+written by its data-parallel rank 0. It holds the model, the optimizer (fp32 masters, Adam
+moments, loss scaler), the random states of every data-parallel rank, the iteration,
+consumed samples/tokens and the run's settings. Everything goes to a temporary folder that
+is renamed into place once all ranks have written and fsynced, then the tracker file is
+replaced, so an interrupted save never damages the previous checkpoint.
+"""
+
+import os
+import random
+import shutil
+from typing import Dict, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from megalite.config import ARCHITECTURE_FIELDS, Config
+from megalite.errors import MegaliteError
+from megalite.parallel import state
+from megalite.utils.atomic import atomic_write, fsync_path
+
+TRACKER = "latest_checkpointed_iteration.txt"
+FORMAT_VERSION = 1
+
+
+def iteration_dir(root: str, iteration: int) -> str:
+    return os.path.join(root, f"iter_{iteration:07d}")
+
+
+def rank_file(folder: str) -> str:
+    s = state.get()
+    name = f"mp_rank_{s.tp_rank:02d}" + (f"_{s.pp_rank:03d}" if s.pp_size > 1 else "")
+    return os.path.join(folder, name, "model_optim_rng.pt")
+
+
+def rng_state() -> Dict:
+    """This process's random states as plain Python values (safe to gather and to load)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    out = {
+        "python": random.getstate(),
+        "numpy": [name, keys.tolist(), pos, has_gauss, cached],
+        "torch": torch.get_rng_state().tolist(),
+    }
+    if torch.cuda.is_available():
+        out["cuda"] = torch.cuda.get_rng_state().tolist()
+    return out
+
+
+def set_rng_state(sd: Dict) -> None:
+    random.setstate(_to_tuple(sd["python"]))
+    name, keys, pos, has_gauss, cached = sd["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(torch.tensor(sd["torch"], dtype=torch.uint8))
+    if "cuda" in sd and torch.cuda.is_available():
+        torch.cuda.set_rng_state(torch.tensor(sd["cuda"], dtype=torch.uint8))
+
+
+def _to_tuple(x):
+    return tuple(_to_tuple(i) for i in x) if isinstance(x, (list, tuple)) else x
+
+
+def _barrier():
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def save_checkpoint(root: str, iteration: int, model, optimizer, cfg: Config,
+                    consumed_samples: int, consumed_tokens: int) -> str:
+    s = state.get()
+    final = iteration_dir(root, iteration)
+    tmp = os.path.join(root, f".tmp_iter_{iteration:07d}")
+    if s.rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+    _barrier()
+    rngs = [None] * s.dp_size
+    if s.dp_group is not None:
+        dist.all_gather_object(rngs, rng_state(), group=s.dp_group)
+    else:
+        rngs = [rng_state()]
+    if s.dp_rank == 0:
+        path = rank_file(tmp)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        payload = {
+            "format_version": FORMAT_VERSION,
+            "iteration": iteration,
+            "consumed_samples": consumed_samples,
+            "consumed_tokens": consumed_tokens,
+            "args": cfg.to_dict(),
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "rng": rngs,
+            "parallel": {"tp_size": s.tp_size, "pp_size": s.pp_size, "dp_size": s.dp_size},
+        }
+        torch.save(payload, path)
+        fsync_path(path)
+    _barrier()
+    if s.rank == 0:
+        old = final + ".old"
+        if os.path.exists(final):
+            os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+        fsync_path(root)
+        with atomic_write(os.path.join(root, TRACKER), "w") as f:
+            f.write(str(iteration))
+    _barrier()
+    return final
+
+
+def find_checkpoint(load: str) -> Optional[str]:
+    """The iteration folder to load: ``load`` itself if it is one, else the tracker's."""
+    if os.path.basename(os.path.normpath(load)).startswith("iter_"):
+        if not os.path.isdir(load):
+            raise MegaliteError(f"--load {load}: no such checkpoint folder")
+        return load
+    tracker = os.path.join(load, TRACKER)
+    if not os.path.isfile(tracker):
+        return None
+    text = open(tracker).read().strip()
+    try:
+        iteration = int(text)
+    except ValueError:
+        raise MegaliteError(f"{tracker}: expected an iteration number, found {text[:40]!r}") from None
+    folder = iteration_dir(load, iteration)
+    if not os.path.isdir(folder):
+        raise MegaliteError(f"{tracker} names iteration {iteration} but {folder} does not exist")
+    return folder
+
+
+def read_checkpoint(folder: str) -> Dict:
+    path = rank_file(folder)
+    if not os.path.isfile(path):
+        raise MegaliteError(f"{path}: missing (was the checkpoint saved with another parallel layout?)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated or corrupt files raise a zoo of exception types
+        raise MegaliteError(f"{path}: cannot read checkpoint ({type(e).__name__}: {e})") from None
+
+
+def check_architecture(saved_args: Dict, cfg: Config, where: str) -> None:
+    saved = saved_args.get("model", {})
+    diffs = [f"--{k.replace('_', '-')} {saved.get(k)!r} in the checkpoint vs {getattr(cfg.model, k)!r}"
+             for k in ARCHITECTURE_FIELDS if saved.get(k) != getattr(cfg.model, k)]
+    if diffs:
+        raise MegaliteError(f"{where}: model does not match the checkpoint: " + "; ".join(diffs))
+
+
+def load_checkpoint(cfg: Config, model, optimizer):
+    """Restore what --load names. Returns (iteration, consumed_samples, consumed_tokens)."""
+    c = cfg.checkpoint
+    folder = find_checkpoint(c.load)
+    if folder is None:
+        if state.get().rank == 0:
+            print(f"no checkpoint in {c.load}; starting from scratch", flush=True)
+        return 0, 0, 0
+    sd = read_checkpoint(folder)
+    check_architecture(sd["args"], cfg, folder)
+    model.load_state_dict(sd["model"])
+    if c.finetune:
+        return 0, 0, 0
+    if not c.no_load_optim:
+        optimizer.load_state_dict(sd["optimizer"])
+    if not c.no_load_rng:
+        rngs = sd["rng"]
+        s = state.get()
+        set_rng_state(rngs[s.dp_rank] if s.dp_rank < len(rngs) else rngs[0])
+    if state.get().rank == 0:
+        print(f"loaded {folder} (iteration {sd['iteration']})", flush=True)
+    return sd["iteration"], sd["consumed_samples"], sd["consumed_tokens"]

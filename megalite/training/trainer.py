@@ -1,0 +1,267 @@
+"""The pretraining loop behind ``pretrain_gpt.py``.
+
+One ``Trainer`` owns the model stage, the fp32 gradient buffer, the optimizer, the schedules
+and the data; ``train_step`` runs one global batch (all its micro-batches, gradient
+accumulation in fp32, a data-parallel all-reduce overlapped with the last backward, one
+optimizer step). The loss of a step is the mean over every non-masked token of the global
+batch, so any split into micro-batches and data-parallel ranks gives the same number.
+"""
+
+import math
+import os
+import random
+import signal
+import time
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from megalite.config import Config, data_parallel_size, validate
+from megalite.errors import MegaliteError
+from megalite.model import GPTModel
+from megalite.model.flops import peak_tflops, train_flops
+from megalite.parallel import state
+from megalite.parallel.data_parallel import GradBuffer, all_reduce_scalar
+from megalite.parallel.init import initialize
+from megalite.training.checkpointing import load_checkpoint, save_checkpoint
+from megalite.training.data import build_datasets, build_loader, build_tokenizer_from, microbatches, padded_vocab_size
+from megalite.training.metrics_log import MetricsLog
+from megalite.training.optimizer import ConstantLossScaler, DynamicLossScaler, Optimizer
+from megalite.training.schedules import BatchSchedule, LRSchedule
+
+
+def setup_distributed(backend: Optional[str]) -> torch.device:
+    """Join torchrun's process group if launched by it; pick this rank's device."""
+    cuda = torch.cuda.is_available()
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ and not dist.is_initialized():
+        backend = backend or ("nccl" if cuda else "gloo")
+        kwargs = {"device_id": device} if backend == "nccl" else {}
+        dist.init_process_group(backend, **kwargs)
+    return device
+
+
+def set_seeds(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    def __init__(self, cfg: Config, device: torch.device):
+        self.cfg, self.device = cfg, device
+        m, p, t = cfg.model, cfg.parallel, cfg.training
+        s = state.initialize(p.tensor_model_parallel_size, p.pipeline_model_parallel_size)
+        set_seeds(t.seed + 100 * s.pp_rank)
+        self.tokenizer = build_tokenizer_from(cfg)
+        vocab = self.tokenizer.vocab_size if self.tokenizer else m.vocab_size
+        m.padded_vocab_size = padded_vocab_size(vocab, m.make_vocab_size_divisible_by, s.tp_size)
+        self.dtype = torch.bfloat16 if t.bf16 else torch.float16 if t.fp16 else torch.float32
+
+        self.model = GPTModel(m, s.is_first_stage, s.is_last_stage, recompute_granularity=t.recompute_granularity)
+        initialize(self.model, t.seed)
+        self.model.to(device=device, dtype=self.dtype)
+        self.grads = GradBuffer(list(self.model.parameters()), s.dp_group, p.ddp_bucket_size, p.overlap_grad_reduce)
+        if t.fp16:
+            scaler = (ConstantLossScaler(t.loss_scale) if t.loss_scale else
+                      DynamicLossScaler(t.initial_loss_scale, t.min_loss_scale, t.loss_scale_window, t.hysteresis))
+        else:
+            scaler = ConstantLossScaler(1.0)
+        self.optimizer = Optimizer(list(self.model.named_parameters()), t.weight_decay, (t.adam_beta1, t.adam_beta2),
+                                   t.adam_eps, t.clip_grad, scaler, s.model_parallel_group)
+
+        self.batches = BatchSchedule(t.global_batch_size, t.micro_batch_size, s.dp_size, t.rampup_batch_size)
+        self.train_iters = t.train_iters if t.train_iters is not None else self.batches.iterations_for(t.train_samples or 0)
+        self.lr = LRSchedule(t.lr, t.min_lr, t.lr_warmup_iters, t.lr_decay_iters or self.train_iters,
+                             t.lr_decay_style, t.lr_wsd_decay_iters, t.lr_wsd_decay_style)
+        self.iteration = self.consumed_samples = self.consumed_tokens = 0
+        if cfg.checkpoint.load:
+            self.iteration, self.consumed_samples, self.consumed_tokens = load_checkpoint(
+                cfg, self.model, self.optimizer)
+
+        train_samples = self.batches.samples_for(self.train_iters)
+        self.train_ds, self.valid_ds, self.test_ds = build_datasets(cfg, self.tokenizer, train_samples)
+        self.train_iter = (iter(build_loader(self.train_ds, self.consumed_samples, cfg, train_samples))
+                           if self.train_ds is not None else None)
+        self.log = MetricsLog(s.rank == 0, cfg.logging.metrics_file, cfg.logging.tensorboard_dir)
+        self.peak = cfg.logging.peak_tflops or (peak_tflops(torch.cuda.get_device_name(device))
+                                                if device.type == "cuda" else None)
+        self.exit_requested = False
+        self.start_time = time.time()
+
+    # -- one step ------------------------------------------------------------------------------
+    def train_step(self, batch: List[Dict[str, torch.Tensor]]) -> Dict:
+        s = state.get()
+        self.grads.zero()
+        tokens = all_reduce_scalar(float(sum(mb["loss_mask"].sum().item() for mb in batch)), s.dp_group)
+        scale = self.optimizer.loss_scale
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.model.train()
+        for i, mb in enumerate(batch):
+            self.grads.set_last_microbatch(i == len(batch) - 1)
+            losses = self.model(mb["tokens"], labels=mb["labels"])
+            loss = (losses * mb["loss_mask"]).sum() / tokens
+            (loss * scale).backward() if scale != 1.0 else loss.backward()
+            loss_sum += loss.detach().double()
+        self.grads.finish_sync()
+        lm_loss = all_reduce_scalar(loss_sum.item(), s.dp_group)
+        if not math.isfinite(lm_loss) and not self.cfg.training.fp16:
+            raise MegaliteError(
+                f"loss is {lm_loss} at iteration {self.iteration + 1}; stopping without saving "
+                f"(the last checkpoint is untouched). Lower --lr or enable --clip-grad")
+        self.optimizer.set_lr(self.lr(self.iteration + 1))
+        stepped, grad_norm = self.optimizer.step()
+        return {"lm_loss": lm_loss, "grad_norm": grad_norm, "skipped": not stepped, "tokens": tokens}
+
+    @torch.no_grad()
+    def evaluate(self, dataset, split: str) -> Optional[Dict]:
+        if dataset is None or self.cfg.training.eval_iters == 0:
+            return None
+        s, t = state.get(), self.cfg.training
+        self.model.eval()
+        total, count = 0.0, 0.0
+        loader = iter(build_loader(dataset, 0, self.cfg))
+        n_micro = self.batches.num_microbatches(self.consumed_samples)
+        try:
+            for _ in range(t.eval_iters):
+                for mb in microbatches(loader, n_micro, self.device):
+                    losses = self.model(mb["tokens"], labels=mb["labels"])
+                    total += (losses * mb["loss_mask"]).sum().item()
+                    count += mb["loss_mask"].sum().item()
+        except StopIteration:
+            pass
+        total, count = all_reduce_scalar(total, s.dp_group), all_reduce_scalar(count, s.dp_group)
+        if count == 0:
+            return None
+        loss = total / count
+        out = {"iteration": self.iteration, "split": split, "loss": loss, "ppl": math.exp(min(loss, 700.0))}
+        self.log.record(out, f" {split} loss at iteration {self.iteration}: {loss:.4f} | perplexity {out['ppl']:.2f}")
+        return out
+
+    # -- the loop --------------------------------------------------------------------------------
+    def train(self) -> Dict:
+        cfg, t, c = self.cfg, self.cfg.training, self.cfg.checkpoint
+        s = state.get()
+        previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        window = {"loss": 0.0, "n": 0, "skipped": 0, "tokens": 0, "flops": 0, "t0": time.perf_counter()}
+        last_saved, result = None, {}
+        try:
+            while self.iteration < self.train_iters and not t.skip_train:
+                gbs = self.batches.global_batch_size(self.consumed_samples)
+                batch = microbatches(self.train_iter, self.batches.num_microbatches(self.consumed_samples),
+                                     self.device)
+                out = self.train_step(batch)
+                self.iteration += 1
+                self.consumed_samples += gbs
+                self.consumed_tokens += gbs * cfg.data.seq_length
+                window["n"] += 1
+                window["loss"] += out["lm_loss"] if not out["skipped"] else 0.0
+                window["skipped"] += int(out["skipped"])
+                window["tokens"] += gbs * cfg.data.seq_length
+                window["flops"] += train_flops(cfg.model, cfg.data.seq_length, gbs)
+                result["lm_loss"] = out["lm_loss"]
+                if self.iteration % cfg.logging.log_interval == 0 or self.iteration == self.train_iters:
+                    self._log_window(window, out)
+                    window = {"loss": 0.0, "n": 0, "skipped": 0, "tokens": 0, "flops": 0, "t0": time.perf_counter()}
+                if t.eval_interval and self.iteration % t.eval_interval == 0:
+                    self.evaluate(self.valid_ds, "valid")
+                if c.save and c.save_interval and self.iteration % c.save_interval == 0:
+                    self.save()
+                    last_saved = self.iteration
+                if self._should_exit():
+                    if c.save and last_saved != self.iteration:
+                        self.save()
+                    if s.rank == 0:
+                        print(f"exiting at iteration {self.iteration} (checkpoint saved)", flush=True)
+                    result["exited_early"] = True
+                    return result
+            if c.save and last_saved != self.iteration and not t.skip_train:
+                self.save()
+            if not (t.eval_interval and self.iteration % t.eval_interval == 0):
+                result["valid"] = self.evaluate(self.valid_ds, "valid")
+            result["test"] = self.evaluate(self.test_ds, "test")
+            return result
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            self.log.close()
+
+    def save(self) -> None:
+        path = save_checkpoint(self.cfg.checkpoint.save, self.iteration, self.model, self.optimizer, self.cfg,
+                               self.consumed_samples, self.consumed_tokens)
+        if state.get().rank == 0:
+            print(f"saved checkpoint {path}", flush=True)
+
+    def _on_sigterm(self, signum, frame):
+        self.exit_requested = True
+
+    def _should_exit(self) -> bool:
+        c = self.cfg.checkpoint
+        want = self.exit_requested
+        if c.exit_interval and self.iteration % c.exit_interval == 0:
+            want = True
+        if c.exit_duration_in_mins and (time.time() - self.start_time) / 60 >= c.exit_duration_in_mins:
+            want = True
+        # Every rank must agree, or some would stop while others wait in a collective.
+        world = dist.group.WORLD if dist.is_initialized() else None
+        return all_reduce_scalar(float(want), world, op=dist.ReduceOp.MAX if world else None) > 0
+
+    def _log_window(self, w: Dict, last: Dict) -> None:
+        s = state.get()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        elapsed = max(time.perf_counter() - w["t0"], 1e-9)
+        steps = max(w["n"] - w["skipped"], 1)
+        tflops = w["flops"] / elapsed / s.world_size / 1e12
+        metrics = {
+            "iteration": self.iteration,
+            "lm_loss": w["loss"] / steps,
+            "lr": self.optimizer.adam.param_groups[0]["lr"],
+            "grad_norm": last["grad_norm"],
+            "loss_scale": self.optimizer.loss_scale,
+            "skipped_iterations": w["skipped"],
+            "consumed_samples": self.consumed_samples,
+            "consumed_tokens": self.consumed_tokens,
+            "tokens_per_sec": w["tokens"] / elapsed,
+            "tflops_per_device": tflops,
+            "mfu": tflops / self.peak if self.peak else None,
+            "ms_per_iteration": 1000 * elapsed / w["n"],
+            "memory_gb": _memory_gb(self.device),
+        }
+        line = (f" iteration {self.iteration:8d}/{self.train_iters} | consumed samples {self.consumed_samples:10d} | "
+                f"ms/iter {metrics['ms_per_iteration']:8.1f} | lr {metrics['lr']:.3e} | "
+                f"lm loss {metrics['lm_loss']:.6e} | grad norm {metrics['grad_norm']:.3f} | "
+                f"tokens/s {metrics['tokens_per_sec']:.0f} | TFLOP/s/device {tflops:.2f} | "
+                + (f"MFU {100 * metrics['mfu']:.1f}% | " if self.peak else "")
+                + (f"loss scale {metrics['loss_scale']:.1f} | " if self.cfg.training.fp16 else "")
+                + f"skipped {w['skipped']} | mem {metrics['memory_gb']:.2f} GB")
+        self.log.record(metrics, line)
+
+
+def _memory_gb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+def pretrain(cfg: Config) -> Dict:
+    """Validate ``cfg``, join the process group, train, evaluate. Returns the final metrics."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    validate(cfg, world)
+    device = setup_distributed(cfg.parallel.distributed_backend)
+    try:
+        trainer = Trainer(cfg, device)
+        if state.get().rank == 0:
+            n = sum(p.numel() for p in trainer.model.parameters())
+            print(f"model: {n / 1e6:.2f}M parameters | world {world} (dp {data_parallel_size(cfg, world)}) | "
+                  f"{trainer.train_iters} iterations of {cfg.training.global_batch_size} x "
+                  f"{cfg.data.seq_length} tokens | {trainer.dtype}", flush=True)
+        return trainer.train()
+    finally:
+        state.destroy()

@@ -1,0 +1,17 @@
+"""Pretrain a GPT / Llama-style model: `torchrun --nproc_per_node N pretrain_gpt.py <flags>`.
+
+Flags follow Megatron-LM's names (see `python pretrain_gpt.py --help`); `--config x.yaml`
+may hold any of them. A single process without torchrun works too.
+"""
+
+from megalite.config import parse_config
+from megalite.training.trainer import pretrain
+from megalite.utils.cli import run_tool
+
+
+def main(argv=None):
+    pretrain(parse_config(argv, __doc__))
+
+
+if __name__ == "__main__":
+    run_tool(main)
