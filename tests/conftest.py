@@ -46,3 +46,43 @@ def spm_model(tmp_path_factory, english_jsonl):
 
     out = tmp_path_factory.mktemp("tok")
     return train_tokenizer([english_jsonl], str(out), vocab_size=1000, special_tokens=["<|im_start|>"])
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory, english_jsonl, spm_model):
+    """pydoc's English text tokenized with the 1k-vocab test tokenizer: (data prefix, model)."""
+    from megalite.data.preprocess import PreprocessConfig, TokenizerSpec, preprocess
+
+    out = tmp_path_factory.mktemp("tiny_corpus")
+    preprocess(PreprocessConfig([english_jsonl], str(out / "pydoc"), TokenizerSpec("SentencePieceTokenizer", spm_model),
+                                append_eod=True))
+    return str(out / "pydoc_text_document"), spm_model
+
+
+def tiny_model_args(data_prefix, tokenizer_model, **overrides):
+    """Flags for a ~0.2M-parameter Llama-style run on the tiny corpus; overrides win
+    (value None drops a flag, True makes it a bare switch)."""
+    args = {
+        "num-layers": 2, "hidden-size": 64, "num-attention-heads": 4, "group-query-attention": True,
+        "num-query-groups": 2, "seq-length": 32, "normalization": "RMSNorm", "position-embedding-type": "rope",
+        "swiglu": True, "disable-bias-linear": True, "hidden-dropout": 0.0, "attention-dropout": 0.0,
+        "data-path": data_prefix, "tokenizer-type": "SentencePieceTokenizer", "tokenizer-model": tokenizer_model,
+        "micro-batch-size": 4, "global-batch-size": 8, "train-iters": 10, "lr": 3e-3, "min-lr": 3e-4,
+        "lr-warmup-iters": 2, "log-interval": 1, "eval-interval": 1000, "eval-iters": 2, "num-workers": 0,
+        "seed": 7, "split": "90,5,5",
+    }
+    args.update({k.replace("_", "-"): v for k, v in overrides.items()})
+    argv = []
+    for k, v in args.items():
+        if v is None or v is False:
+            continue
+        argv.append(f"--{k}")
+        if v is not True:
+            argv.extend(str(x) for x in (v if isinstance(v, (list, tuple)) else [v]))
+    return argv
+
+
+def read_metrics(path):
+    """(train records, eval records) from a --metrics-file."""
+    rows = [json.loads(line) for line in open(path)]
+    return [r for r in rows if "lm_loss" in r], [r for r in rows if "split" in r]

@@ -8,7 +8,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -32,7 +32,7 @@ def run_distributed(fn, world_size: int, *args):
     ctx = mp.get_context("spawn")
     errors = ctx.SimpleQueue()
     try:
-        mp.start_processes(_entry, args=(world_size, _free_port(), fn, args, errors),
+        mp.start_processes(_entry, args=(world_size, free_port(), fn, args, errors),
                            nprocs=world_size, start_method="spawn")
     except Exception as e:
         detail = errors.get() if not errors.empty() else (None, str(e))

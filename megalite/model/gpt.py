@@ -49,8 +49,12 @@ class GPTModel(nn.Module):
         self.pre_process, self.post_process = pre_process, post_process
         self.recompute_full = recompute_granularity == "full"
         layers = range(cfg.num_layers) if layers is None else layers
-        if pre_process:
+        tied = not cfg.untie_embeddings_and_output_weights
+        if pre_process or (post_process and tied):
+            # A tied last stage keeps its own copy of the embedding for the output layer; same
+            # name, so same initial values (pipelining keeps the copies' gradients in sync).
             self.embedding = VocabParallelEmbedding(cfg.padded_vocab_size, cfg.hidden_size, cfg.init_method_std)
+        if pre_process:
             if cfg.position_embedding_type == "learned_absolute":
                 self.position_embedding = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size)
                 mark(self.position_embedding.weight, cfg.init_method_std)

@@ -47,8 +47,10 @@ def build_loader(dataset, consumed_samples: int, cfg: Config, total: Optional[in
     sampler = PretrainingSampler(total or len(dataset), consumed_samples, cfg.training.micro_batch_size,
                                  s.dp_rank, s.dp_size)
     workers = cfg.data.num_workers
+    # Its own generator: creating a loader must not draw from the global RNG (dropout's),
+    # or a resumed run would diverge from an uninterrupted one.
     return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, pin_memory=torch.cuda.is_available(),
-                      persistent_workers=False, prefetch_factor=4 if workers else None)
+                      prefetch_factor=4 if workers else None, generator=torch.Generator().manual_seed(0))
 
 
 def microbatches(it: Iterator, n: int, device) -> List[dict]:

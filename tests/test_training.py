@@ -1,0 +1,153 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from megalite.config import parse_config, validate
+from megalite.errors import MegaliteError
+from megalite.training.trainer import Trainer, pretrain
+from tests.conftest import REPO, read_metrics, run_tool, tiny_model_args
+
+
+def train(tmp_path, corpus, name="run", **kw):
+    metrics = str(tmp_path / f"{name}.jsonl")
+    pretrain(parse_config(tiny_model_args(*corpus, metrics_file=metrics, **kw)))
+    return read_metrics(metrics)
+
+
+def losses(records):
+    return {r["iteration"]: r["lm_loss"] for r in records}
+
+
+def test_loss_falls_on_real_text(tmp_path, tiny_corpus):
+    rows, evals = train(tmp_path, tiny_corpus, train_iters=40, eval_interval=20, tensorboard_dir=str(tmp_path / "tb"))
+    assert rows[-1]["lm_loss"] < rows[0]["lm_loss"] - 1.0, (rows[0]["lm_loss"], rows[-1]["lm_loss"])
+    for key in ("iteration", "lm_loss", "lr", "grad_norm", "tokens_per_sec", "consumed_samples"):
+        assert key in rows[-1]
+    assert rows[-1]["consumed_samples"] == 40 * 8
+    assert [(e["split"], e["iteration"]) for e in evals] == [("valid", 20), ("valid", 40), ("test", 40)]
+    assert evals[1]["loss"] < evals[0]["loss"] and evals[1]["ppl"] == pytest.approx(2.718281828 ** evals[1]["loss"])
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "tb"))
+
+
+def test_resume_is_bitwise_exact(tmp_path, tiny_corpus):
+    """Dropout on, so random states matter: iterations after the resume equal the uninterrupted run."""
+    common = dict(train_iters=10, hidden_dropout=0.1, attention_dropout=0.1)
+    full, _ = train(tmp_path, tiny_corpus, "full", save=str(tmp_path / "a"), save_interval=5, **common)
+    first, _ = train(tmp_path, tiny_corpus, "first", save=str(tmp_path / "b"), exit_interval=5, **common)
+    assert max(losses(first)) == 5
+    assert open(tmp_path / "b" / "latest_checkpointed_iteration.txt").read() == "5"
+    resumed, _ = train(tmp_path, tiny_corpus, "resumed", save=str(tmp_path / "b"), load=str(tmp_path / "b"), **common)
+    assert sorted(losses(resumed)) == list(range(6, 11))
+    for it in range(6, 11):
+        assert losses(resumed)[it] == losses(full)[it], it  # bitwise
+    assert [r["grad_norm"] for r in resumed] == [r["grad_norm"] for r in full[5:]]
+
+
+def test_gradient_accumulation_equivalence(tmp_path, tiny_corpus):
+    one, _ = train(tmp_path, tiny_corpus, "mb1", micro_batch_size=1, global_batch_size=4, train_iters=6)
+    four, _ = train(tmp_path, tiny_corpus, "mb4", micro_batch_size=4, global_batch_size=4, train_iters=6)
+    for a, b in zip(one, four):
+        assert a["lm_loss"] == pytest.approx(b["lm_loss"], rel=1e-5)
+
+
+def make_trainer(tiny_corpus, **kw):
+    cfg = validate(parse_config(tiny_model_args(*tiny_corpus, **kw)))
+    return Trainer(cfg, torch.device("cpu"))
+
+
+def test_fp16_skips_a_step_with_inf_gradients(tiny_corpus):
+    from megalite.training.data import microbatches
+
+    tr = make_trainer(tiny_corpus, fp16=True, initial_loss_scale=1024, hysteresis=1)
+    batch = microbatches(tr.train_iter, 2, tr.device)
+    out = tr.train_step(batch)
+    assert not out["skipped"] and tr.optimizer.loss_scale == 1024
+    before = [p.detach().clone() for p in tr.model.parameters()]
+    masters = [m.detach().clone() for m in tr.optimizer.masters]
+    victim = tr.model.layers["0"].mlp.fc2.weight
+    handle = victim.register_hook(lambda g: torch.full_like(g, float("inf")))
+    out = tr.train_step(batch)
+    handle.remove()
+    assert out["skipped"] and tr.optimizer.loss_scale == 512
+    assert all(torch.equal(a, b) for a, b in zip(before, tr.model.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(masters, tr.optimizer.masters))
+    assert not tr.train_step(batch)["skipped"]
+    assert all(p.dtype == torch.float16 for p in tr.model.parameters())
+
+
+def test_non_finite_loss_stops_with_clear_error(tiny_corpus, monkeypatch):
+    from megalite.training.data import microbatches
+
+    tr = make_trainer(tiny_corpus)
+    forward = tr.model.forward
+    monkeypatch.setattr(tr.model, "forward", lambda *a, **k: forward(*a, **k) * float("nan"))
+    with pytest.raises(MegaliteError, match="loss is nan at iteration 1"):
+        tr.train_step(microbatches(tr.train_iter, 2, tr.device))
+
+
+def test_bf16_mixed_precision_tracks_fp32(tmp_path, tiny_corpus):
+    bf16, _ = train(tmp_path, tiny_corpus, "bf16", bf16=True, train_iters=20)
+    fp32, _ = train(tmp_path, tiny_corpus, "fp32", train_iters=20)
+    assert bf16[-1]["lm_loss"] < bf16[0]["lm_loss"] - 0.5
+    for a, b in zip(bf16, fp32):
+        assert a["lm_loss"] == pytest.approx(b["lm_loss"], rel=1e-2)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(global_batch_size=6), "--global-batch-size 6 is not divisible by --micro-batch-size 4"),
+    (dict(num_attention_heads=3), "--hidden-size 64 is not divisible by --num-attention-heads 3"),
+    (dict(num_query_groups=3), "--num-attention-heads 4 is not divisible by --num-query-groups 3"),
+    (dict(data_path=None), "--data-path is required"),
+    (dict(train_iters=None), "give exactly one of --train-iters and --train-samples"),
+    (dict(bf16=True, fp16=True), "mutually exclusive"),
+])
+def test_config_errors_are_one_clear_line(tiny_corpus, overrides, message):
+    proc = run_tool("pretrain_gpt.py", *tiny_model_args(*tiny_corpus, **overrides), check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and message in proc.stderr
+    assert proc.stderr.startswith("error: ")
+
+
+def test_missing_data_file_is_one_clear_line(tmp_path, tiny_corpus):
+    proc = run_tool("pretrain_gpt.py", *tiny_model_args(str(tmp_path / "nope"), tiny_corpus[1]), check=False)
+    assert proc.returncode == 1 and proc.stderr.strip() == f"error: {tmp_path / 'nope'}.idx: no such file"
+
+
+def test_yaml_config_with_cli_override(tmp_path, tiny_corpus):
+    (tmp_path / "c.yaml").write_text("num-layers: 3\nhidden_size: 48\nswiglu: true\ndisable-bias-linear: true\n")
+    cfg = parse_config(["--config", str(tmp_path / "c.yaml"), "--num-layers", "5"])
+    assert (cfg.model.num_layers, cfg.model.hidden_size, cfg.model.swiglu, cfg.model.add_bias_linear) == (5, 48, True, False)
+    (tmp_path / "bad.yaml").write_text("num-layerz: 3\n")
+    with pytest.raises(MegaliteError, match="unknown setting 'num-layerz'"):
+        parse_config(["--config", str(tmp_path / "bad.yaml")])
+
+
+def test_load_refuses_other_architecture_and_finetune_loads_weights(tmp_path, tiny_corpus):
+    train(tmp_path, tiny_corpus, "a", save=str(tmp_path / "ck"), train_iters=3)
+    with pytest.raises(MegaliteError, match=r"--num-layers 2 in the checkpoint vs 3"):
+        train(tmp_path, tiny_corpus, "b", load=str(tmp_path / "ck"), num_layers=3)
+    rows, _ = train(tmp_path, tiny_corpus, "c", load=str(tmp_path / "ck"), finetune=True, train_iters=2)
+    assert [r["iteration"] for r in rows] == [1, 2]
+    fresh, _ = train(tmp_path, tiny_corpus, "d", train_iters=2)
+    assert rows[0]["lm_loss"] < fresh[0]["lm_loss"]  # started from the trained weights
+
+
+def test_sigterm_saves_and_exits_zero(tmp_path, tiny_corpus):
+    metrics = tmp_path / "m.jsonl"
+    argv = tiny_model_args(*tiny_corpus, train_iters=100000, save=str(tmp_path / "ck"), metrics_file=str(metrics))
+    proc = subprocess.Popen([sys.executable, "pretrain_gpt.py", *argv], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 3):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    saved = int(open(tmp_path / "ck" / "latest_checkpointed_iteration.txt").read())
+    assert saved >= 3 and f"exiting at iteration {saved}" in out
+    assert os.path.isfile(tmp_path / "ck" / f"iter_{saved:07d}" / "mp_rank_00" / "model_optim_rng.pt")
