@@ -95,8 +95,8 @@ def reference_attention_model(model, tokens):
         att = att.masked_fill(torch.triu(torch.ones(s, s, dtype=torch.bool), 1), float("-inf")).softmax(-1)
         o = (att @ v).transpose(1, 2).reshape(*h.shape[:2], nq * d)
         x = x + o @ layer.attention.proj.weight.t()
-        h = rms(x, layer.post_attention_norm.weight) @ layer.mlp.fc1.weight.t()
-        gate, up = h.chunk(2, -1)
+        h = rms(x, layer.post_attention_norm.weight)
+        gate, up = h @ layer.mlp.gate.weight.t(), h @ layer.mlp.fc1.weight.t()
         x = x + (F.silu(gate) * up) @ layer.mlp.fc2.weight.t()
     return rms(x, model.final_norm.weight) @ model.embedding.weight.t()
 

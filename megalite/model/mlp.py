@@ -10,22 +10,21 @@ from megalite.parallel.layers import ColumnParallelLinear, RowParallelLinear
 
 
 class MLP(nn.Module):
+    """fc2(act(fc1(x))), or with SwiGLU fc2(silu(gate(x)) * fc1(x)).
+
+    SwiGLU's gate and up projections are two layers rather than one fused [gate; up]
+    matrix: each output is then contiguous, which measured faster (see
+    docs/PERFORMANCE.md), and each splits over tensor-parallel ranks on its own.
+    """
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.swiglu = cfg.swiglu
-        width = cfg.ffn_hidden_size
-        # SwiGLU's fc1 stacks [gate; up]: stride 2 keeps both halves together on every TP rank.
-        self.fc1 = ColumnParallelLinear(cfg.hidden_size, 2 * width if self.swiglu else width,
-                                        bias=cfg.add_bias_linear, init_std=cfg.init_method_std,
-                                        stride=2 if self.swiglu else 1)
-        self.fc2 = RowParallelLinear(width, cfg.hidden_size, bias=cfg.add_bias_linear,
-                                     init_std=cfg.init_method_std / math.sqrt(2.0 * cfg.num_layers))
+        h, f, std = cfg.hidden_size, cfg.ffn_hidden_size, cfg.init_method_std
+        self.gate = ColumnParallelLinear(h, f, bias=cfg.add_bias_linear, init_std=std) if cfg.swiglu else None
+        self.fc1 = ColumnParallelLinear(h, f, bias=cfg.add_bias_linear, init_std=std)
+        self.fc2 = RowParallelLinear(f, h, bias=cfg.add_bias_linear, init_std=std / math.sqrt(2.0 * cfg.num_layers))
 
     def forward(self, x):
-        h = self.fc1(x)
-        if self.swiglu:
-            gate, up = h.chunk(2, dim=-1)
-            h = F.silu(gate) * up
-        else:
-            h = F.gelu(h)
-        return self.fc2(h)
+        if self.gate is not None:
+            return self.fc2(F.silu(self.gate(x)) * self.fc1(x))
+        return self.fc2(F.gelu(self.fc1(x)))

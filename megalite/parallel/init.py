@@ -14,11 +14,10 @@ from megalite.parallel import state
 
 
 def mark(param: torch.nn.Parameter, std: Optional[float], fill: float = 0.0,
-         tp_dim: Optional[int] = None, tp_stride: int = 1) -> torch.nn.Parameter:
+         tp_dim: Optional[int] = None) -> torch.nn.Parameter:
     """Record how to initialise ``param`` (normal(0, std), or constant ``fill`` when std is
-    None) and how it is split over tensor-parallel ranks (dimension, interleaved parts)."""
-    param.init_std, param.init_fill = std, fill
-    param.tp_dim, param.tp_stride = tp_dim, tp_stride
+    None) and along which dimension it is split over tensor-parallel ranks."""
+    param.init_std, param.init_fill, param.tp_dim = std, fill, tp_dim
     return param
 
 
@@ -33,14 +32,12 @@ def full_shape(param) -> list:
     return shape
 
 
-def shard(full: torch.Tensor, dim: Optional[int], stride: int = 1) -> torch.Tensor:
-    """This rank's part of ``full``; with stride k the dimension holds k stacked blocks
-    (e.g. SwiGLU's gate and up) and each rank takes its slice of every block."""
+def shard(full: torch.Tensor, dim: Optional[int]) -> torch.Tensor:
+    """This rank's contiguous part of ``full`` along ``dim`` (all of it when not split)."""
     s = state.get()
     if dim is None or s.tp_size == 1:
         return full
-    blocks = full.chunk(stride, dim=dim)
-    return torch.cat([b.chunk(s.tp_size, dim=dim)[s.tp_rank] for b in blocks], dim=dim)
+    return full.chunk(s.tp_size, dim=dim)[s.tp_rank]
 
 
 @torch.no_grad()
@@ -53,4 +50,4 @@ def initialize(module: torch.nn.Module, seed: int) -> None:
             continue
         g = torch.Generator().manual_seed(name_seed(seed, name))
         full = torch.empty(full_shape(p), dtype=torch.float32).normal_(0.0, p.init_std, generator=g)
-        p.copy_(shard(full, p.tp_dim, p.tp_stride))
+        p.copy_(shard(full, p.tp_dim))

@@ -21,21 +21,17 @@ def _divide(n: int, k: int, what: str) -> int:
 
 
 class ColumnParallelLinear(nn.Module):
-    """y = x W^T + b with W's rows (output features) split across ranks.
+    """y = x W^T + b with W's rows (output features) split across ranks."""
 
-    ``stride`` > 1 means the output holds that many stacked blocks (SwiGLU's gate and up),
-    each split separately so every rank keeps matching slices of all of them.
-    """
-
-    def __init__(self, in_features, out_features, bias=True, gather_output=False, init_std=0.02, stride=1):
+    def __init__(self, in_features, out_features, bias=True, gather_output=False, init_std=0.02):
         super().__init__()
         tp = state.get().tp_size
         self.gather_output = gather_output
         self.weight = mark(nn.Parameter(torch.empty(_divide(out_features, tp, "output features"), in_features)),
-                           init_std, tp_dim=0, tp_stride=stride)
+                           init_std, tp_dim=0)
         self.bias = None
         if bias:
-            self.bias = mark(nn.Parameter(torch.empty(self.weight.shape[0])), None, tp_dim=0, tp_stride=stride)
+            self.bias = mark(nn.Parameter(torch.empty(self.weight.shape[0])), None, tp_dim=0)
 
     def forward(self, x):
         y = F.linear(copy_to_tp(x), self.weight, self.bias)
