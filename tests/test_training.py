@@ -151,3 +151,12 @@ def test_sigterm_saves_and_exits_zero(tmp_path, tiny_corpus):
     saved = int(open(tmp_path / "ck" / "latest_checkpointed_iteration.txt").read())
     assert saved >= 3 and f"exiting at iteration {saved}" in out
     assert os.path.isfile(tmp_path / "ck" / f"iter_{saved:07d}" / "mp_rank_00" / "model_optim_rng.pt")
+
+
+def test_generate_from_checkpoint(tmp_path, tiny_corpus):
+    train(tmp_path, tiny_corpus, save=str(tmp_path / "ck"), train_iters=30)
+    proc = run_tool("tools/generate.py", "--load", str(tmp_path / "ck"), "--prompt", "The class", "--max-new-tokens", "8")
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "--- 'The class' ->" and lines[1].startswith("The class") and len(proc.stdout) > 30
+    proc = run_tool("tools/generate.py", "--load", str(tmp_path / "nothing"), "--prompt", "x", check=False)
+    assert proc.returncode == 1 and proc.stderr.startswith("error: --load") and "no checkpoint" in proc.stderr

@@ -152,6 +152,14 @@ def check_architecture(saved_args: Dict, cfg: Config, where: str) -> None:
         raise MegaliteError(f"{where}: model does not match the checkpoint: " + "; ".join(diffs))
 
 
+def load_model_state(model, sd: Dict, where: str) -> None:
+    try:
+        model.load_state_dict(sd["model"])
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[1:2] or [str(e)]
+        raise MegaliteError(f"{where}: weights do not fit this model ({first[0].strip()})") from None
+
+
 def load_checkpoint(cfg: Config, model, optimizer):
     """Restore what --load names. Returns (iteration, consumed_samples, consumed_tokens)."""
     c = cfg.checkpoint
@@ -162,7 +170,7 @@ def load_checkpoint(cfg: Config, model, optimizer):
         return 0, 0, 0
     sd = read_checkpoint(folder)
     check_architecture(sd["args"], cfg, folder)
-    model.load_state_dict(sd["model"])
+    load_model_state(model, sd, folder)
     if c.finetune:
         return 0, 0, 0
     if not c.no_load_optim:

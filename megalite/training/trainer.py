@@ -164,6 +164,7 @@ class Trainer:
                 window["skipped"] += int(out["skipped"])
                 window["tokens"] += gbs * cfg.data.seq_length
                 window["flops"] += train_flops(cfg.model, cfg.data.seq_length, gbs)
+                result.setdefault("first_lm_loss", out["lm_loss"])
                 result["lm_loss"] = out["lm_loss"]
                 if self.iteration % cfg.logging.log_interval == 0 or self.iteration == self.train_iters:
                     self._log_window(window, out)
@@ -185,6 +186,9 @@ class Trainer:
             if not (t.eval_interval and self.iteration % t.eval_interval == 0):
                 result["valid"] = self.evaluate(self.valid_ds, "valid")
             result["test"] = self.evaluate(self.test_ds, "test")
+            if s.rank == 0 and "first_lm_loss" in result:
+                print(f"training done: lm loss {result['first_lm_loss']:.4f} at the first iteration, "
+                      f"{result['lm_loss']:.4f} at the last", flush=True)
             return result
         finally:
             signal.signal(signal.SIGTERM, previous)
@@ -254,6 +258,7 @@ def pretrain(cfg: Config) -> Dict:
     """Validate ``cfg``, join the process group, train, evaluate. Returns the final metrics."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     validate(cfg, world)
+    owns_group = not dist.is_initialized()
     device = setup_distributed(cfg.parallel.distributed_backend)
     try:
         trainer = Trainer(cfg, device)
@@ -265,3 +270,5 @@ def pretrain(cfg: Config) -> Dict:
         return trainer.train()
     finally:
         state.destroy()
+        if owns_group and dist.is_initialized():
+            dist.destroy_process_group()  # leaving it to interpreter exit can abort gloo threads

@@ -1,0 +1,1 @@
+"""Inference on trained checkpoints: loading, generation, perplexity."""
