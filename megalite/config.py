@@ -51,6 +51,7 @@ class ModelConfig:
 class ParallelConfig:
     tensor_model_parallel_size: int = opt(1, "tensor-parallel ranks")
     pipeline_model_parallel_size: int = opt(1, "pipeline stages")
+    sequence_parallel: bool = opt(False, "split activations outside attention/MLP along the sequence (needs TP > 1)")
     distributed_backend: Optional[str] = opt(None, "nccl on CUDA, gloo on CPU by default", choices=["nccl", "gloo"])
     ddp_bucket_size: int = opt(40_000_000, "elements per data-parallel gradient all-reduce bucket")
     overlap_grad_reduce: bool = opt(True, "all-reduce gradients in backward", flag="--no-overlap-grad-reduce",
@@ -243,10 +244,10 @@ def validate(cfg: Config, world_size: int = 1) -> Config:
     for value, flag in ((m.num_layers, "--num-layers"), (m.hidden_size, "--hidden-size"),
                         (m.num_attention_heads, "--num-attention-heads"), (d.seq_length, "--seq-length")):
         need(value, flag)
-    if p.tensor_model_parallel_size != 1 or p.pipeline_model_parallel_size != 1:
-        raise MegaliteError("--tensor-model-parallel-size and --pipeline-model-parallel-size > 1 are not "
-                            "supported yet")
-    mp = p.tensor_model_parallel_size * p.pipeline_model_parallel_size
+    if p.pipeline_model_parallel_size != 1:
+        raise MegaliteError("--pipeline-model-parallel-size > 1 is not supported yet")
+    tp = p.tensor_model_parallel_size
+    mp = tp * p.pipeline_model_parallel_size
     if world_size % mp:
         raise MegaliteError(f"world size {world_size} is not divisible by tensor x pipeline parallel size {mp}")
     dp = world_size // mp
@@ -262,6 +263,17 @@ def validate(cfg: Config, world_size: int = 1) -> Config:
     if m.num_attention_heads % m.num_query_groups:
         raise MegaliteError(f"--num-attention-heads {m.num_attention_heads} is not divisible by "
                             f"--num-query-groups {m.num_query_groups}")
+    for value, flag in ((m.num_attention_heads, "--num-attention-heads"), (m.num_query_groups, "--num-query-groups")):
+        if value % tp:
+            raise MegaliteError(f"{flag} {value} is not divisible by --tensor-model-parallel-size {tp}")
+    if p.sequence_parallel and tp == 1:
+        raise MegaliteError("--sequence-parallel needs --tensor-model-parallel-size > 1")
+    if p.sequence_parallel and d.seq_length % tp:
+        raise MegaliteError(f"--seq-length {d.seq_length} is not divisible by --tensor-model-parallel-size {tp} "
+                            "(needed by --sequence-parallel)")
+    if tp > 1 and (m.hidden_dropout > 0 or m.attention_dropout > 0):
+        raise MegaliteError("dropout with --tensor-model-parallel-size > 1 is not supported yet: "
+                            "pass --hidden-dropout 0 --attention-dropout 0")
     if m.ffn_hidden_size is None:
         m.ffn_hidden_size = int(8 * m.hidden_size / 3 / 64) * 64 if m.swiglu else 4 * m.hidden_size
     if m.max_position_embeddings is None:

@@ -35,9 +35,10 @@ class SelfAttention(nn.Module):
                                       init_std=cfg.init_method_std / math.sqrt(2.0 * cfg.num_layers))
 
     def forward(self, x, rope=None):
-        s, b, _ = x.shape
+        qkv = self.qkv(x)  # the whole sequence, even when x is a sequence-parallel slice
+        s, b = qkv.shape[:2]
         q_per_group = self.heads // self.groups
-        qkv = self.qkv(x).view(s, b, self.groups, q_per_group + 2, self.head_dim)
+        qkv = qkv.view(s, b, self.groups, q_per_group + 2, self.head_dim)
         q = qkv[:, :, :, :q_per_group].reshape(s, b, self.heads, self.head_dim)
         k, v = qkv[:, :, :, q_per_group], qkv[:, :, :, q_per_group + 1]
         if self.recompute_core and self.training:

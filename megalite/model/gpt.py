@@ -22,7 +22,8 @@ from megalite.model.rotary import RotaryEmbedding
 from megalite.parallel.cross_entropy import vocab_parallel_cross_entropy
 from megalite.parallel.init import mark
 from megalite.parallel.layers import ColumnParallelLinear, VocabParallelEmbedding
-from megalite.parallel.mappings import copy_to_tp
+from megalite.parallel import state
+from megalite.parallel.mappings import enter_tp_region, scatter_to_sequence
 
 
 class TransformerLayer(nn.Module):
@@ -71,10 +72,12 @@ class GPTModel(nn.Module):
                                                          init_std=cfg.init_method_std)
 
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
-        """[batch, seq] ids -> [seq, batch, hidden]."""
+        """[batch, seq] ids -> [seq, batch, hidden] (this rank's slice of seq with sequence parallelism)."""
         x = self.embedding(tokens.t())
         if hasattr(self, "position_embedding"):
             x = x + self.position_embedding(torch.arange(tokens.shape[1], device=tokens.device))[:, None, :]
+        if state.get().sequence_parallel:
+            x = scatter_to_sequence(x)
         return self.embedding_dropout(x)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -82,7 +85,7 @@ class GPTModel(nn.Module):
         x = self.final_norm(x)
         if self.cfg.untie_embeddings_and_output_weights:
             return self.output_layer(x)
-        return F.linear(copy_to_tp(x), self.embedding.weight)
+        return F.linear(enter_tp_region(x), self.embedding.weight)
 
     def forward(self, tokens: Optional[torch.Tensor] = None, labels: Optional[torch.Tensor] = None,
                 hidden: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -91,7 +94,9 @@ class GPTModel(nn.Module):
         x = self.embed(tokens) if self.pre_process else hidden
         rope = None
         if self.rotary is not None:
-            rope = self.rotary(torch.arange(x.shape[0], device=x.device), x.dtype)
+            s = state.get()
+            seq = x.shape[0] * (s.tp_size if s.sequence_parallel else 1)
+            rope = self.rotary(torch.arange(seq, device=x.device), x.dtype)
         for layer in self.layers.values():
             if self.recompute_full and self.training:
                 x = checkpoint(layer, x, rope, use_reentrant=False)

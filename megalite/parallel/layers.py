@@ -1,8 +1,11 @@
 """Linear and embedding layers split over tensor-parallel ranks (Megatron's three layers).
 
 ColumnParallelLinear splits the output features, RowParallelLinear the input features,
-VocabParallelEmbedding the vocabulary. With one tensor-parallel rank they are an ordinary
-nn.Linear / nn.Embedding.
+VocabParallelEmbedding the vocabulary. With sequence parallelism the column-parallel input
+is all-gathered along the sequence and the row-parallel output reduce-scattered, instead of
+copied and all-reduced. With one tensor-parallel rank they are an ordinary nn.Linear /
+nn.Embedding. Parameters replicated on every tensor-parallel rank that see only a slice of
+the sequence are flagged ``sequence_parallel``: their gradients are summed over the ranks.
 """
 
 import torch
@@ -11,7 +14,7 @@ from torch import nn
 
 from megalite.parallel import state
 from megalite.parallel.init import mark
-from megalite.parallel.mappings import copy_to_tp, gather_from_tp, reduce_from_tp, scatter_to_tp
+from megalite.parallel.mappings import enter_tp_region, gather_from_tp, leave_tp_region, reduce_from_tp, scatter_to_tp
 
 
 def _divide(n: int, k: int, what: str) -> int:
@@ -34,7 +37,7 @@ class ColumnParallelLinear(nn.Module):
             self.bias = mark(nn.Parameter(torch.empty(self.weight.shape[0])), None, tp_dim=0)
 
     def forward(self, x):
-        y = F.linear(copy_to_tp(x), self.weight, self.bias)
+        y = F.linear(enter_tp_region(x), self.weight, self.bias)
         return gather_from_tp(y) if self.gather_output else y
 
 
@@ -48,11 +51,13 @@ class RowParallelLinear(nn.Module):
         self.weight = mark(nn.Parameter(torch.empty(out_features, _divide(in_features, tp, "input features"))),
                            init_std, tp_dim=1)
         self.bias = mark(nn.Parameter(torch.empty(out_features)), None) if bias else None
+        if self.bias is not None:
+            self.bias.sequence_parallel = state.get().sequence_parallel
 
     def forward(self, x):
         if not self.input_is_parallel:
             x = scatter_to_tp(x)
-        y = reduce_from_tp(F.linear(x, self.weight))
+        y = leave_tp_region(F.linear(x, self.weight))
         return y if self.bias is None else y + self.bias
 
 

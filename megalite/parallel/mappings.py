@@ -1,8 +1,9 @@
 """Autograd-aware collectives that move activations in and out of tensor-parallel regions.
 
-Each forward collective has the matching backward (copy <-> all-reduce, split <-> gather),
-so layers compose them like ordinary functions. With no tensor-parallel group they return
-their input unchanged.
+Each forward collective has the matching backward (copy <-> all-reduce, split <-> gather,
+all-gather <-> reduce-scatter), so layers compose them like ordinary functions. The
+``*_sequence`` ones split activations along the sequence (dim 0 of [seq, batch, hidden])
+for sequence parallelism. With no tensor-parallel group they return their input unchanged.
 """
 
 import torch
@@ -14,6 +15,38 @@ from megalite.parallel import state
 def _all_reduce(x, group):
     dist.all_reduce(x, group=group)
     return x
+
+
+def _is_gloo(group) -> bool:
+    return dist.get_backend(group) == "gloo"
+
+
+def _split_first(x, group):
+    rank, size = dist.get_rank(group), dist.get_world_size(group)
+    if x.shape[0] % size:
+        raise ValueError(f"sequence length {x.shape[0]} is not divisible by the tensor-parallel size {size}")
+    return x.chunk(size, dim=0)[rank].contiguous()
+
+
+def _gather_first(x, group):
+    x = x.contiguous()
+    size = dist.get_world_size(group)
+    if _is_gloo(group):  # gloo has no all_gather_into_tensor
+        parts = [torch.empty_like(x) for _ in range(size)]
+        dist.all_gather(parts, x, group=group)
+        return torch.cat(parts, dim=0)
+    out = torch.empty((size * x.shape[0],) + tuple(x.shape[1:]), dtype=x.dtype, device=x.device)
+    dist.all_gather_into_tensor(out, x, group=group)
+    return out
+
+
+def _reduce_scatter_first(x, group):
+    if _is_gloo(group):  # gloo has no reduce_scatter: all-reduce and keep our chunk (same result)
+        return _split_first(_all_reduce(x.contiguous().clone(), group), group)
+    size = dist.get_world_size(group)
+    out = torch.empty((x.shape[0] // size,) + tuple(x.shape[1:]), dtype=x.dtype, device=x.device)
+    dist.reduce_scatter_tensor(out, x.contiguous(), group=group)
+    return out
 
 
 def _split_last(x, group):
@@ -70,6 +103,42 @@ class _GatherFromTP(torch.autograd.Function):
         return _split_last(g, ctx.group), None
 
 
+class _ScatterToSequence(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        return _split_first(x, group)
+
+    @staticmethod
+    def backward(ctx, g):
+        return _gather_first(g, ctx.group), None
+
+
+class _GatherFromSequence(torch.autograd.Function):
+    """All-gather along the sequence; the gradient is reduce-scattered, because the
+    consumer (a column-parallel layer) leaves each rank with a partial input gradient."""
+
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        return _gather_first(x, group)
+
+    @staticmethod
+    def backward(ctx, g):
+        return _reduce_scatter_first(g, ctx.group), None
+
+
+class _ReduceScatterToSequence(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        return _reduce_scatter_first(x, group)
+
+    @staticmethod
+    def backward(ctx, g):
+        return _gather_first(g, ctx.group), None
+
+
 def _tp_group():
     return state.get().tp_group
 
@@ -96,3 +165,31 @@ def gather_from_tp(x):
     """Concatenates every rank's slice along the last dimension; splits gradients."""
     g = _tp_group()
     return x if g is None else _GatherFromTP.apply(x, g)
+
+
+def scatter_to_sequence(x):
+    """Keeps this rank's slice of the sequence; gathers gradients back."""
+    g = _tp_group()
+    return x if g is None else _ScatterToSequence.apply(x, g)
+
+
+def gather_from_sequence(x):
+    """Whole sequence from every rank's slice; reduce-scatters the (partial) gradients."""
+    g = _tp_group()
+    return x if g is None else _GatherFromSequence.apply(x, g)
+
+
+def reduce_scatter_to_sequence(x):
+    """Sums partial results over ranks and keeps this rank's slice of the sequence."""
+    g = _tp_group()
+    return x if g is None else _ReduceScatterToSequence.apply(x, g)
+
+
+def enter_tp_region(x):
+    """Input of a column-parallel layer: the whole sequence, gradient summed over ranks."""
+    return gather_from_sequence(x) if state.get().sequence_parallel else copy_to_tp(x)
+
+
+def leave_tp_region(x):
+    """Output of a row-parallel layer: partial sums combined (and re-split with sequence parallelism)."""
+    return reduce_scatter_to_sequence(x) if state.get().sequence_parallel else reduce_from_tp(x)

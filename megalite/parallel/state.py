@@ -29,6 +29,7 @@ class ParallelState:
     dp_group: Optional[object] = None
     model_parallel_group: Optional[object] = None  # tp x pp: ranks holding one model replica
     pp_ranks: Optional[List[int]] = None
+    sequence_parallel: bool = False  # activations outside attention/MLP split along the sequence
 
     @property
     def is_first_stage(self) -> bool:
@@ -65,7 +66,7 @@ def layout(world_size: int, tp: int, pp: int):
     }
 
 
-def initialize(tp: int = 1, pp: int = 1) -> ParallelState:
+def initialize(tp: int = 1, pp: int = 1, sequence_parallel: bool = False) -> ParallelState:
     """Create the groups for the running torch.distributed world (or a single process)."""
     global _state
     if not (dist.is_available() and dist.is_initialized()):
@@ -74,7 +75,8 @@ def initialize(tp: int = 1, pp: int = 1) -> ParallelState:
         return _state
     world, me = dist.get_world_size(), dist.get_rank()
     groups = layout(world, tp, pp)
-    s = ParallelState(world_size=world, rank=me, tp_size=tp, pp_size=pp, dp_size=world // (tp * pp))
+    s = ParallelState(world_size=world, rank=me, tp_size=tp, pp_size=pp, dp_size=world // (tp * pp),
+                      sequence_parallel=sequence_parallel and tp > 1)
     for kind, lists in groups.items():
         for ranks in lists:
             group = dist.new_group(ranks) if len(ranks) > 1 else None  # every rank must call new_group

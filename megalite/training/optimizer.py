@@ -7,10 +7,11 @@ are copied back into the model. Weight decay skips norms and biases (1-D paramet
 """
 
 import math
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import torch
-import torch.distributed as dist
+
+from megalite.parallel.grads import global_grad_norm
 
 
 class DynamicLossScaler:
@@ -69,6 +70,7 @@ class Optimizer:
         self.names = [n for n, p in named_params if p.requires_grad]
         self.model_params: List[torch.nn.Parameter] = [p for _, p in named_params if p.requires_grad]
         self.mixed = any(p.dtype != torch.float32 for p in self.model_params)
+        self.replicated = [getattr(p, "tp_dim", None) is None for p in self.model_params]
         if self.mixed:
             self.masters = [p.detach().float().clone().requires_grad_(True) for p in self.model_params]
         else:
@@ -96,7 +98,7 @@ class Optimizer:
         grads = [m.main_grad for m in self.masters]
         if self.scaler.scale != 1.0:
             torch._foreach_mul_(grads, 1.0 / self.scaler.scale)
-        norm = global_grad_norm(grads, self.mp_group)
+        norm = global_grad_norm(grads, self.replicated, self.mp_group)
         found_inf = not math.isfinite(norm)
         self.scaler.update(found_inf)
         if found_inf:
@@ -125,13 +127,3 @@ class Optimizer:
         if self.mixed:
             for n, m in zip(self.names, self.masters):
                 m.copy_(sd["masters"][n])
-
-
-def global_grad_norm(grads: List[torch.Tensor], group: Optional[object] = None) -> float:
-    """L2 norm of all gradients (inf/nan if any is), summed over ``group``'s shards."""
-    if not grads:
-        return 0.0
-    sq = torch.stack(torch._foreach_norm(grads)).float().square().sum()
-    if group is not None:
-        dist.all_reduce(sq, group=group)
-    return sq.sqrt().item()

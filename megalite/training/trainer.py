@@ -24,6 +24,7 @@ from megalite.model import GPTModel
 from megalite.model.flops import peak_tflops, train_flops
 from megalite.parallel import state
 from megalite.parallel.data_parallel import GradBuffer, all_reduce_scalar
+from megalite.parallel.grads import sync_sequence_parallel_grads
 from megalite.parallel.init import initialize
 from megalite.training.checkpointing import load_checkpoint, save_checkpoint
 from megalite.training.data import build_datasets, build_loader, build_tokenizer_from, microbatches, padded_vocab_size
@@ -56,7 +57,7 @@ class Trainer:
     def __init__(self, cfg: Config, device: torch.device):
         self.cfg, self.device = cfg, device
         m, p, t = cfg.model, cfg.parallel, cfg.training
-        s = state.initialize(p.tensor_model_parallel_size, p.pipeline_model_parallel_size)
+        s = state.initialize(p.tensor_model_parallel_size, p.pipeline_model_parallel_size, p.sequence_parallel)
         set_seeds(t.seed + 100 * s.pp_rank)
         self.tokenizer = build_tokenizer_from(cfg)
         vocab = self.tokenizer.vocab_size if self.tokenizer else m.vocab_size
@@ -109,6 +110,7 @@ class Trainer:
             (loss * scale).backward() if scale != 1.0 else loss.backward()
             loss_sum += loss.detach().double()
         self.grads.finish_sync()
+        sync_sequence_parallel_grads(self.grads.params)
         lm_loss = all_reduce_scalar(loss_sum.item(), s.dp_group)
         if not math.isfinite(lm_loss) and not self.cfg.training.fp16:
             raise MegaliteError(
@@ -271,4 +273,5 @@ def pretrain(cfg: Config) -> Dict:
     finally:
         state.destroy()
         if owns_group and dist.is_initialized():
+            dist.barrier()
             dist.destroy_process_group()  # leaving it to interpreter exit can abort gloo threads

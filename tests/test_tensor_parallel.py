@@ -1,0 +1,73 @@
+"""Tensor and sequence parallelism on gloo: every layout must reproduce the one-process run."""
+
+import os
+
+import pytest
+import torch
+
+from megalite.config import parse_config
+from megalite.errors import MegaliteError
+from megalite.parallel.state import layout
+from megalite.training.trainer import pretrain
+from tests.conftest import read_metrics, tiny_model_args
+from tests.dist_utils import run_distributed
+
+
+def test_rank_layout_is_megatrons():
+    g = layout(8, tp=2, pp=2)
+    assert g["tp"] == [[0, 1], [2, 3], [4, 5], [6, 7]]
+    assert g["dp"] == [[0, 2], [1, 3], [4, 6], [5, 7]]
+    assert g["pp"] == [[0, 4], [1, 5], [2, 6], [3, 7]]
+    with pytest.raises(MegaliteError, match="world size 6 is not divisible by tensor \\(4\\)"):
+        layout(6, tp=4, pp=1)
+
+
+def _pretrain(rank, world_size, argv):
+    pretrain(parse_config(argv))
+
+
+def run_layout(tmp_path, corpus, name, world, **kw):
+    metrics = str(tmp_path / f"{name}.jsonl")
+    argv = tiny_model_args(*corpus, metrics_file=metrics, save=str(tmp_path / name), train_iters=20,
+                           hidden_size=64, num_attention_heads=8, num_query_groups=4, ffn_hidden_size=128, **kw)
+    if world == 1:
+        pretrain(parse_config(argv))
+    else:
+        run_distributed(_pretrain, world, argv)
+    return read_metrics(metrics)[0]
+
+
+def final_weights(folder, tp):
+    files = [os.path.join(folder, "iter_0000020", f"mp_rank_{r:02d}", "model_optim_rng.pt") for r in range(tp)]
+    return [torch.load(f, weights_only=True)["model"] for f in files]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, tiny_corpus):
+    tmp = tmp_path_factory.mktemp("tp_reference")
+    return run_layout(tmp, tiny_corpus, "ref", 1), final_weights(str(tmp / "ref"), 1)[0]
+
+
+@pytest.mark.dist
+@pytest.mark.parametrize("world, tp, extra", [
+    (2, 2, {}),
+    (2, 2, {"sequence_parallel": True}),
+    (4, 4, {"sequence_parallel": True, "untie_embeddings_and_output_weights": True}),
+    (4, 2, {"sequence_parallel": True}),  # tp=2 x dp=2
+], ids=["tp2", "tp2-sp", "tp4-sp-untied", "tp2xdp2-sp"])
+def test_tensor_parallel_matches_one_process(tmp_path, tiny_corpus, reference, world, tp, extra):
+    ref_rows, ref_weights = reference
+    if extra.get("untie_embeddings_and_output_weights"):
+        ref_rows = run_layout(tmp_path, tiny_corpus, "ref_untied", 1, untie_embeddings_and_output_weights=True)
+        ref_weights = final_weights(str(tmp_path / "ref_untied"), 1)[0]
+    rows = run_layout(tmp_path, tiny_corpus, "tp", world, tensor_model_parallel_size=tp, **extra)
+    assert len(rows) == len(ref_rows) == 20
+    for a, b in zip(ref_rows, rows):
+        assert b["lm_loss"] == pytest.approx(a["lm_loss"], rel=1e-5), a["iteration"]
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4), a["iteration"]
+    shards = final_weights(str(tmp_path / "tp"), tp)
+    for name, full in ref_weights.items():
+        dim = shards[0][name].shape != full.shape and next(
+            d for d in range(full.ndim) if shards[0][name].shape[d] != full.shape[d])
+        gathered = torch.cat([s[name] for s in shards], dim=dim) if dim is not False else shards[0][name]
+        torch.testing.assert_close(gathered, full, rtol=1e-5, atol=1e-5, msg=name)
