@@ -271,9 +271,6 @@ def validate(cfg: Config, world_size: int = 1) -> Config:
     if p.sequence_parallel and d.seq_length % tp:
         raise MegaliteError(f"--seq-length {d.seq_length} is not divisible by --tensor-model-parallel-size {tp} "
                             "(needed by --sequence-parallel)")
-    if tp > 1 and (m.hidden_dropout > 0 or m.attention_dropout > 0):
-        raise MegaliteError("dropout with --tensor-model-parallel-size > 1 is not supported yet: "
-                            "pass --hidden-dropout 0 --attention-dropout 0")
     if m.ffn_hidden_size is None:
         m.ffn_hidden_size = int(8 * m.hidden_size / 3 / 64) * 64 if m.swiglu else 4 * m.hidden_size
     if m.max_position_embeddings is None:

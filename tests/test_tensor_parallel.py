@@ -28,7 +28,8 @@ def _pretrain(rank, world_size, argv):
 
 def run_layout(tmp_path, corpus, name, world, **kw):
     metrics = str(tmp_path / f"{name}.jsonl")
-    argv = tiny_model_args(*corpus, metrics_file=metrics, save=str(tmp_path / name), train_iters=20,
+    kw.setdefault("train_iters", 20)
+    argv = tiny_model_args(*corpus, metrics_file=metrics, save=str(tmp_path / name),
                            hidden_size=64, num_attention_heads=8, num_query_groups=4, ffn_hidden_size=128, **kw)
     if world == 1:
         pretrain(parse_config(argv))
@@ -71,3 +72,13 @@ def test_tensor_parallel_matches_one_process(tmp_path, tiny_corpus, reference, w
             d for d in range(full.ndim) if shards[0][name].shape[d] != full.shape[d])
         gathered = torch.cat([s[name] for s in shards], dim=dim) if dim is not False else shards[0][name]
         torch.testing.assert_close(gathered, full, rtol=1e-5, atol=1e-5, msg=name)
+
+
+@pytest.mark.dist
+def test_recomputation_under_tensor_parallelism_with_dropout(tmp_path, tiny_corpus):
+    kw = dict(tensor_model_parallel_size=2, sequence_parallel=True, hidden_dropout=0.1, attention_dropout=0.1,
+              train_iters=5)
+    plain = run_layout(tmp_path, tiny_corpus, "plain", 2, **kw)
+    full = run_layout(tmp_path, tiny_corpus, "full", 2, recompute_granularity="full", **kw)
+    for a, b in zip(plain, full):
+        assert b["lm_loss"] == pytest.approx(a["lm_loss"], rel=1e-6)

@@ -133,3 +133,49 @@ def _check_layers(rank, world, sequence_parallel):
 @pytest.mark.parametrize("sequence_parallel", [False, True], ids=["plain", "sp"])
 def test_layers_match_single_process(world, sequence_parallel):
     run_distributed(_check_layers, world, sequence_parallel)
+
+
+def _check_dropout_streams(rank, world):
+    import torch.distributed as dist
+
+    from megalite.parallel import state
+    from megalite.parallel.random import SequenceDropout, recompute, seed_tp_rng, tp_rng
+
+    def gathered(t):
+        parts = [torch.empty_like(t) for _ in range(world)]
+        dist.all_gather(parts, t.contiguous())
+        return parts
+
+    for sequence_parallel in (False, True):
+        state.initialize(tp=world, sequence_parallel=sequence_parallel)
+        torch.manual_seed(5)
+        seed_tp_rng(5)
+        masks = gathered(SequenceDropout(0.5).train()(torch.ones(64)))
+        same = all(torch.equal(masks[0], m) for m in masks[1:])
+        assert same != sequence_parallel, "residual dropout: equal masks unless the sequence is split"
+        with tp_rng():
+            per_rank = gathered(torch.rand(64))
+        assert not torch.equal(per_rank[0], per_rank[1]), "the tensor-parallel stream differs per rank"
+        after = gathered(torch.rand(8))
+        assert all(torch.equal(after[0], a) for a in after[1:]), "forking left the global stream alone"
+
+    def block(x):
+        with tp_rng():
+            x = torch.nn.functional.dropout(x, 0.5, True)
+        return torch.nn.functional.dropout(x * 2, 0.3, True)
+
+    x = torch.randn(32, requires_grad=True)
+    torch.manual_seed(9)
+    seed_tp_rng(9)
+    block(x).sum().backward()
+    plain = x.grad.clone()
+    x.grad = None
+    torch.manual_seed(9)
+    seed_tp_rng(9)
+    recompute(block, x).sum().backward()
+    torch.testing.assert_close(x.grad, plain)  # recomputation replayed both streams
+    state.destroy()
+
+
+def test_dropout_random_streams():
+    run_distributed(_check_dropout_streams, 2)

@@ -10,12 +10,12 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from megalite.config import ModelConfig
 from megalite.model.rotary import apply_rotary
 from megalite.parallel import state
 from megalite.parallel.layers import ColumnParallelLinear, RowParallelLinear
+from megalite.parallel.random import recompute, tp_rng
 
 
 class SelfAttention(nn.Module):
@@ -42,7 +42,7 @@ class SelfAttention(nn.Module):
         q = qkv[:, :, :, :q_per_group].reshape(s, b, self.heads, self.head_dim)
         k, v = qkv[:, :, :, q_per_group], qkv[:, :, :, q_per_group + 1]
         if self.recompute_core and self.training:
-            out = checkpoint(self._core, q, k, v, rope, use_reentrant=False)
+            out = recompute(self._core, q, k, v, rope)
         else:
             out = self._core(q, k, v, rope)
         return self.proj(out)
@@ -51,9 +51,9 @@ class SelfAttention(nn.Module):
         if rope is not None:
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         q, k, v = (t.permute(1, 2, 0, 3) for t in (q, k, v))  # [batch, heads, seq, dim]
-        out = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0,
-            enable_gqa=self.groups != self.heads,
-        )
+        dropout = self.dropout if self.training else 0.0
+        with tp_rng(dropout > 0):  # each rank's heads are its own: independent masks
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout,
+                                                 enable_gqa=self.groups != self.heads)
         s, b = out.shape[2], out.shape[0]
         return out.permute(2, 0, 1, 3).reshape(s, b, self.heads * self.head_dim)

@@ -12,7 +12,6 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from megalite.config import ModelConfig
 from megalite.model.attention import SelfAttention
@@ -24,6 +23,7 @@ from megalite.parallel.init import mark
 from megalite.parallel.layers import ColumnParallelLinear, VocabParallelEmbedding
 from megalite.parallel import state
 from megalite.parallel.mappings import enter_tp_region, scatter_to_sequence
+from megalite.parallel.random import SequenceDropout, recompute
 
 
 class TransformerLayer(nn.Module):
@@ -35,7 +35,7 @@ class TransformerLayer(nn.Module):
         self.attention = SelfAttention(cfg, recompute_core)
         self.post_attention_norm = build_norm(cfg.normalization, cfg.hidden_size, cfg.norm_epsilon)
         self.mlp = MLP(cfg)
-        self.dropout = nn.Dropout(cfg.hidden_dropout)
+        self.dropout = SequenceDropout(cfg.hidden_dropout)
 
     def forward(self, x, rope=None):
         x = x + self.dropout(self.attention(self.input_norm(x), rope))
@@ -59,7 +59,7 @@ class GPTModel(nn.Module):
             if cfg.position_embedding_type == "learned_absolute":
                 self.position_embedding = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size)
                 mark(self.position_embedding.weight, cfg.init_method_std)
-            self.embedding_dropout = nn.Dropout(cfg.hidden_dropout)
+            self.embedding_dropout = SequenceDropout(cfg.hidden_dropout)
         self.rotary = None
         if cfg.position_embedding_type == "rope":
             self.rotary = RotaryEmbedding(cfg.kv_channels, cfg.rotary_base, cfg.rotary_percent)
@@ -99,7 +99,7 @@ class GPTModel(nn.Module):
             rope = self.rotary(torch.arange(seq, device=x.device), x.dtype)
         for layer in self.layers.values():
             if self.recompute_full and self.training:
-                x = checkpoint(layer, x, rope, use_reentrant=False)
+                x = recompute(layer, x, rope)
             else:
                 x = layer(x, rope)
         if not self.post_process:

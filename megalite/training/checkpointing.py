@@ -23,6 +23,7 @@ import torch.distributed as dist
 from megalite.config import ARCHITECTURE_FIELDS, Config
 from megalite.errors import MegaliteError
 from megalite.parallel import state
+from megalite.parallel.random import get_tp_rng_state, set_tp_rng_state
 from megalite.utils.atomic import atomic_write, fsync_path
 
 TRACKER = "latest_checkpointed_iteration.txt"
@@ -49,6 +50,9 @@ def rng_state() -> Dict:
     }
     if torch.cuda.is_available():
         out["cuda"] = torch.cuda.get_rng_state().tolist()
+    tp = get_tp_rng_state()
+    if tp is not None:
+        out["tp_stream"] = {k: v.tolist() for k, v in tp.items()}
     return out
 
 
@@ -59,6 +63,8 @@ def set_rng_state(sd: Dict) -> None:
     torch.set_rng_state(torch.tensor(sd["torch"], dtype=torch.uint8))
     if "cuda" in sd and torch.cuda.is_available():
         torch.cuda.set_rng_state(torch.tensor(sd["cuda"], dtype=torch.uint8))
+    if "tp_stream" in sd:
+        set_tp_rng_state({k: torch.tensor(v, dtype=torch.uint8) for k, v in sd["tp_stream"].items()})
 
 
 def _to_tuple(x):

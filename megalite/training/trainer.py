@@ -26,6 +26,7 @@ from megalite.parallel import state
 from megalite.parallel.data_parallel import GradBuffer, all_reduce_scalar
 from megalite.parallel.grads import sync_sequence_parallel_grads
 from megalite.parallel.init import initialize
+from megalite.parallel.random import seed_tp_rng
 from megalite.training.checkpointing import load_checkpoint, save_checkpoint
 from megalite.training.data import build_datasets, build_loader, build_tokenizer_from, microbatches, padded_vocab_size
 from megalite.training.metrics_log import MetricsLog
@@ -59,6 +60,7 @@ class Trainer:
         m, p, t = cfg.model, cfg.parallel, cfg.training
         s = state.initialize(p.tensor_model_parallel_size, p.pipeline_model_parallel_size, p.sequence_parallel)
         set_seeds(t.seed + 100 * s.pp_rank)
+        seed_tp_rng(t.seed + 100 * s.pp_rank)
         self.tokenizer = build_tokenizer_from(cfg)
         vocab = self.tokenizer.vocab_size if self.tokenizer else m.vocab_size
         m.padded_vocab_size = padded_vocab_size(vocab, m.make_vocab_size_divisible_by, s.tp_size)
