@@ -179,3 +179,41 @@ def _check_dropout_streams(rank, world):
 
 def test_dropout_random_streams():
     run_distributed(_check_dropout_streams, 2)
+
+
+def _layer_activation_bytes(rank, world, sequence_parallel, out_file):
+    from megalite.config import ModelConfig
+    from megalite.model.gpt import TransformerLayer
+    from megalite.parallel import state
+    from megalite.parallel.init import initialize
+    from megalite.parallel.random import seed_tp_rng
+    from megalite.utils.memory import saved_activation_bytes
+
+    state.initialize(tp=world, sequence_parallel=sequence_parallel)
+    seed_tp_rng(0)
+    cfg = ModelConfig(num_layers=1, hidden_size=64, num_attention_heads=4, ffn_hidden_size=256, kv_channels=16,
+                      num_query_groups=4, hidden_dropout=0.1, attention_dropout=0.0, padded_vocab_size=64)
+    layer = TransformerLayer(cfg)
+    initialize(layer, 0)
+    seq = 64 // world if sequence_parallel else 64
+    n = saved_activation_bytes(lambda: layer(torch.randn(seq, 2, 64, requires_grad=True)), layer.parameters())
+    if rank == 0:
+        open(out_file, "w").write(str(n))
+    state.destroy()
+
+
+def test_sequence_parallelism_divides_activation_memory(tmp_path):
+    """Bytes autograd keeps per layer: SP cuts all of it by TP; TP alone only the inner part."""
+    from megalite.utils.memory import saved_activation_bytes  # noqa: F401 - imported for the workers
+
+    sizes = {}
+    for world, sp in ((1, False), (2, False), (2, True), (4, True)):
+        f = tmp_path / f"{world}{sp}"
+        if world == 1:
+            _layer_activation_bytes(0, 1, False, f)
+        else:
+            run_distributed(_layer_activation_bytes, world, sp, str(f))
+        sizes[(world, sp)] = int(f.read_text())
+    base = sizes[(1, False)]
+    assert sizes[(2, True)] * 2 == base and sizes[(4, True)] * 4 == base
+    assert base / 2 < sizes[(2, False)] < base

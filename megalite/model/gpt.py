@@ -10,7 +10,6 @@ model. Tensors are [seq, batch, hidden] inside; inputs and outputs are [batch, s
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from megalite.config import ModelConfig
@@ -20,9 +19,9 @@ from megalite.model.norms import build_norm
 from megalite.model.rotary import RotaryEmbedding
 from megalite.parallel.cross_entropy import vocab_parallel_cross_entropy
 from megalite.parallel.init import mark
-from megalite.parallel.layers import ColumnParallelLinear, VocabParallelEmbedding
+from megalite.parallel.layers import ColumnParallelLinear, VocabParallelEmbedding, column_parallel_linear
 from megalite.parallel import state
-from megalite.parallel.mappings import enter_tp_region, scatter_to_sequence
+from megalite.parallel.mappings import scatter_to_sequence
 from megalite.parallel.random import SequenceDropout, recompute
 
 
@@ -85,7 +84,7 @@ class GPTModel(nn.Module):
         x = self.final_norm(x)
         if self.cfg.untie_embeddings_and_output_weights:
             return self.output_layer(x)
-        return F.linear(enter_tp_region(x), self.embedding.weight)
+        return column_parallel_linear(x, self.embedding.weight)
 
     def forward(self, tokens: Optional[torch.Tensor] = None, labels: Optional[torch.Tensor] = None,
                 hidden: Optional[torch.Tensor] = None) -> torch.Tensor:

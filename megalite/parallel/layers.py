@@ -14,7 +14,45 @@ from torch import nn
 
 from megalite.parallel import state
 from megalite.parallel.init import mark
-from megalite.parallel.mappings import enter_tp_region, gather_from_tp, leave_tp_region, reduce_from_tp, scatter_to_tp
+from megalite.parallel.mappings import (
+    _gather_first,
+    _reduce_scatter_first,
+    copy_to_tp,
+    gather_from_tp,
+    leave_tp_region,
+    reduce_from_tp,
+    scatter_to_tp,
+)
+
+
+class _SequenceGatherLinear(torch.autograd.Function):
+    """y = all_gather_seq(x) W^T + b that keeps only this rank's slice of x for backward
+    (gathering it again there), so sequence parallelism really cuts activation memory by TP."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, group):
+        ctx.group, ctx.has_bias = group, bias is not None
+        ctx.save_for_backward(x, weight)
+        return F.linear(_gather_first(x, group), weight, bias)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, weight = ctx.saved_tensors
+        total = _gather_first(x, ctx.group)
+        grad_x = _reduce_scatter_first(g.matmul(weight), ctx.group)
+        g2 = g.reshape(-1, g.shape[-1])
+        grad_w = g2.t().matmul(total.reshape(-1, total.shape[-1]))
+        grad_b = g2.sum(0) if ctx.has_bias else None
+        return grad_x, grad_w, grad_b, None
+
+
+def column_parallel_linear(x, weight, bias=None):
+    """The matmul of a column-parallel layer: the input enters the tensor-parallel region
+    (copied, or all-gathered along the sequence with sequence parallelism)."""
+    s = state.get()
+    if s.sequence_parallel:
+        return _SequenceGatherLinear.apply(x, weight, bias, s.tp_group)
+    return F.linear(copy_to_tp(x), weight, bias)
 
 
 def _divide(n: int, k: int, what: str) -> int:
@@ -37,7 +75,7 @@ class ColumnParallelLinear(nn.Module):
             self.bias = mark(nn.Parameter(torch.empty(self.weight.shape[0])), None, tp_dim=0)
 
     def forward(self, x):
-        y = F.linear(enter_tp_region(x), self.weight, self.bias)
+        y = column_parallel_linear(x, self.weight, self.bias)
         return gather_from_tp(y) if self.gather_output else y
 
 

@@ -185,11 +185,6 @@ def reduce_scatter_to_sequence(x):
     return x if g is None else _ReduceScatterToSequence.apply(x, g)
 
 
-def enter_tp_region(x):
-    """Input of a column-parallel layer: the whole sequence, gradient summed over ranks."""
-    return gather_from_sequence(x) if state.get().sequence_parallel else copy_to_tp(x)
-
-
 def leave_tp_region(x):
     """Output of a row-parallel layer: partial sums combined (and re-split with sequence parallelism)."""
     return reduce_scatter_to_sequence(x) if state.get().sequence_parallel else reduce_from_tp(x)

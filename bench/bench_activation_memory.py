@@ -1,0 +1,69 @@
+"""Activation memory per transformer layer under tensor and sequence parallelism (gloo, CPU).
+
+    python bench/bench_activation_memory.py [--seq 1024] [--hidden 1024] [--heads 16]
+
+For TP in {1, 2, 4}, with and without --sequence-parallel, runs one layer's forward on
+each rank and counts the bytes autograd saves for backward (distinct storages, weights
+excluded), then prints one line per layout: per-rank bytes and the ratio to TP=1.
+Megatron's estimate for a layer is s*b*h*(34 + 5*a*s/h) bytes in 16-bit; without SP only
+the attention/MLP internals shrink with TP, with SP everything does.
+"""
+
+import argparse
+import os
+
+import torch
+import torch.multiprocessing as mp
+
+
+def measure(rank, world, args, sequence_parallel, out):
+    import torch.distributed as dist
+
+    from megalite.config import ModelConfig
+    from megalite.model.gpt import TransformerLayer
+    from megalite.parallel import state
+    from megalite.parallel.init import initialize
+    from megalite.parallel.random import seed_tp_rng
+    from megalite.utils.memory import saved_activation_bytes
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(args.port), RANK=str(rank), WORLD_SIZE=str(world))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    state.initialize(tp=world, sequence_parallel=sequence_parallel)
+    seed_tp_rng(0)
+    cfg = ModelConfig(num_layers=1, hidden_size=args.hidden, num_attention_heads=args.heads, ffn_hidden_size=4 * args.hidden,
+                      kv_channels=args.hidden // args.heads, num_query_groups=args.heads, normalization="LayerNorm",
+                      hidden_dropout=0.1, attention_dropout=0.0, padded_vocab_size=128)
+    layer = TransformerLayer(cfg)
+    initialize(layer, 0)
+    seq = args.seq // world if sequence_parallel else args.seq
+    x = torch.randn(seq, args.batch, args.hidden, requires_grad=True)
+    n = saved_activation_bytes(lambda: layer(x), layer.parameters())
+    if rank == 0:
+        out.put(n)
+    dist.destroy_process_group()
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seq", type=int, default=1024)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--hidden", type=int, default=1024)
+    p.add_argument("--heads", type=int, default=16)
+    p.add_argument("--port", type=int, default=29533)
+    a = p.parse_args()
+    results = {}
+    ctx = mp.get_context("spawn")
+    for tp in (1, 2, 4):
+        for sp in ((False,) if tp == 1 else (False, True)):
+            q = ctx.SimpleQueue()
+            mp.start_processes(measure, args=(tp, a, sp, q), nprocs=tp, start_method="spawn")
+            results[(tp, sp)] = q.get()
+            a.port += 1
+    base = results[(1, False)]
+    for (tp, sp), n in results.items():
+        print(f"bench_activation_memory: seq {a.seq} x batch {a.batch} x hidden {a.hidden}, fp32 | TP={tp} "
+              f"SP={'on ' if sp else 'off'} | {n / 2**20:.1f} MiB per layer per rank | {n / base:.3f} of TP=1")
+
+
+if __name__ == "__main__":
+    main()
