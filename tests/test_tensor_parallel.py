@@ -38,9 +38,11 @@ def run_layout(tmp_path, corpus, name, world, **kw):
     return read_metrics(metrics)[0]
 
 
-def final_weights(folder, tp):
+def final_weights(folder, tp, with_metadata=False):
     files = [os.path.join(folder, "iter_0000020", f"mp_rank_{r:02d}", "model_optim_rng.pt") for r in range(tp)]
-    return [torch.load(f, weights_only=True)["model"] for f in files]
+    payloads = [torch.load(f, weights_only=True) for f in files]
+    models = [p["model"] for p in payloads]
+    return (models, payloads[0]["tensor_parallel"]) if with_metadata else models
 
 
 @pytest.fixture(scope="module")
@@ -66,11 +68,16 @@ def test_tensor_parallel_matches_one_process(tmp_path, tiny_corpus, reference, w
     for a, b in zip(ref_rows, rows):
         assert b["lm_loss"] == pytest.approx(a["lm_loss"], rel=1e-5), a["iteration"]
         assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4), a["iteration"]
-    shards = final_weights(str(tmp_path / "tp"), tp)
+    shards, splits = final_weights(str(tmp_path / "tp"), tp, with_metadata=True)
+    assert splits["layers.0.attention.qkv.weight"] == {"dim": 0, "parts": tp}
+    assert splits["layers.0.mlp.fc2.weight"] == {"dim": 1, "parts": tp}
+    assert "layers.0.input_norm.weight" not in splits
     for name, full in ref_weights.items():
-        dim = shards[0][name].shape != full.shape and next(
-            d for d in range(full.ndim) if shards[0][name].shape[d] != full.shape[d])
-        gathered = torch.cat([s[name] for s in shards], dim=dim) if dim is not False else shards[0][name]
+        if name in splits:  # gathered with the checkpoint's own split metadata
+            gathered = torch.cat([s[name] for s in shards], dim=splits[name]["dim"])
+        else:
+            gathered = shards[0][name]
+            assert all(torch.equal(gathered, s[name]) for s in shards[1:]), name
         torch.testing.assert_close(gathered, full, rtol=1e-5, atol=1e-5, msg=name)
 
 

@@ -76,6 +76,14 @@ def _barrier():
         dist.barrier()
 
 
+def split_metadata(model) -> Dict:
+    """How each saved tensor is split over tensor-parallel ranks: {name: {dim, parts}};
+    tensors absent from it are whole on every rank."""
+    parts = state.get().tp_size
+    return {name: {"dim": p.tp_dim, "parts": parts}
+            for name, p in model.named_parameters() if getattr(p, "tp_dim", None) is not None}
+
+
 def save_checkpoint(root: str, iteration: int, model, optimizer, cfg: Config,
                     consumed_samples: int, consumed_tokens: int) -> str:
     s = state.get()
@@ -103,6 +111,7 @@ def save_checkpoint(root: str, iteration: int, model, optimizer, cfg: Config,
             "optimizer": optimizer.state_dict(),
             "rng": rngs,
             "parallel": {"tp_size": s.tp_size, "pp_size": s.pp_size, "dp_size": s.dp_size},
+            "tensor_parallel": split_metadata(model),
         }
         torch.save(payload, path)
         fsync_path(path)
