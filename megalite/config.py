@@ -263,9 +263,12 @@ def validate(cfg: Config, world_size: int = 1) -> Config:
     if m.num_attention_heads % m.num_query_groups:
         raise MegaliteError(f"--num-attention-heads {m.num_attention_heads} is not divisible by "
                             f"--num-query-groups {m.num_query_groups}")
-    for value, flag in ((m.num_attention_heads, "--num-attention-heads"), (m.num_query_groups, "--num-query-groups")):
-        if value % tp:
-            raise MegaliteError(f"{flag} {value} is not divisible by --tensor-model-parallel-size {tp}")
+    if m.num_attention_heads % tp:
+        raise MegaliteError(f"--num-attention-heads {m.num_attention_heads} is not divisible by "
+                            f"--tensor-model-parallel-size {tp}")
+    if m.num_query_groups % tp and tp % m.num_query_groups:
+        raise MegaliteError(f"--num-query-groups {m.num_query_groups} must divide or be divisible by "
+                            f"--tensor-model-parallel-size {tp} (key/value heads are split, or replicated)")
     if p.sequence_parallel and tp == 1:
         raise MegaliteError("--sequence-parallel needs --tensor-model-parallel-size > 1")
     if p.sequence_parallel and d.seq_length % tp:

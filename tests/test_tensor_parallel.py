@@ -28,9 +28,9 @@ def _pretrain(rank, world_size, argv):
 
 def run_layout(tmp_path, corpus, name, world, **kw):
     metrics = str(tmp_path / f"{name}.jsonl")
-    kw.setdefault("train_iters", 20)
-    argv = tiny_model_args(*corpus, metrics_file=metrics, save=str(tmp_path / name),
-                           hidden_size=64, num_attention_heads=8, num_query_groups=4, ffn_hidden_size=128, **kw)
+    kw = {"train_iters": 20, "hidden_size": 64, "num_attention_heads": 8, "num_query_groups": 4,
+          "ffn_hidden_size": 128, **kw}
+    argv = tiny_model_args(*corpus, metrics_file=metrics, save=str(tmp_path / name), **kw)
     if world == 1:
         pretrain(parse_config(argv))
     else:
@@ -45,10 +45,26 @@ def final_weights(folder, tp, with_metadata=False):
     return (models, payloads[0]["tensor_parallel"]) if with_metadata else models
 
 
+def gather_replicated_qkv(shards, replicas, heads, groups, head_dim):
+    """Full QKV rows from ranks that each hold their query heads plus a shared key/value head
+    (the copies must agree)."""
+    per_group, mine = heads // groups, heads // len(shards)
+    out = []
+    for g in range(groups):
+        ranks = shards[g * replicas : (g + 1) * replicas]
+        for r in ranks[1:]:
+            torch.testing.assert_close(r[mine * head_dim :], ranks[0][mine * head_dim :])
+        out += [r[: mine * head_dim] for r in ranks] + [ranks[0][mine * head_dim :]]
+    return torch.cat(out)
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, tiny_corpus):
     tmp = tmp_path_factory.mktemp("tp_reference")
     return run_layout(tmp, tiny_corpus, "ref", 1), final_weights(str(tmp / "ref"), 1)[0]
+
+
+MODEL_SETTINGS = ("untie_embeddings_and_output_weights", "num_query_groups")
 
 
 @pytest.mark.dist
@@ -57,23 +73,31 @@ def reference(tmp_path_factory, tiny_corpus):
     (2, 2, {"sequence_parallel": True}),
     (4, 4, {"sequence_parallel": True, "untie_embeddings_and_output_weights": True}),
     (4, 2, {"sequence_parallel": True}),  # tp=2 x dp=2
-], ids=["tp2", "tp2-sp", "tp4-sp-untied", "tp2xdp2-sp"])
+    (2, 2, {"sequence_parallel": True, "num_query_groups": 1}),  # one key/value head, replicated
+    (4, 4, {"num_query_groups": 2}),
+], ids=["tp2", "tp2-sp", "tp4-sp-untied", "tp2xdp2-sp", "tp2-sp-mqa", "tp4-kv2"])
 def test_tensor_parallel_matches_one_process(tmp_path, tiny_corpus, reference, world, tp, extra):
     ref_rows, ref_weights = reference
-    if extra.get("untie_embeddings_and_output_weights"):
-        ref_rows = run_layout(tmp_path, tiny_corpus, "ref_untied", 1, untie_embeddings_and_output_weights=True)
-        ref_weights = final_weights(str(tmp_path / "ref_untied"), 1)[0]
+    model_kw = {k: v for k, v in extra.items() if k in MODEL_SETTINGS}
+    if model_kw:
+        ref_rows = run_layout(tmp_path, tiny_corpus, "ref_variant", 1, **model_kw)
+        ref_weights = final_weights(str(tmp_path / "ref_variant"), 1)[0]
     rows = run_layout(tmp_path, tiny_corpus, "tp", world, tensor_model_parallel_size=tp, **extra)
     assert len(rows) == len(ref_rows) == 20
     for a, b in zip(ref_rows, rows):
         assert b["lm_loss"] == pytest.approx(a["lm_loss"], rel=1e-5), a["iteration"]
         assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4), a["iteration"]
     shards, splits = final_weights(str(tmp_path / "tp"), tp, with_metadata=True)
-    assert splits["layers.0.attention.qkv.weight"] == {"dim": 0, "parts": tp}
+    replicas = tp // extra.get("num_query_groups", 4)
+    assert splits["layers.0.attention.qkv.weight"] == (
+        {"dim": 0, "parts": tp, "kv_head_replicas": replicas} if replicas > 1 else {"dim": 0, "parts": tp})
     assert splits["layers.0.mlp.fc2.weight"] == {"dim": 1, "parts": tp}
     assert "layers.0.input_norm.weight" not in splits
     for name, full in ref_weights.items():
-        if name in splits:  # gathered with the checkpoint's own split metadata
+        if splits.get(name, {}).get("kv_head_replicas"):
+            gathered = gather_replicated_qkv([s[name] for s in shards], splits[name]["kv_head_replicas"], 8,
+                                             extra["num_query_groups"], 8)
+        elif name in splits:  # gathered with the checkpoint's own split metadata
             gathered = torch.cat([s[name] for s in shards], dim=splits[name]["dim"])
         else:
             gathered = shards[0][name]

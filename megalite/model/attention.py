@@ -2,7 +2,9 @@
 
 The fused QKV weight is laid out group by group, [q heads of group 0, k0, v0, q heads of
 group 1, k1, v1, ...], so a contiguous split of its rows gives each tensor-parallel rank
-whole groups. Activations are [seq, batch, hidden] throughout, as in Megatron.
+whole groups. With more tensor-parallel ranks than key/value heads, each rank keeps its
+query heads plus a copy of the one key/value head they share, whose gradient is summed
+over the ranks holding it. Activations are [seq, batch, hidden] throughout, as in Megatron.
 """
 
 import math
@@ -14,6 +16,7 @@ from torch import nn
 from megalite.config import ModelConfig
 from megalite.model.rotary import apply_rotary
 from megalite.parallel import state
+from megalite.parallel.init import mark
 from megalite.parallel.layers import ColumnParallelLinear, RowParallelLinear
 from megalite.parallel.random import recompute, tp_rng
 
@@ -24,12 +27,15 @@ class SelfAttention(nn.Module):
         tp = state.get().tp_size
         self.head_dim = cfg.kv_channels
         self.heads = cfg.num_attention_heads // tp
-        self.groups = cfg.num_query_groups // tp
+        replicas = max(tp // cfg.num_query_groups, 1)  # ranks sharing one key/value head
+        self.groups = max(cfg.num_query_groups // tp, 1)
         self.dropout = cfg.attention_dropout
         self.recompute_core = recompute_core
-        qkv_out = (cfg.num_attention_heads + 2 * cfg.num_query_groups) * self.head_dim
+        qkv_out = (self.heads + 2 * self.groups) * self.head_dim * tp
         self.qkv = ColumnParallelLinear(cfg.hidden_size, qkv_out, bias=cfg.add_bias_linear or cfg.add_qkv_bias,
                                         init_std=cfg.init_method_std)
+        if replicas > 1:
+            _replicate_kv_head(self.qkv, cfg, replicas)
         self.proj = RowParallelLinear(cfg.num_attention_heads * self.head_dim, cfg.hidden_size,
                                       bias=cfg.add_bias_linear,
                                       init_std=cfg.init_method_std / math.sqrt(2.0 * cfg.num_layers))
@@ -57,3 +63,23 @@ class SelfAttention(nn.Module):
                                                  enable_gqa=self.groups != self.heads)
         s, b = out.shape[2], out.shape[0]
         return out.permute(2, 0, 1, 3).reshape(s, b, self.heads * self.head_dim)
+
+
+def _replicate_kv_head(qkv: ColumnParallelLinear, cfg: ModelConfig, replicas: int) -> None:
+    """Make ``qkv`` hold this rank's query heads and a copy of their shared key/value head."""
+    s = state.get()
+    d, nq, ng = cfg.kv_channels, cfg.num_attention_heads, cfg.num_query_groups
+    per_group, mine = nq // ng, nq // s.tp_size
+    group_index, first_q = s.tp_rank // replicas, (s.tp_rank % replicas) * mine
+    kv_group, kv_rank = state.tp_subgroup(replicas)
+
+    def shard(full):
+        rows = full.reshape(ng, per_group + 2, d, *full.shape[1:])[group_index]
+        keep = torch.cat([rows[first_q : first_q + mine], rows[per_group:]])
+        return keep.reshape(-1, *full.shape[1:])
+
+    for p in (qkv.weight, qkv.bias):
+        if p is None:
+            continue
+        mark(p, p.init_std, p.init_fill, tp_dim=0, full=[(nq + 2 * ng) * d, *p.shape[1:]], shard_fn=shard)
+        p.kv_rows, p.kv_group, p.kv_rank, p.kv_replicas = mine * d, kv_group, kv_rank, replicas

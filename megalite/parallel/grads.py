@@ -8,30 +8,49 @@ import torch.distributed as dist
 from megalite.parallel import state
 
 
-def sync_sequence_parallel_grads(params: Sequence[torch.nn.Parameter]) -> None:
-    """Sum, over tensor-parallel ranks, the gradients of replicated parameters that each
-    rank applied to its own slice of the sequence (norms, row-parallel biases)."""
-    s = state.get()
-    grads = [p.main_grad for p in params if getattr(p, "sequence_parallel", False)]
-    if s.tp_group is None or not grads:
+def _all_reduce_together(grads: List[torch.Tensor], group) -> None:
+    if not grads:
         return
     flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat, group=s.tp_group)
+    dist.all_reduce(flat, group=group)
     offset = 0
     for g in grads:
         g.copy_(flat[offset : offset + g.numel()].view_as(g))
         offset += g.numel()
 
 
-def global_grad_norm(grads: List[torch.Tensor], replicated: List[bool], group: Optional[object] = None) -> float:
-    """L2 norm of the whole model's gradient (inf/nan if any entry is).
-
-    Sharded gradients are summed over ``group`` (the model-parallel ranks); a gradient
-    replicated on every tensor-parallel rank is counted once, from tensor-parallel rank 0.
-    """
+def sync_tensor_parallel_grads(params: Sequence[torch.nn.Parameter]) -> None:
+    """Sum the gradient parts that several tensor-parallel ranks each computed only in part:
+    replicated parameters applied to one slice of the sequence (norms, row-parallel biases
+    under sequence parallelism) and copies of a shared key/value head."""
     s = state.get()
-    keep = [g for g, rep in zip(grads, replicated) if not rep or s.tp_rank == 0]
-    sq = torch.stack(torch._foreach_norm(keep)).float().square().sum() if keep else torch.zeros(())
+    if s.tp_group is None:
+        return
+    _all_reduce_together([p.main_grad for p in params if getattr(p, "sequence_parallel", False)], s.tp_group)
+    kv = [p for p in params if getattr(p, "kv_group", None) is not None]
+    if kv:
+        _all_reduce_together([p.main_grad[p.kv_rows :] for p in kv], kv[0].kv_group)
+
+
+def counted_grads(params: Sequence[torch.nn.Parameter]) -> List[torch.Tensor]:
+    """The gradient views this rank contributes to the global norm, so that every element
+    of the model's gradient is counted exactly once across the model-parallel ranks."""
+    s = state.get()
+    out = []
+    for p in params:
+        if getattr(p, "kv_group", None) is not None:
+            out.append(p.main_grad[: p.kv_rows])
+            if p.kv_rank == 0:
+                out.append(p.main_grad[p.kv_rows :])
+        elif getattr(p, "tp_dim", None) is not None or s.tp_rank == 0:
+            out.append(p.main_grad)
+    return out
+
+
+def global_grad_norm(grads: List[torch.Tensor], group: Optional[object] = None) -> float:
+    """L2 norm of the whole model's gradient from ``counted_grads`` views (inf/nan if any
+    entry is), summed over ``group`` (the model-parallel ranks)."""
+    sq = torch.stack(torch._foreach_norm(grads)).float().square().sum() if grads else torch.zeros(())
     if group is not None:
         dist.all_reduce(sq, group=group)
     return sq.sqrt().item()

@@ -6,7 +6,7 @@ Layers describe their parameters with ``mark``; ``initialize`` does the drawing.
 """
 
 import hashlib
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -14,10 +14,13 @@ from megalite.parallel import state
 
 
 def mark(param: torch.nn.Parameter, std: Optional[float], fill: float = 0.0,
-         tp_dim: Optional[int] = None) -> torch.nn.Parameter:
+         tp_dim: Optional[int] = None, full: Optional[list] = None,
+         shard_fn: Optional[Callable] = None) -> torch.nn.Parameter:
     """Record how to initialise ``param`` (normal(0, std), or constant ``fill`` when std is
-    None) and along which dimension it is split over tensor-parallel ranks."""
+    None) and along which dimension it is split over tensor-parallel ranks. A tensor that is
+    not an even split (replicated key/value heads) gives its ``full`` shape and ``shard_fn``."""
     param.init_std, param.init_fill, param.tp_dim = std, fill, tp_dim
+    param.tp_full_shape, param.tp_shard_fn = full, shard_fn
     return param
 
 
@@ -26,6 +29,8 @@ def name_seed(seed: int, name: str) -> int:
 
 
 def full_shape(param) -> list:
+    if param.tp_full_shape is not None:
+        return list(param.tp_full_shape)
     shape = list(param.shape)
     if param.tp_dim is not None:
         shape[param.tp_dim] *= state.get().tp_size
@@ -50,4 +55,4 @@ def initialize(module: torch.nn.Module, seed: int) -> None:
             continue
         g = torch.Generator().manual_seed(name_seed(seed, name))
         full = torch.empty(full_shape(p), dtype=torch.float32).normal_(0.0, p.init_std, generator=g)
-        p.copy_(shard(full, p.tp_dim))
+        p.copy_(p.tp_shard_fn(full) if p.tp_shard_fn is not None else shard(full, p.tp_dim))

@@ -94,6 +94,28 @@ def initialize(tp: int = 1, pp: int = 1, sequence_parallel: bool = False) -> Par
     return s
 
 
+_subgroups = {}
+
+
+def tp_subgroup(size: int):
+    """(group, rank in it) for blocks of ``size`` consecutive ranks within each TP group, e.g.
+    the ranks that share one replicated key/value head. Collective on first use."""
+    s = _state
+    if size == 1 or s.tp_group is None:
+        return None, 0
+    if size not in _subgroups:
+        mine = None
+        for tp_ranks in layout(s.world_size, s.tp_size, s.pp_size)["tp"]:
+            for i in range(0, len(tp_ranks), size):
+                ranks = tp_ranks[i : i + size]
+                group = dist.new_group(ranks)
+                if s.rank in ranks:
+                    mine = (group, ranks.index(s.rank))
+        _subgroups[size] = mine
+    return _subgroups[size]
+
+
 def destroy() -> None:
     global _state
     _state = ParallelState()
+    _subgroups.clear()

@@ -80,8 +80,13 @@ def split_metadata(model) -> Dict:
     """How each saved tensor is split over tensor-parallel ranks: {name: {dim, parts}};
     tensors absent from it are whole on every rank."""
     parts = state.get().tp_size
-    return {name: {"dim": p.tp_dim, "parts": parts}
-            for name, p in model.named_parameters() if getattr(p, "tp_dim", None) is not None}
+    out = {}
+    for name, p in model.named_parameters():
+        if getattr(p, "tp_dim", None) is not None:
+            out[name] = {"dim": p.tp_dim, "parts": parts}
+            if getattr(p, "kv_replicas", 1) > 1:  # QKV rows: own query heads + a shared key/value head
+                out[name]["kv_head_replicas"] = p.kv_replicas
+    return out
 
 
 def save_checkpoint(root: str, iteration: int, model, optimizer, cfg: Config,

@@ -11,7 +11,7 @@ from typing import Dict, List
 
 import torch
 
-from megalite.parallel.grads import global_grad_norm
+from megalite.parallel.grads import counted_grads, global_grad_norm
 
 
 class DynamicLossScaler:
@@ -70,7 +70,7 @@ class Optimizer:
         self.names = [n for n, p in named_params if p.requires_grad]
         self.model_params: List[torch.nn.Parameter] = [p for _, p in named_params if p.requires_grad]
         self.mixed = any(p.dtype != torch.float32 for p in self.model_params)
-        self.replicated = [getattr(p, "tp_dim", None) is None for p in self.model_params]
+        self.norm_grads = counted_grads(self.model_params)
         if self.mixed:
             self.masters = [p.detach().float().clone().requires_grad_(True) for p in self.model_params]
         else:
@@ -98,7 +98,7 @@ class Optimizer:
         grads = [m.main_grad for m in self.masters]
         if self.scaler.scale != 1.0:
             torch._foreach_mul_(grads, 1.0 / self.scaler.scale)
-        norm = global_grad_norm(grads, self.replicated, self.mp_group)
+        norm = global_grad_norm(self.norm_grads, self.mp_group)
         found_inf = not math.isfinite(norm)
         self.scaler.update(found_inf)
         if found_inf:

@@ -24,7 +24,7 @@ from megalite.model import GPTModel
 from megalite.model.flops import peak_tflops, train_flops
 from megalite.parallel import state
 from megalite.parallel.data_parallel import GradBuffer, all_reduce_scalar
-from megalite.parallel.grads import sync_sequence_parallel_grads
+from megalite.parallel.grads import sync_tensor_parallel_grads
 from megalite.parallel.init import initialize
 from megalite.parallel.random import seed_tp_rng
 from megalite.training.checkpointing import load_checkpoint, save_checkpoint
@@ -112,7 +112,7 @@ class Trainer:
             (loss * scale).backward() if scale != 1.0 else loss.backward()
             loss_sum += loss.detach().double()
         self.grads.finish_sync()
-        sync_sequence_parallel_grads(self.grads.params)
+        sync_tensor_parallel_grads(self.grads.params)
         lm_loss = all_reduce_scalar(loss_sum.item(), s.dp_group)
         if not math.isfinite(lm_loss) and not self.cfg.training.fp16:
             raise MegaliteError(
