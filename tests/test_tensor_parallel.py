@@ -28,7 +28,7 @@ def _pretrain(rank, world_size, argv):
 
 def run_layout(tmp_path, corpus, name, world, **kw):
     metrics = str(tmp_path / f"{name}.jsonl")
-    kw = {"train_iters": 20, "hidden_size": 64, "num_attention_heads": 8, "num_query_groups": 4,
+    kw = {"train_iters": 20, "lr": 1e-3, "min_lr": 1e-4, "hidden_size": 64, "num_attention_heads": 8, "num_query_groups": 4,
           "ffn_hidden_size": 128, **kw}
     argv = tiny_model_args(*corpus, metrics_file=metrics, save=str(tmp_path / name), **kw)
     if world == 1:
@@ -69,13 +69,13 @@ MODEL_SETTINGS = ("untie_embeddings_and_output_weights", "num_query_groups")
 
 @pytest.mark.dist
 @pytest.mark.parametrize("world, tp, extra", [
-    (2, 2, {}),
+    (2, 2, {"num_query_groups": 8}),  # plain multi-head attention
     (2, 2, {"sequence_parallel": True}),
     (4, 4, {"sequence_parallel": True, "untie_embeddings_and_output_weights": True}),
     (4, 2, {"sequence_parallel": True}),  # tp=2 x dp=2
     (2, 2, {"sequence_parallel": True, "num_query_groups": 1}),  # one key/value head, replicated
     (4, 4, {"num_query_groups": 2}),
-], ids=["tp2", "tp2-sp", "tp4-sp-untied", "tp2xdp2-sp", "tp2-sp-mqa", "tp4-kv2"])
+], ids=["tp2-mha", "tp2-sp", "tp4-sp-untied", "tp2xdp2-sp", "tp2-sp-mqa", "tp4-kv2"])
 def test_tensor_parallel_matches_one_process(tmp_path, tiny_corpus, reference, world, tp, extra):
     ref_rows, ref_weights = reference
     model_kw = {k: v for k, v in extra.items() if k in MODEL_SETTINGS}
@@ -102,7 +102,7 @@ def test_tensor_parallel_matches_one_process(tmp_path, tiny_corpus, reference, w
         else:
             gathered = shards[0][name]
             assert all(torch.equal(gathered, s[name]) for s in shards[1:]), name
-        torch.testing.assert_close(gathered, full, rtol=1e-5, atol=1e-5, msg=name)
+        torch.testing.assert_close(gathered, full, rtol=1e-5, atol=1e-5, msg=lambda m: f"{name}: {m}")
 
 
 @pytest.mark.dist
@@ -113,3 +113,13 @@ def test_recomputation_under_tensor_parallelism_with_dropout(tmp_path, tiny_corp
     full = run_layout(tmp_path, tiny_corpus, "full", 2, recompute_granularity="full", **kw)
     for a, b in zip(plain, full):
         assert b["lm_loss"] == pytest.approx(a["lm_loss"], rel=1e-6)
+
+
+@pytest.mark.dist
+def test_bf16_under_tensor_parallelism(tmp_path, tiny_corpus):
+    one = run_layout(tmp_path, tiny_corpus, "bf16_tp1", 1, bf16=True, train_iters=10)
+    two = run_layout(tmp_path, tiny_corpus, "bf16_tp2", 2, bf16=True, train_iters=10, tensor_model_parallel_size=2,
+                     sequence_parallel=True)
+    assert two[-1]["lm_loss"] < two[0]["lm_loss"]
+    for a, b in zip(one, two):
+        assert b["lm_loss"] == pytest.approx(a["lm_loss"], rel=1e-2)

@@ -204,8 +204,6 @@ def _layer_activation_bytes(rank, world, sequence_parallel, out_file):
 
 def test_sequence_parallelism_divides_activation_memory(tmp_path):
     """Bytes autograd keeps per layer: SP cuts all of it by TP; TP alone only the inner part."""
-    from megalite.utils.memory import saved_activation_bytes  # noqa: F401 - imported for the workers
-
     sizes = {}
     for world, sp in ((1, False), (2, False), (2, True), (4, True)):
         f = tmp_path / f"{world}{sp}"

@@ -15,12 +15,12 @@ from torch import nn
 from megalite.parallel import state
 from megalite.parallel.init import mark
 from megalite.parallel.mappings import (
-    _gather_first,
-    _reduce_scatter_first,
+    all_gather_first_dim,
     copy_to_tp,
     gather_from_tp,
     leave_tp_region,
     reduce_from_tp,
+    reduce_scatter_first_dim,
     scatter_to_tp,
 )
 
@@ -33,13 +33,13 @@ class _SequenceGatherLinear(torch.autograd.Function):
     def forward(ctx, x, weight, bias, group):
         ctx.group, ctx.has_bias = group, bias is not None
         ctx.save_for_backward(x, weight)
-        return F.linear(_gather_first(x, group), weight, bias)
+        return F.linear(all_gather_first_dim(x, group), weight, bias)
 
     @staticmethod
     def backward(ctx, g):
         x, weight = ctx.saved_tensors
-        total = _gather_first(x, ctx.group)
-        grad_x = _reduce_scatter_first(g.matmul(weight), ctx.group)
+        total = all_gather_first_dim(x, ctx.group)
+        grad_x = reduce_scatter_first_dim(g.matmul(weight), ctx.group)
         g2 = g.reshape(-1, g.shape[-1])
         grad_w = g2.t().matmul(total.reshape(-1, total.shape[-1]))
         grad_b = g2.sum(0) if ctx.has_bias else None

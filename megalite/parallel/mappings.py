@@ -28,7 +28,7 @@ def _split_first(x, group):
     return x.chunk(size, dim=0)[rank].contiguous()
 
 
-def _gather_first(x, group):
+def all_gather_first_dim(x, group):
     x = x.contiguous()
     size = dist.get_world_size(group)
     if _is_gloo(group):  # gloo has no all_gather_into_tensor
@@ -40,7 +40,7 @@ def _gather_first(x, group):
     return out
 
 
-def _reduce_scatter_first(x, group):
+def reduce_scatter_first_dim(x, group):
     if _is_gloo(group):  # gloo has no reduce_scatter: all-reduce and keep our chunk (same result)
         return _split_first(_all_reduce(x.contiguous().clone(), group), group)
     size = dist.get_world_size(group)
@@ -111,7 +111,7 @@ class _ScatterToSequence(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g):
-        return _gather_first(g, ctx.group), None
+        return all_gather_first_dim(g, ctx.group), None
 
 
 class _GatherFromSequence(torch.autograd.Function):
@@ -121,22 +121,22 @@ class _GatherFromSequence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, group):
         ctx.group = group
-        return _gather_first(x, group)
+        return all_gather_first_dim(x, group)
 
     @staticmethod
     def backward(ctx, g):
-        return _reduce_scatter_first(g, ctx.group), None
+        return reduce_scatter_first_dim(g, ctx.group), None
 
 
 class _ReduceScatterToSequence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, group):
         ctx.group = group
-        return _reduce_scatter_first(x, group)
+        return reduce_scatter_first_dim(x, group)
 
     @staticmethod
     def backward(ctx, g):
-        return _gather_first(g, ctx.group), None
+        return all_gather_first_dim(g, ctx.group), None
 
 
 def _tp_group():
