@@ -1,0 +1,1 @@
+"""Conversion between megalite checkpoints and Hugging Face model folders."""

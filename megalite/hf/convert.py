@@ -1,0 +1,166 @@
+"""megalite checkpoint <-> Hugging Face folder (config.json + safetensors), tensor by tensor.
+
+Checkpoint files are memory-mapped and HF shards read lazily, so peak memory stays near one
+copy of the model. Tensor-parallel checkpoints are gathered with the split metadata they
+carry. See megalite/hf/layout.py for the name and layout mapping.
+"""
+
+import glob
+import json
+import os
+import shutil
+from typing import Dict, Optional
+
+import torch
+
+from megalite.config import Config, ModelConfig
+from megalite.errors import MegaliteError
+from megalite.hf.config import hf_config, model_config
+from megalite.hf.layout import from_hf, to_hf
+from megalite.training.checkpointing import FORMAT_VERSION, TRACKER, find_checkpoint, iteration_dir
+from megalite.utils.atomic import atomic_write
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def load_full_state(load: str):
+    """(model state dict with tensor-parallel shards gathered, saved args) of a checkpoint."""
+    folder = find_checkpoint(load)
+    if folder is None:
+        raise MegaliteError(f"{load}: no checkpoint found (no {TRACKER})")
+    files = sorted(glob.glob(os.path.join(folder, "mp_rank_*", "model_optim_rng.pt")))
+    if not files:
+        raise MegaliteError(f"{folder}: no mp_rank_*/model_optim_rng.pt files")
+    try:
+        payloads = [torch.load(f, map_location="cpu", weights_only=True, mmap=True) for f in files]
+    except Exception as e:
+        raise MegaliteError(f"{folder}: cannot read checkpoint ({type(e).__name__}: {e})") from None
+    if payloads[0]["parallel"]["pp_size"] > 1:
+        raise MegaliteError(f"{folder}: pipeline-parallel checkpoints cannot be converted yet")
+    splits = payloads[0].get("tensor_parallel", {})
+    state = {}
+    for name, t in payloads[0]["model"].items():
+        split = splits.get(name)
+        if split is None:
+            state[name] = t
+        elif split.get("kv_head_replicas"):
+            raise MegaliteError(f"{folder}: {name} replicates key/value heads over TP ranks; converting such "
+                                "checkpoints is not supported yet")
+        else:
+            state[name] = torch.cat([p["model"][name] for p in payloads], dim=split["dim"])
+    return state, payloads[0]["args"]
+
+
+def export_hf(load: str, out_dir: str, dtype: str = "bf16", max_shard_bytes: int = 5 * 2**30) -> str:
+    from safetensors.torch import save_file
+
+    state, args = load_full_state(load)
+    cfg = Config.from_dict(args).model
+    config = hf_config(cfg, DTYPE_NAMES[dtype])
+    tmp = out_dir.rstrip("/") + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    shards, current, size = [], {}, 0
+    for name, t in to_hf(state, cfg):
+        t = t.to(DTYPES[dtype]).contiguous()
+        if current and size + t.numel() * t.element_size() > max_shard_bytes:
+            shards.append(current)
+            current, size = {}, 0
+        current[name] = t
+        size += t.numel() * t.element_size()
+    shards.append(current)
+    index = {}
+    for i, shard in enumerate(shards):
+        fname = "model.safetensors" if len(shards) == 1 else f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, os.path.join(tmp, fname), metadata={"format": "pt"})
+        index.update({name: fname for name in shard})
+    if len(shards) > 1:
+        total = sum(t.numel() * t.element_size() for s in shards for t in s.values())
+        _write_json(os.path.join(tmp, "model.safetensors.index.json"), {"metadata": {"total_size": total},
+                                                                          "weight_map": index})
+    _write_json(os.path.join(tmp, "config.json"), config)
+    if os.path.exists(out_dir):
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+    return out_dir
+
+
+def _write_json(path: str, obj) -> None:
+    with atomic_write(path, "w") as f:
+        json.dump(obj, f, indent=2)
+
+
+class _LazyTensors:
+    """Reads tensors from a folder's safetensors files one at a time."""
+
+    def __init__(self, folder: str):
+        from safetensors import safe_open
+
+        index = os.path.join(folder, "model.safetensors.index.json")
+        if os.path.isfile(index):
+            weight_map = json.load(open(index))["weight_map"]
+        elif os.path.isfile(os.path.join(folder, "model.safetensors")):
+            weight_map = None
+        else:
+            raise MegaliteError(f"{folder}: no model.safetensors or model.safetensors.index.json")
+        self.folder, self.weight_map, self._open, self._safe_open = folder, weight_map, {}, safe_open
+        self.used = set()
+
+    def _file(self, name: str) -> Optional[str]:
+        if self.weight_map is None:
+            return "model.safetensors"
+        return self.weight_map.get(name)
+
+    def __call__(self, name: str) -> Optional[torch.Tensor]:
+        fname = self._file(name)
+        if fname is None:
+            return None
+        if fname not in self._open:
+            self._open[fname] = self._safe_open(os.path.join(self.folder, fname), framework="pt")
+        f = self._open[fname]
+        if name not in f.keys():
+            return None
+        self.used.add(name)
+        return f.get_tensor(name)
+
+
+def import_hf(hf_dir: str, save: str, dtype: str = "fp32") -> ModelConfig:
+    """Write a megalite checkpoint (iteration 0) from a HF Llama / Qwen2 / Mistral folder."""
+    config_path = os.path.join(hf_dir, "config.json")
+    if not os.path.isfile(config_path):
+        raise MegaliteError(f"{config_path}: no such file")
+    cfg = model_config(json.load(open(config_path)))
+    get = _LazyTensors(hf_dir)
+    state: Dict[str, torch.Tensor] = {}
+    for name, t in from_hf(get, cfg):
+        if t is None:
+            raise MegaliteError(f"{hf_dir}: a tensor needed for {name} is missing")
+        state[name] = t.to(DTYPES[dtype])
+    _check_shapes(state, cfg, hf_dir)
+    args = Config(model=cfg).to_dict()
+    payload = {"format_version": FORMAT_VERSION, "iteration": 0, "consumed_samples": 0, "consumed_tokens": 0,
+               "args": args, "model": state, "optimizer": None, "rng": [],
+               "parallel": {"tp_size": 1, "pp_size": 1, "dp_size": 1}, "tensor_parallel": {}}
+    folder = iteration_dir(save, 0)
+    os.makedirs(os.path.join(folder, "mp_rank_00"), exist_ok=True)
+    with atomic_write(os.path.join(folder, "mp_rank_00", "model_optim_rng.pt")) as f:
+        torch.save(payload, f)
+    with atomic_write(os.path.join(save, TRACKER), "w") as f:
+        f.write("0")
+    return cfg
+
+
+def _check_shapes(state: Dict[str, torch.Tensor], cfg: ModelConfig, where: str) -> None:
+    from megalite.model import GPTModel
+    from megalite.parallel import state as pstate
+
+    pstate.initialize()
+    with torch.device("meta"):
+        model = GPTModel(cfg)
+    for name, p in model.named_parameters():
+        if name not in state:
+            raise MegaliteError(f"{where}: no tensor for {name}")
+        if tuple(state[name].shape) != tuple(p.shape):
+            raise MegaliteError(f"{where}: {name} has shape {tuple(state[name].shape)}, the config implies "
+                                f"{tuple(p.shape)}")

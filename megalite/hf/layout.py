@@ -1,0 +1,79 @@
+"""How our parameters map onto Hugging Face's Llama / Qwen2 / Mistral names, both ways.
+
+Every difference is an explicit function here:
+- our fused QKV holds, for each key/value group, its query heads then its key and value
+  head; HF keeps separate q_proj / k_proj / v_proj;
+- SwiGLU: our ``gate`` / ``fc1`` / ``fc2`` are HF's gate_proj / up_proj / down_proj;
+- RoPE: both use the rotate-half convention on each head, so no permutation is needed;
+- tied embeddings: HF has no lm_head tensor, only ``tie_word_embeddings``.
+"""
+
+from typing import Dict, Iterator, Tuple
+
+import torch
+
+from megalite.config import ModelConfig
+
+
+def split_qkv(qkv: torch.Tensor, cfg: ModelConfig) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Our grouped [g0: q.., k, v | g1: q.., k, v | ...] rows -> (q, k, v) rows."""
+    ng, d = cfg.num_query_groups, cfg.kv_channels
+    per_group = cfg.num_attention_heads // ng
+    rows = qkv.reshape(ng, per_group + 2, d, *qkv.shape[1:])
+    q = rows[:, :per_group].reshape(ng * per_group * d, *qkv.shape[1:])
+    k = rows[:, per_group].reshape(ng * d, *qkv.shape[1:])
+    v = rows[:, per_group + 1].reshape(ng * d, *qkv.shape[1:])
+    return q, k, v
+
+
+def fuse_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
+    """Inverse of ``split_qkv``."""
+    ng, d = cfg.num_query_groups, cfg.kv_channels
+    per_group = cfg.num_attention_heads // ng
+    tail = q.shape[1:]
+    rows = torch.cat([q.reshape(ng, per_group, d, *tail), k.reshape(ng, 1, d, *tail), v.reshape(ng, 1, d, *tail)],
+                     dim=1)
+    return rows.reshape(-1, *tail)
+
+
+def to_hf(sd: Dict[str, torch.Tensor], cfg: ModelConfig) -> Iterator[Tuple[str, torch.Tensor]]:
+    """Our state dict -> (HF name, tensor) for LlamaForCausalLM / Qwen2ForCausalLM."""
+    yield "model.embed_tokens.weight", sd["embedding.weight"]
+    for i in range(cfg.num_layers):
+        ours, hf = f"layers.{i}.", f"model.layers.{i}."
+        yield hf + "input_layernorm.weight", sd[ours + "input_norm.weight"]
+        for kind in ("weight", "bias"):
+            if ours + f"attention.qkv.{kind}" in sd:
+                q, k, v = split_qkv(sd[ours + f"attention.qkv.{kind}"], cfg)
+                yield hf + f"self_attn.q_proj.{kind}", q
+                yield hf + f"self_attn.k_proj.{kind}", k
+                yield hf + f"self_attn.v_proj.{kind}", v
+        yield hf + "self_attn.o_proj.weight", sd[ours + "attention.proj.weight"]
+        yield hf + "post_attention_layernorm.weight", sd[ours + "post_attention_norm.weight"]
+        yield hf + "mlp.gate_proj.weight", sd[ours + "mlp.gate.weight"]
+        yield hf + "mlp.up_proj.weight", sd[ours + "mlp.fc1.weight"]
+        yield hf + "mlp.down_proj.weight", sd[ours + "mlp.fc2.weight"]
+    yield "model.norm.weight", sd["final_norm.weight"]
+    if cfg.untie_embeddings_and_output_weights:
+        yield "lm_head.weight", sd["output_layer.weight"]
+
+
+def from_hf(get, cfg: ModelConfig) -> Iterator[Tuple[str, torch.Tensor]]:
+    """HF tensors (``get(name)``, None when absent) -> (our name, tensor)."""
+    yield "embedding.weight", get("model.embed_tokens.weight")
+    for i in range(cfg.num_layers):
+        ours, hf = f"layers.{i}.", f"model.layers.{i}."
+        yield ours + "input_norm.weight", get(hf + "input_layernorm.weight")
+        for kind in ("weight", "bias"):
+            q = get(hf + f"self_attn.q_proj.{kind}")
+            if q is not None:
+                yield ours + f"attention.qkv.{kind}", fuse_qkv(q, get(hf + f"self_attn.k_proj.{kind}"),
+                                                               get(hf + f"self_attn.v_proj.{kind}"), cfg)
+        yield ours + "attention.proj.weight", get(hf + "self_attn.o_proj.weight")
+        yield ours + "post_attention_norm.weight", get(hf + "post_attention_layernorm.weight")
+        yield ours + "mlp.gate.weight", get(hf + "mlp.gate_proj.weight")
+        yield ours + "mlp.fc1.weight", get(hf + "mlp.up_proj.weight")
+        yield ours + "mlp.fc2.weight", get(hf + "mlp.down_proj.weight")
+    yield "final_norm.weight", get("model.norm.weight")
+    if cfg.untie_embeddings_and_output_weights:
+        yield "output_layer.weight", get("lm_head.weight")

@@ -1,0 +1,102 @@
+import json
+
+import pytest
+import torch
+
+from megalite.config import parse_config
+from megalite.errors import MegaliteError
+from megalite.eval.generate import load_model
+from megalite.hf.convert import export_hf, import_hf, load_full_state
+from megalite.training.trainer import pretrain
+from tests.conftest import run_tool, tiny_model_args
+
+transformers = pytest.importorskip("transformers")
+
+
+def trained_checkpoint(tmp_path, corpus, **kw):
+    ck = tmp_path / "ck"
+    pretrain(parse_config(tiny_model_args(*corpus, save=str(ck), train_iters=3, **kw)))
+    return str(ck)
+
+
+@pytest.mark.parametrize("kw, arch", [
+    ({}, "LlamaForCausalLM"),
+    ({"untie_embeddings_and_output_weights": True, "num_query_groups": 1}, "LlamaForCausalLM"),
+    ({"add_qkv_bias": True, "num_query_groups": 4}, "Qwen2ForCausalLM"),
+], ids=["llama-gqa-tied", "llama-mqa-untied", "qwen2"])
+def test_export_matches_transformers_and_round_trips(tmp_path, tiny_corpus, kw, arch):
+    ck = trained_checkpoint(tmp_path, tiny_corpus, **kw)
+    run_tool("tools/convert_checkpoint.py", "--to-hf", "--load", ck, "--save", str(tmp_path / "hf"), "--dtype", "fp32")
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert config["architectures"] == [arch]
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf"), torch_dtype=torch.float32).eval()
+    ours, _ = load_model(ck)
+    tokens = torch.randint(0, 1000, (3, 24), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(tokens).logits, ours(tokens), rtol=1e-5, atol=1e-5)
+    # megalite -> HF -> megalite is bitwise
+    run_tool("tools/convert_checkpoint.py", "--from-hf", "--load", str(tmp_path / "hf"), "--save", str(tmp_path / "back"))
+    original, _ = load_full_state(ck)
+    back, _ = load_full_state(str(tmp_path / "back"))
+    assert original.keys() == back.keys()
+    for name in original:
+        assert torch.equal(original[name], back[name]), name
+
+
+def test_import_then_export_reproduces_hf_safetensors(tmp_path):
+    from safetensors.torch import load_file
+
+    cfg = transformers.LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                   tie_word_embeddings=False)
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(cfg).save_pretrained(str(tmp_path / "orig"))
+    import_hf(str(tmp_path / "orig"), str(tmp_path / "ck"))
+    export_hf(str(tmp_path / "ck"), str(tmp_path / "again"), dtype="fp32", max_shard_bytes=100_000)
+    index = json.loads((tmp_path / "again" / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) > 1  # sharded
+    before = load_file(str(tmp_path / "orig" / "model.safetensors"))
+    after = {}
+    for f in set(index["weight_map"].values()):
+        after.update(load_file(str(tmp_path / "again" / f)))
+    assert before.keys() == after.keys()
+    for name in before:
+        assert torch.equal(before[name], after[name]), name
+
+
+def test_unsupported_and_bad_input(tmp_path, tiny_corpus):
+    ck = trained_checkpoint(tmp_path, tiny_corpus, normalization="LayerNorm", swiglu=False)
+    proc = run_tool("tools/convert_checkpoint.py", "--to-hf", "--load", ck, "--save", str(tmp_path / "hf"), check=False)
+    assert proc.returncode == 1 and "no Llama/Qwen2 equivalent" in proc.stderr and proc.stderr.count("\n") == 1
+    proc = run_tool("tools/convert_checkpoint.py", "--from-hf", "--load", str(tmp_path / "nothing"),
+                    "--save", str(tmp_path / "x"), check=False)
+    assert proc.returncode == 1 and proc.stderr.startswith("error: ") and "config.json" in proc.stderr
+    (tmp_path / "gpt").mkdir()
+    (tmp_path / "gpt" / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(MegaliteError, match="model_type 'bert' is not supported"):
+        import_hf(str(tmp_path / "gpt"), str(tmp_path / "y"))
+
+
+def _train_tp(rank, world, argv):
+    pretrain(parse_config(argv))
+
+
+@pytest.mark.dist
+def test_export_gathers_tensor_parallel_shards(tmp_path, tiny_corpus):
+    from megalite.config import Config
+    from megalite.model import GPTModel
+    from megalite.parallel import state
+    from tests.dist_utils import run_distributed
+
+    argv = tiny_model_args(*tiny_corpus, save=str(tmp_path / "ck"), train_iters=3, tensor_model_parallel_size=2,
+                           sequence_parallel=True)
+    run_distributed(_train_tp, 2, argv)
+    export_hf(str(tmp_path / "ck"), str(tmp_path / "hf"), dtype="fp32")
+    full, args = load_full_state(str(tmp_path / "ck"))
+    state.initialize()
+    ours = GPTModel(Config.from_dict(args).model)
+    ours.load_state_dict(full)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf"), torch_dtype=torch.float32).eval()
+    tokens = torch.randint(0, 1000, (2, 16), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(tokens).logits, ours.eval()(tokens), rtol=1e-5, atol=1e-5)

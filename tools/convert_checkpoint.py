@@ -1,0 +1,46 @@
+"""Convert between megalite checkpoints and Hugging Face model folders.
+
+    python tools/convert_checkpoint.py --to-hf --load ckpt/ --save hf_model/ [--dtype bf16]
+    python tools/convert_checkpoint.py --from-hf --load hf_model/ --save ckpt/
+
+--to-hf writes config.json and safetensors (sharded above --max-shard-size) that
+transformers' AutoModelForCausalLM loads as Llama (or Qwen2 with a QKV bias). --from-hf
+reads a local Llama / Qwen2 / Mistral folder and writes an iteration-0 checkpoint.
+"""
+
+import argparse
+
+from megalite.hf.convert import export_hf, import_hf
+from megalite.utils.cli import run_tool
+
+
+def parse_size(text: str) -> int:
+    units = {"KB": 2**10, "MB": 2**20, "GB": 2**30}
+    for u, m in units.items():
+        if text.upper().endswith(u):
+            return int(float(text[:-2]) * m)
+    return int(text)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    way = p.add_mutually_exclusive_group(required=True)
+    way.add_argument("--to-hf", action="store_true")
+    way.add_argument("--from-hf", action="store_true")
+    p.add_argument("--load", required=True, help="checkpoint folder (or iter_ folder), or the HF folder")
+    p.add_argument("--save", required=True)
+    p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default=None,
+                   help="weights dtype (default bf16 for --to-hf, fp32 for --from-hf)")
+    p.add_argument("--max-shard-size", default="5GB")
+    a = p.parse_args(argv)
+    if a.to_hf:
+        out = export_hf(a.load, a.save, a.dtype or "bf16", parse_size(a.max_shard_size))
+        print(f"wrote {out}")
+    else:
+        cfg = import_hf(a.load, a.save, a.dtype or "fp32")
+        print(f"wrote {a.save} ({cfg.num_layers} layers, hidden {cfg.hidden_size}); "
+              f"train from it with pretrain_gpt.py --load {a.save} --finetune")
+
+
+if __name__ == "__main__":
+    run_tool(main)
