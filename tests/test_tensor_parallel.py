@@ -5,7 +5,8 @@ import os
 import pytest
 import torch
 
-from megalite.config import parse_config
+from megalite.config import ModelConfig, parse_config
+from megalite.hf.convert import gather_replicated_qkv
 from megalite.errors import MegaliteError
 from megalite.parallel.state import layout
 from megalite.training.trainer import pretrain
@@ -45,19 +46,6 @@ def final_weights(folder, tp, with_metadata=False):
     return (models, payloads[0]["tensor_parallel"]) if with_metadata else models
 
 
-def gather_replicated_qkv(shards, replicas, heads, groups, head_dim):
-    """Full QKV rows from ranks that each hold their query heads plus a shared key/value head
-    (the copies must agree)."""
-    per_group, mine = heads // groups, heads // len(shards)
-    out = []
-    for g in range(groups):
-        ranks = shards[g * replicas : (g + 1) * replicas]
-        for r in ranks[1:]:
-            torch.testing.assert_close(r[mine * head_dim :], ranks[0][mine * head_dim :])
-        out += [r[: mine * head_dim] for r in ranks] + [ranks[0][mine * head_dim :]]
-    return torch.cat(out)
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, tiny_corpus):
     tmp = tmp_path_factory.mktemp("tp_reference")
@@ -95,8 +83,12 @@ def test_tensor_parallel_matches_one_process(tmp_path, tiny_corpus, reference, w
     assert "layers.0.input_norm.weight" not in splits
     for name, full in ref_weights.items():
         if splits.get(name, {}).get("kv_head_replicas"):
-            gathered = gather_replicated_qkv([s[name] for s in shards], splits[name]["kv_head_replicas"], 8,
-                                             extra["num_query_groups"], 8)
+            kv = slice(8 // tp * 8, None)  # rows after this rank's query heads: the shared key/value head
+            for i in range(0, tp, splits[name]["kv_head_replicas"]):  # the copies agree
+                for other in shards[i + 1 : i + splits[name]["kv_head_replicas"]]:
+                    torch.testing.assert_close(other[name][kv], shards[i][name][kv])
+            gathered = gather_replicated_qkv([s[name] for s in shards], ModelConfig(
+                num_attention_heads=8, num_query_groups=extra["num_query_groups"], kv_channels=8))
         elif name in splits:  # gathered with the checkpoint's own split metadata
             gathered = torch.cat([s[name] for s in shards], dim=splits[name]["dim"])
         else:

@@ -39,17 +39,29 @@ def load_full_state(load: str):
     if payloads[0]["parallel"]["pp_size"] > 1:
         raise MegaliteError(f"{folder}: pipeline-parallel checkpoints cannot be converted yet")
     splits = payloads[0].get("tensor_parallel", {})
+    cfg = Config.from_dict(payloads[0]["args"]).model
     state = {}
     for name, t in payloads[0]["model"].items():
         split = splits.get(name)
         if split is None:
             state[name] = t
         elif split.get("kv_head_replicas"):
-            raise MegaliteError(f"{folder}: {name} replicates key/value heads over TP ranks; converting such "
-                                "checkpoints is not supported yet")
+            state[name] = gather_replicated_qkv([p["model"][name] for p in payloads], cfg)
         else:
             state[name] = torch.cat([p["model"][name] for p in payloads], dim=split["dim"])
     return state, payloads[0]["args"]
+
+
+def gather_replicated_qkv(shards, cfg: ModelConfig) -> torch.Tensor:
+    """The full fused QKV rows from TP ranks that each hold their own query heads followed by
+    a copy of the key/value head they share with the next ``replicas - 1`` ranks."""
+    groups, d = cfg.num_query_groups, cfg.kv_channels
+    replicas, mine = len(shards) // groups, cfg.num_attention_heads // len(shards)
+    out = []
+    for g in range(groups):
+        ranks = shards[g * replicas : (g + 1) * replicas]
+        out += [r[: mine * d] for r in ranks] + [ranks[0][mine * d :]]
+    return torch.cat(out)
 
 
 def export_hf(load: str, out_dir: str, dtype: str = "bf16", max_shard_bytes: int = 5 * 2**30) -> str:
