@@ -31,6 +31,7 @@ setup(
         "pyyaml>=6",
         "tqdm>=4.60",
         "tensorboard>=2.10",
+        "protobuf>=3.20",
     ],
     extras_require=extras,
 )

@@ -34,6 +34,7 @@ def test_export_matches_transformers_and_round_trips(tmp_path, tiny_corpus, kw, 
     tokens = torch.randint(0, 1000, (3, 24), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(hf(tokens).logits, ours(tokens), rtol=1e-5, atol=1e-5)
+    assert json.loads((tmp_path / "hf" / "generation_config.json").read_text())["eos_token_id"] == 2
     # megalite -> HF -> megalite is bitwise
     run_tool("tools/convert_checkpoint.py", "--from-hf", "--load", str(tmp_path / "hf"), "--save", str(tmp_path / "back"))
     original, _ = load_full_state(ck)
@@ -100,3 +101,22 @@ def test_export_gathers_tensor_parallel_shards(tmp_path, tiny_corpus):
     tokens = torch.randint(0, 1000, (2, 16), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         torch.testing.assert_close(hf(tokens).logits, ours.eval()(tokens), rtol=1e-5, atol=1e-5)
+
+
+def test_exported_tokenizer_encodes_like_ours(tmp_path, spm_model):
+    from megalite.data.tokenizer import build_tokenizer
+    from megalite.hf.tokenizer import export_tokenizer
+    from tests.conftest import english_documents
+
+    ours = build_tokenizer("SentencePieceTokenizer", spm_model)
+    export_tokenizer(ours, str(tmp_path / "tok"))
+    hf = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "tok"))
+    texts = english_documents()[:80] + [
+        "In 1987, the café served 12345 croissants — naïve 日本語 text 🙂 stays\nexact.  Two  spaces.",
+        "trailing spaces  ", "tab\there\n\nand a user token <|im_start|> mid-text\n<|im_start|>x", ""]
+    # (texts starting with spaces or a user token differ by one leading marker: see megalite/hf/tokenizer.py)
+    for text in texts:
+        ids = ours.encode(text)
+        assert hf.encode(text, add_special_tokens=False) == ids, text[:60]
+        assert hf.decode(ids) == text
+    assert (hf.eos_token_id, hf.bos_token_id, hf.pad_token_id) == (ours.eod, ours.bos, ours.pad)

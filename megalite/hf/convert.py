@@ -16,7 +16,9 @@ import torch
 from megalite.config import Config, ModelConfig
 from megalite.errors import MegaliteError
 from megalite.hf.config import hf_config, model_config
+from megalite.data.tokenizer import Tokenizer, build_tokenizer
 from megalite.hf.layout import from_hf, to_hf
+from megalite.hf.tokenizer import export_tokenizer
 from megalite.training.checkpointing import FORMAT_VERSION, TRACKER, find_checkpoint, iteration_dir
 from megalite.utils.atomic import atomic_write
 
@@ -64,11 +66,17 @@ def gather_replicated_qkv(shards, cfg: ModelConfig) -> torch.Tensor:
     return torch.cat(out)
 
 
-def export_hf(load: str, out_dir: str, dtype: str = "bf16", max_shard_bytes: int = 5 * 2**30) -> str:
+def export_hf(load: str, out_dir: str, dtype: str = "bf16", max_shard_bytes: int = 5 * 2**30,
+              tokenizer: Optional[Tokenizer] = None) -> str:
+    """Write the HF folder; ``tokenizer`` defaults to the one the checkpoint was trained with."""
     from safetensors.torch import save_file
 
     state, args = load_full_state(load)
-    cfg = Config.from_dict(args).model
+    run = Config.from_dict(args)
+    cfg = run.model
+    d = run.data
+    if tokenizer is None and d.tokenizer_type:
+        tokenizer = build_tokenizer(d.tokenizer_type, d.tokenizer_model, d.vocab_file, d.merge_file)
     config = hf_config(cfg, DTYPE_NAMES[dtype])
     tmp = out_dir.rstrip("/") + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -92,6 +100,10 @@ def export_hf(load: str, out_dir: str, dtype: str = "bf16", max_shard_bytes: int
         _write_json(os.path.join(tmp, "model.safetensors.index.json"), {"metadata": {"total_size": total},
                                                                           "weight_map": index})
     _write_json(os.path.join(tmp, "config.json"), config)
+    if tokenizer is not None:
+        ids = export_tokenizer(tokenizer, tmp)
+        _write_json(os.path.join(tmp, "generation_config.json"),
+                    {k: v for k, v in ids.items() if v is not None})
     if os.path.exists(out_dir):
         shutil.rmtree(out_dir)
     os.replace(tmp, out_dir)
