@@ -186,12 +186,29 @@ def _scalar_type(f: dataclasses.Field):
 
 
 def parse_config(argv=None, description: str = "") -> Config:
-    """Flags (and an optional --config YAML) -> a validated Config."""
+    """Flags (and an optional --config YAML) -> a Config; ``cfg.explicit`` names the settings given."""
     ns = vars(build_parser(description).parse_args(argv))
     values = _read_yaml(ns.pop("config")) if ns.get("config") else {}
     ns.pop("config", None)
     values.update(ns)
-    return config_from_values(values)
+    cfg = config_from_values(values)
+    cfg.explicit = set(values)
+    return cfg
+
+
+def inherit_model_settings(cfg: Config, saved_args: dict) -> list:
+    """Take every model setting the user did not give from a checkpoint's stored settings
+    (so ``--load ckpt --finetune`` needs no model flags). Returns the names taken."""
+    given = getattr(cfg, "explicit", None)
+    if given is None:
+        return []
+    saved = saved_args.get("model", {})
+    taken = []
+    for f in dataclasses.fields(ModelConfig):
+        if f.name not in given and f.name in saved and saved[f.name] is not None:
+            setattr(cfg.model, f.name, saved[f.name])
+            taken.append(f.name)
+    return taken
 
 
 def config_from_values(values: dict) -> Config:

@@ -120,3 +120,26 @@ def test_exported_tokenizer_encodes_like_ours(tmp_path, spm_model):
         assert hf.encode(text, add_special_tokens=False) == ids, text[:60]
         assert hf.decode(ids) == text
     assert (hf.eos_token_id, hf.bos_token_id, hf.pad_token_id) == (ours.eod, ours.bos, ours.pad)
+
+
+def test_finetune_from_imported_model_needs_no_model_flags(tmp_path, tiny_corpus):
+    from tests.conftest import read_metrics
+
+    cfg = transformers.LlamaConfig(vocab_size=1024, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                   rope_theta=50000.0, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(cfg).save_pretrained(str(tmp_path / "orig"))
+    import_hf(str(tmp_path / "orig"), str(tmp_path / "ck"))
+    data_prefix, tok = tiny_corpus
+    argv = ["--data-path", data_prefix, "--tokenizer-type", "SentencePieceTokenizer", "--tokenizer-model", tok,
+            "--seq-length", "32", "--micro-batch-size", "4", "--train-iters", "3", "--lr", "1e-3", "--split", "90,5,5",
+            "--num-workers", "0", "--eval-iters", "1", "--log-interval", "1", "--load", str(tmp_path / "ck"),
+            "--finetune", "--save", str(tmp_path / "ft")]
+    pretrain(parse_config(argv))
+    rows, _ = read_metrics(tmp_path / "ft" / "metrics.jsonl")
+    assert [r["iteration"] for r in rows] == [1, 2, 3]
+    _, args = load_full_state(str(tmp_path / "ft"))
+    m = args["model"]
+    assert (m["num_layers"], m["hidden_size"], m["num_query_groups"], m["rotary_base"], m["padded_vocab_size"],
+            m["normalization"], m["swiglu"]) == (2, 64, 2, 50000.0, 1024, "RMSNorm", True)

@@ -11,6 +11,7 @@ is renamed into place once all ranks have written and fsynced, then the tracker 
 replaced, so an interrupted save never damages the previous checkpoint.
 """
 
+import glob
 import os
 import random
 import shutil
@@ -152,6 +153,20 @@ def find_checkpoint(load: str) -> Optional[str]:
     if not os.path.isdir(folder):
         raise MegaliteError(f"{tracker} names iteration {iteration} but {folder} does not exist")
     return folder
+
+
+def saved_settings(load: str) -> Optional[Dict]:
+    """The settings stored in the checkpoint ``load`` names (None when there is none yet)."""
+    folder = find_checkpoint(load)
+    if folder is None:
+        return None
+    first = sorted(glob.glob(os.path.join(folder, "mp_rank_*", "model_optim_rng.pt")))
+    if not first:
+        raise MegaliteError(f"{folder}: no mp_rank_*/model_optim_rng.pt files")
+    try:
+        return torch.load(first[0], map_location="cpu", weights_only=True, mmap=True)["args"]
+    except Exception as e:
+        raise MegaliteError(f"{first[0]}: cannot read checkpoint ({type(e).__name__}: {e})") from None
 
 
 def read_checkpoint(folder: str) -> Dict:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from megalite.config import Config, data_parallel_size, validate
+from megalite.config import Config, data_parallel_size, inherit_model_settings, validate
 from megalite.errors import MegaliteError
 from megalite.model import GPTModel
 from megalite.model.flops import peak_tflops, train_flops
@@ -27,7 +27,7 @@ from megalite.parallel.data_parallel import GradBuffer, all_reduce_scalar
 from megalite.parallel.grads import sync_tensor_parallel_grads
 from megalite.parallel.init import initialize
 from megalite.parallel.random import seed_tp_rng
-from megalite.training.checkpointing import load_checkpoint, save_checkpoint
+from megalite.training.checkpointing import load_checkpoint, save_checkpoint, saved_settings
 from megalite.training.data import build_datasets, build_loader, build_tokenizer_from, microbatches, padded_vocab_size
 from megalite.training.metrics_log import MetricsLog
 from megalite.training.optimizer import ConstantLossScaler, DynamicLossScaler, Optimizer
@@ -63,7 +63,8 @@ class Trainer:
         seed_tp_rng(t.seed + 100 * s.pp_rank)
         self.tokenizer = build_tokenizer_from(cfg)
         vocab = self.tokenizer.vocab_size if self.tokenizer else m.vocab_size
-        m.padded_vocab_size = padded_vocab_size(vocab, m.make_vocab_size_divisible_by, s.tp_size)
+        if not (m.padded_vocab_size and m.padded_vocab_size >= vocab and m.padded_vocab_size % s.tp_size == 0):
+            m.padded_vocab_size = padded_vocab_size(vocab, m.make_vocab_size_divisible_by, s.tp_size)
         self.dtype = torch.bfloat16 if t.bf16 else torch.float16 if t.fp16 else torch.float32
 
         self.model = GPTModel(m, s.is_first_stage, s.is_last_stage, recompute_granularity=t.recompute_granularity)
@@ -261,6 +262,10 @@ def _memory_gb(device: torch.device) -> float:
 def pretrain(cfg: Config) -> Dict:
     """Validate ``cfg``, join the process group, train, evaluate. Returns the final metrics."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    if cfg.checkpoint.load:
+        saved = saved_settings(cfg.checkpoint.load)
+        if saved is not None:
+            inherit_model_settings(cfg, saved)
     validate(cfg, world)
     owns_group = not dist.is_initialized()
     device = setup_distributed(cfg.parallel.distributed_backend)
