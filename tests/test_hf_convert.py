@@ -23,7 +23,10 @@ def trained_checkpoint(tmp_path, corpus, **kw):
     ({}, "LlamaForCausalLM"),
     ({"untie_embeddings_and_output_weights": True, "num_query_groups": 1}, "LlamaForCausalLM"),
     ({"add_qkv_bias": True, "num_query_groups": 4}, "Qwen2ForCausalLM"),
-], ids=["llama-gqa-tied", "llama-mqa-untied", "qwen2"])
+    ({"normalization": "LayerNorm", "position_embedding_type": "learned_absolute", "swiglu": False,
+      "disable_bias_linear": False, "group_query_attention": False, "num_query_groups": None,
+      "max_position_embeddings": 64}, "GPT2LMHeadModel"),
+], ids=["llama-gqa-tied", "llama-mqa-untied", "qwen2", "gpt2"])
 def test_export_matches_transformers_and_round_trips(tmp_path, tiny_corpus, kw, arch):
     ck = trained_checkpoint(tmp_path, tiny_corpus, **kw)
     run_tool("tools/convert_checkpoint.py", "--to-hf", "--load", ck, "--save", str(tmp_path / "hf"), "--dtype", "fp32")
@@ -69,6 +72,10 @@ def test_unsupported_and_bad_input(tmp_path, tiny_corpus):
     ck = trained_checkpoint(tmp_path, tiny_corpus, normalization="LayerNorm", swiglu=False)
     proc = run_tool("tools/convert_checkpoint.py", "--to-hf", "--load", ck, "--save", str(tmp_path / "hf"), check=False)
     assert proc.returncode == 1 and "no Llama/Qwen2 equivalent" in proc.stderr and proc.stderr.count("\n") == 1
+    ck = trained_checkpoint(tmp_path / "g", tiny_corpus, normalization="LayerNorm", position_embedding_type="learned_absolute",
+                            max_position_embeddings=64)
+    proc = run_tool("tools/convert_checkpoint.py", "--to-hf", "--load", ck, "--save", str(tmp_path / "hf"), check=False)
+    assert proc.returncode == 1 and "no GPT-2 equivalent: a SwiGLU MLP, linear layers without biases" in proc.stderr
     proc = run_tool("tools/convert_checkpoint.py", "--from-hf", "--load", str(tmp_path / "nothing"),
                     "--save", str(tmp_path / "x"), check=False)
     assert proc.returncode == 1 and proc.stderr.startswith("error: ") and "config.json" in proc.stderr

@@ -1,15 +1,23 @@
-"""Model settings <-> Hugging Face config.json for the Llama family (Llama, Qwen2, Mistral)."""
+"""Model settings <-> Hugging Face config.json: Llama, Qwen2, Mistral, and GPT-2."""
 
 from typing import Dict
 
 from megalite.config import ModelConfig
 from megalite.errors import MegaliteError
 
-ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "mistral": "MistralForCausalLM"}
+ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "mistral": "MistralForCausalLM",
+                 "gpt2": "GPT2LMHeadModel"}
+
+
+def is_gpt2_style(cfg: ModelConfig) -> bool:
+    return cfg.normalization == "LayerNorm" and cfg.position_embedding_type == "learned_absolute"
 
 
 def hf_config(cfg: ModelConfig, dtype: str) -> Dict:
-    """config.json for our model; Qwen2 when the QKV projection has a bias, else Llama."""
+    """config.json for our model: GPT-2 for LayerNorm + learned positions, else Qwen2 when
+    the QKV projection alone has a bias, else Llama."""
+    if is_gpt2_style(cfg):
+        return _gpt2_config(cfg, dtype)
     unsupported = []
     if cfg.normalization != "RMSNorm":
         unsupported.append("--normalization LayerNorm")
@@ -49,11 +57,51 @@ def hf_config(cfg: ModelConfig, dtype: str) -> Dict:
     return out
 
 
+def _gpt2_config(cfg: ModelConfig, dtype: str) -> Dict:
+    unsupported = []
+    if cfg.swiglu:
+        unsupported.append("a SwiGLU MLP")
+    if not cfg.add_bias_linear:
+        unsupported.append("linear layers without biases")
+    if cfg.untie_embeddings_and_output_weights:
+        unsupported.append("untied embeddings")
+    if cfg.num_query_groups != cfg.num_attention_heads or cfg.kv_channels * cfg.num_attention_heads != cfg.hidden_size:
+        unsupported.append("grouped-query attention or a head size other than hidden / heads")
+    if unsupported:
+        raise MegaliteError("this model has no GPT-2 equivalent: " + ", ".join(unsupported))
+    return {
+        "architectures": [ARCHITECTURES["gpt2"]], "model_type": "gpt2", "vocab_size": cfg.padded_vocab_size,
+        "n_positions": cfg.max_position_embeddings, "n_embd": cfg.hidden_size, "n_layer": cfg.num_layers,
+        "n_head": cfg.num_attention_heads, "n_inner": cfg.ffn_hidden_size, "activation_function": "gelu",
+        "layer_norm_epsilon": cfg.norm_epsilon, "resid_pdrop": cfg.hidden_dropout, "embd_pdrop": cfg.hidden_dropout,
+        "attn_pdrop": cfg.attention_dropout, "initializer_range": cfg.init_method_std, "tie_word_embeddings": True,
+        "scale_attn_weights": True, "torch_dtype": dtype, "use_cache": True,
+    }
+
+
+def _gpt2_model_config(hf: Dict) -> ModelConfig:
+    if hf.get("activation_function", "gelu_new") != "gelu":
+        raise MegaliteError(f"GPT-2 activation {hf.get('activation_function', 'gelu_new')!r} is not supported "
+                            "(megalite's GELU is the exact 'gelu')")
+    h, heads = hf["n_embd"], hf["n_head"]
+    return ModelConfig(
+        num_layers=hf["n_layer"], hidden_size=h, num_attention_heads=heads, ffn_hidden_size=hf.get("n_inner") or 4 * h,
+        kv_channels=h // heads, num_query_groups=heads, normalization="LayerNorm",
+        norm_epsilon=hf.get("layer_norm_epsilon", 1e-5), position_embedding_type="learned_absolute",
+        max_position_embeddings=hf["n_positions"], swiglu=False, add_bias_linear=True,
+        untie_embeddings_and_output_weights=False, hidden_dropout=0.0, attention_dropout=0.0,
+        init_method_std=hf.get("initializer_range", 0.02), padded_vocab_size=hf["vocab_size"],
+        make_vocab_size_divisible_by=1,
+    )
+
+
 def model_config(hf: Dict) -> ModelConfig:
-    """Our model settings for a Llama / Qwen2 / Mistral config.json."""
+    """Our model settings for a Llama / Qwen2 / Mistral / GPT-2 config.json."""
     kind = hf.get("model_type")
     if kind not in ARCHITECTURES:
         raise MegaliteError(f"model_type {kind!r} is not supported; expected one of {', '.join(ARCHITECTURES)}")
+    if kind == "gpt2":
+        return _gpt2_model_config(hf)
     if hf.get("rope_scaling") or (hf.get("rope_parameters") or {}).get("rope_type", "default") != "default":
         raise MegaliteError("RoPE scaling is not supported yet")
     heads = hf["num_attention_heads"]

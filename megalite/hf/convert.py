@@ -15,9 +15,9 @@ import torch
 
 from megalite.config import Config, ModelConfig
 from megalite.errors import MegaliteError
-from megalite.hf.config import hf_config, model_config
+from megalite.hf.config import hf_config, is_gpt2_style, model_config
 from megalite.data.tokenizer import Tokenizer, build_tokenizer
-from megalite.hf.layout import from_hf, to_hf
+from megalite.hf.layout import from_hf, gpt2_from_hf, gpt2_to_hf, to_hf
 from megalite.hf.tokenizer import export_tokenizer
 from megalite.training.checkpointing import FORMAT_VERSION, TRACKER, find_checkpoint, iteration_dir
 from megalite.utils.atomic import atomic_write
@@ -82,7 +82,7 @@ def export_hf(load: str, out_dir: str, dtype: str = "bf16", max_shard_bytes: int
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     shards, current, size = [], {}, 0
-    for name, t in to_hf(state, cfg):
+    for name, t in (gpt2_to_hf if is_gpt2_style(cfg) else to_hf)(state, cfg):
         t = t.to(DTYPES[dtype]).contiguous()
         if current and size + t.numel() * t.element_size() > max_shard_bytes:
             shards.append(current)
@@ -157,7 +157,7 @@ def import_hf(hf_dir: str, save: str, dtype: str = "fp32") -> ModelConfig:
     cfg = model_config(json.load(open(config_path)))
     get = _LazyTensors(hf_dir)
     state: Dict[str, torch.Tensor] = {}
-    for name, t in from_hf(get, cfg):
+    for name, t in (gpt2_from_hf if is_gpt2_style(cfg) else from_hf)(get, cfg):
         if t is None:
             raise MegaliteError(f"{hf_dir}: a tensor needed for {name} is missing")
         state[name] = t.to(DTYPES[dtype])

@@ -77,3 +77,54 @@ def from_hf(get, cfg: ModelConfig) -> Iterator[Tuple[str, torch.Tensor]]:
     yield "final_norm.weight", get("model.norm.weight")
     if cfg.untie_embeddings_and_output_weights:
         yield "output_layer.weight", get("lm_head.weight")
+
+
+# GPT-2 keeps q, k, v side by side in one Conv1D (weights stored [in, out], i.e. transposed)
+# and always ties the output layer to the embedding; it needs plain multi-head attention.
+
+
+def gpt2_to_hf(sd: Dict[str, torch.Tensor], cfg: ModelConfig) -> Iterator[Tuple[str, torch.Tensor]]:
+    yield "transformer.wte.weight", sd["embedding.weight"]
+    yield "transformer.wpe.weight", sd["position_embedding.weight"]
+    for i in range(cfg.num_layers):
+        ours, hf = f"layers.{i}.", f"transformer.h.{i}."
+        yield hf + "ln_1.weight", sd[ours + "input_norm.weight"]
+        yield hf + "ln_1.bias", sd[ours + "input_norm.bias"]
+        q, k, v = split_qkv(sd[ours + "attention.qkv.weight"], cfg)
+        yield hf + "attn.c_attn.weight", torch.cat([q, k, v]).t()
+        q, k, v = split_qkv(sd[ours + "attention.qkv.bias"], cfg)
+        yield hf + "attn.c_attn.bias", torch.cat([q, k, v])
+        yield hf + "attn.c_proj.weight", sd[ours + "attention.proj.weight"].t()
+        yield hf + "attn.c_proj.bias", sd[ours + "attention.proj.bias"]
+        yield hf + "ln_2.weight", sd[ours + "post_attention_norm.weight"]
+        yield hf + "ln_2.bias", sd[ours + "post_attention_norm.bias"]
+        yield hf + "mlp.c_fc.weight", sd[ours + "mlp.fc1.weight"].t()
+        yield hf + "mlp.c_fc.bias", sd[ours + "mlp.fc1.bias"]
+        yield hf + "mlp.c_proj.weight", sd[ours + "mlp.fc2.weight"].t()
+        yield hf + "mlp.c_proj.bias", sd[ours + "mlp.fc2.bias"]
+    yield "transformer.ln_f.weight", sd["final_norm.weight"]
+    yield "transformer.ln_f.bias", sd["final_norm.bias"]
+
+
+def gpt2_from_hf(get, cfg: ModelConfig) -> Iterator[Tuple[str, torch.Tensor]]:
+    yield "embedding.weight", get("transformer.wte.weight")
+    yield "position_embedding.weight", get("transformer.wpe.weight")
+    h = cfg.hidden_size
+    for i in range(cfg.num_layers):
+        ours, hf = f"layers.{i}.", f"transformer.h.{i}."
+        yield ours + "input_norm.weight", get(hf + "ln_1.weight")
+        yield ours + "input_norm.bias", get(hf + "ln_1.bias")
+        w = get(hf + "attn.c_attn.weight").t()
+        yield ours + "attention.qkv.weight", fuse_qkv(w[:h], w[h : 2 * h], w[2 * h :], cfg)
+        b = get(hf + "attn.c_attn.bias")
+        yield ours + "attention.qkv.bias", fuse_qkv(b[:h], b[h : 2 * h], b[2 * h :], cfg)
+        yield ours + "attention.proj.weight", get(hf + "attn.c_proj.weight").t()
+        yield ours + "attention.proj.bias", get(hf + "attn.c_proj.bias")
+        yield ours + "post_attention_norm.weight", get(hf + "ln_2.weight")
+        yield ours + "post_attention_norm.bias", get(hf + "ln_2.bias")
+        yield ours + "mlp.fc1.weight", get(hf + "mlp.c_fc.weight").t()
+        yield ours + "mlp.fc1.bias", get(hf + "mlp.c_fc.bias")
+        yield ours + "mlp.fc2.weight", get(hf + "mlp.c_proj.weight").t()
+        yield ours + "mlp.fc2.bias", get(hf + "mlp.c_proj.bias")
+    yield "final_norm.weight", get("transformer.ln_f.weight")
+    yield "final_norm.bias", get("transformer.ln_f.bias")
