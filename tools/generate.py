@@ -1,36 +1,55 @@
-"""Continue a prompt with a trained checkpoint (greedy decoding).
+"""Continue prompts with a trained checkpoint (KV cache; greedy unless --temperature > 0).
 
-    python tools/generate.py --load checkpoints/ --prompt "To be, or not to be" --max-new-tokens 50
+    python tools/generate.py --load ckpt/ --prompt "To be, or not to be" --max-new-tokens 50
+    python tools/generate.py --load ckpt/ --prompt-file prompts.txt --temperature 0.8 --top-p 0.9 --seed 1
 
-The tokenizer is the one the checkpoint was trained with unless --tokenizer-* flags say otherwise.
+Prompts come from --prompt (repeatable) or --prompt-file (one per line) and are decoded as a
+batch. The tokenizer is the one the checkpoint was trained with unless --tokenizer-* say otherwise.
 """
 
 import argparse
 
 from megalite.data.tokenizer import TOKENIZER_TYPES, build_tokenizer
-from megalite.eval.generate import greedy_generate, load_model
+from megalite.errors import MegaliteError
+from megalite.eval.generate import Sampling, generate, load_model, trim_stop_string
 from megalite.utils.cli import run_tool
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--load", required=True, help="checkpoint folder (or one iter_XXXXXXX folder)")
-    p.add_argument("--prompt", action="append", required=True, help="may be given several times")
+    p.add_argument("--prompt", action="append", default=[], help="may be given several times")
+    p.add_argument("--prompt-file", help="one prompt per line")
     p.add_argument("--max-new-tokens", type=int, default=50)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    p.add_argument("--seed", type=int, default=None)
     p.add_argument("--tokenizer-type", choices=TOKENIZER_TYPES)
     p.add_argument("--tokenizer-model")
     p.add_argument("--vocab-file")
     p.add_argument("--merge-file")
     a = p.parse_args(argv)
+    prompts = list(a.prompt)
+    if a.prompt_file:
+        prompts += [line.rstrip("\n") for line in open(a.prompt_file, encoding="utf-8") if line.strip()]
+    if not prompts:
+        raise MegaliteError("give --prompt or --prompt-file")
     model, cfg = load_model(a.load)
     d = cfg.data
     tok = build_tokenizer(a.tokenizer_type or d.tokenizer_type, a.tokenizer_model or d.tokenizer_model,
                           a.vocab_file or d.vocab_file, a.merge_file or d.merge_file)
-    for prompt in a.prompt:
-        ids = tok.encode(prompt)
-        out = greedy_generate(model, ids, a.max_new_tokens, eod=tok.eod)
+    sampling = Sampling(temperature=a.temperature, top_k=a.top_k, top_p=a.top_p,
+                        repetition_penalty=a.repetition_penalty, stop_ids=[tok.eod], stop_strings=a.stop,
+                        seed=a.seed)
+    outs = generate(model, [tok.encode(x) for x in prompts], a.max_new_tokens, sampling,
+                    pad_id=tok.pad if tok.pad is not None else tok.eod, decode=tok.decode)
+    for prompt, ids in zip(prompts, outs):
+        ids = [i for i in ids if i != tok.eod]
         print(f"--- {prompt!r} ->")
-        print(prompt + tok.decode(out[len(ids):]))
+        print(prompt + trim_stop_string(tok.decode(ids), a.stop))
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ class SelfAttention(nn.Module):
                                       bias=cfg.add_bias_linear,
                                       init_std=cfg.init_method_std / math.sqrt(2.0 * cfg.num_layers))
 
-    def forward(self, x, rope=None):
+    def forward(self, x, rope=None, cache=None):
         qkv = self.qkv(x)  # the whole sequence, even when x is a sequence-parallel slice
         s, b = qkv.shape[:2]
         q_per_group = self.heads // self.groups
@@ -50,17 +50,21 @@ class SelfAttention(nn.Module):
         if self.recompute_core and self.training:
             out = recompute(self._core, q, k, v, rope)
         else:
-            out = self._core(q, k, v, rope)
+            out = self._core(q, k, v, rope, cache)
         return self.proj(out)
 
-    def _core(self, q, k, v, rope):
+    def _core(self, q, k, v, rope, cache=None):
         if rope is not None:
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        mask = None
+        if cache is not None:  # incremental decoding: attend to everything cached, as the mask allows
+            k, v = cache.update(k, v)
+            mask = cache.mask
         q, k, v = (t.permute(1, 2, 0, 3) for t in (q, k, v))  # [batch, heads, seq, dim]
         dropout = self.dropout if self.training else 0.0
         with tp_rng(dropout > 0):  # each rank's heads are its own: independent masks
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout,
-                                                 enable_gqa=self.groups != self.heads)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+                                                 dropout_p=dropout, enable_gqa=self.groups != self.heads)
         s, b = out.shape[2], out.shape[0]
         return out.permute(2, 0, 1, 3).reshape(s, b, self.heads * self.head_dim)
 

@@ -36,8 +36,8 @@ class TransformerLayer(nn.Module):
         self.mlp = MLP(cfg)
         self.dropout = SequenceDropout(cfg.hidden_dropout)
 
-    def forward(self, x, rope=None):
-        x = x + self.dropout(self.attention(self.input_norm(x), rope))
+    def forward(self, x, rope=None, cache=None):
+        x = x + self.dropout(self.attention(self.input_norm(x), rope, cache))
         return x + self.dropout(self.mlp(self.post_attention_norm(x)))
 
 
@@ -70,11 +70,15 @@ class GPTModel(nn.Module):
                 self.output_layer = ColumnParallelLinear(cfg.hidden_size, cfg.padded_vocab_size, bias=False,
                                                          init_std=cfg.init_method_std)
 
-    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
-        """[batch, seq] ids -> [seq, batch, hidden] (this rank's slice of seq with sequence parallelism)."""
+    def embed(self, tokens: torch.Tensor, positions: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """[batch, seq] ids -> [seq, batch, hidden] (this rank's slice of seq with sequence parallelism).
+        ``positions`` ([batch, seq]) default to 0, 1, 2, ..."""
         x = self.embedding(tokens.t())
         if hasattr(self, "position_embedding"):
-            x = x + self.position_embedding(torch.arange(tokens.shape[1], device=tokens.device))[:, None, :]
+            if positions is None:
+                x = x + self.position_embedding(torch.arange(tokens.shape[1], device=tokens.device))[:, None, :]
+            else:
+                x = x + self.position_embedding(positions.t())
         if state.get().sequence_parallel:
             x = scatter_to_sequence(x)
         return self.embedding_dropout(x)
@@ -107,3 +111,14 @@ class GPTModel(nn.Module):
         if labels is None:
             return logits.transpose(0, 1)
         return vocab_parallel_cross_entropy(logits, labels.t()).t()
+
+    def decode_step(self, tokens: torch.Tensor, positions: torch.Tensor, cache) -> torch.Tensor:
+        """Logits [batch, new, vocab] for ``tokens`` [batch, new] at ``positions`` [batch, new],
+        attending to what ``cache`` holds (its mask set by the caller), which they extend."""
+        x = self.embed(tokens, positions)
+        rope = self.rotary(positions.t(), x.dtype) if self.rotary is not None else None
+        for name, layer in self.layers.items():
+            cache.layer = name
+            x = layer(x, rope, cache)
+        cache.advance(tokens.shape[1])
+        return self.logits(x).transpose(0, 1)

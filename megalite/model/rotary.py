@@ -15,9 +15,11 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("inv_freq", 1.0 / (base ** exponent), persistent=False)
 
     def forward(self, positions: torch.Tensor, dtype: torch.dtype):
-        """cos, sin of shape [seq, 1, 1, rot_dim] for ``positions`` [seq]."""
-        freqs = positions.float()[:, None] * self.inv_freq.float()[None, :]
-        emb = torch.cat((freqs, freqs), dim=-1)[:, None, None, :]
+        """cos, sin for ``positions`` [seq] (shape [seq, 1, 1, rot_dim]) or [seq, batch]
+        (shape [seq, batch, 1, rot_dim]), ready to broadcast over [seq, batch, heads, dim]."""
+        freqs = positions.float()[..., None] * self.inv_freq.float()
+        emb = torch.cat((freqs, freqs), dim=-1)
+        emb = emb[:, None, None, :] if positions.dim() == 1 else emb[:, :, None, :]
         return emb.cos().to(dtype), emb.sin().to(dtype)
 
 

@@ -1,0 +1,51 @@
+import pytest
+import torch
+
+from megalite.config import parse_config
+from megalite.eval.generate import Sampling, generate, load_model
+from megalite.hf.convert import export_hf
+from megalite.training.trainer import pretrain
+from tests.conftest import tiny_model_args
+
+transformers = pytest.importorskip("transformers")
+
+GPT2 = {"normalization": "LayerNorm", "position_embedding_type": "learned_absolute", "swiglu": False,
+        "disable_bias_linear": False, "group_query_attention": False, "num_query_groups": None,
+        "max_position_embeddings": 128}
+
+
+@pytest.fixture(scope="module", params=[{}, GPT2], ids=["llama-gqa", "gpt2"])
+def trained(request, tmp_path_factory, tiny_corpus):
+    tmp = tmp_path_factory.mktemp("gen")
+    pretrain(parse_config(tiny_model_args(*tiny_corpus, save=str(tmp / "ck"), train_iters=30, **request.param)))
+    export_hf(str(tmp / "ck"), str(tmp / "hf"), dtype="fp32")
+    model, _ = load_model(str(tmp / "ck"))
+    return model, str(tmp / "hf")
+
+
+PROMPTS = [[5, 17, 300, 42, 9, 77, 123], [88, 12, 400]]
+
+
+def test_cached_uncached_alone_and_transformers_agree(trained):
+    model, hf_dir = trained
+    greedy = Sampling(stop_ids=[2])
+    batched = generate(model, PROMPTS, 30, greedy)
+    assert batched == generate(model, PROMPTS, 30, greedy, use_cache=False)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(hf_dir).float().eval()
+    for prompt, ours in zip(PROMPTS, batched):
+        assert generate(model, [prompt], 30, greedy)[0] == ours  # padding changes nothing
+        theirs = hf.generate(torch.tensor([prompt]), max_new_tokens=30, do_sample=False, eos_token_id=2,
+                             pad_token_id=3)[0, len(prompt):].tolist()
+        assert ours == theirs
+    assert max(map(len, batched)) > 10
+
+
+def test_sampling_options(trained):
+    model, _ = trained
+    a = generate(model, PROMPTS, 12, Sampling(temperature=1.0, top_p=0.9, seed=3))
+    assert a == generate(model, PROMPTS, 12, Sampling(temperature=1.0, top_p=0.9, seed=3))
+    assert generate(model, PROMPTS, 12, Sampling(temperature=0.7, top_k=1, seed=5)) == generate(model, PROMPTS, 12)
+    penalised = generate(model, [PROMPTS[0]], 20, Sampling(repetition_penalty=100.0))[0]
+    assert len(set(penalised)) == len(penalised)  # a huge penalty never repeats a token
+    stopped = generate(model, [PROMPTS[0]], 20, Sampling(stop_ids=[generate(model, [PROMPTS[0]], 3)[0][2]]))[0]
+    assert len(stopped) <= 3
