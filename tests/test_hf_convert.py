@@ -150,3 +150,17 @@ def test_finetune_from_imported_model_needs_no_model_flags(tmp_path, tiny_corpus
     m = args["model"]
     assert (m["num_layers"], m["hidden_size"], m["num_query_groups"], m["rotary_base"], m["padded_vocab_size"],
             m["normalization"], m["swiglu"]) == (2, 64, 2, 50000.0, 1024, "RMSNorm", True)
+
+
+def test_import_mistral_matches_transformers(tmp_path):
+    cfg = transformers.MistralConfig(vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                     num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=64,
+                                     sliding_window=4096, rope_theta=1e6)
+    torch.manual_seed(0)
+    hf = transformers.MistralForCausalLM(cfg).eval()
+    hf.save_pretrained(str(tmp_path / "orig"))
+    import_hf(str(tmp_path / "orig"), str(tmp_path / "ck"))
+    ours, _ = load_model(str(tmp_path / "ck"))
+    tokens = torch.randint(0, 256, (2, 20), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(tokens), hf(tokens).logits, rtol=1e-5, atol=1e-5)
