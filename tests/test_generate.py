@@ -49,3 +49,32 @@ def test_sampling_options(trained):
     assert len(set(penalised)) == len(penalised)  # a huge penalty never repeats a token
     stopped = generate(model, [PROMPTS[0]], 20, Sampling(stop_ids=[generate(model, [PROMPTS[0]], 3)[0][2]]))[0]
     assert len(stopped) <= 3
+
+
+def test_chat_template_renders_like_transformers(tmp_path, spm_model):
+    from megalite.data.chat import CHATML, render_chat
+    from megalite.data.tokenizer import build_tokenizer
+    from megalite.hf.tokenizer import export_tokenizer
+
+    export_tokenizer(build_tokenizer("SentencePieceTokenizer", spm_model), str(tmp_path / "tok"), CHATML)
+    hf = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "tok"))
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"},
+                {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "And now?"}]
+    for gen in (True, False):
+        assert render_chat(CHATML, messages, gen) == hf.apply_chat_template(messages, tokenize=False,
+                                                                             add_generation_prompt=gen)
+
+
+def test_interactive_chat(tmp_path, trained):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    _, hf_dir = trained
+    ck = hf_dir[: -len("hf")] + "ck"  # the fixture's checkpoint, next to its export
+    proc = subprocess.run([sys.executable, "tools/generate.py", "--load", ck, "--chat", "--chat-template", "chatml",
+                           "--max-new-tokens", "8"], input="hello\nand again\n", cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("assistant> ") == 2

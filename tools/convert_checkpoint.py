@@ -10,6 +10,7 @@ reads a local Llama / Qwen2 / Mistral folder and writes an iteration-0 checkpoin
 
 import argparse
 
+from megalite.data.chat import load_template
 from megalite.hf.convert import export_hf, import_hf
 from megalite.utils.cli import run_tool
 
@@ -32,9 +33,11 @@ def main(argv=None):
     p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default=None,
                    help="weights dtype (default bf16 for --to-hf, fp32 for --from-hf)")
     p.add_argument("--max-shard-size", default="5GB")
+    p.add_argument("--chat-template", help="'chatml' or a file with a Jinja chat template for the exported tokenizer")
     a = p.parse_args(argv)
     if a.to_hf:
-        out = export_hf(a.load, a.save, a.dtype or "bf16", parse_size(a.max_shard_size))
+        out = export_hf(a.load, a.save, a.dtype or "bf16", parse_size(a.max_shard_size),
+                        chat_template=load_template(a.chat_template) if a.chat_template else None)
         print(f"wrote {out}")
     else:
         cfg = import_hf(a.load, a.save, a.dtype or "fp32")

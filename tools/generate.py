@@ -2,13 +2,19 @@
 
     python tools/generate.py --load ckpt/ --prompt "To be, or not to be" --max-new-tokens 50
     python tools/generate.py --load ckpt/ --prompt-file prompts.txt --temperature 0.8 --top-p 0.9 --seed 1
+    python tools/generate.py --load ckpt/ --chat [--chat-template chatml]
+
+--chat reads user turns from standard input and answers each, keeping the conversation,
+formatted with the tokenizer's chat template (or --chat-template).
 
 Prompts come from --prompt (repeatable) or --prompt-file (one per line) and are decoded as a
 batch. The tokenizer is the one the checkpoint was trained with unless --tokenizer-* say otherwise.
 """
 
 import argparse
+import sys
 
+from megalite.data.chat import load_template, render_chat
 from megalite.data.tokenizer import TOKENIZER_TYPES, build_tokenizer
 from megalite.errors import MegaliteError
 from megalite.eval.generate import Sampling, generate, load_model, trim_stop_string
@@ -27,6 +33,8 @@ def main(argv=None):
     p.add_argument("--repetition-penalty", type=float, default=1.0)
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--chat", action="store_true", help="interactive chat on standard input")
+    p.add_argument("--chat-template", help="'chatml' or a Jinja template file (default: the tokenizer's)")
     p.add_argument("--tokenizer-type", choices=TOKENIZER_TYPES)
     p.add_argument("--tokenizer-model")
     p.add_argument("--vocab-file")
@@ -35,8 +43,8 @@ def main(argv=None):
     prompts = list(a.prompt)
     if a.prompt_file:
         prompts += [line.rstrip("\n") for line in open(a.prompt_file, encoding="utf-8") if line.strip()]
-    if not prompts:
-        raise MegaliteError("give --prompt or --prompt-file")
+    if not prompts and not a.chat:
+        raise MegaliteError("give --prompt, --prompt-file or --chat")
     model, cfg = load_model(a.load)
     d = cfg.data
     tok = build_tokenizer(a.tokenizer_type or d.tokenizer_type, a.tokenizer_model or d.tokenizer_model,
@@ -44,12 +52,37 @@ def main(argv=None):
     sampling = Sampling(temperature=a.temperature, top_k=a.top_k, top_p=a.top_p,
                         repetition_penalty=a.repetition_penalty, stop_ids=[tok.eod], stop_strings=a.stop,
                         seed=a.seed)
+    if a.chat:
+        return chat(model, tok, sampling, a)
     outs = generate(model, [tok.encode(x) for x in prompts], a.max_new_tokens, sampling,
                     pad_id=tok.pad if tok.pad is not None else tok.eod, decode=tok.decode)
     for prompt, ids in zip(prompts, outs):
         ids = [i for i in ids if i != tok.eod]
         print(f"--- {prompt!r} ->")
         print(prompt + trim_stop_string(tok.decode(ids), a.stop))
+
+
+def chat(model, tok, sampling: Sampling, a) -> int:
+    template = load_template(a.chat_template) if a.chat_template else tok.chat_template
+    if template is None:
+        raise MegaliteError("the tokenizer has no chat template; pass --chat-template chatml (or a file)")
+    if "<|im_end|>" in template:
+        sampling.stop_strings = list(sampling.stop_strings) + ["<|im_end|>"]
+    pad = tok.pad if tok.pad is not None else tok.eod
+    messages = []
+    interactive = sys.stdin.isatty()
+    while True:
+        if interactive:
+            print("user> ", end="", flush=True)
+        line = sys.stdin.readline()
+        if not line:
+            return 0
+        messages.append({"role": "user", "content": line.rstrip("\n")})
+        prompt = render_chat(template, messages, add_generation_prompt=True)
+        ids = generate(model, [tok.encode(prompt)], a.max_new_tokens, sampling, pad_id=pad, decode=tok.decode)[0]
+        reply = trim_stop_string(tok.decode([i for i in ids if i != tok.eod]), sampling.stop_strings).strip()
+        messages.append({"role": "assistant", "content": reply})
+        print(f"assistant> {reply}", flush=True)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ class Tokenizer(ABC):
     eod: int
     bos: Optional[int] = None
     pad: Optional[int] = None
+    chat_template: Optional[str] = None  # Jinja, as in HF tokenizer_config.json
 
     @abstractmethod
     def encode_batch(self, texts: Sequence[str]) -> List[List[int]]:
@@ -92,6 +93,7 @@ class HuggingFaceTokenizer(_TokenizersLibTokenizer):
         eod = _token_str(specials.get("eos_token")) or _guess_eod(tok)
         self._setup(tok, eod, _token_str(specials.get("bos_token")), _token_str(specials.get("pad_token")), file)
         self.path = path
+        self.chat_template = config.get("chat_template")
 
 
 class GPT2BPETokenizer(_TokenizersLibTokenizer):

@@ -67,7 +67,7 @@ def gather_replicated_qkv(shards, cfg: ModelConfig) -> torch.Tensor:
 
 
 def export_hf(load: str, out_dir: str, dtype: str = "bf16", max_shard_bytes: int = 5 * 2**30,
-              tokenizer: Optional[Tokenizer] = None) -> str:
+              tokenizer: Optional[Tokenizer] = None, chat_template: Optional[str] = None) -> str:
     """Write the HF folder; ``tokenizer`` defaults to the one the checkpoint was trained with."""
     from safetensors.torch import save_file
 
@@ -101,7 +101,7 @@ def export_hf(load: str, out_dir: str, dtype: str = "bf16", max_shard_bytes: int
                                                                           "weight_map": index})
     _write_json(os.path.join(tmp, "config.json"), config)
     if tokenizer is not None:
-        ids = export_tokenizer(tokenizer, tmp)
+        ids = export_tokenizer(tokenizer, tmp, chat_template or tokenizer.chat_template)
         _write_json(os.path.join(tmp, "generation_config.json"),
                     {k: v for k, v in ids.items() if v is not None})
     if os.path.exists(out_dir):

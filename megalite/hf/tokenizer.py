@@ -72,6 +72,12 @@ def export_tokenizer(tok: Tokenizer, out_dir: str, chat_template: Optional[str] 
         for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model"):
             if os.path.isfile(os.path.join(src, name)):
                 shutil.copy(os.path.join(src, name), os.path.join(out_dir, name))
+        if chat_template and chat_template != tok.chat_template:
+            path = os.path.join(out_dir, "tokenizer_config.json")
+            config = json.load(open(path)) if os.path.isfile(path) else {}
+            config["chat_template"] = chat_template
+            with atomic_write(path, "w") as f:
+                json.dump(config, f, indent=2)
         return {"bos_token_id": tok.bos, "eos_token_id": tok.eod, "pad_token_id": tok.pad}
     if isinstance(tok, SentencePieceTokenizer):
         rust = _spm_to_tokenizers(tok.model_file)
