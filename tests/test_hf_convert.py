@@ -164,3 +164,16 @@ def test_import_mistral_matches_transformers(tmp_path):
     tokens = torch.randint(0, 256, (2, 20), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         torch.testing.assert_close(ours(tokens), hf(tokens).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_import_rejects_shape_mismatch(tmp_path):
+    cfg = transformers.LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=1,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    transformers.LlamaForCausalLM(cfg).save_pretrained(str(tmp_path / "m"))
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    config["intermediate_size"] = 128  # the weights say 96
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    proc = run_tool("tools/convert_checkpoint.py", "--from-hf", "--load", str(tmp_path / "m"), "--save",
+                    str(tmp_path / "ck"), check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().endswith("layers.0.mlp.gate.weight has shape (96, 64), the config implies (128, 64)")

@@ -9,6 +9,7 @@ import glob
 import json
 import os
 import shutil
+from collections.abc import Mapping
 from typing import Dict, Optional
 
 import torch
@@ -21,13 +22,38 @@ from megalite.hf.layout import from_hf, gpt2_from_hf, gpt2_to_hf, to_hf
 from megalite.hf.tokenizer import export_tokenizer
 from megalite.training.checkpointing import FORMAT_VERSION, TRACKER, find_checkpoint, iteration_dir
 from megalite.utils.atomic import atomic_write
+from megalite.utils.progress import Progress
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
+class _GatheredState(Mapping):
+    """The model state of a checkpoint by name, tensor-parallel shards gathered on access,
+    so conversion holds at most one gathered tensor at a time (files are memory-mapped)."""
+
+    def __init__(self, payloads, cfg: ModelConfig):
+        self.payloads, self.cfg = payloads, cfg
+        self.splits = payloads[0].get("tensor_parallel", {})
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        split = self.splits.get(name)
+        parts = [p["model"][name] for p in self.payloads]
+        if split is None:
+            return parts[0]
+        if split.get("kv_head_replicas"):
+            return gather_replicated_qkv(parts, self.cfg)
+        return torch.cat(parts, dim=split["dim"])
+
+    def __iter__(self):
+        return iter(self.payloads[0]["model"])
+
+    def __len__(self) -> int:
+        return len(self.payloads[0]["model"])
+
+
 def load_full_state(load: str):
-    """(model state dict with tensor-parallel shards gathered, saved args) of a checkpoint."""
+    """(model state by name with tensor-parallel shards gathered lazily, saved args) of a checkpoint."""
     folder = find_checkpoint(load)
     if folder is None:
         raise MegaliteError(f"{load}: no checkpoint found (no {TRACKER})")
@@ -40,18 +66,7 @@ def load_full_state(load: str):
         raise MegaliteError(f"{folder}: cannot read checkpoint ({type(e).__name__}: {e})") from None
     if payloads[0]["parallel"]["pp_size"] > 1:
         raise MegaliteError(f"{folder}: pipeline-parallel checkpoints cannot be converted yet")
-    splits = payloads[0].get("tensor_parallel", {})
-    cfg = Config.from_dict(payloads[0]["args"]).model
-    state = {}
-    for name, t in payloads[0]["model"].items():
-        split = splits.get(name)
-        if split is None:
-            state[name] = t
-        elif split.get("kv_head_replicas"):
-            state[name] = gather_replicated_qkv([p["model"][name] for p in payloads], cfg)
-        else:
-            state[name] = torch.cat([p["model"][name] for p in payloads], dim=split["dim"])
-    return state, payloads[0]["args"]
+    return _GatheredState(payloads, Config.from_dict(payloads[0]["args"]).model), payloads[0]["args"]
 
 
 def gather_replicated_qkv(shards, cfg: ModelConfig) -> torch.Tensor:
@@ -81,22 +96,33 @@ def export_hf(load: str, out_dir: str, dtype: str = "bf16", max_shard_bytes: int
     tmp = out_dir.rstrip("/") + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
-    shards, current, size = [], {}, 0
+    # Shards are written as they fill (one in memory at a time) and named once their count is known.
+    written, current, size, total = [], {}, 0, 0
+    progress = Progress("export")
+
+    def flush():
+        path = os.path.join(tmp, f"part-{len(written):05d}.safetensors")
+        save_file(current, path, metadata={"format": "pt"})
+        written.append((path, list(current)))
+
     for name, t in (gpt2_to_hf if is_gpt2_style(cfg) else to_hf)(state, cfg):
         t = t.to(DTYPES[dtype]).contiguous()
-        if current and size + t.numel() * t.element_size() > max_shard_bytes:
-            shards.append(current)
+        nbytes = t.numel() * t.element_size()
+        if current and size + nbytes > max_shard_bytes:
+            flush()
             current, size = {}, 0
         current[name] = t
-        size += t.numel() * t.element_size()
-    shards.append(current)
+        size += nbytes
+        total += nbytes
+        progress.update(nbytes, tensors=1)
+    flush()
+    progress.close()
     index = {}
-    for i, shard in enumerate(shards):
-        fname = "model.safetensors" if len(shards) == 1 else f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-        save_file(shard, os.path.join(tmp, fname), metadata={"format": "pt"})
-        index.update({name: fname for name in shard})
-    if len(shards) > 1:
-        total = sum(t.numel() * t.element_size() for s in shards for t in s.values())
+    for i, (path, names) in enumerate(written):
+        fname = "model.safetensors" if len(written) == 1 else f"model-{i + 1:05d}-of-{len(written):05d}.safetensors"
+        os.replace(path, os.path.join(tmp, fname))
+        index.update({name: fname for name in names})
+    if len(written) > 1:
         _write_json(os.path.join(tmp, "model.safetensors.index.json"), {"metadata": {"total_size": total},
                                                                           "weight_map": index})
     _write_json(os.path.join(tmp, "config.json"), config)
@@ -157,10 +183,13 @@ def import_hf(hf_dir: str, save: str, dtype: str = "fp32") -> ModelConfig:
     cfg = model_config(json.load(open(config_path)))
     get = _LazyTensors(hf_dir)
     state: Dict[str, torch.Tensor] = {}
+    progress = Progress("import")
     for name, t in (gpt2_from_hf if is_gpt2_style(cfg) else from_hf)(get, cfg):
         if t is None:
             raise MegaliteError(f"{hf_dir}: a tensor needed for {name} is missing")
         state[name] = t.to(DTYPES[dtype])
+        progress.update(t.numel() * t.element_size(), tensors=1)
+    progress.close()
     _check_shapes(state, cfg, hf_dir)
     args = Config(model=cfg).to_dict()
     payload = {"format_version": FORMAT_VERSION, "iteration": 0, "consumed_samples": 0, "consumed_tokens": 0,
