@@ -139,50 +139,45 @@ class _ReduceScatterToSequence(torch.autograd.Function):
         return all_gather_first_dim(g, ctx.group), None
 
 
-def _tp_group():
-    return state.get().tp_group
+def _over_tp(fn, x):
+    """Apply the autograd mapping ``fn`` over the tensor-parallel group, if there is one."""
+    g = state.get().tp_group
+    return x if g is None else fn.apply(x, g)
 
 
 def copy_to_tp(x):
     """Identity forward; sums the input gradient over tensor-parallel ranks."""
-    g = _tp_group()
-    return x if g is None else _CopyToTP.apply(x, g)
+    return _over_tp(_CopyToTP, x)
 
 
 def reduce_from_tp(x):
     """Sums partial results over tensor-parallel ranks; identity backward."""
-    g = _tp_group()
-    return x if g is None else _ReduceFromTP.apply(x, g)
+    return _over_tp(_ReduceFromTP, x)
 
 
 def scatter_to_tp(x):
     """Keeps this rank's slice of the last dimension; gathers gradients back."""
-    g = _tp_group()
-    return x if g is None else _ScatterToTP.apply(x, g)
+    return _over_tp(_ScatterToTP, x)
 
 
 def gather_from_tp(x):
     """Concatenates every rank's slice along the last dimension; splits gradients."""
-    g = _tp_group()
-    return x if g is None else _GatherFromTP.apply(x, g)
+    return _over_tp(_GatherFromTP, x)
 
 
 def scatter_to_sequence(x):
     """Keeps this rank's slice of the sequence; gathers gradients back."""
-    g = _tp_group()
-    return x if g is None else _ScatterToSequence.apply(x, g)
+    return _over_tp(_ScatterToSequence, x)
 
 
 def gather_from_sequence(x):
     """Whole sequence from every rank's slice; reduce-scatters the (partial) gradients."""
-    g = _tp_group()
-    return x if g is None else _GatherFromSequence.apply(x, g)
+    return _over_tp(_GatherFromSequence, x)
 
 
 def reduce_scatter_to_sequence(x):
     """Sums partial results over ranks and keeps this rank's slice of the sequence."""
-    g = _tp_group()
-    return x if g is None else _ReduceScatterToSequence.apply(x, g)
+    return _over_tp(_ReduceScatterToSequence, x)
 
 
 def leave_tp_region(x):
