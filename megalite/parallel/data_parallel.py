@@ -90,10 +90,6 @@ class GradBuffer:
         """Only the step's last backward launches the all-reduces (no communication before)."""
         self.sync_this_backward = last
 
-    @property
-    def grads(self) -> List[torch.Tensor]:
-        return [p.main_grad for p in self.params]
-
 
 def all_reduce_scalar(value: float, group: Optional[object], op=None, device=None) -> float:
     """Sum (or ``op``) a Python number over ``group``; identity without one."""
