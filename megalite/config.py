@@ -261,8 +261,9 @@ def validate(cfg: Config, world_size: int = 1) -> Config:
     for value, flag in ((m.num_layers, "--num-layers"), (m.hidden_size, "--hidden-size"),
                         (m.num_attention_heads, "--num-attention-heads"), (d.seq_length, "--seq-length")):
         need(value, flag)
-    if p.pipeline_model_parallel_size != 1:
-        raise MegaliteError("--pipeline-model-parallel-size > 1 is not supported yet")
+    pp = p.pipeline_model_parallel_size
+    if m.num_layers % pp:
+        raise MegaliteError(f"--num-layers {m.num_layers} is not divisible by --pipeline-model-parallel-size {pp}")
     tp = p.tensor_model_parallel_size
     mp = tp * p.pipeline_model_parallel_size
     if world_size % mp:

@@ -54,6 +54,7 @@ class GPTModel(nn.Module):
             # A tied last stage keeps its own copy of the embedding for the output layer; same
             # name, so same initial values (pipelining keeps the copies' gradients in sync).
             self.embedding = VocabParallelEmbedding(cfg.padded_vocab_size, cfg.hidden_size, cfg.init_method_std)
+            self.embedding.weight.shared_embedding = tied and not (pre_process and post_process)
         if pre_process:
             if cfg.position_embedding_type == "learned_absolute":
                 self.position_embedding = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size)

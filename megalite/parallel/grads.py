@@ -32,12 +32,23 @@ def sync_tensor_parallel_grads(params: Sequence[torch.nn.Parameter]) -> None:
         _all_reduce_together([p.main_grad[p.kv_rows :] for p in kv], kv[0].kv_group)
 
 
+def sync_embedding_grads(params: Sequence[torch.nn.Parameter]) -> None:
+    """Sum the gradients of a tied embedding held by both the first and the last pipeline
+    stage, so both copies take the same step and stay equal."""
+    s = state.get()
+    shared = [p.main_grad for p in params if getattr(p, "shared_embedding", False)]
+    if s.embedding_group is not None and shared:
+        _all_reduce_together(shared, s.embedding_group)
+
+
 def counted_grads(params: Sequence[torch.nn.Parameter]) -> List[torch.Tensor]:
     """The gradient views this rank contributes to the global norm, so that every element
     of the model's gradient is counted exactly once across the model-parallel ranks."""
     s = state.get()
     out = []
     for p in params:
+        if getattr(p, "shared_embedding", False) and not s.is_first_stage:
+            continue  # the first stage's copy counts
         if getattr(p, "kv_group", None) is not None:
             out.append(p.main_grad[: p.kv_rows])
             if p.kv_rank == 0:

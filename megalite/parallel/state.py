@@ -29,6 +29,7 @@ class ParallelState:
     dp_group: Optional[object] = None
     model_parallel_group: Optional[object] = None  # tp x pp: ranks holding one model replica
     pp_ranks: Optional[List[int]] = None
+    embedding_group: Optional[object] = None  # first + last pipeline stage: tied embedding copies
     sequence_parallel: bool = False  # activations outside attention/MLP split along the sequence
 
     @property
@@ -90,6 +91,11 @@ def initialize(tp: int = 1, pp: int = 1, sequence_parallel: bool = False) -> Par
                     s.pp_group, s.pp_rank, s.pp_ranks = group, idx, ranks
                 else:
                     s.model_parallel_group = group
+    if pp > 1:  # the ranks holding the two copies of a tied embedding (every rank creates every group)
+        for ranks in groups["pp"]:
+            group = dist.new_group([ranks[0], ranks[-1]])
+            if me in (ranks[0], ranks[-1]):
+                s.embedding_group = group
     _state = s
     return s
 

@@ -24,7 +24,8 @@ from megalite.model import GPTModel
 from megalite.model.flops import peak_tflops, train_flops
 from megalite.parallel import state
 from megalite.parallel.data_parallel import GradBuffer, all_reduce_scalar
-from megalite.parallel.grads import sync_tensor_parallel_grads
+from megalite.parallel.grads import sync_embedding_grads, sync_tensor_parallel_grads
+from megalite.parallel.pipeline import forward_backward, stage_layers
 from megalite.parallel.init import initialize
 from megalite.parallel.random import seed_tp_rng
 from megalite.training.checkpointing import load_checkpoint, save_checkpoint, saved_settings
@@ -67,7 +68,10 @@ class Trainer:
             m.padded_vocab_size = padded_vocab_size(vocab, m.make_vocab_size_divisible_by, s.tp_size)
         self.dtype = torch.bfloat16 if t.bf16 else torch.float16 if t.fp16 else torch.float32
 
-        self.model = GPTModel(m, s.is_first_stage, s.is_last_stage, recompute_granularity=t.recompute_granularity)
+        self.model = GPTModel(m, s.is_first_stage, s.is_last_stage, stage_layers(m.num_layers, s.pp_size, s.pp_rank),
+                              recompute_granularity=t.recompute_granularity)
+        seq = cfg.data.seq_length // (s.tp_size if s.sequence_parallel else 1)
+        self.activation_shape = (seq, t.micro_batch_size, m.hidden_size)  # what stages pass on
         initialize(self.model, t.seed)
         self.model.to(device=device, dtype=self.dtype)
         self.grads = GradBuffer(list(self.model.parameters()), s.dp_group, p.ddp_bucket_size, p.overlap_grad_reduce)
@@ -103,18 +107,15 @@ class Trainer:
         s = state.get()
         self.grads.zero()
         tokens = all_reduce_scalar(float(sum(mb["loss_mask"].sum().item() for mb in batch)), s.dp_group)
-        scale = self.optimizer.loss_scale
-        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         self.model.train()
-        for i, mb in enumerate(batch):
-            self.grads.set_last_microbatch(i == len(batch) - 1)
-            losses = self.model(mb["tokens"], labels=mb["labels"])
-            loss = (losses * mb["loss_mask"]).sum() / tokens
-            (loss * scale).backward() if scale != 1.0 else loss.backward()
-            loss_sum += loss.detach().double()
+        loss_sum = forward_backward(
+            self.model, batch, lambda losses, mb: (losses * mb["loss_mask"]).sum() / tokens,
+            self.activation_shape, self.dtype, grad_buffer=self.grads, loss_scale=self.optimizer.loss_scale)
         self.grads.finish_sync()
         sync_tensor_parallel_grads(self.grads.params)
-        lm_loss = all_reduce_scalar(loss_sum.item(), s.dp_group)
+        sync_embedding_grads(self.grads.params)
+        # the loss lives on the last pipeline stage; summing over stages hands it to every rank
+        lm_loss = all_reduce_scalar(all_reduce_scalar(loss_sum, s.pp_group), s.dp_group)
         if not math.isfinite(lm_loss) and not self.cfg.training.fp16:
             raise MegaliteError(
                 f"loss is {lm_loss} at iteration {self.iteration + 1}; stopping without saving "
@@ -134,13 +135,14 @@ class Trainer:
         n_micro = self.batches.num_microbatches(self.consumed_samples)
         try:
             for _ in range(t.eval_iters):
-                for mb in microbatches(loader, n_micro, self.device):
-                    losses = self.model(mb["tokens"], labels=mb["labels"])
-                    total += (losses * mb["loss_mask"]).sum().item()
-                    count += mb["loss_mask"].sum().item()
+                batch = microbatches(loader, n_micro, self.device)
+                total += forward_backward(self.model, batch, lambda losses, mb: (losses * mb["loss_mask"]).sum(),
+                                          self.activation_shape, self.dtype, forward_only=True)
+                count += sum(mb["loss_mask"].sum().item() for mb in batch)
         except StopIteration:
             pass
-        total, count = all_reduce_scalar(total, s.dp_group), all_reduce_scalar(count, s.dp_group)
+        total = all_reduce_scalar(all_reduce_scalar(total, s.pp_group), s.dp_group)
+        count = all_reduce_scalar(count, s.dp_group)
         if count == 0:
             return None
         loss = total / count
