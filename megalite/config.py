@@ -52,6 +52,8 @@ class ParallelConfig:
     tensor_model_parallel_size: int = opt(1, "tensor-parallel ranks")
     pipeline_model_parallel_size: int = opt(1, "pipeline stages")
     sequence_parallel: bool = opt(False, "split activations outside attention/MLP along the sequence (needs TP > 1)")
+    decoder_first_pipeline_num_layers: Optional[int] = opt(None, "layers on the first pipeline stage (uneven split)")
+    decoder_last_pipeline_num_layers: Optional[int] = opt(None, "layers on the last pipeline stage (uneven split)")
     distributed_backend: Optional[str] = opt(None, "nccl on CUDA, gloo on CPU by default", choices=["nccl", "gloo"])
     ddp_bucket_size: int = opt(40_000_000, "elements per data-parallel gradient all-reduce bucket")
     overlap_grad_reduce: bool = opt(True, "all-reduce gradients in backward", flag="--no-overlap-grad-reduce",
@@ -261,9 +263,10 @@ def validate(cfg: Config, world_size: int = 1) -> Config:
     for value, flag in ((m.num_layers, "--num-layers"), (m.hidden_size, "--hidden-size"),
                         (m.num_attention_heads, "--num-attention-heads"), (d.seq_length, "--seq-length")):
         need(value, flag)
-    pp = p.pipeline_model_parallel_size
-    if m.num_layers % pp:
-        raise MegaliteError(f"--num-layers {m.num_layers} is not divisible by --pipeline-model-parallel-size {pp}")
+    from megalite.parallel.pipeline import stage_layers  # the split's own checks, with their message
+
+    stage_layers(m.num_layers, p.pipeline_model_parallel_size, 0, p.decoder_first_pipeline_num_layers,
+                 p.decoder_last_pipeline_num_layers)
     tp = p.tensor_model_parallel_size
     mp = tp * p.pipeline_model_parallel_size
     if world_size % mp:

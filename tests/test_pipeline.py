@@ -12,7 +12,10 @@ from tests.dist_utils import run_distributed
 
 def test_stage_split():
     assert [stage_layers(8, 4, r) for r in range(4)] == [range(0, 2), range(2, 4), range(4, 6), range(6, 8)]
-    with pytest.raises(MegaliteError, match="--num-layers 6 is not divisible by --pipeline-model-parallel-size 4"):
+    assert [stage_layers(8, 4, r, first=1, last=1) for r in range(4)] == [range(0, 1), range(1, 4), range(4, 7),
+                                                                           range(7, 8)]
+    assert [stage_layers(5, 2, r, last=1) for r in range(2)] == [range(0, 4), range(4, 5)]
+    with pytest.raises(MegaliteError, match="--num-layers 6 cannot be split over --pipeline-model-parallel-size 4"):
         stage_layers(6, 4, 0)
 
 
@@ -37,7 +40,8 @@ def run(tmp_path, corpus, name, world, **kw):
     (2, {"pipeline_model_parallel_size": 2}),  # tied embeddings shared by first and last stage
     (4, {"pipeline_model_parallel_size": 4, "untie_embeddings_and_output_weights": True}),
     (4, {"pipeline_model_parallel_size": 2, "tensor_model_parallel_size": 2, "sequence_parallel": True}),
-], ids=["pp2-tied", "pp4-untied", "pp2xtp2-sp"])
+    (2, {"pipeline_model_parallel_size": 2, "decoder_first_pipeline_num_layers": 1}),  # uneven: 1 + 3 layers
+], ids=["pp2-tied", "pp4-untied", "pp2xtp2-sp", "pp2-uneven"])
 def test_pipeline_matches_one_process(tmp_path, tiny_corpus, world, extra):
     model_kw = {k: v for k, v in extra.items() if k == "untie_embeddings_and_output_weights"}
     ref, ref_evals = run(tmp_path, tiny_corpus, "ref", 1, **model_kw)
@@ -49,3 +53,39 @@ def test_pipeline_matches_one_process(tmp_path, tiny_corpus, world, extra):
     assert [e["split"] for e in evals] == [e["split"] for e in ref_evals]
     for a, b in zip(ref_evals, evals):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
+
+
+def _count_live_activations(rank, world, m, out_file):
+    import torch
+
+    from megalite.parallel import state
+    from megalite.parallel.pipeline import forward_backward
+
+    s = state.initialize(pp=world)
+    live, peak = [0], [0]
+
+    class Stage(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.full((3,), 0.5))
+
+        def forward(self, tokens, labels=None, hidden=None):
+            x = tokens.t().unsqueeze(-1).float() * self.w if hidden is None else hidden * self.w
+            live[0] += 1
+            peak[0] = max(peak[0], live[0])
+            x.register_hook(lambda g: live.__setitem__(0, live[0] - 1))  # freed once its backward ran
+            return x.sum(-1).t() if s.is_last_stage else x
+
+    batch = [{"tokens": torch.ones(2, 4, dtype=torch.long), "labels": torch.zeros(2, 4, dtype=torch.long)}
+             for _ in range(m)]
+    forward_backward(Stage(), batch, lambda losses, mb: losses.sum(), (4, 2, 3), torch.float32)
+    assert live[0] == 0
+    open(f"{out_file}.{rank}", "w").write(str(peak[0]))
+    state.destroy()
+
+
+@pytest.mark.dist
+def test_one_f_one_b_bounds_live_activations(tmp_path):
+    """Stage r of P never holds more than P - r micro-batches' activations (GPipe would hold all m)."""
+    run_distributed(_count_live_activations, 4, 8, str(tmp_path / "peak"))
+    assert [int((tmp_path / f"peak.{r}").read_text()) for r in range(4)] == [4, 3, 2, 1]

@@ -68,7 +68,9 @@ class Trainer:
             m.padded_vocab_size = padded_vocab_size(vocab, m.make_vocab_size_divisible_by, s.tp_size)
         self.dtype = torch.bfloat16 if t.bf16 else torch.float16 if t.fp16 else torch.float32
 
-        self.model = GPTModel(m, s.is_first_stage, s.is_last_stage, stage_layers(m.num_layers, s.pp_size, s.pp_rank),
+        layers = stage_layers(m.num_layers, s.pp_size, s.pp_rank, p.decoder_first_pipeline_num_layers,
+                              p.decoder_last_pipeline_num_layers)
+        self.model = GPTModel(m, s.is_first_stage, s.is_last_stage, layers,
                               recompute_granularity=t.recompute_granularity)
         seq = cfg.data.seq_length // (s.tp_size if s.sequence_parallel else 1)
         self.activation_shape = (seq, t.micro_batch_size, m.hidden_size)  # what stages pass on
