@@ -89,3 +89,22 @@ def test_one_f_one_b_bounds_live_activations(tmp_path):
     """Stage r of P never holds more than P - r micro-batches' activations (GPipe would hold all m)."""
     run_distributed(_count_live_activations, 4, 8, str(tmp_path / "peak"))
     assert [int((tmp_path / f"peak.{r}").read_text()) for r in range(4)] == [4, 3, 2, 1]
+
+
+@pytest.mark.dist
+def test_pipeline_checkpoint_resumes_and_exports(tmp_path, tiny_corpus):
+    """Save on 2 stages, resume there bitwise, and export the stages as one HF model."""
+    import torch
+
+    from megalite.hf.convert import load_full_state
+
+    kw = dict(pipeline_model_parallel_size=2, train_iters=6, eval_iters=0)
+    full, _ = run(tmp_path, tiny_corpus, "full", 2, save=str(tmp_path / "a"), save_interval=3, **kw)
+    run(tmp_path, tiny_corpus, "first", 2, save=str(tmp_path / "b"), exit_interval=3, **kw)
+    resumed, _ = run(tmp_path, tiny_corpus, "resumed", 2, save=str(tmp_path / "b"), load=str(tmp_path / "b"), **kw)
+    assert [r["lm_loss"] for r in resumed] == [r["lm_loss"] for r in full[3:]]
+    assert sorted(p.name for p in (tmp_path / "a" / "iter_0000006").iterdir()) == ["mp_rank_00_000", "mp_rank_00_001"]
+    state, _ = load_full_state(str(tmp_path / "a"))
+    assert {"embedding.weight", "layers.0.attention.qkv.weight", "layers.3.mlp.fc2.weight", "final_norm.weight"} <= set(state)
+    last = torch.load(tmp_path / "a" / "iter_0000006" / "mp_rank_00_001" / "model_optim_rng.pt", weights_only=True)
+    assert torch.equal(last["model"]["embedding.weight"], state["embedding.weight"])  # tied copies stayed equal

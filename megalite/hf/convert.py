@@ -29,16 +29,21 @@ DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
 class _GatheredState(Mapping):
-    """The model state of a checkpoint by name, tensor-parallel shards gathered on access,
-    so conversion holds at most one gathered tensor at a time (files are memory-mapped)."""
+    """The model state of a checkpoint by name: each tensor from the pipeline stage that holds
+    it (the first, for a tied embedding both ends hold), its tensor-parallel shards gathered on
+    access, so conversion holds at most one gathered tensor at a time (files are mmapped)."""
 
-    def __init__(self, payloads, cfg: ModelConfig):
-        self.payloads, self.cfg = payloads, cfg
-        self.splits = payloads[0].get("tensor_parallel", {})
+    def __init__(self, stages, cfg: ModelConfig):
+        self.cfg = cfg
+        self.owner = {}
+        for shards in stages:  # stages in pipeline order, each a list of TP-rank payloads
+            for name in shards[0]["model"]:
+                self.owner.setdefault(name, shards)
 
     def __getitem__(self, name: str) -> torch.Tensor:
-        split = self.splits.get(name)
-        parts = [p["model"][name] for p in self.payloads]
+        shards = self.owner[name]
+        split = shards[0].get("tensor_parallel", {}).get(name)
+        parts = [p["model"][name] for p in shards]
         if split is None:
             return parts[0]
         if split.get("kv_head_replicas"):
@@ -46,14 +51,14 @@ class _GatheredState(Mapping):
         return torch.cat(parts, dim=split["dim"])
 
     def __iter__(self):
-        return iter(self.payloads[0]["model"])
+        return iter(self.owner)
 
     def __len__(self) -> int:
-        return len(self.payloads[0]["model"])
+        return len(self.owner)
 
 
 def load_full_state(load: str):
-    """(model state by name with tensor-parallel shards gathered lazily, saved args) of a checkpoint."""
+    """(model state by name, gathered over tensor- and pipeline-parallel files lazily, saved args)."""
     folder = find_checkpoint(load)
     if folder is None:
         raise MegaliteError(f"{load}: no checkpoint found (no {TRACKER})")
@@ -64,9 +69,13 @@ def load_full_state(load: str):
         payloads = [torch.load(f, map_location="cpu", weights_only=True, mmap=True) for f in files]
     except Exception as e:
         raise MegaliteError(f"{folder}: cannot read checkpoint ({type(e).__name__}: {e})") from None
-    if payloads[0]["parallel"]["pp_size"] > 1:
-        raise MegaliteError(f"{folder}: pipeline-parallel checkpoints cannot be converted yet")
-    return _GatheredState(payloads, Config.from_dict(payloads[0]["args"]).model), payloads[0]["args"]
+    # mp_rank_TT or mp_rank_TT_PPP: group by pipeline stage, tensor-parallel ranks in order
+    stages = {}
+    for f, payload in zip(files, payloads):
+        parts = os.path.basename(os.path.dirname(f)).split("_")[2:]
+        stages.setdefault(int(parts[1]) if len(parts) > 1 else 0, []).append(payload)
+    ordered = [stages[k] for k in sorted(stages)]
+    return _GatheredState(ordered, Config.from_dict(payloads[0]["args"]).model), payloads[0]["args"]
 
 
 def gather_replicated_qkv(shards, cfg: ModelConfig) -> torch.Tensor:
