@@ -41,7 +41,8 @@ def run(tmp_path, corpus, name, world, **kw):
     (4, {"pipeline_model_parallel_size": 4, "untie_embeddings_and_output_weights": True}),
     (4, {"pipeline_model_parallel_size": 2, "tensor_model_parallel_size": 2, "sequence_parallel": True}),
     (2, {"pipeline_model_parallel_size": 2, "decoder_first_pipeline_num_layers": 1}),  # uneven: 1 + 3 layers
-], ids=["pp2-tied", "pp4-untied", "pp2xtp2-sp", "pp2-uneven"])
+    (8, {"pipeline_model_parallel_size": 2, "tensor_model_parallel_size": 2, "sequence_parallel": True}),  # 3D, dp=2
+], ids=["pp2-tied", "pp4-untied", "pp2xtp2-sp", "pp2-uneven", "3d-tp2-pp2-dp2"])
 def test_pipeline_matches_one_process(tmp_path, tiny_corpus, world, extra):
     model_kw = {k: v for k, v in extra.items() if k == "untie_embeddings_and_output_weights"}
     ref, ref_evals = run(tmp_path, tiny_corpus, "ref", 1, **model_kw)
