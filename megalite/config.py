@@ -54,6 +54,7 @@ class ParallelConfig:
     sequence_parallel: bool = opt(False, "split activations outside attention/MLP along the sequence (needs TP > 1)")
     decoder_first_pipeline_num_layers: Optional[int] = opt(None, "layers on the first pipeline stage (uneven split)")
     decoder_last_pipeline_num_layers: Optional[int] = opt(None, "layers on the last pipeline stage (uneven split)")
+    num_layers_per_virtual_pipeline_stage: Optional[int] = opt(None, "layers per model chunk: interleaved 1F1B")
     distributed_backend: Optional[str] = opt(None, "nccl on CUDA, gloo on CPU by default", choices=["nccl", "gloo"])
     ddp_bucket_size: int = opt(40_000_000, "elements per data-parallel gradient all-reduce bucket")
     overlap_grad_reduce: bool = opt(True, "all-reduce gradients in backward", flag="--no-overlap-grad-reduce",
@@ -268,6 +269,15 @@ def validate(cfg: Config, world_size: int = 1) -> Config:
     stage_layers(m.num_layers, p.pipeline_model_parallel_size, 0, p.decoder_first_pipeline_num_layers,
                  p.decoder_last_pipeline_num_layers)
     tp = p.tensor_model_parallel_size
+    pp, per_chunk = p.pipeline_model_parallel_size, p.num_layers_per_virtual_pipeline_stage
+    if per_chunk is not None:
+        if pp == 1:
+            raise MegaliteError("--num-layers-per-virtual-pipeline-stage needs --pipeline-model-parallel-size > 1")
+        if m.num_layers % (pp * per_chunk):
+            raise MegaliteError(f"--num-layers {m.num_layers} is not divisible by --pipeline-model-parallel-size {pp} "
+                                f"x --num-layers-per-virtual-pipeline-stage {per_chunk}")
+        if p.decoder_first_pipeline_num_layers is not None or p.decoder_last_pipeline_num_layers is not None:
+            raise MegaliteError("uneven pipeline splits cannot be combined with virtual pipeline stages")
     mp = tp * p.pipeline_model_parallel_size
     if world_size % mp:
         raise MegaliteError(f"world size {world_size} is not divisible by tensor x pipeline parallel size {mp}")
@@ -323,6 +333,12 @@ def validate(cfg: Config, world_size: int = 1) -> Config:
         if start % unit or inc % unit or (t.global_batch_size - start) % inc:
             raise MegaliteError(f"--rampup-batch-size {t.rampup_batch_size}: start and increment must be "
                                 f"multiples of micro batch x dp ({unit}) and reach --global-batch-size")
+    if per_chunk is not None:
+        unit = t.micro_batch_size * dp
+        for gbs in [t.global_batch_size] + ([t.rampup_batch_size[0]] if t.rampup_batch_size else []):
+            if (gbs // unit) % pp:
+                raise MegaliteError(f"virtual pipeline stages need the micro-batches per step ({gbs // unit}) to be a "
+                                    f"multiple of --pipeline-model-parallel-size {pp}")
     if (t.train_iters is None) == (t.train_samples is None) and not t.skip_train:
         raise MegaliteError("give exactly one of --train-iters and --train-samples")
     if c.save_interval is not None and c.save is None:

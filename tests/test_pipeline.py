@@ -109,3 +109,30 @@ def test_pipeline_checkpoint_resumes_and_exports(tmp_path, tiny_corpus):
     assert {"embedding.weight", "layers.0.attention.qkv.weight", "layers.3.mlp.fc2.weight", "final_norm.weight"} <= set(state)
     last = torch.load(tmp_path / "a" / "iter_0000006" / "mp_rank_00_001" / "model_optim_rng.pt", weights_only=True)
     assert torch.equal(last["model"]["embedding.weight"], state["embedding.weight"])  # tied copies stayed equal
+
+
+@pytest.mark.dist
+@pytest.mark.parametrize("world, extra", [
+    (2, {"pipeline_model_parallel_size": 2, "num_layers_per_virtual_pipeline_stage": 1}),  # 2 chunks per stage
+    (4, {"pipeline_model_parallel_size": 2, "num_layers_per_virtual_pipeline_stage": 1, "tensor_model_parallel_size": 2,
+         "sequence_parallel": True}),
+], ids=["pp2-v2", "pp2-v2-tp2-sp"])
+def test_interleaved_pipeline_matches_one_process(tmp_path, tiny_corpus, world, extra):
+    ref, _ = run(tmp_path, tiny_corpus, "ref", 1)
+    rows, _ = run(tmp_path, tiny_corpus, "vpp", world, save=str(tmp_path / "ck"), **extra)
+    for a, b in zip(ref, rows):
+        assert b["lm_loss"] == pytest.approx(a["lm_loss"], rel=1e-5), a["iteration"]
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4), a["iteration"]
+
+
+def test_interleaving_errors():
+    from megalite.config import validate
+
+    def check(**kw):
+        validate(parse_config(tiny_model_args("d", "t", num_layers=4, **kw)), world_size=2)
+
+    with pytest.raises(MegaliteError, match="micro-batches per step \\(1\\) to be a multiple of"):
+        check(pipeline_model_parallel_size=2, num_layers_per_virtual_pipeline_stage=1, micro_batch_size=8,
+              global_batch_size=8)
+    with pytest.raises(MegaliteError, match="--num-layers 4 is not divisible by --pipeline-model-parallel-size 2 x"):
+        check(pipeline_model_parallel_size=2, num_layers_per_virtual_pipeline_stage=3)

@@ -123,3 +123,31 @@ class GPTModel(nn.Module):
             x = layer(x, rope, cache)
         cache.advance(tokens.shape[1])
         return self.logits(x).transpose(0, 1)
+
+
+class ModelChunks(nn.ModuleList):
+    """The model chunks one pipeline stage holds with virtual stages (interleaved schedule).
+
+    Parameters and state dicts carry the chunks' own global names (no chunk prefix), so
+    initialisation, checkpoints and conversion see the same names as with one chunk.
+    """
+
+    def named_parameters(self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True):
+        for chunk in self:
+            yield from chunk.named_parameters(prefix, recurse, remove_duplicate)
+
+    def state_dict(self, *args, **kwargs):
+        merged = {}
+        for chunk in self:
+            merged.update(chunk.state_dict(*args, **kwargs))
+        return merged
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        mine = set()
+        for chunk in self:
+            names = chunk.state_dict().keys()
+            mine |= set(names)
+            chunk.load_state_dict({k: state_dict[k] for k in names if k in state_dict}, strict=strict, assign=assign)
+        extra = set(state_dict) - mine
+        if strict and extra:
+            raise RuntimeError(f"Error(s) in loading state_dict:\n\tUnexpected key(s): {sorted(extra)[:5]}")

@@ -2,16 +2,14 @@
 
 ``forward_backward`` is the one call the trainer makes per step (and, forward only, per
 evaluation batch). Without pipelining it is the plain gradient-accumulation loop. With P
-stages it runs Megatron's non-interleaved 1F1B schedule: stage r first does P - r - 1
-forward passes (warm-up), then alternates one forward and one backward (steady state), then
-finishes the outstanding backwards (cool-down), so at most P - r micro-batches of
-activations are alive on stage r. Activations go forward and their gradients backward with
-point-to-point ops; each send is paired with the receive it waits on in one batched call,
-so no two stages can block on each other.
+stages it runs 1F1B: stage r first does P - r - 1 forward passes (warm-up), then alternates
+one forward and one backward (steady state), then finishes the outstanding backwards
+(cool-down), so at most P - r micro-batches of activations are alive on stage r. With v
+model chunks per stage (virtual stages) it runs the interleaved variant, whose bubble is v
+times smaller. ``schedule`` lists a stage's work; one engine runs any such list.
 """
 
-from collections import deque
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
@@ -45,25 +43,8 @@ def _stage_counts(num_layers: int, pp_size: int, first: Optional[int], last: Opt
     return [fixed[r] if fixed.get(r) is not None else rest // len(middle) for r in range(pp_size)]
 
 
-def _p2p(send_next=None, send_prev=None, recv_prev=None, recv_next=None):
-    """Post the given sends and receives together and wait for all of them."""
-    s = state.get()
-    ops = []
-    if send_next is not None:
-        ops.append(dist.P2POp(dist.isend, send_next.contiguous(), s.pp_ranks[s.pp_rank + 1]))
-    if send_prev is not None:
-        ops.append(dist.P2POp(dist.isend, send_prev.contiguous(), s.pp_ranks[s.pp_rank - 1]))
-    if recv_prev is not None:
-        ops.append(dist.P2POp(dist.irecv, recv_prev, s.pp_ranks[s.pp_rank - 1]))
-    if recv_next is not None:
-        ops.append(dist.P2POp(dist.irecv, recv_next, s.pp_ranks[s.pp_rank + 1]))
-    if ops:
-        for req in dist.batch_isend_irecv(ops):
-            req.wait()
-
-
 def forward_backward(
-    model,
+    model,  # one model, or this stage's list of chunks (virtual stages) in order
     batch: Sequence[Dict[str, torch.Tensor]],
     loss_fn: Callable[[torch.Tensor, Dict[str, torch.Tensor]], torch.Tensor],
     activation_shape: Sequence[int],
@@ -74,11 +55,10 @@ def forward_backward(
 ) -> float:
     """Forward (and backward) every micro-batch; returns the sum of ``loss_fn`` over them on
     the last stage (0 elsewhere). ``loss_fn(per_token_losses, micro_batch)`` gives a scalar."""
-    s = state.get()
-    if s.pp_size == 1:
-        return _no_pipeline(model, batch, loss_fn, forward_only, grad_buffer, loss_scale)
-    return _one_f_one_b(model, batch, loss_fn, tuple(activation_shape), dtype, forward_only, grad_buffer,
-                        loss_scale)
+    chunks = list(model) if isinstance(model, (list, tuple, torch.nn.ModuleList)) else [model]
+    if state.get().pp_size == 1:
+        return _no_pipeline(chunks[0], batch, loss_fn, forward_only, grad_buffer, loss_scale)
+    return _pipelined(chunks, batch, loss_fn, tuple(activation_shape), dtype, forward_only, grad_buffer, loss_scale)
 
 
 def _no_pipeline(model, batch, loss_fn, forward_only, grad_buffer, loss_scale) -> float:
@@ -93,83 +73,83 @@ def _no_pipeline(model, batch, loss_fn, forward_only, grad_buffer, loss_scale) -
     return total
 
 
-def _one_f_one_b(model, batch, loss_fn, shape, dtype, forward_only, grad_buffer, loss_scale) -> float:
-    s = state.get()
-    first, last = s.is_first_stage, s.is_last_stage
-    device = batch[0]["tokens"].device
-    m = len(batch)
-    total = 0.0
-    inputs: deque = deque()
-    outputs: deque = deque()
-    backwards_done = 0
+def schedule(pp_size: int, pp_rank: int, micro_batches: int, chunks: int = 1,
+             forward_only: bool = False) -> List[Tuple[str, int, int]]:
+    """This stage's ordered work: ("F" or "B", micro-batch, model chunk).
 
-    def empty():
-        return torch.empty(shape, dtype=dtype, device=device)
+    One chunk is non-interleaved 1F1B: P - r - 1 warm-up forwards, then one forward / one
+    backward, then the remaining backwards. With v chunks (virtual stages) micro-batches go
+    through the chunks in groups of P, and the warm-up is 2(P - r - 1) + (v - 1)P steps, as in
+    Megatron's interleaved schedule.
+    """
+    p, r, m, v = pp_size, pp_rank, micro_batches, chunks
+    total = m * v
 
-    def forward(i: int, x: Optional[torch.Tensor]):
-        nonlocal total
-        mb = batch[i]
-        if x is not None and not forward_only:
-            x.requires_grad_(True)
-        with torch.set_grad_enabled(not forward_only):
-            out = model(mb["tokens"] if first else None, labels=mb["labels"] if last else None, hidden=x)
-            if last:
-                out = loss_fn(out, mb)
-                total += out.item()
-                out = out * loss_scale if loss_scale != 1.0 else out
-        if not forward_only:
-            inputs.append(x)
-            outputs.append(out)
-        return out
+    def fwd(k):
+        return ("F", (k // (p * v)) * p + k % p if v > 1 else k, (k // p) % v if v > 1 else 0)
 
-    def backward(grad_out: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-        nonlocal backwards_done
-        x, out = inputs.popleft(), outputs.popleft()
-        if grad_buffer is not None:
-            grad_buffer.set_last_microbatch(backwards_done == m - 1)
-        torch.autograd.backward(out, grad_tensors=None if last else grad_out)
-        backwards_done += 1
-        return None if first else x.grad
-
-    def recv_forward():
-        if first:
-            return None
-        x = empty()
-        _p2p(recv_prev=x)
-        return x
+    def bwd(k):
+        return ("B", (k // (p * v)) * p + k % p if v > 1 else k, v - 1 - (k // p) % v if v > 1 else 0)
 
     if forward_only:
-        for i in range(m):
-            out = forward(i, recv_forward())
-            if not last:
-                _p2p(send_next=out.detach())
-        return total
+        return [fwd(k) for k in range(total)]
+    if v == 1:
+        warmup = min(p - r - 1, m)
+    else:
+        warmup = total if m == p else min(2 * (p - r - 1) + (v - 1) * p, total)
+    ops = [fwd(k) for k in range(warmup)]
+    for k in range(total - warmup):
+        ops += [fwd(warmup + k), bwd(k)]
+    return ops + [bwd(k) for k in range(total - warmup, total)]
 
-    warmup = min(s.pp_size - s.pp_rank - 1, m)
-    for i in range(warmup):
-        out = forward(i, recv_forward())
-        if not last:
-            _p2p(send_next=out.detach())
-    x = recv_forward() if warmup < m else None
-    for i in range(warmup, m):
-        out = forward(i, x)
-        grad = None
-        if not last:  # hand the activation on and wait for the gradient of an earlier one
-            grad = empty()
-            _p2p(send_next=out.detach(), recv_next=grad)
-        grad_in = backward(grad)
-        if i == m - 1:
-            if not first:
-                _p2p(send_prev=grad_in)
+
+def _pipelined(chunks, batch, loss_fn, shape, dtype, forward_only, grad_buffer, loss_scale) -> float:
+    """Run ``schedule`` on this stage. Sends are posted and not waited for until the step ends;
+    a stage blocks only on the receive of data it needs next, and every message carries a tag
+    naming its micro-batch, virtual stage and direction, so order across peers never matters."""
+    s = state.get()
+    p, r, v, m = s.pp_size, s.pp_rank, len(chunks), len(batch)
+    last_vstage = p * v - 1
+    device = batch[0]["tokens"].device
+    nxt, prv = s.pp_ranks[(r + 1) % p], s.pp_ranks[(r - 1) % p]
+    saved, sends, total = {}, [], 0.0
+    ops = schedule(p, r, m, v, forward_only)
+    n_backward = sum(op == "B" for op, _, _ in ops)
+
+    def tag(mb, vstage, backward):
+        return (mb * (last_vstage + 1) + vstage) * 2 + int(backward)
+
+    def recv(src, t):
+        x = torch.empty(shape, dtype=dtype, device=device)
+        dist.irecv(x, src, tag=t).wait()
+        return x
+
+    for op, mb_i, c in ops:
+        vstage, mb = c * p + r, batch[mb_i]
+        if op == "F":
+            x = None if vstage == 0 else recv(prv, tag(mb_i, vstage, False))
+            if x is not None and not forward_only:
+                x.requires_grad_(True)
+            with torch.set_grad_enabled(not forward_only):
+                out = chunks[c](mb["tokens"] if vstage == 0 else None,
+                                labels=mb["labels"] if vstage == last_vstage else None, hidden=x)
+                if vstage == last_vstage:
+                    out = loss_fn(out, mb)
+                    total += out.item()
+                    out = out * loss_scale if loss_scale != 1.0 else out
+                else:
+                    sends.append(dist.isend(out.detach().contiguous(), nxt, tag=tag(mb_i, vstage + 1, False)))
+            if not forward_only:
+                saved[(mb_i, c)] = (x, out)
         else:
-            x = None if first else empty()
-            _p2p(send_prev=grad_in if not first else None, recv_prev=x)
-    for _ in range(warmup):
-        grad = None
-        if not last:
-            grad = empty()
-            _p2p(recv_next=grad)
-        grad_in = backward(grad)
-        if not first:
-            _p2p(send_prev=grad_in)
+            x, out = saved.pop((mb_i, c))
+            grad = None if vstage == last_vstage else recv(nxt, tag(mb_i, vstage, True))
+            if grad_buffer is not None:
+                n_backward -= 1
+                grad_buffer.set_last_microbatch(n_backward == 0)
+            torch.autograd.backward(out, grad_tensors=grad)
+            if vstage > 0:
+                sends.append(dist.isend(x.grad.contiguous(), prv, tag=tag(mb_i, vstage - 1, True)))
+    for req in sends:
+        req.wait()
     return total

@@ -21,6 +21,7 @@ import torch.distributed as dist
 from megalite.config import Config, data_parallel_size, inherit_model_settings, validate
 from megalite.errors import MegaliteError
 from megalite.model import GPTModel
+from megalite.model.gpt import ModelChunks
 from megalite.model.flops import peak_tflops, train_flops
 from megalite.parallel import state
 from megalite.parallel.data_parallel import GradBuffer, all_reduce_scalar
@@ -68,10 +69,7 @@ class Trainer:
             m.padded_vocab_size = padded_vocab_size(vocab, m.make_vocab_size_divisible_by, s.tp_size)
         self.dtype = torch.bfloat16 if t.bf16 else torch.float16 if t.fp16 else torch.float32
 
-        layers = stage_layers(m.num_layers, s.pp_size, s.pp_rank, p.decoder_first_pipeline_num_layers,
-                              p.decoder_last_pipeline_num_layers)
-        self.model = GPTModel(m, s.is_first_stage, s.is_last_stage, layers,
-                              recompute_granularity=t.recompute_granularity)
+        self.model = build_stage_model(cfg, t.recompute_granularity)
         seq = cfg.data.seq_length // (s.tp_size if s.sequence_parallel else 1)
         self.activation_shape = (seq, t.micro_batch_size, m.hidden_size)  # what stages pass on
         initialize(self.model, t.seed)
@@ -253,6 +251,23 @@ class Trainer:
                 + (f"loss scale {metrics['loss_scale']:.1f} | " if self.cfg.training.fp16 else "")
                 + f"skipped {w['skipped']} | mem {metrics['memory_gb']:.2f} GB")
         self.log.record(metrics, line)
+
+
+def build_stage_model(cfg: Config, recompute: Optional[str]):
+    """This pipeline stage's part of the model: one GPTModel, or with virtual stages one
+    chunk per virtual stage c * P + r (interleaved schedule)."""
+    m, p, s = cfg.model, cfg.parallel, state.get()
+    per_chunk = p.num_layers_per_virtual_pipeline_stage
+    if per_chunk is None:
+        layers = stage_layers(m.num_layers, s.pp_size, s.pp_rank, p.decoder_first_pipeline_num_layers,
+                              p.decoder_last_pipeline_num_layers)
+        return GPTModel(m, s.is_first_stage, s.is_last_stage, layers, recompute_granularity=recompute)
+    chunks = m.num_layers // (s.pp_size * per_chunk)
+    vstages = [c * s.pp_size + s.pp_rank for c in range(chunks)]
+    return ModelChunks(
+        GPTModel(m, v == 0, v == chunks * s.pp_size - 1, range(v * per_chunk, (v + 1) * per_chunk),
+                 recompute_granularity=recompute)
+        for v in vstages)
 
 
 def _memory_gb(device: torch.device) -> float:
