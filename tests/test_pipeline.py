@@ -41,8 +41,9 @@ def run(tmp_path, corpus, name, world, **kw):
     (4, {"pipeline_model_parallel_size": 4, "untie_embeddings_and_output_weights": True}),
     (4, {"pipeline_model_parallel_size": 2, "tensor_model_parallel_size": 2, "sequence_parallel": True}),
     (2, {"pipeline_model_parallel_size": 2, "decoder_first_pipeline_num_layers": 1}),  # uneven: 1 + 3 layers
+    (2, {"pipeline_model_parallel_size": 2, "recompute_granularity": "full"}),
     (8, {"pipeline_model_parallel_size": 2, "tensor_model_parallel_size": 2, "sequence_parallel": True}),  # 3D, dp=2
-], ids=["pp2-tied", "pp4-untied", "pp2xtp2-sp", "pp2-uneven", "3d-tp2-pp2-dp2"])
+], ids=["pp2-tied", "pp4-untied", "pp2xtp2-sp", "pp2-uneven", "pp2-recompute", "3d-tp2-pp2-dp2"])
 def test_pipeline_matches_one_process(tmp_path, tiny_corpus, world, extra):
     model_kw = {k: v for k, v in extra.items() if k == "untie_embeddings_and_output_weights"}
     ref, ref_evals = run(tmp_path, tiny_corpus, "ref", 1, **model_kw)
@@ -108,6 +109,7 @@ def test_pipeline_checkpoint_resumes_and_exports(tmp_path, tiny_corpus):
     state, _ = load_full_state(str(tmp_path / "a"))
     assert {"embedding.weight", "layers.0.attention.qkv.weight", "layers.3.mlp.fc2.weight", "final_norm.weight"} <= set(state)
     last = torch.load(tmp_path / "a" / "iter_0000006" / "mp_rank_00_001" / "model_optim_rng.pt", weights_only=True)
+    assert last["layers"] == [2, 3]  # the checkpoint names the stage's layers
     assert torch.equal(last["model"]["embedding.weight"], state["embedding.weight"])  # tied copies stayed equal
 
 
@@ -116,9 +118,10 @@ def test_pipeline_checkpoint_resumes_and_exports(tmp_path, tiny_corpus):
     (2, {"pipeline_model_parallel_size": 2, "num_layers_per_virtual_pipeline_stage": 1}),  # 2 chunks per stage
     (4, {"pipeline_model_parallel_size": 2, "num_layers_per_virtual_pipeline_stage": 1, "tensor_model_parallel_size": 2,
          "sequence_parallel": True}),
-], ids=["pp2-v2", "pp2-v2-tp2-sp"])
+    (4, {"pipeline_model_parallel_size": 4, "num_layers_per_virtual_pipeline_stage": 1, "num_layers": 8}),
+], ids=["pp2-v2", "pp2-v2-tp2-sp", "pp4-v2"])
 def test_interleaved_pipeline_matches_one_process(tmp_path, tiny_corpus, world, extra):
-    ref, _ = run(tmp_path, tiny_corpus, "ref", 1)
+    ref, _ = run(tmp_path, tiny_corpus, "ref", 1, num_layers=extra.get("num_layers", 4))
     rows, _ = run(tmp_path, tiny_corpus, "vpp", world, save=str(tmp_path / "ck"), **extra)
     for a, b in zip(ref, rows):
         assert b["lm_loss"] == pytest.approx(a["lm_loss"], rel=1e-5), a["iteration"]
@@ -136,3 +139,11 @@ def test_interleaving_errors():
               global_batch_size=8)
     with pytest.raises(MegaliteError, match="--num-layers 4 is not divisible by --pipeline-model-parallel-size 2 x"):
         check(pipeline_model_parallel_size=2, num_layers_per_virtual_pipeline_stage=3)
+
+
+@pytest.mark.dist
+def test_bf16_pipeline(tmp_path, tiny_corpus):
+    one, _ = run(tmp_path, tiny_corpus, "one", 1, bf16=True, train_iters=10)
+    two, _ = run(tmp_path, tiny_corpus, "two", 2, bf16=True, train_iters=10, pipeline_model_parallel_size=2)
+    for a, b in zip(one, two):
+        assert b["lm_loss"] == pytest.approx(a["lm_loss"], rel=1e-2)

@@ -118,6 +118,7 @@ def save_checkpoint(root: str, iteration: int, model, optimizer, cfg: Config,
             "rng": rngs,
             "parallel": {"tp_size": s.tp_size, "pp_size": s.pp_size, "dp_size": s.dp_size},
             "tensor_parallel": split_metadata(model),
+            "layers": sorted({int(k.split(".")[1]) for k in model.state_dict() if k.startswith("layers.")}),
         }
         torch.save(payload, path)
         fsync_path(path)
