@@ -60,8 +60,12 @@ def _user_defined_ids(model_file: str):
 
 
 def _token(tok: Tokenizer, i: Optional[int]) -> Optional[str]:
-    return None if i is None else tok.decode([i]) if not isinstance(tok, SentencePieceTokenizer) else \
-        tok._sp.id_to_piece(i)
+    """The text of special token ``i`` (a sentencepiece piece, or the decoded token)."""
+    if i is None:
+        return None
+    if isinstance(tok, SentencePieceTokenizer):
+        return tok._sp.id_to_piece(i)
+    return tok.decode([i])
 
 
 def export_tokenizer(tok: Tokenizer, out_dir: str, chat_template: Optional[str] = None) -> Dict:

@@ -60,124 +60,71 @@ def _gather_last(x, group):
     return torch.cat(parts, dim=-1)
 
 
-class _CopyToTP(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, group):
-        ctx.group = group
-        return x
+def _identity(x, group):
+    return x
+
+
+def _all_reduce_copy(x, group):
+    return _all_reduce(x.clone(), group)
+
+
+def _all_reduce_grad(g, group):
+    return _all_reduce(g.contiguous(), group)
+
+
+class _Mapping(torch.autograd.Function):
+    """``forward(x, group)`` going forward and its counterpart ``backward(g, group)`` going back."""
 
     @staticmethod
-    def backward(ctx, g):
-        return _all_reduce(g.contiguous(), ctx.group), None
-
-
-class _ReduceFromTP(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, group):
-        return _all_reduce(x.clone(), group)
-
-    @staticmethod
-    def backward(ctx, g):
-        return g, None
-
-
-class _ScatterToTP(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, group):
-        ctx.group = group
-        return _split_last(x, group)
+    def forward(ctx, x, group, forward, backward):
+        ctx.group, ctx.backward_fn = group, backward
+        return forward(x, group)
 
     @staticmethod
     def backward(ctx, g):
-        return _gather_last(g, ctx.group), None
+        return ctx.backward_fn(g, ctx.group), None, None, None
 
 
-class _GatherFromTP(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, group):
-        ctx.group = group
-        return _gather_last(x, group)
-
-    @staticmethod
-    def backward(ctx, g):
-        return _split_last(g, ctx.group), None
-
-
-class _ScatterToSequence(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, group):
-        ctx.group = group
-        return _split_first(x, group)
-
-    @staticmethod
-    def backward(ctx, g):
-        return all_gather_first_dim(g, ctx.group), None
-
-
-class _GatherFromSequence(torch.autograd.Function):
-    """All-gather along the sequence; the gradient is reduce-scattered, because the
-    consumer (a column-parallel layer) leaves each rank with a partial input gradient."""
-
-    @staticmethod
-    def forward(ctx, x, group):
-        ctx.group = group
-        return all_gather_first_dim(x, group)
-
-    @staticmethod
-    def backward(ctx, g):
-        return reduce_scatter_first_dim(g, ctx.group), None
-
-
-class _ReduceScatterToSequence(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, group):
-        ctx.group = group
-        return reduce_scatter_first_dim(x, group)
-
-    @staticmethod
-    def backward(ctx, g):
-        return all_gather_first_dim(g, ctx.group), None
-
-
-def _over_tp(fn, x):
-    """Apply the autograd mapping ``fn`` over the tensor-parallel group, if there is one."""
+def _over_tp(x, forward, backward):
+    """Apply a mapping over the tensor-parallel group, if there is one."""
     g = state.get().tp_group
-    return x if g is None else fn.apply(x, g)
+    return x if g is None else _Mapping.apply(x, g, forward, backward)
 
 
 def copy_to_tp(x):
     """Identity forward; sums the input gradient over tensor-parallel ranks."""
-    return _over_tp(_CopyToTP, x)
+    return _over_tp(x, _identity, _all_reduce_grad)
 
 
 def reduce_from_tp(x):
     """Sums partial results over tensor-parallel ranks; identity backward."""
-    return _over_tp(_ReduceFromTP, x)
+    return _over_tp(x, _all_reduce_copy, _identity)
 
 
 def scatter_to_tp(x):
     """Keeps this rank's slice of the last dimension; gathers gradients back."""
-    return _over_tp(_ScatterToTP, x)
+    return _over_tp(x, _split_last, _gather_last)
 
 
 def gather_from_tp(x):
     """Concatenates every rank's slice along the last dimension; splits gradients."""
-    return _over_tp(_GatherFromTP, x)
+    return _over_tp(x, _gather_last, _split_last)
 
 
 def scatter_to_sequence(x):
     """Keeps this rank's slice of the sequence; gathers gradients back."""
-    return _over_tp(_ScatterToSequence, x)
+    return _over_tp(x, _split_first, all_gather_first_dim)
 
 
 def gather_from_sequence(x):
-    """Whole sequence from every rank's slice; reduce-scatters the (partial) gradients."""
-    return _over_tp(_GatherFromSequence, x)
+    """Whole sequence from every rank's slice; reduce-scatters the gradients, because the
+    consumer (a column-parallel layer) leaves each rank with a partial input gradient."""
+    return _over_tp(x, all_gather_first_dim, reduce_scatter_first_dim)
 
 
 def reduce_scatter_to_sequence(x):
     """Sums partial results over ranks and keeps this rank's slice of the sequence."""
-    return _over_tp(_ReduceScatterToSequence, x)
+    return _over_tp(x, reduce_scatter_first_dim, all_gather_first_dim)
 
 
 def leave_tp_region(x):
