@@ -97,7 +97,8 @@ def generate(model: GPTModel, prompts: List[List[int]], max_new_tokens: int, sam
             if done[i]:
                 continue
             out[i].append(int(nxt[i]))
-            if int(nxt[i]) in sampling.stop_ids or (decode and _hit_stop_string(decode(out[i]), sampling)):
+            if int(nxt[i]) in sampling.stop_ids or (decode and sampling.stop_strings
+                                                    and _hit_stop_string(decode(out[i]), sampling)):
                 done[i] = True
         if bool(done.all()):
             break
