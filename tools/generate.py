@@ -7,12 +7,19 @@
 --chat reads user turns from standard input and answers each, keeping the conversation,
 formatted with the tokenizer's chat template (or --chat-template).
 
+A checkpoint saved with tensor / pipeline parallelism T x P decodes in one process, or spread
+as it was trained (rank 0 reads and prints):
+
+    torchrun --nproc-per-node 4 tools/generate.py --load ckpt_tp2_pp2/ --prompt "Hello"
+
 Prompts come from --prompt (repeatable) or --prompt-file (one per line) and are decoded as a
 batch. The tokenizer is the one the checkpoint was trained with unless --tokenizer-* say otherwise.
 """
 
 import argparse
 import sys
+
+import torch.distributed as dist
 
 from megalite.data.chat import load_template, render_chat
 from megalite.data.tokenizer import TOKENIZER_TYPES, build_tokenizer
@@ -46,6 +53,14 @@ def main(argv=None):
     if not prompts and not a.chat:
         raise MegaliteError("give --prompt, --prompt-file or --chat")
     model, cfg = load_model(a.load)
+    try:
+        return run(model, cfg, prompts, a)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def run(model, cfg, prompts, a):
     d = cfg.data
     tok = build_tokenizer(a.tokenizer_type or d.tokenizer_type, a.tokenizer_model or d.tokenizer_model,
                           a.vocab_file or d.vocab_file, a.merge_file or d.merge_file)
@@ -56,7 +71,7 @@ def main(argv=None):
         return chat(model, tok, sampling, a)
     outs = generate(model, [tok.encode(x) for x in prompts], a.max_new_tokens, sampling,
                     pad_id=tok.pad if tok.pad is not None else tok.eod, decode=tok.decode)
-    for prompt, ids in zip(prompts, outs):
+    for prompt, ids in zip(prompts, outs if _rank() == 0 else []):
         ids = [i for i in ids if i != tok.eod]
         print(f"--- {prompt!r} ->")
         print(prompt + trim_stop_string(tok.decode(ids), a.stop))
@@ -72,9 +87,9 @@ def chat(model, tok, sampling: Sampling, a) -> int:
     messages = []
     interactive = sys.stdin.isatty()
     while True:
-        if interactive:
+        if interactive and _rank() == 0:
             print("user> ", end="", flush=True)
-        line = sys.stdin.readline()
+        line = _read_line()
         if not line:
             return 0
         messages.append({"role": "user", "content": line.rstrip("\n")})
@@ -82,7 +97,20 @@ def chat(model, tok, sampling: Sampling, a) -> int:
         ids = generate(model, [tok.encode(prompt)], a.max_new_tokens, sampling, pad_id=pad, decode=tok.decode)[0]
         reply = trim_stop_string(tok.decode([i for i in ids if i != tok.eod]), sampling.stop_strings).strip()
         messages.append({"role": "assistant", "content": reply})
-        print(f"assistant> {reply}", flush=True)
+        if _rank() == 0:
+            print(f"assistant> {reply}", flush=True)
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def _read_line() -> str:
+    """A line of standard input, read by rank 0 and shared with the other ranks."""
+    line = [sys.stdin.readline() if _rank() == 0 else None]
+    if dist.is_initialized():
+        dist.broadcast_object_list(line, src=0)
+    return line[0]
 
 
 if __name__ == "__main__":

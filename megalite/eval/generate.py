@@ -4,31 +4,61 @@ Prompts of different lengths are left-padded; a boolean mask keeps every token f
 attending to padding (and to the future), and positions count from each prompt's first
 real token, so a padded row decodes exactly as it would alone. Greedy by default;
 temperature / top-k / top-p sampling, a repetition penalty, stop tokens and stop strings.
+
+A checkpoint saved with tensor / pipeline parallelism decodes either in one process (its
+shards gathered on load) or across T x P ranks under torchrun, each rank holding its shard
+and stage: every decoding step passes the new tokens' hidden states from stage to stage
+(virtual stages in their pipeline order), and the last stage's choice of next tokens is
+shared with every rank so all of them follow the same loop.
 """
 
+import os
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
+import torch.distributed as dist
 
 from megalite.config import Config
 from megalite.errors import MegaliteError
+from megalite.hf.convert import load_full_state
 from megalite.model import GPTModel
+from megalite.model.gpt import build_stage_model
 from megalite.model.kv_cache import KVCache
 from megalite.parallel import state
-from megalite.training.checkpointing import find_checkpoint, load_model_state, read_checkpoint
+from megalite.training.checkpointing import find_checkpoint, load_model_state, read_checkpoint, saved_settings
+from megalite.training.trainer import setup_distributed
 
 
-def load_model(load: str, device: torch.device = torch.device("cpu")) -> Tuple[GPTModel, Config]:
-    state.initialize()
+def load_model(load: str, device: Optional[torch.device] = None) -> Tuple[torch.nn.Module, Config]:
+    """The model a checkpoint holds, for inference. In one process the whole model (tensor- and
+    pipeline-parallel files gathered); under torchrun with T x P ranks (the checkpoint's own
+    layout) this rank's shard of its pipeline stage."""
     folder = find_checkpoint(load)
     if folder is None:
         raise MegaliteError(f"--load {load}: no checkpoint found (no latest_checkpointed_iteration.txt)")
-    sd = read_checkpoint(folder)
-    cfg = Config.from_dict(sd["args"])
-    model = GPTModel(cfg.model)
-    load_model_state(model, sd, folder)
-    return model.to(device).eval(), cfg
+    cfg = Config.from_dict(saved_settings(folder))
+    p = cfg.parallel
+    tp, pp = p.tensor_model_parallel_size, p.pipeline_model_parallel_size
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        full, _ = load_full_state(folder)
+        p.tensor_model_parallel_size = p.pipeline_model_parallel_size = 1
+        p.num_layers_per_virtual_pipeline_stage = None
+        state.initialize()
+        model = GPTModel(cfg.model)
+        load_model_state(model, {"model": dict(full)}, folder)
+    elif world == tp * pp:
+        default = setup_distributed(p.distributed_backend)
+        device = device or default
+        state.initialize(tp, pp)
+        model = build_stage_model(cfg, None)
+        load_model_state(model, read_checkpoint(folder), folder)
+    else:
+        raise MegaliteError(f"{folder} was saved with tensor-parallel size {tp} and pipeline-parallel size {pp}: "
+                            f"generate in one process or on {tp * pp} (torchrun --nproc-per-node {tp * pp}), "
+                            f"not {world}")
+    return model.to(device or torch.device("cpu")).eval(), cfg
 
 
 @dataclass
@@ -63,16 +93,16 @@ def _next_tokens(logits: torch.Tensor, history: torch.Tensor, s: Sampling, gen: 
 
 
 @torch.no_grad()
-def generate(model: GPTModel, prompts: List[List[int]], max_new_tokens: int, sampling: Sampling = Sampling(),
+def generate(model, prompts: List[List[int]], max_new_tokens: int, sampling: Sampling = Sampling(),
              pad_id: int = 0, use_cache: bool = True, decode: Optional[Callable] = None) -> List[List[int]]:
     """The new tokens for each prompt (each stops at a stop token/string, or max_new_tokens)."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise MegaliteError("every prompt needs at least one token")
-    device = next(model.parameters()).device
+    device, cfg = next(model.parameters()).device, _chunks(model)[0].cfg
     b, longest = len(prompts), max(map(len, prompts))
     total = longest + max_new_tokens
-    if total > model.cfg.max_position_embeddings and model.cfg.position_embedding_type == "learned_absolute":
-        raise MegaliteError(f"prompt + new tokens ({total}) exceed the model's {model.cfg.max_position_embeddings} "
+    if total > cfg.max_position_embeddings and cfg.position_embedding_type == "learned_absolute":
+        raise MegaliteError(f"prompt + new tokens ({total}) exceed the model's {cfg.max_position_embeddings} "
                             "positions")
     tokens = torch.full((b, total), pad_id, dtype=torch.long, device=device)
     valid = torch.zeros((b, total), dtype=torch.bool, device=device)
@@ -89,8 +119,9 @@ def generate(model: GPTModel, prompts: List[List[int]], max_new_tokens: int, sam
         new = slice(start, end)
         positions = (valid[:, :end].cumsum(1) - 1).clamp(min=0)[:, new]
         cache.mask = _mask(valid[:, :end], start)
-        logits = model.decode_step(tokens[:, new], positions, cache)[:, -1]
-        nxt = _next_tokens(logits, tokens[:, :end], sampling, gen)
+        logits = _decode_step(model, tokens[:, new], positions, cache)
+        nxt = _next_tokens(logits, tokens[:, :end], sampling, gen) if logits is not None else None
+        nxt = _shared(nxt, b, device)
         nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
         tokens[:, end], valid[:, end], start = nxt, ~done, end
         for i in range(b):
@@ -105,10 +136,48 @@ def generate(model: GPTModel, prompts: List[List[int]], max_new_tokens: int, sam
     return out
 
 
-def _new_cache(model: GPTModel, batch: int, max_len: int, device) -> KVCache:
-    cfg, dtype = model.cfg, next(model.parameters()).dtype
-    heads = next(iter(model.layers.values())).attention.groups
-    return KVCache(model.layers.keys(), batch, max_len, heads, cfg.kv_channels, dtype, device)
+def _chunks(model) -> List[GPTModel]:
+    return list(model) if isinstance(model, torch.nn.ModuleList) else [model]
+
+
+def _decode_step(model, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache) -> Optional[torch.Tensor]:
+    """This rank's share of one decoding step: the last position's logits [batch, vocab] on the
+    last pipeline stage, None elsewhere. Each model chunk (virtual stage) takes the previous
+    virtual stage's hidden states and hands its own to the next, which lives on the next rank."""
+    s = state.get()
+    x = None
+    for chunk in _chunks(model):
+        if not chunk.pre_process:
+            x = torch.empty(tokens.shape[1], tokens.shape[0], chunk.cfg.hidden_size, dtype=_dtype(model),
+                            device=tokens.device)
+            dist.recv(x, src=s.pp_ranks[(s.pp_rank - 1) % s.pp_size])
+        x = chunk.decode_step(tokens, positions, cache, hidden=x)
+        if not chunk.post_process:
+            dist.send(x.contiguous(), dst=s.pp_ranks[(s.pp_rank + 1) % s.pp_size])
+            x = None
+    cache.advance(tokens.shape[1])
+    return None if x is None else x[:, -1]
+
+
+def _shared(nxt: Optional[torch.Tensor], batch: int, device) -> torch.Tensor:
+    """The next tokens as chosen by the last stage's first tensor-parallel rank, on every rank."""
+    s = state.get()
+    if s.world_size == 1:
+        return nxt
+    mine = nxt if nxt is not None and s.tp_rank == 0 else torch.zeros(batch, dtype=torch.long, device=device)
+    dist.all_reduce(mine)  # exactly one rank contributes
+    return mine
+
+
+def _dtype(model) -> torch.dtype:
+    return next(model.parameters()).dtype
+
+
+def _new_cache(model, batch: int, max_len: int, device) -> KVCache:
+    chunks = _chunks(model)
+    layers = [name for chunk in chunks for name in chunk.layers.keys()]
+    heads = next(iter(chunks[0].layers.values())).attention.groups
+    return KVCache(layers, batch, max_len, heads, chunks[0].cfg.kv_channels, _dtype(model), device)
 
 
 def _mask(valid: torch.Tensor, start: int) -> torch.Tensor:

@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from megalite.config import ModelConfig
+from megalite.config import Config, ModelConfig
 from megalite.model.attention import SelfAttention
 from megalite.model.mlp import MLP
 from megalite.model.norms import build_norm
@@ -21,7 +21,8 @@ from megalite.parallel.cross_entropy import vocab_parallel_cross_entropy
 from megalite.parallel.init import mark
 from megalite.parallel.layers import ColumnParallelLinear, VocabParallelEmbedding, column_parallel_linear
 from megalite.parallel import state
-from megalite.parallel.mappings import scatter_to_sequence
+from megalite.parallel.mappings import gather_from_tp, scatter_to_sequence
+from megalite.parallel.pipeline import stage_layers
 from megalite.parallel.random import SequenceDropout, recompute
 
 
@@ -113,16 +114,20 @@ class GPTModel(nn.Module):
             return logits.transpose(0, 1)
         return vocab_parallel_cross_entropy(logits, labels.t()).t()
 
-    def decode_step(self, tokens: torch.Tensor, positions: torch.Tensor, cache) -> torch.Tensor:
-        """Logits [batch, new, vocab] for ``tokens`` [batch, new] at ``positions`` [batch, new],
-        attending to what ``cache`` holds (its mask set by the caller), which they extend."""
-        x = self.embed(tokens, positions)
+    def decode_step(self, tokens: torch.Tensor, positions: torch.Tensor, cache,
+                    hidden: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """One incremental step for ``tokens`` [batch, new] at ``positions`` [batch, new], attending
+        to what ``cache`` holds (its mask set by the caller) and adding to it: full-vocabulary
+        logits [batch, new, vocab] on the last stage, else this stage's hidden states. The
+        caller advances the cache once every stage has run."""
+        x = self.embed(tokens, positions) if self.pre_process else hidden
         rope = self.rotary(positions.t(), x.dtype) if self.rotary is not None else None
         for name, layer in self.layers.items():
             cache.layer = name
             x = layer(x, rope, cache)
-        cache.advance(tokens.shape[1])
-        return self.logits(x).transpose(0, 1)
+        if not self.post_process:
+            return x
+        return gather_from_tp(self.logits(x)).transpose(0, 1)
 
 
 class ModelChunks(nn.ModuleList):
@@ -151,3 +156,20 @@ class ModelChunks(nn.ModuleList):
         extra = set(state_dict) - mine
         if strict and extra:
             raise RuntimeError(f"Error(s) in loading state_dict:\n\tUnexpected key(s): {sorted(extra)[:5]}")
+
+
+def build_stage_model(cfg: Config, recompute: Optional[str]):
+    """This pipeline stage's part of the model: one GPTModel, or with virtual stages one
+    chunk per virtual stage c * P + r (interleaved schedule)."""
+    m, p, s = cfg.model, cfg.parallel, state.get()
+    per_chunk = p.num_layers_per_virtual_pipeline_stage
+    if per_chunk is None:
+        layers = stage_layers(m.num_layers, s.pp_size, s.pp_rank, p.decoder_first_pipeline_num_layers,
+                              p.decoder_last_pipeline_num_layers)
+        return GPTModel(m, s.is_first_stage, s.is_last_stage, layers, recompute_granularity=recompute)
+    chunks = m.num_layers // (s.pp_size * per_chunk)
+    vstages = [c * s.pp_size + s.pp_rank for c in range(chunks)]
+    return ModelChunks(
+        GPTModel(m, v == 0, v == chunks * s.pp_size - 1, range(v * per_chunk, (v + 1) * per_chunk),
+                 recompute_granularity=recompute)
+        for v in vstages)

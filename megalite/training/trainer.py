@@ -20,13 +20,12 @@ import torch.distributed as dist
 
 from megalite.config import Config, data_parallel_size, inherit_model_settings, validate
 from megalite.errors import MegaliteError
-from megalite.model import GPTModel
-from megalite.model.gpt import ModelChunks
+from megalite.model.gpt import build_stage_model
 from megalite.model.flops import peak_tflops, train_flops
 from megalite.parallel import state
 from megalite.parallel.data_parallel import GradBuffer, all_reduce_scalar
 from megalite.parallel.grads import sync_embedding_grads, sync_tensor_parallel_grads
-from megalite.parallel.pipeline import forward_backward, stage_layers
+from megalite.parallel.pipeline import forward_backward
 from megalite.parallel.init import initialize
 from megalite.parallel.random import seed_tp_rng
 from megalite.training.checkpointing import load_checkpoint, save_checkpoint, saved_settings
@@ -251,23 +250,6 @@ class Trainer:
                 + (f"loss scale {metrics['loss_scale']:.1f} | " if self.cfg.training.fp16 else "")
                 + f"skipped {w['skipped']} | mem {metrics['memory_gb']:.2f} GB")
         self.log.record(metrics, line)
-
-
-def build_stage_model(cfg: Config, recompute: Optional[str]):
-    """This pipeline stage's part of the model: one GPTModel, or with virtual stages one
-    chunk per virtual stage c * P + r (interleaved schedule)."""
-    m, p, s = cfg.model, cfg.parallel, state.get()
-    per_chunk = p.num_layers_per_virtual_pipeline_stage
-    if per_chunk is None:
-        layers = stage_layers(m.num_layers, s.pp_size, s.pp_rank, p.decoder_first_pipeline_num_layers,
-                              p.decoder_last_pipeline_num_layers)
-        return GPTModel(m, s.is_first_stage, s.is_last_stage, layers, recompute_granularity=recompute)
-    chunks = m.num_layers // (s.pp_size * per_chunk)
-    vstages = [c * s.pp_size + s.pp_rank for c in range(chunks)]
-    return ModelChunks(
-        GPTModel(m, v == 0, v == chunks * s.pp_size - 1, range(v * per_chunk, (v + 1) * per_chunk),
-                 recompute_granularity=recompute)
-        for v in vstages)
 
 
 def _memory_gb(device: torch.device) -> float:
