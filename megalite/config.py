@@ -59,6 +59,11 @@ class ParallelConfig:
     ddp_bucket_size: int = opt(40_000_000, "elements per data-parallel gradient all-reduce bucket")
     overlap_grad_reduce: bool = opt(True, "all-reduce gradients in backward", flag="--no-overlap-grad-reduce",
                                     action="store_false")
+    use_distributed_optimizer: bool = opt(False, "ZeRO-1: shard fp32 master weights and Adam moments over "
+                                                 "data-parallel ranks (gradients reduce-scattered, parameters "
+                                                 "all-gathered)")
+    overlap_param_gather: bool = opt(False, "with --use-distributed-optimizer: all-gather the updated parameters "
+                                            "while the next forward pass runs")
 
 
 @dataclass
@@ -278,6 +283,8 @@ def validate(cfg: Config, world_size: int = 1) -> Config:
                                 f"x --num-layers-per-virtual-pipeline-stage {per_chunk}")
         if p.decoder_first_pipeline_num_layers is not None or p.decoder_last_pipeline_num_layers is not None:
             raise MegaliteError("uneven pipeline splits cannot be combined with virtual pipeline stages")
+    if p.overlap_param_gather and not p.use_distributed_optimizer:
+        raise MegaliteError("--overlap-param-gather needs --use-distributed-optimizer")
     mp = tp * p.pipeline_model_parallel_size
     if world_size % mp:
         raise MegaliteError(f"world size {world_size} is not divisible by tensor x pipeline parallel size {mp}")

@@ -1,61 +1,96 @@
-"""Data parallelism over one contiguous fp32 gradient buffer, reduced bucket by bucket.
+"""Data parallelism over contiguous parameter and gradient buffers, synced bucket by bucket.
 
-Every parameter's gradient lives in ``param.main_grad``, a view into one flat fp32 buffer
-laid out in reverse registration order (roughly the order backward produces gradients).
-fp32 parameters accumulate straight into it (``param.grad`` *is* that view); lower-precision
+Every parameter is a view into one flat buffer of the model's dtype, and its gradient
+lives in ``param.main_grad``, a view into one flat fp32 buffer with the same layout
+(reverse registration order, roughly the order backward produces gradients). fp32
+parameters accumulate straight into it (``param.grad`` *is* that view); lower-precision
 parameters are added into it by a hook and their ``.grad`` freed, so gradient accumulation
-always happens in fp32. The buffer is cut into buckets of about ``bucket_size`` elements;
-on the last micro-batch of a step each bucket is all-reduced across the data-parallel group
-as soon as its last gradient arrives, overlapping communication with the rest of backward.
-The loss is normalised by the global token count, so gradients are summed, not averaged.
+always happens in fp32. The buffers are cut into buckets of about ``bucket_size`` elements;
+on the last micro-batch of a step each bucket's gradients are reduced across the
+data-parallel group as soon as its last gradient arrives, overlapping communication with
+the rest of backward. The loss is normalised by the global token count, so gradients are
+summed, not averaged.
+
+With ``distributed=True`` (ZeRO-1, Megatron's ``--use-distributed-optimizer``) each bucket
+is padded to a multiple of the data-parallel size and every rank owns one contiguous
+1/DP of it: gradients are reduce-scattered (each rank receives the sum of its own part),
+the optimizer updates only the owned parts, and ``gather_params`` all-gathers the updated
+parameters, optionally deferred until the forward pass first needs each bucket.
 """
 
-from typing import List, Optional
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
 
 
+def bucket_layout(numels: Sequence[int], bucket_size: int, dp_size: int = 1, distributed: bool = False
+                  ) -> List[Tuple[int, int, List[int]]]:
+    """Buckets over parameters of ``numels`` (in buffer order): (start, end, member indices).
+    Distributed buckets are padded so that ``end - start`` divides by ``dp_size``. One
+    function for the real buffers and for memory planning (bench/bench_zero.py)."""
+    out, start, offset, members = [], 0, 0, []
+    for i, n in enumerate(numels):
+        offset += n
+        members.append(i)
+        if offset - start >= bucket_size or i == len(numels) - 1:
+            if distributed:
+                offset += -(offset - start) % dp_size
+            out.append((start, offset, members))
+            start, members = offset, []
+    return out
+
+
 class _Bucket:
-    def __init__(self, params: List[torch.nn.Parameter], view: torch.Tensor):
-        self.params, self.view = params, view
+    def __init__(self, params: List[torch.nn.Parameter], start: int, end: int, owned: Tuple[int, int]):
+        self.params, self.start, self.end, self.owned = params, start, end, owned
         self.pending = set()
-        self.handle = None
+        self.grad_handle = None
+        self.param_handle = None
 
 
 class GradBuffer:
     def __init__(self, params: List[torch.nn.Parameter], dp_group=None, bucket_size: int = 40_000_000,
-                 overlap: bool = True):
+                 overlap: bool = True, distributed: bool = False, overlap_param_gather: bool = False):
         self.params = [p for p in params if p.requires_grad]
         self.dp_group = dp_group
+        self.dp_size = dist.get_world_size(dp_group) if dp_group is not None else 1
+        dp_rank = dist.get_rank(dp_group) if dp_group is not None else 0
+        self.distributed = distributed and dp_group is not None
         self.overlap = overlap and dp_group is not None
-        device = self.params[0].device
-        total = sum(p.numel() for p in self.params)
+        self.overlap_param_gather = overlap_param_gather and self.distributed
+        self.in_place = self.distributed and _has_in_place_collectives(dp_group)
+        order = list(reversed(self.params))
+        layout = bucket_layout([p.numel() for p in order], bucket_size, self.dp_size, self.distributed)
+        total = layout[-1][1] if layout else 0
+        device, dtype = self.params[0].device, self.params[0].dtype
         self.buffer = torch.zeros(total, dtype=torch.float32, device=device)
+        self.param_buffer = torch.zeros(total, dtype=dtype, device=device)
         self.buckets: List[_Bucket] = []
-        self._bucket_of = {}
-        offset, start, members = 0, 0, []
-        for p in reversed(self.params):
-            n = p.numel()
-            p.main_grad = self.buffer[offset : offset + n].view_as(p)
-            offset += n
-            members.append(p)
-            if offset - start >= bucket_size:
-                self._add_bucket(members, start, offset)
-                start, members = offset, []
-        if members:
-            self._add_bucket(members, start, offset)
+        self._bucket_of: Dict[torch.nn.Parameter, _Bucket] = {}
+        self.offset: Dict[torch.nn.Parameter, int] = {}
+        for start, end, members in layout:
+            share = (end - start) // self.dp_size if self.distributed else end - start
+            owned = (start + dp_rank * share, start + (dp_rank + 1) * share) if self.distributed else (start, end)
+            offset = start
+            for i in members:
+                p = order[i]
+                self.offset[p] = offset
+                view = self.param_buffer[offset : offset + p.numel()].view_as(p)
+                view.copy_(p.data)
+                p.data = view
+                p.main_grad = self.buffer[offset : offset + p.numel()].view_as(p)
+                offset += p.numel()
+            bucket = _Bucket([order[i] for i in members], start, end, owned)
+            self.buckets.append(bucket)
+            for i in members:
+                self._bucket_of[order[i]] = bucket
         self.sync_this_backward = True
         for p in self.params:
             p.register_post_accumulate_grad_hook(self._on_grad_ready)
         self.zero()
 
-    def _add_bucket(self, members, start, end):
-        bucket = _Bucket(members, self.buffer[start:end])
-        self.buckets.append(bucket)
-        for p in members:
-            self._bucket_of[p] = bucket
-
+    # -- gradients -----------------------------------------------------------------------------
     def zero(self) -> None:
         """Start a new step: clear gradients; fp32 parameters accumulate in place from now on."""
         self.buffer.zero_()
@@ -63,7 +98,7 @@ class GradBuffer:
             p.grad = p.main_grad if p.dtype == torch.float32 else None
         for b in self.buckets:
             b.pending = set(b.params)
-            b.handle = None
+            b.grad_handle = None
 
     def _on_grad_ready(self, p: torch.nn.Parameter) -> None:
         if p.grad is not p.main_grad:
@@ -72,23 +107,107 @@ class GradBuffer:
         if self.overlap and self.sync_this_backward:
             bucket = self._bucket_of[p]
             bucket.pending.discard(p)
-            if not bucket.pending and bucket.handle is None:
-                bucket.handle = dist.all_reduce(bucket.view, group=self.dp_group, async_op=True)
+            if not bucket.pending and bucket.grad_handle is None:
+                bucket.grad_handle = self._reduce(bucket)
+
+    def _reduce(self, b: _Bucket):
+        grads = self.buffer[b.start : b.end]
+        if self.in_place:  # this rank's part of the bucket receives the sum of everyone's
+            return dist.reduce_scatter_tensor(self.buffer[b.owned[0] : b.owned[1]], grads, group=self.dp_group,
+                                              async_op=True)
+        return dist.all_reduce(grads, group=self.dp_group, async_op=True)
 
     def finish_sync(self) -> None:
-        """Sum gradients over data-parallel ranks (after the step's last backward)."""
+        """Sum gradients over data-parallel ranks (after the step's last backward); with the
+        distributed optimizer only each rank's owned part is guaranteed summed."""
         if self.dp_group is None:
             return
         for b in self.buckets:
-            if b.handle is None:
-                b.handle = dist.all_reduce(b.view, group=self.dp_group, async_op=True)
+            if b.grad_handle is None:
+                b.grad_handle = self._reduce(b)
         for b in self.buckets:
-            b.handle.wait()
-            b.handle = None
+            b.grad_handle.wait()
+            b.grad_handle = None
 
     def set_last_microbatch(self, last: bool) -> None:
-        """Only the step's last backward launches the all-reduces (no communication before)."""
+        """Only the step's last backward launches the reductions (no communication before)."""
         self.sync_this_backward = last
+
+    # -- ownership (distributed optimizer) -------------------------------------------------------
+    def owned_range(self, p: torch.nn.Parameter) -> Optional[Tuple[int, int]]:
+        """The flat element range of ``p`` this rank updates (all of it without sharding)."""
+        lo, hi = self._bucket_of[p].owned
+        start = self.offset[p]
+        lo, hi = max(lo, start) - start, min(hi, start + p.numel()) - start
+        return (lo, hi) if lo < hi else None
+
+    def owned_parts(self, views: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+        """The parts of contiguous views into the gradient buffer that this rank owns."""
+        if not self.distributed:
+            return list(views)
+        base, out = self.buffer.data_ptr(), []
+        for v in views:
+            start = (v.data_ptr() - base) // v.element_size()
+            end = start + v.numel()
+            for b in self.buckets:
+                lo, hi = max(b.owned[0], start), min(b.owned[1], end)
+                if lo < hi:
+                    out.append(self.buffer[lo:hi])
+        return out
+
+    # -- parameters (distributed optimizer) ------------------------------------------------------
+    def gather_params(self) -> None:
+        """Give every rank the parameters each owner just updated; waited for at once, or with
+        ``overlap_param_gather`` just before the forward pass first uses each bucket."""
+        if not self.distributed:
+            return
+        for b in reversed(self.buckets):  # forward order: the embedding's bucket is the buffer's last
+            full = self.param_buffer[b.start : b.end]
+            mine = self.param_buffer[b.owned[0] : b.owned[1]]
+            if self.in_place:
+                b.param_handle = dist.all_gather_into_tensor(full, mine, group=self.dp_group, async_op=True)
+            else:
+                b.param_handle = dist.all_gather(list(full.chunk(self.dp_size)), mine.clone(), group=self.dp_group,
+                                                 async_op=True)
+        if not self.overlap_param_gather:
+            self.wait_params()
+
+    def wait_params(self, buckets: Optional[Sequence[_Bucket]] = None) -> None:
+        for b in self.buckets if buckets is None else buckets:
+            if b.param_handle is not None:
+                b.param_handle.wait()
+                b.param_handle = None
+
+    def attach_param_waits(self, roots: Sequence[torch.nn.Module], units: Sequence[torch.nn.Module]) -> None:
+        """With ``overlap_param_gather``: before each unit's forward (a transformer layer) wait
+        for the gathers of the buckets holding its parameters, and before each root's forward
+        for those holding the rest (embeddings, final norm, output layer), so later layers'
+        gathers overlap earlier layers' compute."""
+        if not self.overlap_param_gather:
+            return
+        in_units = {p for u in units for p in u.parameters()}
+
+        def waiter(params):
+            buckets = tuple({self._bucket_of[p] for p in params if p in self._bucket_of})
+            return lambda module, args: self.wait_params(buckets)
+
+        for u in units:
+            u.register_forward_pre_hook(waiter(list(u.parameters())))
+        for root in roots:
+            root.register_forward_pre_hook(waiter([p for p in root.parameters() if p not in in_units]))
+
+
+def _has_in_place_collectives(group) -> bool:
+    """Whether ``group`` runs reduce_scatter_tensor / all_gather_into_tensor (NCCL does; gloo
+    only in recent torch). Without them the distributed optimizer all-reduces whole buckets
+    and gathers through a list: more traffic, the same result."""
+    if dist.get_backend(group) == "nccl":
+        return True
+    try:
+        dist.reduce_scatter_tensor(torch.zeros(1), torch.zeros(dist.get_world_size(group)), group=group)
+        return True
+    except (RuntimeError, NotImplementedError, AttributeError):
+        return False
 
 
 def all_reduce_scalar(value: float, group: Optional[object], op=None, device=None) -> float:

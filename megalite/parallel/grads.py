@@ -58,10 +58,13 @@ def counted_grads(params: Sequence[torch.nn.Parameter]) -> List[torch.Tensor]:
     return out
 
 
-def global_grad_norm(grads: List[torch.Tensor], group: Optional[object] = None) -> float:
-    """L2 norm of the whole model's gradient from ``counted_grads`` views (inf/nan if any
-    entry is), summed over ``group`` (the model-parallel ranks)."""
+def global_grad_norm(grads: List[torch.Tensor], groups: Sequence[Optional[object]] = ()) -> float:
+    """L2 norm of the whole model's gradient from the parts this rank counts (``counted_grads``
+    views, or their owned parts under the distributed optimizer), summed over ``groups``
+    (model-parallel ranks, and data-parallel ranks when each holds a different part); inf/nan
+    if any entry is."""
     sq = torch.stack(torch._foreach_norm(grads)).float().square().sum() if grads else torch.zeros(())
-    if group is not None:
-        dist.all_reduce(sq, group=group)
+    for group in groups:
+        if group is not None:
+            dist.all_reduce(sq, group=group)
     return sq.sqrt().item()

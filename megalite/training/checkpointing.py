@@ -6,7 +6,10 @@
 One file per model-parallel rank (``mp_rank_TT`` or ``mp_rank_TT_PPP`` with pipelining),
 written by its data-parallel rank 0. It holds the model, the optimizer (fp32 masters, Adam
 moments, loss scaler), the random states of every data-parallel rank, the iteration,
-consumed samples/tokens and the run's settings. Everything goes to a temporary folder that
+consumed samples/tokens and the run's settings. With the distributed optimizer each
+data-parallel rank writes its own shard of the optimizer beside it, ``distrib_optim_DDD.pt``
+(pieces named by parameter and flat range), and loading reassembles whatever pieces the new
+layout needs, so a run may resume with a different data-parallel size. Everything goes to a temporary folder that
 is renamed into place once all ranks have written and fsynced, then the tracker file is
 replaced, so an interrupted save never damages the previous checkpoint.
 """
@@ -28,7 +31,7 @@ from megalite.parallel.random import get_tp_rng_state, set_tp_rng_state
 from megalite.utils.atomic import atomic_write, fsync_path
 
 TRACKER = "latest_checkpointed_iteration.txt"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: optimizer state as pieces (name, flat range)
 
 
 def iteration_dir(root: str, iteration: int) -> str:
@@ -104,9 +107,15 @@ def save_checkpoint(root: str, iteration: int, model, optimizer, cfg: Config,
         dist.all_gather_object(rngs, rng_state(), group=s.dp_group)
     else:
         rngs = [rng_state()]
+    path = rank_file(tmp)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    optim = optimizer.state_dict()
+    if optimizer.buffer.distributed:  # every rank's own pieces, in a file of its own
+        shard = os.path.join(os.path.dirname(path), f"distrib_optim_{s.dp_rank:03d}.pt")
+        torch.save({"pieces": optim.pop("pieces")}, shard)
+        fsync_path(shard)
+        optim["pieces"] = []
     if s.dp_rank == 0:
-        path = rank_file(tmp)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
         payload = {
             "format_version": FORMAT_VERSION,
             "iteration": iteration,
@@ -114,7 +123,7 @@ def save_checkpoint(root: str, iteration: int, model, optimizer, cfg: Config,
             "consumed_tokens": consumed_tokens,
             "args": cfg.to_dict(),
             "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
+            "optimizer": optim,
             "rng": rngs,
             "parallel": {"tp_size": s.tp_size, "pp_size": s.pp_size, "dp_size": s.dp_size},
             "tensor_parallel": split_metadata(model),
@@ -196,6 +205,15 @@ def load_model_state(model, sd: Dict, where: str) -> None:
         raise MegaliteError(f"{where}: weights do not fit this model ({first[0].strip()})") from None
 
 
+def _shard_pieces(folder: str):
+    """The distributed-optimizer pieces saved beside this rank's model file (any DP size)."""
+    for path in sorted(glob.glob(os.path.join(os.path.dirname(rank_file(folder)), "distrib_optim_*.pt"))):
+        try:
+            yield from torch.load(path, map_location="cpu", weights_only=True, mmap=True)["pieces"]
+        except Exception as e:
+            raise MegaliteError(f"{path}: cannot read optimizer shard ({type(e).__name__}: {e})") from None
+
+
 def load_checkpoint(cfg: Config, model, optimizer):
     """Restore what --load names. Returns (iteration, consumed_samples, consumed_tokens)."""
     c = cfg.checkpoint
@@ -210,7 +228,7 @@ def load_checkpoint(cfg: Config, model, optimizer):
     if c.finetune:
         return 0, 0, 0
     if not c.no_load_optim:
-        optimizer.load_state_dict(sd["optimizer"])
+        optimizer.load_state_dict(sd["optimizer"], _shard_pieces(folder))
     if not c.no_load_rng:
         rngs = sd["rng"]
         s = state.get()

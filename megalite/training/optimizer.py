@@ -1,16 +1,25 @@
 """AdamW over fp32 master weights, with loss scaling, inf checks and global-norm clipping.
 
-In fp32 the master weights are the model's parameters. With --bf16/--fp16 the model holds
-low-precision copies and this optimizer owns fp32 masters whose gradients are the fp32
-``main_grad`` buffers (see megalite.parallel.data_parallel); after each step the masters
-are copied back into the model. Weight decay skips norms and biases (1-D parameters).
+The optimizer works on *pieces*: the flat element ranges of parameters that this rank
+updates. Without sharding a piece is a whole parameter; with the distributed optimizer
+(ZeRO-1) it is the part of a parameter inside the 1/DP slice of the buffers this rank owns
+(see megalite.parallel.data_parallel), so master weights and Adam moments exist once across
+the data-parallel group. In fp32 a piece's master is a view of the parameter itself; with
+--bf16/--fp16 it is an fp32 copy, and after each step the masters are copied back into the
+model (and, sharded, all-gathered). Gradients are the fp32 ``main_grad`` buffers. Weight
+decay skips norms and biases (1-D parameters).
+
+The state dict lists pieces by (parameter name, flat range), so a checkpoint written with
+one data-parallel size or sharding loads into any other.
 """
 
 import math
-from typing import Dict, List
+from dataclasses import dataclass
+from typing import Dict, Iterable, List, Tuple
 
 import torch
 
+from megalite.errors import MegaliteError
 from megalite.parallel.grads import counted_grads, global_grad_norm
 
 
@@ -64,25 +73,42 @@ def _make_adamw(groups, lr, betas, eps):
     return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)
 
 
+@dataclass
+class _Piece:
+    name: str
+    lo: int
+    hi: int
+    shape: Tuple[int, ...]
+    model: torch.Tensor  # flat view of the parameter's elements [lo, hi)
+    grad: torch.Tensor  # the same elements of main_grad
+    master: torch.Tensor  # fp32: ``model`` itself; else an fp32 copy
+    decay: bool
+
+
 class Optimizer:
-    def __init__(self, named_params, weight_decay: float, betas=(0.9, 0.999), eps: float = 1e-8,
+    def __init__(self, named_params, grad_buffer, weight_decay: float, betas=(0.9, 0.999), eps: float = 1e-8,
                  clip_grad: float = 0.0, scaler=None, model_parallel_group=None):
-        self.names = [n for n, p in named_params if p.requires_grad]
-        self.model_params: List[torch.nn.Parameter] = [p for _, p in named_params if p.requires_grad]
-        self.mixed = any(p.dtype != torch.float32 for p in self.model_params)
-        self.norm_grads = counted_grads(self.model_params)
-        if self.mixed:
-            self.masters = [p.detach().float().clone().requires_grad_(True) for p in self.model_params]
-        else:
-            self.masters = self.model_params
-        for m, p in zip(self.masters, self.model_params):
-            m.main_grad = p.main_grad
-        decay = [m for m, p in zip(self.masters, self.model_params) if p.ndim >= 2]
-        no_decay = [m for m, p in zip(self.masters, self.model_params) if p.ndim < 2]
-        groups = [g for g in ({"params": decay, "weight_decay": weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
+        named = [(n, p) for n, p in named_params if p.requires_grad]
+        self.buffer = grad_buffer
+        self.mixed = any(p.dtype != torch.float32 for _, p in named)
+        self.pieces: List[_Piece] = []
+        for name, p in named:
+            owned = grad_buffer.owned_range(p)
+            if owned is None:
+                continue
+            lo, hi = owned
+            model = p.data.view(-1)[lo:hi]
+            master = model.detach().float().clone() if self.mixed else model
+            self.pieces.append(_Piece(name, lo, hi, tuple(p.shape), model, p.main_grad.view(-1)[lo:hi], master,
+                                      p.ndim >= 2))
+        self.norm_grads = grad_buffer.owned_parts(counted_grads([p for _, p in named]))
+        self.norm_groups = [model_parallel_group] + ([grad_buffer.dp_group] if grad_buffer.distributed else [])
+        groups = [{"params": [x.master for x in self.pieces if x.decay == d], "weight_decay": wd}
+                  for d, wd in ((True, weight_decay), (False, 0.0))]
+        # a rank whose share holds only bucket padding still keeps a (no-op) param group for its lr
+        groups = [g for g in groups if g["params"]] or [{"params": [torch.zeros(0)], "weight_decay": 0.0}]
         self.adam = _make_adamw(groups, lr=0.0, betas=betas, eps=eps)
-        self.clip_grad, self.scaler, self.mp_group = clip_grad, scaler or ConstantLossScaler(1.0), model_parallel_group
+        self.clip_grad, self.scaler = clip_grad, scaler or ConstantLossScaler(1.0)
 
     @property
     def loss_scale(self) -> float:
@@ -95,35 +121,74 @@ class Optimizer:
     @torch.no_grad()
     def step(self):
         """Unscale, check for inf/nan, clip and update. Returns (stepped, grad_norm)."""
-        grads = [m.main_grad for m in self.masters]
-        if self.scaler.scale != 1.0:
+        grads = [x.grad for x in self.pieces]
+        if self.scaler.scale != 1.0 and grads:
             torch._foreach_mul_(grads, 1.0 / self.scaler.scale)
-        norm = global_grad_norm(self.norm_grads, self.mp_group)
+        norm = global_grad_norm(self.norm_grads, self.norm_groups)
         found_inf = not math.isfinite(norm)
         self.scaler.update(found_inf)
         if found_inf:
             return False, norm
-        if self.clip_grad > 0 and norm > self.clip_grad:
+        if self.clip_grad > 0 and norm > self.clip_grad and grads:
             torch._foreach_mul_(grads, self.clip_grad / (norm + 1e-6))
-        for m in self.masters:
-            m.grad = m.main_grad
+        for x in self.pieces:
+            x.master.grad = x.grad
         self.adam.step()
-        for m in self.masters:
-            m.grad = None if self.mixed else m.main_grad
-        if self.mixed:
-            torch._foreach_copy_(self.model_params, self.masters)
+        for x in self.pieces:
+            x.master.grad = None
+        if self.mixed and self.pieces:
+            torch._foreach_copy_([x.model for x in self.pieces], [x.master for x in self.pieces])
+        self.buffer.gather_params()
         return True, norm
 
+    # -- checkpoints -----------------------------------------------------------------------------
     def state_dict(self) -> Dict:
-        sd = {"adam": self.adam.state_dict(), "scaler": self.scaler.state_dict()}
-        if self.mixed:
-            sd["masters"] = {n: m for n, m in zip(self.names, self.masters)}
-        return sd
+        """The loss scaler and every piece's Adam moments (and fp32 master when mixed)."""
+        pieces = []
+        for x in self.pieces:
+            st = self.adam.state.get(x.master, {})
+            entry = {"name": x.name, "range": [x.lo, x.hi], "shape": list(x.shape)}
+            if st:
+                entry.update(step=float(st["step"]), exp_avg=st["exp_avg"], exp_avg_sq=st["exp_avg_sq"])
+            if self.mixed:
+                entry["master"] = x.master
+            pieces.append(entry)
+        return {"scaler": self.scaler.state_dict(), "pieces": pieces}
 
     @torch.no_grad()
-    def load_state_dict(self, sd: Dict) -> None:
-        self.adam.load_state_dict(sd["adam"])
+    def load_state_dict(self, sd: Dict, more_pieces: Iterable[Dict] = ()) -> None:
+        """Restore from saved pieces (this dict's and ``more_pieces``, e.g. other ranks'
+        shards): each of this rank's pieces is assembled from the saved pieces covering it."""
+        if "pieces" not in sd:
+            raise MegaliteError("the checkpoint's optimizer state has an older format; load with --no-load-optim")
         self.scaler.load_state_dict(sd["scaler"])
-        if self.mixed:
-            for n, m in zip(self.names, self.masters):
-                m.copy_(sd["masters"][n])
+        saved: Dict[str, List[Dict]] = {}
+        for entry in list(sd["pieces"]) + list(more_pieces):
+            saved.setdefault(entry["name"], []).append(entry)
+        fused = bool(self.adam.defaults.get("fused"))
+        for x in self.pieces:
+            entries = saved.get(x.name, [])
+            if self.mixed and all("master" in e for e in entries):
+                x.master.copy_(_assemble(entries, "master", x))
+            if entries and all("exp_avg" in e for e in entries):
+                step = entries[0]["step"]
+                self.adam.state[x.master] = {
+                    "step": torch.tensor(step, dtype=torch.float32, device=x.master.device if fused else "cpu"),
+                    "exp_avg": _assemble(entries, "exp_avg", x),
+                    "exp_avg_sq": _assemble(entries, "exp_avg_sq", x),
+                }
+
+
+def _assemble(entries: List[Dict], key: str, piece: _Piece) -> torch.Tensor:
+    """Elements [lo, hi) of one parameter's ``key`` state from saved pieces that cover them."""
+    out = torch.empty(piece.hi - piece.lo, dtype=torch.float32, device=piece.master.device)
+    covered = 0
+    for e in entries:
+        lo, hi = max(e["range"][0], piece.lo), min(e["range"][1], piece.hi)
+        if lo < hi:
+            out[lo - piece.lo : hi - piece.lo] = e[key][lo - e["range"][0] : hi - e["range"][0]]
+            covered += hi - lo
+    if covered != piece.hi - piece.lo:
+        raise MegaliteError(f"the checkpoint's optimizer state covers {covered} of the {piece.hi - piece.lo} "
+                            f"elements of {piece.name}[{piece.lo}:{piece.hi}] (missing shard files?)")
+    return out

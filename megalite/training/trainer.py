@@ -20,7 +20,7 @@ import torch.distributed as dist
 
 from megalite.config import Config, data_parallel_size, inherit_model_settings, validate
 from megalite.errors import MegaliteError
-from megalite.model.gpt import build_stage_model
+from megalite.model.gpt import ModelChunks, build_stage_model
 from megalite.model.flops import peak_tflops, train_flops
 from megalite.parallel import state
 from megalite.parallel.data_parallel import GradBuffer, all_reduce_scalar
@@ -73,14 +73,18 @@ class Trainer:
         self.activation_shape = (seq, t.micro_batch_size, m.hidden_size)  # what stages pass on
         initialize(self.model, t.seed)
         self.model.to(device=device, dtype=self.dtype)
-        self.grads = GradBuffer(list(self.model.parameters()), s.dp_group, p.ddp_bucket_size, p.overlap_grad_reduce)
+        self.grads = GradBuffer(list(self.model.parameters()), s.dp_group, p.ddp_bucket_size, p.overlap_grad_reduce,
+                                p.use_distributed_optimizer, p.overlap_param_gather)
+        chunks = list(self.model) if isinstance(self.model, ModelChunks) else [self.model]
+        self.grads.attach_param_waits(chunks, [layer for c in chunks for layer in c.layers.values()])
         if t.fp16:
             scaler = (ConstantLossScaler(t.loss_scale) if t.loss_scale else
                       DynamicLossScaler(t.initial_loss_scale, t.min_loss_scale, t.loss_scale_window, t.hysteresis))
         else:
             scaler = ConstantLossScaler(1.0)
-        self.optimizer = Optimizer(list(self.model.named_parameters()), t.weight_decay, (t.adam_beta1, t.adam_beta2),
-                                   t.adam_eps, t.clip_grad, scaler, s.model_parallel_group)
+        self.optimizer = Optimizer(list(self.model.named_parameters()), self.grads, t.weight_decay,
+                                   (t.adam_beta1, t.adam_beta2), t.adam_eps, t.clip_grad, scaler,
+                                   s.model_parallel_group)
 
         self.batches = BatchSchedule(t.global_batch_size, t.micro_batch_size, s.dp_size, t.rampup_batch_size)
         self.train_iters = t.train_iters if t.train_iters is not None else self.batches.iterations_for(t.train_samples or 0)
@@ -201,6 +205,7 @@ class Trainer:
             self.log.close()
 
     def save(self) -> None:
+        self.grads.wait_params()
         path = save_checkpoint(self.cfg.checkpoint.save, self.iteration, self.model, self.optimizer, self.cfg,
                                self.consumed_samples, self.consumed_tokens)
         if state.get().rank == 0:

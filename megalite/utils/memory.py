@@ -1,8 +1,10 @@
-"""Counting the activation memory autograd keeps for backward."""
+"""Counting memory: the activations autograd keeps for backward, and the training state."""
 
-from typing import Iterable
+from typing import Dict, Iterable, Sequence
 
 import torch
+
+from megalite.parallel.data_parallel import bucket_layout
 
 
 def saved_activation_bytes(fn, params: Iterable[torch.Tensor] = ()) -> int:
@@ -24,3 +26,24 @@ def saved_activation_bytes(fn, params: Iterable[torch.Tensor] = ()) -> int:
         out = fn()
     del out
     return sum(seen.values())
+
+
+def training_state_bytes(numels: Sequence[int], dp_size: int, distributed: bool, param_bytes: int,
+                         bucket_size: int = 40_000_000, dp_rank: int = 0) -> Dict[str, int]:
+    """Bytes data-parallel rank ``dp_rank`` keeps between steps for parameters of ``numels``
+    (in buffer order): parameters, the fp32 gradient buffer, fp32 master weights (only when
+    parameters are not fp32 themselves) and Adam's two fp32 moments, the last two over this
+    rank's share only with the distributed optimizer. Uses the real bucket layout, padding
+    included, so it equals what GradBuffer and Optimizer allocate."""
+    layout = bucket_layout(numels, bucket_size, dp_size, distributed)
+    total = layout[-1][1] if layout else 0
+    owned = 0  # parameter elements (not padding) this rank updates
+    for start, end, members in layout:
+        real_end = start + sum(numels[i] for i in members)
+        share = (end - start) // dp_size if distributed else end - start
+        lo = start + (dp_rank * share if distributed else 0)
+        owned += max(0, min(lo + share, real_end) - lo)
+    out = {"params": total * param_bytes, "grads": total * 4, "master": owned * 4 if param_bytes != 4 else 0,
+           "adam": owned * 8}
+    out["total"] = sum(out.values())
+    return out
