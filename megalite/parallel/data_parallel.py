@@ -44,6 +44,9 @@ def bucket_layout(numels: Sequence[int], bucket_size: int, dp_size: int = 1, dis
 class _Bucket:
     def __init__(self, params: List[torch.nn.Parameter], start: int, end: int, owned: Tuple[int, int]):
         self.params, self.start, self.end, self.owned = params, start, end, owned
+        # A tied embedding split over pipeline stages has its gradient summed across the two
+        # stages afterwards; the stages own different ranges of it, so it needs the whole sum.
+        self.reduce_whole = any(getattr(p, "shared_embedding", False) for p in params)
         self.pending = set()
         self.grad_handle = None
         self.param_handle = None
@@ -112,7 +115,7 @@ class GradBuffer:
 
     def _reduce(self, b: _Bucket):
         grads = self.buffer[b.start : b.end]
-        if self.in_place:  # this rank's part of the bucket receives the sum of everyone's
+        if self.in_place and not b.reduce_whole:  # this rank's part of the bucket receives everyone's sum
             return dist.reduce_scatter_tensor(self.buffer[b.owned[0] : b.owned[1]], grads, group=self.dp_group,
                                               async_op=True)
         return dist.all_reduce(grads, group=self.dp_group, async_op=True)
