@@ -1,11 +1,12 @@
-"""Training-state memory per rank with and without the distributed optimizer (ZeRO-1).
+"""Training-state memory per rank: plain data parallelism, ZeRO-1 and ZeRO-3.
 
     python bench/bench_zero.py [--hidden 2048 --layers 22 --heads 32 --kv-heads 4 --ffn 5632 --vocab 32000]
 
 Builds the model on the meta device (no memory), lays its parameters out in buckets exactly
 as GradBuffer does, and prints for DP in 1..64 the bytes one rank keeps between steps in
 bf16 mixed precision: parameters (2 B), the fp32 gradient buffer (4 B), fp32 master weights
-and Adam's two moments (12 B, divided by DP with --use-distributed-optimizer). The default
+and Adam's two moments (12 B, divided by DP with --use-distributed-optimizer, and all of it
+divided by DP with --zero-stage 3, whose buckets are the model's layers). The default
 shape is TinyLlama-1.1B's. tests/test_zero.py checks these numbers against what a real
 run allocates.
 """
@@ -16,6 +17,7 @@ import torch
 
 from megalite.config import ModelConfig
 from megalite.model import GPTModel
+from megalite.parallel.zero import unit_layout
 from megalite.utils.memory import training_state_bytes
 
 
@@ -36,13 +38,16 @@ def main():
     with torch.device("meta"):
         model = GPTModel(cfg)
     numels = [q.numel() for q in reversed(list(model.parameters()))]
+    unit_numels, ends = unit_layout([model], list(model.layers.values()))
     n = sum(numels)
     print(f"model: {n / 1e9:.3f}B parameters, bf16 parameters, fp32 gradients and optimizer state")
-    print(f"{'DP':>4} | {'plain GiB/rank':>14} | {'ZeRO-1 GiB/rank':>15} | {'ZeRO-1 bytes/param':>18} | ratio")
+    print(f"{'DP':>4} | {'plain GiB':>9} | {'ZeRO-1 GiB':>10} | {'B/param':>7} | {'ZeRO-3 GiB':>10} | {'B/param':>7}")
     for dp in (1, 2, 4, 8, 16, 32, 64):
-        plain = training_state_bytes(numels, dp, False, 2, a.bucket_size)["total"]
-        zero = max(training_state_bytes(numels, dp, True, 2, a.bucket_size, r)["total"] for r in range(dp))
-        print(f"{dp:>4} | {plain / 2**30:>14.2f} | {zero / 2**30:>15.2f} | {zero / n:>18.2f} | {zero / plain:.3f}")
+        plain = training_state_bytes(numels, dp, 0, 2, a.bucket_size)["total"]
+        z1 = max(training_state_bytes(numels, dp, 1, 2, a.bucket_size, r)["total"] for r in range(dp))
+        z3 = max(training_state_bytes(unit_numels, dp, 3, 2, dp_rank=r, ends=ends)["total"] for r in range(dp))
+        print(f"{dp:>4} | {plain / 2**30:>9.2f} | {z1 / 2**30:>10.2f} | {z1 / n:>7.2f} | {z3 / 2**30:>10.2f} | "
+              f"{z3 / n:>7.2f}")
 
 
 if __name__ == "__main__":

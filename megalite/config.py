@@ -64,6 +64,8 @@ class ParallelConfig:
                                                  "all-gathered)")
     overlap_param_gather: bool = opt(False, "with --use-distributed-optimizer: all-gather the updated parameters "
                                             "while the next forward pass runs")
+    zero_stage: int = opt(0, "ZeRO stage: 1 = --use-distributed-optimizer; 3 also shards the parameters and "
+                             "gradients, gathering one layer at a time", choices=[0, 1, 3])
 
 
 @dataclass
@@ -283,8 +285,15 @@ def validate(cfg: Config, world_size: int = 1) -> Config:
                                 f"x --num-layers-per-virtual-pipeline-stage {per_chunk}")
         if p.decoder_first_pipeline_num_layers is not None or p.decoder_last_pipeline_num_layers is not None:
             raise MegaliteError("uneven pipeline splits cannot be combined with virtual pipeline stages")
-    if p.overlap_param_gather and not p.use_distributed_optimizer:
-        raise MegaliteError("--overlap-param-gather needs --use-distributed-optimizer")
+    if p.use_distributed_optimizer and p.zero_stage == 0:
+        p.zero_stage = 1
+    p.use_distributed_optimizer = p.zero_stage >= 1
+    if p.overlap_param_gather and p.zero_stage != 1:
+        raise MegaliteError("--overlap-param-gather needs --use-distributed-optimizer (ZeRO-3 always prefetches)")
+    if p.zero_stage == 3 and p.pipeline_model_parallel_size > 1 and not m.untie_embeddings_and_output_weights:
+        raise MegaliteError("--zero-stage 3 with --pipeline-model-parallel-size > 1 needs "
+                            "--untie-embeddings-and-output-weights (a tied embedding split over stages is not "
+                            "supported with sharded parameters yet)")
     mp = tp * p.pipeline_model_parallel_size
     if world_size % mp:
         raise MegaliteError(f"world size {world_size} is not divisible by tensor x pipeline parallel size {mp}")

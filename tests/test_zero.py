@@ -1,6 +1,6 @@
-"""The distributed optimizer (ZeRO-1) on gloo: the losses of plain data parallelism, sharded
-checkpoints that resume bitwise and reshard to another data-parallel size, and the memory
-each rank keeps."""
+"""ZeRO on gloo: the distributed optimizer (stage 1) and sharded parameters (stage 3) give
+the one-process losses, their checkpoints resume bitwise and reshard to another
+data-parallel size, and each rank keeps the memory the formulas say."""
 
 import pytest
 
@@ -32,31 +32,53 @@ def run(tmp_path, corpus, name, world, **kw):
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, tiny_corpus):
-    return run(tmp_path_factory.mktemp("ref"), tiny_corpus, "ref", 1)
+    """One-process losses, by model settings (run once each)."""
+    runs = {}
+
+    def get(**model):
+        key = tuple(sorted(model.items()))
+        if key not in runs:
+            runs[key] = run(tmp_path_factory.mktemp("ref"), tiny_corpus, "ref", 1, **model)
+        return runs[key]
+
+    return get
+
+
+ZERO3 = {"zero_stage": 3}
+UNTIED = {"untie_embeddings_and_output_weights": True}
 
 
 @pytest.mark.parametrize("world, extra", [
-    (2, {}),
-    (4, {}),
-    (4, {"overlap_param_gather": True}),
-    (4, {"tensor_model_parallel_size": 2, "sequence_parallel": True}),
+    (2, ZERO),
+    (4, ZERO),
+    (4, {**ZERO, "overlap_param_gather": True}),
+    (4, {**ZERO, "tensor_model_parallel_size": 2, "sequence_parallel": True}),
     # tied embedding on both stages, bucketed with different neighbours: the stages own different parts
-    (4, {"pipeline_model_parallel_size": 2, "decoder_first_pipeline_num_layers": 0, "ddp_bucket_size": 200_000}),
-], ids=["dp2", "dp4", "dp4-overlap-param-gather", "dp2-tp2-sp", "dp2-pp2"])
-def test_distributed_optimizer_matches_one_process(tmp_path, tiny_corpus, reference, world, extra):
-    rows = run(tmp_path, tiny_corpus, "zero", world, **{**ZERO, **extra})
-    assert len(rows) == len(reference) == 20
-    for a, b in zip(reference, rows):
+    (4, {**ZERO, "pipeline_model_parallel_size": 2, "decoder_first_pipeline_num_layers": 0,
+         "ddp_bucket_size": 200_000}),
+    (2, ZERO3),
+    (4, {**ZERO3, "recompute_granularity": "full"}),
+    (4, {**ZERO3, "tensor_model_parallel_size": 2, "sequence_parallel": True}),
+    (4, {**ZERO3, "pipeline_model_parallel_size": 2, **UNTIED}),
+], ids=["z1-dp2", "z1-dp4", "z1-dp4-overlap-param-gather", "z1-dp2-tp2-sp", "z1-dp2-pp2",
+        "z3-dp2", "z3-dp4-recompute", "z3-dp2-tp2-sp", "z3-dp2-pp2"])
+def test_sharded_training_matches_one_process(tmp_path, tiny_corpus, reference, world, extra):
+    expected = reference(**{k: v for k, v in extra.items() if k in UNTIED})
+    rows = run(tmp_path, tiny_corpus, "zero", world, **extra)
+    assert len(rows) == len(expected) == 20
+    for a, b in zip(expected, rows):
         assert b["lm_loss"] == pytest.approx(a["lm_loss"], rel=1e-5), a["iteration"]
         assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4), a["iteration"]
 
 
-def test_sharded_checkpoint_resumes_bitwise_and_reshards(tmp_path, tiny_corpus):
+@pytest.mark.parametrize("stage, other", [(1, {}), (3, ZERO)], ids=["zero1", "zero3"])
+def test_sharded_checkpoint_resumes_bitwise_and_reshards(tmp_path, tiny_corpus, stage, other):
     """Saved on DP=4 (one optimizer shard per rank): resumed on DP=4 it repeats the
-    uninterrupted run bit for bit; on DP=2, sharded or not, it continues with its losses."""
+    uninterrupted run bit for bit; on DP=2 with another layout of the optimizer it continues
+    with its losses."""
     import os
 
-    kw = dict(train_iters=8, **ZERO)
+    kw = dict(train_iters=8, zero_stage=stage, ddp_bucket_size=3000)
     full = run(tmp_path, tiny_corpus, "full", 4, **kw)
     run(tmp_path, tiny_corpus, "first", 4, save=str(tmp_path / "a"), exit_interval=4, **kw)
     files = sorted(os.listdir(tmp_path / "a" / "iter_0000004" / "mp_rank_00"))
@@ -64,11 +86,10 @@ def test_sharded_checkpoint_resumes_bitwise_and_reshards(tmp_path, tiny_corpus):
     resumed = run(tmp_path, tiny_corpus, "resumed", 4, load=str(tmp_path / "a"), **kw)
     assert [r["lm_loss"] for r in resumed] == [r["lm_loss"] for r in full[4:]]
     assert [r["grad_norm"] for r in resumed] == [r["grad_norm"] for r in full[4:]]
-    for name, extra in (("dp2-zero", ZERO), ("dp2-plain", {})):
-        rows = run(tmp_path, tiny_corpus, name, 2, load=str(tmp_path / "a"), train_iters=8, **extra)
-        assert len(rows) == 4
-        for a, b in zip(full[4:], rows):
-            assert b["lm_loss"] == pytest.approx(a["lm_loss"], rel=1e-5), (name, a["iteration"])
+    rows = run(tmp_path, tiny_corpus, "dp2", 2, load=str(tmp_path / "a"), train_iters=8, **other)
+    assert len(rows) == 4
+    for a, b in zip(full[4:], rows):
+        assert b["lm_loss"] == pytest.approx(a["lm_loss"], rel=1e-5), a["iteration"]
 
 
 def _count_bytes(rank, world, argv, out):
@@ -78,6 +99,7 @@ def _count_bytes(rank, world, argv, out):
 
     from megalite.config import validate
     from megalite.parallel import state
+    from megalite.parallel.zero import FullyShardedBuffer, unit_layout
     from megalite.training.data import microbatches
     from megalite.training.trainer import Trainer
     from megalite.utils.memory import training_state_bytes
@@ -88,36 +110,41 @@ def _count_bytes(rank, world, argv, out):
     opt, buf = tr.optimizer, tr.grads
 
     def nbytes(tensors):
-        return sum(t.numel() * t.element_size() for t in tensors)
+        return sum(t.untyped_storage().nbytes() for t in tensors)
 
     masters = [x.master for x in opt.pieces]
-    actual = {"params": nbytes([buf.param_buffer]), "grads": nbytes([buf.buffer]),
-              "master": nbytes(masters) if opt.mixed else 0,
+    if isinstance(buf, FullyShardedBuffer):  # shards, plus whole units that should all be freed now
+        params, grads = [b.param_shard for b in buf.buckets] + [b.full for b in buf.buckets], \
+            [b.grad_shard for b in buf.buckets]
+        numels, ends = unit_layout([tr.model], list(tr.model.layers.values()))
+    else:
+        params, grads = [buf.param_buffer], [buf.buffer]
+        numels, ends = [p.numel() for p in reversed(list(tr.model.parameters()))], ()
+    actual = {"params": nbytes(params), "grads": nbytes(grads), "master": nbytes(masters) if opt.mixed else 0,
               "adam": nbytes([v for m in masters for k, v in opt.adam.state[m].items() if k != "step"])}
-    numels = [p.numel() for p in reversed(list(tr.model.parameters()))]
-    planned = training_state_bytes(numels, state.get().dp_size, cfg.parallel.use_distributed_optimizer,
-                                   buf.param_buffer.element_size(), cfg.parallel.ddp_bucket_size,
-                                   state.get().dp_rank)
+    planned = training_state_bytes(numels, state.get().dp_size, cfg.parallel.zero_stage, 2,
+                                   cfg.parallel.ddp_bucket_size, state.get().dp_rank, ends)
     open(f"{out}.{rank}", "w").write(json.dumps({"actual": actual, "planned": planned, "numel": sum(numels),
                                                  "buckets": len(buf.buckets)}))
     state.destroy()
 
 
-@pytest.mark.parametrize("distributed", [False, True], ids=["plain", "zero1"])
-def test_memory_per_rank_follows_the_zero_formula(tmp_path, tiny_corpus, distributed):
-    """bf16 parameters on DP=4: every rank holds 2 (params) + 4 (fp32 grads) bytes per parameter,
-    plus 12 (fp32 master + two Adam moments) without sharding or 12 / DP with it; the planner
-    (bench/bench_zero.py) predicts each rank's bytes exactly."""
+@pytest.mark.parametrize("stage", [0, 1, 3])
+def test_memory_per_rank_follows_the_zero_formulas(tmp_path, tiny_corpus, stage):
+    """bf16 parameters on DP=4, bytes per parameter on every rank: 2 (params) + 4 (fp32 grads)
+    + 12 (fp32 master + two Adam moments) without sharding, 2 + 4 + 12 / DP with ZeRO-1 and
+    (2 + 4 + 12) / DP with ZeRO-3; the planner (bench/bench_zero.py) predicts each rank's
+    allocations exactly."""
     import json
 
-    argv = tiny_model_args(*tiny_corpus, bf16=True, micro_batch_size=2, global_batch_size=16,
-                           use_distributed_optimizer=distributed, ddp_bucket_size=3000)
+    argv = tiny_model_args(*tiny_corpus, bf16=True, micro_batch_size=2, global_batch_size=16, zero_stage=stage,
+                           ddp_bucket_size=3000)
     run_distributed(_count_bytes, 4, argv, str(tmp_path / "bytes"))
     ranks = [json.loads((tmp_path / f"bytes.{r}").read_text()) for r in range(4)]
+    dp = 4
+    per_param = {0: 2 + 4 + 12, 1: 2 + 4 + 12 / dp, 3: (2 + 4 + 12) / dp}[stage]
     for r in ranks:
         planned = {k: v for k, v in r["planned"].items() if k != "total"}
         assert r["actual"] == planned
-        n, dp = r["numel"], 4
-        per_param = (2 + 4) + (12 / dp if distributed else 12)
         padding = r["buckets"] * dp * 18  # < DP padding elements per bucket, 18 bytes each at most
-        assert abs(sum(planned.values()) - per_param * n) <= padding
+        assert abs(sum(planned.values()) - per_param * r["numel"]) <= padding

@@ -18,22 +18,24 @@ the optimizer updates only the owned parts, and ``gather_params`` all-gathers th
 parameters, optionally deferred until the forward pass first needs each bucket.
 """
 
-from typing import Dict, List, Optional, Sequence, Tuple
+import contextlib
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
 
 
-def bucket_layout(numels: Sequence[int], bucket_size: int, dp_size: int = 1, distributed: bool = False
-                  ) -> List[Tuple[int, int, List[int]]]:
+def bucket_layout(numels: Sequence[int], bucket_size: int, dp_size: int = 1, distributed: bool = False,
+                  ends: Sequence[int] = ()) -> List[Tuple[int, int, List[int]]]:
     """Buckets over parameters of ``numels`` (in buffer order): (start, end, member indices).
-    Distributed buckets are padded so that ``end - start`` divides by ``dp_size``. One
-    function for the real buffers and for memory planning (bench/bench_zero.py)."""
-    out, start, offset, members = [], 0, 0, []
+    A bucket closes once it holds ``bucket_size`` elements or after a parameter index in
+    ``ends``. Distributed buckets are padded so that ``end - start`` divides by ``dp_size``.
+    One function for the real buffers and for memory planning (bench/bench_zero.py)."""
+    out, start, offset, members, ends = [], 0, 0, [], set(ends)
     for i, n in enumerate(numels):
         offset += n
         members.append(i)
-        if offset - start >= bucket_size or i == len(numels) - 1:
+        if offset - start >= bucket_size or i in ends or i == len(numels) - 1:
             if distributed:
                 offset += -(offset - start) % dp_size
             out.append((start, offset, members))
@@ -54,44 +56,52 @@ class _Bucket:
 
 class GradBuffer:
     def __init__(self, params: List[torch.nn.Parameter], dp_group=None, bucket_size: int = 40_000_000,
-                 overlap: bool = True, distributed: bool = False, overlap_param_gather: bool = False):
+                 overlap: bool = True, distributed: bool = False, overlap_param_gather: bool = False,
+                 sync_model_parallel: Optional[Callable[[List[torch.nn.Parameter]], None]] = None,
+                 bucket_ends: Sequence[torch.nn.Parameter] = ()):
         self.params = [p for p in params if p.requires_grad]
         self.dp_group = dp_group
         self.dp_size = dist.get_world_size(dp_group) if dp_group is not None else 1
-        dp_rank = dist.get_rank(dp_group) if dp_group is not None else 0
+        self.dp_rank = dist.get_rank(dp_group) if dp_group is not None else 0
         self.distributed = distributed and dp_group is not None
         self.overlap = overlap and dp_group is not None
         self.overlap_param_gather = overlap_param_gather and self.distributed
         self.in_place = self.distributed and _has_in_place_collectives(dp_group)
+        self.sync_model_parallel = sync_model_parallel or (lambda params: None)
         order = list(reversed(self.params))
-        layout = bucket_layout([p.numel() for p in order], bucket_size, self.dp_size, self.distributed)
-        total = layout[-1][1] if layout else 0
-        device, dtype = self.params[0].device, self.params[0].dtype
-        self.buffer = torch.zeros(total, dtype=torch.float32, device=device)
-        self.param_buffer = torch.zeros(total, dtype=dtype, device=device)
+        ends = {i for i, p in enumerate(order) if any(p is q for q in bucket_ends)}
+        layout = bucket_layout([p.numel() for p in order], bucket_size, self.dp_size, self.distributed, ends)
         self.buckets: List[_Bucket] = []
         self._bucket_of: Dict[torch.nn.Parameter, _Bucket] = {}
         self.offset: Dict[torch.nn.Parameter, int] = {}
         for start, end, members in layout:
             share = (end - start) // self.dp_size if self.distributed else end - start
-            owned = (start + dp_rank * share, start + (dp_rank + 1) * share) if self.distributed else (start, end)
+            owned = (start + self.dp_rank * share, start + (self.dp_rank + 1) * share) if self.distributed \
+                else (start, end)
             offset = start
             for i in members:
-                p = order[i]
-                self.offset[p] = offset
-                view = self.param_buffer[offset : offset + p.numel()].view_as(p)
-                view.copy_(p.data)
-                p.data = view
-                p.main_grad = self.buffer[offset : offset + p.numel()].view_as(p)
-                offset += p.numel()
+                self.offset[order[i]] = offset
+                offset += order[i].numel()
             bucket = _Bucket([order[i] for i in members], start, end, owned)
             self.buckets.append(bucket)
             for i in members:
                 self._bucket_of[order[i]] = bucket
+        self._allocate(layout[-1][1] if layout else 0)
         self.sync_this_backward = True
         for p in self.params:
             p.register_post_accumulate_grad_hook(self._on_grad_ready)
         self.zero()
+
+    def _allocate(self, total: int) -> None:
+        """One flat parameter buffer and one fp32 gradient buffer; parameters become views."""
+        device, dtype = self.params[0].device, self.params[0].dtype
+        self.buffer = torch.zeros(total, dtype=torch.float32, device=device)
+        self.param_buffer = torch.zeros(total, dtype=dtype, device=device)
+        for p, offset in self.offset.items():
+            view = self.param_buffer[offset : offset + p.numel()].view_as(p)
+            view.copy_(p.data)
+            p.data = view
+            p.main_grad = self.buffer[offset : offset + p.numel()].view_as(p)
 
     # -- gradients -----------------------------------------------------------------------------
     def zero(self) -> None:
@@ -121,16 +131,17 @@ class GradBuffer:
         return dist.all_reduce(grads, group=self.dp_group, async_op=True)
 
     def finish_sync(self) -> None:
-        """Sum gradients over data-parallel ranks (after the step's last backward); with the
-        distributed optimizer only each rank's owned part is guaranteed summed."""
-        if self.dp_group is None:
-            return
-        for b in self.buckets:
-            if b.grad_handle is None:
-                b.grad_handle = self._reduce(b)
-        for b in self.buckets:
-            b.grad_handle.wait()
-            b.grad_handle = None
+        """Sum gradients over data-parallel ranks (after the step's last backward; with the
+        distributed optimizer only each rank's owned part is guaranteed summed), then over
+        the model-parallel ranks that each computed only part of some gradients."""
+        if self.dp_group is not None:
+            for b in self.buckets:
+                if b.grad_handle is None:
+                    b.grad_handle = self._reduce(b)
+            for b in self.buckets:
+                b.grad_handle.wait()
+                b.grad_handle = None
+        self.sync_model_parallel(self.params)
 
     def set_last_microbatch(self, last: bool) -> None:
         """Only the step's last backward launches the reductions (no communication before)."""
@@ -144,19 +155,28 @@ class GradBuffer:
         lo, hi = max(lo, start) - start, min(hi, start + p.numel()) - start
         return (lo, hi) if lo < hi else None
 
-    def owned_parts(self, views: Sequence[torch.Tensor]) -> List[torch.Tensor]:
-        """The parts of contiguous views into the gradient buffer that this rank owns."""
-        if not self.distributed:
-            return list(views)
-        base, out = self.buffer.data_ptr(), []
-        for v in views:
-            start = (v.data_ptr() - base) // v.element_size()
-            end = start + v.numel()
-            for b in self.buckets:
-                lo, hi = max(b.owned[0], start), min(b.owned[1], end)
-                if lo < hi:
-                    out.append(self.buffer[lo:hi])
+    def param_view(self, p: torch.nn.Parameter, lo: int, hi: int) -> torch.Tensor:
+        """Where the optimizer writes elements [lo, hi) of ``p`` (which this rank owns)."""
+        return p.data.view(-1)[lo:hi]
+
+    def grad_view(self, p: torch.nn.Parameter, lo: int, hi: int) -> torch.Tensor:
+        """The reduced gradient of elements [lo, hi) of ``p`` (which this rank owns)."""
+        return p.main_grad.view(-1)[lo:hi]
+
+    def owned_grads(self, ranges: Sequence[Tuple[torch.nn.Parameter, int, int]]) -> List[torch.Tensor]:
+        """The gradients of the parts of flat ranges (param, start, end) that this rank owns."""
+        out = []
+        for p, lo, hi in ranges:
+            owned = self.owned_range(p)
+            if owned is not None and max(lo, owned[0]) < min(hi, owned[1]):
+                out.append(self.grad_view(p, max(lo, owned[0]), min(hi, owned[1])))
         return out
+
+    @contextlib.contextmanager
+    def full_params(self, write_back: bool = False):
+        """Every parameter whole while the block runs (to save or load a checkpoint). They
+        always are here; ZeRO-3 gathers them and, with ``write_back``, keeps what was loaded."""
+        yield
 
     # -- parameters (distributed optimizer) ------------------------------------------------------
     def gather_params(self) -> None:

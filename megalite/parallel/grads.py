@@ -1,6 +1,7 @@
 """Gradient bookkeeping across tensor-parallel ranks: sequence-parallel sums and the global norm."""
 
-from typing import List, Optional, Sequence
+import math
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
@@ -41,26 +42,28 @@ def sync_embedding_grads(params: Sequence[torch.nn.Parameter]) -> None:
         _all_reduce_together(shared, s.embedding_group)
 
 
-def counted_grads(params: Sequence[torch.nn.Parameter]) -> List[torch.Tensor]:
-    """The gradient views this rank contributes to the global norm, so that every element
-    of the model's gradient is counted exactly once across the model-parallel ranks."""
+def counted_ranges(params: Sequence[torch.nn.Parameter]) -> List[Tuple[torch.nn.Parameter, int, int]]:
+    """The flat element ranges (param, start, end) of gradients this rank contributes to the
+    global norm, so that every element of the model's gradient is counted exactly once across
+    the model-parallel ranks."""
     s = state.get()
     out = []
     for p in params:
         if getattr(p, "shared_embedding", False) and not s.is_first_stage:
             continue  # the first stage's copy counts
         if getattr(p, "kv_group", None) is not None:
-            out.append(p.main_grad[: p.kv_rows])
+            split = p.kv_rows * math.prod(p.shape[1:])  # the rows of this rank's own query heads
+            out.append((p, 0, split))
             if p.kv_rank == 0:
-                out.append(p.main_grad[p.kv_rows :])
+                out.append((p, split, p.numel()))
         elif getattr(p, "tp_dim", None) is not None or s.tp_rank == 0:
-            out.append(p.main_grad)
+            out.append((p, 0, p.numel()))
     return out
 
 
 def global_grad_norm(grads: List[torch.Tensor], groups: Sequence[Optional[object]] = ()) -> float:
-    """L2 norm of the whole model's gradient from the parts this rank counts (``counted_grads``
-    views, or their owned parts under the distributed optimizer), summed over ``groups``
+    """L2 norm of the whole model's gradient from the parts this rank counts (``counted_ranges``,
+    or their owned parts under the distributed optimizer), summed over ``groups``
     (model-parallel ranks, and data-parallel ranks when each holds a different part); inf/nan
     if any entry is."""
     sq = torch.stack(torch._foreach_norm(grads)).float().square().sum() if grads else torch.zeros(())

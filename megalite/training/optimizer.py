@@ -20,7 +20,7 @@ from typing import Dict, Iterable, List, Tuple
 import torch
 
 from megalite.errors import MegaliteError
-from megalite.parallel.grads import counted_grads, global_grad_norm
+from megalite.parallel.grads import counted_ranges, global_grad_norm
 
 
 class DynamicLossScaler:
@@ -97,11 +97,11 @@ class Optimizer:
             if owned is None:
                 continue
             lo, hi = owned
-            model = p.data.view(-1)[lo:hi]
+            model = grad_buffer.param_view(p, lo, hi)
             master = model.detach().float().clone() if self.mixed else model
-            self.pieces.append(_Piece(name, lo, hi, tuple(p.shape), model, p.main_grad.view(-1)[lo:hi], master,
+            self.pieces.append(_Piece(name, lo, hi, tuple(p.shape), model, grad_buffer.grad_view(p, lo, hi), master,
                                       p.ndim >= 2))
-        self.norm_grads = grad_buffer.owned_parts(counted_grads([p for _, p in named]))
+        self.norm_grads = grad_buffer.owned_grads(counted_ranges([p for _, p in named]))
         self.norm_groups = [model_parallel_group] + ([grad_buffer.dp_group] if grad_buffer.distributed else [])
         groups = [{"params": [x.master for x in self.pieces if x.decay == d], "weight_decay": wd}
                   for d, wd in ((True, weight_decay), (False, 0.0))]

@@ -24,6 +24,7 @@ from megalite.model.gpt import ModelChunks, build_stage_model
 from megalite.model.flops import peak_tflops, train_flops
 from megalite.parallel import state
 from megalite.parallel.data_parallel import GradBuffer, all_reduce_scalar
+from megalite.parallel.zero import FullyShardedBuffer
 from megalite.parallel.grads import sync_embedding_grads, sync_tensor_parallel_grads
 from megalite.parallel.pipeline import forward_backward
 from megalite.parallel.init import initialize
@@ -73,10 +74,15 @@ class Trainer:
         self.activation_shape = (seq, t.micro_batch_size, m.hidden_size)  # what stages pass on
         initialize(self.model, t.seed)
         self.model.to(device=device, dtype=self.dtype)
-        self.grads = GradBuffer(list(self.model.parameters()), s.dp_group, p.ddp_bucket_size, p.overlap_grad_reduce,
-                                p.use_distributed_optimizer, p.overlap_param_gather)
         chunks = list(self.model) if isinstance(self.model, ModelChunks) else [self.model]
-        self.grads.attach_param_waits(chunks, [layer for c in chunks for layer in c.layers.values()])
+        layers = [layer for c in chunks for layer in c.layers.values()]
+        if p.zero_stage == 3 and s.dp_group is not None:
+            self.grads = FullyShardedBuffer(chunks, layers, s.dp_group, _sync_model_parallel)
+        else:
+            self.grads = GradBuffer(list(self.model.parameters()), s.dp_group, p.ddp_bucket_size,
+                                    p.overlap_grad_reduce, p.use_distributed_optimizer, p.overlap_param_gather,
+                                    _sync_model_parallel)
+            self.grads.attach_param_waits(chunks, layers)
         if t.fp16:
             scaler = (ConstantLossScaler(t.loss_scale) if t.loss_scale else
                       DynamicLossScaler(t.initial_loss_scale, t.min_loss_scale, t.loss_scale_window, t.hysteresis))
@@ -92,8 +98,9 @@ class Trainer:
                              t.lr_decay_style, t.lr_wsd_decay_iters, t.lr_wsd_decay_style)
         self.iteration = self.consumed_samples = self.consumed_tokens = 0
         if cfg.checkpoint.load:
-            self.iteration, self.consumed_samples, self.consumed_tokens = load_checkpoint(
-                cfg, self.model, self.optimizer)
+            with self.grads.full_params(write_back=True):
+                self.iteration, self.consumed_samples, self.consumed_tokens = load_checkpoint(
+                    cfg, self.model, self.optimizer)
 
         train_samples = self.batches.samples_for(self.train_iters)
         self.train_ds, self.valid_ds, self.test_ds = build_datasets(cfg, self.tokenizer, train_samples)
@@ -115,8 +122,6 @@ class Trainer:
             self.model, batch, lambda losses, mb: (losses * mb["loss_mask"]).sum() / tokens,
             self.activation_shape, self.dtype, grad_buffer=self.grads, loss_scale=self.optimizer.loss_scale)
         self.grads.finish_sync()
-        sync_tensor_parallel_grads(self.grads.params)
-        sync_embedding_grads(self.grads.params)
         # the loss lives on the last pipeline stage; summing over stages hands it to every rank
         lm_loss = all_reduce_scalar(all_reduce_scalar(loss_sum, s.pp_group), s.dp_group)
         if not math.isfinite(lm_loss) and not self.cfg.training.fp16:
@@ -206,8 +211,9 @@ class Trainer:
 
     def save(self) -> None:
         self.grads.wait_params()
-        path = save_checkpoint(self.cfg.checkpoint.save, self.iteration, self.model, self.optimizer, self.cfg,
-                               self.consumed_samples, self.consumed_tokens)
+        with self.grads.full_params():
+            path = save_checkpoint(self.cfg.checkpoint.save, self.iteration, self.model, self.optimizer, self.cfg,
+                                   self.consumed_samples, self.consumed_tokens)
         if state.get().rank == 0:
             print(f"saved checkpoint {path}", flush=True)
 
@@ -255,6 +261,11 @@ class Trainer:
                 + (f"loss scale {metrics['loss_scale']:.1f} | " if self.cfg.training.fp16 else "")
                 + f"skipped {w['skipped']} | mem {metrics['memory_gb']:.2f} GB")
         self.log.record(metrics, line)
+
+
+def _sync_model_parallel(params) -> None:
+    sync_tensor_parallel_grads(params)
+    sync_embedding_grads(params)
 
 
 def _memory_gb(device: torch.device) -> float:

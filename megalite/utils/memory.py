@@ -28,22 +28,25 @@ def saved_activation_bytes(fn, params: Iterable[torch.Tensor] = ()) -> int:
     return sum(seen.values())
 
 
-def training_state_bytes(numels: Sequence[int], dp_size: int, distributed: bool, param_bytes: int,
-                         bucket_size: int = 40_000_000, dp_rank: int = 0) -> Dict[str, int]:
+def training_state_bytes(numels: Sequence[int], dp_size: int, zero_stage: int, param_bytes: int,
+                         bucket_size: int = 40_000_000, dp_rank: int = 0, ends: Sequence[int] = ()) -> Dict[str, int]:
     """Bytes data-parallel rank ``dp_rank`` keeps between steps for parameters of ``numels``
-    (in buffer order): parameters, the fp32 gradient buffer, fp32 master weights (only when
-    parameters are not fp32 themselves) and Adam's two fp32 moments, the last two over this
-    rank's share only with the distributed optimizer. Uses the real bucket layout, padding
-    included, so it equals what GradBuffer and Optimizer allocate."""
-    layout = bucket_layout(numels, bucket_size, dp_size, distributed)
+    (in buffer order; ``ends``: indices that close a bucket, one per unit with ZeRO-3):
+    parameters, the fp32 gradients, fp32 master weights (only when parameters are not fp32
+    themselves) and Adam's two fp32 moments. ZeRO-1 keeps the last two for this rank's share
+    only, ZeRO-3 everything. Uses the real bucket layout, padding included, so it equals what
+    GradBuffer / FullyShardedBuffer and Optimizer allocate."""
+    sharded = zero_stage >= 1 and dp_size > 1
+    layout = bucket_layout(numels, bucket_size if zero_stage < 3 else 2**62, dp_size, sharded, ends)
     total = layout[-1][1] if layout else 0
     owned = 0  # parameter elements (not padding) this rank updates
     for start, end, members in layout:
         real_end = start + sum(numels[i] for i in members)
-        share = (end - start) // dp_size if distributed else end - start
-        lo = start + (dp_rank * share if distributed else 0)
+        share = (end - start) // dp_size if sharded else end - start
+        lo = start + (dp_rank * share if sharded else 0)
         owned += max(0, min(lo + share, real_end) - lo)
-    out = {"params": total * param_bytes, "grads": total * 4, "master": owned * 4 if param_bytes != 4 else 0,
+    kept = total // dp_size if zero_stage == 3 and sharded else total  # parameters and gradients
+    out = {"params": kept * param_bytes, "grads": kept * 4, "master": owned * 4 if param_bytes != 4 else 0,
            "adam": owned * 8}
     out["total"] = sum(out.values())
     return out
