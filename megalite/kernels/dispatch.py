@@ -88,7 +88,7 @@ def _dispatched(reference_fn, module: str):
 rms_norm = _dispatched(reference.rms_norm, "norm")
 layer_norm = _dispatched(reference.layer_norm, "norm")
 rotary_qk = _dispatched(reference.rotary_qk, "rope")
-swiglu = _dispatched(reference.swiglu, "swiglu")
+swiglu = _dispatched(reference.swiglu, "silu_mul")
 cross_entropy_statistics = _dispatched(reference.cross_entropy_statistics, "cross_entropy")
 cross_entropy_gradient = _dispatched(reference.cross_entropy_gradient, "cross_entropy")
 

@@ -1,7 +1,7 @@
 """Pure-torch versions of every fused kernel: the fallback path and the tests' oracle.
 
 Each function has the same signature and result as its Triton twin in this package
-(norm.py, rope.py, swiglu.py, cross_entropy.py, flash_attention.py). Half-precision
+(norm.py, rope.py, silu_mul.py, cross_entropy.py, flash_attention.py). Half-precision
 inputs are computed in fp32; fp32 and fp64 inputs keep their precision, so the tests can
 run these in float64.
 """

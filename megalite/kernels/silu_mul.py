@@ -1,4 +1,4 @@
-"""SwiGLU's activation, silu(gate) * up, as one Triton kernel each way.
+"""SwiGLU's activation, silu(gate) * up, as one Triton kernel each way (op ``swiglu``).
 
 Unfused, torch writes silu(gate) and then the product, and its backward reads and writes
 several intermediates; here the forward reads gate and up once and writes the output
