@@ -8,6 +8,7 @@ max |fused - reference| / max |reference| for the outputs and for every gradient
 """
 
 import importlib
+import importlib.util
 import os
 
 import pytest
@@ -196,3 +197,18 @@ def test_attention_backend_flags_are_validated():
     cfg = validate(parse_config(base + ["--attention-backend", "triton", "--attention-dropout", "0",
                                         "--no-fused-kernels"]))
     assert cfg.model.attention_backend == "triton" and cfg.training.fused_kernels is False
+
+
+def test_kernel_benchmark_dry_run(capsys):
+    """bench/bench_kernels.py end to end on tiny shapes: every kernel timed, fused and eager agree."""
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "bench_kernels.py")
+    spec = importlib.util.spec_from_file_location("bench_kernels", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.main(["--dry-run"])
+    lines = capsys.readouterr().out.splitlines()
+    for name in bench.CASES:
+        for impl in ("megalite", "eager"):
+            [line] = [x for x in lines if x.startswith(f"bench_kernels: {name} ") and f"| {impl} |" in x]
+            assert float(line.split("max diff vs eager ")[1].split()[0]) < 1e-5, line
+        assert any(x.startswith(f"bench_kernels: {name} | megalite speed vs") for x in lines), name
