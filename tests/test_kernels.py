@@ -36,21 +36,21 @@ def relative_error(got: torch.Tensor, ref: torch.Tensor) -> float:
     return ((got.double() - ref).abs().max() / ref.abs().max()).item()
 
 
-def compare(fused, ref, *inputs):
-    """Run ``fused`` on fp32 copies and ``ref`` on float64 copies of ``inputs``, backpropagate
+def compare(fused, ref, *inputs, dtype=torch.float32, tol=TOL):
+    """Run ``fused`` on ``dtype`` copies and ``ref`` on float64 copies of ``inputs``, backpropagate
     the same random output gradients, and check outputs and input gradients."""
     torch.manual_seed(1)
-    ins32 = [t.detach().to(DEVICE, torch.float32).requires_grad_() for t in inputs]
+    ins32 = [t.detach().to(DEVICE, dtype).requires_grad_() for t in inputs]
     ins64 = [t.detach().to(DEVICE, torch.float64).requires_grad_() for t in inputs]
     out32, out64 = fused(*ins32), ref(*ins64)
     out32, out64 = (o if isinstance(o, tuple) else (o,) for o in (out32, out64))
     grads = [torch.randn_like(o) for o in out64]
-    torch.autograd.backward(out32, [g.float() for g in grads])
+    torch.autograd.backward(out32, [g.to(o.dtype) for g, o in zip(grads, out32)])
     torch.autograd.backward(out64, grads)
     for i, (a, b) in enumerate(zip(out32, out64)):
-        assert relative_error(a, b) < TOL, f"output {i}"
+        assert relative_error(a, b) < tol, f"output {i}"
     for i, (a, b) in enumerate(zip(ins32, ins64)):
-        assert relative_error(a.grad, b.grad) < TOL, f"gradient of input {i}"
+        assert relative_error(a.grad, b.grad) < tol, f"gradient of input {i}"
 
 
 @pytest.mark.parametrize("kind", ["rms", "layer"])
@@ -143,6 +143,23 @@ def test_flash_attention_document_masking():
             lambda q, k, v: reference.attention(q, k, v, cu.to(DEVICE)), q, k, v)
     with pytest.raises(ValueError, match="every row start"):  # a document may not run across rows
         flash.attention(q, k, v, torch.tensor([0, 100, 300]))
+
+
+@pytest.mark.parametrize("op", ["rms_norm", "rotary_qk", "swiglu", "attention"])
+def test_half_precision(op):
+    """fp16 in and out, fp32 inside: within fp16's rounding of the float64 reference. (bf16 takes
+    the same code; the interpreter's tl.dot cannot multiply bf16, a GPU's can.)"""
+    torch.manual_seed(0)
+    cos, sin = (t.to(DEVICE) for t in RotaryEmbedding(32, 10000)(torch.arange(40), torch.float64))
+    x, w = torch.randn(40, 2, 4, 32), torch.randn(40, 2, 2, 32)
+    fused, ref, inputs = {
+        "rms_norm": (lambda x, w: norm.rms_norm(x, w, 1e-5), lambda x, w: reference.rms_norm(x, w, 1e-5), (x, x[0, 0, 0])),
+        "rotary_qk": (lambda q, k: rope.rotary_qk(q, k, cos.half(), sin.half()),
+                      lambda q, k: reference.rotary_qk(q, k, cos, sin), (x, w)),
+        "swiglu": (silu_mul.swiglu, reference.swiglu, (x, x.flip(0))),
+        "attention": (flash.attention, reference.attention, (x, w, w.flip(0))),
+    }[op]
+    compare(fused, ref, *inputs, dtype=torch.float16, tol=1e-2)
 
 
 def tiny_config(**kw):
