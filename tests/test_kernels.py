@@ -129,7 +129,8 @@ def test_fused_loss_matches_torch_cross_entropy():
 ])
 def test_flash_attention(seq, batch, heads, kv_heads, dim):
     torch.manual_seed(0)
-    q, k, v = torch.randn(seq, batch, heads, dim), torch.randn(seq, batch, kv_heads, dim), torch.randn(seq, batch, kv_heads, dim)
+    q = torch.randn(seq, batch, heads, dim)
+    k, v = torch.randn(seq, batch, kv_heads, dim), torch.randn(seq, batch, kv_heads, dim)
     compare(flash.attention, reference.attention, q, k, v)
 
 
@@ -153,7 +154,8 @@ def test_half_precision(op):
     cos, sin = (t.to(DEVICE) for t in RotaryEmbedding(32, 10000)(torch.arange(40), torch.float64))
     x, w = torch.randn(40, 2, 4, 32), torch.randn(40, 2, 2, 32)
     fused, ref, inputs = {
-        "rms_norm": (lambda x, w: norm.rms_norm(x, w, 1e-5), lambda x, w: reference.rms_norm(x, w, 1e-5), (x, x[0, 0, 0])),
+        "rms_norm": (lambda x, w: norm.rms_norm(x, w, 1e-5), lambda x, w: reference.rms_norm(x, w, 1e-5),
+                     (x, x[0, 0, 0])),
         "rotary_qk": (lambda q, k: rope.rotary_qk(q, k, cos.half(), sin.half()),
                       lambda q, k: reference.rotary_qk(q, k, cos, sin), (x, w)),
         "swiglu": (silu_mul.swiglu, reference.swiglu, (x, x.flip(0))),

@@ -104,8 +104,9 @@ def _attention_forward(Q, K, V, O, LSE, DOC_START, stride_qs, stride_qb, stride_
     if HAS_DOCS:
         doc_start = tl.load(DOC_START + b * S + offs_m, mask=offs_m < S, other=S)
         lo = (tl.min(doc_start, axis=0) // BLOCK_N) * BLOCK_N
-        acc, l_i, m_i = _forward_blocks(acc, l_i, m_i, q, K, V, k_base, v_base, stride_ks, stride_vs, offs_m, doc_start, lo,
-                                        diagonal_end, S, scale_log2, BLOCK_N, BLOCK_D, HEAD_DIM, True, True, PRECISION)
+        acc, l_i, m_i = _forward_blocks(acc, l_i, m_i, q, K, V, k_base, v_base, stride_ks, stride_vs, offs_m,
+                                        doc_start, lo, diagonal_end, S, scale_log2, BLOCK_N, BLOCK_D, HEAD_DIM, True,
+                                        True, PRECISION)
     else:
         acc, l_i, m_i = _forward_blocks(acc, l_i, m_i, q, K, V, k_base, v_base, stride_ks, stride_vs, offs_m, offs_m, 0,
                                         block_m * BLOCK_M, S, scale_log2, BLOCK_N, BLOCK_D, HEAD_DIM, False, False,
