@@ -83,11 +83,12 @@ def cross_entropy_gradient(logits: torch.Tensor, local_target: torch.Tensor, lse
     (1 - ls) * (lse - x_t) + ls * (lse - mean_j x_j) + z * lse^2 of each row, where ``lse``
     is the row's log-sum-exp over the whole (all-shard) vocabulary of ``vocab_size``."""
     x = logits.to(_compute_dtype(logits))
-    grad = (x - lse.unsqueeze(-1)).exp() * (1.0 + 2.0 * z_loss * lse).unsqueeze(-1) - label_smoothing / vocab_size
+    grad = (x - lse.unsqueeze(-1)).exp_()  # one vocabulary-sized buffer, updated in place
+    grad.mul_((1.0 + 2.0 * z_loss * lse).unsqueeze(-1)).sub_(label_smoothing / vocab_size)
     inside = (local_target >= 0) & (local_target < x.shape[-1])
     index = local_target.clamp(0, x.shape[-1] - 1).unsqueeze(-1)
     grad.scatter_add_(-1, index, -(1.0 - label_smoothing) * inside.to(grad.dtype).unsqueeze(-1))
-    return (grad * grad_loss.unsqueeze(-1)).to(logits.dtype)
+    return grad.mul_(grad_loss.unsqueeze(-1)).to(logits.dtype)
 
 
 def document_bounds(cu_seqlens: torch.Tensor, seq: int, batch: int):
