@@ -9,7 +9,6 @@ from megalite.kernels.dispatch import (  # noqa: F401
     cross_entropy_gradient,
     cross_entropy_statistics,
     fused_kernels,
-    fused_kernels_on,
     layer_norm,
     rms_norm,
     rotary_qk,
