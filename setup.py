@@ -9,8 +9,10 @@ extras = {
     "post": ["trl>=0.9", "peft>=0.10"],
     "eval": ["lm-eval>=0.4"],
     # flash-attn is used when present but never required: it needs CUDA to build.
-    "gpu": ["triton>=3.0"],
-    "dev": ["pytest>=7", "pytest-timeout>=2"],
+    # liger-kernel only for bench/bench_kernels.py's comparison.
+    "gpu": ["triton>=3.0", "liger-kernel>=0.5"],
+    # triton also on CPU: the kernel tests run it under TRITON_INTERPRET=1.
+    "dev": ["pytest>=7", "pytest-timeout>=2", "triton>=3.0"],
 }
 
 setup(

@@ -42,7 +42,9 @@ class ModelConfig:
     init_method_std: float = opt(0.02, "std of the normal initialisation")
     make_vocab_size_divisible_by: int = opt(128, "pad the vocabulary to a multiple of this (times TP)")
     vocab_size: Optional[int] = opt(None, "vocabulary size when no tokenizer is given (--mock-data)")
-    attention_backend: str = opt("sdpa", "attention implementation", choices=["sdpa"])
+    attention_backend: str = opt("sdpa", "attention implementation: torch SDPA, megalite's Triton flash attention, or "
+                                 "the flash-attn package (falls back to triton, then sdpa, where unavailable)",
+                                 choices=["sdpa", "triton", "flash_attn"])
     # Set from the tokenizer at start-up; stored in checkpoints.
     padded_vocab_size: Optional[int] = opt(None, "padded vocabulary (normally derived)")
 
@@ -111,6 +113,9 @@ class TrainingConfig:
     loss_scale_window: int = opt(1000, "good steps before the loss scale doubles")
     hysteresis: int = opt(2, "overflows tolerated before the loss scale halves")
     recompute_granularity: Optional[str] = opt(None, "activation recomputation", choices=["full", "selective"])
+    fused_kernels: Optional[bool] = opt(None, "Triton kernels for norms, RoPE, SwiGLU and cross entropy (default: on "
+                                        "when CUDA and triton are present); --no-fused-kernels uses the torch code",
+                                        action=argparse.BooleanOptionalAction)
     eval_interval: int = opt(1000, "iterations between evaluations")
     eval_iters: int = opt(100, "global batches per evaluation")
     skip_train: bool = opt(False, "only evaluate")
@@ -336,6 +341,14 @@ def validate(cfg: Config, world_size: int = 1) -> Config:
         need(m.vocab_size, "--vocab-size (needed by --mock-data without a tokenizer)")
     if d.data_path is not None and d.tokenizer_type is None:
         raise MegaliteError("--tokenizer-type is required with --data-path")
+    from megalite.kernels.dispatch import triton_installed
+
+    if t.fused_kernels and not triton_installed():
+        raise MegaliteError("--fused-kernels needs triton (pip install triton)")
+    if m.attention_backend == "triton" and not triton_installed():
+        raise MegaliteError("--attention-backend triton needs triton (pip install triton)")
+    if m.attention_backend == "triton" and m.attention_dropout > 0:
+        raise MegaliteError("--attention-backend triton has no attention dropout: add --attention-dropout 0")
     if t.bf16 and t.fp16:
         raise MegaliteError("--bf16 and --fp16 are mutually exclusive")
     if t.global_batch_size is None:

@@ -10,11 +10,10 @@ over the ranks holding it. Activations are [seq, batch, hidden] throughout, as i
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from megalite import kernels
 from megalite.config import ModelConfig
-from megalite.model.rotary import apply_rotary
 from megalite.parallel import state
 from megalite.parallel.init import mark
 from megalite.parallel.layers import ColumnParallelLinear, RowParallelLinear
@@ -30,6 +29,7 @@ class SelfAttention(nn.Module):
         replicas = max(tp // cfg.num_query_groups, 1)  # ranks sharing one key/value head
         self.groups = max(cfg.num_query_groups // tp, 1)
         self.dropout = cfg.attention_dropout
+        self.backend = cfg.attention_backend
         self.recompute_core = recompute_core
         qkv_out = (self.heads + 2 * self.groups) * self.head_dim * tp
         self.qkv = ColumnParallelLinear(cfg.hidden_size, qkv_out, bias=cfg.add_bias_linear or cfg.add_qkv_bias,
@@ -55,18 +55,15 @@ class SelfAttention(nn.Module):
 
     def _core(self, q, k, v, rope, cache=None):
         if rope is not None:
-            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+            q, k = kernels.rotary_qk(q, k, *rope)
         mask = None
         if cache is not None:  # incremental decoding: attend to everything cached, as the mask allows
             k, v = cache.update(k, v)
             mask = cache.mask
-        q, k, v = (t.permute(1, 2, 0, 3) for t in (q, k, v))  # [batch, heads, seq, dim]
         dropout = self.dropout if self.training else 0.0
         with tp_rng(dropout > 0):  # each rank's heads are its own: independent masks
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
-                                                 dropout_p=dropout, enable_gqa=self.groups != self.heads)
-        s, b = out.shape[2], out.shape[0]
-        return out.permute(2, 0, 1, 3).reshape(s, b, self.heads * self.head_dim)
+            out = kernels.attention(q, k, v, self.backend, dropout_p=dropout, mask=mask)
+        return out.reshape(*out.shape[:2], self.heads * self.head_dim)
 
 
 def _replicate_kv_head(qkv: ColumnParallelLinear, cfg: ModelConfig, replicas: int) -> None:

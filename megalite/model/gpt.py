@@ -38,8 +38,9 @@ class TransformerLayer(nn.Module):
         self.dropout = SequenceDropout(cfg.hidden_dropout)
 
     def forward(self, x, rope=None, cache=None):
-        x = x + self.dropout(self.attention(self.input_norm(x), rope, cache))
-        return x + self.dropout(self.mlp(self.post_attention_norm(x)))
+        attended = self.dropout(self.attention(self.input_norm(x), rope, cache))
+        h, x = self.post_attention_norm(attended, residual=x)  # the residual add fused into the norm
+        return x + self.dropout(self.mlp(h))
 
 
 class GPTModel(nn.Module):

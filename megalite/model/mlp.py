@@ -5,6 +5,7 @@ import math
 import torch.nn.functional as F
 from torch import nn
 
+from megalite import kernels
 from megalite.config import ModelConfig
 from megalite.parallel.layers import ColumnParallelLinear, RowParallelLinear
 
@@ -26,5 +27,5 @@ class MLP(nn.Module):
 
     def forward(self, x):
         if self.gate is not None:
-            return self.fc2(F.silu(self.gate(x)) * self.fc1(x))
+            return self.fc2(kernels.swiglu(self.gate(x), self.fc1(x)))
         return self.fc2(F.gelu(self.fc1(x)))

@@ -1,9 +1,13 @@
-"""RMSNorm and LayerNorm, computed in fp32 whatever the activation dtype."""
+"""RMSNorm and LayerNorm, computed in fp32 whatever the activation dtype.
+
+Both take an optional ``residual``: ``norm(x, residual)`` returns (norm(x + residual),
+x + residual), which the fused kernel computes in one pass.
+"""
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from megalite import kernels
 from megalite.parallel import state
 from megalite.parallel.init import mark
 
@@ -20,9 +24,8 @@ class RMSNorm(nn.Module):
         self.eps = eps
         self.weight = _norm_param(dim, 1.0)
 
-    def forward(self, x):
-        y = F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps)
-        return y.to(x.dtype)
+    def forward(self, x, residual=None):
+        return kernels.rms_norm(x, self.weight, self.eps, residual)
 
 
 class LayerNorm(nn.Module):
@@ -32,9 +35,8 @@ class LayerNorm(nn.Module):
         self.weight = _norm_param(dim, 1.0)
         self.bias = _norm_param(dim, 0.0)
 
-    def forward(self, x):
-        y = F.layer_norm(x.float(), (x.shape[-1],), self.weight.float(), self.bias.float(), self.eps)
-        return y.to(x.dtype)
+    def forward(self, x, residual=None):
+        return kernels.layer_norm(x, self.weight, self.bias, self.eps, residual)
 
 
 def build_norm(kind: str, dim: int, eps: float) -> nn.Module:

@@ -1,6 +1,7 @@
 """Rotary position embeddings (RoPE), rotate-half convention as in Llama / GPT-NeoX.
 
-With rotary_percent < 1 only the first part of each head's dimensions is rotated.
+With rotary_percent < 1 only the first part of each head's dimensions is rotated. The
+rotation itself is ``megalite.kernels.rotary_qk``.
 """
 
 import torch
@@ -21,17 +22,3 @@ class RotaryEmbedding(nn.Module):
         emb = torch.cat((freqs, freqs), dim=-1)
         emb = emb[:, None, None, :] if positions.dim() == 1 else emb[:, :, None, :]
         return emb.cos().to(dtype), emb.sin().to(dtype)
-
-
-def _rotate_half(x):
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate ``x`` [seq, batch, heads, head_dim] by the angles in cos/sin."""
-    rot = cos.shape[-1]
-    if rot == x.shape[-1]:
-        return x * cos + _rotate_half(x) * sin
-    x_rot, x_pass = x[..., :rot], x[..., rot:]
-    return torch.cat((x_rot * cos + _rotate_half(x_rot) * sin, x_pass), dim=-1)

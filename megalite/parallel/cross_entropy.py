@@ -1,51 +1,54 @@
 """Cross entropy over logits whose vocabulary is split across tensor-parallel ranks.
 
-The full logits are never gathered: ranks exchange only the per-token max, the sum of
-exponentials and the target logit. Computed in fp32; the gradient (softmax - one_hot) is
-formed in place of the saved softmax, so the loss costs one vocabulary-sized buffer.
+The full logits are never gathered: each rank reduces its shard to per-token statistics
+(max, sum of exponentials, target logit, sum of logits) and the ranks exchange only those.
+The statistics and the gradient come from ``megalite.kernels`` (fused Triton kernels that
+stream the logits in their own dtype, or the fp32 torch reference), so the loss saves only
+the logits and one log-sum-exp per token. Optional label smoothing (over the whole
+vocabulary), z-loss (``z * lse^2``, as in PaLM) and an ignore index (zero loss and gradient).
 """
 
 import torch
 import torch.distributed as dist
 
+from megalite import kernels
 from megalite.parallel import state
 
 
 class _VocabParallelCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, logits, target, group):
-        ctx.in_dtype = logits.dtype
-        logits = logits.float()  # note: for fp32 input this is the caller's tensor, reused in place
+    def forward(ctx, logits, target, group, ignore_index, label_smoothing, z_loss):
         vocab_per_rank = logits.shape[-1]
-        start = (dist.get_rank(group) if group is not None else 0) * vocab_per_rank
-        local = target - start
-        outside = (local < 0) | (local >= vocab_per_rank)
-        local = local.masked_fill(outside, 0)
-
-        row_max = logits.max(dim=-1).values
+        rank, ranks = (dist.get_rank(group), dist.get_world_size(group)) if group is not None else (0, 1)
+        local = target - rank * vocab_per_rank  # outside [0, vocab_per_rank) when another rank holds it
+        shard_max, sum_exp, target_logit, sum_logits = kernels.cross_entropy_statistics(logits, local)
+        row_max = shard_max.clone()
         if group is not None:
             dist.all_reduce(row_max, op=dist.ReduceOp.MAX, group=group)
-        logits.sub_(row_max.unsqueeze(-1))
-        target_logit = logits.gather(-1, local.unsqueeze(-1)).squeeze(-1).masked_fill(outside, 0.0)
-        exp = logits.exp_()
-        sum_exp = exp.sum(dim=-1)
+        sums = torch.stack([sum_exp * torch.exp(shard_max - row_max), target_logit, sum_logits])
         if group is not None:
-            dist.all_reduce(target_logit, group=group)
-            dist.all_reduce(sum_exp, group=group)
-        loss = torch.log(sum_exp) - target_logit
-        softmax = exp.div_(sum_exp.unsqueeze(-1))
-        ctx.save_for_backward(softmax, local, outside)
-        return loss
+            dist.all_reduce(sums, group=group)
+        sum_exp, target_logit, sum_logits = sums
+        lse = row_max + torch.log(sum_exp)
+        vocab = vocab_per_rank * ranks
+        loss = lse - (1.0 - label_smoothing) * target_logit - label_smoothing * sum_logits / vocab
+        if z_loss:
+            loss = loss + z_loss * lse.square()
+        ignored = target == ignore_index
+        ctx.save_for_backward(logits, local, lse, ignored)
+        ctx.label_smoothing, ctx.vocab, ctx.z_loss = label_smoothing, vocab, z_loss
+        return loss.masked_fill(ignored, 0.0)
 
     @staticmethod
     def backward(ctx, grad_loss):
-        softmax, local, outside = ctx.saved_tensors
-        grad = softmax
-        grad.scatter_add_(-1, local.unsqueeze(-1), (outside.to(grad.dtype) - 1.0).unsqueeze(-1))
-        grad.mul_(grad_loss.unsqueeze(-1))
-        return grad.to(ctx.in_dtype), None, None
+        logits, local, lse, ignored = ctx.saved_tensors
+        grad = kernels.cross_entropy_gradient(logits, local, lse, grad_loss.masked_fill(ignored, 0.0),
+                                              ctx.label_smoothing, ctx.vocab, ctx.z_loss)
+        return grad, None, None, None, None, None
 
 
-def vocab_parallel_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def vocab_parallel_cross_entropy(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = -100,
+                                 label_smoothing: float = 0.0, z_loss: float = 0.0) -> torch.Tensor:
     """Per-token loss (fp32, shape of ``target``) from this rank's slice of the logits."""
-    return _VocabParallelCrossEntropy.apply(logits, target, state.get().tp_group)
+    return _VocabParallelCrossEntropy.apply(logits, target, state.get().tp_group, ignore_index, label_smoothing,
+                                            z_loss)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from megalite import kernels
 from megalite.config import Config, data_parallel_size, inherit_model_settings, validate
 from megalite.errors import MegaliteError
 from megalite.model.gpt import ModelChunks, build_stage_model
@@ -61,6 +62,7 @@ class Trainer:
         self.cfg, self.device = cfg, device
         m, p, t = cfg.model, cfg.parallel, cfg.training
         s = state.initialize(p.tensor_model_parallel_size, p.pipeline_model_parallel_size, p.sequence_parallel)
+        kernels.set_fused_kernels(t.fused_kernels)
         set_seeds(t.seed + 100 * s.pp_rank)
         seed_tp_rng(t.seed + 100 * s.pp_rank)
         self.tokenizer = build_tokenizer_from(cfg)

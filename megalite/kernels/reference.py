@@ -1,0 +1,124 @@
+"""Pure-torch versions of every fused kernel: the fallback path and the tests' oracle.
+
+Each function has the same signature and result as its Triton twin in this package
+(norm.py, rope.py, silu_mul.py, cross_entropy.py, flash_attention.py). Half-precision
+inputs are computed in fp32; fp32 and fp64 inputs keep their precision, so the tests can
+run these in float64.
+"""
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.promote_types(x.dtype, torch.float32)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: Optional[torch.Tensor] = None):
+    """RMSNorm of ``x`` (or of ``x + residual``, then returning (normed, x + residual))."""
+    if residual is not None:
+        total = x + residual
+        return rms_norm(total, weight, eps), total
+    dt = _compute_dtype(x)
+    return F.rms_norm(x.to(dt), (x.shape[-1],), weight.to(dt), eps).to(x.dtype)
+
+
+def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
+               residual: Optional[torch.Tensor] = None):
+    """LayerNorm of ``x`` (or of ``x + residual``, then returning (normed, x + residual))."""
+    if residual is not None:
+        total = x + residual
+        return layer_norm(total, weight, bias, eps), total
+    dt = _compute_dtype(x)
+    return F.layer_norm(x.to(dt), (x.shape[-1],), weight.to(dt), bias.to(dt), eps).to(x.dtype)
+
+
+def _rotate_half(x):
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x`` [seq, batch, heads, head_dim] by the angles in cos/sin ([seq, 1 or batch, 1, rot]);
+    dimensions past ``rot`` pass through (partial rotary)."""
+    rot = cos.shape[-1]
+    if rot == x.shape[-1]:
+        return x * cos + _rotate_half(x) * sin
+    x_rot, x_pass = x[..., :rot], x[..., rot:]
+    return torch.cat((x_rot * cos + _rotate_half(x_rot) * sin, x_pass), dim=-1)
+
+
+def rotary_qk(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+    """RoPE on queries and keys alike (rotate-half convention, as in Llama / GPT-NeoX)."""
+    return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+
+
+def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """silu(gate) * up."""
+    return F.silu(gate) * up
+
+
+def cross_entropy_statistics(logits: torch.Tensor, local_target: torch.Tensor):
+    """Per-row statistics of one vocabulary shard, from which ranks combine the loss.
+
+    ``logits`` [..., V_shard]; ``local_target`` holds the target's index in this shard, or
+    any index outside [0, V_shard) when the target lives elsewhere. Returns fp32 (at least)
+    (max, sum of exp(logit - max), target logit or 0, sum of logits), each of shape [...].
+    """
+    x = logits.to(_compute_dtype(logits))
+    row_max = x.max(dim=-1).values
+    sum_exp = (x - row_max.unsqueeze(-1)).exp().sum(dim=-1)
+    inside = (local_target >= 0) & (local_target < x.shape[-1])
+    index = local_target.clamp(0, x.shape[-1] - 1).unsqueeze(-1)
+    target_logit = x.gather(-1, index).squeeze(-1).masked_fill(~inside, 0.0)
+    return row_max, sum_exp, target_logit, x.sum(dim=-1)
+
+
+def cross_entropy_gradient(logits: torch.Tensor, local_target: torch.Tensor, lse: torch.Tensor,
+                           grad_loss: torch.Tensor, label_smoothing: float, vocab_size: int,
+                           z_loss: float) -> torch.Tensor:
+    """d loss / d logits of this shard, in the logits' dtype, for the loss
+    (1 - ls) * (lse - x_t) + ls * (lse - mean_j x_j) + z * lse^2 of each row, where ``lse``
+    is the row's log-sum-exp over the whole (all-shard) vocabulary of ``vocab_size``."""
+    x = logits.to(_compute_dtype(logits))
+    grad = (x - lse.unsqueeze(-1)).exp_()  # one vocabulary-sized buffer, updated in place
+    grad.mul_((1.0 + 2.0 * z_loss * lse).unsqueeze(-1)).sub_(label_smoothing / vocab_size)
+    inside = (local_target >= 0) & (local_target < x.shape[-1])
+    index = local_target.clamp(0, x.shape[-1] - 1).unsqueeze(-1)
+    grad.scatter_add_(-1, index, -(1.0 - label_smoothing) * inside.to(grad.dtype).unsqueeze(-1))
+    return grad.mul_(grad_loss.unsqueeze(-1)).to(logits.dtype)
+
+
+def document_bounds(cu_seqlens: torch.Tensor, seq: int, batch: int):
+    """(start, end) [batch, seq] int32: where the document holding each token begins and ends
+    (exclusive) within its row. ``cu_seqlens`` [docs + 1] are the boundaries over the batch rows
+    laid end to end, flash-attn's varlen convention; every row must start a document."""
+    cu = cu_seqlens.to(torch.int64)
+    total = seq * batch
+    row_starts = torch.arange(0, total, seq, device=cu.device)
+    if cu[0] != 0 or cu[-1] != total or bool((cu[1:] <= cu[:-1]).any()) or not bool(torch.isin(row_starts, cu).all()):
+        raise ValueError(f"cu_seqlens must rise strictly from 0 to seq x batch = {total} and include every row "
+                         f"start (multiples of {seq}); got {cu.tolist()}")
+    doc = torch.searchsorted(cu, torch.arange(total, device=cu.device), right=True) - 1
+    offset = row_starts.repeat_interleave(seq)
+    start, end = cu[doc] - offset, cu[doc + 1] - offset
+    return start.view(batch, seq).to(torch.int32), end.view(batch, seq).to(torch.int32)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: Optional[torch.Tensor] = None,
+              dropout_p: float = 0.0, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Causal attention over q [seq, batch, heads, dim], k/v [seq, batch, kv_heads, dim]
+    (grouped-query when kv_heads < heads) -> [seq, batch, heads, dim]. ``cu_seqlens`` keeps
+    attention inside documents; an explicit bool ``mask`` [batch, 1, q_len, k_len] replaces
+    the causal one (decoding with a cache)."""
+    s, b = q.shape[:2]
+    if cu_seqlens is not None:
+        start, _ = document_bounds(cu_seqlens, s, b)
+        keys = torch.arange(s, device=q.device)
+        mask = ((keys[None, None, :] <= keys[None, :, None]) & (keys[None, None, :] >= start[:, :, None]))[:, None]
+    qh, kh, vh = (t.permute(1, 2, 0, 3) for t in (q, k, v))  # [batch, heads, seq, dim]
+    out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, is_causal=mask is None, dropout_p=dropout_p,
+                                         enable_gqa=q.shape[2] != k.shape[2])
+    return out.permute(2, 0, 1, 3)
