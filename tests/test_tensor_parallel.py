@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from megalite.config import ModelConfig, parse_config
-from megalite.hf.convert import gather_replicated_qkv
+from megalite.training.reshard import gather_replicated_qkv
 from megalite.errors import MegaliteError
 from megalite.parallel.state import layout
 from megalite.training.trainer import pretrain

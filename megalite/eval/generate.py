@@ -21,7 +21,7 @@ import torch.distributed as dist
 
 from megalite.config import Config
 from megalite.errors import MegaliteError
-from megalite.hf.convert import load_full_state
+from megalite.training.reshard import load_full_state
 from megalite.model import GPTModel
 from megalite.model.gpt import build_stage_model
 from megalite.model.kv_cache import KVCache

@@ -5,11 +5,9 @@ copy of the model. Tensor-parallel checkpoints are gathered with the split metad
 carry. See megalite/hf/layout.py for the name and layout mapping.
 """
 
-import glob
 import json
 import os
 import shutil
-from collections.abc import Mapping
 from typing import Dict, Optional
 
 import torch
@@ -20,74 +18,13 @@ from megalite.hf.config import hf_config, is_gpt2_style, model_config
 from megalite.data.tokenizer import Tokenizer, build_tokenizer
 from megalite.hf.layout import from_hf, gpt2_from_hf, gpt2_to_hf, to_hf
 from megalite.hf.tokenizer import export_tokenizer
-from megalite.training.checkpointing import FORMAT_VERSION, TRACKER, find_checkpoint, iteration_dir
+from megalite.training.checkpointing import FORMAT_VERSION, TRACKER, iteration_dir
+from megalite.training.reshard import load_full_state
 from megalite.utils.atomic import atomic_write
 from megalite.utils.progress import Progress
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
-
-
-class _GatheredState(Mapping):
-    """The model state of a checkpoint by name: each tensor from the pipeline stage that holds
-    it (the first, for a tied embedding both ends hold), its tensor-parallel shards gathered on
-    access, so conversion holds at most one gathered tensor at a time (files are mmapped)."""
-
-    def __init__(self, stages, cfg: ModelConfig):
-        self.cfg = cfg
-        self.owner = {}
-        for shards in stages:  # stages in pipeline order, each a list of TP-rank payloads
-            for name in shards[0]["model"]:
-                self.owner.setdefault(name, shards)
-
-    def __getitem__(self, name: str) -> torch.Tensor:
-        shards = self.owner[name]
-        split = shards[0].get("tensor_parallel", {}).get(name)
-        parts = [p["model"][name] for p in shards]
-        if split is None:
-            return parts[0]
-        if split.get("kv_head_replicas"):
-            return gather_replicated_qkv(parts, self.cfg)
-        return torch.cat(parts, dim=split["dim"])
-
-    def __iter__(self):
-        return iter(self.owner)
-
-    def __len__(self) -> int:
-        return len(self.owner)
-
-
-def load_full_state(load: str):
-    """(model state by name, gathered over tensor- and pipeline-parallel files lazily, saved args)."""
-    folder = find_checkpoint(load)
-    if folder is None:
-        raise MegaliteError(f"{load}: no checkpoint found (no {TRACKER})")
-    files = sorted(glob.glob(os.path.join(folder, "mp_rank_*", "model_optim_rng.pt")))
-    if not files:
-        raise MegaliteError(f"{folder}: no mp_rank_*/model_optim_rng.pt files")
-    try:
-        payloads = [torch.load(f, map_location="cpu", weights_only=True, mmap=True) for f in files]
-    except Exception as e:
-        raise MegaliteError(f"{folder}: cannot read checkpoint ({type(e).__name__}: {e})") from None
-    # mp_rank_TT or mp_rank_TT_PPP: group by pipeline stage, tensor-parallel ranks in order
-    stages = {}
-    for f, payload in zip(files, payloads):
-        parts = os.path.basename(os.path.dirname(f)).split("_")[2:]
-        stages.setdefault(int(parts[1]) if len(parts) > 1 else 0, []).append(payload)
-    ordered = [stages[k] for k in sorted(stages)]
-    return _GatheredState(ordered, Config.from_dict(payloads[0]["args"]).model), payloads[0]["args"]
-
-
-def gather_replicated_qkv(shards, cfg: ModelConfig) -> torch.Tensor:
-    """The full fused QKV rows from TP ranks that each hold their own query heads followed by
-    a copy of the key/value head they share with the next ``replicas - 1`` ranks."""
-    groups, d = cfg.num_query_groups, cfg.kv_channels
-    replicas, mine = len(shards) // groups, cfg.num_attention_heads // len(shards)
-    out = []
-    for g in range(groups):
-        ranks = shards[g * replicas : (g + 1) * replicas]
-        out += [r[: mine * d] for r in ranks] + [ranks[0][mine * d :]]
-    return torch.cat(out)
 
 
 def export_hf(load: str, out_dir: str, dtype: str = "bf16", max_shard_bytes: int = 5 * 2**30,

@@ -45,6 +45,11 @@ def shard(full: torch.Tensor, dim: Optional[int]) -> torch.Tensor:
     return full.chunk(s.tp_size, dim=dim)[s.tp_rank]
 
 
+def shard_like(param, full: torch.Tensor) -> torch.Tensor:
+    """This rank's part of ``full`` for ``param``: the split its layer recorded with ``mark``."""
+    return param.tp_shard_fn(full) if param.tp_shard_fn is not None else shard(full, param.tp_dim)
+
+
 @torch.no_grad()
 def initialize(module: torch.nn.Module, seed: int) -> None:
     for name, p in module.named_parameters():
@@ -55,4 +60,4 @@ def initialize(module: torch.nn.Module, seed: int) -> None:
             continue
         g = torch.Generator().manual_seed(name_seed(seed, name))
         full = torch.empty(full_shape(p), dtype=torch.float32).normal_(0.0, p.init_std, generator=g)
-        p.copy_(p.tp_shard_fn(full) if p.tp_shard_fn is not None else shard(full, p.tp_dim))
+        p.copy_(shard_like(p, full))

@@ -205,6 +205,16 @@ def load_model_state(model, sd: Dict, where: str) -> None:
         raise MegaliteError(f"{where}: weights do not fit this model ({first[0].strip()})") from None
 
 
+LAYOUT_FIELDS = ("tensor_model_parallel_size", "pipeline_model_parallel_size", "num_layers_per_virtual_pipeline_stage",
+                 "decoder_first_pipeline_num_layers", "decoder_last_pipeline_num_layers")
+
+
+def _same_layout(saved_args: Dict, cfg: Config) -> bool:
+    """Whether this rank's model file holds exactly this rank's parameters (any DP size does)."""
+    saved = saved_args.get("parallel", {})
+    return all(saved.get(k) == getattr(cfg.parallel, k) for k in LAYOUT_FIELDS)
+
+
 def _shard_pieces(folder: str):
     """The distributed-optimizer pieces saved beside this rank's model file (any DP size)."""
     for path in sorted(glob.glob(os.path.join(os.path.dirname(rank_file(folder)), "distrib_optim_*.pt"))):
@@ -222,13 +232,20 @@ def load_checkpoint(cfg: Config, model, optimizer):
         if state.get().rank == 0:
             print(f"no checkpoint in {c.load}; starting from scratch", flush=True)
         return 0, 0, 0
-    sd = read_checkpoint(folder)
-    check_architecture(sd["args"], cfg, folder)
-    load_model_state(model, sd, folder)
+    saved = saved_settings(folder)
+    check_architecture(saved, cfg, folder)
+    load_optim = not (c.finetune or c.no_load_optim)
+    if _same_layout(saved, cfg):
+        sd = read_checkpoint(folder)
+        load_model_state(model, sd, folder)
+        if load_optim:
+            optimizer.load_state_dict(sd["optimizer"], _shard_pieces(folder))
+    else:  # saved with other tensor / pipeline sizes: gather and re-cut (reshard imports this module)
+        from megalite.training.reshard import load_resharded
+
+        sd = load_resharded(folder, model, optimizer if load_optim else None)
     if c.finetune:
         return 0, 0, 0
-    if not c.no_load_optim:
-        optimizer.load_state_dict(sd["optimizer"], _shard_pieces(folder))
     if not c.no_load_rng:
         rngs = sd["rng"]
         s = state.get()

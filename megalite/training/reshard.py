@@ -1,0 +1,152 @@
+"""Reading a checkpoint in another parallel layout.
+
+A checkpoint holds one file per (tensor, pipeline) rank and, with the distributed optimizer,
+one optimizer shard per data-parallel rank. ``load_full_state`` presents the model weights
+by global name, tensor-parallel shards gathered on access (the HF exporter and one-process
+generation use it); ``load_resharded`` loads weights *and* optimizer state into a model laid
+out in any other TP / PP / virtual-pipeline / DP / ZeRO arrangement: each saved rank's
+optimizer pieces are assembled into its local tensors, gathered across the saved tensor-
+parallel ranks like the weights, and cut again the way initialisation cuts a full tensor
+for this rank.
+"""
+
+import glob
+import os
+from collections.abc import Mapping
+from typing import Dict, List, Tuple
+
+import torch
+
+from megalite.config import Config, ModelConfig
+from megalite.errors import MegaliteError
+from megalite.parallel.init import shard_like
+from megalite.training.checkpointing import TRACKER, find_checkpoint
+
+OPTIMIZER_KINDS = ("master", "exp_avg", "exp_avg_sq")
+
+
+class _GatheredState(Mapping):
+    """The model state of a checkpoint by name: each tensor from the pipeline stage that holds
+    it (the first, for a tied embedding both ends hold), its tensor-parallel shards gathered on
+    access, so conversion holds at most one gathered tensor at a time (files are mmapped)."""
+
+    def __init__(self, stages, cfg: ModelConfig):
+        self.cfg = cfg
+        self.owner = {}
+        for shards in stages:  # stages in pipeline order, each a list of TP-rank payloads
+            for name in shards[0]["model"]:
+                self.owner.setdefault(name, shards)
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        shards = self.owner[name]
+        split = shards[0].get("tensor_parallel", {}).get(name)
+        parts = [p["model"][name] for p in shards]
+        if split is None:
+            return parts[0]
+        if split.get("kv_head_replicas"):
+            return gather_replicated_qkv(parts, self.cfg)
+        return torch.cat(parts, dim=split["dim"])
+
+    def __iter__(self):
+        return iter(self.owner)
+
+    def __len__(self) -> int:
+        return len(self.owner)
+
+
+def _read(path: str) -> Dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # truncated or corrupt files raise a zoo of exception types
+        raise MegaliteError(f"{path}: cannot read checkpoint ({type(e).__name__}: {e})") from None
+
+
+def _rank_files(load: str) -> Tuple[str, List[List[str]]]:
+    """(iteration folder, model files grouped by pipeline stage, tensor-parallel ranks in order)."""
+    folder = find_checkpoint(load)
+    if folder is None:
+        raise MegaliteError(f"{load}: no checkpoint found (no {TRACKER})")
+    files = sorted(glob.glob(os.path.join(folder, "mp_rank_*", "model_optim_rng.pt")))
+    if not files:
+        raise MegaliteError(f"{folder}: no mp_rank_*/model_optim_rng.pt files")
+    stages: Dict[int, List[str]] = {}
+    for f in files:  # mp_rank_TT or mp_rank_TT_PPP
+        parts = os.path.basename(os.path.dirname(f)).split("_")[2:]
+        stages.setdefault(int(parts[1]) if len(parts) > 1 else 0, []).append(f)
+    return folder, [stages[k] for k in sorted(stages)]
+
+
+def load_full_state(load: str):
+    """(model state by name, gathered over tensor- and pipeline-parallel files lazily, saved args)."""
+    _, stages = _rank_files(load)
+    payloads = [[_read(f) for f in files] for files in stages]
+    args = payloads[0][0]["args"]
+    return _GatheredState(payloads, Config.from_dict(args).model), args
+
+
+def _optimizer_tensors(model_file: str, payload: Dict) -> Tuple[Dict[str, Dict[str, torch.Tensor]], float]:
+    """({kind: {name: this saved rank's local tensor}}, Adam's step) from the pieces in its
+    model file and in the distributed-optimizer shards beside it."""
+    pieces = list(payload["optimizer"].get("pieces", []))
+    for shard in sorted(glob.glob(os.path.join(os.path.dirname(model_file), "distrib_optim_*.pt"))):
+        pieces += _read(shard)["pieces"]
+    out: Dict[str, Dict[str, torch.Tensor]] = {kind: {} for kind in OPTIMIZER_KINDS}
+    step = 0.0
+    for e in pieces:
+        lo, hi = e["range"]
+        step = e.get("step", step)
+        for kind in OPTIMIZER_KINDS:
+            if kind in e:
+                flat = out[kind].setdefault(e["name"], torch.zeros(torch.Size(e["shape"]).numel()))
+                flat[lo:hi] = e[kind]
+    shaped = {kind: {n: t.view(payload["model"][n].shape) for n, t in named.items()} for kind, named in out.items()}
+    return shaped, step
+
+
+@torch.no_grad()
+def load_resharded(load: str, model, optimizer) -> Dict:
+    """Load weights and (unless ``optimizer`` is None) optimizer state saved in any parallel
+    layout into this rank's ``model`` / ``optimizer``; returns the first saved rank's payload
+    (iteration, consumed samples, random states, settings)."""
+    _, stages = _rank_files(load)
+    payloads = [[_read(f) for f in files] for files in stages]
+    cfg = Config.from_dict(payloads[0][0]["args"]).model
+    weights = _GatheredState(payloads, cfg)
+    params = dict(model.named_parameters())
+    missing = sorted(set(params) - set(weights))
+    if missing:
+        raise MegaliteError(f"{load}: the checkpoint has no {missing[0]} (and {len(missing) - 1} more)")
+    for name, p in params.items():
+        p.copy_(shard_like(p, weights[name]))
+    if optimizer is not None:
+        local = [[_optimizer_tensors(f, pl) for f, pl in zip(files, stage)] for files, stage in zip(stages, payloads)]
+        gathered = {kind: _GatheredState([[{"model": tensors[kind], "tensor_parallel": pl.get("tensor_parallel", {})}
+                                           for (tensors, _), pl in zip(ranks, stage)]
+                                          for ranks, stage in zip(local, payloads)], cfg)
+                    for kind in OPTIMIZER_KINDS}
+        step = local[0][0][1]
+        pieces = []
+        for name, p in params.items():
+            if not p.requires_grad:
+                continue
+            entry = {"name": name, "range": [0, p.numel()], "shape": list(p.shape), "step": step}
+            for kind in OPTIMIZER_KINDS:
+                if name in gathered[kind]:
+                    entry[kind] = shard_like(p, gathered[kind][name]).reshape(-1).float()
+            pieces.append(entry)
+        optimizer.load_state_dict({"scaler": payloads[0][0]["optimizer"]["scaler"], "pieces": pieces})
+    return payloads[0][0]
+
+
+def gather_replicated_qkv(shards, cfg: ModelConfig) -> torch.Tensor:
+    """The full fused QKV rows from TP ranks that each hold their own query heads followed by
+    a copy of the key/value head they share with the next ``replicas - 1`` ranks."""
+    groups, d = cfg.num_query_groups, cfg.kv_channels
+    replicas, mine = len(shards) // groups, cfg.num_attention_heads // len(shards)
+    out = []
+    for g in range(groups):
+        ranks = shards[g * replicas : (g + 1) * replicas]
+        out += [r[: mine * d] for r in ranks] + [ranks[0][mine * d :]]
+    return torch.cat(out)
+
+
