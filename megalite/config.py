@@ -139,6 +139,7 @@ class CheckpointConfig:
     no_load_rng: bool = opt(False, "do not restore random states")
     exit_interval: Optional[int] = opt(None, "save and exit when the iteration is a multiple of this")
     exit_duration_in_mins: Optional[float] = opt(None, "save and exit after this many minutes")
+    keep_last: Optional[int] = opt(None, "keep only the newest N checkpoints (the newest complete one is never removed)")
 
 
 SECTIONS = {

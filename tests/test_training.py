@@ -192,3 +192,22 @@ def test_crash_during_save_keeps_the_previous_checkpoint(tmp_path, tiny_corpus, 
     assert not (tmp_path / "ck" / "iter_0000004").exists()
     rows, _ = train(tmp_path, tiny_corpus, "c", save=str(tmp_path / "ck"), load=str(tmp_path / "ck"), train_iters=4)
     assert [r["iteration"] for r in rows] == [3, 4]
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda b: b[: len(b) // 2], "bytes, but the save wrote"),
+    (lambda b: b[:1000] + bytes([b[1000] ^ 0xFF]) + b[1001:], "checksum mismatch"),
+], ids=["truncated", "bit-flip"])
+def test_damaged_checkpoint_is_refused_by_name(tmp_path, tiny_corpus, damage, message):
+    train(tmp_path, tiny_corpus, "a", save=str(tmp_path / "ck"), train_iters=2)
+    path = tmp_path / "ck" / "iter_0000002" / "mp_rank_00" / "model_optim_rng.pt"
+    path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(MegaliteError, match=f"{path}: .*{message}"):
+        train(tmp_path, tiny_corpus, "b", load=str(tmp_path / "ck"), train_iters=3)
+
+
+def test_keep_last_retains_the_newest_checkpoints(tmp_path, tiny_corpus):
+    train(tmp_path, tiny_corpus, save=str(tmp_path / "ck"), save_interval=1, keep_last=2, train_iters=4)
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir() if p.name.startswith("iter_")) == \
+        ["iter_0000003", "iter_0000004"]
+    assert (tmp_path / "ck" / "latest_checkpointed_iteration.txt").read_text() == "4"

@@ -15,10 +15,12 @@ replaced, so an interrupted save never damages the previous checkpoint.
 """
 
 import glob
+import hashlib
+import json
 import os
 import random
 import shutil
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
@@ -31,6 +33,7 @@ from megalite.parallel.random import get_tp_rng_state, set_tp_rng_state
 from megalite.utils.atomic import atomic_write, fsync_path
 
 TRACKER = "latest_checkpointed_iteration.txt"
+CHECKSUMS = "checksums.json"
 FORMAT_VERSION = 2  # 2: optimizer state as pieces (name, flat range)
 
 
@@ -94,7 +97,7 @@ def split_metadata(model) -> Dict:
 
 
 def save_checkpoint(root: str, iteration: int, model, optimizer, cfg: Config,
-                    consumed_samples: int, consumed_tokens: int) -> str:
+                    consumed_samples: int, consumed_tokens: int, keep_last: Optional[int] = None) -> str:
     s = state.get()
     final = iteration_dir(root, iteration)
     tmp = os.path.join(root, f".tmp_iter_{iteration:07d}")
@@ -109,11 +112,12 @@ def save_checkpoint(root: str, iteration: int, model, optimizer, cfg: Config,
         rngs = [rng_state()]
     path = rank_file(tmp)
     os.makedirs(os.path.dirname(path), exist_ok=True)
+    written = []
     optim = optimizer.state_dict()
     if optimizer.buffer.distributed:  # every rank's own pieces, in a file of its own
         shard = os.path.join(os.path.dirname(path), f"distrib_optim_{s.dp_rank:03d}.pt")
         torch.save({"pieces": optim.pop("pieces")}, shard)
-        fsync_path(shard)
+        written.append(shard)
         optim["pieces"] = []
     if s.dp_rank == 0:
         payload = {
@@ -130,8 +134,8 @@ def save_checkpoint(root: str, iteration: int, model, optimizer, cfg: Config,
             "layers": sorted({int(k.split(".")[1]) for k in model.state_dict() if k.startswith("layers.")}),
         }
         torch.save(payload, path)
-        fsync_path(path)
-    _barrier()
+        written.append(path)
+    _write_checksums(tmp, written)
     if s.rank == 0:
         old = final + ".old"
         if os.path.exists(final):
@@ -141,8 +145,66 @@ def save_checkpoint(root: str, iteration: int, model, optimizer, cfg: Config,
         fsync_path(root)
         with atomic_write(os.path.join(root, TRACKER), "w") as f:
             f.write(str(iteration))
+        if keep_last:
+            _remove_old_checkpoints(root, keep_last)
     _barrier()
     return final
+
+
+def _write_checksums(folder: str, written: List[str]) -> None:
+    """fsync this rank's files, then rank 0 records every rank's file sizes and digests in
+    ``checksums.json`` (after all ranks have written), so loading can refuse damaged files."""
+    mine = {}
+    for path in written:
+        fsync_path(path)
+        mine[os.path.relpath(path, folder)] = _file_digest(path)
+    everyone = [mine]
+    if dist.is_available() and dist.is_initialized():
+        everyone = [None] * dist.get_world_size()
+        dist.all_gather_object(everyone, mine)
+    if state.get().rank == 0:
+        merged = {k: v for d in everyone for k, v in d.items()}
+        with atomic_write(os.path.join(folder, CHECKSUMS), "w") as f:
+            json.dump(dict(sorted(merged.items())), f, indent=1)
+
+
+def _file_digest(path: str) -> Dict:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            h.update(block)
+    return {"bytes": os.path.getsize(path), "sha256": h.hexdigest()}
+
+
+_verified = set()  # (path, size, mtime) already checked by this process
+
+
+def verify_file(path: str) -> None:
+    """Refuse a checkpoint file whose size or digest differs from what its save recorded."""
+    stat = os.stat(path)
+    key = (os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
+    if key in _verified:
+        return
+    folder = os.path.dirname(os.path.dirname(path))
+    index = os.path.join(folder, CHECKSUMS)
+    if not os.path.isfile(index):
+        return  # written before checksums existed
+    expected = json.load(open(index)).get(os.path.relpath(path, folder))
+    if expected is None:
+        raise MegaliteError(f"{path}: not listed in {index} (a file from another save?)")
+    size = os.path.getsize(path)
+    if size != expected["bytes"]:
+        raise MegaliteError(f"{path}: {size} bytes, but the save wrote {expected['bytes']} (truncated or replaced)")
+    if _file_digest(path)["sha256"] != expected["sha256"]:
+        raise MegaliteError(f"{path}: contents differ from what the save wrote (corrupted); checksum mismatch")
+    _verified.add(key)
+
+
+def _remove_old_checkpoints(root: str, keep: int) -> None:
+    """Keep the newest ``keep`` complete iteration folders (the tracked one always among them)."""
+    done = sorted(d for d in os.listdir(root) if d.startswith("iter_") and d[5:].isdigit())
+    for name in done[:-keep]:
+        shutil.rmtree(os.path.join(root, name), ignore_errors=True)
 
 
 def find_checkpoint(load: str) -> Optional[str]:
@@ -173,6 +235,7 @@ def saved_settings(load: str) -> Optional[Dict]:
     first = sorted(glob.glob(os.path.join(folder, "mp_rank_*", "model_optim_rng.pt")))
     if not first:
         raise MegaliteError(f"{folder}: no mp_rank_*/model_optim_rng.pt files")
+    verify_file(first[0])
     try:
         return torch.load(first[0], map_location="cpu", weights_only=True, mmap=True)["args"]
     except Exception as e:
@@ -183,6 +246,7 @@ def read_checkpoint(folder: str) -> Dict:
     path = rank_file(folder)
     if not os.path.isfile(path):
         raise MegaliteError(f"{path}: missing (was the checkpoint saved with another parallel layout?)")
+    verify_file(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated or corrupt files raise a zoo of exception types
@@ -218,6 +282,7 @@ def _same_layout(saved_args: Dict, cfg: Config) -> bool:
 def _shard_pieces(folder: str):
     """The distributed-optimizer pieces saved beside this rank's model file (any DP size)."""
     for path in sorted(glob.glob(os.path.join(os.path.dirname(rank_file(folder)), "distrib_optim_*.pt"))):
+        verify_file(path)
         try:
             yield from torch.load(path, map_location="cpu", weights_only=True, mmap=True)["pieces"]
         except Exception as e:

@@ -20,7 +20,7 @@ import torch
 from megalite.config import Config, ModelConfig
 from megalite.errors import MegaliteError
 from megalite.parallel.init import shard_like
-from megalite.training.checkpointing import TRACKER, find_checkpoint
+from megalite.training.checkpointing import TRACKER, find_checkpoint, verify_file
 
 OPTIMIZER_KINDS = ("master", "exp_avg", "exp_avg_sq")
 
@@ -55,6 +55,7 @@ class _GatheredState(Mapping):
 
 
 def _read(path: str) -> Dict:
+    verify_file(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:  # truncated or corrupt files raise a zoo of exception types

@@ -215,7 +215,7 @@ class Trainer:
         self.grads.wait_params()
         with self.grads.full_params():
             path = save_checkpoint(self.cfg.checkpoint.save, self.iteration, self.model, self.optimizer, self.cfg,
-                                   self.consumed_samples, self.consumed_tokens)
+                                   self.consumed_samples, self.consumed_tokens, self.cfg.checkpoint.keep_last)
         if state.get().rank == 0:
             print(f"saved checkpoint {path}", flush=True)
 
