@@ -93,6 +93,8 @@ class TrainingConfig:
     train_iters: Optional[int] = opt(None, "optimizer steps")
     train_samples: Optional[int] = opt(None, "samples to train on (instead of --train-iters)")
     seed: int = opt(1234, "seed for initialisation, data order and dropout")
+    nan_policy: str = opt("stop", "on a non-finite loss or gradient: stop; skip the update; or roll back to the "
+                                  "last checkpoint and skip the data since", choices=["stop", "skip", "rollback"])
     lr: float = opt(1e-4, "peak learning rate")
     min_lr: float = opt(0.0, "learning rate at the end of decay")
     lr_decay_style: str = opt("cosine", "decay shape", choices=["constant", "linear", "cosine", "WSD"])

@@ -1,3 +1,5 @@
+import json
+import math
 import os
 import signal
 import subprocess
@@ -211,3 +213,51 @@ def test_keep_last_retains_the_newest_checkpoints(tmp_path, tiny_corpus):
     assert sorted(p.name for p in (tmp_path / "ck").iterdir() if p.name.startswith("iter_")) == \
         ["iter_0000003", "iter_0000004"]
     assert (tmp_path / "ck" / "latest_checkpointed_iteration.txt").read_text() == "4"
+
+
+def _nan_on_step(tr, monkeypatch, step, per_step=2):
+    """Make the model's forward give nan losses during optimizer step ``step`` (1-based)."""
+    forward, calls = tr.model.forward, [0]
+
+    def poisoned(*a, **k):
+        calls[0] += 1
+        out = forward(*a, **k)
+        return out * float("nan") if (calls[0] - 1) // per_step == step - 1 else out
+
+    monkeypatch.setattr(tr.model, "forward", poisoned)
+
+
+def test_nan_policy_skip_drops_the_update(tiny_corpus, monkeypatch):
+    from megalite.training.data import microbatches
+
+    tr = make_trainer(tiny_corpus, nan_policy="skip")
+    _nan_on_step(tr, monkeypatch, 2)
+    assert not tr.train_step(microbatches(tr.train_iter, 2, tr.device))["non_finite"]
+    before = [p.detach().clone() for p in tr.model.parameters()]
+    out = tr.train_step(microbatches(tr.train_iter, 2, tr.device))
+    assert out["non_finite"] and out["skipped"]
+    assert all(torch.equal(a, b) for a, b in zip(before, tr.model.parameters()))
+    out = tr.train_step(microbatches(tr.train_iter, 2, tr.device))
+    assert not out["non_finite"] and not out["skipped"]
+    assert not all(torch.equal(a, b) for a, b in zip(before, tr.model.parameters()))
+
+
+def test_nan_policy_rollback_restores_the_checkpoint_and_skips_its_data(tmp_path, tiny_corpus, monkeypatch):
+    from megalite.training.data import build_loader, microbatches
+
+    tr = make_trainer(tiny_corpus, nan_policy="rollback", save=str(tmp_path / "ck"), save_interval=2, train_iters=5,
+                      metrics_file=str(tmp_path / "m.jsonl"))
+    _nan_on_step(tr, monkeypatch, 3)
+    tr.train()
+    rows = [json.loads(line) for line in open(tmp_path / "m.jsonl")]
+    rollback = [r for r in rows if "restored_iteration" in r]
+    assert rollback == [{**rollback[0], "iteration": 3, "restored_iteration": 2, "skipped_samples": [16, 24]}]
+    trained = [r for r in rows if "lm_loss" in r]
+    assert [r["iteration"] for r in trained] == [1, 2, 3, 4, 5]
+    assert trained[2]["skipped_iterations"] == 1 and math.isfinite(trained[3]["lm_loss"])
+    # iteration 4 starts from iteration 2's weights: its loss is what a fresh resume from there gives
+    ref = make_trainer(tiny_corpus, load=str(tmp_path / "ck" / "iter_0000002"), train_iters=5)
+    ref.consumed_samples = 24
+    ref.train_iter = iter(build_loader(ref.train_ds, 24, ref.cfg, 5 * 8))
+    ref.iteration = 3
+    assert ref.train_step(microbatches(ref.train_iter, 2, ref.device))["lm_loss"] == trained[3]["lm_loss"]

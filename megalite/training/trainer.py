@@ -7,6 +7,7 @@ optimizer step). The loss of a step is the mean over every non-masked token of t
 batch, so any split into micro-batches and data-parallel ranks gives the same number.
 """
 
+import dataclasses
 import math
 import os
 import random
@@ -30,7 +31,7 @@ from megalite.parallel.grads import sync_embedding_grads, sync_tensor_parallel_g
 from megalite.parallel.pipeline import forward_backward
 from megalite.parallel.init import initialize
 from megalite.parallel.random import seed_tp_rng
-from megalite.training.checkpointing import load_checkpoint, save_checkpoint, saved_settings
+from megalite.training.checkpointing import find_checkpoint, load_checkpoint, save_checkpoint, saved_settings
 from megalite.training.data import build_datasets, build_loader, build_tokenizer_from, microbatches, padded_vocab_size
 from megalite.training.metrics_log import MetricsLog
 from megalite.training.optimizer import ConstantLossScaler, DynamicLossScaler, Optimizer
@@ -126,13 +127,18 @@ class Trainer:
         self.grads.finish_sync()
         # the loss lives on the last pipeline stage; summing over stages hands it to every rank
         lm_loss = all_reduce_scalar(all_reduce_scalar(loss_sum, s.pp_group), s.dp_group)
-        if not math.isfinite(lm_loss) and not self.cfg.training.fp16:
+        stepped, grad_norm = False, float("nan")
+        if math.isfinite(lm_loss) or self.cfg.training.fp16:  # fp16: the loss scaler skips and rescales
+            self.optimizer.set_lr(self.lr(self.iteration + 1))
+            stepped, grad_norm = self.optimizer.step()  # no update when the gradient is not finite
+        bad = not self.cfg.training.fp16 and not (math.isfinite(lm_loss) and stepped)
+        if bad and self.cfg.training.nan_policy == "stop":
+            what = f"loss is {lm_loss}" if not math.isfinite(lm_loss) else f"gradient norm is {grad_norm}"
             raise MegaliteError(
-                f"loss is {lm_loss} at iteration {self.iteration + 1}; stopping without saving "
-                f"(the last checkpoint is untouched). Lower --lr or enable --clip-grad")
-        self.optimizer.set_lr(self.lr(self.iteration + 1))
-        stepped, grad_norm = self.optimizer.step()
-        return {"lm_loss": lm_loss, "grad_norm": grad_norm, "skipped": not stepped, "tokens": tokens}
+                f"{what} at iteration {self.iteration + 1}; stopping without saving (the last checkpoint is "
+                f"untouched). Lower --lr, enable --clip-grad, or see --nan-policy")
+        return {"lm_loss": lm_loss, "grad_norm": grad_norm, "skipped": not stepped, "tokens": tokens,
+                "non_finite": bad}
 
     @torch.no_grad()
     def evaluate(self, dataset, split: str) -> Optional[Dict]:
@@ -176,6 +182,8 @@ class Trainer:
                 self.iteration += 1
                 self.consumed_samples += gbs
                 self.consumed_tokens += gbs * cfg.data.seq_length
+                if out["non_finite"]:
+                    self._on_non_finite(out)
                 window["n"] += 1
                 window["loss"] += out["lm_loss"] if not out["skipped"] else 0.0
                 window["skipped"] += int(out["skipped"])
@@ -218,6 +226,31 @@ class Trainer:
                                    self.consumed_samples, self.consumed_tokens, self.cfg.checkpoint.keep_last)
         if state.get().rank == 0:
             print(f"saved checkpoint {path}", flush=True)
+
+    def _on_non_finite(self, out: Dict) -> None:
+        """--nan-policy skip: the update was skipped; say so. rollback: restore the weights and
+        optimizer state of the last checkpoint and carry on from the current iteration and data
+        position, so the samples since that checkpoint (the offending ones among them) are
+        skipped and the iteration count, schedule and logs stay monotonic."""
+        s, c = state.get(), self.cfg.checkpoint
+        if self.cfg.training.nan_policy == "skip":
+            if s.rank == 0:
+                print(f"non-finite loss {out['lm_loss']} / gradient norm {out['grad_norm']} at iteration "
+                      f"{self.iteration}: update skipped (--nan-policy skip)", flush=True)
+            return
+        folder = c.save or c.load
+        if not folder or find_checkpoint(folder) is None:
+            raise MegaliteError(f"non-finite loss at iteration {self.iteration} and no checkpoint to roll back to "
+                                "(--nan-policy rollback needs --save with a checkpoint already written)")
+        with self.grads.full_params(write_back=True):
+            restore = dataclasses.replace(c, load=folder, finetune=False, no_load_optim=False, no_load_rng=True)
+            restored, first_skipped, _ = load_checkpoint(dataclasses.replace(self.cfg, checkpoint=restore),
+                                                         self.model, self.optimizer)
+        self.log.record({"iteration": self.iteration, "restored_iteration": restored,
+                         "skipped_samples": [first_skipped, self.consumed_samples]},
+                        f"non-finite loss {out['lm_loss']} at iteration {self.iteration}: restored the weights and "
+                        f"optimizer of iteration {restored}; samples [{first_skipped}, {self.consumed_samples}) "
+                        "are skipped (--nan-policy rollback)")
 
     def _on_sigterm(self, signum, frame):
         self.exit_requested = True
