@@ -142,6 +142,7 @@ class CheckpointConfig:
     exit_interval: Optional[int] = opt(None, "save and exit when the iteration is a multiple of this")
     exit_duration_in_mins: Optional[float] = opt(None, "save and exit after this many minutes")
     keep_last: Optional[int] = opt(None, "keep only the newest N checkpoints (the newest complete one is never removed)")
+    async_save: bool = opt(False, "write checkpoints from a CPU copy in the background while training goes on")
 
 
 SECTIONS = {

@@ -36,9 +36,10 @@ def test_loss_falls_on_real_text(tmp_path, tiny_corpus):
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "tb"))
 
 
-def test_resume_is_bitwise_exact(tmp_path, tiny_corpus):
+@pytest.mark.parametrize("async_save", [False, True], ids=["sync", "async"])
+def test_resume_is_bitwise_exact(tmp_path, tiny_corpus, async_save):
     """Dropout on, so random states matter: iterations after the resume equal the uninterrupted run."""
-    common = dict(train_iters=10, hidden_dropout=0.1, attention_dropout=0.1)
+    common = dict(train_iters=10, hidden_dropout=0.1, attention_dropout=0.1, async_save=async_save)
     full, _ = train(tmp_path, tiny_corpus, "full", save=str(tmp_path / "a"), save_interval=5, **common)
     first, _ = train(tmp_path, tiny_corpus, "first", save=str(tmp_path / "b"), exit_interval=5, **common)
     assert max(losses(first)) == 5
@@ -261,3 +262,27 @@ def test_nan_policy_rollback_restores_the_checkpoint_and_skips_its_data(tmp_path
     ref.train_iter = iter(build_loader(ref.train_ds, 24, ref.cfg, 5 * 8))
     ref.iteration = 3
     assert ref.train_step(microbatches(ref.train_iter, 2, ref.device))["lm_loss"] == trained[3]["lm_loss"]
+
+
+def test_async_save_tracks_the_checkpoint_only_once_written(tmp_path, tiny_corpus, monkeypatch):
+    import threading
+
+    import megalite.training.checkpointing as ckpt
+    from megalite.training.data import microbatches
+
+    tr = make_trainer(tiny_corpus, save=str(tmp_path / "ck"), async_save=True)
+    tr.train_step(microbatches(tr.train_iter, 2, tr.device))
+    tr.iteration = 1
+    expected = {k: v.clone() for k, v in tr.model.state_dict().items()}
+    gate, real_save = threading.Event(), torch.save
+    monkeypatch.setattr(ckpt.torch, "save", lambda obj, path: (gate.wait(), real_save(obj, path)))
+    tr.save()
+    tr.train_step(microbatches(tr.train_iter, 2, tr.device))  # training goes on and changes the weights
+    assert not (tmp_path / "ck" / "latest_checkpointed_iteration.txt").exists()
+    tr.finish_save(only_if_written=True)  # not written yet: returns without waiting
+    assert tr.pending_save is not None
+    gate.set()
+    tr.finish_save()
+    assert (tmp_path / "ck" / "latest_checkpointed_iteration.txt").read_text() == "1"
+    saved = torch.load(tmp_path / "ck" / "iter_0000001" / "mp_rank_00" / "model_optim_rng.pt", weights_only=True)
+    assert all(torch.equal(saved["model"][k], v) for k, v in expected.items())  # the state at save time

@@ -20,7 +20,8 @@ import json
 import os
 import random
 import shutil
-from typing import Dict, List, Optional
+import threading
+from typing import Dict, Optional
 
 import numpy as np
 import torch
@@ -96,10 +97,13 @@ def split_metadata(model) -> Dict:
     return out
 
 
-def save_checkpoint(root: str, iteration: int, model, optimizer, cfg: Config,
-                    consumed_samples: int, consumed_tokens: int, keep_last: Optional[int] = None) -> str:
+def save_checkpoint(root: str, iteration: int, model, optimizer, cfg: Config, consumed_samples: int,
+                    consumed_tokens: int, keep_last: Optional[int] = None, asynchronous: bool = False) -> "PendingSave":
+    """Write this rank's files for ``iteration``. Synchronous: returns once the checkpoint is
+    complete and tracked. ``asynchronous``: the state is copied to CPU memory now and written
+    by a background thread; the returned PendingSave is completed by ``finish()`` (which every
+    rank calls, e.g. before the next save), and only then is the tracker moved."""
     s = state.get()
-    final = iteration_dir(root, iteration)
     tmp = os.path.join(root, f".tmp_iter_{iteration:07d}")
     if s.rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -111,16 +115,13 @@ def save_checkpoint(root: str, iteration: int, model, optimizer, cfg: Config,
     else:
         rngs = [rng_state()]
     path = rank_file(tmp)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    written = []
+    files = {}
     optim = optimizer.state_dict()
     if optimizer.buffer.distributed:  # every rank's own pieces, in a file of its own
-        shard = os.path.join(os.path.dirname(path), f"distrib_optim_{s.dp_rank:03d}.pt")
-        torch.save({"pieces": optim.pop("pieces")}, shard)
-        written.append(shard)
+        files[os.path.join(os.path.dirname(path), f"distrib_optim_{s.dp_rank:03d}.pt")] = {"pieces": optim.pop("pieces")}
         optim["pieces"] = []
     if s.dp_rank == 0:
-        payload = {
+        files[path] = {
             "format_version": FORMAT_VERSION,
             "iteration": iteration,
             "consumed_samples": consumed_samples,
@@ -133,39 +134,86 @@ def save_checkpoint(root: str, iteration: int, model, optimizer, cfg: Config,
             "tensor_parallel": split_metadata(model),
             "layers": sorted({int(k.split(".")[1]) for k in model.state_dict() if k.startswith("layers.")}),
         }
-        torch.save(payload, path)
-        written.append(path)
-    _write_checksums(tmp, written)
-    if s.rank == 0:
-        old = final + ".old"
-        if os.path.exists(final):
-            os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-        fsync_path(root)
-        with atomic_write(os.path.join(root, TRACKER), "w") as f:
-            f.write(str(iteration))
-        if keep_last:
-            _remove_old_checkpoints(root, keep_last)
-    _barrier()
-    return final
+    pending = PendingSave(root, iteration, tmp, keep_last)
+    if asynchronous:
+        pending.start({f: _snapshot(obj) for f, obj in files.items()})
+    else:
+        pending.write(files)
+        pending.finish()
+    return pending
 
 
-def _write_checksums(folder: str, written: List[str]) -> None:
-    """fsync this rank's files, then rank 0 records every rank's file sizes and digests in
-    ``checksums.json`` (after all ranks have written), so loading can refuse damaged files."""
-    mine = {}
-    for path in written:
-        fsync_path(path)
-        mine[os.path.relpath(path, folder)] = _file_digest(path)
-    everyone = [mine]
-    if dist.is_available() and dist.is_initialized():
-        everyone = [None] * dist.get_world_size()
-        dist.all_gather_object(everyone, mine)
-    if state.get().rank == 0:
-        merged = {k: v for d in everyone for k, v in d.items()}
-        with atomic_write(os.path.join(folder, CHECKSUMS), "w") as f:
-            json.dump(dict(sorted(merged.items())), f, indent=1)
+def _snapshot(obj):
+    """A copy of ``obj`` whose tensors live in CPU memory of their own (training may change
+    the originals while a background thread writes the copy)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _snapshot(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_snapshot(v) for v in obj)
+    return obj
+
+
+class PendingSave:
+    """One checkpoint on its way to disk: this rank's files, then (``finish``, on every rank)
+    the checksums of all ranks' files, the rename into place and the tracker update."""
+
+    def __init__(self, root: str, iteration: int, tmp: str, keep_last: Optional[int]):
+        self.root, self.iteration, self.tmp, self.keep_last = root, iteration, tmp, keep_last
+        self.final = iteration_dir(root, iteration)
+        self.digests: Dict[str, Dict] = {}
+        self.error: Optional[BaseException] = None
+        self._thread: Optional[threading.Thread] = None
+
+    def write(self, files: Dict[str, Dict]) -> None:
+        for path, obj in files.items():
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            torch.save(obj, path)
+            fsync_path(path)
+            self.digests[os.path.relpath(path, self.tmp)] = _file_digest(path)
+
+    def start(self, files: Dict[str, Dict]) -> None:
+        def run():
+            try:
+                self.write(files)
+            except BaseException as e:  # re-raised by finish() on the main thread
+                self.error = e
+
+        self._thread = threading.Thread(target=run, name=f"save-iter-{self.iteration}", daemon=True)
+        self._thread.start()
+
+    def written(self) -> bool:
+        """Whether this rank's files are on disk (no communication)."""
+        return self._thread is None or not self._thread.is_alive()
+
+    def finish(self) -> str:
+        """Wait for this rank's files, then make the checkpoint complete and tracked."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self.error is not None:
+            raise self.error
+        everyone = [self.digests]
+        if dist.is_available() and dist.is_initialized():
+            everyone = [None] * dist.get_world_size()
+            dist.all_gather_object(everyone, self.digests)
+        if state.get().rank == 0:
+            merged = {k: v for d in everyone for k, v in d.items()}
+            with atomic_write(os.path.join(self.tmp, CHECKSUMS), "w") as f:
+                json.dump(dict(sorted(merged.items())), f, indent=1)
+            old = self.final + ".old"
+            if os.path.exists(self.final):
+                os.replace(self.final, old)
+            os.replace(self.tmp, self.final)
+            shutil.rmtree(old, ignore_errors=True)
+            fsync_path(self.root)
+            with atomic_write(os.path.join(self.root, TRACKER), "w") as f:
+                f.write(str(self.iteration))
+            if self.keep_last:
+                _remove_old_checkpoints(self.root, self.keep_last)
+        _barrier()
+        return self.final
 
 
 def _file_digest(path: str) -> Dict:

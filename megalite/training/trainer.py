@@ -113,6 +113,7 @@ class Trainer:
         self.peak = cfg.logging.peak_tflops or (peak_tflops(torch.cuda.get_device_name(device))
                                                 if device.type == "cuda" else None)
         self.exit_requested = False
+        self.pending_save = None
         self.start_time = time.time()
 
     # -- one step ------------------------------------------------------------------------------
@@ -199,15 +200,18 @@ class Trainer:
                 if c.save and c.save_interval and self.iteration % c.save_interval == 0:
                     self.save()
                     last_saved = self.iteration
+                self.finish_save(only_if_written=True)
                 if self._should_exit():
                     if c.save and last_saved != self.iteration:
                         self.save()
+                    self.finish_save()
                     if s.rank == 0:
                         print(f"exiting at iteration {self.iteration} (checkpoint saved)", flush=True)
                     result["exited_early"] = True
                     return result
             if c.save and last_saved != self.iteration and not t.skip_train:
                 self.save()
+            self.finish_save()
             if not (t.eval_interval and self.iteration % t.eval_interval == 0):
                 result["valid"] = self.evaluate(self.valid_ds, "valid")
             result["test"] = self.evaluate(self.test_ds, "test")
@@ -220,12 +224,35 @@ class Trainer:
             self.log.close()
 
     def save(self) -> None:
+        """Save now; with --async-save the files are written in the background (the previous
+        save is completed first) and the checkpoint is tracked once every rank has written."""
+        c = self.cfg.checkpoint
         self.grads.wait_params()
+        self.finish_save()
         with self.grads.full_params():
-            path = save_checkpoint(self.cfg.checkpoint.save, self.iteration, self.model, self.optimizer, self.cfg,
-                                   self.consumed_samples, self.consumed_tokens, self.cfg.checkpoint.keep_last)
+            self.pending_save = save_checkpoint(c.save, self.iteration, self.model, self.optimizer, self.cfg,
+                                                self.consumed_samples, self.consumed_tokens, c.keep_last,
+                                                asynchronous=c.async_save)
+        if not c.async_save:
+            self._report_saved()
+
+    def finish_save(self, only_if_written: bool = False) -> None:
+        """Complete a background save (all ranks call this together). ``only_if_written``:
+        only when every rank's files are already on disk, so training never waits here."""
+        if self.pending_save is None:
+            return
+        if only_if_written:
+            world = dist.group.WORLD if dist.is_initialized() else None
+            written = float(self.pending_save.written())
+            if all_reduce_scalar(written, world, op=dist.ReduceOp.MIN if world else None) < 1:
+                return
+        self.pending_save.finish()
+        self._report_saved()
+
+    def _report_saved(self) -> None:
         if state.get().rank == 0:
-            print(f"saved checkpoint {path}", flush=True)
+            print(f"saved checkpoint {self.pending_save.final}", flush=True)
+        self.pending_save = None
 
     def _on_non_finite(self, out: Dict) -> None:
         """--nan-policy skip: the update was skipped; say so. rollback: restore the weights and
@@ -238,6 +265,7 @@ class Trainer:
                 print(f"non-finite loss {out['lm_loss']} / gradient norm {out['grad_norm']} at iteration "
                       f"{self.iteration}: update skipped (--nan-policy skip)", flush=True)
             return
+        self.finish_save()
         folder = c.save or c.load
         if not folder or find_checkpoint(folder) is None:
             raise MegaliteError(f"non-finite loss at iteration {self.iteration} and no checkpoint to roll back to "
