@@ -58,6 +58,7 @@ class ParallelConfig:
     decoder_last_pipeline_num_layers: Optional[int] = opt(None, "layers on the last pipeline stage (uneven split)")
     num_layers_per_virtual_pipeline_stage: Optional[int] = opt(None, "layers per model chunk: interleaved 1F1B")
     distributed_backend: Optional[str] = opt(None, "nccl on CUDA, gloo on CPU by default", choices=["nccl", "gloo"])
+    distributed_timeout_minutes: float = opt(10.0, "how long a collective may wait before the job fails")
     ddp_bucket_size: int = opt(40_000_000, "elements per data-parallel gradient all-reduce bucket")
     overlap_grad_reduce: bool = opt(True, "all-reduce gradients in backward", flag="--no-overlap-grad-reduce",
                                     action="store_false")

@@ -7,7 +7,11 @@ from typing import Dict, Optional
 
 
 class MetricsLog:
-    def __init__(self, enabled: bool, metrics_file: Optional[str], tensorboard_dir: Optional[str]):
+    def __init__(self, enabled: bool, metrics_file: Optional[str], tensorboard_dir: Optional[str],
+                 resumed_at: int = 0):
+        """Both files continue across restarts: metrics lines are appended (after a restart from
+        an older checkpoint the re-run iterations appear again; the later line wins) and
+        TensorBoard drops the events logged after ``resumed_at`` by the run that died."""
         self.enabled = enabled
         self._file = self._tb = None
         if not enabled:
@@ -18,7 +22,7 @@ class MetricsLog:
         if tensorboard_dir:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(log_dir=tensorboard_dir)
+            self._tb = SummaryWriter(log_dir=tensorboard_dir, purge_step=resumed_at + 1 if resumed_at else None)
 
     def record(self, metrics: Dict, console: Optional[str] = None) -> None:
         if not self.enabled:

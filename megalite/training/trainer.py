@@ -8,6 +8,7 @@ batch, so any split into micro-batches and data-parallel ranks gives the same nu
 """
 
 import dataclasses
+import datetime
 import math
 import os
 import random
@@ -38,8 +39,12 @@ from megalite.training.optimizer import ConstantLossScaler, DynamicLossScaler, O
 from megalite.training.schedules import BatchSchedule, LRSchedule
 
 
-def setup_distributed(backend: Optional[str]) -> torch.device:
-    """Join torchrun's process group if launched by it; pick this rank's device."""
+def setup_distributed(backend: Optional[str], timeout_minutes: float = 10.0) -> torch.device:
+    """Join torchrun's process group if launched by it; pick this rank's device.
+
+    The rendezvous keys are kept per torchrun restart attempt: after a worker dies and
+    torchrun restarts the group (--max-restarts), the new workers must not find the dead
+    ones' addresses in the store."""
     cuda = torch.cuda.is_available()
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
@@ -48,7 +53,16 @@ def setup_distributed(backend: Optional[str]) -> torch.device:
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ and not dist.is_initialized():
         backend = backend or ("nccl" if cuda else "gloo")
         kwargs = {"device_id": device} if backend == "nccl" else {}
-        dist.init_process_group(backend, **kwargs)
+        timeout = datetime.timedelta(minutes=timeout_minutes)
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+        if attempt is not None and "MASTER_ADDR" in os.environ:
+            agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+            store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
+                                  is_master=not agent_store and rank == 0, timeout=timeout)
+            kwargs["store"] = dist.PrefixStore(f"megalite/attempt_{attempt}", store)
+            kwargs.update(rank=rank, world_size=world)
+        dist.init_process_group(backend, timeout=timeout, **kwargs)
     return device
 
 
@@ -109,7 +123,7 @@ class Trainer:
         self.train_ds, self.valid_ds, self.test_ds = build_datasets(cfg, self.tokenizer, train_samples)
         self.train_iter = (iter(build_loader(self.train_ds, self.consumed_samples, cfg, train_samples))
                            if self.train_ds is not None else None)
-        self.log = MetricsLog(s.rank == 0, cfg.logging.metrics_file, cfg.logging.tensorboard_dir)
+        self.log = MetricsLog(s.rank == 0, cfg.logging.metrics_file, cfg.logging.tensorboard_dir, self.iteration)
         self.peak = cfg.logging.peak_tflops or (peak_tflops(torch.cuda.get_device_name(device))
                                                 if device.type == "cuda" else None)
         self.exit_requested = False
@@ -348,7 +362,7 @@ def pretrain(cfg: Config) -> Dict:
             inherit_model_settings(cfg, saved)
     validate(cfg, world)
     owns_group = not dist.is_initialized()
-    device = setup_distributed(cfg.parallel.distributed_backend)
+    device = setup_distributed(cfg.parallel.distributed_backend, cfg.parallel.distributed_timeout_minutes)
     try:
         trainer = Trainer(cfg, device)
         if state.get().rank == 0:
