@@ -50,7 +50,8 @@ class C4Quality(Step):
         view = doc.view
         if self._only_short_lines_matter(view):
             keep = view.prop("line_chunks") >= self.min_words_per_line
-            self.count("line-filter-too_few_words", int(len(keep) - keep.sum()))
+            if not keep.all():
+                self.count("line-filter-too_few_words", int(len(keep) - keep.sum()))
             kept = [line.strip() for line, k in zip(view.lines, keep.tolist()) if k]
             if self.min_num_sentences != -1 and sentences(view)[keep].sum() < self.min_num_sentences:
                 return "too_few_sentences"
