@@ -18,8 +18,6 @@ class TextView:
     (``str.splitlines``), per-line counts of whitespace-separated words, and per-token
     properties in token order with the line of each token. Tokens never cross a line break."""
 
-    PROPS = ("is_word", "has_alpha", "length", "is_punct", "ends_sentence", "random")
-
     def __init__(self, text: str):
         self.text = text
         self._lines: Optional[List[str]] = None
@@ -40,7 +38,7 @@ class TextView:
         return self._line_chunks
 
     def prop(self, name: str) -> np.ndarray:
-        """A per-token array: a ``Vocabulary`` property (see ``PROPS``), ``id`` (token ids),
+        """A per-token array: a ``Vocabulary`` property (see ``Vocabulary.prop``), ``id`` (token ids),
         ``line`` (line index of each token) or, per line, ``line_chunks`` (whitespace words)."""
         if self._props is None or self._generation != VOCAB.generation:
             self._analyse()
@@ -58,7 +56,7 @@ class TextView:
         chunks_per_line = np.fromiter(map(len, line_chunks), np.int64, len(line_chunks))
         tokens_per_chunk = np.fromiter(map(len, chunk_ids), np.int64, len(chunk_ids))
         line_of_chunk = np.repeat(np.arange(len(line_chunks)), chunks_per_line)
-        self._props = {k: getattr(VOCAB, k)[ids] for k in self.PROPS}
+        self._props = {k: VOCAB.prop(k)[ids] for k in VOCAB.PROPS}
         self._props.update(id=ids, line=np.repeat(line_of_chunk, tokens_per_chunk), line_chunks=chunks_per_line)
         self._generation = VOCAB.generation
 

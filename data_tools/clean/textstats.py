@@ -36,11 +36,15 @@ class NGramRepetition:
         self.keys = token_keys  # their n-gram keys
 
     def _advance(self, n: int) -> None:
+        m = len(self.token_keys)
         while self.n < n:
             self.n += 1
-            fits = self.pos <= len(self.token_keys) - self.n
-            self.pos = self.pos[fits]
-            self.keys = self.keys[fits] * _MULT + self.token_keys[self.pos + self.n - 1]
+            if len(self.pos) == m - self.n + 2:  # still every position: slices, not gathers
+                self.pos = self.pos[: m - self.n + 1]
+                self.keys = self.keys[: m - self.n + 1] * _MULT + self.token_keys[self.n - 1:]
+            else:
+                self.pos = self.pos[self.pos <= m - self.n]
+                self.keys = self.keys[: len(self.pos)] * _MULT + self.token_keys[self.pos + self.n - 1]
 
     def _groups(self):
         """Sort the current n-grams into groups of equal keys: (order, group starts in it,

@@ -104,14 +104,16 @@ class Vocabulary:
     """Token -> id for this process, with per-token properties in arrays indexed by id.
 
     Text is split on whitespace and each distinct chunk tokenised once (web text repeats its
-    chunks: "the", "said.", "U.S."), so a document costs a dictionary lookup per chunk.
-    Grows as new tokens appear and starts afresh past ``max_size`` chunks or tokens (web text
-    has an unbounded vocabulary); ids are valid while ``generation`` stays the same.
+    chunks: "the", "said.", "U.S."), so a document costs a dictionary lookup per chunk; the
+    properties of new tokens are computed in one batch when next asked for. Starts afresh
+    past ``max_size`` chunks or tokens (web text has an unbounded vocabulary); ids are valid
+    while ``generation`` stays the same.
     """
 
-    def __init__(self, max_size: int = 1 << 20, seed: int = 0x5EED):
+    PROPS = ("is_word", "has_alpha", "length", "is_punct", "ends_sentence", "random")
+
+    def __init__(self, max_size: int = 1 << 20):
         self.max_size = max_size
-        self._rng = np.random.default_rng(seed)
         self.generation = -1  # bumped at each reset: ids from an older generation are void
         self._reset()
 
@@ -119,13 +121,9 @@ class Vocabulary:
         self.generation += 1
         self.index = {}
         self.chunks = _ChunkIds(self)
-        n = 1 << 14
-        self.is_word = np.zeros(n, bool)  # holds a character that is not a symbol
-        self.has_alpha = np.zeros(n, bool)
-        self.length = np.zeros(n, np.int64)
-        self.is_punct = np.zeros(n, bool)
-        self.ends_sentence = np.zeros(n, bool)  # the whole token is one sentence terminal
-        self.random = np.zeros(n, np.uint64)  # a random 64-bit value per token, for n-gram hashing
+        self._new: List[str] = []  # tokens with ids but no properties yet
+        self._arrays = {k: np.zeros(1 << 14, np.uint64 if k == "random" else np.int64 if k == "length" else bool)
+                        for k in self.PROPS}
 
     def chunk_ids(self, chunks: Iterable[str]) -> List[Tuple[int, ...]]:
         """The token ids of each whitespace-separated chunk of a text."""
@@ -135,26 +133,36 @@ class Vocabulary:
 
     def token_id(self, token: str) -> int:
         i = self.index.get(token)
-        if i is not None:
-            return i
-        i = len(self.index)
-        if i == len(self.length):
-            self._grow()
-        self.index[token] = i
-        self.is_word[i] = bool(token.strip(_SYMBOL_CHARS))
-        self.has_alpha[i] = any(c.isalpha() for c in token)
-        self.length[i] = len(token)
-        self.is_punct[i] = _is_punct(token)
-        self.ends_sentence[i] = token in TERMINAL_PUNCTUATION
-        self.random[i] = self._rng.integers(0, 1 << 64, dtype=np.uint64, endpoint=False)
+        if i is None:
+            i = self.index[token] = len(self.index)
+            self._new.append(token)
         return i
 
-    def _grow(self) -> None:
-        for name in ("is_word", "has_alpha", "length", "is_punct", "ends_sentence", "random"):
-            old = getattr(self, name)
-            new = np.zeros(2 * len(old), old.dtype)
-            new[: len(old)] = old
-            setattr(self, name, new)
+    def prop(self, name: str) -> np.ndarray:
+        """The property array ``name`` (see ``PROPS``), indexed by token id: ``is_word`` (holds
+        a character that is not a symbol), ``has_alpha``, ``length``, ``is_punct`` (spaCy's:
+        all characters are punctuation), ``ends_sentence`` (one sentence terminal) and
+        ``random`` (a random 64-bit value per token, for n-gram hashing)."""
+        if self._new:
+            self._add_properties()
+        return self._arrays[name]
+
+    def _add_properties(self) -> None:
+        new, self._new = self._new, []
+        end = len(self.index)
+        start = end - len(new)
+        if end > len(self._arrays["length"]):
+            size = max(end, 2 * len(self._arrays["length"]))
+            for k, old in self._arrays.items():
+                self._arrays[k] = np.zeros(size, old.dtype)
+                self._arrays[k][: len(old)] = old
+        a = self._arrays
+        a["is_word"][start:end] = [bool(t.strip(_SYMBOL_CHARS)) for t in new]
+        a["has_alpha"][start:end] = [any(c.isalpha() for c in t) for t in new]
+        a["length"][start:end] = [len(t) for t in new]
+        a["is_punct"][start:end] = [_is_punct(t) for t in new]
+        a["ends_sentence"][start:end] = [t in TERMINAL_PUNCTUATION for t in new]
+        a["random"][start:end] = [hash(t) & 0xFFFFFFFFFFFFFFFF for t in new]  # str hashes are salted per process
 
 
 VOCAB = Vocabulary()

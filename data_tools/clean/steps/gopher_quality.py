@@ -64,7 +64,16 @@ class GopherQuality(Step):
         if self.min_alpha_words_ratio is not None and \
                 view.prop("has_alpha").sum() / n_tokens < self.min_alpha_words_ratio:
             return "gopher_below_alpha_threshold"
-        if self.min_stop_words is not None and \
-                np.isin(view.prop("id"), [VOCAB.token_id(w) for w in self.stop_words]).sum() < self.min_stop_words:
+        if self.min_stop_words is not None and self._stop_words_in(view.prop("id")) < self.min_stop_words:
             return "gopher_enough_stop_words"
         return None
+
+    def _stop_words_in(self, ids: np.ndarray) -> int:
+        """How many different stop words occur (counting stops at ``min_stop_words``)."""
+        found = 0
+        for word in self.stop_words:
+            if (ids == VOCAB.token_id(word)).any():
+                found += 1
+                if found >= self.min_stop_words:
+                    break
+        return found
