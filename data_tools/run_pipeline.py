@@ -28,6 +28,7 @@ def main(argv=None):
     p.add_argument("--task-id", type=int, default=0, help="this task's index in [0, --tasks)")
     p.add_argument("--stage", help="run only this stage (name or number; see --list-stages)")
     p.add_argument("--list-stages", action="store_true", help="print the stages and their units, then exit")
+    p.add_argument("--poll", type=float, default=5.0, help="seconds between looks at other tasks' progress")
     a = p.parse_args(argv)
     cfg = load_config(a.config)
     if a.input:
@@ -40,7 +41,7 @@ def main(argv=None):
         for s in Plan(cfg).stages:
             print(f"{s.name}: {len(s.units)} units")
         return
-    plan = run_pipeline(cfg, a.tasks, a.task_id, a.workers, a.stage)
+    plan = run_pipeline(cfg, a.tasks, a.task_id, a.workers, a.stage, a.poll)
     report = os.path.join(cfg.output, "report.txt")
     if a.task_id == 0 and (a.stage is None or plan.stage(a.stage).kind == "report"):
         with open(report) as f:

@@ -14,8 +14,12 @@ _EMAIL = re.compile(
     r"\b[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
     r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.)+[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?")
 _IPV4 = re.compile(r"\b(?:(?:25[0-5]|2[0-4][0-9]|[01]?[0-9][0-9]?)\.){3}(?:25[0-5]|2[0-4][0-9]|[01]?[0-9][0-9]?)\b")
-# +country code, area code in optional brackets, then digit groups split by space, dot or dash
-_PHONE = re.compile(r"(?<![\w.+-])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{2,4}(?:[ .-]\d{2,4}){1,4}(?![\w.-])")
+# International (+44 20 7946 0958), bracketed area code ((555) 123-4567) or dash/dot-separated
+# (555-123-4567) numbers; plain space-separated digit runs are left alone (they are usually
+# figures, not phones).
+_PHONE = re.compile(r"(?<![\w.+-])(?:\+\d{1,3}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{1,4}(?:[ .-]\d{2,4}){1,4}"
+                    r"|\(\d{2,4}\)[ .-]?\d{3,4}[ .-]\d{3,4}"
+                    r"|\d{2,4}[.-]\d{3,4}[.-]\d{3,4})(?![\w-]|\.\d)")
 
 
 class RedactPII(Step):
