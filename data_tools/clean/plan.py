@@ -92,8 +92,6 @@ class Plan:
 
     def __post_init__(self):
         cfg = self.config
-        self.files = expand_inputs(cfg.input, extra_suffixes=WARC_SUFFIXES)
-        self.shards = shard_names(self.files)
         self.layout = Layout(cfg.output, cfg.output_format)
         self.labels = [READ_LABEL] + [f"{i:02d}-{name.split(':')[-1]}" for i, (name, _) in enumerate(cfg.steps, 1)]
         segment = Segment(0, [])
@@ -112,8 +110,13 @@ class Plan:
                 units = [f"{b:03d}-{r:03d}" for b in range(step.bands) for r in range(step.hash_ranges)]
                 self._add("pairs", units, dedup=seg.dedup_in, name=f"{label.split('-', 1)[1]}-pairs")
                 self._add("clusters", ["all"], dedup=seg.dedup_in, name=f"{label.split('-', 1)[1]}-clusters")
-            self._add("filter", list(self.shards), segment=seg, name="filter")
+            self._add("filter", [], segment=seg, name="filter")
         self._add("report", ["all"], name="report")
+        self.files = expand_inputs(cfg.input, extra_suffixes=WARC_SUFFIXES)  # after the steps: config errors first
+        self.shards = shard_names(self.files)
+        for stage in self.stages:
+            if stage.kind == "filter":
+                stage.units = list(self.shards)
 
     def _add(self, kind, units, name, segment=None, dedup=None):
         self.stages.append(Stage(f"{len(self.stages) + 1}-{name}", kind, units, segment, dedup))

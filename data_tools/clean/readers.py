@@ -7,6 +7,7 @@ date and record id. Records that are not JSON objects with a string under the te
 returned as ``Malformed``: counted and written to the rejected stream, never fatal.
 """
 
+import gzip
 import os
 from dataclasses import dataclass
 from typing import Iterator, List, Tuple, Union
@@ -70,6 +71,7 @@ def _warc_batches(path: str, shard: str, text_key: str, id_key: str, batch_bytes
 
     items: List[Item] = []
     size = done = 0
+    rec = None
     try:
         with open(path, "rb") as f:
             for n, rec in enumerate(ArchiveIterator(f), 1):
@@ -85,9 +87,26 @@ def _warc_batches(path: str, shard: str, text_key: str, id_key: str, batch_bytes
                     position = f.tell()
                     yield items, position - done
                     items, size, done = [], 0, position
+            if rec is not None:
+                rec.raw_stream.read()
+            if (rec is not None and rec.raw_stream.limit > 0) or not _gzip_complete(path):
+                raise EOFError("the last record is cut short")
             yield items, f.tell() - done
     except (ArchiveLoadFailed, OSError, EOFError) as e:
         raise MegaliteError(f"{path}: cannot read WARC ({e}); the file is truncated or corrupt") from e
+
+
+def _gzip_complete(path: str) -> bool:
+    """warcio stops quietly at a cut gzip stream; reading it through with gzip notices."""
+    if not path.endswith(".gz"):
+        return True
+    try:
+        with gzip.open(path, "rb") as g:
+            while g.read(1 << 22):
+                pass
+    except (EOFError, OSError):
+        return False
+    return True
 
 
 def _html_of(rec) -> Union[str, None]:

@@ -7,6 +7,7 @@ py3langid's bundled model instead. A document is kept when one of ``languages`` 
 language if unset) scores above ``threshold``; it gets ``language`` and ``language_score``.
 """
 
+from functools import lru_cache
 from typing import Optional, Sequence
 
 from data_tools.clean.steps.base import Step
@@ -37,6 +38,12 @@ class _LangId:
 BACKENDS = {"fasttext": _FastText, "langid": _LangId}
 
 
+@lru_cache(maxsize=None)
+def load_backend(name: str):
+    """One loaded model per backend and process, shared by every language step."""
+    return BACKENDS[name]()
+
+
 class LanguageFilter(Step):
     name = "language"
 
@@ -52,12 +59,9 @@ class LanguageFilter(Step):
         # only a language scoring above the threshold matters, and at most 1/threshold can
         self.k = max(1, int(1 / threshold)) if threshold > 0 else 176
         self.backend_name = backend
-        self._backend = None
 
     def process(self, doc) -> Optional[str]:
-        if self._backend is None:
-            self._backend = BACKENDS[self.backend_name]()
-        scores = self._backend.scores(doc.text.replace("\n", " "), self.k)
+        scores = load_backend(self.backend_name).scores(doc.text.replace("\n", " "), self.k)
         lang, score = scores[0] if scores else ("unknown", 0.0)
         doc.record["language"], doc.record["language_score"] = lang, round(score, 4)
         if self.label_only:
