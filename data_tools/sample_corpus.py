@@ -23,6 +23,8 @@ import re
 from functools import lru_cache
 from typing import List, Sequence, Tuple
 
+from megalite.utils.cli import run_tool
+
 _BULLET = re.compile(r"^\s*\*\s+")
 _SENTENCE_END = re.compile(r"(?<=[a-z0-9)][.!?])\s+(?=[A-Z])")
 
@@ -235,4 +237,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main)

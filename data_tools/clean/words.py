@@ -112,7 +112,7 @@ class Vocabulary:
 
     PROPS = ("is_word", "has_alpha", "length", "is_punct", "ends_sentence", "random")
 
-    def __init__(self, max_size: int = 1 << 20):
+    def __init__(self, max_size: int = 1 << 19):
         self.max_size = max_size
         self.generation = -1  # bumped at each reset: ids from an older generation are void
         self._reset()

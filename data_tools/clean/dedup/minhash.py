@@ -33,7 +33,7 @@ def splitmix64(x: np.ndarray) -> np.ndarray:
 class _WordHashes(dict):
     """Word (bytes) -> 64-bit xxh64, computed once per word; cleared past ``limit`` words."""
 
-    def __init__(self, limit: int = 1 << 20):
+    def __init__(self, limit: int = 1 << 19):
         super().__init__()
         self.limit = limit
 
