@@ -6,8 +6,8 @@ agrees), n-gram keys combine them and a splitmix64 finaliser mixes the result. T
 signature holds, for each of ``bands * rows`` hash functions ``h(x) = a*x + b (mod 2^64)``
 (``a`` odd, so each is a permutation of the 64-bit keys), the minimum over the shingles.
 Two documents with Jaccard similarity s share a band's ``rows`` values with probability
-s^rows, and a band key with probability ~1 - (1 - s^rows)^bands: for 14 x 8, 0.5 at
-s = 0.72 and 0.92 at s = 0.8 (FineWeb's setting).
+s^rows, and at least one band with probability 1 - (1 - s^rows)^bands: for 14 x 8, 0.5 at
+s = 0.69 and 0.92 at s = 0.8 (FineWeb's setting).
 """
 
 from typing import List, Sequence
