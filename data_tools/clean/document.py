@@ -23,6 +23,7 @@ class TextView:
         self._lines: Optional[List[str]] = None
         self._line_chunks: Optional[List[List[str]]] = None
         self._props: Optional[Dict[str, np.ndarray]] = None
+        self._generation = -1  # the vocabulary generation the token ids belong to
 
     @property
     def lines(self) -> List[str]:
@@ -40,7 +41,7 @@ class TextView:
     def prop(self, name: str) -> np.ndarray:
         """A per-token array: a ``Vocabulary`` property (see ``Vocabulary.prop``), ``id`` (token ids),
         ``line`` (line index of each token) or, per line, ``line_chunks`` (whitespace words)."""
-        if self._props is None or self._generation != VOCAB.generation:
+        if self._generation != VOCAB.generation:
             self._analyse()
         return self._props[name]
 

@@ -101,11 +101,10 @@ def filter_shard(plan: Plan, seg: Segment, shard_index: int, progress: Progress)
                 if seg.dedup_in is not None:
                     label = seg.dedup_in[0]
                     stats[label].seen(chars)
-                    if position in removed:
-                        position += 1
+                    position += 1
+                    if position - 1 in removed:
                         reject(label, doc.record, "duplicate")
                         continue
-                    position += 1
                     stats[label].kept(chars)
                 for label, step in seg.steps:
                     stats[label].seen(chars)

@@ -1,16 +1,17 @@
 """Word splitting shared by the quality filters, and per-token properties as numpy arrays.
 
 FineWeb's filters (datatrove) split words with spaCy's English tokenizer, which is what
-makes them slow. ``split_words`` reproduces its decisions for English prose with one regex:
-punctuation split off words, contractions split (``do`` ``n't``, ``it`` ``'s``),
-abbreviations kept whole (``U.S.``, ``Mr.``, ``e.g.``), hyphens split between letters and
-kept in ``COVID-19``, numbers kept whole (``1,000.5``, ``10/20``), URLs and e-mails kept
-whole. Tokens never cross a line break, so a text's tokens are its lines' tokens.
+makes them slow. ``WORD_RE`` reproduces spaCy's rules for English on each whitespace-
+separated chunk (spaCy also works chunk by chunk): punctuation split off words, contractions
+split (``do`` ``n't``, ``it`` ``'s``), abbreviations kept whole (``U.S.``, ``Mr.``,
+``e.g.``), hyphens split between letters and kept in ``COVID-19``, numbers kept whole
+(``1,000.5``, ``10/20``), URLs and e-mails kept whole. Tokens never cross whitespace, so a
+text's tokens are its lines' tokens.
 
-``Vocabulary`` maps each distinct token to an id once per process and keeps the properties
-filters ask about (is it a word or only symbols, does it hold a letter, its length, does it
-end a sentence) in arrays indexed by id, so a filter asks them of a whole document with one
-numpy indexing operation instead of a Python loop over its words.
+``Vocabulary`` tokenises each distinct chunk once per process, gives each token an id and
+keeps the properties filters ask about (is it a word or only symbols, does it hold a letter,
+its length, does it end a sentence) in arrays indexed by id, so a filter asks them of a whole
+document with one numpy indexing operation instead of a Python loop over its words.
 """
 
 import re
