@@ -101,7 +101,8 @@ def theirs(docs):
     filters = [("gopher_repetition", GopherRepetitionFilter()), ("gopher_quality", GopherQualityFilter()),
                ("c4", C4QualityFilter(filter_no_terminal_punct=False)), ("fineweb", FineWebQualityFilter())]
     # FineWeb's setting: 5-grams, 14 x 8, 64-bit sha1
-    signer = MinhashDedupSignature(tempfile.mkdtemp(), MinhashConfig(hash_config=HashConfig(precision=64, hash_fc="sha1")))
+    config = MinhashConfig(hash_config=HashConfig(precision=64, hash_fc="sha1"))
+    signer = MinhashDedupSignature(tempfile.mkdtemp(), config)
     batch = [Document(text=d["text"], id=d["id"]) for d in docs]
     decisions = []
 

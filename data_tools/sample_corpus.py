@@ -70,9 +70,11 @@ def _news_sentence(rng: random.Random) -> str:
     """A reporting sentence with names and figures, which web text is full of (and which
     keeps the vocabulary growing, as a real corpus's does)."""
     return rng.choice([
-        f"{_name(rng)}, a spokesperson for {rng.choice(_ORGS)}, said the figure had reached {_figure(rng)} by {rng.randint(1990, 2024)}.",
+        f"{_name(rng)}, a spokesperson for {rng.choice(_ORGS)}, said the figure had reached {_figure(rng)} "
+        f"by {rng.randint(1990, 2024)}.",
         f"According to {_name(rng)}, the change affected about {_figure(rng)} in the first year.",
-        f"The report by {_name(rng)} and {_name(rng)} was published on {rng.randint(1, 28)} March {rng.randint(1990, 2024)}.",
+        f"The report by {_name(rng)} and {_name(rng)} was published on {rng.randint(1, 28)} March "
+        f"{rng.randint(1990, 2024)}.",
     ])
 
 
@@ -180,7 +182,8 @@ def write_warc(path: str, pages: Sequence[Tuple[str, str]], extra_records: bool 
 
         for i, (url, page) in enumerate(pages):
             if extra_records and i == 1:
-                writer.write_record(writer.create_warc_record(url, "request", payload=io.BytesIO(b"GET / HTTP/1.1\r\n\r\n")))
+                request = io.BytesIO(b"GET / HTTP/1.1\r\n\r\n")
+                writer.write_record(writer.create_warc_record(url, "request", payload=request))
                 response(url + "logo.png", b"\x89PNG\r\n\x1a\n" + bytes(64), "image/png")
             response(url, page.encode("utf-8"), "text/html; charset=utf-8")
 

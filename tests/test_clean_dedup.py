@@ -77,8 +77,8 @@ def test_datasketch_lsh_agrees(planted):
     _, order, expected = planted
     ours_hasher = MinHasher()
     lsh = MinHashLSH(num_perm=112, params=(14, 8))
-    theirs, ours_keys, ours_ids, positions = set(), [], [], []
-    for pos, d in enumerate(order):
+    theirs, ours_keys = set(), []
+    for d in order:
         ws = dedup_words(d["text"])
         m = MinHash(num_perm=112, seed=1)
         m.update_batch([b" ".join(ws[i:i + 5]) for i in range(len(ws) - 4)])
@@ -86,7 +86,6 @@ def test_datasketch_lsh_agrees(planted):
             theirs.add(d["id"])
         lsh.insert(d["id"], m)
         ours_keys.append(ours_hasher.band_keys([d["text"]])[0])
-        positions.append(pos)
     keys = np.stack(ours_keys)
     pairs = [pairs_of(keys[:, b], np.arange(len(order), dtype=np.uint64)) for b in range(keys.shape[1])]
     ours = {order[int(i)]["id"] for i in duplicates(pairs)[0]}

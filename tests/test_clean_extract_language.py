@@ -70,7 +70,7 @@ PARAGRAPHS = {
     "en": "The city council decided on Tuesday to keep the public library open on Sundays during the winter.",
     "de": "Der Stadtrat hat am Dienstag beschlossen, die öffentliche Bibliothek im Winter auch sonntags zu öffnen.",
     "fr": "Le conseil municipal a décidé mardi de garder la bibliothèque publique ouverte le dimanche cet hiver.",
-    "es": "El ayuntamiento decidió el martes mantener abierta la biblioteca pública los domingos durante el invierno.",
+    "es": "El ayuntamiento decidió el martes mantener abierta la biblioteca pública los domingos en invierno.",
     "it": "Il consiglio comunale ha deciso martedì di tenere aperta la biblioteca pubblica la domenica in inverno.",
 }
 

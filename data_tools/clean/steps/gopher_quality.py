@@ -55,12 +55,14 @@ class GopherQuality(Step):
             if (text.count("...") + text.count("…")) / n_tokens > self.max_symbol_word_ratio:
                 return "gopher_too_many_ellipsis"
         lines = view.lines
-        if self.max_bullet_lines_ratio is not None and ("•" in text or "-" in text) and \
-                sum(1 for s in lines if s.lstrip().startswith(("•", "-"))) / len(lines) > self.max_bullet_lines_ratio:
-            return "gopher_too_many_bullets"
-        if self.max_ellipsis_lines_ratio is not None and ("..." in text or "…" in text) and \
-                sum(1 for s in lines if s.rstrip().endswith(("...", "…"))) / len(lines) > self.max_ellipsis_lines_ratio:
-            return "gopher_too_many_end_ellipsis"
+        if self.max_bullet_lines_ratio is not None and ("•" in text or "-" in text):
+            bullets = sum(1 for s in lines if s.lstrip().startswith(("•", "-")))
+            if bullets / len(lines) > self.max_bullet_lines_ratio:
+                return "gopher_too_many_bullets"
+        if self.max_ellipsis_lines_ratio is not None and ("..." in text or "…" in text):
+            trailing = sum(1 for s in lines if s.rstrip().endswith(("...", "…")))
+            if trailing / len(lines) > self.max_ellipsis_lines_ratio:
+                return "gopher_too_many_end_ellipsis"
         if self.min_alpha_words_ratio is not None and \
                 view.prop("has_alpha").sum() / n_tokens < self.min_alpha_words_ratio:
             return "gopher_below_alpha_threshold"
