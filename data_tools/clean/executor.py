@@ -138,7 +138,8 @@ def run_pipeline(config: PipelineConfig, tasks: int = 1, task_id: int = 0, worke
                     raise MegaliteError(f"--stage {s.name} needs stage {before.name} finished first "
                                         f"({len(missing_units(plan, before))} of {len(before.units)} units left)")
             mine = [u for j, u in enumerate(s.units) if j % tasks == task_id]
-            todo = [u for u in mine if u in set(missing_units(plan, s))]
+            missing = set(missing_units(plan, s))
+            todo = [u for u in mine if u in missing]
             if len(todo) < len(mine):
                 log(f"{s.name}: {len(mine) - len(todo)} of {len(mine)} units already done, skipped")
             if todo:
