@@ -40,11 +40,14 @@ def run(step, text, **record):
 
 @pytest.fixture
 def no_network(monkeypatch):
-    """Any attempt to open a connection fails the test."""
+    """Any attempt to open a connection fails the test; models load afresh under that rule."""
+    from data_tools.clean.steps.language import load_backend
+
     def refuse(*args, **kwargs):
         raise AssertionError("network access attempted")
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
+    load_backend.cache_clear()
 
 
 def test_extraction_keeps_the_article_and_drops_the_page_furniture(no_network):

@@ -18,6 +18,7 @@ from data_tools.clean.executor import run_pipeline
 from data_tools.clean.plan import Plan
 from data_tools.clean.readers import read_shard
 from data_tools.sample_corpus import english_sentences, html_page, news_article, web_corpus, write_warc
+from megalite.errors import MegaliteError
 from tests.conftest import REPO, run_tool, write_jsonl
 
 FULL_STEPS = ["url_filter", "extract", "normalize", {"language": {"languages": ["en"]}}, "gopher_repetition",
@@ -222,6 +223,17 @@ def test_user_step_by_import_path(tmp_path, monkeypatch):
                                "steps": [{"mysteps:DropWith": {"word": "please"}}]}), **QUIET)
     assert [r["text"] for r in all_lines(str(out / "data" / "*"))] == ["keep me"]
     assert all_lines(str(out / "rejected" / "01-DropWith" / "*"))[0]["reason"] == "has_please"
+
+
+def test_stages_run_in_order(raw, tmp_path):
+    cfg = config(raw, tmp_path / "out", steps=["gopher_quality", "exact_dedup"])
+    assert [s.name for s in Plan(cfg).stages] == ["1-filter", "2-exact_dedup-pairs", "3-exact_dedup-clusters",
+                                                   "4-filter", "5-report"]
+    with pytest.raises(MegaliteError, match="--stage 4-filter needs stage 3-exact_dedup-clusters finished first"):
+        run_pipeline(cfg, stage="4", **QUIET)
+    proc = run_tool("data_tools/run_pipeline.py", "--config", "examples/configs/clean.yaml", "--input", str(raw),
+                    "--output", str(tmp_path / "o"), "--list-stages")
+    assert proc.stdout.splitlines()[:2] == ["1-filter: 6 units", "2-exact_dedup-pairs: 1 units"]
 
 
 @pytest.mark.parametrize("config_text,message", [
