@@ -15,7 +15,7 @@ atomically and then a marker under ``work/done/``; a unit with a marker is skipp
 
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
 from data_tools.clean.config import PipelineConfig
@@ -82,16 +82,11 @@ def shard_names(files: List[str]) -> List[str]:
     return names
 
 
-@dataclass
 class Plan:
-    config: PipelineConfig
-    files: List[str] = field(default_factory=list)
-    shards: List[str] = field(default_factory=list)
-    segments: List[Segment] = field(default_factory=list)
-    stages: List[Stage] = field(default_factory=list)
+    """A config's steps (built), segments and stages, input files and their shard names."""
 
-    def __post_init__(self):
-        cfg = self.config
+    def __init__(self, config: PipelineConfig):
+        self.config = cfg = config
         self.layout = Layout(cfg.output, cfg.output_format)
         self.labels = [READ_LABEL] + [f"{i:02d}-{name.split(':')[-1]}" for i, (name, _) in enumerate(cfg.steps, 1)]
         segment = Segment(0, [])
@@ -104,19 +99,18 @@ class Plan:
                 self.segments.append(segment)
             else:
                 segment.steps.append((label, step))
+        # inputs after the steps, so a bad step is reported before a missing file
+        self.files = expand_inputs(cfg.input, extra_suffixes=WARC_SUFFIXES)
+        self.shards = shard_names(self.files)
+        self.stages: List[Stage] = []
         for seg in self.segments:
             if seg.dedup_in is not None:
                 label, step = seg.dedup_in
                 units = [f"{b:03d}-{r:03d}" for b in range(step.bands) for r in range(step.hash_ranges)]
                 self._add("pairs", units, dedup=seg.dedup_in, name=f"{label.split('-', 1)[1]}-pairs")
                 self._add("clusters", ["all"], dedup=seg.dedup_in, name=f"{label.split('-', 1)[1]}-clusters")
-            self._add("filter", [], segment=seg, name="filter")
+            self._add("filter", list(self.shards), segment=seg, name="filter")
         self._add("report", ["all"], name="report")
-        self.files = expand_inputs(cfg.input, extra_suffixes=WARC_SUFFIXES)  # after the steps: config errors first
-        self.shards = shard_names(self.files)
-        for stage in self.stages:
-            if stage.kind == "filter":
-                stage.units = list(self.shards)
 
     def _add(self, kind, units, name, segment=None, dedup=None):
         self.stages.append(Stage(f"{len(self.stages) + 1}-{name}", kind, units, segment, dedup))
