@@ -75,8 +75,8 @@ def wait_for(plan: Plan, stage: Stage, poll: float, log) -> None:
 class _Runner:
     """Runs units of stages in this process or in a pool that lives across stages."""
 
-    def __init__(self, config: PipelineConfig, plan: Plan, workers: int):
-        self.config, self.plan, self.workers = config, plan, workers
+    def __init__(self, plan: Plan, workers: int):
+        self.plan, self.workers = plan, workers
         self.pool = None
         self.bytes = self.docs = None
 
@@ -96,7 +96,7 @@ class _Runner:
         if self.pool is None:
             ctx = mp.get_context("spawn")
             self.bytes, self.docs = ctx.Value("q", 0), ctx.Value("q", 0)
-            self.pool = ctx.Pool(self.workers, _init_worker, (self.config.to_dict(), self.bytes, self.docs))
+            self.pool = ctx.Pool(self.workers, _init_worker, (self.plan.config.to_dict(), self.bytes, self.docs))
         seen_bytes, seen_docs = self.bytes.value, self.docs.value
         results = [self.pool.apply_async(_run_in_worker, (stage.name, u)) for u in units]
         done = 0
@@ -109,9 +109,13 @@ class _Runner:
         for r in results:
             r.get()  # re-raises a worker's error here
 
-    def close(self) -> None:
+    def close(self, failed: bool) -> None:
+        """Stop the pool: let it finish, or, after a failure, end its work now."""
         if self.pool is not None:
-            self.pool.close()
+            if failed:
+                self.pool.terminate()
+            else:
+                self.pool.close()
             self.pool.join()
 
 
@@ -126,7 +130,8 @@ def run_pipeline(config: PipelineConfig, tasks: int = 1, task_id: int = 0, worke
     plan = Plan(config)
     check_run_file(plan)
     chosen = plan.stages if stage is None else [plan.stage(stage)]
-    runner = _Runner(config, plan, workers)
+    runner = _Runner(plan, workers)
+    failed = True
     try:
         for s in chosen:
             i = plan.stages.index(s)
@@ -144,6 +149,7 @@ def run_pipeline(config: PipelineConfig, tasks: int = 1, task_id: int = 0, worke
                 log(f"{s.name}: {len(mine) - len(todo)} of {len(mine)} units already done, skipped")
             if todo:
                 runner.run(s, todo)
+        failed = False
     finally:
-        runner.close()
+        runner.close(failed)
     return plan

@@ -59,8 +59,11 @@ class Layout:
     def rejected(self, label: str, shard: str) -> str:
         return os.path.join(self.root, "rejected", label, f"{shard}.{self.ext}")
 
+    def segment_dir(self, segment: int) -> str:
+        return os.path.join(self.root, "work", f"segment-{segment}")
+
     def segment_output(self, segment: int, shard: str) -> str:
-        return os.path.join(self.root, "work", f"segment-{segment}", f"{shard}.{self.ext}")
+        return os.path.join(self.segment_dir(segment), f"{shard}.{self.ext}")
 
     def dedup_dir(self, label: str, what: str) -> str:
         return os.path.join(self.root, "work", label, what)

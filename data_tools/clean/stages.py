@@ -31,7 +31,7 @@ def run_unit(plan: Plan, stage: Stage, unit: str, progress: Progress) -> None:
         result = write_report(plan, read_done(plan))
         if not plan.config.keep_work:
             for seg in plan.segments[:-1]:
-                shutil.rmtree(os.path.dirname(plan.layout.segment_output(seg.index, "x")), ignore_errors=True)
+                shutil.rmtree(plan.layout.segment_dir(seg.index), ignore_errors=True)
     path = plan.layout.done(stage.name, unit)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with atomic_write(path, "w") as f:
