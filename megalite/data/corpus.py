@@ -38,8 +38,10 @@ class RecordBatch:
         return len(self.records)
 
 
-def expand_inputs(spec: Union[str, Sequence[str]]) -> List[str]:
-    """Files named by a path, a folder (searched recursively), a glob, or a list of those."""
+def expand_inputs(spec: Union[str, Sequence[str]], extra_suffixes: Sequence[str] = ()) -> List[str]:
+    """Files named by a path, a folder (searched recursively), a glob, or a list of those;
+    ``extra_suffixes`` are formats the caller reads itself (e.g. ``.warc.gz``)."""
+    suffixes = JSONL_SUFFIXES + COLUMNAR_SUFFIXES + TEXT_SUFFIXES + tuple(extra_suffixes)
     specs = [spec] if isinstance(spec, str) else list(spec)
     files: List[str] = []
     for s in specs:
@@ -49,10 +51,10 @@ def expand_inputs(spec: Union[str, Sequence[str]]) -> List[str]:
             found = [
                 p
                 for p in sorted(glob.glob(os.path.join(s, "**", "*"), recursive=True))
-                if os.path.isfile(p) and _supported(p)
+                if os.path.isfile(p) and p.endswith(suffixes)
             ]
             if not found:
-                raise MegaliteError(f"--input {s}: the folder holds no .jsonl/.json(.gz/.zst)/.parquet files")
+                raise MegaliteError(f"--input {s}: the folder holds no {'/'.join(suffixes)} files")
             files.extend(found)
         elif os.path.isfile(s):
             files.append(s)
@@ -62,16 +64,9 @@ def expand_inputs(spec: Union[str, Sequence[str]]) -> List[str]:
                 raise MegaliteError(f"--input {s}: no such file, folder or glob match")
             files.extend(matches)
     for f in files:
-        if not _supported(f):
-            raise MegaliteError(
-                f"--input {f}: unsupported format; expected one of "
-                + ", ".join(JSONL_SUFFIXES + COLUMNAR_SUFFIXES + TEXT_SUFFIXES)
-            )
+        if not f.endswith(suffixes):
+            raise MegaliteError(f"--input {f}: unsupported format; expected one of " + ", ".join(suffixes))
     return files
-
-
-def _supported(path: str) -> bool:
-    return path.endswith(JSONL_SUFFIXES + COLUMNAR_SUFFIXES + TEXT_SUFFIXES)
 
 
 def _is_saved_dataset(path: str) -> bool:
@@ -198,8 +193,9 @@ def _arrow_tables(path: str, pa):
             yield pa.Table.from_batches([batch])
 
 
-def extract_text(record: Union[bytes, dict], key: str) -> str:
-    """The string under ``key``; raises ValueError with a short reason for malformed records."""
+def parse_record(record: Union[bytes, dict], key: str) -> dict:
+    """The record as a dict holding a string under ``key``; raises ValueError with a short
+    reason for malformed records."""
     if isinstance(record, (bytes, str)):
         try:
             record = json.loads(record)
@@ -212,7 +208,12 @@ def extract_text(record: Union[bytes, dict], key: str) -> str:
     value = record[key]
     if not isinstance(value, str):
         raise ValueError(f"key {key!r} is {type(value).__name__}, not a string")
-    return value
+    return record
+
+
+def extract_text(record: Union[bytes, dict], key: str) -> str:
+    """The string under ``key``; raises ValueError with a short reason for malformed records."""
+    return parse_record(record, key)[key]
 
 
 def iter_texts(files: Sequence[str], key: str = "text", limit_bytes: Optional[int] = None) -> Iterator[str]:
