@@ -49,3 +49,16 @@ def test_sigkilled_worker_restarts_and_matches_uninterrupted_run(tmp_path, tiny_
     last = {r["iteration"]: r for r in read_metrics(metrics)[0]}  # the later line wins
     for r in ref:
         assert last[r["iteration"]]["lm_loss"] == pytest.approx(r["lm_loss"], rel=1e-5), r["iteration"]
+
+
+def test_hung_rank_is_reported_and_exits_within_the_timeout(tmp_path, tiny_corpus):
+    argv = tiny_model_args(*tiny_corpus, train_iters=10, micro_batch_size=2, global_batch_size=8, eval_iters=0,
+                           distributed_timeout_minutes=0.1)
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    start = time.time()
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+                           str(free_port()), "tests/hang_driver.py", *argv],
+                          cwd=REPO, capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode != 0 and time.time() - start < 60
+    assert "watchdog: iteration 3 has not finished after" in proc.stderr
+    assert "time.sleep(600)" in proc.stderr or "stuck_forward" in proc.stderr  # the stuck rank's stack

@@ -37,6 +37,7 @@ from megalite.training.data import build_datasets, build_loader, build_tokenizer
 from megalite.training.metrics_log import MetricsLog
 from megalite.training.optimizer import ConstantLossScaler, DynamicLossScaler, Optimizer
 from megalite.training.schedules import BatchSchedule, LRSchedule
+from megalite.training.watchdog import StepWatchdog
 
 
 def setup_distributed(backend: Optional[str], timeout_minutes: float = 10.0) -> torch.device:
@@ -128,6 +129,7 @@ class Trainer:
                                                 if device.type == "cuda" else None)
         self.exit_requested = False
         self.pending_save = None
+        self.watchdog = StepWatchdog(60 * p.distributed_timeout_minutes, s.rank)
         self.start_time = time.time()
 
     # -- one step ------------------------------------------------------------------------------
@@ -193,7 +195,9 @@ class Trainer:
                 gbs = self.batches.global_batch_size(self.consumed_samples)
                 batch = microbatches(self.train_iter, self.batches.num_microbatches(self.consumed_samples),
                                      self.device)
+                self.watchdog.arm(f"iteration {self.iteration + 1}")
                 out = self.train_step(batch)
+                self.watchdog.disarm()
                 self.iteration += 1
                 self.consumed_samples += gbs
                 self.consumed_tokens += gbs * cfg.data.seq_length
@@ -234,6 +238,7 @@ class Trainer:
                       f"{result['lm_loss']:.4f} at the last", flush=True)
             return result
         finally:
+            self.watchdog.disarm()
             signal.signal(signal.SIGTERM, previous)
             self.log.close()
 
