@@ -105,7 +105,8 @@ def test_pipeline_checkpoint_resumes_and_exports(tmp_path, tiny_corpus):
     run(tmp_path, tiny_corpus, "first", 2, save=str(tmp_path / "b"), exit_interval=3, **kw)
     resumed, _ = run(tmp_path, tiny_corpus, "resumed", 2, save=str(tmp_path / "b"), load=str(tmp_path / "b"), **kw)
     assert [r["lm_loss"] for r in resumed] == [r["lm_loss"] for r in full[3:]]
-    assert sorted(p.name for p in (tmp_path / "a" / "iter_0000006").iterdir()) == ["mp_rank_00_000", "mp_rank_00_001"]
+    assert sorted(p.name for p in (tmp_path / "a" / "iter_0000006").iterdir()) == \
+        ["checksums.json", "mp_rank_00_000", "mp_rank_00_001"]
     state, _ = load_full_state(str(tmp_path / "a"))
     assert {"embedding.weight", "layers.0.attention.qkv.weight", "layers.3.mlp.fc2.weight", "final_norm.weight"} <= set(state)
     last = torch.load(tmp_path / "a" / "iter_0000006" / "mp_rank_00_001" / "model_optim_rng.pt", weights_only=True)
