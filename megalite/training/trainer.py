@@ -129,6 +129,7 @@ class Trainer:
                                                 if device.type == "cuda" else None)
         self.exit_requested = False
         self.pending_save = None
+        self.compute_seconds = 0.0
         self.watchdog = StepWatchdog(60 * p.distributed_timeout_minutes, s.rank)
         self.start_time = time.time()
 
@@ -138,9 +139,13 @@ class Trainer:
         self.grads.zero()
         tokens = all_reduce_scalar(float(sum(mb["loss_mask"].sum().item() for mb in batch)), s.dp_group)
         self.model.train()
+        started = time.perf_counter()
         loss_sum = forward_backward(
             self.model, batch, lambda losses, mb: (losses * mb["loss_mask"]).sum() / tokens,
             self.activation_shape, self.dtype, grad_buffer=self.grads, loss_scale=self.optimizer.loss_scale)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        self.compute_seconds += time.perf_counter() - started  # before waiting for other ranks' gradients
         self.grads.finish_sync()
         # the loss lives on the last pipeline stage; summing over stages hands it to every rank
         lm_loss = all_reduce_scalar(all_reduce_scalar(loss_sum, s.pp_group), s.dp_group)
@@ -334,6 +339,7 @@ class Trainer:
             "mfu": tflops / self.peak if self.peak else None,
             "ms_per_iteration": 1000 * elapsed / w["n"],
             "memory_gb": _memory_gb(self.device),
+            **self._straggler_stats(),
         }
         line = (f" iteration {self.iteration:8d}/{self.train_iters} | consumed samples {self.consumed_samples:10d} | "
                 f"ms/iter {metrics['ms_per_iteration']:8.1f} | lr {metrics['lr']:.3e} | "
@@ -341,8 +347,23 @@ class Trainer:
                 f"tokens/s {metrics['tokens_per_sec']:.0f} | TFLOP/s/device {tflops:.2f} | "
                 + (f"MFU {100 * metrics['mfu']:.1f}% | " if self.peak else "")
                 + (f"loss scale {metrics['loss_scale']:.1f} | " if self.cfg.training.fp16 else "")
-                + f"skipped {w['skipped']} | mem {metrics['memory_gb']:.2f} GB")
+                + f"skipped {w['skipped']} | mem {metrics['memory_gb']:.2f} GB"
+                + (f" | slowest rank {metrics['slowest_rank']} (+{100 * metrics['compute_spread']:.0f}%)"
+                   if metrics.get("compute_spread", 0) > 0.1 else ""))
         self.log.record(metrics, line)
+
+    def _straggler_stats(self) -> Dict:
+        """Per-rank forward/backward time over the logging window (waits for other ranks'
+        gradients excluded): its spread, (max - min) / mean, and the slowest rank."""
+        mine, self.compute_seconds = self.compute_seconds, 0.0
+        if not dist.is_initialized() or dist.get_world_size() == 1:
+            return {}
+        times = [torch.zeros(1, dtype=torch.float64, device=self.device) for _ in range(dist.get_world_size())]
+        dist.all_gather(times, torch.tensor([mine], dtype=torch.float64, device=self.device))
+        times = [x.item() for x in times]
+        mean = sum(times) / len(times)
+        return {"compute_spread": (max(times) - min(times)) / mean if mean > 0 else 0.0,
+                "slowest_rank": max(range(len(times)), key=times.__getitem__)}
 
 
 def _sync_model_parallel(params) -> None:
