@@ -62,3 +62,25 @@ def test_hung_rank_is_reported_and_exits_within_the_timeout(tmp_path, tiny_corpu
     assert proc.returncode != 0 and time.time() - start < 60
     assert "watchdog: iteration 3 has not finished after" in proc.stderr
     assert "time.sleep(600)" in proc.stderr or "stuck_forward" in proc.stderr  # the stuck rank's stack
+
+
+@pytest.mark.parametrize("async_save", [False, True], ids=["sync-save", "async-save"])
+def test_sigkill_during_a_save_keeps_the_previous_checkpoint(tmp_path, tiny_corpus, async_save):
+    common = dict(train_iters=6, eval_iters=0)
+    pretrain(parse_config(tiny_model_args(*tiny_corpus, metrics_file=str(tmp_path / "ref.jsonl"), **common)))
+    ck = str(tmp_path / "ck")
+    argv = tiny_model_args(*tiny_corpus, save=ck, load=ck, save_interval=2, async_save=async_save,
+                           metrics_file=str(tmp_path / "run.jsonl"), **common)
+    proc = subprocess.Popen([sys.executable, "tests/slow_save_driver.py", *argv], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:
+        if "writing iteration 4" in line:
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert open(os.path.join(ck, "latest_checkpointed_iteration.txt")).read() == "2"
+    assert not os.path.exists(os.path.join(ck, "iter_0000004"))
+    pretrain(parse_config(argv))  # resumes from iteration 2
+    ref, _ = read_metrics(tmp_path / "ref.jsonl")
+    last = {r["iteration"]: r["lm_loss"] for r in read_metrics(tmp_path / "run.jsonl")[0]}
+    assert [last[i] for i in range(1, 7)] == [r["lm_loss"] for r in ref]  # bitwise, one process
