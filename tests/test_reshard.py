@@ -49,3 +49,23 @@ def test_finetune_from_another_layout_loads_weights_only(tmp_path, tiny_corpus, 
                                           **{**COMMON, "train_iters": 2})))
     rows, _ = read_metrics(metrics)
     assert [r["iteration"] for r in rows] == [1, 2]
+
+
+def test_offline_reshard_writes_a_checkpoint_for_another_layout(tmp_path, tiny_corpus, saved):
+    """tools/convert_checkpoint.py --reshard TP=2 x PP=2 -> TP=1 x PP=2: the new files are each
+    stage's plain tensors, and training from them continues with the uninterrupted losses."""
+    import torch
+
+    from tests.conftest import run_tool
+
+    full, ck = saved
+    run_tool("tools/convert_checkpoint.py", "--reshard", "--load", ck, "--save", str(tmp_path / "pp2"),
+             "--target-pipeline-parallel-size", "2")
+    folder = tmp_path / "pp2" / "iter_0000004"
+    assert sorted(p.name for p in folder.iterdir()) == ["checksums.json", "mp_rank_00_000", "mp_rank_00_001"]
+    last = torch.load(folder / "mp_rank_00_001" / "model_optim_rng.pt", weights_only=True)
+    assert last["layers"] == [4, 5, 6, 7] and last["parallel"]["tp_size"] == 1
+    rows = run(tmp_path, tiny_corpus, "offline", 2, load=str(tmp_path / "pp2"), pipeline_model_parallel_size=2,
+               **COMMON)
+    for a, b in zip(full[4:], rows):
+        assert b["lm_loss"] == pytest.approx(a["lm_loss"], rel=1e-5), a["iteration"]

@@ -6,6 +6,7 @@ place for its ranks and groups; with every size at 1 (or no torch.distributed at
 groups are None and every collective in megalite is a no-op.
 """
 
+import contextlib
 from dataclasses import dataclass
 from typing import List, Optional
 
@@ -119,6 +120,19 @@ def tp_subgroup(size: int):
                     mine = (group, ranks.index(s.rank))
         _subgroups[size] = mine
     return _subgroups[size]
+
+
+@contextlib.contextmanager
+def planning(tp: int, pp: int, tp_rank: int, pp_rank: int):
+    """Lay out one (tensor, pipeline) rank's part of a model in this single process, with no
+    groups (to write checkpoints for another layout); the previous state returns after."""
+    global _state
+    saved = _state
+    _state = ParallelState(world_size=tp * pp, tp_size=tp, pp_size=pp, tp_rank=tp_rank, pp_rank=pp_rank)
+    try:
+        yield _state
+    finally:
+        _state = saved
 
 
 def destroy() -> None:

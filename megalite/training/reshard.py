@@ -13,14 +13,16 @@ for this rank.
 import glob
 import os
 from collections.abc import Mapping
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from megalite.config import Config, ModelConfig
+from megalite.config import Config, ModelConfig, validate
 from megalite.errors import MegaliteError
+from megalite.parallel import state
 from megalite.parallel.init import shard_like
-from megalite.training.checkpointing import TRACKER, find_checkpoint, verify_file
+from megalite.training.checkpointing import TRACKER, PendingSave, find_checkpoint, rank_file, split_metadata, verify_file
+from megalite.utils.progress import Progress
 
 OPTIMIZER_KINDS = ("master", "exp_avg", "exp_avg_sq")
 
@@ -104,39 +106,94 @@ def _optimizer_tensors(model_file: str, payload: Dict) -> Tuple[Dict[str, Dict[s
     return shaped, step
 
 
+class _SavedCheckpoint:
+    """Every tensor of a checkpoint by global name, gathered over its tensor-parallel files on
+    access: the weights, and each optimizer state (fp32 master, Adam moments)."""
+
+    def __init__(self, load: str, with_optimizer: bool = True):
+        _, stages = _rank_files(load)
+        self.payloads = [[_read(f) for f in files] for files in stages]
+        self.first = self.payloads[0][0]
+        cfg = Config.from_dict(self.first["args"]).model
+        self.weights = _GatheredState(self.payloads, cfg)
+        self.states, self.step = {}, 0.0
+        if with_optimizer:
+            local = [[_optimizer_tensors(f, pl) for f, pl in zip(files, stage)]
+                     for files, stage in zip(stages, self.payloads)]
+            self.states = {kind: _GatheredState([[{"model": tensors[kind], "tensor_parallel": pl.get("tensor_parallel", {})}
+                                                  for (tensors, _), pl in zip(ranks, stage)]
+                                                 for ranks, stage in zip(local, self.payloads)], cfg)
+                           for kind in OPTIMIZER_KINDS}
+            self.step = local[0][0][1]
+
+    def cut_for(self, model, where: str) -> Tuple[Dict[str, torch.Tensor], List[Dict]]:
+        """(weights, optimizer pieces) of ``model``'s parameters as this rank holds them."""
+        params = dict(model.named_parameters())
+        missing = sorted(set(params) - set(self.weights))
+        if missing:
+            raise MegaliteError(f"{where}: the checkpoint has no {missing[0]} (and {len(missing) - 1} more)")
+        weights = {name: shard_like(p, self.weights[name]) for name, p in params.items()}
+        pieces = []
+        for name, p in params.items():
+            if self.states and p.requires_grad:
+                entry = {"name": name, "range": [0, p.numel()], "shape": list(p.shape), "step": self.step}
+                for kind, gathered in self.states.items():
+                    if name in gathered:
+                        entry[kind] = shard_like(p, gathered[name]).reshape(-1).float().contiguous()
+                pieces.append(entry)
+        return weights, pieces
+
+
 @torch.no_grad()
 def load_resharded(load: str, model, optimizer) -> Dict:
     """Load weights and (unless ``optimizer`` is None) optimizer state saved in any parallel
     layout into this rank's ``model`` / ``optimizer``; returns the first saved rank's payload
     (iteration, consumed samples, random states, settings)."""
-    _, stages = _rank_files(load)
-    payloads = [[_read(f) for f in files] for files in stages]
-    cfg = Config.from_dict(payloads[0][0]["args"]).model
-    weights = _GatheredState(payloads, cfg)
+    saved = _SavedCheckpoint(load, with_optimizer=optimizer is not None)
+    weights, pieces = saved.cut_for(model, load)
     params = dict(model.named_parameters())
-    missing = sorted(set(params) - set(weights))
-    if missing:
-        raise MegaliteError(f"{load}: the checkpoint has no {missing[0]} (and {len(missing) - 1} more)")
-    for name, p in params.items():
-        p.copy_(shard_like(p, weights[name]))
+    for name, w in weights.items():
+        params[name].copy_(w)
     if optimizer is not None:
-        local = [[_optimizer_tensors(f, pl) for f, pl in zip(files, stage)] for files, stage in zip(stages, payloads)]
-        gathered = {kind: _GatheredState([[{"model": tensors[kind], "tensor_parallel": pl.get("tensor_parallel", {})}
-                                           for (tensors, _), pl in zip(ranks, stage)]
-                                          for ranks, stage in zip(local, payloads)], cfg)
-                    for kind in OPTIMIZER_KINDS}
-        step = local[0][0][1]
-        pieces = []
-        for name, p in params.items():
-            if not p.requires_grad:
-                continue
-            entry = {"name": name, "range": [0, p.numel()], "shape": list(p.shape), "step": step}
-            for kind in OPTIMIZER_KINDS:
-                if name in gathered[kind]:
-                    entry[kind] = shard_like(p, gathered[kind][name]).reshape(-1).float()
-            pieces.append(entry)
-        optimizer.load_state_dict({"scaler": payloads[0][0]["optimizer"]["scaler"], "pieces": pieces})
-    return payloads[0][0]
+        optimizer.load_state_dict({"scaler": saved.first["optimizer"]["scaler"], "pieces": pieces})
+    return saved.first
+
+
+def reshard_offline(load: str, save: str, tp: int, pp: int, virtual_layers: Optional[int] = None) -> str:
+    """Write the checkpoint ``load`` names as one for tensor-parallel size ``tp`` and pipeline
+    size ``pp`` (with ``virtual_layers`` layers per virtual stage), weights and optimizer state,
+    one target rank at a time (nothing runs in parallel; the model is laid out on the meta
+    device, so memory stays near one gathered tensor plus one rank's state)."""
+    from megalite.model.gpt import build_stage_model
+
+    saved = _SavedCheckpoint(load)
+    cfg = Config.from_dict(saved.first["args"])
+    p = cfg.parallel
+    p.tensor_model_parallel_size, p.pipeline_model_parallel_size = tp, pp
+    p.num_layers_per_virtual_pipeline_stage = virtual_layers
+    p.decoder_first_pipeline_num_layers = p.decoder_last_pipeline_num_layers = None
+    p.sequence_parallel = p.sequence_parallel and tp > 1
+    validate(cfg, world_size=tp * pp)
+    if cfg.model.padded_vocab_size % tp:
+        raise MegaliteError(f"the padded vocabulary ({cfg.model.padded_vocab_size}) does not divide by "
+                            f"--target-tensor-parallel-size {tp}")
+    iteration = saved.first["iteration"]
+    pending = PendingSave(save, iteration, os.path.join(save, f".tmp_iter_{iteration:07d}"), None)
+    progress = Progress("reshard")
+    for pp_rank in range(pp):
+        for tp_rank in range(tp):
+            with state.planning(tp, pp, tp_rank, pp_rank), torch.device("meta"):
+                model = build_stage_model(cfg, None)
+                weights, pieces = saved.cut_for(model, load)
+                payload = {**saved.first, "args": cfg.to_dict(), "model": weights,
+                           "optimizer": {"scaler": saved.first["optimizer"]["scaler"], "pieces": pieces},
+                           "parallel": {"tp_size": tp, "pp_size": pp, "dp_size": 1},
+                           "tensor_parallel": split_metadata(model),
+                           "layers": sorted({int(k.split(".")[1]) for k in weights if k.startswith("layers.")})}
+                pending.write({rank_file(pending.tmp): payload})
+            progress.update(ranks=1)
+    progress.close()
+    return pending.finish()
 
 
 def gather_replicated_qkv(shards, cfg: ModelConfig) -> torch.Tensor:
