@@ -98,11 +98,13 @@ def split_metadata(model) -> Dict:
 
 
 def save_checkpoint(root: str, iteration: int, model, optimizer, cfg: Config, consumed_samples: int,
-                    consumed_tokens: int, keep_last: Optional[int] = None, asynchronous: bool = False) -> "PendingSave":
+                    consumed_tokens: int, keep_last: Optional[int] = None, asynchronous: bool = False,
+                    snapshot_buffers: Optional[Dict] = None) -> "PendingSave":
     """Write this rank's files for ``iteration``. Synchronous: returns once the checkpoint is
     complete and tracked. ``asynchronous``: the state is copied to CPU memory now and written
     by a background thread; the returned PendingSave is completed by ``finish()`` (which every
-    rank calls, e.g. before the next save), and only then is the tracker moved."""
+    rank calls, e.g. before the next save), and only then is the tracker moved. Passing the
+    same ``snapshot_buffers`` dict to every save reuses the CPU copies' memory."""
     s = state.get()
     tmp = os.path.join(root, f".tmp_iter_{iteration:07d}")
     if s.rank == 0:
@@ -136,22 +138,32 @@ def save_checkpoint(root: str, iteration: int, model, optimizer, cfg: Config, co
         }
     pending = PendingSave(root, iteration, tmp, keep_last)
     if asynchronous:
-        pending.start({f: _snapshot(obj) for f, obj in files.items()})
+        buffers = snapshot_buffers if snapshot_buffers is not None else {}
+        snapshot = {f: _snapshot(obj, buffers, os.path.basename(f)) for f, obj in files.items()}
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()  # the non-blocking device-to-host copies have landed
+        pending.start(snapshot)
     else:
         pending.write(files)
         pending.finish()
     return pending
 
 
-def _snapshot(obj):
+def _snapshot(obj, buffers: Dict, key: str = ""):
     """A copy of ``obj`` whose tensors live in CPU memory of their own (training may change
-    the originals while a background thread writes the copy)."""
+    the originals while a background thread writes the copy). Tensors are copied into
+    ``buffers`` kept from the previous save when shapes match (pinned on CUDA machines), so
+    repeated saves neither allocate nor fault in fresh pages."""
     if isinstance(obj, torch.Tensor):
-        return obj.detach().to("cpu", copy=True)
+        buf = buffers.get(key)
+        if buf is None or buf.shape != obj.shape or buf.dtype != obj.dtype:
+            buf = torch.empty(obj.shape, dtype=obj.dtype, pin_memory=obj.is_cuda)
+            buffers[key] = buf
+        return buf.copy_(obj.detach(), non_blocking=obj.is_cuda)
     if isinstance(obj, dict):
-        return {k: _snapshot(v) for k, v in obj.items()}
+        return {k: _snapshot(v, buffers, f"{key}/{k}") for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(_snapshot(v) for v in obj)
+        return type(obj)(_snapshot(v, buffers, f"{key}/{i}") for i, v in enumerate(obj))
     return obj
 
 

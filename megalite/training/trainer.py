@@ -128,7 +128,7 @@ class Trainer:
         self.peak = cfg.logging.peak_tflops or (peak_tflops(torch.cuda.get_device_name(device))
                                                 if device.type == "cuda" else None)
         self.exit_requested = False
-        self.pending_save = None
+        self.pending_save, self.snapshot_buffers = None, {}
         self.compute_seconds = 0.0
         self.watchdog = StepWatchdog(60 * p.distributed_timeout_minutes, s.rank)
         self.start_time = time.time()
@@ -256,7 +256,7 @@ class Trainer:
         with self.grads.full_params():
             self.pending_save = save_checkpoint(c.save, self.iteration, self.model, self.optimizer, self.cfg,
                                                 self.consumed_samples, self.consumed_tokens, c.keep_last,
-                                                asynchronous=c.async_save)
+                                                asynchronous=c.async_save, snapshot_buffers=self.snapshot_buffers)
         if not c.async_save:
             self._report_saved()
 
