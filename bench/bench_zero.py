@@ -5,8 +5,9 @@
 Builds the model on the meta device (no memory), lays its parameters out in buckets exactly
 as GradBuffer does, and prints for DP in 1..64 the bytes one rank keeps between steps in
 bf16 mixed precision: parameters (2 B), the fp32 gradient buffer (4 B), fp32 master weights
-and Adam's two moments (12 B, divided by DP with --use-distributed-optimizer, and all of it
-divided by DP with --zero-stage 3, whose buckets are the model's layers). The default
+and Adam's two moments (12 B, divided by DP with --use-distributed-optimizer; with
+--zero-stage 2 the gradients too, and with --zero-stage 3 everything, whose buckets are the
+model's layers). The default
 shape is TinyLlama-1.1B's. tests/test_zero.py checks these numbers against what a real
 run allocates.
 """
@@ -41,13 +42,16 @@ def main():
     unit_numels, ends = unit_layout([model], list(model.layers.values()))
     n = sum(numels)
     print(f"model: {n / 1e9:.3f}B parameters, bf16 parameters, fp32 gradients and optimizer state")
-    print(f"{'DP':>4} | {'plain GiB':>9} | {'ZeRO-1 GiB':>10} | {'B/param':>7} | {'ZeRO-3 GiB':>10} | {'B/param':>7}")
+    print(f"{'DP':>4} | {'plain GiB':>9} | " + " | ".join(f"ZeRO-{z} GiB | B/param" for z in (1, 2, 3)))
     for dp in (1, 2, 4, 8, 16, 32, 64):
         plain = training_state_bytes(numels, dp, 0, 2, a.bucket_size)["total"]
-        z1 = max(training_state_bytes(numels, dp, 1, 2, a.bucket_size, r)["total"] for r in range(dp))
-        z3 = max(training_state_bytes(unit_numels, dp, 3, 2, dp_rank=r, ends=ends)["total"] for r in range(dp))
-        print(f"{dp:>4} | {plain / 2**30:>9.2f} | {z1 / 2**30:>10.2f} | {z1 / n:>7.2f} | {z3 / 2**30:>10.2f} | "
-              f"{z3 / n:>7.2f}")
+        cells = []
+        for stage in (1, 2, 3):
+            layout = dict(numels=numels) if stage == 1 else dict(numels=unit_numels, ends=ends)
+            worst = max(training_state_bytes(dp_size=dp, zero_stage=stage, param_bytes=2, bucket_size=a.bucket_size,
+                                             dp_rank=r, **layout)["total"] for r in range(dp))
+            cells.append(f"{worst / 2**30:>10.2f} | {worst / n:>7.2f}")
+        print(f"{dp:>4} | {plain / 2**30:>9.2f} | " + " | ".join(cells))
 
 
 if __name__ == "__main__":

@@ -67,8 +67,8 @@ class ParallelConfig:
                                                  "all-gathered)")
     overlap_param_gather: bool = opt(False, "with --use-distributed-optimizer: all-gather the updated parameters "
                                             "while the next forward pass runs")
-    zero_stage: int = opt(0, "ZeRO stage: 1 = --use-distributed-optimizer; 3 also shards the parameters and "
-                             "gradients, gathering one layer at a time", choices=[0, 1, 3])
+    zero_stage: int = opt(0, "ZeRO stage: 1 = --use-distributed-optimizer; 2 also shards the gradients; 3 also "
+                             "the parameters, gathering one layer at a time", choices=[0, 1, 2, 3])
 
 
 @dataclass
@@ -300,10 +300,10 @@ def validate(cfg: Config, world_size: int = 1) -> Config:
     p.use_distributed_optimizer = p.zero_stage >= 1
     if p.overlap_param_gather and p.zero_stage != 1:
         raise MegaliteError("--overlap-param-gather needs --use-distributed-optimizer (ZeRO-3 always prefetches)")
-    if p.zero_stage == 3 and p.pipeline_model_parallel_size > 1 and not m.untie_embeddings_and_output_weights:
-        raise MegaliteError("--zero-stage 3 with --pipeline-model-parallel-size > 1 needs "
+    if p.zero_stage >= 2 and p.pipeline_model_parallel_size > 1 and not m.untie_embeddings_and_output_weights:
+        raise MegaliteError(f"--zero-stage {p.zero_stage} with --pipeline-model-parallel-size > 1 needs "
                             "--untie-embeddings-and-output-weights (a tied embedding split over stages is not "
-                            "supported with sharded parameters yet)")
+                            "supported with sharded gradients yet)")
     mp = tp * p.pipeline_model_parallel_size
     if world_size % mp:
         raise MegaliteError(f"world size {world_size} is not divisible by tensor x pipeline parallel size {mp}")

@@ -27,9 +27,9 @@ def saved(tmp_path_factory, tiny_corpus):
     (1, {}),
     (4, {"tensor_model_parallel_size": 4}),  # 2 key/value heads over 4 ranks: replicated heads
     (4, {"pipeline_model_parallel_size": 4, "num_layers_per_virtual_pipeline_stage": 1}),  # 2 chunks per stage
-    (4, {"zero_stage": 1}),
+    (4, {"zero_stage": 2}),
     (4, {"zero_stage": 3}),
-], ids=["one-process", "tp4", "pp4-virtual", "dp4-zero1", "dp4-zero3"])
+], ids=["one-process", "tp4", "pp4-virtual", "dp4-zero2", "dp4-zero3"])
 def test_continues_in_another_layout(tmp_path, tiny_corpus, saved, world, layout):
     full, ck = saved
     rows = run(tmp_path, tiny_corpus, "resumed", world, load=ck, **layout, **COMMON)

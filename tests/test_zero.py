@@ -55,10 +55,12 @@ UNTIED = {"untie_embeddings_and_output_weights": True}
     # tied embedding on both stages, bucketed with different neighbours: the stages own different parts
     (4, {**ZERO, "pipeline_model_parallel_size": 2, "decoder_first_pipeline_num_layers": 0,
          "ddp_bucket_size": 200_000}),
+    (4, {"zero_stage": 2, "tensor_model_parallel_size": 2, "sequence_parallel": True}),
+    (4, {"zero_stage": 2, "pipeline_model_parallel_size": 2, **UNTIED}),
     (4, {**ZERO3, "recompute_granularity": "full"}),
     (4, {**ZERO3, "tensor_model_parallel_size": 2, "sequence_parallel": True}),
     (4, {**ZERO3, "pipeline_model_parallel_size": 2, **UNTIED}),
-], ids=["z1-dp2", "z1-dp4-overlap-param-gather", "z1-dp2-tp2-sp", "z1-dp2-pp2",
+], ids=["z1-dp2", "z1-dp4-overlap-param-gather", "z1-dp2-tp2-sp", "z1-dp2-pp2", "z2-dp2-tp2-sp", "z2-dp2-pp2",
         "z3-dp4-recompute", "z3-dp2-tp2-sp", "z3-dp2-pp2"])
 def test_sharded_training_matches_one_process(tmp_path, tiny_corpus, reference, world, extra):
     expected = reference(**{k: v for k, v in extra.items() if k in UNTIED})
@@ -107,8 +109,8 @@ def _count_bytes(rank, world, argv, out):
     tr.train_step(microbatches(tr.train_iter, 2, tr.device))  # Adam's moments exist from the first step
     opt, buf = tr.optimizer, tr.grads
 
-    def nbytes(tensors):
-        return sum(t.untyped_storage().nbytes() for t in tensors)
+    def nbytes(tensors):  # distinct storages
+        return sum({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}.values())
 
     masters = [x.master for x in opt.pieces]
     if isinstance(buf, FullyShardedBuffer):  # shards, plus whole units that should all be freed now
@@ -127,11 +129,11 @@ def _count_bytes(rank, world, argv, out):
     state.destroy()
 
 
-@pytest.mark.parametrize("stage", [0, 1, 3])
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
 def test_memory_per_rank_follows_the_zero_formulas(tmp_path, tiny_corpus, stage):
     """bf16 parameters on DP=4, bytes per parameter on every rank: 2 (params) + 4 (fp32 grads)
-    + 12 (fp32 master + two Adam moments) without sharding, 2 + 4 + 12 / DP with ZeRO-1 and
-    (2 + 4 + 12) / DP with ZeRO-3; the planner (bench/bench_zero.py) predicts each rank's
+    + 12 (fp32 master + two Adam moments) without sharding, 2 + 4 + 12 / DP with ZeRO-1,
+    2 + (4 + 12) / DP with ZeRO-2 and (2 + 4 + 12) / DP with ZeRO-3; the planner (bench/bench_zero.py) predicts each rank's
     allocations exactly."""
     import json
 
@@ -140,7 +142,7 @@ def test_memory_per_rank_follows_the_zero_formulas(tmp_path, tiny_corpus, stage)
     run_distributed(_count_bytes, 4, argv, str(tmp_path / "bytes"))
     ranks = [json.loads((tmp_path / f"bytes.{r}").read_text()) for r in range(4)]
     dp = 4
-    per_param = {0: 2 + 4 + 12, 1: 2 + 4 + 12 / dp, 3: (2 + 4 + 12) / dp}[stage]
+    per_param = {0: 2 + 4 + 12, 1: 2 + 4 + 12 / dp, 2: 2 + (4 + 12) / dp, 3: (2 + 4 + 12) / dp}[stage]
     for r in ranks:
         planned = {k: v for k, v in r["planned"].items() if k != "total"}
         assert r["actual"] == planned

@@ -1,4 +1,5 @@
-"""ZeRO-3: parameters sharded over the data-parallel ranks, gathered one unit at a time.
+"""ZeRO-3: parameters sharded over the data-parallel ranks, gathered one unit at a time
+(and ZeRO-2, the same with whole parameters kept on every rank).
 
 A *unit* is a transformer layer, or the parameters a model chunk holds outside its layers
 (embedding, final norm, output layer). Each unit is one bucket of the layout GradBuffer
@@ -45,15 +46,19 @@ def unit_layout(roots: Sequence[torch.nn.Module], units: Sequence[torch.nn.Modul
 
 class FullyShardedBuffer(GradBuffer):
     def __init__(self, roots: Sequence[torch.nn.Module], units: Sequence[torch.nn.Module], dp_group,
-                 sync_model_parallel: Optional[Callable[[List[torch.nn.Parameter]], None]] = None):
-        self.roots, self.units = list(roots), list(units)
+                 sync_model_parallel: Optional[Callable[[List[torch.nn.Parameter]], None]] = None,
+                 shard_params: bool = True):
+        """``shard_params=False`` is ZeRO-2: gradients and optimizer state sharded as here, but
+        every rank keeps whole parameters, all-gathered from the updated shards after each step."""
+        self.roots, self.units, self.shard_params = list(roots), list(units), shard_params
         groups = unit_groups(roots, units)
         # buffer order is reversed registration order: a bucket ends at each group's first parameter
         super().__init__([p for g in groups for p in g], dp_group, bucket_size=2**62, distributed=True,
                          sync_model_parallel=sync_model_parallel, bucket_ends=[g[0] for g in groups])
         self.forward_order: List[_Bucket] = []
         self._inflight: List = []
-        self._attach_hooks()
+        if shard_params:
+            self._attach_hooks()
 
     # -- storage ---------------------------------------------------------------------------------
     def _allocate(self, total: int) -> None:
@@ -65,7 +70,8 @@ class FullyShardedBuffer(GradBuffer):
                 view = b.full[offset : offset + p.numel()].view_as(p)
                 view.copy_(p.data)
                 p.data = view
-            b.param_shard = b.full[b.owned[0] - b.start : b.owned[1] - b.start].clone()
+            mine = b.full[b.owned[0] - b.start : b.owned[1] - b.start]
+            b.param_shard = mine.clone() if self.shard_params else mine  # ZeRO-2: whole parameters stay
             b.grad_shard = torch.zeros(b.owned[1] - b.owned[0], dtype=torch.float32, device=device)
             b.grad_full = None
             b.gathered = True
@@ -79,8 +85,8 @@ class FullyShardedBuffer(GradBuffer):
         if self.in_place:
             b.param_handle = dist.all_gather_into_tensor(b.full, b.param_shard, group=self.dp_group, async_op=True)
         else:
-            b.param_handle = dist.all_gather(list(b.full.chunk(self.dp_size)), b.param_shard, group=self.dp_group,
-                                             async_op=True)
+            b.param_handle = dist.all_gather(list(b.full.chunk(self.dp_size)), b.param_shard.clone(),
+                                             group=self.dp_group, async_op=True)
         b.gathered = True
 
     def _ready(self, b: _Bucket) -> None:
@@ -90,7 +96,7 @@ class FullyShardedBuffer(GradBuffer):
             b.param_handle = None
 
     def _release(self, b: _Bucket) -> None:
-        if b.gathered:
+        if b.gathered and self.shard_params:
             self._ready(b)
             b.full.untyped_storage().resize_(0)
             b.gathered = False
@@ -200,7 +206,12 @@ class FullyShardedBuffer(GradBuffer):
         return b.grad_shard[start : start + hi - lo]
 
     def gather_params(self) -> None:
-        """Nothing to gather after a step: units are gathered from the updated shards on use."""
+        """ZeRO-3: nothing to do, units are gathered from the updated shards on use. ZeRO-2:
+        every unit's whole parameters from the owners' updated shards."""
+        if not self.shard_params:
+            for b in self.buckets:
+                b.gathered = False
+                self._ready(b)
 
     def wait_params(self, buckets=None) -> None:
         """Nothing outstanding between steps."""

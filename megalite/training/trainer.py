@@ -94,8 +94,9 @@ class Trainer:
         self.model.to(device=device, dtype=self.dtype)
         chunks = list(self.model) if isinstance(self.model, ModelChunks) else [self.model]
         layers = [layer for c in chunks for layer in c.layers.values()]
-        if p.zero_stage == 3 and s.dp_group is not None:
-            self.grads = FullyShardedBuffer(chunks, layers, s.dp_group, _sync_model_parallel)
+        if p.zero_stage >= 2 and s.dp_group is not None:
+            self.grads = FullyShardedBuffer(chunks, layers, s.dp_group, _sync_model_parallel,
+                                            shard_params=p.zero_stage == 3)
         else:
             self.grads = GradBuffer(list(self.model.parameters()), s.dp_group, p.ddp_bucket_size,
                                     p.overlap_grad_reduce, p.use_distributed_optimizer, p.overlap_param_gather,

@@ -34,10 +34,10 @@ def training_state_bytes(numels: Sequence[int], dp_size: int, zero_stage: int, p
     (in buffer order; ``ends``: indices that close a bucket, one per unit with ZeRO-3):
     parameters, the fp32 gradients, fp32 master weights (only when parameters are not fp32
     themselves) and Adam's two fp32 moments. ZeRO-1 keeps the last two for this rank's share
-    only, ZeRO-3 everything. Uses the real bucket layout, padding included, so it equals what
-    GradBuffer / FullyShardedBuffer and Optimizer allocate."""
+    only, ZeRO-2 the gradients too, ZeRO-3 everything. Uses the real bucket layout, padding
+    included, so it equals what GradBuffer / FullyShardedBuffer and Optimizer allocate."""
     sharded = zero_stage >= 1 and dp_size > 1
-    layout = bucket_layout(numels, bucket_size if zero_stage < 3 else 2**62, dp_size, sharded, ends)
+    layout = bucket_layout(numels, bucket_size if zero_stage < 2 else 2**62, dp_size, sharded, ends)
     total = layout[-1][1] if layout else 0
     owned = 0  # parameter elements (not padding) this rank updates
     for start, end, members in layout:
@@ -45,8 +45,9 @@ def training_state_bytes(numels: Sequence[int], dp_size: int, zero_stage: int, p
         share = (end - start) // dp_size if sharded else end - start
         lo = start + (dp_rank * share if sharded else 0)
         owned += max(0, min(lo + share, real_end) - lo)
-    kept = total // dp_size if zero_stage == 3 and sharded else total  # parameters and gradients
-    out = {"params": kept * param_bytes, "grads": kept * 4, "master": owned * 4 if param_bytes != 4 else 0,
+    params = total // dp_size if zero_stage == 3 and sharded else total
+    grads = total // dp_size if zero_stage >= 2 and sharded else total
+    out = {"params": params * param_bytes, "grads": grads * 4, "master": owned * 4 if param_bytes != 4 else 0,
            "adam": owned * 8}
     out["total"] = sum(out.values())
     return out
