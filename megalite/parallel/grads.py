@@ -61,12 +61,13 @@ def counted_ranges(params: Sequence[torch.nn.Parameter]) -> List[Tuple[torch.nn.
     return out
 
 
-def global_grad_norm(grads: List[torch.Tensor], groups: Sequence[Optional[object]] = ()) -> float:
+def global_grad_norm(grads: List[torch.Tensor], groups: Sequence[Optional[object]] = (),
+                     device: Optional[torch.device] = None) -> float:
     """L2 norm of the whole model's gradient from the parts this rank counts (``counted_ranges``,
     or their owned parts under the distributed optimizer), summed over ``groups``
     (model-parallel ranks, and data-parallel ranks when each holds a different part); inf/nan
-    if any entry is."""
-    sq = torch.stack(torch._foreach_norm(grads)).float().square().sum() if grads else torch.zeros(())
+    if any entry is. ``device``: where a rank that counts nothing keeps its zero (NCCL needs CUDA)."""
+    sq = torch.stack(torch._foreach_norm(grads)).float().square().sum() if grads else torch.zeros((), device=device)
     for group in groups:
         if group is not None:
             dist.all_reduce(sq, group=group)

@@ -90,6 +90,7 @@ class Optimizer:
                  clip_grad: float = 0.0, scaler=None, model_parallel_group=None):
         named = [(n, p) for n, p in named_params if p.requires_grad]
         self.buffer = grad_buffer
+        self.device = named[0][1].device if named else None
         self.mixed = any(p.dtype != torch.float32 for _, p in named)
         self.pieces: List[_Piece] = []
         for name, p in named:
@@ -124,7 +125,7 @@ class Optimizer:
         grads = [x.grad for x in self.pieces]
         if self.scaler.scale != 1.0 and grads:
             torch._foreach_mul_(grads, 1.0 / self.scaler.scale)
-        norm = global_grad_norm(self.norm_grads, self.norm_groups)
+        norm = global_grad_norm(self.norm_grads, self.norm_groups, self.device)
         found_inf = not math.isfinite(norm)
         self.scaler.update(found_inf)
         if found_inf:
