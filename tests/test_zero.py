@@ -90,6 +90,17 @@ def test_sharded_checkpoint_resumes_bitwise_and_reshards(tmp_path, tiny_corpus, 
     assert len(rows) == 4
     for a, b in zip(full[4:], rows):
         assert b["lm_loss"] == pytest.approx(a["lm_loss"], rel=1e-5), a["iteration"]
+    if stage == 3:  # a ZeRO checkpoint exports to HF like any other
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        from megalite.hf.convert import export_hf
+        from megalite.training.reshard import load_full_state
+
+        export_hf(str(tmp_path / "a"), str(tmp_path / "hf"), dtype="fp32")
+        hf = AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf"))
+        ours, _ = load_full_state(str(tmp_path / "a"))
+        assert torch.equal(hf.model.embed_tokens.weight, ours["embedding.weight"][: hf.config.vocab_size])
 
 
 def _count_bytes(rank, world, argv, out):
