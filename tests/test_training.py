@@ -101,6 +101,14 @@ def test_bf16_mixed_precision_tracks_fp32(tmp_path, tiny_corpus):
         assert a["lm_loss"] == pytest.approx(b["lm_loss"], rel=1e-2)
 
 
+def test_bf16_finetune_continues_from_the_loaded_weights(tmp_path, tiny_corpus):
+    """The fp32 masters follow the weights loaded without optimizer state (--finetune): the
+    second fine-tuning step must not jump back to the initial weights."""
+    first, _ = train(tmp_path, tiny_corpus, "a", bf16=True, train_iters=30, save=str(tmp_path / "ck"))
+    tuned, _ = train(tmp_path, tiny_corpus, "b", bf16=True, train_iters=3, load=str(tmp_path / "ck"), finetune=True)
+    assert all(r["lm_loss"] < first[0]["lm_loss"] - 0.5 for r in tuned), [r["lm_loss"] for r in tuned]
+
+
 @pytest.mark.parametrize("overrides, message", [
     (dict(global_batch_size=6), "--global-batch-size 6 is not divisible by --micro-batch-size 4"),
     (dict(num_attention_heads=3), "--hidden-size 64 is not divisible by --num-attention-heads 3"),

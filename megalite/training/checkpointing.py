@@ -363,12 +363,13 @@ def load_checkpoint(cfg: Config, model, optimizer):
     if _same_layout(saved, cfg):
         sd = read_checkpoint(folder)
         load_model_state(model, sd, folder)
-        if load_optim:
+        optimizer.masters_from_model()
+        if load_optim:  # exact fp32 masters and moments
             optimizer.load_state_dict(sd["optimizer"], _shard_pieces(folder))
     else:  # saved with other tensor / pipeline sizes: gather and re-cut (reshard imports this module)
         from megalite.training.reshard import load_resharded
 
-        sd = load_resharded(folder, model, optimizer if load_optim else None)
+        sd = load_resharded(folder, model, optimizer, load_optim)
     if c.finetune:
         return 0, 0, 0
     if not c.no_load_rng:

@@ -15,7 +15,7 @@ one data-parallel size or sharding loads into any other.
 
 import math
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Tuple
+from typing import Dict, Iterable, List
 
 import torch
 
@@ -78,7 +78,7 @@ class _Piece:
     name: str
     lo: int
     hi: int
-    shape: Tuple[int, ...]
+    param: torch.nn.Parameter
     model: torch.Tensor  # flat view of the parameter's elements [lo, hi)
     grad: torch.Tensor  # the same elements of main_grad
     master: torch.Tensor  # fp32: ``model`` itself; else an fp32 copy
@@ -100,8 +100,7 @@ class Optimizer:
             lo, hi = owned
             model = grad_buffer.param_view(p, lo, hi)
             master = model.detach().float().clone() if self.mixed else model
-            self.pieces.append(_Piece(name, lo, hi, tuple(p.shape), model, grad_buffer.grad_view(p, lo, hi), master,
-                                      p.ndim >= 2))
+            self.pieces.append(_Piece(name, lo, hi, p, model, grad_buffer.grad_view(p, lo, hi), master, p.ndim >= 2))
         self.norm_grads = grad_buffer.owned_grads(counted_ranges([p for _, p in named]))
         self.norm_groups = [model_parallel_group] + ([grad_buffer.dp_group] if grad_buffer.distributed else [])
         groups = [{"params": [x.master for x in self.pieces if x.decay == d], "weight_decay": wd}
@@ -148,13 +147,21 @@ class Optimizer:
         pieces = []
         for x in self.pieces:
             st = self.adam.state.get(x.master, {})
-            entry = {"name": x.name, "range": [x.lo, x.hi], "shape": list(x.shape)}
+            entry = {"name": x.name, "range": [x.lo, x.hi], "shape": list(x.param.shape)}
             if st:
                 entry.update(step=float(st["step"]), exp_avg=st["exp_avg"], exp_avg_sq=st["exp_avg_sq"])
             if self.mixed:
                 entry["master"] = x.master
             pieces.append(entry)
         return {"scaler": self.scaler.state_dict(), "pieces": pieces}
+
+    @torch.no_grad()
+    def masters_from_model(self) -> None:
+        """Make the fp32 masters the model's current weights (after loading weights into the
+        model: otherwise the first step would write the masters' old values back)."""
+        if self.mixed:
+            for x in self.pieces:
+                x.master.copy_(x.param.detach().view(-1)[x.lo : x.hi])
 
     @torch.no_grad()
     def load_state_dict(self, sd: Dict, more_pieces: Iterable[Dict] = ()) -> None:

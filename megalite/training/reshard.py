@@ -145,16 +145,17 @@ class _SavedCheckpoint:
 
 
 @torch.no_grad()
-def load_resharded(load: str, model, optimizer) -> Dict:
-    """Load weights and (unless ``optimizer`` is None) optimizer state saved in any parallel
-    layout into this rank's ``model`` / ``optimizer``; returns the first saved rank's payload
+def load_resharded(load: str, model, optimizer, load_optimizer: bool = True) -> Dict:
+    """Load weights and (with ``load_optimizer``) optimizer state saved in any parallel layout
+    into this rank's ``model`` / ``optimizer``; returns the first saved rank's payload
     (iteration, consumed samples, random states, settings)."""
-    saved = _SavedCheckpoint(load, with_optimizer=optimizer is not None)
+    saved = _SavedCheckpoint(load, with_optimizer=load_optimizer)
     weights, pieces = saved.cut_for(model, load)
     params = dict(model.named_parameters())
     for name, w in weights.items():
         params[name].copy_(w)
-    if optimizer is not None:
+    optimizer.masters_from_model()
+    if load_optimizer:
         optimizer.load_state_dict({"scaler": saved.first["optimizer"]["scaler"], "pieces": pieces})
     return saved.first
 
