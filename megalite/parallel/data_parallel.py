@@ -69,7 +69,8 @@ class GradBuffer:
         self.in_place = self.distributed and _has_in_place_collectives(dp_group)
         self.sync_model_parallel = sync_model_parallel or (lambda params: None)
         order = list(reversed(self.params))
-        ends = {i for i, p in enumerate(order) if any(p is q for q in bucket_ends)}
+        closing = {id(p) for p in bucket_ends}
+        ends = {i for i, p in enumerate(order) if id(p) in closing}
         layout = bucket_layout([p.numel() for p in order], bucket_size, self.dp_size, self.distributed, ends)
         self.buckets: List[_Bucket] = []
         self._bucket_of: Dict[torch.nn.Parameter, _Bucket] = {}
@@ -202,22 +203,26 @@ class GradBuffer:
                 b.param_handle = None
 
     def attach_param_waits(self, roots: Sequence[torch.nn.Module], units: Sequence[torch.nn.Module]) -> None:
-        """With ``overlap_param_gather``: before each unit's forward (a transformer layer) wait
-        for the gathers of the buckets holding its parameters, and before each root's forward
-        for those holding the rest (embeddings, final norm, output layer), so later layers'
-        gathers overlap earlier layers' compute."""
+        """With ``overlap_param_gather``: before each unit's forward (a transformer layer, or a
+        model chunk for its embedding / final norm / output layer) wait for the gathers of the
+        buckets holding its own parameters, so later layers' gathers overlap earlier layers'
+        compute."""
         if not self.overlap_param_gather:
             return
-        in_units = {p for u in units for p in u.parameters()}
+        for module, params in unit_params(roots, units):
+            buckets = tuple({self._bucket_of[p] for p in params})
+            module.register_forward_pre_hook(lambda m, args, bs=buckets: self.wait_params(bs))
 
-        def waiter(params):
-            buckets = tuple({self._bucket_of[p] for p in params if p in self._bucket_of})
-            return lambda module, args: self.wait_params(buckets)
 
-        for u in units:
-            u.register_forward_pre_hook(waiter(list(u.parameters())))
-        for root in roots:
-            root.register_forward_pre_hook(waiter([p for p in root.parameters() if p not in in_units]))
+def unit_params(roots: Sequence[torch.nn.Module], units: Sequence[torch.nn.Module]
+                ) -> List[Tuple[torch.nn.Module, List[torch.nn.Parameter]]]:
+    """The units parameters are gathered by: each layer in ``units`` with its parameters, then
+    each model chunk in ``roots`` with the parameters it holds outside those layers (none for
+    a middle pipeline stage, which is then left out)."""
+    in_units = {p for u in units for p in u.parameters()}
+    out = [(u, list(u.parameters())) for u in units]
+    out += [(r, [p for p in r.parameters() if p not in in_units]) for r in roots]
+    return [(m, ps) for m, ps in out if ps]
 
 
 def _has_in_place_collectives(group) -> bool:

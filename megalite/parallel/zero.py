@@ -23,22 +23,13 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import torch
 import torch.distributed as dist
 
-from megalite.parallel.data_parallel import GradBuffer, _Bucket
-
-
-def unit_groups(roots: Sequence[torch.nn.Module], units: Sequence[torch.nn.Module]
-                ) -> List[List[torch.nn.Parameter]]:
-    """The parameters of each unit: every layer's, then each chunk's own (outside its layers)."""
-    in_units = {p for u in units for p in u.parameters()}
-    groups = [list(u.parameters()) for u in units]
-    groups += [[p for p in r.parameters() if p not in in_units] for r in roots]
-    return [g for g in groups if g]
+from megalite.parallel.data_parallel import GradBuffer, _Bucket, unit_params
 
 
 def unit_layout(roots: Sequence[torch.nn.Module], units: Sequence[torch.nn.Module]) -> Tuple[List[int], List[int]]:
     """(numels in buffer order, indices that close a bucket): FullyShardedBuffer's layout input,
     for memory planning without building the buffer."""
-    groups = unit_groups(roots, units)
+    groups = [params for _, params in unit_params(roots, units)]
     order = list(reversed([p for g in groups for p in g]))
     firsts = {id(g[0]) for g in groups}
     return [p.numel() for p in order], [i for i, p in enumerate(order) if id(p) in firsts]
@@ -50,15 +41,20 @@ class FullyShardedBuffer(GradBuffer):
                  shard_params: bool = True):
         """``shard_params=False`` is ZeRO-2: gradients and optimizer state sharded as here, but
         every rank keeps whole parameters, all-gathered from the updated shards after each step."""
-        self.roots, self.units, self.shard_params = list(roots), list(units), shard_params
-        groups = unit_groups(roots, units)
+        self.shard_params = shard_params
+        owned_by = unit_params(roots, units)
+        groups = [params for _, params in owned_by]
         # buffer order is reversed registration order: a bucket ends at each group's first parameter
         super().__init__([p for g in groups for p in g], dp_group, bucket_size=2**62, distributed=True,
                          sync_model_parallel=sync_model_parallel, bucket_ends=[g[0] for g in groups])
         self.forward_order: List[_Bucket] = []
         self._inflight: List = []
+        self.layer_buckets = {self._bucket_of[next(u.parameters())] for u in units}
         if shard_params:
-            self._attach_hooks()
+            for module, params in owned_by:
+                b = self._bucket_of[params[0]]
+                module.register_forward_pre_hook(lambda m, args, b=b: self._before_forward(b))
+                module.register_forward_hook(lambda m, args, out, b=b: self._after_forward(b, out))
 
     # -- storage ---------------------------------------------------------------------------------
     def _allocate(self, total: int) -> None:
@@ -101,17 +97,7 @@ class FullyShardedBuffer(GradBuffer):
             b.full.untyped_storage().resize_(0)
             b.gathered = False
 
-    # -- hooks -----------------------------------------------------------------------------------
-    def _attach_hooks(self) -> None:
-        in_units = {p for u in self.units for p in u.parameters()}
-        self.layer_buckets = {self._bucket_of[next(u.parameters())] for u in self.units}
-        for module in self.units + self.roots:
-            own = [p for p in module.parameters() if module in self.units or p not in in_units]
-            if own:
-                b = self._bucket_of[own[0]]
-                module.register_forward_pre_hook(lambda m, args, b=b: self._before_forward(b))
-                module.register_forward_hook(lambda m, args, out, b=b: self._after_forward(b, out))
-
+    # -- hooks (see __init__) ----------------------------------------------------------------------
     def _before_forward(self, b: _Bucket) -> None:
         if _in_backward():  # recomputation: backward reached the unit, which must stay until its grads are in
             self._ready(b)
@@ -209,8 +195,10 @@ class FullyShardedBuffer(GradBuffer):
         """ZeRO-3: nothing to do, units are gathered from the updated shards on use. ZeRO-2:
         every unit's whole parameters from the owners' updated shards."""
         if not self.shard_params:
-            for b in self.buckets:
+            for b in self.buckets:  # launch every gather, then wait
                 b.gathered = False
+                self._gather(b)
+            for b in self.buckets:
                 self._ready(b)
 
     def wait_params(self, buckets=None) -> None:

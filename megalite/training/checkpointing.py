@@ -295,22 +295,23 @@ def saved_settings(load: str) -> Optional[Dict]:
     first = sorted(glob.glob(os.path.join(folder, "mp_rank_*", "model_optim_rng.pt")))
     if not first:
         raise MegaliteError(f"{folder}: no mp_rank_*/model_optim_rng.pt files")
-    verify_file(first[0])
+    return load_file(first[0])["args"]
+
+
+def load_file(path: str) -> Dict:
+    """One checkpoint file, checked against its recorded checksum and memory-mapped."""
+    verify_file(path)
     try:
-        return torch.load(first[0], map_location="cpu", weights_only=True, mmap=True)["args"]
-    except Exception as e:
-        raise MegaliteError(f"{first[0]}: cannot read checkpoint ({type(e).__name__}: {e})") from None
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # truncated or corrupt files raise a zoo of exception types
+        raise MegaliteError(f"{path}: cannot read checkpoint ({type(e).__name__}: {e})") from None
 
 
 def read_checkpoint(folder: str) -> Dict:
     path = rank_file(folder)
     if not os.path.isfile(path):
         raise MegaliteError(f"{path}: missing (was the checkpoint saved with another parallel layout?)")
-    verify_file(path)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated or corrupt files raise a zoo of exception types
-        raise MegaliteError(f"{path}: cannot read checkpoint ({type(e).__name__}: {e})") from None
+    return load_file(path)
 
 
 def check_architecture(saved_args: Dict, cfg: Config, where: str) -> None:
@@ -342,11 +343,7 @@ def _same_layout(saved_args: Dict, cfg: Config) -> bool:
 def _shard_pieces(folder: str):
     """The distributed-optimizer pieces saved beside this rank's model file (any DP size)."""
     for path in sorted(glob.glob(os.path.join(os.path.dirname(rank_file(folder)), "distrib_optim_*.pt"))):
-        verify_file(path)
-        try:
-            yield from torch.load(path, map_location="cpu", weights_only=True, mmap=True)["pieces"]
-        except Exception as e:
-            raise MegaliteError(f"{path}: cannot read optimizer shard ({type(e).__name__}: {e})") from None
+        yield from load_file(path)["pieces"]
 
 
 def load_checkpoint(cfg: Config, model, optimizer):

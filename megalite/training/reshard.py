@@ -21,7 +21,8 @@ from megalite.config import Config, ModelConfig, validate
 from megalite.errors import MegaliteError
 from megalite.parallel import state
 from megalite.parallel.init import shard_like
-from megalite.training.checkpointing import TRACKER, PendingSave, find_checkpoint, rank_file, split_metadata, verify_file
+from megalite.training.checkpointing import (TRACKER, PendingSave, find_checkpoint, load_file, rank_file,
+                                             split_metadata)
 from megalite.utils.progress import Progress
 
 OPTIMIZER_KINDS = ("master", "exp_avg", "exp_avg_sq")
@@ -56,14 +57,6 @@ class _GatheredState(Mapping):
         return len(self.owner)
 
 
-def _read(path: str) -> Dict:
-    verify_file(path)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:  # truncated or corrupt files raise a zoo of exception types
-        raise MegaliteError(f"{path}: cannot read checkpoint ({type(e).__name__}: {e})") from None
-
-
 def _rank_files(load: str) -> Tuple[str, List[List[str]]]:
     """(iteration folder, model files grouped by pipeline stage, tensor-parallel ranks in order)."""
     folder = find_checkpoint(load)
@@ -82,7 +75,7 @@ def _rank_files(load: str) -> Tuple[str, List[List[str]]]:
 def load_full_state(load: str):
     """(model state by name, gathered over tensor- and pipeline-parallel files lazily, saved args)."""
     _, stages = _rank_files(load)
-    payloads = [[_read(f) for f in files] for files in stages]
+    payloads = [[load_file(f) for f in files] for files in stages]
     args = payloads[0][0]["args"]
     return _GatheredState(payloads, Config.from_dict(args).model), args
 
@@ -92,7 +85,7 @@ def _optimizer_tensors(model_file: str, payload: Dict) -> Tuple[Dict[str, Dict[s
     model file and in the distributed-optimizer shards beside it."""
     pieces = list(payload["optimizer"].get("pieces", []))
     for shard in sorted(glob.glob(os.path.join(os.path.dirname(model_file), "distrib_optim_*.pt"))):
-        pieces += _read(shard)["pieces"]
+        pieces += load_file(shard)["pieces"]
     out: Dict[str, Dict[str, torch.Tensor]] = {kind: {} for kind in OPTIMIZER_KINDS}
     step = 0.0
     for e in pieces:
@@ -112,7 +105,7 @@ class _SavedCheckpoint:
 
     def __init__(self, load: str, with_optimizer: bool = True):
         _, stages = _rank_files(load)
-        self.payloads = [[_read(f) for f in files] for files in stages]
+        self.payloads = [[load_file(f) for f in files] for files in stages]
         self.first = self.payloads[0][0]
         cfg = Config.from_dict(self.first["args"]).model
         self.weights = _GatheredState(self.payloads, cfg)
