@@ -9,6 +9,7 @@ batch, so any split into micro-batches and data-parallel ranks gives the same nu
 
 import dataclasses
 import datetime
+import gc
 import math
 import os
 import random
@@ -390,6 +391,7 @@ def pretrain(cfg: Config) -> Dict:
     validate(cfg, world)
     owns_group = not dist.is_initialized()
     device = setup_distributed(cfg.parallel.distributed_backend, cfg.parallel.distributed_timeout_minutes)
+    trainer = None
     try:
         trainer = Trainer(cfg, device)
         if state.get().rank == 0:
@@ -399,6 +401,10 @@ def pretrain(cfg: Config) -> Dict:
                   f"{cfg.data.seq_length} tokens | {trainer.dtype}", flush=True)
         return trainer.train()
     finally:
+        # Free the trainer (its hooks make reference cycles holding the process groups and the
+        # data loader's workers) now, not at interpreter exit, where gloo's threads can abort.
+        del trainer
+        gc.collect()
         state.destroy()
         if owns_group and dist.is_initialized():
             dist.barrier()
