@@ -191,6 +191,15 @@ def test_model_with_every_fused_kernel_matches_reference(kw):
         assert relative_error(grads[0][name], grads[1][name]) < TOL, name
 
 
+def test_packed_documents_with_every_fused_kernel():
+    """Packed rows (positions restarting per document) through the Triton kernels: each
+    document's losses and the gradients equal running the documents one by one."""
+    from tests.test_model import check_packed_documents
+
+    with fused_kernels(True):
+        check_packed_documents(tiny_config(attention_backend="triton", init_method_std=0.02))
+
+
 def test_dispatch_falls_back_where_triton_cannot_run(monkeypatch):
     monkeypatch.setattr(dispatch, "flash_attn_installed", lambda: False)
     monkeypatch.setenv("TRITON_INTERPRET", "1")

@@ -40,7 +40,7 @@ class SelfAttention(nn.Module):
                                       bias=cfg.add_bias_linear,
                                       init_std=cfg.init_method_std / math.sqrt(2.0 * cfg.num_layers))
 
-    def forward(self, x, rope=None, cache=None):
+    def forward(self, x, rope=None, cache=None, cu_seqlens=None):
         qkv = self.qkv(x)  # the whole sequence, even when x is a sequence-parallel slice
         s, b = qkv.shape[:2]
         q_per_group = self.heads // self.groups
@@ -48,12 +48,12 @@ class SelfAttention(nn.Module):
         q = qkv[:, :, :, :q_per_group].reshape(s, b, self.heads, self.head_dim)
         k, v = qkv[:, :, :, q_per_group], qkv[:, :, :, q_per_group + 1]
         if self.recompute_core and self.training:
-            out = recompute(self._core, q, k, v, rope)
+            out = recompute(self._core, q, k, v, rope, None, cu_seqlens)
         else:
-            out = self._core(q, k, v, rope, cache)
+            out = self._core(q, k, v, rope, cache, cu_seqlens)
         return self.proj(out)
 
-    def _core(self, q, k, v, rope, cache=None):
+    def _core(self, q, k, v, rope, cache=None, cu_seqlens=None):
         if rope is not None:
             q, k = kernels.rotary_qk(q, k, *rope)
         mask = None
@@ -62,7 +62,7 @@ class SelfAttention(nn.Module):
             mask = cache.mask
         dropout = self.dropout if self.training else 0.0
         with tp_rng(dropout > 0):  # each rank's heads are its own: independent masks
-            out = kernels.attention(q, k, v, self.backend, dropout_p=dropout, mask=mask)
+            out = kernels.attention(q, k, v, self.backend, cu_seqlens, dropout_p=dropout, mask=mask)
         return out.reshape(*out.shape[:2], self.heads * self.head_dim)
 
 

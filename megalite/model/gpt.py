@@ -37,10 +37,21 @@ class TransformerLayer(nn.Module):
         self.mlp = MLP(cfg)
         self.dropout = SequenceDropout(cfg.hidden_dropout)
 
-    def forward(self, x, rope=None, cache=None):
-        attended = self.dropout(self.attention(self.input_norm(x), rope, cache))
+    def forward(self, x, rope=None, cache=None, cu_seqlens=None):
+        attended = self.dropout(self.attention(self.input_norm(x), rope, cache, cu_seqlens))
         h, x = self.post_attention_norm(attended, residual=x)  # the residual add fused into the norm
         return x + self.dropout(self.mlp(h))
+
+
+def document_boundaries(positions: torch.Tensor) -> Optional[torch.Tensor]:
+    """flash-attn's ``cu_seqlens`` for rows [batch, seq] whose positions restart at 0 where a
+    document begins (rows laid end to end); None when every row is one document, so plain
+    causal attention (and its fastest kernels) applies."""
+    flat = positions.reshape(-1)
+    starts = torch.nonzero(flat == 0).flatten()
+    if starts.numel() == positions.shape[0]:
+        return None
+    return torch.cat([starts, starts.new_tensor([flat.numel()])]).to(torch.int32)
 
 
 class GPTModel(nn.Module):
@@ -94,20 +105,23 @@ class GPTModel(nn.Module):
         return column_parallel_linear(x, self.embedding.weight)
 
     def forward(self, tokens: Optional[torch.Tensor] = None, labels: Optional[torch.Tensor] = None,
-                hidden: Optional[torch.Tensor] = None) -> torch.Tensor:
+                hidden: Optional[torch.Tensor] = None, positions: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Per-token loss [batch, seq] when ``labels`` are given, else logits [batch, seq, vocab / tp]
-        (or this stage's hidden states when it has no output layer)."""
-        x = self.embed(tokens) if self.pre_process else hidden
-        rope = None
+        (or this stage's hidden states when it has no output layer). ``positions`` [batch, seq]
+        describe packed rows: each restart at 0 begins a document that attends only to itself."""
+        x = self.embed(tokens, positions) if self.pre_process else hidden
+        rope, cu_seqlens = None, None
+        if positions is not None:
+            cu_seqlens = document_boundaries(positions)
         if self.rotary is not None:
             s = state.get()
             seq = x.shape[0] * (s.tp_size if s.sequence_parallel else 1)
-            rope = self.rotary(torch.arange(seq, device=x.device), x.dtype)
+            rope = self.rotary(torch.arange(seq, device=x.device) if positions is None else positions.t(), x.dtype)
         for layer in self.layers.values():
             if self.recompute_full and self.training:
-                x = recompute(layer, x, rope)
+                x = recompute(layer, x, rope, None, cu_seqlens)
             else:
-                x = layer(x, rope)
+                x = layer(x, rope, cu_seqlens=cu_seqlens)
         if not self.post_process:
             return x
         logits = self.logits(x)
