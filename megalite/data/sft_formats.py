@@ -97,8 +97,8 @@ def resolve_sources(spec: str, dataset_dir: Optional[str] = None, flag: str = "-
         if dataset_dir and not os.path.isabs(name) and os.path.exists(os.path.join(dataset_dir, name)):
             path = os.path.join(dataset_dir, name)
         if not os.path.exists(path):
-            where = f" or a data set in {os.path.join(dataset_dir, DATASET_INFO)}" if dataset_dir else ""
-            raise MegaliteError(f"{flag}: {name!r} is neither a file{where}")
+            where = f" and no data set in {os.path.join(dataset_dir, DATASET_INFO)}" if dataset_dir else ""
+            raise MegaliteError(f"{flag}: {name!r}: no such file{where}")
         sources.append(SFTSource(path, weight=weight))
     return sources
 
