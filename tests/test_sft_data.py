@@ -82,6 +82,14 @@ def test_template_ids_equal_transformers_and_mask_covers_assistant_turns(name, t
     assert tokenize_chat(tok, template, CHAT, train_on_prompt=True)[1].all()
 
 
+def test_sentencepiece_mask_maps_byte_offsets_to_characters(spm_model):
+    from megalite.data.tokenizer import build_tokenizer
+
+    spm = build_tokenizer("SentencePieceTokenizer", spm_model)
+    ids, mask = tokenize_chat(spm, BUILTIN["chatml"], CHAT)  # "Grüße": sentencepiece offsets count UTF-8 bytes
+    assert spm.decode(ids[mask]) == EXPECTED_TRAINED["chatml"]
+
+
 def test_spans_of_a_template_that_rewrites_earlier_turns(tok):
     # Like Qwen3: only the last assistant turn gets an (empty) reasoning block, so rendering a prefix of
     # the conversation does not give a prefix of the whole rendering.
@@ -333,3 +341,19 @@ def test_preprocess_sft_tool_fills_the_cache(tmp_path, tok_dir, tok):
                    check=False)
     assert bad.returncode == 1 and bad.stderr.startswith("error: --sft-data: '") \
         and bad.stderr.endswith("nope.jsonl': no such file\n")
+
+
+def _build_on_rank(rank, world_size, tok_dir, path, out_dir):
+    ds, _ = build_sft_datasets(SFTConfig(sft_data=path, packing=True), 64, HuggingFaceTokenizer(tok_dir), 8, None, 1)
+    with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
+        json.dump({"built": ds.examples.stores[0].built, "rows": [ds[i]["tokens"].tolist() for i in range(8)]}, f)
+
+
+@pytest.mark.dist
+def test_rank_zero_builds_the_cache_and_the_others_read_it(tmp_path, tok_dir):
+    from tests.dist_utils import run_distributed
+
+    path = write_jsonl(tmp_path / "chat.jsonl", _chat_records(20, "d"))
+    run_distributed(_build_on_rank, 2, tok_dir, path, str(tmp_path))
+    results = [json.load(open(tmp_path / f"rank{r}.json")) for r in range(2)]
+    assert [r["built"] for r in results] == [True, False] and results[0]["rows"] == results[1]["rows"]
