@@ -96,8 +96,8 @@ def tokenize_example(tokenizer, template: str, messages, max_len: int, train_on_
 class ExampleStore:
     """The cached examples of one source: ``store[i]`` is (ids int64, trainable mask bool)."""
 
-    def __init__(self, prefix: str, stats: Dict[str, int], name: str = ""):
-        self.prefix, self.name = prefix, name
+    def __init__(self, prefix: str, stats: Dict[str, int], name: str = "", built: bool = False):
+        self.prefix, self.name, self.built = prefix, name, built  # built: tokenized by this call
         self.tokens = IndexedDataset(prefix + "_tokens")
         self.mask = IndexedDataset(prefix + "_mask")
         self.stats = dict(stats)
@@ -137,9 +137,7 @@ def load_or_build_store(source: SFTSource, tokenizer, template: str, seq_length:
     stats = _cached_stats(prefix, description)
     if stats is None:
         raise MegaliteError(f"{cache_dir}: the SFT example cache for {source.path} is missing after building it")
-    store = ExampleStore(prefix, stats, source.path)
-    store.built = built
-    return store
+    return ExampleStore(prefix, stats, source.path, built)
 
 
 def _cached_stats(prefix: str, description: dict) -> Optional[Dict[str, int]]:

@@ -240,8 +240,8 @@ def _from_alpaca(record: dict, columns: Dict[str, str], tags) -> List[Message]:
     query = record.get(columns["query"])
     if query:
         prompt += "\n" + _text(query, f"column {columns['query']!r}")
-    messages += [{"role": "user", "content": prompt},
-                 {"role": "assistant", "content": _text(record[columns["response"]], f"column {columns['response']!r}")}]
+    response = _text(record[columns["response"]], f"column {columns['response']!r}")
+    messages += [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
     return messages
 
 

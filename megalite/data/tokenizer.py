@@ -86,7 +86,10 @@ class SentencePieceTokenizer(Tokenizer):
         return self._sp.decode([int(i) for i in ids])
 
     def encode_with_offsets(self, text):
-        pieces = self._sp.encode(text, return_type="proto").pieces
+        from sentencepiece import sentencepiece_pb2  # serialized_proto: the one spelling every version has
+
+        proto = self._sp.encode(text, out_type="serialized_proto")
+        pieces = sentencepiece_pb2.SentencePieceText.FromString(proto).pieces
         ids = [p.id for p in pieces]
         if text.isascii():
             return ids, [(p.begin, p.end) for p in pieces]
