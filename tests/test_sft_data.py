@@ -176,6 +176,9 @@ def test_unreadable_and_unknown_files(tmp_path, tok):
     (tmp_path / "x.parquet").write_bytes(b"not parquet")
     with pytest.raises(MegaliteError, match="x.parquet: not a readable Parquet file"):
         build_sft_datasets(SFTConfig(sft_data=str(tmp_path / "x.parquet")), 64, tok, 4, None, 1)
+    (tmp_path / "empty.jsonl").write_text("\n")
+    with pytest.raises(MegaliteError, match="empty.jsonl: holds no records"):
+        build_sft_datasets(SFTConfig(sft_data=str(tmp_path / "empty.jsonl")), 64, tok, 4, None, 1)
     write_jsonl(tmp_path / "odd.jsonl", [{"text": "plain text"}])
     with pytest.raises(MegaliteError, match="odd.jsonl: cannot tell the format"):
         build_sft_datasets(SFTConfig(sft_data=str(tmp_path / "odd.jsonl")), 64, tok, 4, None, 1)

@@ -186,8 +186,6 @@ def _chunks(items: Iterable, size: int):
 
 def _build(prefix, description, source, tokenizer, template, max_len, train_on_prompt, workers) -> None:
     conversations = list(load_conversations(source))
-    if not conversations:
-        raise MegaliteError(f"{source.path}: holds no records")
     init = (tokenizer, template, max_len, train_on_prompt)
     stats = {"examples": len(conversations), "truncated": 0, "dropped": 0}
     dtype = best_dtype(tokenizer.vocab_size)

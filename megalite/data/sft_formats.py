@@ -187,6 +187,8 @@ def load_conversations(source: SFTSource) -> Iterator[Tuple[str, int, List[Messa
     """(file, record index, validated messages) for every record of the source."""
     for path in source.files():
         records = read_records(path)
+        if not records:
+            raise MegaliteError(f"{path}: holds no records")
         formatting, columns, tags = _layout(source, path, records)
         convert = _from_alpaca if formatting == "alpaca" else _from_sharegpt
         for i, record in enumerate(records):
@@ -260,7 +262,7 @@ def _from_sharegpt(record: dict, columns: Dict[str, str], tags: Dict[str, str]) 
     for j, turn in enumerate(turns):
         if not isinstance(turn, dict) or role_key not in turn:
             raise MegaliteError(f"message {j} has no {role_key!r}")
-        if turn[role_key] not in roles:
+        if not isinstance(turn[role_key], str) or turn[role_key] not in roles:
             raise MegaliteError(f"message {j}: unknown role {turn[role_key]!r} (known: {', '.join(roles)})")
         messages.append({"role": roles[turn[role_key]],
                          "content": _text(turn.get(content_key), f"message {j} {content_key!r}")})
