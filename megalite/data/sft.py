@@ -105,9 +105,9 @@ class SFTDataset(torch.utils.data.Dataset):
         self.num_samples = self.num_rows if num_samples is None else int(num_samples)
         tokens = int(pieces.sum())
         efficiency = tokens / (self.num_rows * seq_length)
-        self.stats = {**{k: getattr(examples, "stats", {}).get(k, 0) for k in COUNTS},
-                      "rows": self.num_rows, "tokens": tokens, "packing_efficiency": efficiency,
-                      "padding_waste": 1.0 - efficiency}
+        counts = getattr(examples, "stats", None) or {"examples": len(pieces), "truncated": 0, "dropped": 0}
+        self.stats = {**{k: counts.get(k, 0) for k in COUNTS}, "rows": self.num_rows, "tokens": tokens,
+                      "packing_efficiency": efficiency, "padding_waste": 1.0 - efficiency}
         self._order: Tuple[int, Optional[np.ndarray]] = (-1, None)
 
     def __len__(self) -> int:
