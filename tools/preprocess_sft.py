@@ -11,7 +11,7 @@ import argparse
 import dataclasses
 
 from megalite.config import SFTConfig, add_section_args
-from megalite.data.sft import load_sources
+from megalite.data.sft_examples import load_sources
 from megalite.data.tokenizer import add_tokenizer_args, build_tokenizer
 from megalite.errors import MegaliteError
 from megalite.utils.cli import run_tool

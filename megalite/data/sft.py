@@ -11,15 +11,12 @@ resuming at a consumed-sample count is exact. ``collate_sft`` right-pads rows in
 """
 
 import bisect
-import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
-from megalite.data.chat import resolve_template
-from megalite.data.sft_examples import ExampleStore, load_or_build_store
-from megalite.data.sft_formats import resolve_sources
+from megalite.data.sft_examples import ExampleStore, load_sources
 from megalite.errors import MegaliteError
 
 COUNTS = ("examples", "truncated", "dropped")
@@ -190,15 +187,6 @@ def mix(stores: Sequence[ExampleStore], indices: Sequence[np.ndarray], weights: 
             chosen = np.resize(order, count) if count else np.zeros(0, np.int64)
             picks.append(np.stack([np.full(count, s), chosen], 1))
     return ExampleSet(stores, np.concatenate(picks) if picks else np.zeros((0, 2), np.int64))
-
-
-def load_sources(sft_cfg, spec: str, flag: str, seq_length: int, tokenizer, workers: Optional[int] = None):
-    """(sources, their example stores) for one data flag, tokenizing what is not cached yet."""
-    template = resolve_template(sft_cfg.chat_template, tokenizer)
-    workers = workers or min(8, os.cpu_count() or 1)
-    sources = resolve_sources(spec, sft_cfg.sft_dataset_dir, flag)
-    return sources, [load_or_build_store(s, tokenizer, template, seq_length, sft_cfg.train_on_prompt,
-                                         sft_cfg.sft_cache_path, workers) for s in sources]
 
 
 def build_sft_datasets(sft_cfg, seq_length: int, tokenizer, train_samples: Optional[int],

@@ -25,10 +25,10 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from megalite.data.chat import tokenize_chat
+from megalite.data.chat import resolve_template, tokenize_chat
 from megalite.data.gpt_dataset import _barrier, _is_builder_rank
 from megalite.data.indexed import IndexedDataset, IndexedDatasetBuilder, best_dtype, exists
-from megalite.data.sft_formats import SFTSource, load_conversations
+from megalite.data.sft_formats import SFTSource, load_conversations, resolve_sources
 from megalite.errors import MegaliteError
 from megalite.utils.atomic import atomic_write
 from megalite.utils.progress import Progress
@@ -217,3 +217,12 @@ def _build(prefix, description, source, tokenizer, template, max_len, train_on_p
         if pool is not None:
             pool.terminate()
             pool.join()
+
+
+def load_sources(sft_cfg, spec: str, flag: str, seq_length: int, tokenizer, workers: Optional[int] = None):
+    """(sources, their example stores) for one data flag, tokenizing what is not cached yet."""
+    template = resolve_template(sft_cfg.chat_template, tokenizer)
+    workers = workers or min(8, os.cpu_count() or 1)
+    sources = resolve_sources(spec, sft_cfg.sft_dataset_dir, flag)
+    return sources, [load_or_build_store(s, tokenizer, template, seq_length, sft_cfg.train_on_prompt,
+                                         sft_cfg.sft_cache_path, workers) for s in sources]
