@@ -10,7 +10,7 @@ import torch
 
 from megalite.config import SFTConfig
 from megalite.data import sft_examples
-from megalite.data.chat import BUILTIN, assistant_spans, tokenize_chat
+from megalite.data.chat import BUILTIN, assistant_spans, render_chat, tokenize_chat
 from megalite.data.sft import SFTDataset, build_sft_datasets, collate_sft, pack_best_fit_decreasing
 from megalite.data.sft_examples import truncate
 from megalite.data.sft_formats import SFTSource, load_conversations, parse_data_spec, resolve_sources
@@ -99,6 +99,15 @@ def test_spans_of_a_template_that_rewrites_earlier_turns(tok):
         " + message['content']")
     text, spans = assistant_spans(template, CHAT, **tok.special_tokens)
     assert [text[a:b] for a, b in spans] == ["Hi, how are you?<|im_end|>", "<think></think>Paris. Grüße!<|im_end|>"]
+
+
+def test_generation_blocks_render_their_body():
+    # TRL-style templates mark assistant content with {% generation %}; transformers renders the body.
+    marked = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' }}"
+              "{% if message['role'] == 'assistant' %}"
+              "{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}"
+              "{% else %}{{ message['content'] + '<|im_end|>' }}{% endif %}{{ '\\n' }}{% endfor %}")
+    assert render_chat(marked, CHAT, False) == render_chat(BUILTIN["chatml"], CHAT, False)
 
 
 # -- formats ----------------------------------------------------------------------------------
