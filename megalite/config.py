@@ -146,6 +146,20 @@ class CheckpointConfig:
     async_save: bool = opt(False, "write checkpoints from a CPU copy in the background while training goes on")
 
 
+@dataclass
+class SFTConfig:
+    sft_data: Optional[str] = opt(None, "SFT data: files or dataset_info.json names, comma/space separated, "
+                                        "optionally weighted: 'a.jsonl,b.jsonl' or '0.7 a.jsonl 0.3 b.jsonl'")
+    sft_dataset_dir: Optional[str] = opt(None, "folder with a LLaMA-Factory dataset_info.json (and the files)")
+    sft_valid_data: Optional[str] = opt(None, "validation data, same syntax as --sft-data")
+    sft_valid_fraction: float = opt(0.0, "hold out this fraction of each --sft-data source for validation")
+    chat_template: Optional[str] = opt(None, "chatml|qwen|llama3|llama2|mistral|alpaca|plain or a Jinja file "
+                                             "(default: the tokenizer's own, else chatml)")
+    train_on_prompt: bool = opt(False, "loss on every token, not only the assistant turns")
+    packing: bool = opt(False, "pack several examples into each --seq-length row")
+    sft_cache_path: Optional[str] = opt(None, "where tokenized SFT examples are cached (default <data dir>/cache/sft)")
+
+
 SECTIONS = {
     "model": ModelConfig,
     "parallel": ParallelConfig,
@@ -153,6 +167,7 @@ SECTIONS = {
     "training": TrainingConfig,
     "logging": LoggingConfig,
     "checkpoint": CheckpointConfig,
+    "sft": SFTConfig,
 }
 
 
@@ -164,6 +179,7 @@ class Config:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -181,20 +197,24 @@ def build_parser(description: str = "") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--config", help="YAML file with any of the flags below; command-line flags win")
     for section, cls in SECTIONS.items():
-        g = p.add_argument_group(section)
-        for f in dataclasses.fields(cls):
-            kw = {"dest": f.name, "help": f.metadata["help"], "default": argparse.SUPPRESS}
-            if f.metadata.get("action"):
-                kw["action"] = f.metadata["action"]
-            elif f.type is bool or f.type == "bool":
-                kw["action"] = "store_true"
-            else:
-                kw["type"] = f.metadata.get("type") or _scalar_type(f)
-                for k in ("choices", "nargs"):
-                    if f.metadata.get(k):
-                        kw[k] = f.metadata[k]
-            g.add_argument(_flag(f), **kw)
+        add_section_args(p.add_argument_group(section), cls)
     return p
+
+
+def add_section_args(group, cls) -> None:
+    """One flag per field of a config section (absent flags stay absent from the namespace)."""
+    for f in dataclasses.fields(cls):
+        kw = {"dest": f.name, "help": f.metadata["help"], "default": argparse.SUPPRESS}
+        if f.metadata.get("action"):
+            kw["action"] = f.metadata["action"]
+        elif f.type is bool or f.type == "bool":
+            kw["action"] = "store_true"
+        else:
+            kw["type"] = f.metadata.get("type") or _scalar_type(f)
+            for k in ("choices", "nargs"):
+                if f.metadata.get(k):
+                    kw[k] = f.metadata[k]
+        group.add_argument(_flag(f), **kw)
 
 
 def _scalar_type(f: dataclasses.Field):

@@ -6,10 +6,13 @@ vocabulary has them, and encode / batch-encode / decode. Encoding never adds spe
 pretraining data marks document boundaries with ``eod`` explicitly.
 """
 
+import hashlib
 import json
 import os
 from abc import ABC, abstractmethod
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
 
 from megalite.errors import MegaliteError
 
@@ -20,6 +23,7 @@ class Tokenizer(ABC):
     bos: Optional[int] = None
     pad: Optional[int] = None
     chat_template: Optional[str] = None  # Jinja, as in HF tokenizer_config.json
+    source_files: Sequence[str] = ()  # what fingerprint() hashes
 
     @abstractmethod
     def encode_batch(self, texts: Sequence[str]) -> List[List[int]]:
@@ -30,6 +34,29 @@ class Tokenizer(ABC):
 
     def encode(self, text: str) -> List[int]:
         return self.encode_batch([text])[0]
+
+    @abstractmethod
+    def encode_with_offsets(self, text: str) -> Tuple[List[int], List[Tuple[int, int]]]:
+        """Token ids of ``text`` and each token's character range ``[start, end)`` in it."""
+
+    @property
+    def special_tokens(self) -> Dict[str, str]:
+        """The special tokens a chat template sees as variables: ``bos_token``, ``eos_token``, ..."""
+        named = {"eos_token": self.eod, "bos_token": self.bos, "pad_token": self.pad}
+        return {name: self.id_to_token(i) for name, i in named.items() if i is not None}
+
+    @abstractmethod
+    def id_to_token(self, i: int) -> str: ...
+
+    def fingerprint(self) -> str:
+        """A digest of the files this tokenizer was built from: equal digests encode equally."""
+        digest = hashlib.md5(type(self).__name__.encode())
+        for path in self.source_files:
+            digest.update(os.path.basename(path).encode())
+            if os.path.isfile(path):
+                with open(path, "rb") as f:
+                    digest.update(hashlib.md5(f.read()).digest())
+        return digest.hexdigest()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(vocab_size={self.vocab_size}, eod={self.eod})"
@@ -43,6 +70,7 @@ class SentencePieceTokenizer(Tokenizer):
 
         _require_file(model_file, "--tokenizer-model")
         self.model_file = model_file
+        self.source_files = (model_file,)
         self._sp = sentencepiece.SentencePieceProcessor(model_file=model_file)
         self.vocab_size = self._sp.get_piece_size()
         self.eod = _or_none(self._sp.eos_id())
@@ -56,6 +84,21 @@ class SentencePieceTokenizer(Tokenizer):
 
     def decode(self, ids):
         return self._sp.decode([int(i) for i in ids])
+
+    def encode_with_offsets(self, text):
+        from sentencepiece import sentencepiece_pb2  # serialized_proto: the one spelling every version has
+
+        proto = self._sp.encode(text, out_type="serialized_proto")
+        pieces = sentencepiece_pb2.SentencePieceText.FromString(proto).pieces
+        ids = [p.id for p in pieces]
+        if text.isascii():
+            return ids, [(p.begin, p.end) for p in pieces]
+        # sentencepiece reports UTF-8 byte offsets; map them to character offsets.
+        char_at = np.repeat(np.arange(len(text) + 1), [len(c.encode()) for c in text] + [1])
+        return ids, [(int(char_at[p.begin]), int(char_at[p.end])) for p in pieces]
+
+    def id_to_token(self, i):
+        return self._sp.id_to_piece(int(i))
 
 
 class _TokenizersLibTokenizer(Tokenizer):
@@ -77,6 +120,13 @@ class _TokenizersLibTokenizer(Tokenizer):
     def decode(self, ids):
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
 
+    def encode_with_offsets(self, text):
+        enc = self._tok.encode(text, add_special_tokens=False)
+        return enc.ids, enc.offsets
+
+    def id_to_token(self, i):
+        return self._tok.id_to_token(int(i))
+
 
 class HuggingFaceTokenizer(_TokenizersLibTokenizer):
     """A Hugging Face tokenizer folder (with tokenizer.json) or a bare ``tokenizer.json``."""
@@ -93,7 +143,14 @@ class HuggingFaceTokenizer(_TokenizersLibTokenizer):
         eod = _token_str(specials.get("eos_token")) or _guess_eod(tok)
         self._setup(tok, eod, _token_str(specials.get("bos_token")), _token_str(specials.get("pad_token")), file)
         self.path = path
+        self.source_files = (file, os.path.join(folder, "tokenizer_config.json"))
         self.chat_template = config.get("chat_template")
+        self._specials = {name: _token_str(specials[name]) for name in _TEMPLATE_SPECIALS if specials.get(name)}
+
+    @property
+    def special_tokens(self):
+        # The strings transformers hands a chat template, as the tokenizer's config names them.
+        return {**super().special_tokens, **self._specials}
 
 
 class GPT2BPETokenizer(_TokenizersLibTokenizer):
@@ -105,8 +162,11 @@ class GPT2BPETokenizer(_TokenizersLibTokenizer):
         _require_file(vocab_file, "--vocab-file")
         _require_file(merge_file, "--merge-file")
         tok = ByteLevelBPETokenizer(vocab_file, merge_file)
+        self.source_files = (vocab_file, merge_file)
         self._setup(tok, "<|endoftext|>", where=vocab_file)
 
+
+_TEMPLATE_SPECIALS = ("bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token", "mask_token")
 
 TOKENIZER_TYPES = (
     "SentencePieceTokenizer",
