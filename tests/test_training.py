@@ -113,7 +113,7 @@ def test_bf16_finetune_continues_from_the_loaded_weights(tmp_path, tiny_corpus):
     (dict(global_batch_size=6), "--global-batch-size 6 is not divisible by --micro-batch-size 4"),
     (dict(num_attention_heads=3), "--hidden-size 64 is not divisible by --num-attention-heads 3"),
     (dict(num_query_groups=3), "--num-attention-heads 4 is not divisible by --num-query-groups 3"),
-    (dict(data_path=None), "--data-path is required"),
+    (dict(data_path=None), "one source of training data"),
     (dict(train_iters=None), "give exactly one of --train-iters and --train-samples"),
     (dict(bf16=True, fp16=True), "mutually exclusive"),
 ])

@@ -152,9 +152,12 @@ def render_chat(template: str, messages: List[Dict[str, str]], add_generation_pr
 
 
 def load_template(spec: str) -> str:
-    """A built-in name (``chatml``, ``qwen``, ``llama3``, ...) or a file holding a Jinja template."""
+    """A built-in name (``chatml``, ``qwen``, ``llama3``, ...), a file holding a Jinja template,
+    or the template itself (as a run's settings store it)."""
     if spec in BUILTIN:
         return BUILTIN[spec]
+    if "{{" in spec or "{%" in spec:
+        return spec
     try:
         with open(spec, encoding="utf-8") as f:
             return f.read()

@@ -73,7 +73,8 @@ def export_hf(load: str, out_dir: str, dtype: str = "bf16", max_shard_bytes: int
                                                                           "weight_map": index})
     _write_json(os.path.join(tmp, "config.json"), config)
     if tokenizer is not None:
-        ids = export_tokenizer(tokenizer, tmp, chat_template or tokenizer.chat_template)
+        # the template fine-tuning used (sft_gpt.py stores its text), else the tokenizer's own
+        ids = export_tokenizer(tokenizer, tmp, chat_template or run.sft.chat_template or tokenizer.chat_template)
         _write_json(os.path.join(tmp, "generation_config.json"),
                     {k: v for k, v in ids.items() if v is not None})
     if os.path.exists(out_dir):

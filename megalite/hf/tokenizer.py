@@ -73,7 +73,8 @@ def export_tokenizer(tok: Tokenizer, out_dir: str, chat_template: Optional[str] 
     os.makedirs(out_dir, exist_ok=True)
     if isinstance(tok, HuggingFaceTokenizer):
         src = tok.path if os.path.isdir(tok.path) else os.path.dirname(tok.path)
-        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model"):
+        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+                     "chat_template.jinja"):
             if os.path.isfile(os.path.join(src, name)):
                 shutil.copy(os.path.join(src, name), os.path.join(out_dir, name))
         if chat_template and chat_template != tok.chat_template:
@@ -82,6 +83,7 @@ def export_tokenizer(tok: Tokenizer, out_dir: str, chat_template: Optional[str] 
             config["chat_template"] = chat_template
             with atomic_write(path, "w") as f:
                 json.dump(config, f, indent=2)
+            _write_template(out_dir, chat_template)
         return {"bos_token_id": tok.bos, "eos_token_id": tok.eod, "pad_token_id": tok.pad}
     if isinstance(tok, SentencePieceTokenizer):
         rust = _spm_to_tokenizers(tok.model_file)
@@ -104,6 +106,13 @@ def export_tokenizer(tok: Tokenizer, out_dir: str, chat_template: Optional[str] 
     }
     if chat_template:
         config["chat_template"] = chat_template
+        _write_template(out_dir, chat_template)
     with atomic_write(os.path.join(out_dir, "tokenizer_config.json"), "w") as f:
         json.dump({k: v for k, v in config.items() if v is not None}, f, indent=2)
     return {"bos_token_id": tok.bos, "eos_token_id": tok.eod, "pad_token_id": tok.pad}
+
+
+def _write_template(out_dir: str, template: str) -> None:
+    """chat_template.jinja, where recent transformers look first (and save templates)."""
+    with atomic_write(os.path.join(out_dir, "chat_template.jinja"), "w") as f:
+        f.write(template)

@@ -1,5 +1,6 @@
 """Datasets and loaders for training: sample counts per split, resumable data-parallel loaders."""
 
+import functools
 from typing import Iterator, List, Optional
 
 import torch
@@ -27,9 +28,14 @@ def padded_vocab_size(vocab_size: int, multiple: int, tp_size: int) -> int:
 
 
 def build_datasets(cfg: Config, tokenizer: Optional[Tokenizer], train_samples: int):
-    """[train, valid, test]; every evaluation reads the same first --eval-iters batches."""
+    """[train, valid, test]; every evaluation reads the same first --eval-iters batches.
+    With --sft-data: chat examples (megalite.data.sft) instead of a token stream."""
     t, d = cfg.training, cfg.data
     eval_samples = t.eval_iters * t.global_batch_size
+    if cfg.sft.sft_data:
+        from megalite.data.sft import build_sft_datasets
+
+        return [*build_sft_datasets(cfg.sft, d.seq_length, tokenizer, train_samples, eval_samples, t.seed), None]
     wanted = [train_samples, eval_samples, eval_samples]
     ds_cfg = GPTDatasetConfig(
         seq_length=d.seq_length, seed=t.seed, split=d.split, data_cache_path=d.data_cache_path,
@@ -50,7 +56,31 @@ def build_loader(dataset, consumed_samples: int, cfg: Config, total: Optional[in
     # Its own generator: creating a loader must not draw from the global RNG (dropout's),
     # or a resumed run would diverge from an uninterrupted one.
     return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, pin_memory=torch.cuda.is_available(),
-                      prefetch_factor=4 if workers else None, generator=torch.Generator().manual_seed(0))
+                      prefetch_factor=4 if workers else None, generator=torch.Generator().manual_seed(0),
+                      collate_fn=_sft_collate(cfg))
+
+
+def _sft_collate(cfg: Config):
+    """SFT rows have their own lengths: pad each micro-batch to its longest row (a multiple of
+    8, and of TP with sequence parallelism), or to --seq-length when packing or pipelining
+    (stages exchange fixed shapes). Positions travel only with packing, where they mark the
+    documents; an unpacked row is one example starting at position 0."""
+    if not cfg.sft.sft_data:
+        return None
+    s = state.get()
+    packing = cfg.sft.packing
+    pad_to = cfg.data.seq_length if packing or s.pp_size > 1 else None
+    multiple = 8 * (s.tp_size if s.sequence_parallel else 1)
+    return functools.partial(_collate_rows, pad_to=pad_to, multiple_of=multiple, keep_positions=packing)
+
+
+def _collate_rows(rows, pad_to, multiple_of, keep_positions):
+    from megalite.data.sft import collate_sft
+
+    batch = collate_sft(rows, pad_to=pad_to, multiple_of=multiple_of)  # padding carries no loss
+    if not keep_positions:
+        batch.pop("position_ids")
+    return batch
 
 
 def microbatches(it: Iterator, n: int, device) -> List[dict]:

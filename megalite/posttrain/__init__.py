@@ -1,0 +1,1 @@
+"""Post-training on the pretraining core: supervised fine-tuning, LoRA, preference losses."""
