@@ -399,6 +399,11 @@ def pretrain(cfg: Config) -> Dict:
             print(f"model: {n / 1e6:.2f}M parameters | world {world} (dp {data_parallel_size(cfg, world)}) | "
                   f"{trainer.train_iters} iterations of {cfg.training.global_batch_size} x "
                   f"{cfg.data.seq_length} tokens | {trainer.dtype}", flush=True)
+            sft = getattr(trainer.train_ds, "stats", None)
+            if sft:
+                print(f"sft data: {sft['examples']} examples ({sft['truncated']} truncated, {sft['dropped']} "
+                      f"dropped without a trainable token) in {sft['rows']} rows | {sft['tokens']} tokens | rows "
+                      f"filled to {sft['packing_efficiency']:.1%} of --seq-length", flush=True)
         return trainer.train()
     finally:
         # Free the trainer (its hooks make reference cycles holding the process groups and the
