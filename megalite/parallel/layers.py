@@ -6,6 +6,8 @@ is all-gathered along the sequence and the row-parallel output reduce-scattered,
 copied and all-reduced. With one tensor-parallel rank they are an ordinary nn.Linear /
 nn.Embedding. Parameters replicated on every tensor-parallel rank that see only a slice of
 the sequence are flagged ``sequence_parallel``: their gradients are summed over the ranks.
+Both linear layers may carry an ``adapter`` (e.g. LoRA, megalite.posttrain.lora): a module
+called with the layer's (local) input whose output is added to the layer's output.
 """
 
 import torch
@@ -73,9 +75,12 @@ class ColumnParallelLinear(nn.Module):
         self.bias = None
         if bias:
             self.bias = mark(nn.Parameter(torch.empty(self.weight.shape[0])), None, tp_dim=0)
+        self.adapter = None
 
     def forward(self, x):
         y = column_parallel_linear(x, self.weight, self.bias)
+        if self.adapter is not None:
+            y = y + self.adapter(x)
         return gather_from_tp(y) if self.gather_output else y
 
 
@@ -91,11 +96,14 @@ class RowParallelLinear(nn.Module):
         self.bias = mark(nn.Parameter(torch.empty(out_features)), None) if bias else None
         if self.bias is not None:
             self.bias.sequence_parallel = state.get().sequence_parallel
+        self.adapter = None
 
     def forward(self, x):
         if not self.input_is_parallel:
             x = scatter_to_tp(x)
         y = leave_tp_region(F.linear(x, self.weight))
+        if self.adapter is not None:
+            y = y + self.adapter(x)
         return y if self.bias is None else y + self.bias
 
 

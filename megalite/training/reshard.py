@@ -47,6 +47,7 @@ class _GatheredState(Mapping):
             return parts[0]
         if split.get("kv_head_replicas"):
             return gather_replicated_qkv(parts, self.cfg)
+        parts = parts[:: split.get("replicas", 1)]
         return torch.cat(parts, dim=split["dim"])
 
     def __iter__(self):
