@@ -22,8 +22,10 @@ from megalite.errors import MegaliteError
 from megalite.hf.layout import fuse_qkv
 from megalite.parallel import state
 from megalite.parallel.init import full_shape, shard_like
-from megalite.posttrain.lora import ADAPTER_NAME, TARGET_LAYERS, adapter_name, adapter_parameters, lora_scale, peft_name
-from megalite.training.checkpointing import find_checkpoint, iteration_dir, load_checkpoint, saved_settings
+from megalite.posttrain.lora import (ADAPTER_NAME, TARGET_LAYERS, add_adapters, adapter_name, adapter_parameters,
+                                     lora_scale, peft_name)
+from megalite.training.checkpointing import (find_checkpoint, iteration_dir, load_checkpoint, load_model_state,
+                                            saved_settings)
 from megalite.training.reshard import load_full_state
 from megalite.utils.atomic import atomic_write
 
@@ -211,6 +213,16 @@ def full_model_state(load: str):
         raise MegaliteError(f"{load} holds LoRA adapters on the base checkpoint {base}, which does not exist")
     base_weights, _ = load_full_state(base)
     return MergedWeights(base_weights, weights, Config.from_dict(args)), args
+
+
+def load_lora_weights(model, cfg: Config, adapters: Mapping, where: str) -> None:
+    """Give the whole (one-process) ``model`` its LoRA adapters, the base weights of the run
+    ``cfg`` describes and the gathered ``adapters`` (for inference with unmerged adapters)."""
+    add_adapters(model, cfg)
+    base = _base_folder(dataclasses.asdict(cfg.lora))
+    base_weights, _ = load_full_state(base)
+    load_model_state(ParameterSubset(model, False), {"model": dict(base_weights)}, base)
+    load_model_state(ParameterSubset(model, True), {"model": dict(adapters)}, where)
 
 
 def export_peft(load: str, out_dir: str) -> str:
