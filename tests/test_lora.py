@@ -189,7 +189,7 @@ def test_tensor_parallel_matches_one_rank(tmp_path, tiny_corpus, extra):
     wa, wb = load_full_state(one)[0], load_full_state(two)[0]
     assert wa.keys() == wb.keys()
     for name in wa:
-        torch.testing.assert_close(wa[name], wb[name], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(wa[name], wb[name], rtol=1e-3, atol=1e-4)  # Adam magnifies 1e-7 noise
 
 
 @pytest.mark.parametrize("flags, message", [
