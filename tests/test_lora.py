@@ -12,6 +12,7 @@ from megalite.errors import MegaliteError
 from megalite.eval.generate import load_model
 from megalite.hf.convert import export_hf
 from megalite.posttrain.lora import lora_scale
+from megalite.posttrain.lora_io import export_peft
 from megalite.training.reshard import load_full_state
 from megalite.training.trainer import pretrain
 from tests.conftest import read_metrics, run_tool, tiny_model_args
@@ -166,37 +167,44 @@ def test_resume_is_bit_exact(tmp_path, tiny_corpus, base):
         assert torch.equal(wa[name], wb[name]), name
 
 
-VARIANTS = {"gqa": {}, "mqa-replicated-kv-sp": {"num_query_groups": 1, "sequence_parallel": True}}
+# name: (model settings, how the 2-process run is laid out)
+VARIANTS = {"tp2-gqa": ({}, {"tensor_model_parallel_size": 2}),
+            "tp2-mqa-replicated-kv-sp": ({"num_query_groups": 1}, {"tensor_model_parallel_size": 2,
+                                                                    "sequence_parallel": True}),
+            "dp2-distributed-optimizer": ({}, {"use_distributed_optimizer": True})}
 
 
-def _tp_runs(rank, world, corpus, folders):
-    for name, extra in VARIANTS.items():
+def _two_rank_runs(rank, world, corpus, folders):
+    for name, (model, layout) in VARIANTS.items():
         base, _, two = folders[name]
-        pretrain(parse_config(lora_args(corpus, base, two, train_iters=10, tensor_model_parallel_size=world, **extra)))
+        pretrain(parse_config(lora_args(corpus, base, two, train_iters=10, **model, **layout)))
 
 
 @pytest.mark.dist
-def test_tensor_parallel_matches_one_rank(tmp_path, tiny_corpus, base):
+def test_two_ranks_match_one(tmp_path, tiny_corpus, base):
     """TP=2 (adapters split with their base; with one key/value group its head and its B rows
-    are replicated; sequence parallel) gives TP=1's losses and, gathered, its adapters."""
-    folders = {}
-    for name, extra in VARIANTS.items():
-        model = {k: v for k, v in extra.items() if k != "sequence_parallel"}
-        own_base = base
-        if model:
-            own_base = str(tmp_path / name / "base")
-            pretrain(parse_config(tiny_model_args(*tiny_corpus, **MODEL, save=own_base, train_iters=1, eval_iters=0,
-                                                  **model)))
-        one = str(tmp_path / name / "tp1")
-        pretrain(parse_config(lora_args(tiny_corpus, own_base, one, train_iters=10, **model)))
-        folders[name] = (own_base, one, str(tmp_path / name / "tp2"))
-    run_distributed(_tp_runs, 2, tiny_corpus, folders)
+    are replicated; sequence parallel) and DP=2 with the distributed optimizer give one
+    process's losses and gradient norms and, gathered, its adapters."""
+    folders, references = {}, {}  # one-process run per model: (its base, its LoRA run)
+    for name, (model, _) in VARIANTS.items():
+        key = repr(sorted(model.items()))
+        if key not in references:
+            own_base, one = base, str(tmp_path / name / "one")
+            if model:
+                own_base = str(tmp_path / name / "base")
+                pretrain(parse_config(tiny_model_args(*tiny_corpus, **MODEL, save=own_base, train_iters=1,
+                                                      eval_iters=0, **model)))
+            pretrain(parse_config(lora_args(tiny_corpus, own_base, one, train_iters=10, **model)))
+            references[key] = (own_base, one)
+        folders[name] = (*references[key], str(tmp_path / name / "two"))
+    run_distributed(_two_rank_runs, 2, tiny_corpus, folders)
     for name, (_, one, two) in folders.items():
         a, _ = read_metrics(os.path.join(one, "metrics.jsonl"))
         b, _ = read_metrics(os.path.join(two, "metrics.jsonl"))
         assert len(a) == len(b) == 10
         for x, y in zip(a, b):
             assert abs(x["lm_loss"] - y["lm_loss"]) < 1e-5, (name, x["lm_loss"], y["lm_loss"])
+            assert abs(x["grad_norm"] - y["grad_norm"]) < 1e-5 * x["grad_norm"], (name, x["grad_norm"], y["grad_norm"])
         wa, wb = load_full_state(one)[0], load_full_state(two)[0]
         assert wa.keys() == wb.keys()
         for key in wa:  # Adam magnifies 1e-7 differences of near-zero gradients
@@ -214,7 +222,9 @@ def test_bad_settings_are_rejected(tiny_corpus, flags, message):
         validate(cfg)
 
 
-def test_full_checkpoint_without_finetune_is_refused(tmp_path, tiny_corpus, base):
+def test_full_checkpoint_misuse_is_refused(tmp_path, tiny_corpus, base):
     argv = lora_args(tiny_corpus, base, str(tmp_path / "x"), finetune=None)
     with pytest.raises(MegaliteError, match="is a full checkpoint: with --lora-rank it is the frozen base"):
         pretrain(parse_config(argv))
+    with pytest.raises(MegaliteError, match="not a LoRA checkpoint"):
+        export_peft(base, str(tmp_path / "adapter"))

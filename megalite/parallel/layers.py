@@ -40,11 +40,13 @@ class _SequenceGatherLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         x, weight = ctx.saved_tensors
-        total = all_gather_first_dim(x, ctx.group)
         grad_x = reduce_scatter_first_dim(g.matmul(weight), ctx.group)
         g2 = g.reshape(-1, g.shape[-1])
-        grad_w = g2.t().matmul(total.reshape(-1, total.shape[-1]))
-        grad_b = g2.sum(0) if ctx.has_bias else None
+        grad_w = None
+        if ctx.needs_input_grad[1]:  # not for a frozen weight (LoRA's base)
+            total = all_gather_first_dim(x, ctx.group)
+            grad_w = g2.t().matmul(total.reshape(-1, total.shape[-1]))
+        grad_b = g2.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return grad_x, grad_w, grad_b, None
 
 

@@ -148,12 +148,12 @@ def add_adapters(model, cfg: Config) -> None:
     """Give every transformer layer of ``model`` (a stage, or its chunks) the adapters
     --lora-target names and freeze every other parameter."""
     m, lo, s = cfg.model, cfg.lora, state.get()
-    r, sp, p = lo.lora_rank, s.sequence_parallel, lo.lora_dropout
+    r, sp, dropout = lo.lora_rank, s.sequence_parallel, lo.lora_dropout
     scale = lora_scale(lo.lora_alpha, r, lo.use_rslora)
     targets = lora_targets(cfg)
     h, d, nq, ng = m.hidden_size, m.kv_channels, m.num_attention_heads, m.num_query_groups
-    for p_ in model.parameters():
-        p_.requires_grad_(False)
+    for param in model.parameters():
+        param.requires_grad_(False)
     for chunk in model_chunks(model):
         for layer in chunk.layers.values():
             attn, mlp = layer.attention, layer.mlp
@@ -165,15 +165,15 @@ def add_adapters(model, cfg: Config) -> None:
                 if t in targets:
                     qkv[t] = _column_pair(r, h, ng * d, sp, replicas, attn.qkv.weight)
             if qkv:
-                attn.qkv.adapter = ColumnLora(qkv, scale, p, (attn.groups, attn.heads // attn.groups, d))
+                attn.qkv.adapter = ColumnLora(qkv, scale, dropout, (attn.groups, attn.heads // attn.groups, d))
             if "o_proj" in targets:
-                attn.proj.adapter = RowLora("o_proj", _row_pair(r, nq * d, h, sp), scale, p)
+                attn.proj.adapter = RowLora("o_proj", _row_pair(r, nq * d, h, sp), scale, dropout)
             for t, layer_name in (("gate_proj", "gate"), ("up_proj", "fc1")):
                 if t in targets:
                     getattr(mlp, layer_name).adapter = ColumnLora({t: _column_pair(r, h, m.ffn_hidden_size, sp)},
-                                                                  scale, p)
+                                                                  scale, dropout)
             if "down_proj" in targets:
-                mlp.fc2.adapter = RowLora("down_proj", _row_pair(r, m.ffn_hidden_size, h, sp), scale, p)
+                mlp.fc2.adapter = RowLora("down_proj", _row_pair(r, m.ffn_hidden_size, h, sp), scale, dropout)
 
 
 def peft_name(name: str) -> str:

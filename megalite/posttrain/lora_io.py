@@ -67,8 +67,8 @@ def _base_folder(lo: Dict) -> str:
 def load_lora_run(cfg: Config, model, optimizer) -> Tuple[int, int, int]:
     """What --load names for a LoRA run: a full checkpoint (with --finetune) becomes the frozen
     base; a LoRA checkpoint loads its base, then its adapters (and, unless --finetune, its
-    optimizer state, random states and position). Then --load-adapter, if given. Records the
-    base in ``cfg.lora``. Returns (iteration, consumed_samples, consumed_tokens)."""
+    optimizer state, random states and position); otherwise --load-adapter, if given, fills
+    the adapters. Records the base in ``cfg.lora``. Returns (iteration, consumed_samples, consumed_tokens)."""
     c, lo = cfg.checkpoint, cfg.lora
     folder = find_checkpoint(c.load)
     if folder is None:
@@ -90,12 +90,12 @@ def load_lora_run(cfg: Config, model, optimizer) -> Tuple[int, int, int]:
     position = (0, 0, 0)
     if own:
         position = load_checkpoint(cfg, ParameterSubset(model, True), optimizer)
-    if lo.load_adapter:
+    if lo.load_adapter and not own:  # a LoRA checkpoint (resume, rollback) brings its own adapters
         read_peft_adapter(lo.load_adapter, model)
         optimizer.masters_from_model()
     if state.get().rank == 0:
         print(f"LoRA: frozen base {base}" + (f", adapters from {folder}" if own else "")
-              + (f", adapters from {lo.load_adapter}" if lo.load_adapter else ""), flush=True)
+              + (f", adapters from {lo.load_adapter}" if lo.load_adapter and not own else ""), flush=True)
     return position
 
 
@@ -107,7 +107,7 @@ def inherit_lora_settings(cfg: Config, saved_args) -> None:
         for f in dataclasses.fields(LoraConfig):
             if f.name not in given and f.name != "load_adapter" and f.name in saved_args["lora"]:
                 setattr(cfg.lora, f.name, saved_args["lora"][f.name])
-    if cfg.lora.load_adapter:
+    elif cfg.lora.load_adapter:
         for name, value in read_adapter_config(cfg.lora.load_adapter).items():
             if name not in given:
                 setattr(cfg.lora, name, value)
