@@ -13,7 +13,7 @@ from megalite.eval.generate import load_model
 from megalite.hf.convert import export_hf
 from megalite.posttrain.lora import lora_scale
 from megalite.posttrain.lora_io import export_peft
-from megalite.training.reshard import load_full_state
+from megalite.training.reshard import _SavedCheckpoint, load_full_state
 from megalite.training.trainer import pretrain
 from tests.conftest import read_metrics, run_tool, tiny_model_args
 from tests.dist_utils import run_distributed
@@ -91,6 +91,19 @@ def load_adapter_logits(tmp_path, corpus, base, adapter_dir):
 def test_load_adapter_round_trip(tmp_path, tiny_corpus, base, lora_run):
     ck, peft_dir = lora_run
     assert torch.equal(load_adapter_logits(tmp_path, tiny_corpus, base, peft_dir), our_logits(ck))
+
+
+def test_reshard_keeps_the_adapters(tmp_path, lora_run):
+    """--reshard of a LoRA checkpoint to TP=2: the same adapters and optimizer state, gathered."""
+    ck, _ = lora_run
+    run_tool("tools/convert_checkpoint.py", "--reshard", "--load", ck, "--save", str(tmp_path / "tp2"),
+             "--target-tensor-parallel-size", "2")
+    before, after = _SavedCheckpoint(ck), _SavedCheckpoint(str(tmp_path / "tp2"))
+    assert os.path.isfile(tmp_path / "tp2" / "iter_0000003" / "mp_rank_01" / "model_optim_rng.pt")
+    assert set(after.weights) == set(before.weights) and all(".adapter." in n for n in after.weights)
+    for name in before.weights:
+        assert torch.equal(before.weights[name], after.weights[name]), name
+        assert torch.equal(before.states["exp_avg"][name], after.states["exp_avg"][name]), name
 
 
 def test_rslora_scale_agrees_with_peft(tmp_path, tiny_corpus, base, lora_run):

@@ -192,3 +192,27 @@ def adapter_name(layer: int, target: str, which: str) -> str:
 
 def adapter_parameters(model) -> Iterator[Tuple[str, nn.Parameter]]:
     return ((n, p) for n, p in model.named_parameters() if ADAPTER_NAME.match(n))
+
+
+class ParameterSubset:
+    """The trainable (adapters) or the frozen (base) parameters of a model, by their global
+    names, with the model interface checkpoints use: state_dict, load_state_dict (exactly
+    these names), named_parameters."""
+
+    def __init__(self, model, trainable: bool):
+        self.model, self.trainable = model, trainable
+
+    def named_parameters(self):
+        return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad == self.trainable]
+
+    def state_dict(self) -> Dict[str, torch.Tensor]:
+        return {n: p.detach() for n, p in self.named_parameters()}
+
+    def load_state_dict(self, sd: Dict[str, torch.Tensor]) -> None:
+        names = {n for n, _ in self.named_parameters()}
+        missing, unexpected = sorted(names - set(sd)), sorted(set(sd) - names)
+        if missing or unexpected:
+            what = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"
+            raise RuntimeError(f"Error(s) in loading state_dict:\n\t{what} ({len(missing)} missing, "
+                               f"{len(unexpected)} unexpected)")
+        self.model.load_state_dict(sd, strict=False)

@@ -22,8 +22,8 @@ from megalite.errors import MegaliteError
 from megalite.hf.layout import fuse_qkv
 from megalite.parallel import state
 from megalite.parallel.init import full_shape, shard_like
-from megalite.posttrain.lora import (ADAPTER_NAME, TARGET_LAYERS, add_adapters, adapter_name, adapter_parameters,
-                                     lora_scale, peft_name)
+from megalite.posttrain.lora import (ADAPTER_NAME, TARGET_LAYERS, ParameterSubset, add_adapters, adapter_name,
+                                     adapter_parameters, lora_scale, peft_name)
 from megalite.training.checkpointing import (find_checkpoint, iteration_dir, load_checkpoint, load_model_state,
                                             saved_settings)
 from megalite.training.reshard import load_full_state
@@ -34,30 +34,6 @@ ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetens
 
 def is_lora_run(args: Dict) -> bool:
     return bool((args or {}).get("lora", {}).get("lora_rank"))
-
-
-class ParameterSubset:
-    """The trainable (adapters) or the frozen (base) parameters of a model, by their global
-    names, with the model interface checkpoints use: state_dict, load_state_dict (exactly
-    these names), named_parameters."""
-
-    def __init__(self, model, trainable: bool):
-        self.model, self.trainable = model, trainable
-
-    def named_parameters(self):
-        return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad == self.trainable]
-
-    def state_dict(self) -> Dict[str, torch.Tensor]:
-        return {n: p.detach() for n, p in self.named_parameters()}
-
-    def load_state_dict(self, sd: Dict[str, torch.Tensor]) -> None:
-        names = {n for n, _ in self.named_parameters()}
-        missing, unexpected = sorted(names - set(sd)), sorted(set(sd) - names)
-        if missing or unexpected:
-            what = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"
-            raise RuntimeError(f"Error(s) in loading state_dict:\n\t{what} ({len(missing)} missing, "
-                               f"{len(unexpected)} unexpected)")
-        self.model.load_state_dict(sd, strict=False)
 
 
 def _base_folder(lo: Dict) -> str:

@@ -21,6 +21,7 @@ from megalite.config import Config, ModelConfig, validate
 from megalite.errors import MegaliteError
 from megalite.parallel import state
 from megalite.parallel.init import shard_like
+from megalite.posttrain.lora import ParameterSubset, add_adapters
 from megalite.training.checkpointing import TRACKER, PendingSave, find_checkpoint, rank_file, split_metadata, verify_file
 from megalite.utils.progress import Progress
 
@@ -186,6 +187,9 @@ def reshard_offline(load: str, save: str, tp: int, pp: int, virtual_layers: Opti
         for tp_rank in range(tp):
             with state.planning(tp, pp, tp_rank, pp_rank), torch.device("meta"):
                 model = build_stage_model(cfg, None)
+                if cfg.lora.lora_rank:  # a LoRA run's checkpoint holds its adapters only
+                    add_adapters(model, cfg)
+                    model = ParameterSubset(model, trainable=True)
                 weights, pieces = saved.cut_for(model, load)
                 payload = {**saved.first, "args": cfg.to_dict(), "model": weights,
                            "optimizer": {"scaler": saved.first["optimizer"]["scaler"], "pieces": pieces},

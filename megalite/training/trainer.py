@@ -32,8 +32,8 @@ from megalite.parallel.grads import sync_embedding_grads, sync_tensor_parallel_g
 from megalite.parallel.pipeline import forward_backward
 from megalite.parallel.init import initialize
 from megalite.parallel.random import seed_tp_rng
-from megalite.posttrain.lora import add_adapters
-from megalite.posttrain.lora_io import ParameterSubset, inherit_lora_settings, load_lora_run
+from megalite.posttrain.lora import ParameterSubset, add_adapters
+from megalite.posttrain.lora_io import inherit_lora_settings, load_lora_run
 from megalite.training.checkpointing import find_checkpoint, load_checkpoint, save_checkpoint, saved_settings
 from megalite.training.data import build_datasets, build_loader, build_tokenizer_from, microbatches, padded_vocab_size
 from megalite.training.metrics_log import MetricsLog
