@@ -60,6 +60,7 @@ def load_lora_run(cfg: Config, model, optimizer) -> Tuple[int, int, int]:
                             "with --finetune (weights only, from iteration 0)")
     else:
         base = folder
+    base = os.path.normpath(base)
     lo.lora_base, lo.lora_base_iteration = os.path.abspath(os.path.dirname(base)), int(os.path.basename(base)[5:])
     weights_only = dataclasses.replace(c, load=base, finetune=True)
     load_checkpoint(dataclasses.replace(cfg, checkpoint=weights_only), ParameterSubset(model, False), optimizer)
@@ -104,10 +105,12 @@ def read_adapter_config(folder: str) -> Dict:
                 "alpha_pattern"):
         if conf.get(key) not in (None, False, "none", {}, []):
             raise MegaliteError(f"{path}: {key} = {conf[key]!r} is not supported (only plain LoRA on linear layers)")
+    if not isinstance(conf.get("r"), int) or conf["r"] < 1:
+        raise MegaliteError(f"{path}: r (the adapter rank) is {conf.get('r')!r}, expected a positive integer")
     targets = conf.get("target_modules")
     if isinstance(targets, (list, tuple)):
         targets = ",".join(sorted(targets))
-    return {"lora_rank": int(conf["r"]), "lora_alpha": float(conf.get("lora_alpha", 8)),
+    return {"lora_rank": conf["r"], "lora_alpha": float(conf.get("lora_alpha", 8)),
             "lora_dropout": float(conf.get("lora_dropout", 0.0)), "lora_target": targets or "all-linear",
             "use_rslora": bool(conf.get("use_rslora", False))}
 
