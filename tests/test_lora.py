@@ -81,10 +81,10 @@ def test_peft_reads_our_adapter_and_merged_export_matches(tmp_path, base, lora_r
 
 def load_adapter_logits(tmp_path, corpus, base, adapter_dir):
     """Our model after --load-adapter (rank, alpha, targets, rsLoRA from its adapter_config.json),
-    trained one step at lr 0 so that it is saved unchanged."""
+    saved as it was read (--train-iters 0)."""
     out = str(tmp_path / "from_adapter")
     pretrain(parse_config(tiny_model_args(*corpus, **MODEL, load=base, finetune=True, save=out, load_adapter=adapter_dir,
-                                          train_iters=1, lr=0.0, min_lr=0.0, lr_warmup_iters=0, eval_iters=0)))
+                                          train_iters=0, eval_iters=0)))
     return our_logits(out)
 
 
@@ -184,7 +184,8 @@ def test_resume_is_bit_exact(tmp_path, tiny_corpus, base):
 VARIANTS = {"tp2-gqa": ({}, {"tensor_model_parallel_size": 2}),
             "tp2-mqa-replicated-kv-sp": ({"num_query_groups": 1}, {"tensor_model_parallel_size": 2,
                                                                     "sequence_parallel": True}),
-            "dp2-distributed-optimizer": ({}, {"use_distributed_optimizer": True})}
+            "dp2-distributed-optimizer": ({}, {"use_distributed_optimizer": True}),
+            "pp2": ({}, {"pipeline_model_parallel_size": 2})}
 
 
 def _two_rank_runs(rank, world, corpus, folders):
@@ -196,7 +197,7 @@ def _two_rank_runs(rank, world, corpus, folders):
 @pytest.mark.dist
 def test_two_ranks_match_one(tmp_path, tiny_corpus, base):
     """TP=2 (adapters split with their base; with one key/value group its head and its B rows
-    are replicated; sequence parallel) and DP=2 with the distributed optimizer give one
+    are replicated; sequence parallel), DP=2 with the distributed optimizer and PP=2 give one
     process's losses and gradient norms and, gathered, its adapters."""
     folders, references = {}, {}  # one-process run per model: (its base, its LoRA run)
     for name, (model, _) in VARIANTS.items():
