@@ -219,6 +219,14 @@ def test_two_ranks_match_one(tmp_path, tiny_corpus, base):
         for x, y in zip(a, b):
             assert abs(x["lm_loss"] - y["lm_loss"]) < 1e-5, (name, x["lm_loss"], y["lm_loss"])
             assert abs(x["grad_norm"] - y["grad_norm"]) < 1e-5 * x["grad_norm"], (name, x["grad_norm"], y["grad_norm"])
+        if "tensor_model_parallel_size" in VARIANTS[name][1]:  # replicated adapter parts stayed equal
+            ranks = [torch.load(os.path.join(two, "iter_0000010", f"mp_rank_0{r}", "model_optim_rng.pt"),
+                                weights_only=True) for r in (0, 1)]
+            split = ranks[0]["tensor_parallel"]  # B rows of a key/value head shared by both ranks: "replicas"
+            replicated = [n for n in ranks[0]["model"] if n not in split or split[n].get("replicas") == 2]
+            assert any(n.endswith("lora_A") for n in replicated) and any(n.endswith("lora_B") for n in replicated)
+            for n in replicated:
+                assert torch.equal(ranks[0]["model"][n], ranks[1]["model"][n]), (name, n)
         wa, wb = load_full_state(one)[0], load_full_state(two)[0]
         assert wa.keys() == wb.keys()
         for key in wa:  # Adam magnifies 1e-7 differences of near-zero gradients
