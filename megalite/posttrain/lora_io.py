@@ -19,6 +19,7 @@ import torch
 
 from megalite.config import Config, LoraConfig, lora_targets
 from megalite.errors import MegaliteError
+from megalite.hf.config import hf_config, is_gpt2_style
 from megalite.hf.layout import fuse_qkv
 from megalite.parallel import state
 from megalite.parallel.init import full_shape, shard_like
@@ -213,6 +214,10 @@ def export_peft(load: str, out_dir: str) -> str:
     if not is_lora_run(args):
         raise MegaliteError(f"{load}: not a LoRA checkpoint (trained without --lora-rank); nothing to export as peft")
     cfg = Config.from_dict(args)
+    if is_gpt2_style(cfg.model):
+        raise MegaliteError(f"{load}: a GPT-2-style model has no q_proj / k_proj / ... modules for a peft adapter; "
+                            "export it merged with --to-hf")
+    hf_config(cfg.model, "float32")  # refuses, with its message, a model with no HF equivalent
     lo = cfg.lora
     tensors = {peft_name(name): weights[name].contiguous() for name in weights}
     config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": lo.lora_rank, "lora_alpha": lo.lora_alpha,
