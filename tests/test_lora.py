@@ -83,8 +83,8 @@ def load_adapter_logits(tmp_path, corpus, base, adapter_dir):
     """Our model after --load-adapter (rank, alpha, targets, rsLoRA from its adapter_config.json),
     saved as it was read (--train-iters 0)."""
     out = str(tmp_path / "from_adapter")
-    pretrain(parse_config(tiny_model_args(*corpus, **MODEL, load=base, finetune=True, save=out, load_adapter=adapter_dir,
-                                          train_iters=0, eval_iters=0)))
+    pretrain(parse_config(tiny_model_args(*corpus, **MODEL, load=base, finetune=True, save=out,
+                                          load_adapter=adapter_dir, train_iters=0, eval_iters=0)))
     return our_logits(out)
 
 

@@ -20,7 +20,7 @@ from megalite.hf.layout import from_hf, gpt2_from_hf, gpt2_to_hf, to_hf
 from megalite.hf.tokenizer import export_tokenizer
 from megalite.posttrain.lora_io import full_model_state
 from megalite.training.checkpointing import FORMAT_VERSION, TRACKER, iteration_dir
-from megalite.training.reshard import load_full_state
+from megalite.training.reshard import load_full_state  # noqa: F401 (callers import it from here)
 from megalite.utils.atomic import atomic_write
 from megalite.utils.progress import Progress
 
