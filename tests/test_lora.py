@@ -106,22 +106,24 @@ def test_reshard_keeps_the_adapters(tmp_path, lora_run):
         assert torch.equal(before.states["exp_avg"][name], after.states["exp_avg"][name]), name
 
 
-def test_rslora_scale_agrees_with_peft(tmp_path, tiny_corpus, base, lora_run):
-    """The same adapter read with use_rslora: peft and we both scale by alpha / sqrt(r)."""
+def test_adapter_made_by_peft_with_rslora_and_some_targets(tmp_path, tiny_corpus, base):
+    """An adapter peft itself made (random A and B, rsLoRA, only q_proj, v_proj and down_proj:
+    k rows of the fused QKV get nothing) loads with --load-adapter and gives peft's logits;
+    rsLoRA scales by alpha / sqrt(r) in both."""
     assert lora_scale(8, 4, True) == 4.0 and lora_scale(8, 4, False) == 2.0
-    _, peft_dir = lora_run
-    rs = tmp_path / "rs"
-    os.makedirs(rs)
-    config = json.load(open(os.path.join(peft_dir, "adapter_config.json")))
-    json.dump({**config, "use_rslora": True}, open(rs / "adapter_config.json", "w"))
-    os.link(os.path.join(peft_dir, "adapter_model.safetensors"), rs / "adapter_model.safetensors")
-    ours = load_adapter_logits(tmp_path, tiny_corpus, base, str(rs))
     export_hf(base, str(tmp_path / "hf_base"), dtype="fp32")
     hf = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf_base"), dtype=torch.float32)
+    config = peft.LoraConfig(r=4, lora_alpha=8, use_rslora=True, target_modules=["q_proj", "v_proj", "down_proj"],
+                             init_lora_weights=False, task_type="CAUSAL_LM")
+    torch.manual_seed(0)
+    theirs_model = peft.get_peft_model(hf, config).eval()
+    theirs_model.save_pretrained(str(tmp_path / "adapter"))
     with torch.no_grad():
-        theirs = peft.PeftModel.from_pretrained(hf, str(rs)).eval()(TOKENS).logits
+        theirs = theirs_model(TOKENS).logits
+    ours = load_adapter_logits(tmp_path, tiny_corpus, base, str(tmp_path / "adapter"))
     torch.testing.assert_close(theirs, ours, rtol=1e-5, atol=1e-5)
-    assert load_full_state(str(tmp_path / "from_adapter"))[1]["lora"]["use_rslora"] is True
+    settings = load_full_state(str(tmp_path / "from_adapter"))[1]["lora"]
+    assert settings["use_rslora"] is True and settings["lora_target"] == "down_proj,q_proj,v_proj"
 
 
 def test_frozen_base_and_adapter_only_optimizer_state(tmp_path, tiny_corpus, base):
