@@ -160,6 +160,21 @@ class SFTConfig:
     sft_cache_path: Optional[str] = opt(None, "where tokenized SFT examples are cached (default <data dir>/cache/sft)")
 
 
+@dataclass
+class LoraConfig:
+    lora_rank: int = opt(0, "LoRA: train rank-r adapters on a frozen base (--load BASE --finetune); 0 = off")
+    lora_alpha: float = opt(16.0, "LoRA scale numerator: adapters add alpha/rank * B A x")
+    lora_dropout: float = opt(0.0, "dropout on the adapters' input")
+    lora_target: str = opt("all-linear", "comma list of HF module names (q_proj,k_proj,v_proj,o_proj,gate_proj,"
+                                         "up_proj,down_proj) that get adapters, or all-linear")
+    use_rslora: bool = opt(False, "rank-stabilised LoRA: scale alpha/sqrt(rank) instead of alpha/rank")
+    load_adapter: Optional[str] = opt(None, "peft LoRA adapter folder to start from (its rank, alpha and targets "
+                                            "become the run's)")
+    # Recorded at start-up from --load BASE; stored in a LoRA run's checkpoints, which hold only the adapters.
+    lora_base: Optional[str] = opt(None, "base checkpoint of a LoRA run (normally recorded from --load)")
+    lora_base_iteration: Optional[int] = opt(None, "iteration of --lora-base (normally recorded from --load)")
+
+
 SECTIONS = {
     "model": ModelConfig,
     "parallel": ParallelConfig,
@@ -168,6 +183,7 @@ SECTIONS = {
     "logging": LoggingConfig,
     "checkpoint": CheckpointConfig,
     "sft": SFTConfig,
+    "lora": LoraConfig,
 }
 
 
@@ -180,6 +196,7 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -399,9 +416,50 @@ def validate(cfg: Config, world_size: int = 1) -> Config:
         raise MegaliteError("give exactly one of --train-iters and --train-samples")
     if c.save_interval is not None and c.save is None:
         raise MegaliteError("--save-interval needs --save")
+    validate_lora(cfg)
     if cfg.logging.metrics_file is None and c.save:
         cfg.logging.metrics_file = f"{c.save}/metrics.jsonl"
     return cfg
+
+
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def lora_targets(cfg: Config) -> List[str]:
+    """The HF module names that get adapters: --lora-target, with all-linear resolved to every
+    linear layer of the model (no gate_proj without --swiglu; never the output layer)."""
+    text = cfg.lora.lora_target.strip()
+    if text == "all-linear":
+        return [t for t in LORA_TARGETS if cfg.model.swiglu or t != "gate_proj"]
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [t for t in names if t not in LORA_TARGETS]
+    if unknown or not names:
+        raise MegaliteError(f"--lora-target {text!r}: unknown module {unknown[0] if unknown else '(none)'}; "
+                            f"give a comma list of {', '.join(LORA_TARGETS)}, or all-linear")
+    if "gate_proj" in names and not cfg.model.swiglu:
+        raise MegaliteError("--lora-target gate_proj needs --swiglu (a GELU MLP has no gate projection)")
+    return [t for t in LORA_TARGETS if t in names]
+
+
+def validate_lora(cfg: Config) -> None:
+    lo, p = cfg.lora, cfg.parallel
+    if lo.lora_rank < 0:
+        raise MegaliteError(f"--lora-rank {lo.lora_rank}: must be 0 (off) or positive")
+    if lo.lora_rank == 0:
+        if lo.load_adapter:
+            raise MegaliteError("--load-adapter needs --lora-rank (taken from the adapter's adapter_config.json "
+                                "when not given)")
+        return
+    lora_targets(cfg)
+    if not 0 <= lo.lora_dropout < 1:
+        raise MegaliteError(f"--lora-dropout {lo.lora_dropout}: must be in [0, 1)")
+    if p.zero_stage >= 2:
+        raise MegaliteError(f"--zero-stage {p.zero_stage} with --lora-rank: ZeRO-2/3 shard units of trainable "
+                            "parameters and cannot hold a frozen base; use --zero-stage 0 or 1 (the adapters' "
+                            "gradients and optimizer state are small)")
+    if not cfg.checkpoint.load:
+        raise MegaliteError("--lora-rank trains adapters on a base model: give --load BASE --finetune (or --load a "
+                            "LoRA checkpoint to resume)")
 
 
 def data_parallel_size(cfg: Config, world_size: int) -> int:

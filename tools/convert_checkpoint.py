@@ -2,12 +2,16 @@
 
     python tools/convert_checkpoint.py --to-hf --load ckpt/ --save hf_model/ [--dtype bf16]
     python tools/convert_checkpoint.py --from-hf --load hf_model/ --save ckpt/
+    python tools/convert_checkpoint.py --to-peft --load lora_ckpt/ --save adapter/
     python tools/convert_checkpoint.py --reshard --load ckpt/ --save ckpt_tp4/ --target-tensor-parallel-size 4 \
         [--target-pipeline-parallel-size 2 --target-num-layers-per-virtual-pipeline-stage 2]
 
 --to-hf writes config.json and safetensors (sharded above --max-shard-size) that
 transformers' AutoModelForCausalLM loads as Llama (or Qwen2 with a QKV bias). --from-hf
 reads a local Llama / Qwen2 / Mistral folder and writes an iteration-0 checkpoint.
+On a LoRA checkpoint (--lora-rank), --to-hf writes the base with the adapters merged in and
+--to-peft writes the adapters alone as a peft adapter folder (adapter_config.json +
+adapter_model.safetensors) for the HF export of the base.
 --reshard writes the checkpoint (weights and optimizer state) for another tensor / pipeline
 layout, one target rank at a time; training also loads any layout directly (--load), so
 this is for moving checkpoints around, not a required step.
@@ -17,6 +21,7 @@ import argparse
 
 from megalite.data.chat import load_template
 from megalite.hf.convert import export_hf, import_hf
+from megalite.posttrain.lora_io import export_peft
 from megalite.training.reshard import reshard_offline
 from megalite.utils.cli import run_tool
 
@@ -34,6 +39,7 @@ def main(argv=None):
     way = p.add_mutually_exclusive_group(required=True)
     way.add_argument("--to-hf", action="store_true")
     way.add_argument("--from-hf", action="store_true")
+    way.add_argument("--to-peft", action="store_true")
     way.add_argument("--reshard", action="store_true")
     p.add_argument("--load", required=True, help="checkpoint folder (or iter_ folder), or the HF folder")
     p.add_argument("--save", required=True)
@@ -49,6 +55,8 @@ def main(argv=None):
         out = reshard_offline(a.load, a.save, a.target_tensor_parallel_size, a.target_pipeline_parallel_size,
                               a.target_num_layers_per_virtual_pipeline_stage)
         print(f"wrote {out}")
+    elif a.to_peft:
+        print(f"wrote {export_peft(a.load, a.save)}")
     elif a.to_hf:
         out = export_hf(a.load, a.save, a.dtype or "bf16", parse_size(a.max_shard_size),
                         chat_template=load_template(a.chat_template) if a.chat_template else None)

@@ -26,6 +26,7 @@ from megalite.model import GPTModel
 from megalite.model.gpt import build_stage_model
 from megalite.model.kv_cache import KVCache
 from megalite.parallel import state
+from megalite.posttrain.lora_io import load_lora_weights
 from megalite.training.checkpointing import find_checkpoint, load_model_state, read_checkpoint, saved_settings
 from megalite.training.trainer import setup_distributed
 
@@ -47,7 +48,13 @@ def load_model(load: str, device: Optional[torch.device] = None) -> Tuple[torch.
         p.num_layers_per_virtual_pipeline_stage = None
         state.initialize()
         model = GPTModel(cfg.model)
-        load_model_state(model, {"model": dict(full)}, folder)
+        if cfg.lora.lora_rank:  # a LoRA run's checkpoint: its base, and its adapters unmerged
+            load_lora_weights(model, cfg, full, folder)
+        else:
+            load_model_state(model, {"model": dict(full)}, folder)
+    elif cfg.lora.lora_rank:
+        raise MegaliteError(f"{folder} holds LoRA adapters: decode it in one process, or export it merged with "
+                            "tools/convert_checkpoint.py --to-hf and convert that back with --from-hf")
     elif world == tp * pp:
         default = setup_distributed(p.distributed_backend)
         device = device or default

@@ -18,8 +18,9 @@ from megalite.hf.config import hf_config, is_gpt2_style, model_config
 from megalite.data.tokenizer import Tokenizer, build_tokenizer
 from megalite.hf.layout import from_hf, gpt2_from_hf, gpt2_to_hf, to_hf
 from megalite.hf.tokenizer import export_tokenizer
+from megalite.posttrain.lora_io import full_model_state
 from megalite.training.checkpointing import FORMAT_VERSION, TRACKER, iteration_dir
-from megalite.training.reshard import load_full_state
+from megalite.training.reshard import load_full_state  # noqa: F401 (callers import it from here)
 from megalite.utils.atomic import atomic_write
 from megalite.utils.progress import Progress
 
@@ -29,10 +30,11 @@ DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 def export_hf(load: str, out_dir: str, dtype: str = "bf16", max_shard_bytes: int = 5 * 2**30,
               tokenizer: Optional[Tokenizer] = None, chat_template: Optional[str] = None) -> str:
-    """Write the HF folder; ``tokenizer`` defaults to the one the checkpoint was trained with."""
+    """Write the HF folder; ``tokenizer`` defaults to the one the checkpoint was trained with.
+    A LoRA checkpoint exports its base with the adapters merged in."""
     from safetensors.torch import save_file
 
-    state, args = load_full_state(load)
+    state, args = full_model_state(load)
     run = Config.from_dict(args)
     cfg = run.model
     d = run.data

@@ -15,11 +15,12 @@ from megalite.parallel import state
 
 def mark(param: torch.nn.Parameter, std: Optional[float], fill: float = 0.0,
          tp_dim: Optional[int] = None, full: Optional[list] = None,
-         shard_fn: Optional[Callable] = None) -> torch.nn.Parameter:
-    """Record how to initialise ``param`` (normal(0, std), or constant ``fill`` when std is
-    None) and along which dimension it is split over tensor-parallel ranks. A tensor that is
-    not an even split (replicated key/value heads) gives its ``full`` shape and ``shard_fn``."""
-    param.init_std, param.init_fill, param.tp_dim = std, fill, tp_dim
+         shard_fn: Optional[Callable] = None, bound: Optional[float] = None) -> torch.nn.Parameter:
+    """Record how to initialise ``param`` (normal(0, std), uniform(-bound, bound) when ``bound``
+    is given, or constant ``fill`` when std is None) and along which dimension it is split over
+    tensor-parallel ranks. A tensor that is not an even split (replicated key/value heads)
+    gives its ``full`` shape and ``shard_fn``."""
+    param.init_std, param.init_fill, param.init_bound, param.tp_dim = std, fill, bound, tp_dim
     param.tp_full_shape, param.tp_shard_fn = full, shard_fn
     return param
 
@@ -55,9 +56,14 @@ def initialize(module: torch.nn.Module, seed: int) -> None:
     for name, p in module.named_parameters():
         if not hasattr(p, "init_std"):
             raise AssertionError(f"parameter {name} has no initialisation recorded (use parallel.init.mark)")
-        if p.init_std is None:
+        bound = p.init_bound
+        if p.init_std is None and bound is None:
             p.fill_(p.init_fill)
             continue
         g = torch.Generator().manual_seed(name_seed(seed, name))
-        full = torch.empty(full_shape(p), dtype=torch.float32).normal_(0.0, p.init_std, generator=g)
+        full = torch.empty(full_shape(p), dtype=torch.float32)
+        if bound is not None:
+            full.uniform_(-bound, bound, generator=g)
+        else:
+            full.normal_(0.0, p.init_std, generator=g)
         p.copy_(shard_like(p, full))

@@ -6,6 +6,8 @@ is all-gathered along the sequence and the row-parallel output reduce-scattered,
 copied and all-reduced. With one tensor-parallel rank they are an ordinary nn.Linear /
 nn.Embedding. Parameters replicated on every tensor-parallel rank that see only a slice of
 the sequence are flagged ``sequence_parallel``: their gradients are summed over the ranks.
+Both linear layers may carry an ``adapter`` (e.g. LoRA, megalite.posttrain.lora): a module
+called with the layer's (local) input whose output is added to the layer's output.
 """
 
 import torch
@@ -38,11 +40,13 @@ class _SequenceGatherLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         x, weight = ctx.saved_tensors
-        total = all_gather_first_dim(x, ctx.group)
         grad_x = reduce_scatter_first_dim(g.matmul(weight), ctx.group)
         g2 = g.reshape(-1, g.shape[-1])
-        grad_w = g2.t().matmul(total.reshape(-1, total.shape[-1]))
-        grad_b = g2.sum(0) if ctx.has_bias else None
+        grad_w = None
+        if ctx.needs_input_grad[1]:  # not for a frozen weight (LoRA's base)
+            total = all_gather_first_dim(x, ctx.group)
+            grad_w = g2.t().matmul(total.reshape(-1, total.shape[-1]))
+        grad_b = g2.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return grad_x, grad_w, grad_b, None
 
 
@@ -73,9 +77,12 @@ class ColumnParallelLinear(nn.Module):
         self.bias = None
         if bias:
             self.bias = mark(nn.Parameter(torch.empty(self.weight.shape[0])), None, tp_dim=0)
+        self.adapter = None
 
     def forward(self, x):
         y = column_parallel_linear(x, self.weight, self.bias)
+        if self.adapter is not None:
+            y = y + self.adapter(x)
         return gather_from_tp(y) if self.gather_output else y
 
 
@@ -91,11 +98,14 @@ class RowParallelLinear(nn.Module):
         self.bias = mark(nn.Parameter(torch.empty(out_features)), None) if bias else None
         if self.bias is not None:
             self.bias.sequence_parallel = state.get().sequence_parallel
+        self.adapter = None
 
     def forward(self, x):
         if not self.input_is_parallel:
             x = scatter_to_tp(x)
         y = leave_tp_region(F.linear(x, self.weight))
+        if self.adapter is not None:
+            y = y + self.adapter(x)
         return y if self.bias is None else y + self.bias
 
 

@@ -94,6 +94,8 @@ def split_metadata(model) -> Dict:
             out[name] = {"dim": p.tp_dim, "parts": parts}
             if getattr(p, "kv_replicas", 1) > 1:  # QKV rows: own query heads + a shared key/value head
                 out[name]["kv_head_replicas"] = p.kv_replicas
+            if getattr(p, "tp_replicas", 1) > 1:  # runs of this many ranks hold the same part
+                out[name]["replicas"] = p.tp_replicas
     return out
 
 

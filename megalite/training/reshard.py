@@ -21,6 +21,7 @@ from megalite.config import Config, ModelConfig, validate
 from megalite.errors import MegaliteError
 from megalite.parallel import state
 from megalite.parallel.init import shard_like
+from megalite.posttrain.lora import ParameterSubset, add_adapters
 from megalite.training.checkpointing import (TRACKER, PendingSave, find_checkpoint, load_file, rank_file,
                                              split_metadata)
 from megalite.utils.progress import Progress
@@ -48,6 +49,7 @@ class _GatheredState(Mapping):
             return parts[0]
         if split.get("kv_head_replicas"):
             return gather_replicated_qkv(parts, self.cfg)
+        parts = parts[:: split.get("replicas", 1)]
         return torch.cat(parts, dim=split["dim"])
 
     def __iter__(self):
@@ -178,6 +180,9 @@ def reshard_offline(load: str, save: str, tp: int, pp: int, virtual_layers: Opti
         for tp_rank in range(tp):
             with state.planning(tp, pp, tp_rank, pp_rank), torch.device("meta"):
                 model = build_stage_model(cfg, None)
+                if cfg.lora.lora_rank:  # a LoRA run's checkpoint holds its adapters only
+                    add_adapters(model, cfg)
+                    model = ParameterSubset(model, trainable=True)
                 weights, pieces = saved.cut_for(model, load)
                 payload = {**saved.first, "args": cfg.to_dict(), "model": weights,
                            "optimizer": {"scaler": saved.first["optimizer"]["scaler"], "pieces": pieces},

@@ -33,6 +33,8 @@ from megalite.parallel.grads import sync_embedding_grads, sync_tensor_parallel_g
 from megalite.parallel.pipeline import forward_backward
 from megalite.parallel.init import initialize
 from megalite.parallel.random import seed_tp_rng
+from megalite.posttrain.lora import ParameterSubset, add_adapters
+from megalite.posttrain.lora_io import inherit_lora_settings, load_lora_run
 from megalite.training.checkpointing import find_checkpoint, load_checkpoint, save_checkpoint, saved_settings
 from megalite.training.data import build_datasets, build_loader, build_tokenizer_from, microbatches, padded_vocab_size
 from megalite.training.metrics_log import MetricsLog
@@ -89,6 +91,11 @@ class Trainer:
         self.dtype = torch.bfloat16 if t.bf16 else torch.float16 if t.fp16 else torch.float32
 
         self.model = build_stage_model(cfg, t.recompute_granularity)
+        lora = cfg.lora.lora_rank > 0
+        if lora:  # adapters trained, the base frozen; checkpoints hold the adapters only
+            add_adapters(self.model, cfg)
+        self.checkpointed = ParameterSubset(self.model, trainable=True) if lora else self.model
+        self.load = load_lora_run if lora else load_checkpoint
         seq = cfg.data.seq_length // (s.tp_size if s.sequence_parallel else 1)
         self.activation_shape = (seq, t.micro_batch_size, m.hidden_size)  # what stages pass on
         initialize(self.model, t.seed)
@@ -119,7 +126,7 @@ class Trainer:
         self.iteration = self.consumed_samples = self.consumed_tokens = 0
         if cfg.checkpoint.load:
             with self.grads.full_params(write_back=True):
-                self.iteration, self.consumed_samples, self.consumed_tokens = load_checkpoint(
+                self.iteration, self.consumed_samples, self.consumed_tokens = self.load(
                     cfg, self.model, self.optimizer)
 
         train_samples = self.batches.samples_for(self.train_iters)
@@ -256,7 +263,7 @@ class Trainer:
         self.grads.wait_params()
         self.finish_save()
         with self.grads.full_params():
-            self.pending_save = save_checkpoint(c.save, self.iteration, self.model, self.optimizer, self.cfg,
+            self.pending_save = save_checkpoint(c.save, self.iteration, self.checkpointed, self.optimizer, self.cfg,
                                                 self.consumed_samples, self.consumed_tokens, c.keep_last,
                                                 asynchronous=c.async_save, snapshot_buffers=self.snapshot_buffers)
         if not c.async_save:
@@ -298,8 +305,8 @@ class Trainer:
                                 "(--nan-policy rollback needs --save with a checkpoint already written)")
         with self.grads.full_params(write_back=True):
             restore = dataclasses.replace(c, load=folder, finetune=False, no_load_optim=False, no_load_rng=True)
-            restored, first_skipped, _ = load_checkpoint(dataclasses.replace(self.cfg, checkpoint=restore),
-                                                         self.model, self.optimizer)
+            restored, first_skipped, _ = self.load(dataclasses.replace(self.cfg, checkpoint=restore),
+                                                   self.model, self.optimizer)
         self.log.record({"iteration": self.iteration, "restored_iteration": restored,
                          "skipped_samples": [first_skipped, self.consumed_samples]},
                         f"non-finite loss {out['lm_loss']} at iteration {self.iteration}: restored the weights and "
@@ -384,10 +391,10 @@ def _memory_gb(device: torch.device) -> float:
 def pretrain(cfg: Config) -> Dict:
     """Validate ``cfg``, join the process group, train, evaluate. Returns the final metrics."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if cfg.checkpoint.load:
-        saved = saved_settings(cfg.checkpoint.load)
-        if saved is not None:
-            inherit_model_settings(cfg, saved)
+    saved = saved_settings(cfg.checkpoint.load) if cfg.checkpoint.load else None
+    if saved is not None:
+        inherit_model_settings(cfg, saved)
+    inherit_lora_settings(cfg, saved)
     validate(cfg, world)
     owns_group = not dist.is_initialized()
     device = setup_distributed(cfg.parallel.distributed_backend, cfg.parallel.distributed_timeout_minutes)
@@ -396,7 +403,9 @@ def pretrain(cfg: Config) -> Dict:
         trainer = Trainer(cfg, device)
         if state.get().rank == 0:
             n = sum(p.numel() for p in trainer.model.parameters())
-            print(f"model: {n / 1e6:.2f}M parameters | world {world} (dp {data_parallel_size(cfg, world)}) | "
+            trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+            print(f"model: {n / 1e6:.2f}M parameters ({trainable / 1e6:.3f}M trainable) | world {world} "
+                  f"(dp {data_parallel_size(cfg, world)}) | "
                   f"{trainer.train_iters} iterations of {cfg.training.global_batch_size} x "
                   f"{cfg.data.seq_length} tokens | {trainer.dtype}", flush=True)
             sft = getattr(trainer.train_ds, "stats", None)
