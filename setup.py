@@ -16,8 +16,9 @@ extras = {
     # flash-attn is used when present but never required: it needs CUDA to build.
     # liger-kernel only for bench/bench_kernels.py's comparison.
     "gpu": ["triton>=3.0", "liger-kernel>=0.5"],
-    # triton also on CPU: the kernel tests run it under TRITON_INTERPRET=1.
-    "dev": ["pytest>=7", "pytest-timeout>=2", "triton>=3.0"],
+    # triton also on CPU: the kernel tests run it under TRITON_INTERPRET=1; peft: the LoRA
+    # tests load our adapters with it.
+    "dev": ["pytest>=7", "pytest-timeout>=2", "triton>=3.0", "peft>=0.10"],
 }
 
 setup(
