@@ -119,3 +119,12 @@ def test_load_accepts_a_hugging_face_folder(tmp_path, tiny_corpus, sft_file):
     from_hf = train(tiny_corpus, sft_file, tmp_path, "from_hf", load=str(tmp_path / "hf"), save=str(tmp_path / "b"))
     assert [r["lm_loss"] for r in from_hf] == pytest.approx([r["lm_loss"] for r in from_ckpt], rel=1e-6)
     assert from_hf[0]["iteration"] == 1  # weights only: a fresh run
+
+
+def test_skip_train_reports_the_validation_loss(tmp_path, tiny_corpus, sft_file):
+    """--skip-train only evaluates (how examples/sft_lora.sh measures the base model first)."""
+    from tests.conftest import read_metrics as metrics
+
+    train(tiny_corpus, sft_file, tmp_path, "eval_only", skip_train=True, eval_iters=2, sft_valid_fraction=0.25)
+    rows, evals = metrics(str(tmp_path / "eval_only.jsonl"))
+    assert rows == [] and [e["split"] for e in evals] == ["valid"] and evals[0]["iteration"] == 0

@@ -5,7 +5,8 @@
     python tools/generate.py --load ckpt/ --chat [--chat-template chatml]
 
 --chat reads user turns from standard input and answers each, keeping the conversation,
-formatted with the tokenizer's chat template (or --chat-template).
+formatted with the chat template the checkpoint was fine-tuned with (sft_gpt.py stores it),
+else the tokenizer's own (or --chat-template).
 
 A checkpoint saved with tensor / pipeline parallelism T x P decodes in one process, or spread
 as it was trained (rank 0 reads and prints):
@@ -41,7 +42,8 @@ def main(argv=None):
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--chat", action="store_true", help="interactive chat on standard input")
-    p.add_argument("--chat-template", help="'chatml' or a Jinja template file (default: the tokenizer's)")
+    p.add_argument("--chat-template", help="a built-in name or a Jinja template file (default: the one the "
+                                           "checkpoint was fine-tuned with, else the tokenizer's)")
     p.add_argument("--tokenizer-type", choices=TOKENIZER_TYPES)
     p.add_argument("--tokenizer-model")
     p.add_argument("--vocab-file")
@@ -68,7 +70,7 @@ def run(model, cfg, prompts, a):
                         repetition_penalty=a.repetition_penalty, stop_ids=[tok.eod], stop_strings=a.stop,
                         seed=a.seed)
     if a.chat:
-        return chat(model, tok, sampling, a)
+        return chat(model, tok, sampling, a, cfg.sft.chat_template)
     outs = generate(model, [tok.encode(x) for x in prompts], a.max_new_tokens, sampling,
                     pad_id=tok.pad if tok.pad is not None else tok.eod, decode=tok.decode)
     for prompt, ids in zip(prompts, outs if _rank() == 0 else []):
@@ -77,8 +79,9 @@ def run(model, cfg, prompts, a):
         print(prompt + trim_stop_string(tok.decode(ids), a.stop))
 
 
-def chat(model, tok, sampling: Sampling, a) -> int:
-    template = load_template(a.chat_template) if a.chat_template else tok.chat_template
+def chat(model, tok, sampling: Sampling, a, trained_template=None) -> int:
+    """``trained_template``: the one a fine-tuning run stored (sft_gpt.py), else the tokenizer's."""
+    template = load_template(a.chat_template) if a.chat_template else trained_template or tok.chat_template
     if template is None:
         raise MegaliteError("the tokenizer has no chat template; pass --chat-template chatml (or a file)")
     if "<|im_end|>" in template:
@@ -93,7 +96,7 @@ def chat(model, tok, sampling: Sampling, a) -> int:
         if not line:
             return 0
         messages.append({"role": "user", "content": line.rstrip("\n")})
-        prompt = render_chat(template, messages, add_generation_prompt=True)
+        prompt = render_chat(template, messages, add_generation_prompt=True, **tok.special_tokens)
         ids = generate(model, [tok.encode(prompt)], a.max_new_tokens, sampling, pad_id=pad, decode=tok.decode)[0]
         reply = trim_stop_string(tok.decode([i for i in ids if i != tok.eod]), sampling.stop_strings).strip()
         messages.append({"role": "assistant", "content": reply})

@@ -244,7 +244,7 @@ class Trainer:
             if c.save and last_saved != self.iteration and not t.skip_train:
                 self.save()
             self.finish_save()
-            if not (t.eval_interval and self.iteration % t.eval_interval == 0):
+            if t.skip_train or not (t.eval_interval and self.iteration % t.eval_interval == 0):  # not just done
                 result["valid"] = self.evaluate(self.valid_ds, "valid")
             result["test"] = self.evaluate(self.test_ds, "test")
             if s.rank == 0 and "first_lm_loss" in result:
