@@ -19,7 +19,7 @@ transformers = pytest.importorskip("transformers")
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_corpus):
     tmp = tmp_path_factory.mktemp("ppl")
-    pretrain(parse_config(tiny_model_args(*tiny_corpus, save=str(tmp / "ck"), train_iters=20)))
+    pretrain(parse_config(tiny_model_args(*tiny_corpus, save=str(tmp / "ck"), train_iters=3)))
     export_hf(str(tmp / "ck"), str(tmp / "hf"), dtype="fp32")
     return tmp
 

@@ -99,6 +99,11 @@ def _run(mode: str, model, cfg, tok: Tokenizer, a) -> Dict:
         sources, weights = load_sources(tok, a.data_path, a.text_file, a.json_key, a.limit)
         return perplexity(model, sources, a.seq_length or cfg.data.seq_length, a.eval_stride, a.batch_size,
                           weights, pad)
+    if mode == "tasks":
+        from megalite.eval.harness import run_harness_tasks
+
+        return run_harness_tasks(model, a.tasks, a.num_fewshot, a.batch_size, a.limit, a.include_path,
+                                 a.log_samples, tokenizer=tok, seed=a.seed)
     raise AssertionError(mode)
 
 
@@ -107,6 +112,18 @@ def _report(mode: str, result: Dict, output_path: Optional[str]) -> None:
         for name, r in list(result["datasets"].items()) + [("overall", result["overall"])]:
             print(f"{name}: loss {r['loss']:.4f} | perplexity {r['perplexity']:.3f} | "
                   f"bits per byte {r['bits_per_byte']:.4f} | {r['tokens']} tokens", flush=True)
+    if mode == "tasks":
+        from lm_eval.utils import handle_non_serializable, make_table
+
+        samples = result.pop("samples", None) or {}
+        print(make_table(result), flush=True)
+        if output_path:
+            for task, rows in samples.items():
+                with atomic_write(_output_file(output_path, f"samples_{task}.jsonl"), "w") as f:
+                    for row in rows:
+                        f.write(json.dumps(row, default=handle_non_serializable, ensure_ascii=False) + "\n")
+            write_json(_output_file(output_path, "results.json"), result, handle_non_serializable)
+        return
     if output_path:
         write_json(_output_file(output_path, f"{mode}.json"), result)
 
@@ -119,9 +136,9 @@ def _output_file(output_path: str, name: str) -> str:
     return os.path.join(output_path, name)
 
 
-def write_json(path: str, obj) -> None:
+def write_json(path: str, obj, default=str) -> None:
     with atomic_write(path, "w") as f:
-        json.dump(obj, f, indent=2, ensure_ascii=False, default=str)
+        json.dump(obj, f, indent=2, ensure_ascii=False, default=default)
         f.write("\n")
 
 

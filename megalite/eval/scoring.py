@@ -24,18 +24,21 @@ def token_logprobs(model, sequences: Sequence[Sequence[int]], pad_id: int = 0) -
     tokens before it, and whether each was the model's greedy choice (CPU tensors, length n-1)."""
     device = next(model.parameters()).device
     b, n = len(sequences), max(map(len, sequences))
+    if n < 2:
+        return [(torch.zeros(0), torch.zeros(0, dtype=torch.bool)) for _ in sequences]
     tokens = torch.full((b, n), pad_id, dtype=torch.long, device=device)
-    valid = torch.zeros((b, n), dtype=torch.bool, device=device)
+    valid = torch.zeros((b, n - 1), dtype=torch.bool, device=device)
     for i, seq in enumerate(sequences):
         tokens[i, : len(seq)] = torch.as_tensor(list(seq), device=device)
-        valid[i, : len(seq)] = True
-    cache = _new_cache(model, b, n, device)
+        valid[i, : len(seq) - 1] = True
+    # the last token of each sequence is only a target: the model reads the n - 1 before it
+    cache = _new_cache(model, b, n - 1, device)
     cache.mask = _mask(valid, 0)
-    positions = torch.arange(n, device=device).expand(b, n)
-    logits = _decode_step(model, tokens, positions, cache, every_position=True)
+    positions = torch.arange(n - 1, device=device).expand(b, n - 1)
+    logits = _decode_step(model, tokens[:, :-1], positions, cache, every_position=True)
     scores = None
     if logits is not None:
-        logprobs = logits[:, :-1].float().log_softmax(-1)
+        logprobs = logits.float().log_softmax(-1)
         targets = tokens[:, 1:]
         picked = logprobs.gather(-1, targets[..., None]).squeeze(-1).cpu()
         greedy = (logprobs.argmax(-1) == targets).cpu()
