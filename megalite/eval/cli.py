@@ -104,6 +104,12 @@ def _run(mode: str, model, cfg, tok: Tokenizer, a) -> Dict:
 
         return run_harness_tasks(model, a.tasks, a.num_fewshot, a.batch_size, a.limit, a.include_path,
                                  a.log_samples, tokenizer=tok, seed=a.seed)
+    if mode == "task":
+        from megalite.eval.exams import run_exam
+
+        if not a.task_dir:
+            raise MegaliteError("--task needs --task-dir (a folder with dev/ and test/ CSVs per subject)")
+        return run_exam(model, tok, a.task_dir, a.task, a.n_shot, a.batch_size, a.limit)
     raise AssertionError(mode)
 
 
@@ -112,6 +118,12 @@ def _report(mode: str, result: Dict, output_path: Optional[str]) -> None:
         for name, r in list(result["datasets"].items()) + [("overall", result["overall"])]:
             print(f"{name}: loss {r['loss']:.4f} | perplexity {r['perplexity']:.3f} | "
                   f"bits per byte {r['bits_per_byte']:.4f} | {r['tokens']} tokens", flush=True)
+    if mode == "task":
+        for subject, r in result["subjects"].items():
+            print(f"{subject:>40}: {r['accuracy']:.2f} ({r['correct']}/{r['total']})")
+        for category, acc in result["categories"].items():
+            print(f"{category:>40}: {acc:.2f}")
+        print(f"{'Average':>40}: {result['average']:.2f}", flush=True)
     if mode == "tasks":
         from lm_eval.utils import handle_non_serializable, make_table
 
@@ -125,7 +137,7 @@ def _report(mode: str, result: Dict, output_path: Optional[str]) -> None:
             write_json(_output_file(output_path, "results.json"), result, handle_non_serializable)
         return
     if output_path:
-        write_json(_output_file(output_path, f"{mode}.json"), result)
+        write_json(_output_file(output_path, f"{result['task'] if mode == 'task' else mode}.json"), result)
 
 
 def _output_file(output_path: str, name: str) -> str:

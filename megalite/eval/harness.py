@@ -26,8 +26,8 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
 from megalite.data.tokenizer import Tokenizer
 from megalite.errors import MegaliteError
-from megalite.eval.generate import Sampling, _chunks, generate, load_model, trim_stop_string
-from megalite.eval.scoring import token_logprobs
+from megalite.eval.generate import Sampling, generate, load_model, trim_stop_string
+from megalite.eval.scoring import model_positions, token_logprobs
 
 
 @register_model("megalite")
@@ -53,7 +53,7 @@ class MegaliteLM(TemplateLM):
             self.batch_size = int(batch_size)
         except ValueError:
             raise MegaliteError(f"batch_size {batch_size!r}: the megalite model needs a number") from None
-        self.max_length = int(max_length) if max_length else _chunks(model)[0].cfg.max_position_embeddings
+        self.max_length = int(max_length) if max_length else model_positions(model)
         self.max_gen_toks, self.seed = int(max_gen_toks), int(seed)
         self.pad_id = tokenizer.pad if tokenizer.pad is not None else tokenizer.eod
 

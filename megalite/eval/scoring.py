@@ -12,7 +12,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 import torch.distributed as dist
 
-from megalite.eval.generate import _decode_step, _mask, _new_cache
+from megalite.eval.generate import _chunks, _decode_step, _mask, _new_cache
 from megalite.parallel import state
 
 Scores = Tuple[torch.Tensor, torch.Tensor]  # (log-probability of each next token, was it the argmax)
@@ -44,6 +44,11 @@ def token_logprobs(model, sequences: Sequence[Sequence[int]], pad_id: int = 0) -
         greedy = (logprobs.argmax(-1) == targets).cpu()
         scores = [(picked[i, : len(s) - 1], greedy[i, : len(s) - 1]) for i, s in enumerate(sequences)]
     return _from_last_stage(scores)
+
+
+def model_positions(model) -> int:
+    """The longest sequence the model was configured for (its --max-position-embeddings)."""
+    return _chunks(model)[0].cfg.max_position_embeddings
 
 
 def _from_last_stage(obj: Optional[list]) -> list:
