@@ -82,3 +82,45 @@ def test_mmlu_layout_exam_accuracy_counted_by_hand(trained):
         correct_total += correct
     assert result["subjects"]["python_types"]["category"] == "STEM"
     assert result["average"] == pytest.approx(100 * correct_total / 5)
+
+
+def test_bleu_and_rouge_on_known_strings():
+    import sacrebleu
+
+    from megalite.eval.predict import generation_metrics
+
+    m = generation_metrics(["the cat sat on the mat"], ["the cat is on the mat"])
+    # by hand: 5 of 6 words shared (F1 5/6), 3 of 5 bigrams, longest common subsequence 5 words
+    assert (m["rouge-1"], m["rouge-2"], m["rouge-l"]) == pytest.approx((500 / 6, 60.0, 500 / 6))
+    assert m["bleu-4"] == pytest.approx(sacrebleu.corpus_bleu(["the cat sat on the mat"],
+                                                              [["the cat is on the mat"]]).score)
+    assert generation_metrics(["a b c d e"], ["a b c d e"])["bleu-4"] == pytest.approx(100.0)
+    two = generation_metrics(["the cat sat on the mat", "nothing alike"], ["the cat is on the mat", "zz"])
+    assert two["rouge-1"] == pytest.approx(250 / 6)  # the mean over examples
+    zh = generation_metrics(["今天天气很好"], ["今天天气不错"])
+    try:  # jieba words 今天/天气/很/好 vs 今天/天气/不错: P 2/4, R 2/3; else 4 of 6 characters
+        import jieba  # noqa: F401
+        import rouge_chinese  # noqa: F401
+        expected = 100 * 2 * (2 / 4) * (2 / 3) / (2 / 4 + 2 / 3)
+    except ImportError:
+        expected = 100 * 4 / 6
+    assert zh["rouge-1"] == pytest.approx(expected) and zh["bleu-4"] == pytest.approx(
+        sacrebleu.corpus_bleu(["今天天气很好"], [["今天天气不错"]], tokenize="zh").score)
+
+
+def test_predict_with_generate_writes_predictions_and_their_scores(trained):
+    from megalite.eval.predict import generation_metrics
+
+    records = [{"instruction": "Name a Python keyword.", "output": "The keyword is def."},
+               {"instruction": "Continue:", "input": "A call always returns", "output": "some value."},
+               {"messages": [{"role": "user", "content": "What is None?"},
+                             {"role": "assistant", "content": "The null object."}]}]
+    sft = trained / "sft.jsonl"
+    sft.write_text("".join(json.dumps(r) + "\n" for r in records))
+    run_tool("eval_gpt.py", "--load", str(trained / "ck"), "--predict-with-generate", "--text-file", str(sft),
+             "--chat-template", "chatml", "--max-new-tokens", "8", "--output-path", str(trained / "pred"))
+    rows = [json.loads(line) for line in open(trained / "pred" / "generated_predictions.jsonl")]
+    assert [r["label"] for r in rows] == ["The keyword is def.", "some value.", "The null object."]
+    assert rows[1]["prompt"] == "<|im_start|>user\nContinue:\nA call always returns<|im_end|>\n<|im_start|>assistant\n"
+    metrics = json.loads((trained / "pred" / "predict_results.json").read_text())
+    assert metrics == pytest.approx(generation_metrics([r["predict"] for r in rows], [r["label"] for r in rows]))

@@ -110,6 +110,17 @@ def _run(mode: str, model, cfg, tok: Tokenizer, a) -> Dict:
         if not a.task_dir:
             raise MegaliteError("--task needs --task-dir (a folder with dev/ and test/ CSVs per subject)")
         return run_exam(model, tok, a.task_dir, a.task, a.n_shot, a.batch_size, a.limit)
+    if mode == "predict_with_generate":
+        from megalite.data.chat import load_template
+        from megalite.eval.predict import generation_metrics, predict, read_sft_examples
+
+        if len(a.text_file) != 1:
+            raise MegaliteError("--predict-with-generate needs one --text-file (alpaca or messages JSONL)")
+        examples = read_sft_examples(a.text_file[0])[: a.limit]
+        template = load_template(a.chat_template) if a.chat_template else tok.chat_template
+        rows = predict(model, tok, examples, template, a.max_new_tokens, a.batch_size)
+        metrics = generation_metrics([r["predict"] for r in rows], [r["label"] for r in rows])
+        return {"metrics": metrics, "predictions": rows}
     raise AssertionError(mode)
 
 
@@ -118,6 +129,14 @@ def _report(mode: str, result: Dict, output_path: Optional[str]) -> None:
         for name, r in list(result["datasets"].items()) + [("overall", result["overall"])]:
             print(f"{name}: loss {r['loss']:.4f} | perplexity {r['perplexity']:.3f} | "
                   f"bits per byte {r['bits_per_byte']:.4f} | {r['tokens']} tokens", flush=True)
+    if mode == "predict_with_generate":
+        print(" | ".join(f"{k} {v:.2f}" for k, v in result["metrics"].items() if k != "examples"), flush=True)
+        if output_path:
+            with atomic_write(_output_file(output_path, "generated_predictions.jsonl"), "w") as f:
+                for row in result["predictions"]:
+                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            write_json(_output_file(output_path, "predict_results.json"), result["metrics"])
+        return
     if mode == "task":
         for subject, r in result["subjects"].items():
             print(f"{subject:>40}: {r['accuracy']:.2f} ({r['correct']}/{r['total']})")
