@@ -152,7 +152,9 @@ def run_harness_tasks(model_or_ckpt, tasks: Union[str, Sequence[str]], num_fewsh
                       log_samples: bool = False, tokenizer: Optional[Tokenizer] = None, seed: int = 1234,
                       **model_args) -> Dict:
     """lm-eval's results dict for ``tasks`` on a checkpoint folder, a MegaliteLM, or an in-memory
-    model (with ``tokenizer``). Callable from the trainer between iterations."""
+    model (with ``tokenizer``). Callable from the trainer between iterations. Under torchrun
+    every rank must call it; lm-eval returns the results on the first rank of each node (its
+    LOCAL_RANK 0) and None elsewhere."""
     from lm_eval import simple_evaluate
 
     if isinstance(model_or_ckpt, MegaliteLM):

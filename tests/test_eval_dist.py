@@ -1,0 +1,55 @@
+import json
+import os
+
+import pytest
+
+from megalite.config import parse_config
+from megalite.training.reshard import reshard_offline
+from megalite.training.trainer import pretrain
+from tests.conftest import REPO, english_documents, tiny_model_args, write_jsonl
+
+pytest.importorskip("lm_eval")
+TASKS = os.path.join(REPO, "examples", "eval_tasks")
+
+
+def _evaluate(load: str, text_file: str, out: str) -> None:
+    """Perplexity (sliding windows), harness loglikelihoods and generations of one checkpoint."""
+    import torch.distributed as dist
+
+    from megalite.eval.cli import checkpoint_tokenizer
+    from megalite.eval.generate import load_model
+    from megalite.eval.harness import run_harness_tasks
+    from megalite.eval.perplexity import perplexity, text_file_source
+
+    model, cfg = load_model(load)
+    tok = checkpoint_tokenizer(cfg)
+    ppl = perplexity(model, [text_file_source(text_file, tok)], seq_length=32, stride=8, batch_size=3)
+    harness = run_harness_tasks(model, ["pydoc_next_sentence", "pydoc_continue"], num_fewshot=1, batch_size=4,
+                                limit=3, include_path=TASKS, log_samples=True, tokenizer=tok)
+    if not dist.is_initialized() or dist.get_rank() == 0:  # lm-eval returns results on rank 0 only
+        samples = {task: [s["resps"] for s in sorted(rows, key=lambda s: s["doc_id"])]
+                   for task, rows in harness["samples"].items()}
+        with open(out, "w") as f:
+            json.dump({"perplexity": ppl["overall"], "samples": samples}, f)
+
+
+def _evaluate_on_ranks(rank, world, load, text_file, out):
+    _evaluate(load, text_file, out)
+
+
+@pytest.mark.dist
+def test_tensor_parallel_evaluation_equals_one_process(tmp_path, tiny_corpus):
+    from tests.dist_utils import run_distributed
+
+    pretrain(parse_config(tiny_model_args(*tiny_corpus, save=str(tmp_path / "ck"), train_iters=3,
+                                          max_position_embeddings=128, init_method_std=0.3)))
+    reshard_offline(str(tmp_path / "ck"), str(tmp_path / "ck_tp2"), tp=2, pp=1)
+    text = write_jsonl(tmp_path / "docs.jsonl", [{"text": d} for d in english_documents()[200:203]])
+    _evaluate(str(tmp_path / "ck"), text, str(tmp_path / "tp1.json"))
+    run_distributed(_evaluate_on_ranks, 2, str(tmp_path / "ck_tp2"), text, str(tmp_path / "tp2.json"))
+    one, two = (json.loads((tmp_path / f).read_text()) for f in ("tp1.json", "tp2.json"))
+    assert two["perplexity"]["tokens"] == one["perplexity"]["tokens"]
+    assert two["perplexity"]["loss"] == pytest.approx(one["perplexity"]["loss"], rel=1e-5)
+    for (a,), (b,) in zip(sum(one["samples"]["pydoc_next_sentence"], []), sum(two["samples"]["pydoc_next_sentence"], [])):
+        assert a[0] == pytest.approx(b[0], abs=1e-4) and a[1] == b[1]
+    assert one["samples"]["pydoc_continue"] == two["samples"]["pydoc_continue"]
