@@ -1,4 +1,5 @@
 import csv
+import os
 import json
 
 import pytest
@@ -8,7 +9,7 @@ from megalite.config import parse_config
 from megalite.eval.exams import Question, exam_prompt
 from megalite.hf.convert import export_hf
 from megalite.training.trainer import pretrain
-from tests.conftest import run_tool, tiny_model_args
+from tests.conftest import REPO, run_tool, tiny_model_args
 
 transformers = pytest.importorskip("transformers")
 
@@ -124,3 +125,43 @@ def test_predict_with_generate_writes_predictions_and_their_scores(trained):
     assert rows[1]["prompt"] == "<|im_start|>user\nContinue:\nA call always returns<|im_end|>\n<|im_start|>assistant\n"
     metrics = json.loads((trained / "pred" / "predict_results.json").read_text())
     assert metrics == pytest.approx(generation_metrics([r["predict"] for r in rows], [r["label"] for r in rows]))
+
+
+def test_bad_input_gives_one_clear_error(trained, tmp_path):
+    from megalite.errors import MegaliteError
+    from megalite.eval.cli import main
+
+    proc = run_tool("eval_gpt.py", "--load", str(tmp_path / "nothing"), "--perplexity", "--text-file", "x.txt",
+                    check=False)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1
+    assert proc.stderr.startswith(f"error: --load {tmp_path / 'nothing'}: no checkpoint found")
+    ck = str(trained / "ck")
+    (tmp_path / "no_text.jsonl").write_text('{"text": "fine"}\n{"content": "the text is elsewhere"}\n')
+    with pytest.raises(MegaliteError, match=r"no_text.jsonl line 2: no text field 'text' \(fields: content\)"):
+        main(["--load", ck, "--perplexity", "--text-file", str(tmp_path / "no_text.jsonl")])
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "broken.yaml").write_text('task: broken\ndoc_to_text: "{{x}}\n  - [unclosed\n')
+    with pytest.raises(MegaliteError, match=r"broken.yaml: not a valid lm-eval task file \(while scanning"):
+        main(["--load", ck, "--tasks", "broken", "--include-path", str(tmp_path / "tasks")])
+    (tmp_path / "exam" / "test").mkdir(parents=True)
+    (tmp_path / "exam" / "test" / "maths_test.csv").write_text("1+1?,1,2,3,4,B\n2+2?,1,2,3,4,four\n")
+    with pytest.raises(MegaliteError, match=r"maths_test.csv row 2: answer 'four' is not one of A, B, C, D"):
+        main(["--load", ck, "--task", "mmlu", "--task-dir", str(tmp_path / "exam"), "--n-shot", "0"])
+    with pytest.raises(MegaliteError, match="--n-shot 5: maths has only 0 dev examples"):
+        main(["--load", ck, "--task", "mmlu", "--task-dir", str(tmp_path / "exam")])
+    (tmp_path / "sft.jsonl").write_text('{"prompt": "hi", "response": "hello"}\n')
+    with pytest.raises(MegaliteError, match=r"sft.jsonl line 1: expected alpaca fields 'instruction' and 'output'"):
+        main(["--load", ck, "--predict-with-generate", "--text-file", str(tmp_path / "sft.jsonl")])
+    with pytest.raises(MegaliteError, match="choose exactly one of --perplexity, --tasks"):
+        main(["--load", ck, "--perplexity", "--task", "mmlu"])
+
+
+@pytest.mark.slow
+def test_unknown_harness_task(trained):
+    """Slow: an unknown name means indexing all of lm-eval's own tasks (~30 s)."""
+    from megalite.errors import MegaliteError
+    from megalite.eval.cli import main
+
+    with pytest.raises(MegaliteError, match="unknown lm-eval task no_such_task: not among lm-eval's tasks or in"):
+        main(["--load", str(trained / "ck"), "--tasks", "no_such_task", "--include-path",
+              os.path.join(REPO, "examples", "eval_tasks")])

@@ -175,9 +175,8 @@ def task_manager(names: Sequence[str], include_path: Optional[str] = None):
     half a minute, so when --include-path holds every task asked for, only it is indexed."""
     from lm_eval.tasks import TaskManager
 
-    if include_path and not os.path.isdir(include_path):
-        raise MegaliteError(f"--include-path {include_path}: no such folder")
     if include_path:
+        check_task_files(include_path)
         local = TaskManager(include_path=include_path, include_defaults=False)
         if names and all(n in local.all_tasks for n in names):
             return local
@@ -188,3 +187,22 @@ def task_manager(names: Sequence[str], include_path: Optional[str] = None):
         raise MegaliteError(f"unknown lm-eval task {', '.join(unknown) or '(none given)'}: not among lm-eval's "
                             f"tasks{where}")
     return manager
+
+
+def check_task_files(include_path: str) -> None:
+    """Every task YAML under ``include_path`` parses, and its ``!function`` references import
+    (lm-eval would skip a broken file silently and then call its task unknown)."""
+    import yaml
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    if not os.path.isdir(include_path):
+        raise MegaliteError(f"--include-path {include_path}: no such folder")
+    for root, _, files in sorted(os.walk(include_path)):
+        for name in sorted(files):
+            if name.endswith((".yaml", ".yml")):
+                path = os.path.join(root, name)
+                try:
+                    load_yaml(path)
+                except (yaml.YAMLError, ValueError, ImportError, AttributeError, OSError) as e:
+                    detail = " ".join(str(e).split())
+                    raise MegaliteError(f"{path}: not a valid lm-eval task file ({detail})") from None
