@@ -1,4 +1,3 @@
-import json
 import os
 
 import pytest
@@ -7,7 +6,9 @@ from megalite.config import parse_config
 from megalite.eval.harness import run_harness_tasks, task_manager
 from megalite.hf.convert import export_hf
 from megalite.training.trainer import pretrain
-from tests.conftest import REPO, run_tool, tiny_model_args
+from tests.conftest import REPO, tiny_model_args
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 pytest.importorskip("lm_eval")
 TASKS = os.path.join(REPO, "examples", "eval_tasks")

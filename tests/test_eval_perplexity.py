@@ -13,6 +13,8 @@ from megalite.hf.convert import export_hf
 from megalite.training.trainer import pretrain
 from tests.conftest import english_documents, read_metrics, run_tool, tiny_model_args, write_jsonl
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 transformers = pytest.importorskip("transformers")
 
 

@@ -11,6 +11,8 @@ from megalite.hf.convert import export_hf
 from megalite.training.trainer import pretrain
 from tests.conftest import REPO, run_tool, tiny_model_args
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 transformers = pytest.importorskip("transformers")
 
 
