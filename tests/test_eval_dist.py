@@ -40,16 +40,17 @@ def _evaluate_on_ranks(rank, world, load, text_file, out):
 
 
 @pytest.mark.dist
-def test_tensor_parallel_evaluation_equals_one_process(tmp_path, tiny_corpus):
+@pytest.mark.parametrize("tp, pp", [(2, 1), (1, 2)], ids=["tp2", "pp2"])
+def test_parallel_evaluation_equals_one_process(tmp_path, tiny_corpus, tp, pp):
     from tests.dist_utils import run_distributed
 
     pretrain(parse_config(tiny_model_args(*tiny_corpus, save=str(tmp_path / "ck"), train_iters=3,
                                           max_position_embeddings=128, init_method_std=0.3)))
-    reshard_offline(str(tmp_path / "ck"), str(tmp_path / "ck_tp2"), tp=2, pp=1)
+    reshard_offline(str(tmp_path / "ck"), str(tmp_path / "ck_2"), tp=tp, pp=pp)
     text = write_jsonl(tmp_path / "docs.jsonl", [{"text": d} for d in english_documents()[200:203]])
-    _evaluate(str(tmp_path / "ck"), text, str(tmp_path / "tp1.json"))
-    run_distributed(_evaluate_on_ranks, 2, str(tmp_path / "ck_tp2"), text, str(tmp_path / "tp2.json"))
-    one, two = (json.loads((tmp_path / f).read_text()) for f in ("tp1.json", "tp2.json"))
+    _evaluate(str(tmp_path / "ck"), text, str(tmp_path / "one.json"))
+    run_distributed(_evaluate_on_ranks, 2, str(tmp_path / "ck_2"), text, str(tmp_path / "parallel.json"))
+    one, two = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "parallel.json"))
     assert two["perplexity"]["tokens"] == one["perplexity"]["tokens"]
     assert two["perplexity"]["loss"] == pytest.approx(one["perplexity"]["loss"], rel=1e-5)
     for (a,), (b,) in zip(sum(one["samples"]["pydoc_next_sentence"], []), sum(two["samples"]["pydoc_next_sentence"], [])):

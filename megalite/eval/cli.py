@@ -15,6 +15,7 @@ import json
 import os
 from typing import Dict, Optional
 
+import torch
 import torch.distributed as dist
 
 from megalite.data.tokenizer import TOKENIZER_TYPES, Tokenizer, build_tokenizer
@@ -72,6 +73,11 @@ def checkpoint_tokenizer(cfg, a: Optional[argparse.Namespace] = None) -> Tokeniz
     return build_tokenizer(pick("tokenizer_type"), pick("tokenizer_model"), pick("vocab_file"), pick("merge_file"))
 
 
+def default_device() -> Optional[torch.device]:
+    """The GPU in one process when there is one (under torchrun the rank's own, chosen on load)."""
+    return torch.device("cuda") if torch.cuda.is_available() else None
+
+
 def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
     modes = [m for m in ("perplexity", "tasks", "task", "predict_with_generate") if getattr(a, m)]
@@ -79,7 +85,7 @@ def main(argv=None) -> int:
         raise MegaliteError("choose exactly one of --perplexity, --tasks, --task and --predict-with-generate")
     from megalite.eval.generate import load_model
 
-    model, cfg = load_model(a.load)
+    model, cfg = load_model(a.load, default_device())
     try:
         tok = checkpoint_tokenizer(cfg, a)
         result = _run(modes[0], model, cfg, tok, a)

@@ -20,6 +20,7 @@ import os
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import lm_eval.models  # noqa: F401  the stock models first: lm-eval fills only an empty registry with them
+import torch
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
@@ -37,14 +38,14 @@ class MegaliteLM(TemplateLM):
 
     def __init__(self, load: Optional[str] = None, model=None, tokenizer: Optional[Tokenizer] = None,
                  batch_size: Union[int, str] = 8, max_length: Optional[int] = None, max_gen_toks: int = 256,
-                 seed: int = 1234, **_ignored):  # lm-eval also passes device / max_batch_size
+                 seed: int = 1234, device: Optional[str] = None, **_ignored):  # and lm-eval's max_batch_size
         super().__init__()
         if model is None:
             if not load:
                 raise MegaliteError("the megalite model needs model_args load=CHECKPOINT")
-            from megalite.eval.cli import checkpoint_tokenizer
+            from megalite.eval.cli import checkpoint_tokenizer, default_device
 
-            model, cfg = load_model(str(load))
+            model, cfg = load_model(str(load), torch.device(device) if device else default_device())
             tokenizer = tokenizer or checkpoint_tokenizer(cfg)
         if tokenizer is None:
             raise MegaliteError("MegaliteLM(model=...) needs the tokenizer too")
