@@ -27,7 +27,8 @@ def _evaluate(load: str, text_file: str, out: str) -> None:
     tok = checkpoint_tokenizer(cfg)
     ppl = perplexity(model, [text_file_source(text_file, tok)], seq_length=32, stride=8, batch_size=3)
     harness = run_harness_tasks(model, ["pydoc_next_sentence", "pydoc_continue"], num_fewshot=1, batch_size=4,
-                                limit=2, include_path=TASKS, log_samples=True, tokenizer=tok)
+                                limit=2, include_path=TASKS, log_samples=True, tokenizer=tok,
+                                bootstrap_iters=0)
     if not dist.is_initialized() or dist.get_rank() == 0:  # lm-eval returns results on rank 0 only
         samples = {task: [s["resps"] for s in sorted(rows, key=lambda s: s["doc_id"])]
                    for task, rows in harness["samples"].items()}

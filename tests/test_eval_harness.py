@@ -45,7 +45,7 @@ def test_megalite_model_matches_lm_evals_hf_model_on_the_export(trained):
 
     tasks = ["pydoc_next_sentence", "pydoc_paragraphs", "pydoc_continue"]
     ours = run_harness_tasks(str(trained / "ck"), tasks, num_fewshot=1, batch_size=4, limit=6,
-                             include_path=TASKS, log_samples=True)
+                             include_path=TASKS, log_samples=True, bootstrap_iters=0)
     theirs = simple_evaluate(model="hf", model_args=f"pretrained={trained / 'hf'},dtype=float32", device="cpu", tasks=tasks,
                              num_fewshot=1, batch_size=4, limit=6, task_manager=task_manager(tasks, TASKS),
                              log_samples=True, bootstrap_iters=0, random_seed=1234, numpy_random_seed=1234,
@@ -63,3 +63,23 @@ def test_megalite_model_matches_lm_evals_hf_model_on_the_export(trained):
     generations = _responses(ours, "pydoc_continue")
     assert generations == _responses(theirs, "pydoc_continue")
     assert any(g[0].strip() for g in generations)
+
+
+def test_eval_gpt_and_lm_evals_own_command_line(trained, tmp_path):
+    import json
+
+    from megalite.eval.cli import main
+    from tests.conftest import run_tool
+
+    main(["--load", str(trained / "ck"), "--tasks", "pydoc_next_word", "--include-path", TASKS, "--limit", "4",
+          "--log-samples", "--bootstrap-iters", "0", "--output-path", str(tmp_path / "ours")])
+    results = json.loads((tmp_path / "ours" / "results.json").read_text())
+    assert set(results["results"]["pydoc_next_word"]) >= {"acc,none", "perplexity,none"}
+    assert len((tmp_path / "ours" / "samples_pydoc_next_word.jsonl").read_text().splitlines()) == 4
+    run_tool("-m", "megalite.eval.lm_eval", "--model", "megalite", "--model_args", f"load={trained / 'ck'}",
+             "--tasks", "pydoc_next_word", "--include_path", TASKS, "--limit", "4",
+             "--output_path", str(tmp_path / "theirs"))
+    [written] = (tmp_path / "theirs").rglob("results_*.json")
+    theirs, ours = json.loads(written.read_text())["results"]["pydoc_next_word"], results["results"]["pydoc_next_word"]
+    assert theirs["acc,none"] == ours["acc,none"]
+    assert theirs["perplexity,none"] == pytest.approx(ours["perplexity,none"], rel=1e-5)

@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--num-fewshot", type=int)
     g.add_argument("--include-path", help="folder of extra task YAMLs (e.g. examples/eval_tasks)")
     g.add_argument("--log-samples", action="store_true", help="also write every request and response")
+    g.add_argument("--bootstrap-iters", type=int, default=100000,
+                   help="resamples for the standard error of non-mean metrics (0 = none)")
     g = p.add_argument_group("MMLU-style exams")
     g.add_argument("--task", help="mmlu / ceval / cmmlu, optionally with a split: mmlu_test, ceval_validation")
     g.add_argument("--task-dir", help="folder with dev/ and test/ (or val/) CSVs per subject")
@@ -83,6 +85,8 @@ def main(argv=None) -> int:
     modes = [m for m in ("perplexity", "tasks", "task", "predict_with_generate") if getattr(a, m)]
     if len(modes) != 1:
         raise MegaliteError("choose exactly one of --perplexity, --tasks, --task and --predict-with-generate")
+    if modes[0] in ("tasks", "predict_with_generate") and (a.output_path or "").endswith(".json"):
+        raise MegaliteError(f"--output-path {a.output_path}: this mode writes several files; give a folder")
     from megalite.eval.generate import load_model
 
     model, cfg = load_model(a.load, default_device())
@@ -109,7 +113,7 @@ def _run(mode: str, model, cfg, tok: Tokenizer, a) -> Dict:
         from megalite.eval.harness import run_harness_tasks
 
         return run_harness_tasks(model, a.tasks, a.num_fewshot, a.batch_size, a.limit, a.include_path,
-                                 a.log_samples, tokenizer=tok, seed=a.seed)
+                                 a.log_samples, tokenizer=tok, seed=a.seed, bootstrap_iters=a.bootstrap_iters)
     if mode == "task":
         from megalite.eval.exams import run_exam
 
@@ -131,46 +135,69 @@ def _run(mode: str, model, cfg, tok: Tokenizer, a) -> Dict:
 
 
 def _report(mode: str, result: Dict, output_path: Optional[str]) -> None:
-    if mode == "perplexity":
-        for name, r in list(result["datasets"].items()) + [("overall", result["overall"])]:
-            print(f"{name}: loss {r['loss']:.4f} | perplexity {r['perplexity']:.3f} | "
-                  f"bits per byte {r['bits_per_byte']:.4f} | {r['tokens']} tokens", flush=True)
-    if mode == "predict_with_generate":
-        print(" | ".join(f"{k} {v:.2f}" for k, v in result["metrics"].items() if k != "examples"), flush=True)
-        if output_path:
-            with atomic_write(_output_file(output_path, "generated_predictions.jsonl"), "w") as f:
-                for row in result["predictions"]:
-                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
-            write_json(_output_file(output_path, "predict_results.json"), result["metrics"])
-        return
-    if mode == "task":
-        for subject, r in result["subjects"].items():
-            print(f"{subject:>40}: {r['accuracy']:.2f} ({r['correct']}/{r['total']})")
-        for category, acc in result["categories"].items():
-            print(f"{category:>40}: {acc:.2f}")
-        print(f"{'Average':>40}: {result['average']:.2f}", flush=True)
-    if mode == "tasks":
-        from lm_eval.utils import handle_non_serializable, make_table
+    """Print ``result`` and write it under --output-path (rank 0 only)."""
+    REPORTERS[mode](result, output_path)
 
-        samples = result.pop("samples", None) or {}
-        print(make_table(result), flush=True)
-        if output_path:
-            for task, rows in samples.items():
-                with atomic_write(_output_file(output_path, f"samples_{task}.jsonl"), "w") as f:
-                    for row in rows:
-                        f.write(json.dumps(row, default=handle_non_serializable, ensure_ascii=False) + "\n")
-            write_json(_output_file(output_path, "results.json"), result, handle_non_serializable)
-        return
+
+def _report_perplexity(result: Dict, output_path: Optional[str]) -> None:
+    for name, r in list(result["datasets"].items()) + [("overall", result["overall"])]:
+        print(f"{name}: loss {r['loss']:.4f} | perplexity {r['perplexity']:.3f} | "
+              f"bits per byte {r['bits_per_byte']:.4f} | {r['tokens']} tokens", flush=True)
     if output_path:
-        write_json(_output_file(output_path, f"{result['task'] if mode == 'task' else mode}.json"), result)
+        write_json(_result_file(output_path, "perplexity.json"), result)
 
 
-def _output_file(output_path: str, name: str) -> str:
+def _report_exam(result: Dict, output_path: Optional[str]) -> None:
+    for subject, r in result["subjects"].items():
+        print(f"{subject:>40}: {r['accuracy']:.2f} ({r['correct']}/{r['total']})")
+    for category, acc in result["categories"].items():
+        print(f"{category:>40}: {acc:.2f}")
+    print(f"{'Average':>40}: {result['average']:.2f}", flush=True)
+    if output_path:
+        write_json(_result_file(output_path, f"{result['task']}.json"), result)
+
+
+def _report_harness(result: Dict, output_path: Optional[str]) -> None:
+    """lm-eval's table; results.json and one samples_<task>.jsonl per task (--log-samples)."""
+    from lm_eval.utils import handle_non_serializable, make_table
+
+    samples = result.pop("samples", None) or {}
+    print(make_table(result), flush=True)
+    if output_path:
+        for task, rows in samples.items():
+            write_jsonl(_folder_file(output_path, f"samples_{task}.jsonl"), rows, handle_non_serializable)
+        write_json(_folder_file(output_path, "results.json"), result, handle_non_serializable)
+
+
+def _report_predictions(result: Dict, output_path: Optional[str]) -> None:
+    """Metrics; generated_predictions.jsonl and predict_results.json, as LLaMA-Factory names them."""
+    print(" | ".join(f"{k} {v:.2f}" for k, v in result["metrics"].items() if k != "examples"), flush=True)
+    if output_path:
+        write_jsonl(_folder_file(output_path, "generated_predictions.jsonl"), result["predictions"])
+        write_json(_folder_file(output_path, "predict_results.json"), result["metrics"])
+
+
+REPORTERS = {"perplexity": _report_perplexity, "task": _report_exam, "tasks": _report_harness,
+             "predict_with_generate": _report_predictions}
+
+
+def _result_file(output_path: str, name: str) -> str:
+    """--output-path names the result file itself (.json) or the folder to hold ``name``."""
     if output_path.endswith(".json"):
         os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
         return output_path
+    return _folder_file(output_path, name)
+
+
+def _folder_file(output_path: str, name: str) -> str:
     os.makedirs(output_path, exist_ok=True)
     return os.path.join(output_path, name)
+
+
+def write_jsonl(path: str, rows, default=str) -> None:
+    with atomic_write(path, "w") as f:
+        for row in rows:
+            f.write(json.dumps(row, default=default, ensure_ascii=False) + "\n")
 
 
 def write_json(path: str, obj, default=str) -> None:

@@ -45,7 +45,9 @@ class MegaliteLM(TemplateLM):
                 raise MegaliteError("the megalite model needs model_args load=CHECKPOINT")
             from megalite.eval.cli import checkpoint_tokenizer, default_device
 
-            model, cfg = load_model(str(load), torch.device(device) if device else default_device())
+            # lm-eval's command line asks for "cuda" by default; without a GPU that means the CPU
+            usable = device and (not str(device).startswith("cuda") or torch.cuda.is_available())
+            model, cfg = load_model(str(load), torch.device(device) if usable else default_device())
             tokenizer = tokenizer or checkpoint_tokenizer(cfg)
         if tokenizer is None:
             raise MegaliteError("MegaliteLM(model=...) needs the tokenizer too")
@@ -151,11 +153,12 @@ class MegaliteLM(TemplateLM):
 def run_harness_tasks(model_or_ckpt, tasks: Union[str, Sequence[str]], num_fewshot: Optional[int] = None,
                       batch_size: int = 8, limit: Optional[float] = None, include_path: Optional[str] = None,
                       log_samples: bool = False, tokenizer: Optional[Tokenizer] = None, seed: int = 1234,
-                      **model_args) -> Dict:
+                      bootstrap_iters: int = 100000, **model_args) -> Dict:
     """lm-eval's results dict for ``tasks`` on a checkpoint folder, a MegaliteLM, or an in-memory
     model (with ``tokenizer``). Callable from the trainer between iterations. Under torchrun
     every rank must call it; lm-eval returns the results on the first rank of each node (its
-    LOCAL_RANK 0) and None elsewhere."""
+    LOCAL_RANK 0) and None elsewhere. ``bootstrap_iters`` (lm-eval's default) resamples for the
+    standard errors of non-mean metrics such as perplexity; 0 skips them."""
     from lm_eval import simple_evaluate
 
     if isinstance(model_or_ckpt, MegaliteLM):
@@ -167,8 +170,8 @@ def run_harness_tasks(model_or_ckpt, tasks: Union[str, Sequence[str]], num_fewsh
     names = [t.strip() for t in tasks.split(",") if t.strip()] if isinstance(tasks, str) else list(tasks)
     manager = task_manager(names, include_path)
     return simple_evaluate(model=lm, tasks=names, num_fewshot=num_fewshot, limit=limit, task_manager=manager,
-                              log_samples=log_samples, bootstrap_iters=0, random_seed=seed, numpy_random_seed=seed,
-                              torch_random_seed=seed, fewshot_random_seed=seed)
+                           log_samples=log_samples, bootstrap_iters=bootstrap_iters, random_seed=seed,
+                           numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed)
 
 
 def task_manager(names: Sequence[str], include_path: Optional[str] = None):
