@@ -5,9 +5,10 @@ the same weights in HF form, same task, same requests.
 
 Trains a 1k-piece sentencepiece tokenizer on CPython's pydoc topics, builds a random ~13M-
 parameter Llama (4 layers, width 512) in transformers, imports it as a megalite checkpoint,
-then runs the local task (examples/eval_tasks) with both backends, models already loaded,
-and prints one line each: requests per second (loglikelihood requests, one per choice) and
-the accuracy (equal when both score alike).
+then runs the local task (examples/eval_tasks) with both backends, models already loaded and
+warmed up (2 documents each), alternating for --rounds rounds, and prints one line each: the
+best round's requests per second (loglikelihood requests, one per choice) and the accuracy
+(equal when both score alike).
 """
 
 import argparse
@@ -61,6 +62,7 @@ def main():
     p.add_argument("--limit", type=int, default=40)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=2)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     from lm_eval.models.huggingface import HFLM
@@ -75,8 +77,16 @@ def main():
         model, _ = load_model(ck, torch.device(device))
         ours = MegaliteLM(model=model, tokenizer=tok, batch_size=a.batch_size)
         theirs = HFLM(pretrained=hf_dir, dtype="float32", device=device, batch_size=a.batch_size)
-        for name, lm in (("megalite", ours), ("lm-eval hf", theirs)):
-            requests, seconds, acc = timed(lm, a.task, a.limit, manager)
+        backends = {"megalite": ours, "lm-eval hf": theirs}
+        for lm in backends.values():
+            timed(lm, a.task, 2, manager)
+        best = {}
+        for _ in range(a.rounds):
+            for name, lm in backends.items():
+                requests, seconds, acc = timed(lm, a.task, a.limit, manager)
+                if name not in best or seconds < best[name][1]:
+                    best[name] = (requests, seconds, acc)
+        for name, (requests, seconds, acc) in best.items():
             print(f"bench_eval: {name:>10} | {device}, 13M Llama, {a.task}, {a.limit} docs, batch {a.batch_size} | "
                   f"{requests} requests in {seconds:.1f} s: {requests / seconds:.1f} requests/s | acc {acc:.3f}",
                   flush=True)

@@ -1,10 +1,10 @@
 """Log-probabilities of token sequences under a loaded model: the one scoring primitive that
 perplexity, lm-eval's loglikelihood requests and the exam runner share.
 
-Sequences of different lengths are right-padded into one batch and run in a single step
-through the same incremental-decoding path that generation uses, so the score of a token
-is the same under any tensor / pipeline layout (the last stage's full-vocabulary logits,
-gathered over tensor-parallel ranks) and is then handed to every rank.
+Sequences of different lengths are right-padded into one batch and run in one causal
+forward pass (across pipeline stages, through the incremental-decoding path that generation
+uses), so the score of a token is the same under any tensor / pipeline layout: the last
+stage's full-vocabulary logits, gathered over tensor-parallel ranks, then handed to every rank.
 """
 
 from typing import List, Optional, Sequence, Tuple
@@ -14,6 +14,7 @@ import torch.distributed as dist
 
 from megalite.eval.generate import _chunks, _decode_step, _mask, _new_cache
 from megalite.parallel import state
+from megalite.parallel.mappings import gather_from_tp
 
 Scores = Tuple[torch.Tensor, torch.Tensor]  # (log-probability of each next token, was it the argmax)
 
@@ -32,10 +33,16 @@ def token_logprobs(model, sequences: Sequence[Sequence[int]], pad_id: int = 0) -
         tokens[i, : len(seq)] = torch.as_tensor(list(seq), device=device)
         valid[i, : len(seq) - 1] = True
     # the last token of each sequence is only a target: the model reads the n - 1 before it
-    cache = _new_cache(model, b, n - 1, device)
-    cache.mask = _mask(valid, 0)
-    positions = torch.arange(n - 1, device=device).expand(b, n - 1)
-    logits = _decode_step(model, tokens[:, :-1], positions, cache, every_position=True)
+    inputs = tokens[:, :-1]
+    if state.get().pp_size == 1:
+        # one plain causal forward (flash / fused attention where available): with the padding on
+        # the right, no real token ever attends to it
+        logits = gather_from_tp(model(inputs))
+    else:  # stage to stage, as generation passes hidden states
+        cache = _new_cache(model, b, n - 1, device)
+        cache.mask = _mask(valid, 0)
+        positions = torch.arange(n - 1, device=device).expand(b, n - 1)
+        logits = _decode_step(model, inputs, positions, cache, every_position=True)
     scores = None
     if logits is not None:
         logprobs = logits.float().log_softmax(-1)
