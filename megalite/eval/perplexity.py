@@ -27,6 +27,8 @@ from megalite.data.tokenizer import Tokenizer
 from megalite.errors import MegaliteError
 from megalite.eval.scoring import token_logprobs
 from megalite.eval.texts import read_documents
+from megalite.parallel import state
+from megalite.utils.progress import Progress
 
 
 @dataclass
@@ -84,17 +86,20 @@ def windows(num_tokens: int, length: int, stride: int) -> Iterator[Tuple[int, in
 
 
 def stream_nll(model, tokens: np.ndarray, length: int, stride: int, batch_size: int,
-               pad_id: int = 0) -> Tuple[float, int]:
+               pad_id: int = 0, progress: Optional[Progress] = None) -> Tuple[float, int]:
     """(summed negative log-likelihood in nats, tokens scored) over one stream."""
     total, count = 0.0, 0
     spans = list(windows(len(tokens), length, stride))
     for i in range(0, len(spans), batch_size):
         batch = spans[i : i + batch_size]
         scores = token_logprobs(model, [tokens[b:e].tolist() for b, e, _ in batch], pad_id)
+        before = count
         for (b, e, first), (logprobs, _) in zip(batch, scores):
             scored = logprobs[first - b - 1 :].double()
             total -= float(scored.sum())
             count += len(scored)
+        if progress is not None:
+            progress.update(tokens=count - before)
     return total, count
 
 
@@ -112,9 +117,12 @@ def perplexity(model, sources: Sequence[EvalText], seq_length: int, stride: Opti
     stride = stride or seq_length
     model.eval()
     per = {}
+    progress = Progress("perplexity") if state.get().rank == 0 else None
     for src in sources:
-        nll, n = stream_nll(model, src.tokens, seq_length, stride, batch_size, pad_id)
+        nll, n = stream_nll(model, src.tokens, seq_length, stride, batch_size, pad_id, progress)
         per[src.name] = _summary(nll, n, src.num_bytes)
+    if progress is not None:
+        progress.close()
     if weights is None:
         nll = sum(p["loss"] * p["tokens"] for p in per.values())
         overall = _summary(nll, sum(p["tokens"] for p in per.values()), sum(p["bytes"] for p in per.values()))
