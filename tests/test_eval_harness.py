@@ -83,3 +83,10 @@ def test_eval_gpt_and_lm_evals_own_command_line(trained, tmp_path):
     theirs, ours = json.loads(written.read_text())["results"]["pydoc_next_word"], results["results"]["pydoc_next_word"]
     assert theirs["acc,none"] == ours["acc,none"]
     assert theirs["perplexity,none"] == pytest.approx(ours["perplexity,none"], rel=1e-5)
+    main(["--load", str(trained / "ck"), "--tasks", "pydoc_continue", "--include-path", TASKS, "--limit", "2",
+          "--num-fewshot", "1", "--apply-chat-template", "--chat-template", "chatml", "--log-samples",
+          "--output-path", str(tmp_path / "chat")])
+    first = json.loads((tmp_path / "chat" / "samples_pydoc_continue.jsonl").read_text().splitlines()[0])
+    prompt = first["arguments"][0][0]
+    assert prompt.startswith("<|im_start|>user\n") and prompt.endswith("<|im_start|>assistant\n")
+    assert prompt.count("<|im_start|>assistant\n") == 2  # the few-shot example is a turn of its own

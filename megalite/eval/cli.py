@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--num-fewshot", type=int)
     g.add_argument("--include-path", help="folder of extra task YAMLs (e.g. examples/eval_tasks)")
     g.add_argument("--log-samples", action="store_true", help="also write every request and response")
+    g.add_argument("--apply-chat-template", action="store_true",
+                   help="render prompts with the chat template (--chat-template or the tokenizer's)")
     g.add_argument("--bootstrap-iters", type=int, default=100000,
                    help="resamples for the standard error of non-mean metrics (0 = none)")
     g = p.add_argument_group("MMLU-style exams")
@@ -54,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--predict-with-generate", action="store_true", help="generate answers for an SFT file "
                    "(--text-file) and score them with BLEU-4 and ROUGE")
     g.add_argument("--max-new-tokens", type=int, default=256)
-    g.add_argument("--chat-template", help="'chatml' or a Jinja file (default: the tokenizer's)")
+    g.add_argument("--chat-template", help="'chatml' or a Jinja file (default: the tokenizer's); for "
+                   "--predict-with-generate and --apply-chat-template")
     g = p.add_argument_group("tokenizer (default: the checkpoint's)")
     g.add_argument("--tokenizer-type", choices=TOKENIZER_TYPES)
     g.add_argument("--tokenizer-model")
@@ -113,7 +116,8 @@ def _run(mode: str, model, cfg, tok: Tokenizer, a) -> Dict:
         from megalite.eval.harness import run_harness_tasks
 
         return run_harness_tasks(model, a.tasks, a.num_fewshot, a.batch_size, a.limit, a.include_path,
-                                 a.log_samples, tokenizer=tok, seed=a.seed, bootstrap_iters=a.bootstrap_iters)
+                                 a.log_samples, tokenizer=tok, seed=a.seed, bootstrap_iters=a.bootstrap_iters,
+                                 apply_chat_template=a.apply_chat_template, chat_template=a.chat_template)
     if mode == "task":
         from megalite.eval.exams import run_exam
 

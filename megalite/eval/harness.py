@@ -25,6 +25,7 @@ from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
+from megalite.data.chat import load_template, render_chat
 from megalite.data.tokenizer import Tokenizer
 from megalite.errors import MegaliteError
 from megalite.eval.generate import Sampling, generate, load_model, trim_stop_string
@@ -38,7 +39,8 @@ class MegaliteLM(TemplateLM):
 
     def __init__(self, load: Optional[str] = None, model=None, tokenizer: Optional[Tokenizer] = None,
                  batch_size: Union[int, str] = 8, max_length: Optional[int] = None, max_gen_toks: int = 256,
-                 seed: int = 1234, device: Optional[str] = None, **_ignored):  # and lm-eval's max_batch_size
+                 seed: int = 1234, device: Optional[str] = None, chat_template: Optional[str] = None,
+                 **_ignored):  # and lm-eval's max_batch_size
         super().__init__()
         if model is None:
             if not load:
@@ -59,6 +61,7 @@ class MegaliteLM(TemplateLM):
         self.max_length = int(max_length) if max_length else model_positions(model)
         self.max_gen_toks, self.seed = int(max_gen_toks), int(seed)
         self.pad_id = tokenizer.pad if tokenizer.pad is not None else tokenizer.eod
+        self.template = load_template(chat_template) if chat_template else tokenizer.chat_template
 
     # -- tokenization (what TemplateLM's loglikelihood builds requests with) ------------------
     @property
@@ -82,6 +85,16 @@ class MegaliteLM(TemplateLM):
     @property
     def tokenizer_name(self) -> str:
         return type(self.tok).__name__
+
+    # -- chat (lm-eval's --apply_chat_template) ----------------------------------------------------
+    def chat_template(self, chat_template: Union[bool, str] = False) -> Optional[str]:
+        return self.template if chat_template else None
+
+    def apply_chat_template(self, chat_history: List[Dict[str, str]], add_generation_prompt: bool = True) -> str:
+        if self.template is None:
+            raise MegaliteError("the tokenizer has no chat template: pass chat_template=chatml (or a Jinja file) in "
+                                "model_args, or --chat-template to eval_gpt.py")
+        return render_chat(self.template, chat_history, add_generation_prompt)
 
     # -- requests ---------------------------------------------------------------------------------
     def _loglikelihood_tokens(self, requests: Sequence[Tuple], disable_tqdm: bool = False,
@@ -153,12 +166,13 @@ class MegaliteLM(TemplateLM):
 def run_harness_tasks(model_or_ckpt, tasks: Union[str, Sequence[str]], num_fewshot: Optional[int] = None,
                       batch_size: int = 8, limit: Optional[float] = None, include_path: Optional[str] = None,
                       log_samples: bool = False, tokenizer: Optional[Tokenizer] = None, seed: int = 1234,
-                      bootstrap_iters: int = 100000, **model_args) -> Dict:
+                      bootstrap_iters: int = 100000, apply_chat_template: bool = False, **model_args) -> Dict:
     """lm-eval's results dict for ``tasks`` on a checkpoint folder, a MegaliteLM, or an in-memory
     model (with ``tokenizer``). Callable from the trainer between iterations. Under torchrun
     every rank must call it; lm-eval returns the results on the first rank of each node (its
     LOCAL_RANK 0) and None elsewhere. ``bootstrap_iters`` (lm-eval's default) resamples for the
-    standard errors of non-mean metrics such as perplexity; 0 skips them."""
+    standard errors of non-mean metrics such as perplexity; 0 skips them. ``apply_chat_template``
+    renders each prompt (few-shot examples as turns) with the chat template."""
     from lm_eval import simple_evaluate
 
     if isinstance(model_or_ckpt, MegaliteLM):
@@ -171,7 +185,8 @@ def run_harness_tasks(model_or_ckpt, tasks: Union[str, Sequence[str]], num_fewsh
     manager = task_manager(names, include_path)
     return simple_evaluate(model=lm, tasks=names, num_fewshot=num_fewshot, limit=limit, task_manager=manager,
                            log_samples=log_samples, bootstrap_iters=bootstrap_iters, random_seed=seed,
-                           numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed)
+                           numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
+                           apply_chat_template=apply_chat_template, fewshot_as_multiturn=apply_chat_template)
 
 
 def task_manager(names: Sequence[str], include_path: Optional[str] = None):
