@@ -34,8 +34,8 @@ from megalite.eval.scoring import model_positions, token_logprobs
 
 @register_model("megalite")
 class MegaliteLM(TemplateLM):
-    """``--model megalite --model_args load=CKPT[,batch_size=8,max_length=N,max_gen_toks=256]``,
-    or ``MegaliteLM(model=..., tokenizer=...)`` around a model already in memory."""
+    """``--model megalite --model_args load=CKPT[,max_length=N,max_gen_toks=256,chat_template=chatml]
+    --batch_size 8``, or ``MegaliteLM(model=..., tokenizer=...)`` around a model already in memory."""
 
     def __init__(self, load: Optional[str] = None, model=None, tokenizer: Optional[Tokenizer] = None,
                  batch_size: Union[int, str] = 8, max_length: Optional[int] = None, max_gen_toks: int = 256,
