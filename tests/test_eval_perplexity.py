@@ -79,3 +79,20 @@ def test_sliding_windows_equal_transformers_on_the_export(trained, tiny_corpus):
     assert r["tokens"] == len(ids) - 1
     assert r["loss"] == pytest.approx(nll / (len(ids) - 1), rel=1e-5)
     assert r["bits_per_byte"] == pytest.approx(nll / math.log(2) / sum(len(d.encode()) for d in docs), rel=1e-5)
+
+
+def test_per_dataset_and_overall_of_a_blend(trained, tiny_corpus):
+    from megalite.data.tokenizer import build_tokenizer
+
+    tok = build_tokenizer("SentencePieceTokenizer", tiny_corpus[1])
+    model, _ = load_model(str(trained / "ck"))
+    sources = [text_file_source(write_jsonl(trained / f"part{i}.jsonl", [{"text": d} for d in docs]), tok)
+               for i, docs in enumerate((english_documents()[10:12], english_documents()[300:303]))]
+    pooled = perplexity(model, sources, seq_length=32, batch_size=4)
+    a, b = (pooled["datasets"][s.name] for s in sources)
+    assert pooled["overall"]["tokens"] == a["tokens"] + b["tokens"]
+    assert pooled["overall"]["loss"] == pytest.approx((a["loss"] * a["tokens"] + b["loss"] * b["tokens"])
+                                                      / (a["tokens"] + b["tokens"]))
+    blend = perplexity(model, sources, seq_length=32, batch_size=4, weights=[1.0, 3.0])
+    assert blend["overall"]["loss"] == pytest.approx((a["loss"] + 3 * b["loss"]) / 4)
+    assert blend["overall"]["bits_per_byte"] == pytest.approx((a["bits_per_byte"] + 3 * b["bits_per_byte"]) / 4)

@@ -116,20 +116,24 @@ def perplexity(model, sources: Sequence[EvalText], seq_length: int, stride: Opti
     scored token, or with blend ``weights`` averages the datasets' numbers by weight."""
     stride = stride or seq_length
     model.eval()
-    per = {}
     progress = Progress("perplexity") if state.get().rank == 0 else None
+    summaries = []
     for src in sources:
         nll, n = stream_nll(model, src.tokens, seq_length, stride, batch_size, pad_id, progress)
-        per[src.name] = _summary(nll, n, src.num_bytes)
+        summaries.append(_summary(nll, n, src.num_bytes))
     if progress is not None:
         progress.close()
+    tokens, num_bytes = sum(p["tokens"] for p in summaries), sum(p["bytes"] for p in summaries)
     if weights is None:
-        nll = sum(p["loss"] * p["tokens"] for p in per.values())
-        overall = _summary(nll, sum(p["tokens"] for p in per.values()), sum(p["bytes"] for p in per.values()))
+        overall = _summary(sum(p["loss"] * p["tokens"] for p in summaries), tokens, num_bytes)
     else:
         w = np.asarray(weights, dtype=np.float64) / sum(weights)
-        loss = float(sum(wi * p["loss"] for wi, p in zip(w, per.values())))
+        loss = float(sum(wi * p["loss"] for wi, p in zip(w, summaries)))
         overall = {"loss": loss, "perplexity": math.exp(min(loss, 700.0)),
-                   "bits_per_byte": float(sum(wi * p["bits_per_byte"] for wi, p in zip(w, per.values()))),
-                   "tokens": sum(p["tokens"] for p in per.values()), "bytes": sum(p["bytes"] for p in per.values())}
+                   "bits_per_byte": float(sum(wi * p["bits_per_byte"] for wi, p in zip(w, summaries))),
+                   "tokens": tokens, "bytes": num_bytes}
+    per = {}
+    for src, summary in zip(sources, summaries):  # a dataset named twice in a blend keeps both entries
+        name = src.name if src.name not in per else f"{src.name} ({len(per) + 1})"
+        per[name] = summary
     return {"seq_length": seq_length, "stride": stride, "datasets": per, "overall": overall}
