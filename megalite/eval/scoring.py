@@ -11,6 +11,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 
 from megalite.eval.generate import _chunks, _decode_step, _mask, _new_cache
 from megalite.parallel import state
@@ -33,11 +34,14 @@ def token_logprobs(model, sequences: Sequence[Sequence[int]], pad_id: int = 0) -
         tokens[i, : len(seq)] = torch.as_tensor(list(seq), device=device)
         valid[i, : len(seq) - 1] = True
     # the last token of each sequence is only a target: the model reads the n - 1 before it
-    inputs = tokens[:, :-1]
-    if state.get().pp_size == 1:
+    inputs, s = tokens[:, :-1], state.get()
+    if s.pp_size == 1:
         # one plain causal forward (flash / fused attention where available): with the padding on
-        # the right, no real token ever attends to it
-        logits = gather_from_tp(model(inputs))
+        # the right, no real token ever attends to it (nor to the extra padding that sequence
+        # parallelism needs to split the sequence evenly over the tensor-parallel ranks)
+        if s.sequence_parallel and (n - 1) % s.tp_size:
+            inputs = F.pad(inputs, (0, s.tp_size - (n - 1) % s.tp_size), value=pad_id)
+        logits = gather_from_tp(model(inputs))[:, : n - 1]
     else:  # stage to stage, as generation passes hidden states
         cache = _new_cache(model, b, n - 1, device)
         cache.mask = _mask(valid, 0)
