@@ -30,7 +30,8 @@ def _evaluate(load: str, text_file: str, out: str, sequence_parallel: bool = Fal
     if sequence_parallel:
         state.initialize(cfg.parallel.tensor_model_parallel_size, 1, sequence_parallel=True)
     tok = checkpoint_tokenizer(cfg)
-    ppl = perplexity(model, [text_file_source(text_file, tok)], seq_length=31, stride=8, batch_size=3)  # odd: padded for SP
+    ppl = perplexity(model, [text_file_source(text_file, tok)], seq_length=31, stride=8,  # odd: padded for SP
+                     batch_size=3)
     if sequence_parallel:  # generation has no sequence-parallel path: back to plain tensor parallelism
         state.initialize(cfg.parallel.tensor_model_parallel_size, 1)
     harness = run_harness_tasks(model, ["pydoc_next_sentence", "pydoc_continue"], num_fewshot=1, batch_size=4,
@@ -61,6 +62,7 @@ def test_parallel_evaluation_equals_one_process(tmp_path, tiny_corpus, tp, pp, s
     one, two = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "parallel.json"))
     assert two["perplexity"]["tokens"] == one["perplexity"]["tokens"]
     assert two["perplexity"]["loss"] == pytest.approx(one["perplexity"]["loss"], rel=1e-5)
-    for (a,), (b,) in zip(sum(one["samples"]["pydoc_next_sentence"], []), sum(two["samples"]["pydoc_next_sentence"], [])):
+    choices = [sum(run["samples"]["pydoc_next_sentence"], []) for run in (one, two)]
+    for (a,), (b,) in zip(*choices):
         assert a[0] == pytest.approx(b[0], abs=1e-4) and a[1] == b[1]
     assert one["samples"]["pydoc_continue"] == two["samples"]["pydoc_continue"]

@@ -46,8 +46,8 @@ def test_megalite_model_matches_lm_evals_hf_model_on_the_export(trained):
     tasks = ["pydoc_next_sentence", "pydoc_paragraphs", "pydoc_continue"]
     ours = run_harness_tasks(str(trained / "ck"), tasks, num_fewshot=1, batch_size=4, limit=6,
                              include_path=TASKS, log_samples=True, bootstrap_iters=0)
-    theirs = simple_evaluate(model="hf", model_args=f"pretrained={trained / 'hf'},dtype=float32", device="cpu", tasks=tasks,
-                             num_fewshot=1, batch_size=4, limit=6, task_manager=task_manager(tasks, TASKS),
+    theirs = simple_evaluate(model="hf", model_args=f"pretrained={trained / 'hf'},dtype=float32", device="cpu",
+                             tasks=tasks, num_fewshot=1, batch_size=4, limit=6, task_manager=task_manager(tasks, TASKS),
                              log_samples=True, bootstrap_iters=0, random_seed=1234, numpy_random_seed=1234,
                              torch_random_seed=1234, fewshot_random_seed=1234)
     mc_ours, mc_theirs = _responses(ours, "pydoc_next_sentence"), _responses(theirs, "pydoc_next_sentence")

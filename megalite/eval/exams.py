@@ -105,8 +105,8 @@ def find_subjects(task_dir: str, split: str) -> Dict[str, Tuple[Optional[str], s
             evaluated = _subject_files(path, folder)
             break
     else:
-        raise MegaliteError(f"--task-dir {task_dir}: no {split} questions (expected "
-                            f"{SPLIT_FOLDERS.get(split, (split,))[0]}/<subject>_{SPLIT_FOLDERS.get(split, (split,))[0]}.csv)")
+        folder = SPLIT_FOLDERS.get(split, (split,))[0]
+        raise MegaliteError(f"--task-dir {task_dir}: no {split} questions (expected {folder}/<subject>_{folder}.csv)")
     dev = _subject_files(os.path.join(task_dir, "dev"), "dev") if os.path.isdir(os.path.join(task_dir, "dev")) else {}
     return {s: (dev.get(s), f) for s, f in evaluated.items()}
 

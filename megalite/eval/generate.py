@@ -143,8 +143,9 @@ def _chunks(model) -> List[GPTModel]:
 def _decode_step(model, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache,
                  every_position: bool = False) -> Optional[torch.Tensor]:
     """This rank's share of one decoding step: the last position's logits [batch, vocab] (with
-    ``every_position``, all of them: [batch, new, vocab]) on the last pipeline stage, None elsewhere. Each model chunk (virtual stage) takes the previous
-    virtual stage's hidden states and hands its own to the next, which lives on the next rank."""
+    ``every_position``, all of them: [batch, new, vocab]) on the last pipeline stage, None
+    elsewhere. Each model chunk (virtual stage) takes the previous virtual stage's hidden
+    states and hands its own to the next, which lives on the next rank."""
     s = state.get()
     x = None
     for chunk in _chunks(model):
