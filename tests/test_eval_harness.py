@@ -65,20 +65,23 @@ def test_megalite_model_matches_lm_evals_hf_model_on_the_export(trained):
     assert any(g[0].strip() for g in generations)
 
 
-def test_eval_gpt_and_lm_evals_own_command_line(trained, tmp_path):
+def test_eval_gpt_and_lm_evals_own_command_line(trained, tmp_path, monkeypatch):
     import json
+    import runpy
+    import sys
 
     from megalite.eval.cli import main
-    from tests.conftest import run_tool
 
     main(["--load", str(trained / "ck"), "--tasks", "pydoc_next_word", "--include-path", TASKS, "--limit", "4",
           "--log-samples", "--bootstrap-iters", "0", "--output-path", str(tmp_path / "ours")])
     results = json.loads((tmp_path / "ours" / "results.json").read_text())
     assert set(results["results"]["pydoc_next_word"]) >= {"acc,none", "perplexity,none"}
     assert len((tmp_path / "ours" / "samples_pydoc_next_word.jsonl").read_text().splitlines()) == 4
-    run_tool("-m", "megalite.eval.lm_eval", "--model", "megalite", "--model_args", f"load={trained / 'ck'}",
-             "--tasks", "pydoc_next_word", "--include_path", TASKS, "--limit", "4",
-             "--output_path", str(tmp_path / "theirs"))
+    # python -m megalite.eval.lm_eval ..., in this process
+    monkeypatch.setattr(sys, "argv", ["megalite.eval.lm_eval", "--model", "megalite", "--model_args",
+                                      f"load={trained / 'ck'}", "--tasks", "pydoc_next_word", "--include_path",
+                                      TASKS, "--limit", "4", "--output_path", str(tmp_path / "theirs")])
+    runpy.run_module("megalite.eval.lm_eval", run_name="__main__")
     [written] = (tmp_path / "theirs").rglob("results_*.json")
     theirs, ours = json.loads(written.read_text())["results"]["pydoc_next_word"], results["results"]["pydoc_next_word"]
     assert theirs["acc,none"] == ours["acc,none"]
