@@ -12,13 +12,16 @@ extras = {
              "tldextract>=5.4", "warcio>=1.7"],
     "hf": ["transformers>=4.40", "safetensors>=0.4"],
     "post": ["trl>=0.9", "peft>=0.10"],
-    "eval": ["lm-eval>=0.4"],
+    # eval_gpt.py: lm-evaluation-harness tasks, BLEU and ROUGE of generations (rouge-chinese
+    # and jieba for Chinese text are optional).
+    "eval": ["lm-eval>=0.4.5", "sacrebleu>=2", "rouge-score>=0.1.2"],
     # flash-attn is used when present but never required: it needs CUDA to build.
     # liger-kernel only for bench/bench_kernels.py's comparison.
     "gpu": ["triton>=3.0", "liger-kernel>=0.5"],
     # triton also on CPU: the kernel tests run it under TRITON_INTERPRET=1; peft: the LoRA
-    # tests load our adapters with it.
-    "dev": ["pytest>=7", "pytest-timeout>=2", "triton>=3.0", "peft>=0.10"],
+    # tests load our adapters with it; the eval tests need the eval extra.
+    "dev": ["pytest>=7", "pytest-timeout>=2", "triton>=3.0", "peft>=0.10", "lm-eval>=0.4.5", "sacrebleu>=2",
+            "rouge-score>=0.1.2"],
 }
 
 setup(

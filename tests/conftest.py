@@ -86,3 +86,15 @@ def read_metrics(path):
     """(train records, eval records) from a --metrics-file."""
     rows = [json.loads(line) for line in open(path)]
     return [r for r in rows if "lm_loss" in r], [r for r in rows if "split" in r]
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch on one thread for a module: tiny models gain nothing from more, and on a shared
+    2-core machine a second thread mostly waits for the other users (2x slower under load)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -22,6 +22,7 @@ class Tokenizer(ABC):
     eod: int
     bos: Optional[int] = None
     pad: Optional[int] = None
+    unk: Optional[int] = None
     chat_template: Optional[str] = None  # Jinja, as in HF tokenizer_config.json
     source_files: Sequence[str] = ()  # what fingerprint() hashes
 
@@ -58,6 +59,11 @@ class Tokenizer(ABC):
                     digest.update(hashlib.md5(f.read()).digest())
         return digest.hexdigest()
 
+    @property
+    def special_ids(self) -> set:
+        """Ids that stand for no text (what HF's ``skip_special_tokens`` drops when decoding)."""
+        return {i for i in (self.eod, self.bos, self.pad, self.unk) if i is not None}
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(vocab_size={self.vocab_size}, eod={self.eod})"
 
@@ -76,6 +82,7 @@ class SentencePieceTokenizer(Tokenizer):
         self.eod = _or_none(self._sp.eos_id())
         self.bos = _or_none(self._sp.bos_id())
         self.pad = _or_none(self._sp.pad_id())
+        self.unk = _or_none(self._sp.unk_id())
         if self.eod is None:
             raise MegaliteError(f"{model_file}: the sentencepiece model has no eos piece to use as eod")
 
@@ -104,7 +111,7 @@ class SentencePieceTokenizer(Tokenizer):
 class _TokenizersLibTokenizer(Tokenizer):
     """Shared code for tokenizers built on the Rust ``tokenizers`` library."""
 
-    def _setup(self, tok, eod_token: Optional[str], bos_token=None, pad_token=None, where=""):
+    def _setup(self, tok, eod_token: Optional[str], bos_token=None, pad_token=None, where="", unk_token=None):
         self._tok = tok
         self.vocab_size = tok.get_vocab_size(with_added_tokens=True)
         self.eod = tok.token_to_id(eod_token) if eod_token else None
@@ -112,6 +119,7 @@ class _TokenizersLibTokenizer(Tokenizer):
             raise MegaliteError(f"{where}: no end-of-document token ({eod_token!r}) in the vocabulary")
         self.bos = tok.token_to_id(bos_token) if bos_token else None
         self.pad = tok.token_to_id(pad_token) if pad_token else None
+        self.unk = tok.token_to_id(unk_token) if unk_token else None
 
     def encode_batch(self, texts):
         # encode_batch in the Rust library fans out over its own thread pool; we want one thread.
@@ -141,7 +149,8 @@ class HuggingFaceTokenizer(_TokenizersLibTokenizer):
         specials = {**config, **_read_json(os.path.join(folder, "special_tokens_map.json"))}
         tok = RustTokenizer.from_file(file)
         eod = _token_str(specials.get("eos_token")) or _guess_eod(tok)
-        self._setup(tok, eod, _token_str(specials.get("bos_token")), _token_str(specials.get("pad_token")), file)
+        self._setup(tok, eod, _token_str(specials.get("bos_token")), _token_str(specials.get("pad_token")), file,
+                    _token_str(specials.get("unk_token")))
         self.path = path
         self.source_files = (file, os.path.join(folder, "tokenizer_config.json"))
         self.chat_template = config.get("chat_template")

@@ -147,10 +147,12 @@ def _chunks(model) -> List[GPTModel]:
     return list(model) if isinstance(model, torch.nn.ModuleList) else [model]
 
 
-def _decode_step(model, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache) -> Optional[torch.Tensor]:
-    """This rank's share of one decoding step: the last position's logits [batch, vocab] on the
-    last pipeline stage, None elsewhere. Each model chunk (virtual stage) takes the previous
-    virtual stage's hidden states and hands its own to the next, which lives on the next rank."""
+def _decode_step(model, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache,
+                 every_position: bool = False) -> Optional[torch.Tensor]:
+    """This rank's share of one decoding step: the last position's logits [batch, vocab] (with
+    ``every_position``, all of them: [batch, new, vocab]) on the last pipeline stage, None
+    elsewhere. Each model chunk (virtual stage) takes the previous virtual stage's hidden
+    states and hands its own to the next, which lives on the next rank."""
     s = state.get()
     x = None
     for chunk in _chunks(model):
@@ -163,7 +165,9 @@ def _decode_step(model, tokens: torch.Tensor, positions: torch.Tensor, cache: KV
             dist.send(x.contiguous(), dst=s.pp_ranks[(s.pp_rank + 1) % s.pp_size])
             x = None
     cache.advance(tokens.shape[1])
-    return None if x is None else x[:, -1]
+    if x is None:
+        return None
+    return x if every_position else x[:, -1]
 
 
 def _shared(nxt: Optional[torch.Tensor], batch: int, device) -> torch.Tensor:
