@@ -121,6 +121,11 @@ class TrainingConfig:
                                         action=argparse.BooleanOptionalAction)
     eval_interval: int = opt(1000, "iterations between evaluations")
     eval_iters: int = opt(100, "global batches per evaluation")
+    eval_tasks: Optional[str] = opt(None, "lm-eval tasks (comma list) run with the validation loss every "
+                                          "--eval-interval and at the end")
+    eval_tasks_include_path: Optional[str] = opt(None, "folder of local lm-eval task YAMLs for --eval-tasks")
+    eval_tasks_num_fewshot: Optional[int] = opt(None, "few-shot examples for --eval-tasks (default: each task's)")
+    eval_tasks_limit: Optional[float] = opt(None, "documents per task for --eval-tasks (a fraction if < 1)")
     skip_train: bool = opt(False, "only evaluate")
 
 

@@ -93,3 +93,20 @@ def test_eval_gpt_and_lm_evals_own_command_line(trained, tmp_path, monkeypatch):
     prompt = first["arguments"][0][0]
     assert prompt.startswith("<|im_start|>user\n") and prompt.endswith("<|im_start|>assistant\n")
     assert prompt.count("<|im_start|>assistant\n") == 2  # the few-shot example is a turn of its own
+
+
+def test_eval_tasks_during_training_match_the_saved_checkpoint(tmp_path, tiny_corpus):
+    """--eval-tasks scores the model in memory every --eval-interval: the last scores logged
+    equal lm-eval on the checkpoint saved at that iteration."""
+    from tests.conftest import read_metrics
+
+    metrics = str(tmp_path / "m.jsonl")
+    pretrain(parse_config(tiny_model_args(*tiny_corpus, train_iters=4, eval_interval=2, eval_iters=1,
+                                          eval_tasks="pydoc_next_sentence", eval_tasks_include_path=TASKS,
+                                          eval_tasks_limit=8, max_position_embeddings=128, save=str(tmp_path / "ck"),
+                                          metrics_file=metrics)))
+    tasks = [r for r in read_metrics(metrics)[1] if r["split"] == "tasks"]
+    assert [(r["iteration"], r["task"]) for r in tasks] == [(2, "pydoc_next_sentence"), (4, "pydoc_next_sentence")]
+    saved = run_harness_tasks(str(tmp_path / "ck"), "pydoc_next_sentence", include_path=TASKS, limit=8,
+                              bootstrap_iters=0)["results"]["pydoc_next_sentence"]
+    assert tasks[-1]["acc"] == saved["acc,none"] and tasks[-1]["acc_norm"] == saved["acc_norm,none"]

@@ -33,7 +33,7 @@ class MetricsLog:
             self._file.write(json.dumps({"time": round(time.time(), 3), **metrics}) + "\n")
         if self._tb:
             step = metrics["iteration"]
-            prefix = metrics.get("split", "train")
+            prefix = metrics.get("split", "train") + (f"/{metrics['task']}" if "task" in metrics else "")
             for k, v in metrics.items():
                 if isinstance(v, (int, float)) and k not in ("iteration",) and v is not None:
                     self._tb.add_scalar(f"{prefix}/{k}", v, step)

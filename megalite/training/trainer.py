@@ -197,6 +197,30 @@ class Trainer:
         self.log.record(out, f" {split} loss at iteration {self.iteration}: {loss:.4f} | perplexity {out['ppl']:.2f}")
         return out
 
+    def evaluate_tasks(self) -> Optional[Dict]:
+        """--eval-tasks through lm-eval on the model in memory (megalite.eval.harness): each
+        metric logged as ``{"split": "tasks", "task": ..., metric: value}`` and to TensorBoard
+        under tasks/. Every rank takes part (tensor / pipeline collectives); data-parallel
+        replicas each score all requests, and rank 0 reports."""
+        t = self.cfg.training
+        if not t.eval_tasks:
+            return None
+        from megalite.eval.harness import run_harness_tasks
+
+        self.grads.wait_params()
+        with self.grads.full_params():
+            out = run_harness_tasks(self.model, t.eval_tasks, num_fewshot=t.eval_tasks_num_fewshot,
+                                    limit=t.eval_tasks_limit, include_path=t.eval_tasks_include_path,
+                                    tokenizer=self.tokenizer, seed=t.seed, bootstrap_iters=0)
+        scores = {}
+        for task, metrics in ((out or {}).get("results") or {}).items():
+            scores[task] = {k.split(",")[0]: v for k, v in metrics.items()
+                            if isinstance(v, (int, float)) and "stderr" not in k}
+            shown = " | ".join(f"{k} {v:.4f}" for k, v in scores[task].items())
+            self.log.record({"iteration": self.iteration, "split": "tasks", "task": task, **scores[task]},
+                            f" task {task} at iteration {self.iteration}: {shown}")
+        return scores
+
     # -- the loop --------------------------------------------------------------------------------
     def train(self) -> Dict:
         cfg, t, c = self.cfg, self.cfg.training, self.cfg.checkpoint
@@ -220,7 +244,7 @@ class Trainer:
                 window["n"] += 1
                 window["loss"] += out["lm_loss"] if not out["skipped"] else 0.0
                 window["skipped"] += int(out["skipped"])
-                window["tokens"] += gbs * cfg.data.seq_length
+                window["tokens"] += out["tokens"] if cfg.sft.sft_data else gbs * cfg.data.seq_length  # SFT: trained
                 window["flops"] += train_flops(cfg.model, cfg.data.seq_length, gbs)
                 result.setdefault("first_lm_loss", out["lm_loss"])
                 result["lm_loss"] = out["lm_loss"]
@@ -229,6 +253,7 @@ class Trainer:
                     window = {"loss": 0.0, "n": 0, "skipped": 0, "tokens": 0, "flops": 0, "t0": time.perf_counter()}
                 if t.eval_interval and self.iteration % t.eval_interval == 0:
                     self.evaluate(self.valid_ds, "valid")
+                    self.evaluate_tasks()
                 if c.save and c.save_interval and self.iteration % c.save_interval == 0:
                     self.save()
                     last_saved = self.iteration
@@ -246,6 +271,7 @@ class Trainer:
             self.finish_save()
             if t.skip_train or not (t.eval_interval and self.iteration % t.eval_interval == 0):  # not just done
                 result["valid"] = self.evaluate(self.valid_ds, "valid")
+                result["tasks"] = self.evaluate_tasks()
             result["test"] = self.evaluate(self.test_ds, "test")
             if s.rank == 0 and "first_lm_loss" in result:
                 print(f"training done: lm loss {result['first_lm_loss']:.4f} at the first iteration, "
