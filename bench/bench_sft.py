@@ -109,6 +109,9 @@ def main():
         lora = trainer(a.seq_length, a.micro_batch_size,
                        ["--load", base, "--finetune", "--bf16", "--lora-rank", a.lora_rank, "--lora-target",
                         "all-linear"])
+        batch = collate_sft([SFTDataset(data, a.seq_length, True)[0]], pad_to=a.seq_length)
+        for tr in (full, lora):  # Adam's moments exist from the first step on
+            tr.train_step([{k: v.to(tr.device) for k, v in batch.items()}])
         n = sum(p.numel() for p in full.model.parameters())
         trainable = sum(p.numel() for p in lora.model.parameters() if p.requires_grad)
         f, l = state_bytes(full), state_bytes(lora)
