@@ -37,6 +37,7 @@ def train(corpus, data, tmp_path, name, world=1, **kw):
     return read_metrics(str(tmp_path / f"{name}.jsonl"))[0]
 
 
+@pytest.mark.dist
 def test_loss_does_not_depend_on_how_the_batch_is_cut(tmp_path, tiny_corpus, sft_file):
     """Sum over the global batch's trainable tokens / their count: micro-batch 8 x 1, 1 x 8
     accumulation steps and two data-parallel ranks give the same losses and updates."""
@@ -48,6 +49,19 @@ def test_loss_does_not_depend_on_how_the_batch_is_cut(tmp_path, tiny_corpus, sft
         for a, b in zip(one, rows):
             assert b["lm_loss"] == pytest.approx(a["lm_loss"], rel=1e-6), a["iteration"]
             assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-5), a["iteration"]
+
+
+@pytest.mark.dist
+@pytest.mark.parametrize("layout", [
+    {"tensor_model_parallel_size": 2, "sequence_parallel": True, "packing": True},
+    {"pipeline_model_parallel_size": 2},  # rows padded to --seq-length: stages exchange fixed shapes
+], ids=["tp2-sp-packed", "pp2-padded"])
+def test_model_parallel_sft_matches_one_process(tmp_path, tiny_corpus, sft_file, layout):
+    one = train(tiny_corpus, sft_file, tmp_path, "one", packing=layout.get("packing", False))
+    two = train(tiny_corpus, sft_file, tmp_path, "two", world=2, **layout)
+    for a, b in zip(one, two):
+        assert b["lm_loss"] == pytest.approx(a["lm_loss"], rel=1e-5), a["iteration"]
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4), a["iteration"]
 
 
 def test_packing_trains_like_padding_on_the_same_examples(tmp_path, tiny_corpus, sft_file):
