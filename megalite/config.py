@@ -180,6 +180,22 @@ class LoraConfig:
     lora_base_iteration: Optional[int] = opt(None, "iteration of --lora-base (normally recorded from --load)")
 
 
+@dataclass
+class DPOConfig:
+    pref_data: Optional[str] = opt(None, "DPO preference pairs: files (prompt/chosen/rejected, text or messages) or "
+                                         "dataset_info.json names with ranking: true, comma/space separated")
+    pref_dataset_dir: Optional[str] = opt(None, "folder with a LLaMA-Factory dataset_info.json for --pref-data names")
+    max_prompt_length: Optional[int] = opt(None, "keep only the last N prompt tokens of a pair (counted)")
+    dpo_loss_type: str = opt("sigmoid", "comma list of trl DPO losses: sigmoid, hinge, ipo, robust, bco_pair, "
+                                        "nca_pair, sppo_hard, apo_zero, apo_down, sigmoid_norm, sft")
+    dpo_loss_weights: Optional[str] = opt(None, "comma list of weights, one per --dpo-loss-type (default all 1)")
+    dpo_beta: float = opt(0.1, "DPO beta: the strength of the pull towards the reference model")
+    dpo_label_smoothing: float = opt(0.0, "robust DPO: assumed share of flipped preference labels, in [0, 0.5)")
+    ref_load: Optional[str] = opt(None, "reference model checkpoint (default: the starting weights of the run)")
+    precompute_ref_log_probs: bool = opt(False, "score every pair with the reference once before training, "
+                                                "so training holds a single model")
+
+
 SECTIONS = {
     "model": ModelConfig,
     "parallel": ParallelConfig,
@@ -189,6 +205,7 @@ SECTIONS = {
     "checkpoint": CheckpointConfig,
     "sft": SFTConfig,
     "lora": LoraConfig,
+    "dpo": DPOConfig,
 }
 
 
@@ -202,6 +219,7 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
