@@ -401,12 +401,12 @@ def validate(cfg: Config, world_size: int = 1) -> Config:
     if not 0 < m.rotary_percent <= 1:
         raise MegaliteError("--rotary-percent must be in (0, 1]")
     sft = cfg.sft.sft_data is not None
-    if sum([d.data_path is not None, d.mock_data, sft]) != 1:
-        raise MegaliteError("give one source of training data: --data-path, --mock-data (synthetic tokens) or "
-                            "--sft-data (sft_gpt.py)")
+    if sum([d.data_path is not None, d.mock_data, sft, cfg.dpo.pref_data is not None]) != 1:
+        raise MegaliteError("give one source of training data: --data-path, --mock-data (synthetic tokens), "
+                            "--sft-data (sft_gpt.py) or --pref-data (dpo_gpt.py)")
     if d.mock_data and d.tokenizer_type is None:
         need(m.vocab_size, "--vocab-size (needed by --mock-data without a tokenizer)")
-    if (d.data_path is not None or sft) and d.tokenizer_type is None:
+    if (d.data_path is not None or sft or cfg.dpo.pref_data) and d.tokenizer_type is None:
         raise MegaliteError(f"--tokenizer-type is required with {'--sft-data' if sft else '--data-path'}")
     from megalite.kernels.dispatch import triton_installed
 

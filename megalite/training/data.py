@@ -32,6 +32,11 @@ def build_datasets(cfg: Config, tokenizer: Optional[Tokenizer], train_samples: i
     With --sft-data: chat examples (megalite.data.sft) instead of a token stream."""
     t, d = cfg.training, cfg.data
     eval_samples = t.eval_iters * t.global_batch_size
+    if cfg.dpo.pref_data:  # preference pairs (megalite.data.preference); no validation split yet
+        from megalite.data.preference import PreferenceDataset, build_pairs
+
+        pairs, stats = build_pairs(cfg.dpo, cfg.sft.chat_template, d.seq_length, tokenizer)
+        return [PreferenceDataset(pairs, train_samples, t.seed, stats), None, None]
     if cfg.sft.sft_data:
         from megalite.data.sft import build_sft_datasets
 
@@ -65,12 +70,16 @@ def _sft_collate(cfg: Config):
     8, and of TP with sequence parallelism), or to --seq-length when packing or pipelining
     (stages exchange fixed shapes). Positions travel only with packing, where they mark the
     documents; an unpacked row is one example starting at position 0."""
-    if not cfg.sft.sft_data:
+    if not (cfg.sft.sft_data or cfg.dpo.pref_data):
         return None
     s = state.get()
     packing = cfg.sft.packing
     pad_to = cfg.data.seq_length if packing or s.pp_size > 1 else None
     multiple = 8 * (s.tp_size if s.sequence_parallel else 1)
+    if cfg.dpo.pref_data:
+        from megalite.data.preference import collate_pairs
+
+        return functools.partial(collate_pairs, pad_to=pad_to, multiple_of=multiple)
     return functools.partial(_collate_rows, pad_to=pad_to, multiple_of=multiple, keep_positions=packing)
 
 
