@@ -164,6 +164,12 @@ class PreferenceDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.num_samples
 
+    def summary(self) -> str:
+        st = self.stats
+        return (f"preference data: {st.get('pairs', len(self.pairs))} pairs ({st.get('prompt_truncated', 0)} prompts "
+                f"cut to --max-prompt-length, {st.get('truncated', 0)} pairs cut to --seq-length, "
+                f"{st.get('dropped', 0)} dropped: the prompt fills a row)")
+
     def pair_of(self, i: int) -> int:
         if not 0 <= i < self.num_samples:
             raise IndexError(f"sample {i} out of range [0, {self.num_samples})")

@@ -447,11 +447,9 @@ def pretrain(cfg: Config) -> Dict:
                   f"(dp {data_parallel_size(cfg, world)}) | "
                   f"{trainer.train_iters} iterations of {cfg.training.global_batch_size} x "
                   f"{cfg.data.seq_length} tokens | {trainer.dtype}", flush=True)
-            sft = getattr(trainer.train_ds, "stats", None)
-            if sft:
-                print(f"sft data: {sft['examples']} examples ({sft['truncated']} truncated, {sft['dropped']} "
-                      f"dropped without a trainable token) in {sft['rows']} rows | {sft['tokens']} tokens | rows "
-                      f"filled to {sft['packing_efficiency']:.1%} of --seq-length", flush=True)
+            summary = getattr(trainer.train_ds, "summary", None)  # SFT / DPO data: what was kept, cut, dropped
+            if summary:
+                print(summary(), flush=True)
         return trainer.train()
     finally:
         # Free the trainer (its hooks make reference cycles holding the process groups and the
