@@ -260,7 +260,9 @@ def test_loss_does_not_depend_on_how_the_batch_is_cut(tmp_path, models, plain_fi
 
 @pytest.mark.dist
 @pytest.mark.parametrize("layout", [{"world": 2, "micro_batch_size": 2},
-                                    {"world": 2, "tensor_model_parallel_size": 2}], ids=["dp2", "tp2"])
+                                    {"world": 2, "tensor_model_parallel_size": 2},
+                                    {"world": 2, "pipeline_model_parallel_size": 2, "micro_batch_size": 2,
+                                     "precompute_ref_log_probs": True}], ids=["dp2", "tp2", "pp2_precomputed"])
 def test_parallel_layouts_train_like_one_process(tmp_path, models, plain_file, layout):
     one = train(models, plain_file, tmp_path, "one")
     other = train(models, plain_file, tmp_path, "other", **layout)
@@ -288,3 +290,24 @@ def test_lora_reference_is_the_base_with_adapters_disabled(tmp_path, models, pla
     for a, b in zip(copy, disabled):
         for key in ("lm_loss", "rewards/chosen", "rewards/rejected"):
             assert b[key] == pytest.approx(a[key], rel=1e-6, abs=1e-7), (key, a["iteration"])
+
+
+@pytest.mark.parametrize("kw", [{}, {"lora_rank": 4, "lora_alpha": 8, "lr": 1e-2, "ref_load": None}],
+                         ids=["copy", "lora"])
+def test_precomputed_reference_gives_the_same_training(tmp_path, models, plain_file, kw):
+    live = train(models, plain_file, tmp_path, "live", **kw)
+    cached = train(models, plain_file, tmp_path, "cached", precompute_ref_log_probs=True, **kw)
+    for a, b in zip(live, cached):
+        for key in ("lm_loss", "grad_norm", "rewards/chosen", "rewards/rejected"):
+            assert b[key] == pytest.approx(a[key], rel=1e-6, abs=1e-7), (key, a["iteration"])
+
+
+@pytest.mark.dist
+def test_precomputed_reference_with_data_parallelism(tmp_path, models, plain_file):
+    """Each data-parallel rank scores a share of the pairs; the table they sum to is complete."""
+    kw = dict(global_batch_size=12, precompute_ref_log_probs=True)
+    one = train(models, plain_file, tmp_path, "one", **kw)
+    dp2 = train(models, plain_file, tmp_path, "dp2", world=2, micro_batch_size=3, **kw)  # 8 pairs a rank: wraps
+    for a, b in zip(one, dp2):
+        assert b["lm_loss"] == pytest.approx(a["lm_loss"], rel=1e-5), a["iteration"]
+        assert b["rewards/chosen"] == pytest.approx(a["rewards/chosen"], rel=1e-4, abs=1e-6), a["iteration"]

@@ -150,7 +150,8 @@ def fit_pair(prompt: List[int], chosen: List[int], rejected: List[int], seq_leng
 class PreferenceDataset(torch.utils.data.Dataset):
     """``num_samples`` pairs, epochs over the pairs each shuffled by ``seed + epoch`` (sample
     ``i`` is the same pair in every run, so resuming is exact). ``ds[i]`` holds the chosen and
-    rejected rows (``tokens``, ``labels``, ``loss_mask`` = completion tokens among the labels)."""
+    rejected rows (``tokens``, ``labels``, ``loss_mask`` = completion tokens among the labels)
+    and ``index``, the pair's position in the set (what precomputed reference scores are keyed by)."""
 
     def __init__(self, pairs, num_samples: Optional[int] = None, seed: int = 1234,
                  stats: Optional[Dict[str, int]] = None):
@@ -178,8 +179,9 @@ class PreferenceDataset(torch.utils.data.Dataset):
             self._order = (epoch, np.random.default_rng(self.seed + epoch).permutation(len(self.pairs)))
         return int(self._order[1][j])
 
-    def __getitem__(self, i: int) -> Dict[str, Dict[str, torch.Tensor]]:
-        return pair_rows(self.pairs[self.pair_of(i)])
+    def __getitem__(self, i: int) -> Dict[str, object]:
+        k = self.pair_of(i)
+        return {**pair_rows(self.pairs[k]), "index": k}
 
 
 def pair_rows(fitted) -> Dict[str, Dict[str, torch.Tensor]]:
@@ -198,6 +200,8 @@ def collate_pairs(items, pad_to: Optional[int] = None, multiple_of: int = 1) -> 
     normalised by (their global sums)."""
     batch = collate_sft([it["chosen"] for it in items] + [it["rejected"] for it in items], pad_to, multiple_of)
     batch.pop("position_ids")
+    if all("index" in it for it in items):
+        batch["pair_index"] = torch.tensor([it["index"] for it in items], dtype=torch.int64)
     batch["pairs"] = torch.ones(len(items))
     batch["chosen_tokens"] = batch["loss_mask"][:len(items)].sum(1)
     return batch

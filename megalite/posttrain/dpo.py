@@ -163,7 +163,7 @@ def build_reference(cfg, trainer):
             with adapters_disabled(trainer.model):
                 run(batch)
 
-        return base
+        return precomputed(cfg, trainer, base) if cfg.dpo.precompute_ref_log_probs else base
     if not cfg.dpo.ref_load:
         raise MegaliteError("DPO needs a reference model: give --load (its weights are the reference) or --ref-load")
     model = build_stage_model(cfg, None)
@@ -173,4 +173,42 @@ def build_reference(cfg, trainer):
     load_checkpoint(dataclasses.replace(cfg, checkpoint=ckpt), model, _NoOptimizer())
     for p in model.parameters():
         p.requires_grad_(False)
-    return reference_pass(model, shape, dtype)
+    run = reference_pass(model, shape, dtype)
+    return precomputed(cfg, trainer, run) if cfg.dpo.precompute_ref_log_probs else run
+
+
+def precomputed(cfg, trainer, reference):
+    """--precompute-ref-log-probs: ``reference`` scores every pair of the training set once, now
+    (each data-parallel rank a share, summed over ranks), and is then dropped with its model, so
+    training holds one model; the steps read the scores by ``pair_index``."""
+    import numpy as np
+
+    from megalite.data.preference import pair_rows
+    from megalite.parallel import state
+    from megalite.training.data import row_collate
+
+    s, ds, mbs = state.get(), trainer.train_ds, cfg.training.micro_batch_size
+    mine = np.arange(s.dp_rank, len(ds.pairs), s.dp_size)
+    mine = np.resize(mine, -(-len(mine) // mbs) * mbs)  # whole micro-batches (pipeline stages need fixed shapes)
+    collate = row_collate(cfg)
+    batch = [collate([{**pair_rows(ds.pairs[k]), "index": int(k)} for k in mine[i:i + mbs]])
+             for i in range(0, len(mine), mbs)]
+    batch = [{k: v.to(trainer.device) for k, v in mb.items()} for mb in batch]
+    reference(batch)
+    table = torch.zeros(len(ds.pairs), 2, dtype=torch.float64, device=trainer.device)
+    for mb in batch:
+        if "ref_logps" in mb:  # the last pipeline stage
+            n = len(mb["pair_index"])
+            table[mb["pair_index"]] = torch.stack([mb["ref_logps"][:n], mb["ref_logps"][n:]], 1).double()
+    # a pair is scored by one data-parallel rank's last stage: sums over the ranks fill the table
+    for group in (s.pp_group, s.dp_group):
+        if group is not None:
+            torch.distributed.all_reduce(table, group=group)
+    table = table.float()
+
+    def look_up(steps_batch):
+        for mb in steps_batch:
+            ref = table[mb["pair_index"]]
+            mb["ref_logps"] = torch.cat([ref[:, 0], ref[:, 1]])
+
+    return look_up

@@ -62,10 +62,10 @@ def build_loader(dataset, consumed_samples: int, cfg: Config, total: Optional[in
     # or a resumed run would diverge from an uninterrupted one.
     return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, pin_memory=torch.cuda.is_available(),
                       prefetch_factor=4 if workers else None, generator=torch.Generator().manual_seed(0),
-                      collate_fn=_sft_collate(cfg))
+                      collate_fn=row_collate(cfg))
 
 
-def _sft_collate(cfg: Config):
+def row_collate(cfg: Config):
     """SFT rows have their own lengths: pad each micro-batch to its longest row (a multiple of
     8, and of TP with sequence parallelism), or to --seq-length when packing or pipelining
     (stages exchange fixed shapes). Positions travel only with packing, where they mark the
