@@ -315,3 +315,17 @@ def test_precomputed_reference_with_data_parallelism(tmp_path, models, plain_fil
     for a, b in zip(one, dp2):
         assert b["lm_loss"] == pytest.approx(a["lm_loss"], rel=1e-5), a["iteration"]
         assert b["rewards/chosen"] == pytest.approx(a["rewards/chosen"], rel=1e-4, abs=1e-6), a["iteration"]
+
+
+def test_held_out_pairs_report_loss_and_rewards(tmp_path, models, plain_file):
+    """--pref-valid-data: the validation loss and trl's reward metrics; on the training pairs
+    themselves, before any step, they equal those of a first step over all 16 pairs."""
+    held_out = write_jsonl(tmp_path / "valid.jsonl", plain_pairs())
+    train(models, plain_file, tmp_path, "eval", pref_valid_data=held_out, skip_train=True, eval_iters=1,
+          global_batch_size=16)
+    _, evals = read_metrics(str(tmp_path / "eval.jsonl"))
+    assert [e["split"] for e in evals] == ["valid"]
+    full = train(models, plain_file, tmp_path, "full_batch", global_batch_size=16, train_iters=1)[0]
+    for key in ("rewards/chosen", "rewards/accuracies", "logps/rejected"):
+        assert evals[0][key] == pytest.approx(full[key], rel=1e-5, abs=1e-6), key
+    assert evals[0]["loss"] == pytest.approx(full["lm_loss"], rel=1e-5)

@@ -207,14 +207,16 @@ def collate_pairs(items, pad_to: Optional[int] = None, multiple_of: int = 1) -> 
     return batch
 
 
-def build_pairs(dpo_cfg, chat_template: Optional[str], seq_length: int, tokenizer):
-    """(fitted pairs, counts) of every ``--pref-data`` source."""
-    if not dpo_cfg.pref_data:
+def build_pairs(dpo_cfg, chat_template: Optional[str], seq_length: int, tokenizer, spec: Optional[str] = None):
+    """(fitted pairs, counts) of every source of ``spec`` (default ``--pref-data``)."""
+    spec = spec or dpo_cfg.pref_data
+    if not spec:
         raise MegaliteError("--pref-data is required")
+    flag = "--pref-data" if spec == dpo_cfg.pref_data else "--pref-valid-data"
     template = resolve_template(chat_template, tokenizer)
     stats = {k: 0 for k in COUNTS}
     pairs = []
-    for source in resolve_sources(dpo_cfg.pref_data, dpo_cfg.pref_dataset_dir, "--pref-data", ranking=True):
+    for source in resolve_sources(spec, dpo_cfg.pref_dataset_dir, flag, ranking=True):
         for path, i, pair in load_pairs(source):
             try:
                 ids = tokenize_pair(tokenizer, template, pair)

@@ -32,11 +32,15 @@ def build_datasets(cfg: Config, tokenizer: Optional[Tokenizer], train_samples: i
     With --sft-data: chat examples (megalite.data.sft) instead of a token stream."""
     t, d = cfg.training, cfg.data
     eval_samples = t.eval_iters * t.global_batch_size
-    if cfg.dpo.pref_data:  # preference pairs (megalite.data.preference); no validation split yet
+    if cfg.dpo.pref_data:  # preference pairs (megalite.data.preference), held-out ones from --pref-valid-data
         from megalite.data.preference import PreferenceDataset, build_pairs
 
-        pairs, stats = build_pairs(cfg.dpo, cfg.sft.chat_template, d.seq_length, tokenizer)
-        return [PreferenceDataset(pairs, train_samples, t.seed, stats), None, None]
+        def pairs_of(spec, samples):
+            pairs, stats = build_pairs(cfg.dpo, cfg.sft.chat_template, d.seq_length, tokenizer, spec)
+            return PreferenceDataset(pairs, samples, t.seed, stats)
+
+        valid = pairs_of(cfg.dpo.pref_valid_data, eval_samples) if cfg.dpo.pref_valid_data else None
+        return [pairs_of(cfg.dpo.pref_data, train_samples), valid, None]
     if cfg.sft.sft_data:
         from megalite.data.sft import build_sft_datasets
 

@@ -186,24 +186,32 @@ class Trainer:
             return None
         s, t = state.get(), self.cfg.training
         self.model.eval()
-        total, count = 0.0, 0.0
+        total, count, extra = 0.0, 0.0, {}
         loader = iter(build_loader(dataset, 0, self.cfg))
         n_micro = self.batches.num_microbatches(self.consumed_samples)
+        weight_key = self.objective.count_keys[0]  # batches weigh by the objective's count (tokens, pairs)
         try:
             for _ in range(t.eval_iters):
                 batch = microbatches(loader, n_micro, self.device)
-                total += forward_backward(self.model, batch, lambda losses, mb: (losses * mb["loss_mask"]).sum(),
-                                          self.activation_shape, self.dtype, forward_only=True)
-                count += sum(mb["loss_mask"].sum().item() for mb in batch)
+                counts = {k: all_reduce_scalar(float(sum(mb[k].sum().item() for mb in batch)), s.dp_group)
+                          for k in self.objective.count_keys}
+                self.objective.prepare(batch)
+                self.objective.begin_step(counts)
+                total += counts[weight_key] * forward_backward(self.model, batch, self.objective,
+                                                               self.activation_shape, self.dtype, forward_only=True)
+                for k, v in self.objective.metrics().items():
+                    extra[k] = extra.get(k, 0.0) + counts[weight_key] * v
+                count += counts[weight_key]
         except StopIteration:
             pass
         total = all_reduce_scalar(all_reduce_scalar(total, s.pp_group), s.dp_group)
-        count = all_reduce_scalar(count, s.dp_group)
         if count == 0:
             return None
         loss = total / count
-        out = {"iteration": self.iteration, "split": split, "loss": loss, "ppl": math.exp(min(loss, 700.0))}
-        self.log.record(out, f" {split} loss at iteration {self.iteration}: {loss:.4f} | perplexity {out['ppl']:.2f}")
+        extra = {k: all_reduce_scalar(all_reduce_scalar(v, s.pp_group), s.dp_group) / count for k, v in extra.items()}
+        out = {"iteration": self.iteration, "split": split, "loss": loss, "ppl": math.exp(min(loss, 700.0)), **extra}
+        self.log.record(out, f" {split} loss at iteration {self.iteration}: {loss:.4f} | perplexity {out['ppl']:.2f}"
+                        + "".join(f" | {k} {v:.4f}" for k, v in extra.items()))
         return out
 
     def evaluate_tasks(self) -> Optional[Dict]:
