@@ -175,6 +175,19 @@ def test_bad_pairs_name_file_and_record(tmp_path, record, message):
         load_pairs(SFTSource(str(path)))
 
 
+@pytest.mark.parametrize("flags, message", [
+    ({"dpo_loss_type": "sigmoid,kto"}, "--dpo-loss-type 'sigmoid,kto': unknown \\['kto'\\]"),
+    ({"dpo_loss_type": "sigmoid,hinge", "dpo_loss_weights": "1"}, "--dpo-loss-weights has 1 values for 2"),
+    ({"dpo_loss_type": "robust", "dpo_label_smoothing": 0.5}, "--dpo-label-smoothing must be in"),
+])
+def test_bad_loss_flags_are_named(flags, message):
+    from megalite.config import DPOConfig
+    from megalite.posttrain.dpo import parse_losses
+
+    with pytest.raises(MegaliteError, match=message):
+        parse_losses(DPOConfig(**flags))
+
+
 def test_dataset_info_ranking_entries(tmp_path, models):
     from megalite.data.preference import load_pairs
     from megalite.data.sft_formats import resolve_sources

@@ -260,8 +260,9 @@ class Trainer:
                     self._on_non_finite(out)
                 window["n"] += 1
                 window["loss"] += out["lm_loss"] if not out["skipped"] else 0.0
+                extra = window.setdefault("extra", {})  # the objective's own metrics, e.g. DPO rewards
                 for k, v in out["extra"].items():
-                    window.setdefault("extra", {})[k] = window.get("extra", {}).get(k, 0.0) + v
+                    extra[k] = extra.get(k, 0.0) + v
                 window["skipped"] += int(out["skipped"])
                 window["tokens"] += out["tokens"] if cfg.sft.sft_data or cfg.dpo.pref_data else gbs * cfg.data.seq_length  # SFT: trained
                 window["flops"] += train_flops(cfg.model, cfg.data.seq_length, gbs)
