@@ -3,7 +3,6 @@ and its metrics equal to trl's on the HF model we train, batch-cut / data- / ten
 invariance, bit-exact resume, the LoRA reference, and clear errors on bad pairs."""
 
 import json
-import os
 
 import pytest
 import torch
@@ -164,7 +163,8 @@ def test_length_policy_is_counted():
     ({"prompt": "a", "chosen": "b"}, "missing 'rejected'"),
     ({"prompt": "a", "chosen": "b", "rejected": "b"}, "chosen is identical to rejected"),
     ({"prompt": " ", "chosen": "b", "rejected": "c"}, "empty prompt"),
-    ({"prompt": "a", "chosen": [{"role": "assistant", "content": "b"}], "rejected": "c"}, "prompt, chosen and rejected must all be strings"),
+    ({"prompt": "a", "chosen": [{"role": "assistant", "content": "b"}], "rejected": "c"},
+     "prompt, chosen and rejected must all be strings"),
 ])
 def test_bad_pairs_name_file_and_record(tmp_path, record, message):
     from megalite.data.preference import load_pairs

@@ -264,7 +264,8 @@ class Trainer:
                 for k, v in out["extra"].items():
                     extra[k] = extra.get(k, 0.0) + v
                 window["skipped"] += int(out["skipped"])
-                window["tokens"] += out["tokens"] if cfg.sft.sft_data or cfg.dpo.pref_data else gbs * cfg.data.seq_length  # SFT: trained
+                trained_only = cfg.sft.sft_data or cfg.dpo.pref_data  # post-training counts the tokens with a loss
+                window["tokens"] += out["tokens"] if trained_only else gbs * cfg.data.seq_length
                 window["flops"] += train_flops(cfg.model, cfg.data.seq_length, gbs)
                 result.setdefault("first_lm_loss", out["lm_loss"])
                 result["lm_loss"] = out["lm_loss"]
