@@ -19,9 +19,10 @@ extras = {
     # liger-kernel only for bench/bench_kernels.py's comparison.
     "gpu": ["triton>=3.0", "liger-kernel>=0.5"],
     # triton also on CPU: the kernel tests run it under TRITON_INTERPRET=1; peft: the LoRA
-    # tests load our adapters with it; the eval tests need the eval extra.
+    # tests load our adapters with it; the eval tests need the eval extra; trl: the DPO tests
+    # compare our tokenization and losses with its DPOTrainer.
     "dev": ["pytest>=7", "pytest-timeout>=2", "triton>=3.0", "peft>=0.10", "lm-eval>=0.4.5", "sacrebleu>=2",
-            "rouge-score>=0.1.2"],
+            "rouge-score>=0.1.2", "trl>=1.0"],
 }
 
 setup(

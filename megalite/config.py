@@ -180,6 +180,24 @@ class LoraConfig:
     lora_base_iteration: Optional[int] = opt(None, "iteration of --lora-base (normally recorded from --load)")
 
 
+@dataclass
+class DPOConfig:
+    pref_data: Optional[str] = opt(None, "DPO preference pairs: files (prompt/chosen/rejected, text or messages) or "
+                                         "dataset_info.json names with ranking: true, comma/space separated")
+    pref_dataset_dir: Optional[str] = opt(None, "folder with a LLaMA-Factory dataset_info.json for --pref-data names")
+    pref_valid_data: Optional[str] = opt(None, "held-out preference pairs (same syntax as --pref-data): validation "
+                                               "loss and rewards every --eval-interval")
+    max_prompt_length: Optional[int] = opt(None, "keep only the last N prompt tokens of a pair (counted)")
+    dpo_loss_type: str = opt("sigmoid", "comma list of trl DPO losses: sigmoid, hinge, ipo, robust, bco_pair, "
+                                        "nca_pair, sppo_hard, apo_zero, apo_down, sigmoid_norm, sft")
+    dpo_loss_weights: Optional[str] = opt(None, "comma list of weights, one per --dpo-loss-type (default all 1)")
+    dpo_beta: float = opt(0.1, "DPO beta: the strength of the pull towards the reference model")
+    dpo_label_smoothing: float = opt(0.0, "robust DPO: assumed share of flipped preference labels, in [0, 0.5)")
+    ref_load: Optional[str] = opt(None, "reference model checkpoint (default: the starting weights of the run)")
+    precompute_ref_log_probs: bool = opt(False, "score every pair with the reference once before training, "
+                                                "so training holds a single model")
+
+
 SECTIONS = {
     "model": ModelConfig,
     "parallel": ParallelConfig,
@@ -189,6 +207,7 @@ SECTIONS = {
     "checkpoint": CheckpointConfig,
     "sft": SFTConfig,
     "lora": LoraConfig,
+    "dpo": DPOConfig,
 }
 
 
@@ -202,6 +221,7 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -383,12 +403,12 @@ def validate(cfg: Config, world_size: int = 1) -> Config:
     if not 0 < m.rotary_percent <= 1:
         raise MegaliteError("--rotary-percent must be in (0, 1]")
     sft = cfg.sft.sft_data is not None
-    if sum([d.data_path is not None, d.mock_data, sft]) != 1:
-        raise MegaliteError("give one source of training data: --data-path, --mock-data (synthetic tokens) or "
-                            "--sft-data (sft_gpt.py)")
+    if sum([d.data_path is not None, d.mock_data, sft, cfg.dpo.pref_data is not None]) != 1:
+        raise MegaliteError("give one source of training data: --data-path, --mock-data (synthetic tokens), "
+                            "--sft-data (sft_gpt.py) or --pref-data (dpo_gpt.py)")
     if d.mock_data and d.tokenizer_type is None:
         need(m.vocab_size, "--vocab-size (needed by --mock-data without a tokenizer)")
-    if (d.data_path is not None or sft) and d.tokenizer_type is None:
+    if (d.data_path is not None or sft or cfg.dpo.pref_data) and d.tokenizer_type is None:
         raise MegaliteError(f"--tokenizer-type is required with {'--sft-data' if sft else '--data-path'}")
     from megalite.kernels.dispatch import triton_installed
 

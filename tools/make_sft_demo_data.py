@@ -1,14 +1,15 @@
 """Write the SFT demo set (megalite.data.demo_sft: questions and answers from the Python
-language reference that ships with CPython) as alpaca JSONL, split into train and valid files.
+language reference that ships with CPython) as alpaca JSONL, split into train and valid files;
+with --preference, the DPO pairs for the same questions (trl's conversational format).
 
-    python tools/make_sft_demo_data.py --output-dir .demo/sft [--valid-every 10]
+    python tools/make_sft_demo_data.py --output-dir .demo/sft [--valid-every 10] [--preference]
 """
 
 import argparse
 import json
 import os
 
-from megalite.data.demo_sft import instruction_pairs
+from megalite.data.demo_sft import instruction_pairs, preference_pairs
 from megalite.utils.cli import run_tool
 
 
@@ -16,9 +17,11 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output-dir", required=True)
     p.add_argument("--valid-every", type=int, default=10, help="every Nth record goes to valid.jsonl")
+    p.add_argument("--preference", action="store_true", help="DPO pairs: chosen = the true next paragraph, "
+                                                             "rejected = one from another section")
     a = p.parse_args(argv)
     os.makedirs(a.output_dir, exist_ok=True)
-    records = instruction_pairs()
+    records = preference_pairs() if a.preference else instruction_pairs()
     counts = {"train": 0, "valid": 0}
     with open(os.path.join(a.output_dir, "train.jsonl"), "w") as train, \
             open(os.path.join(a.output_dir, "valid.jsonl"), "w") as valid:

@@ -4,6 +4,7 @@ CPython carries its language reference as plain text (``pydoc_data.topics``, wha
 shows). Each section becomes "Explain <section title>." answered by its opening paragraph, and
 each further paragraph "In '<title>', what comes after: <previous paragraph>" answered by the
 paragraph itself: alpaca records (instruction / input / output) with real English answers.
+``preference_pairs`` asks the same next-paragraph questions as DPO pairs.
 """
 
 import re
@@ -32,20 +33,45 @@ def sections() -> Iterator[Tuple[str, List[str]]]:
                 yield lines[i - 1].strip(), paragraphs
 
 
+def cut(text: str, max_chars: int) -> str:
+    """``text``, or its head up to a sentence end within ``max_chars``."""
+    if len(text) <= max_chars:
+        return text
+    head = text[:max_chars]
+    stop = head.rfind(". ")
+    return head[: stop + 1] if stop > 40 else head
+
+
+def next_paragraph_question(title: str) -> str:
+    return f"In the Python reference section \"{title}\", what comes after this paragraph?"
+
+
 def instruction_pairs(max_chars: int = 400) -> List[Dict[str, str]]:
     """Alpaca-format records, answers cut at a sentence end within ``max_chars``."""
-
-    def cut(text):
-        if len(text) <= max_chars:
-            return text
-        head = text[:max_chars]
-        stop = head.rfind(". ")
-        return head[: stop + 1] if stop > 40 else head
-
     out = []
     for title, paragraphs in sections():
-        out.append({"instruction": f"Explain {title}.", "input": "", "output": cut(paragraphs[0])})
+        out.append({"instruction": f"Explain {title}.", "input": "", "output": cut(paragraphs[0], max_chars)})
         for before, after in zip(paragraphs, paragraphs[1:]):
-            out.append({"instruction": f"In the Python reference section \"{title}\", what comes after this "
-                                       f"paragraph?", "input": cut(before), "output": cut(after)})
+            out.append({"instruction": next_paragraph_question(title), "input": cut(before, max_chars),
+                        "output": cut(after, max_chars)})
+    return out
+
+
+def preference_pairs(max_chars: int = 300, seed: int = 0) -> List[Dict[str, object]]:
+    """DPO pairs (trl's conversational format) for the same next-paragraph questions: chosen is
+    the paragraph that really follows, rejected a paragraph drawn (seeded) from another section."""
+    import random
+
+    rng = random.Random(seed)
+    found = list(sections())
+    out = []
+    for n, (title, paragraphs) in enumerate(found):
+        for before, after in zip(paragraphs, paragraphs[1:]):
+            other = found[(n + rng.randrange(1, len(found))) % len(found)][1]
+            question = next_paragraph_question(title) + "\n" + cut(before, max_chars)
+            chosen, rejected = cut(after, max_chars), cut(rng.choice(other), max_chars)
+            if chosen != rejected:  # a few paragraphs recur verbatim in several sections
+                out.append({"prompt": [{"role": "user", "content": question}],
+                            "chosen": [{"role": "assistant", "content": chosen}],
+                            "rejected": [{"role": "assistant", "content": rejected}]})
     return out

@@ -110,6 +110,12 @@ class SFTDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.num_samples
 
+    def summary(self) -> str:
+        st = self.stats
+        return (f"sft data: {st['examples']} examples ({st['truncated']} truncated, {st['dropped']} dropped without "
+                f"a trainable token) in {st['rows']} rows | {st['tokens']} tokens | rows filled to "
+                f"{st['packing_efficiency']:.1%} of --seq-length")
+
     def row_of(self, i: int) -> int:
         """The row sample ``i`` serves: epoch ``i // rows`` shuffled by ``seed + epoch``."""
         if not 0 <= i < self.num_samples:

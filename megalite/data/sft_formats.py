@@ -84,14 +84,15 @@ def parse_data_spec(spec: str, flag: str = "--sft-data") -> List[Tuple[Optional[
     return pairs
 
 
-def resolve_sources(spec: str, dataset_dir: Optional[str] = None, flag: str = "--sft-data") -> List[SFTSource]:
+def resolve_sources(spec: str, dataset_dir: Optional[str] = None, flag: str = "--sft-data",
+                    ranking: bool = False) -> List[SFTSource]:
     """The sources of a data flag: names from ``<dataset_dir>/dataset_info.json``, or paths (relative
-    ones are looked up in ``dataset_dir`` first)."""
+    ones are looked up in ``dataset_dir`` first). ``ranking``: preference data sets (DPO) are wanted."""
     info = _read_dataset_info(dataset_dir) if dataset_dir else {}
     sources = []
     for weight, name in parse_data_spec(spec, flag):
         if name in info:
-            sources.append(_source_from_info(name, info[name], dataset_dir, weight))
+            sources.append(_source_from_info(name, info[name], dataset_dir, weight, ranking))
             continue
         path = name
         if dataset_dir and not os.path.isabs(name) and os.path.exists(os.path.join(dataset_dir, name)):
@@ -119,12 +120,13 @@ def _read_dataset_info(dataset_dir: str) -> dict:
     return info
 
 
-def _source_from_info(name: str, entry: dict, dataset_dir: str, weight) -> SFTSource:
+def _source_from_info(name: str, entry: dict, dataset_dir: str, weight, ranking: bool = False) -> SFTSource:
     where = f"{os.path.join(dataset_dir, DATASET_INFO)}: data set {name!r}"
     if not isinstance(entry, dict) or "file_name" not in entry:
         raise MegaliteError(f"{where}: needs a local 'file_name' (hub and script data sets are not supported)")
-    if entry.get("ranking"):
-        raise MegaliteError(f"{where}: is a ranking (preference) data set, not SFT data")
+    if bool(entry.get("ranking")) != ranking:
+        raise MegaliteError(f"{where}: is a ranking (preference) data set, not SFT data" if not ranking else
+                            f"{where}: is not a ranking (preference) data set (it needs \"ranking\": true)")
     formatting = entry.get("formatting", "alpaca")
     if formatting not in ("alpaca", "sharegpt"):
         raise MegaliteError(f"{where}: formatting {formatting!r} is not alpaca or sharegpt")

@@ -36,6 +36,11 @@ class Tokenizer(ABC):
     def encode(self, text: str) -> List[int]:
         return self.encode_batch([text])[0]
 
+    def encode_text(self, text: str) -> List[int]:
+        """Ids as ``transformers`` gives for ``tokenizer(text)``: with the special tokens its
+        post-processor adds (a BOS, say). Without a post-processor, the same as ``encode``."""
+        return self.encode(text)
+
     @abstractmethod
     def encode_with_offsets(self, text: str) -> Tuple[List[int], List[Tuple[int, int]]]:
         """Token ids of ``text`` and each token's character range ``[start, end)`` in it."""
@@ -127,6 +132,9 @@ class _TokenizersLibTokenizer(Tokenizer):
 
     def decode(self, ids):
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
+
+    def encode_text(self, text):
+        return self._tok.encode(text, add_special_tokens=True).ids
 
     def encode_with_offsets(self, text):
         enc = self._tok.encode(text, add_special_tokens=False)

@@ -20,6 +20,7 @@ A and B are initialised as peft does (A kaiming-uniform with a = sqrt(5), B zero
 seed as if on one device, then cut for this rank (``mark``). Base weights are frozen.
 """
 
+import contextlib
 import math
 import re
 from typing import Dict, Iterator, List, Optional, Tuple
@@ -216,3 +217,17 @@ class ParameterSubset:
             raise RuntimeError(f"Error(s) in loading state_dict:\n\t{what} ({len(missing)} missing, "
                                f"{len(unexpected)} unexpected)")
         self.model.load_state_dict(sd, strict=False)
+
+
+@contextlib.contextmanager
+def adapters_disabled(model):
+    """The base model for the duration: every adapter detached from its layer, then put back
+    (how a LoRA run gets its DPO reference without a second copy of the weights)."""
+    held = [(m, m.adapter) for m in model.modules() if getattr(m, "adapter", None) is not None]
+    for m, _ in held:
+        m.adapter = None
+    try:
+        yield
+    finally:
+        for m, adapter in held:
+            m.adapter = adapter

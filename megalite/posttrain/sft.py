@@ -1,9 +1,9 @@
-"""Supervised fine-tuning: the pretraining trainer on chat data with a masked loss.
+"""Post-training runs (SFT, DPO): the pretraining trainer on chat data or preference pairs.
 
-``sft_gpt.py`` runs ``pretrain`` after deciding three things here: where the starting
+``sft_gpt.py`` and ``dpo_gpt.py`` run ``pretrain`` after deciding three things here: where the starting
 weights come from (a megalite checkpoint, or a local Hugging Face folder imported once),
-whether the run starts fresh from them (weights only) or resumes an SFT run (everything,
-exactly), and which chat template is used (its text is stored in the run's settings, so the
+whether the run starts fresh from them (weights only) or resumes a run of the same stage
+(everything, exactly), and which chat template is used (its text is stored in the run's settings, so the
 checkpoint and its HF export carry what training used).
 """
 
@@ -59,15 +59,23 @@ def import_hf_once(hf_dir: str, dest: str, timeout_s: float = 3600.0) -> str:
     return dest
 
 
-def is_sft_run(settings) -> bool:
-    return bool(settings and settings.get("sft", {}).get("sft_data"))
+# stage -> (config section, its data field, the flag, the entry point)
+STAGES = {"sft": ("sft", "sft_data", "--sft-data", "sft_gpt.py"),
+          "dpo": ("dpo", "pref_data", "--pref-data", "dpo_gpt.py")}
 
 
-def prepare(cfg: Config) -> Config:
-    """Resolve where the weights come from and how (in place); see the module docstring."""
+def is_run_of(settings, stage: str) -> bool:
+    section, field, _, _ = STAGES[stage]
+    return bool(settings and settings.get(section, {}).get(field))
+
+
+def prepare(cfg: Config, stage: str = "sft") -> Config:
+    """Resolve where the weights come from and how (in place); see the module docstring.
+    DPO: the reference model is the starting weights unless --ref-load names others."""
     c, d = cfg.checkpoint, cfg.data
-    if not cfg.sft.sft_data:
-        raise MegaliteError("sft_gpt.py needs --sft-data (files, or names registered in --sft-dataset-dir)")
+    section, field, flag, tool = STAGES[stage]
+    if not getattr(getattr(cfg, section), field):
+        raise MegaliteError(f"{tool} needs {flag} (files, or names registered in {flag[:-5]}-dataset-dir)")
     explicit = getattr(cfg, "explicit", set())
     if c.load and os.path.isdir(c.load) and is_hf_folder(c.load):
         hf_dir = c.load
@@ -75,10 +83,12 @@ def prepare(cfg: Config) -> Config:
             d.tokenizer_type, d.tokenizer_model = "HuggingFaceTokenizer", hf_dir
         dest = os.path.join(c.save, "hf_base") if c.save else os.path.join(hf_dir, ".megalite_base")
         c.load = import_hf_once(hf_dir, dest)
-    if c.save and os.path.isfile(os.path.join(c.save, TRACKER)) and is_sft_run(saved_settings(c.save)):
+    if stage == "dpo" and not cfg.dpo.ref_load and cfg.lora.lora_rank == 0:  # LoRA: the adapters disabled
+        cfg.dpo.ref_load = c.load
+    if c.save and os.path.isfile(os.path.join(c.save, TRACKER)) and is_run_of(saved_settings(c.save), stage):
         c.load, c.finetune = c.save, False  # the same command line resumes the run it started
     elif c.load and "finetune" not in explicit:
-        c.finetune = True  # a new run from those weights (an SFT run resumes from its --save)
+        c.finetune = True  # a new run from those weights (a run resumes from its --save)
     saved = saved_settings(c.load) if c.load else None
     if saved and d.tokenizer_type is None:  # the tokenizer the base model was trained with
         for name in ("tokenizer_type", "tokenizer_model", "vocab_file", "merge_file"):

@@ -32,6 +32,15 @@ def build_datasets(cfg: Config, tokenizer: Optional[Tokenizer], train_samples: i
     With --sft-data: chat examples (megalite.data.sft) instead of a token stream."""
     t, d = cfg.training, cfg.data
     eval_samples = t.eval_iters * t.global_batch_size
+    if cfg.dpo.pref_data:  # preference pairs (megalite.data.preference), held-out ones from --pref-valid-data
+        from megalite.data.preference import PreferenceDataset, build_pairs
+
+        def pairs_of(spec, samples):
+            pairs, stats = build_pairs(cfg.dpo, cfg.sft.chat_template, d.seq_length, tokenizer, spec)
+            return PreferenceDataset(pairs, samples, t.seed, stats)
+
+        valid = pairs_of(cfg.dpo.pref_valid_data, eval_samples) if cfg.dpo.pref_valid_data else None
+        return [pairs_of(cfg.dpo.pref_data, train_samples), valid, None]
     if cfg.sft.sft_data:
         from megalite.data.sft import build_sft_datasets
 
@@ -57,20 +66,24 @@ def build_loader(dataset, consumed_samples: int, cfg: Config, total: Optional[in
     # or a resumed run would diverge from an uninterrupted one.
     return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, pin_memory=torch.cuda.is_available(),
                       prefetch_factor=4 if workers else None, generator=torch.Generator().manual_seed(0),
-                      collate_fn=_sft_collate(cfg))
+                      collate_fn=row_collate(cfg))
 
 
-def _sft_collate(cfg: Config):
+def row_collate(cfg: Config):
     """SFT rows have their own lengths: pad each micro-batch to its longest row (a multiple of
     8, and of TP with sequence parallelism), or to --seq-length when packing or pipelining
     (stages exchange fixed shapes). Positions travel only with packing, where they mark the
     documents; an unpacked row is one example starting at position 0."""
-    if not cfg.sft.sft_data:
+    if not (cfg.sft.sft_data or cfg.dpo.pref_data):
         return None
     s = state.get()
     packing = cfg.sft.packing
     pad_to = cfg.data.seq_length if packing or s.pp_size > 1 else None
     multiple = 8 * (s.tp_size if s.sequence_parallel else 1)
+    if cfg.dpo.pref_data:
+        from megalite.data.preference import collate_pairs
+
+        return functools.partial(collate_pairs, pad_to=pad_to, multiple_of=multiple)
     return functools.partial(_collate_rows, pad_to=pad_to, multiple_of=multiple, keep_positions=packing)
 
 

@@ -38,6 +38,7 @@ from megalite.posttrain.lora_io import inherit_lora_settings, load_lora_run
 from megalite.training.checkpointing import find_checkpoint, load_checkpoint, save_checkpoint, saved_settings
 from megalite.training.data import build_datasets, build_loader, build_tokenizer_from, microbatches, padded_vocab_size
 from megalite.training.metrics_log import MetricsLog
+from megalite.training.objectives import build_objective
 from megalite.training.optimizer import ConstantLossScaler, DynamicLossScaler, Optimizer
 from megalite.training.schedules import BatchSchedule, LRSchedule
 from megalite.training.watchdog import StepWatchdog
@@ -97,7 +98,8 @@ class Trainer:
         self.checkpointed = ParameterSubset(self.model, trainable=True) if lora else self.model
         self.load = load_lora_run if lora else load_checkpoint
         seq = cfg.data.seq_length // (s.tp_size if s.sequence_parallel else 1)
-        self.activation_shape = (seq, t.micro_batch_size, m.hidden_size)  # what stages pass on
+        rows = t.micro_batch_size * (2 if cfg.dpo.pref_data else 1)  # DPO: a chosen and a rejected row per pair
+        self.activation_shape = (seq, rows, m.hidden_size)  # what stages pass on
         initialize(self.model, t.seed)
         self.model.to(device=device, dtype=self.dtype)
         chunks = list(self.model) if isinstance(self.model, ModelChunks) else [self.model]
@@ -133,6 +135,7 @@ class Trainer:
         self.train_ds, self.valid_ds, self.test_ds = build_datasets(cfg, self.tokenizer, train_samples)
         self.train_iter = (iter(build_loader(self.train_ds, self.consumed_samples, cfg, train_samples))
                            if self.train_ds is not None else None)
+        self.objective = build_objective(cfg, self)
         self.log = MetricsLog(s.rank == 0, cfg.logging.metrics_file, cfg.logging.tensorboard_dir, self.iteration)
         self.peak = cfg.logging.peak_tflops or (peak_tflops(torch.cuda.get_device_name(device))
                                                 if device.type == "cuda" else None)
@@ -146,18 +149,24 @@ class Trainer:
     def train_step(self, batch: List[Dict[str, torch.Tensor]]) -> Dict:
         s = state.get()
         self.grads.zero()
+        counts = {k: all_reduce_scalar(float(sum(mb[k].sum().item() for mb in batch)), s.dp_group)
+                  for k in self.objective.count_keys}
         tokens = all_reduce_scalar(float(sum(mb["loss_mask"].sum().item() for mb in batch)), s.dp_group)
-        self.model.train()
         started = time.perf_counter()
+        self.objective.prepare(batch)
+        self.objective.begin_step(counts)
+        self.model.train()
         loss_sum = forward_backward(
-            self.model, batch, lambda losses, mb: (losses * mb["loss_mask"]).sum() / tokens,
-            self.activation_shape, self.dtype, grad_buffer=self.grads, loss_scale=self.optimizer.loss_scale)
+            self.model, batch, self.objective, self.activation_shape, self.dtype, grad_buffer=self.grads,
+            loss_scale=self.optimizer.loss_scale)
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         self.compute_seconds += time.perf_counter() - started  # before waiting for other ranks' gradients
         self.grads.finish_sync()
         # the loss lives on the last pipeline stage; summing over stages hands it to every rank
         lm_loss = all_reduce_scalar(all_reduce_scalar(loss_sum, s.pp_group), s.dp_group)
+        extra = {k: all_reduce_scalar(all_reduce_scalar(v, s.pp_group), s.dp_group)
+                 for k, v in self.objective.metrics().items()}
         stepped, grad_norm = False, float("nan")
         if math.isfinite(lm_loss) or self.cfg.training.fp16:  # fp16: the loss scaler skips and rescales
             self.optimizer.set_lr(self.lr(self.iteration + 1))
@@ -169,7 +178,7 @@ class Trainer:
                 f"{what} at iteration {self.iteration + 1}; stopping without saving (the last checkpoint is "
                 f"untouched). Lower --lr, enable --clip-grad, or see --nan-policy")
         return {"lm_loss": lm_loss, "grad_norm": grad_norm, "skipped": not stepped, "tokens": tokens,
-                "non_finite": bad}
+                "non_finite": bad, "extra": extra}
 
     @torch.no_grad()
     def evaluate(self, dataset, split: str) -> Optional[Dict]:
@@ -177,24 +186,32 @@ class Trainer:
             return None
         s, t = state.get(), self.cfg.training
         self.model.eval()
-        total, count = 0.0, 0.0
+        total, count, extra = 0.0, 0.0, {}
         loader = iter(build_loader(dataset, 0, self.cfg))
         n_micro = self.batches.num_microbatches(self.consumed_samples)
+        weight_key = self.objective.count_keys[0]  # batches weigh by the objective's count (tokens, pairs)
         try:
             for _ in range(t.eval_iters):
                 batch = microbatches(loader, n_micro, self.device)
-                total += forward_backward(self.model, batch, lambda losses, mb: (losses * mb["loss_mask"]).sum(),
-                                          self.activation_shape, self.dtype, forward_only=True)
-                count += sum(mb["loss_mask"].sum().item() for mb in batch)
+                counts = {k: all_reduce_scalar(float(sum(mb[k].sum().item() for mb in batch)), s.dp_group)
+                          for k in self.objective.count_keys}
+                self.objective.prepare(batch)
+                self.objective.begin_step(counts)
+                total += counts[weight_key] * forward_backward(self.model, batch, self.objective,
+                                                               self.activation_shape, self.dtype, forward_only=True)
+                for k, v in self.objective.metrics().items():
+                    extra[k] = extra.get(k, 0.0) + counts[weight_key] * v
+                count += counts[weight_key]
         except StopIteration:
             pass
         total = all_reduce_scalar(all_reduce_scalar(total, s.pp_group), s.dp_group)
-        count = all_reduce_scalar(count, s.dp_group)
         if count == 0:
             return None
         loss = total / count
-        out = {"iteration": self.iteration, "split": split, "loss": loss, "ppl": math.exp(min(loss, 700.0))}
-        self.log.record(out, f" {split} loss at iteration {self.iteration}: {loss:.4f} | perplexity {out['ppl']:.2f}")
+        extra = {k: all_reduce_scalar(all_reduce_scalar(v, s.pp_group), s.dp_group) / count for k, v in extra.items()}
+        out = {"iteration": self.iteration, "split": split, "loss": loss, "ppl": math.exp(min(loss, 700.0)), **extra}
+        self.log.record(out, f" {split} loss at iteration {self.iteration}: {loss:.4f} | perplexity {out['ppl']:.2f}"
+                        + "".join(f" | {k} {v:.4f}" for k, v in extra.items()))
         return out
 
     def evaluate_tasks(self) -> Optional[Dict]:
@@ -243,8 +260,12 @@ class Trainer:
                     self._on_non_finite(out)
                 window["n"] += 1
                 window["loss"] += out["lm_loss"] if not out["skipped"] else 0.0
+                extra = window.setdefault("extra", {})  # the objective's own metrics, e.g. DPO rewards
+                for k, v in out["extra"].items():
+                    extra[k] = extra.get(k, 0.0) + v
                 window["skipped"] += int(out["skipped"])
-                window["tokens"] += out["tokens"] if cfg.sft.sft_data else gbs * cfg.data.seq_length  # SFT: trained
+                trained_only = cfg.sft.sft_data or cfg.dpo.pref_data  # post-training counts the tokens with a loss
+                window["tokens"] += out["tokens"] if trained_only else gbs * cfg.data.seq_length
                 window["flops"] += train_flops(cfg.model, cfg.data.seq_length, gbs)
                 result.setdefault("first_lm_loss", out["lm_loss"])
                 result["lm_loss"] = out["lm_loss"]
@@ -375,6 +396,7 @@ class Trainer:
             "ms_per_iteration": 1000 * elapsed / w["n"],
             "memory_gb": _memory_gb(self.device),
             **self._straggler_stats(),
+            **{k: v / w["n"] for k, v in w.get("extra", {}).items()},  # the objective's own, e.g. DPO rewards
         }
         line = (f" iteration {self.iteration:8d}/{self.train_iters} | consumed samples {self.consumed_samples:10d} | "
                 f"ms/iter {metrics['ms_per_iteration']:8.1f} | lr {metrics['lr']:.3e} | "
@@ -382,6 +404,7 @@ class Trainer:
                 f"tokens/s {metrics['tokens_per_sec']:.0f} | TFLOP/s/device {tflops:.2f} | "
                 + (f"MFU {100 * metrics['mfu']:.1f}% | " if self.peak else "")
                 + (f"loss scale {metrics['loss_scale']:.1f} | " if self.cfg.training.fp16 else "")
+                + "".join(f"{k} {metrics[k]:.4f} | " for k in w.get("extra", {}))
                 + f"skipped {w['skipped']} | mem {metrics['memory_gb']:.2f} GB"
                 + (f" | slowest rank {metrics['slowest_rank']} (+{100 * metrics['compute_spread']:.0f}%)"
                    if metrics.get("compute_spread", 0) > 0.1 else ""))
@@ -434,11 +457,9 @@ def pretrain(cfg: Config) -> Dict:
                   f"(dp {data_parallel_size(cfg, world)}) | "
                   f"{trainer.train_iters} iterations of {cfg.training.global_batch_size} x "
                   f"{cfg.data.seq_length} tokens | {trainer.dtype}", flush=True)
-            sft = getattr(trainer.train_ds, "stats", None)
-            if sft:
-                print(f"sft data: {sft['examples']} examples ({sft['truncated']} truncated, {sft['dropped']} "
-                      f"dropped without a trainable token) in {sft['rows']} rows | {sft['tokens']} tokens | rows "
-                      f"filled to {sft['packing_efficiency']:.1%} of --seq-length", flush=True)
+            summary = getattr(trainer.train_ds, "summary", None)  # SFT / DPO data: what was kept, cut, dropped
+            if summary:
+                print(summary(), flush=True)
         return trainer.train()
     finally:
         # Free the trainer (its hooks make reference cycles holding the process groups and the

@@ -1,0 +1,21 @@
+"""Direct preference optimisation: `torchrun --nproc_per_node N dpo_gpt.py --load BASE --pref-data pairs.jsonl <flags>`.
+
+The pretraining flags (parallel sizes, batch sizes in pairs, optimizer, schedule, --bf16,
+--save/--load, logging) plus the DPO flags (`python dpo_gpt.py --help`). --load takes a megalite
+checkpoint or a local Hugging Face model folder; its weights are also the reference model unless
+--ref-load names another (with --lora-rank: the policy with its adapters disabled). The same
+command resumes the run from --save.
+"""
+
+from megalite.config import parse_config
+from megalite.posttrain.sft import prepare
+from megalite.training.trainer import pretrain
+from megalite.utils.cli import run_tool
+
+
+def main(argv=None):
+    pretrain(prepare(parse_config(argv, __doc__), "dpo"))
+
+
+if __name__ == "__main__":
+    run_tool(main)

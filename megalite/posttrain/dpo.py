@@ -1,0 +1,214 @@
+"""DPO losses as a train-step objective: the trainer's step with pairs instead of tokens.
+
+A micro-batch holds n pairs as 2n rows (chosen first, rejected second; megalite.data.preference).
+The model's per-token losses are the vocab-parallel cross entropy, so a completion's summed
+log-probability is ``-(losses * loss_mask).sum(1)``, computed without gathering the vocabulary.
+The reference model's sums come from a forward-only pass of the same micro-batches before the
+step (``prepare``). Every loss is trl 1.x's DPOTrainer formula; the loss of a step is the mean over
+the pairs of the global batch, so it does not depend on micro-batch or data-parallel sizes (the
+trainer hands ``begin_step`` the global counts of ``count_keys``). Metrics carry trl's names and
+are means over the global batch's pairs.
+"""
+
+from typing import Dict, List, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from megalite.errors import MegaliteError
+
+LOSS_TYPES = ("sigmoid", "hinge", "ipo", "robust", "bco_pair", "nca_pair", "sppo_hard", "apo_zero", "apo_down",
+              "sigmoid_norm", "sft")
+METRICS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
+           "logps/rejected")
+
+
+def parse_losses(dpo_cfg) -> List[Tuple[str, float]]:
+    """[(loss type, weight)] from --dpo-loss-type / --dpo-loss-weights."""
+    kinds = [k.strip() for k in dpo_cfg.dpo_loss_type.split(",") if k.strip()]
+    unknown = [k for k in kinds if k not in LOSS_TYPES]
+    if not kinds or unknown:
+        raise MegaliteError(f"--dpo-loss-type {dpo_cfg.dpo_loss_type!r}: unknown {unknown or 'empty'}; "
+                            f"choose from {', '.join(LOSS_TYPES)}")
+    weights = ([float(w) for w in dpo_cfg.dpo_loss_weights.split(",")] if dpo_cfg.dpo_loss_weights
+               else [1.0] * len(kinds))
+    if len(weights) != len(kinds):
+        raise MegaliteError(f"--dpo-loss-weights has {len(weights)} values for {len(kinds)} --dpo-loss-type entries")
+    if "robust" in kinds and not 0 <= dpo_cfg.dpo_label_smoothing < 0.5:
+        raise MegaliteError("--dpo-label-smoothing must be in [0, 0.5) for the robust loss")
+    return list(zip(kinds, weights))
+
+
+def pair_loss(kind: str, chosen: torch.Tensor, rejected: torch.Tensor, ref_chosen: torch.Tensor,
+              ref_rejected: torch.Tensor, chosen_len: torch.Tensor, rejected_len: torch.Tensor, beta: float,
+              label_smoothing: float) -> torch.Tensor:
+    """Per-pair loss of one trl loss type from summed completion log-probs (policy and reference)
+    and completion lengths. ``sft`` is handled by ``DPOObjective`` (a token mean, not a pair one)."""
+    c, r = chosen - ref_chosen, rejected - ref_rejected
+    delta = c - r
+    if kind == "sigmoid":
+        return -F.logsigmoid(beta * delta)
+    if kind == "hinge":
+        return torch.relu(1 - beta * delta)
+    if kind in ("ipo", "sigmoid_norm"):  # length-normalised margins
+        d = c / chosen_len.clamp(min=1.0) - r / rejected_len.clamp(min=1.0)
+        return (d - 1 / (2 * beta)) ** 2 if kind == "ipo" else -F.logsigmoid(beta * d)
+    if kind == "robust":
+        ls = label_smoothing
+        return (-(1 - ls) * F.logsigmoid(beta * delta) + ls * F.logsigmoid(-beta * delta)) / (1 - 2 * ls)
+    if kind == "bco_pair":
+        return -F.logsigmoid(beta * c) - F.logsigmoid(-beta * r)
+    if kind == "nca_pair":
+        return -F.logsigmoid(beta * c) - 0.5 * F.logsigmoid(-beta * c) - 0.5 * F.logsigmoid(-beta * r)
+    if kind == "sppo_hard":
+        return (c - 0.5 / beta) ** 2 + (r + 0.5 / beta) ** 2
+    if kind == "apo_zero":
+        return 1 - torch.sigmoid(beta * c) + torch.sigmoid(beta * r)
+    if kind == "apo_down":
+        return torch.sigmoid(beta * c) + 1 - torch.sigmoid(beta * delta)
+    raise MegaliteError(f"unknown DPO loss type {kind!r}")
+
+
+def completion_logps(per_token_losses: torch.Tensor, mb: Dict[str, torch.Tensor]) -> torch.Tensor:
+    """Summed log-probability of each row's completion tokens."""
+    return -(per_token_losses * mb["loss_mask"]).sum(1)
+
+
+class DPOObjective:
+    """``loss_fn`` of the train step for DPO; see the module docstring."""
+
+    count_keys = ("pairs", "chosen_tokens")
+
+    def __init__(self, dpo_cfg, reference=None):
+        self.losses = parse_losses(dpo_cfg)
+        self.beta, self.label_smoothing = dpo_cfg.dpo_beta, dpo_cfg.dpo_label_smoothing
+        self.reference = reference  # callable(batch) filling mb["ref_logps"], or None (they come with the data)
+        self.counts, self.sums = {}, {}
+
+    def prepare(self, batch) -> None:
+        if self.reference is not None:
+            self.reference(batch)
+
+    def begin_step(self, counts: Dict[str, float]) -> None:
+        self.counts, self.sums = counts, {k: 0.0 for k in METRICS}
+
+    def __call__(self, per_token_losses: torch.Tensor, mb: Dict[str, torch.Tensor]) -> torch.Tensor:
+        n, pairs = mb["pairs"].numel(), self.counts["pairs"]
+        logps = completion_logps(per_token_losses, mb)
+        lengths = mb["loss_mask"].sum(1)
+        chosen, rejected = logps[:n], logps[n:]
+        ref_chosen, ref_rejected = mb["ref_logps"][:n], mb["ref_logps"][n:]
+        loss = 0.0
+        for kind, weight in self.losses:
+            if kind == "sft":  # trl: the mean NLL over the chosen completion tokens
+                part = -chosen.sum() / self.counts["chosen_tokens"]
+            else:
+                part = pair_loss(kind, chosen, rejected, ref_chosen, ref_rejected, lengths[:n], lengths[n:],
+                                 self.beta, self.label_smoothing).sum() / pairs
+            loss = loss + weight * part
+        with torch.no_grad():
+            rc, rr = self.beta * (chosen - ref_chosen), self.beta * (rejected - ref_rejected)
+            for name, v in zip(METRICS, (rc, rr, (rc > rr).float(), rc - rr, chosen, rejected)):
+                self.sums[name] += v.sum().item() / pairs
+        return loss
+
+    def metrics(self) -> Dict[str, float]:
+        """This rank's share of the step's metrics (the trainer sums the shares over ranks)."""
+        return dict(self.sums)
+
+
+def reference_pass(model, activation_shape, dtype):
+    """A ``reference`` for DPOObjective: a forward-only pass of ``model`` over the step's micro-batches
+    storing each row's summed completion log-prob in ``mb["ref_logps"]`` (on the last pipeline stage,
+    where the loss is computed)."""
+    from megalite.parallel.pipeline import forward_backward
+
+    def store(losses, mb):
+        mb["ref_logps"] = completion_logps(losses, mb).detach()
+        return losses.new_zeros(())
+
+    def run(batch):
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            forward_backward(model, batch, store, activation_shape, dtype, forward_only=True)
+        model.train(was_training)
+
+    return run
+
+
+class _NoOptimizer:
+    """What load_checkpoint needs of an optimizer for a frozen model: nothing."""
+
+    def masters_from_model(self):
+        pass
+
+
+def build_reference(cfg, trainer):
+    """The reference pass of a run: with LoRA (and no --ref-load) the policy itself with its
+    adapters disabled; otherwise a frozen copy built and sharded like the policy, loaded from
+    --ref-load (``prepare`` sets it to the run's starting weights when not given)."""
+    import dataclasses
+
+    from megalite.model.gpt import build_stage_model
+    from megalite.parallel.init import initialize
+    from megalite.posttrain.lora import adapters_disabled
+    from megalite.training.checkpointing import load_checkpoint
+
+    shape, dtype = trainer.activation_shape, trainer.dtype
+    if cfg.lora.lora_rank > 0 and not cfg.dpo.ref_load:
+        run = reference_pass(trainer.model, shape, dtype)
+
+        def base(batch):
+            with adapters_disabled(trainer.model):
+                run(batch)
+
+        return precomputed(cfg, trainer, base) if cfg.dpo.precompute_ref_log_probs else base
+    if not cfg.dpo.ref_load:
+        raise MegaliteError("DPO needs a reference model: give --load (its weights are the reference) or --ref-load")
+    model = build_stage_model(cfg, None)
+    initialize(model, cfg.training.seed)
+    model.to(device=trainer.device, dtype=dtype)
+    ckpt = dataclasses.replace(cfg.checkpoint, load=cfg.dpo.ref_load, finetune=True, no_load_optim=True)
+    load_checkpoint(dataclasses.replace(cfg, checkpoint=ckpt), model, _NoOptimizer())
+    for p in model.parameters():
+        p.requires_grad_(False)
+    run = reference_pass(model, shape, dtype)
+    return precomputed(cfg, trainer, run) if cfg.dpo.precompute_ref_log_probs else run
+
+
+def precomputed(cfg, trainer, reference):
+    """--precompute-ref-log-probs: ``reference`` scores every pair of the training set once, now
+    (each data-parallel rank a share, summed over ranks), and is then dropped with its model, so
+    training holds one model; the steps read the scores by ``pair_index``."""
+    import numpy as np
+
+    from megalite.data.preference import pair_rows
+    from megalite.parallel import state
+    from megalite.training.data import row_collate
+
+    s, ds, mbs = state.get(), trainer.train_ds, cfg.training.micro_batch_size
+    mine = np.arange(s.dp_rank, len(ds.pairs), s.dp_size)
+    mine = np.resize(mine, -(-len(mine) // mbs) * mbs)  # whole micro-batches (pipeline stages need fixed shapes)
+    collate = row_collate(cfg)
+    batch = [collate([{**pair_rows(ds.pairs[k]), "index": int(k)} for k in mine[i:i + mbs]])
+             for i in range(0, len(mine), mbs)]
+    batch = [{k: v.to(trainer.device) for k, v in mb.items()} for mb in batch]
+    reference(batch)
+    table = torch.zeros(len(ds.pairs), 2, dtype=torch.float64, device=trainer.device)
+    for mb in batch:
+        if "ref_logps" in mb:  # the last pipeline stage
+            n = len(mb["pair_index"])
+            table[mb["pair_index"]] = torch.stack([mb["ref_logps"][:n], mb["ref_logps"][n:]], 1).double()
+    # a pair is scored by one data-parallel rank's last stage: sums over the ranks fill the table
+    for group in (s.pp_group, s.dp_group):
+        if group is not None:
+            torch.distributed.all_reduce(table, group=group)
+    table = table.float()
+
+    def look_up(steps_batch):
+        for mb in steps_batch:
+            ref = table[mb["pair_index"]]
+            mb["ref_logps"] = torch.cat([ref[:, 0], ref[:, 1]])
+
+    return look_up

@@ -1,0 +1,42 @@
+"""What the train step minimises: the ``loss_fn`` handed to ``forward_backward``, and what
+it is normalised by.
+
+An objective names the batch keys whose global sums it needs (``count_keys``); the trainer
+all-reduces them over data-parallel ranks before the step and hands them to ``begin_step``,
+so every micro-batch's loss is already its share of the global-batch mean and the step does
+not depend on micro-batch or data-parallel sizes. ``prepare`` runs before the step (the DPO
+reference pass); ``metrics`` are this rank's shares of extra per-step metrics.
+"""
+
+from typing import Dict
+
+import torch
+
+from megalite.config import Config
+
+
+class TokenMean:
+    """Language modelling (pretraining, SFT): the mean over the global batch's loss tokens."""
+
+    count_keys = ("loss_mask",)
+
+    def prepare(self, batch) -> None:
+        pass
+
+    def begin_step(self, counts: Dict[str, float]) -> None:
+        self.tokens = counts["loss_mask"]
+
+    def __call__(self, per_token_losses: torch.Tensor, mb: Dict[str, torch.Tensor]) -> torch.Tensor:
+        return (per_token_losses * mb["loss_mask"]).sum() / self.tokens
+
+    def metrics(self) -> Dict[str, float]:
+        return {}
+
+
+def build_objective(cfg: Config, trainer):
+    """DPO with --pref-data (megalite.posttrain.dpo), else the token mean."""
+    if not cfg.dpo.pref_data:
+        return TokenMean()
+    from megalite.posttrain.dpo import DPOObjective, build_reference
+
+    return DPOObjective(cfg.dpo, build_reference(cfg, trainer))

@@ -1,0 +1,344 @@
+"""dpo_gpt.py on tiny models: pairs tokenized exactly as trl's DPOTrainer does, every loss type
+and its metrics equal to trl's on the HF model we train, batch-cut / data- / tensor-parallel
+invariance, bit-exact resume, the LoRA reference, and clear errors on bad pairs."""
+
+import json
+
+import pytest
+import torch
+
+from megalite.config import inherit_model_settings, parse_config, validate
+from megalite.errors import MegaliteError
+from tests.conftest import read_metrics, write_jsonl
+from tests.dist_utils import run_distributed
+
+transformers = pytest.importorskip("transformers")
+trl = pytest.importorskip("trl")
+
+SPECIALS = ["<s>", "</s>", "<|im_start|>", "<|im_end|>"]
+TEMPLATE = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}"
+            "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+WORDS = ("the sky is blue and the grass is green while water flows down the river to the sea where "
+         "fish swim under boats and birds fly over clouds").split()
+
+
+def _text(seed, n):
+    return " ".join(WORDS[(seed * 7 + k * 3) % len(WORDS)] for k in range(n))
+
+
+def plain_pairs(n=16):
+    return [{"prompt": _text(i, 3 + i % 4), "chosen": " " + _text(i + 1, 2 + i % 3),
+             "rejected": " " + _text(i + 5, 2 + (i + 1) % 3)} for i in range(n)]  # lengths differ
+
+
+def chat_pairs(n=16):
+    return [{"prompt": [{"role": "user", "content": p["prompt"]}],
+             "chosen": [{"role": "assistant", "content": p["chosen"].strip()}],
+             "rejected": [{"role": "assistant", "content": p["rejected"].strip()}]} for p in plain_pairs(n)]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """A BPE tokenizer and two random tiny Llamas as HF folders (policy, reference), and the
+    reference imported as a megalite checkpoint."""
+    from tokenizers import Tokenizer, decoders, models as tok_models, pre_tokenizers, processors, trainers
+
+    from megalite.hf.convert import import_hf
+
+    root = tmp_path_factory.mktemp("dpo")
+    tok = Tokenizer(tok_models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator([" ".join(WORDS)] * 10, trainers.BpeTrainer(
+        vocab_size=300, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])  # adds a BOS
+    folders = {}
+    for name, seed in (("policy", 0), ("reference", 1)):
+        folder = root / name
+        torch.manual_seed(seed)
+        cfg = transformers.LlamaConfig(vocab_size=384, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                                       tie_word_embeddings=False, bos_token_id=0, eos_token_id=1, pad_token_id=1)
+        transformers.LlamaForCausalLM(cfg).save_pretrained(str(folder))
+        tok.save(str(folder / "tokenizer.json"))
+        (folder / "tokenizer_config.json").write_text(json.dumps({
+            "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>",
+            "pad_token": "</s>", "chat_template": TEMPLATE}))
+        folders[name] = str(folder)
+    import_hf(folders["reference"], str(root / "reference_ck"), dtype="fp32")
+    import_hf(folders["policy"], str(root / "policy_ck"), dtype="fp32")
+    return {**folders, "reference_ck": str(root / "reference_ck"), "policy_ck": str(root / "policy_ck"),
+            "root": root}
+
+
+def dpo_args(models, data, tmp_path, name, **kw):
+    kw = {"load": models["policy_ck"], "ref_load": models["reference_ck"], "pref_data": data,
+          "tokenizer_type": "HuggingFaceTokenizer", "tokenizer_model": models["policy"], "seq_length": 64,
+          "train_iters": 3, "micro_batch_size": 4, "global_batch_size": 8, "lr": 1e-3, "lr_warmup_iters": 0,
+          "eval_iters": 0, "log_interval": 1, "num_workers": 0, "seed": 7,
+          "metrics_file": str(tmp_path / f"{name}.jsonl"), **kw}
+    argv = []
+    for k, v in kw.items():
+        if v is None or v is False:
+            continue
+        argv.append("--" + k.replace("_", "-"))
+        if v is not True:
+            argv.append(str(v))
+    return argv
+
+
+def _dpo(rank, world, argv):
+    from dpo_gpt import main
+
+    main(argv)
+
+
+def train(models, data, tmp_path, name, world=1, **kw):
+    argv = dpo_args(models, data, tmp_path, name, **kw)
+    if world == 1:
+        _dpo(0, 1, argv)
+    else:
+        run_distributed(_dpo, world, argv)
+    return read_metrics(str(tmp_path / f"{name}.jsonl"))[0]
+
+
+@pytest.fixture(scope="module")
+def plain_file(models):
+    return write_jsonl(models["root"] / "plain.jsonl", plain_pairs())
+
+
+@pytest.fixture(scope="module")
+def baseline(models, plain_file):
+    """Three steps of the default run (one process, 2 micro-batches of 4 pairs a step)."""
+    return train(models, plain_file, models["root"], "baseline")
+
+
+@pytest.fixture(scope="module")
+def chat_file(models):
+    return write_jsonl(models["root"] / "chat.jsonl", chat_pairs())
+
+
+def trl_trainer(models, pairs, **args):
+    """trl's DPOTrainer on our HF policy and reference (CPU, no hub, no logging)."""
+    from datasets import Dataset
+
+    hf_tok = transformers.AutoTokenizer.from_pretrained(models["policy"])
+    policy = transformers.AutoModelForCausalLM.from_pretrained(models["policy"], dtype=torch.float32)
+    ref = transformers.AutoModelForCausalLM.from_pretrained(models["reference"], dtype=torch.float32)
+    config = trl.DPOConfig(output_dir=str(models["root"] / "trl"), report_to=[], use_cpu=True, bf16=False,
+                           max_length=None, **args)
+    return trl.DPOTrainer(model=policy, ref_model=ref, args=config, train_dataset=Dataset.from_list(pairs),
+                          processing_class=hf_tok)
+
+
+# -- data --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("make", [plain_pairs, chat_pairs])
+def test_token_ids_equal_trl(models, make):
+    from megalite.data.preference import tokenize_pair
+    from megalite.data.tokenizer import HuggingFaceTokenizer
+
+    pairs = make(6)
+    tr = trl_trainer(models, pairs)
+    tok = HuggingFaceTokenizer(models["policy"])
+    for pair, theirs in zip(pairs, tr.train_dataset):
+        ours = tokenize_pair(tok, TEMPLATE, pair)
+        assert list(ours) == [theirs["prompt_ids"], theirs["chosen_ids"], theirs["rejected_ids"]]
+    if make is plain_pairs:
+        assert ours[0][0] == tok.bos and ours[1][-1] == tok.eod  # BOS from the post-processor, EOS appended
+
+
+def test_length_policy_is_counted():
+    from megalite.data.preference import fit_pair
+
+    stats = {"pairs": 0, "prompt_truncated": 0, "truncated": 0, "dropped": 0}
+    assert fit_pair(list(range(10)), [1, 2], [3], 9, None, stats) is None  # the prompt fills the row
+    (c, cm), (r, rm) = fit_pair(list(range(10)), [1, 2], [3], 9, 4, stats)
+    assert c.tolist() == [6, 7, 8, 9, 1, 2] and cm.tolist() == [0, 0, 0, 0, 1, 1] and r.tolist() == [6, 7, 8, 9, 3]
+    (c, cm), _ = fit_pair([5, 6], list(range(20)), [3], 9, None, stats)
+    assert len(c) == 10 and cm.sum() == 8
+    assert stats == {"pairs": 2, "prompt_truncated": 1, "truncated": 1, "dropped": 1}
+
+
+@pytest.mark.parametrize("record, message", [
+    ({"prompt": "a", "chosen": "b"}, "missing 'rejected'"),
+    ({"prompt": "a", "chosen": "b", "rejected": "b"}, "chosen is identical to rejected"),
+    ({"prompt": " ", "chosen": "b", "rejected": "c"}, "empty prompt"),
+    ({"prompt": "a", "chosen": [{"role": "assistant", "content": "b"}], "rejected": "c"},
+     "prompt, chosen and rejected must all be strings"),
+])
+def test_bad_pairs_name_file_and_record(tmp_path, record, message):
+    from megalite.data.preference import load_pairs
+    from megalite.data.sft_formats import SFTSource
+
+    path = write_jsonl(tmp_path / "bad.jsonl", [plain_pairs(1)[0], record])
+    with pytest.raises(MegaliteError, match=f"bad.jsonl: record 1: {message}"):
+        load_pairs(SFTSource(str(path)))
+
+
+@pytest.mark.parametrize("flags, message", [
+    ({"dpo_loss_type": "sigmoid,kto"}, "--dpo-loss-type 'sigmoid,kto': unknown \\['kto'\\]"),
+    ({"dpo_loss_type": "sigmoid,hinge", "dpo_loss_weights": "1"}, "--dpo-loss-weights has 1 values for 2"),
+    ({"dpo_loss_type": "robust", "dpo_label_smoothing": 0.5}, "--dpo-label-smoothing must be in"),
+])
+def test_bad_loss_flags_are_named(flags, message):
+    from megalite.config import DPOConfig
+    from megalite.posttrain.dpo import parse_losses
+
+    with pytest.raises(MegaliteError, match=message):
+        parse_losses(DPOConfig(**flags))
+
+
+def test_dataset_info_ranking_entries(tmp_path, models):
+    from megalite.data.preference import load_pairs
+    from megalite.data.sft_formats import resolve_sources
+
+    write_jsonl(tmp_path / "a.jsonl", [{"instruction": "Say hi", "input": "politely", "chosen": "Hello!",
+                                        "rejected": "Go away."}])
+    write_jsonl(tmp_path / "s.jsonl", [{"conversations": [{"from": "human", "value": "Say hi"}],
+                                        "chosen": {"from": "gpt", "value": "Hello!"},
+                                        "rejected": {"from": "gpt", "value": "Go away."}}])
+    (tmp_path / "dataset_info.json").write_text(json.dumps({
+        "a": {"file_name": "a.jsonl", "ranking": True},
+        "s": {"file_name": "s.jsonl", "ranking": True, "formatting": "sharegpt"},
+        "sft": {"file_name": "a.jsonl"}}))
+    want = {"prompt": [{"role": "user", "content": "Say hi\npolitely"}],
+            "chosen": [{"role": "assistant", "content": "Hello!"}],
+            "rejected": [{"role": "assistant", "content": "Go away."}]}
+    a, s = resolve_sources("a,s", str(tmp_path), "--pref-data", ranking=True)
+    assert load_pairs(a)[0][2] == want
+    assert load_pairs(s)[0][2] == {**want, "prompt": [{"role": "user", "content": "Say hi"}]}
+    with pytest.raises(MegaliteError, match="'sft': is not a ranking"):
+        resolve_sources("sft", str(tmp_path), "--pref-data", ranking=True)
+
+
+# -- losses ------------------------------------------------------------------------------------
+LOSSES = [("sigmoid", {}), ("hinge", {}), ("ipo", {}), ("robust", {"label_smoothing": 0.2}), ("bco_pair", {}),
+          ("nca_pair", {}), ("sppo_hard", {}), ("apo_zero", {}), ("apo_down", {}), ("sigmoid_norm", {}),
+          ("sft", {}), ("sigmoid,sft", {"loss_weights": [1.0, 0.5]})]
+
+
+@pytest.fixture(scope="module")
+def both_sides(models, chat_file):
+    """Our trainer's model and DPO objective, and trl's DPOTrainer, on the same 8 pairs."""
+    from megalite.data.preference import build_pairs, collate_pairs, pair_rows
+    from megalite.posttrain.sft import prepare
+    from megalite.training.checkpointing import saved_settings
+    from megalite.training.trainer import Trainer
+
+    tmp = models["root"]
+    cfg = prepare(parse_config(dpo_args(models, chat_file, tmp, "both")), "dpo")
+    inherit_model_settings(cfg, saved_settings(cfg.checkpoint.load))
+    trainer = Trainer(validate(cfg), torch.device("cpu"))
+    pairs, _ = build_pairs(cfg.dpo, cfg.sft.chat_template, 64, trainer.tokenizer)
+    batch = collate_pairs([pair_rows(p) for p in pairs[:8]])
+    trainer.model.eval()
+    with torch.no_grad():
+        losses = trainer.model(batch["tokens"], labels=batch["labels"])
+    tr = trl_trainer(models, chat_pairs()[:8], beta=0.1)
+    tr.model.eval()
+    trl_batch = tr.data_collator([tr.train_dataset[i] for i in range(8)])
+    return trainer, batch, losses, tr, trl_batch
+
+
+@pytest.mark.parametrize("kind, extra", LOSSES, ids=[k for k, _ in LOSSES])
+def test_loss_and_metrics_equal_trl(both_sides, kind, extra):
+    from megalite.posttrain.dpo import DPOObjective
+
+    trainer, batch, losses, tr, trl_batch = both_sides
+    dpo = trainer.cfg.dpo
+    smoothing = extra.get("label_smoothing", 0.0)
+    weights = extra.get("loss_weights")
+    objective = DPOObjective(type(dpo)(**{**vars(dpo), "dpo_loss_type": kind, "dpo_label_smoothing": smoothing,
+                                          "dpo_loss_weights": ",".join(map(str, weights)) if weights else None}),
+                             trainer.objective.reference)
+    objective.prepare([batch])
+    objective.begin_step({k: batch[k].sum().item() for k in objective.count_keys})
+    ours = objective(losses, batch).item()
+
+    tr.loss_types, tr.loss_weights = kind.split(","), weights or [1.0]
+    tr.label_smoothing = smoothing
+    tr._metrics["eval"].clear()
+    with torch.no_grad():
+        theirs = tr._compute_loss(tr.model, trl_batch, False).item()
+    assert ours == pytest.approx(theirs, rel=1e-5, abs=1e-6)
+    metrics = objective.metrics()
+    for name, value in metrics.items():
+        assert value == pytest.approx(tr._metrics["eval"][name][-1], rel=1e-5, abs=1e-6), name
+
+
+# -- training --------------------------------------------------------------------------------------
+def test_loss_does_not_depend_on_how_the_batch_is_cut(tmp_path, models, plain_file, baseline):
+    one = train(models, plain_file, tmp_path, "mb8", micro_batch_size=8)
+    assert len(one) == 3 and one[0]["rewards/accuracies"] is not None
+    assert one[-1]["lm_loss"] < one[0]["lm_loss"]
+    for a, b in zip(one, baseline):
+        for key in ("lm_loss", "grad_norm", "rewards/margins", "logps/chosen"):
+            assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-5), (key, a["iteration"])
+
+
+@pytest.mark.dist
+@pytest.mark.parametrize("layout", [{"world": 2, "micro_batch_size": 2},
+                                    {"world": 2, "tensor_model_parallel_size": 2},
+                                    {"world": 2, "pipeline_model_parallel_size": 2, "micro_batch_size": 2,
+                                     "precompute_ref_log_probs": True}], ids=["dp2", "tp2", "pp2_precomputed"])
+def test_parallel_layouts_train_like_one_process(tmp_path, models, plain_file, baseline, layout):
+    other = train(models, plain_file, tmp_path, "other", **layout)
+    for a, b in zip(baseline, other):
+        for key in ("lm_loss", "grad_norm", "rewards/chosen", "rewards/accuracies"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), (key, a["iteration"])
+
+
+def test_resume_is_bit_exact_with_the_same_command(tmp_path, models, plain_file):
+    full = train(models, plain_file, tmp_path, "full", train_iters=4)
+    save = str(tmp_path / "run")
+    train(models, plain_file, tmp_path, "first", train_iters=4, save=save, exit_interval=2)
+    resumed = train(models, plain_file, tmp_path, "second", train_iters=4, save=save)
+    assert [r["iteration"] for r in resumed] == [3, 4]
+    assert [r["lm_loss"] for r in resumed] == [r["lm_loss"] for r in full[2:]]
+
+
+def test_lora_reference_is_the_base_with_adapters_disabled(tmp_path, models, plain_file):
+    """With LoRA the reference pass runs the policy with its adapters off: the same numbers as a
+    frozen copy of the base (--ref-load the base checkpoint)."""
+    kw = dict(lora_rank=4, lora_alpha=8, lr=1e-2)
+    disabled = train(models, plain_file, tmp_path, "disabled", ref_load=None, **kw)
+    copy = train(models, plain_file, tmp_path, "copy", ref_load=models["policy_ck"], **kw)
+    assert disabled[0]["rewards/margins"] == 0.0  # adapters start at zero: policy == reference
+    for a, b in zip(copy, disabled):
+        for key in ("lm_loss", "rewards/chosen", "rewards/rejected"):
+            assert b[key] == pytest.approx(a[key], rel=1e-6, abs=1e-7), (key, a["iteration"])
+
+
+@pytest.mark.parametrize("kw", [{}, {"lora_rank": 4, "lora_alpha": 8, "lr": 1e-2, "ref_load": None}],
+                         ids=["copy", "lora"])
+def test_precomputed_reference_gives_the_same_training(tmp_path, models, plain_file, baseline, kw):
+    live = train(models, plain_file, tmp_path, "live", **kw) if kw else baseline
+    cached = train(models, plain_file, tmp_path, "cached", precompute_ref_log_probs=True, **kw)
+    for a, b in zip(live, cached):
+        for key in ("lm_loss", "grad_norm", "rewards/chosen", "rewards/rejected"):
+            assert b[key] == pytest.approx(a[key], rel=1e-6, abs=1e-7), (key, a["iteration"])
+
+
+@pytest.mark.dist
+def test_precomputed_reference_with_data_parallelism(tmp_path, models, plain_file):
+    """Each data-parallel rank scores a share of the pairs; the table they sum to is complete."""
+    kw = dict(global_batch_size=12, precompute_ref_log_probs=True)
+    one = train(models, plain_file, tmp_path, "one", **kw)
+    dp2 = train(models, plain_file, tmp_path, "dp2", world=2, micro_batch_size=3, **kw)  # 8 pairs a rank: wraps
+    for a, b in zip(one, dp2):
+        assert b["lm_loss"] == pytest.approx(a["lm_loss"], rel=1e-5), a["iteration"]
+        assert b["rewards/chosen"] == pytest.approx(a["rewards/chosen"], rel=1e-4, abs=1e-6), a["iteration"]
+
+
+def test_held_out_pairs_report_loss_and_rewards(tmp_path, models, plain_file):
+    """--pref-valid-data: the validation loss and trl's reward metrics; on the training pairs
+    themselves, before any step, they equal those of a first step over all 16 pairs."""
+    held_out = write_jsonl(tmp_path / "valid.jsonl", plain_pairs())
+    train(models, plain_file, tmp_path, "eval", pref_valid_data=held_out, skip_train=True, eval_iters=1,
+          global_batch_size=16)
+    _, evals = read_metrics(str(tmp_path / "eval.jsonl"))
+    assert [e["split"] for e in evals] == ["valid"]
+    full = train(models, plain_file, tmp_path, "full_batch", global_batch_size=16, train_iters=1)[0]
+    for key in ("rewards/chosen", "rewards/accuracies", "logps/rejected"):
+        assert evals[0][key] == pytest.approx(full[key], rel=1e-5, abs=1e-6), key
+    assert evals[0]["loss"] == pytest.approx(full["lm_loss"], rel=1e-5)
