@@ -149,8 +149,7 @@ class Trainer:
     def train_step(self, batch: List[Dict[str, torch.Tensor]]) -> Dict:
         s = state.get()
         self.grads.zero()
-        counts = {k: all_reduce_scalar(float(sum(mb[k].sum().item() for mb in batch)), s.dp_group)
-                  for k in self.objective.count_keys}
+        counts = self._global_counts(batch)
         tokens = all_reduce_scalar(float(sum(mb["loss_mask"].sum().item() for mb in batch)), s.dp_group)
         started = time.perf_counter()
         self.objective.prepare(batch)
@@ -180,6 +179,12 @@ class Trainer:
         return {"lm_loss": lm_loss, "grad_norm": grad_norm, "skipped": not stepped, "tokens": tokens,
                 "non_finite": bad, "extra": extra}
 
+    def _global_counts(self, batch: List[Dict[str, torch.Tensor]]) -> Dict[str, float]:
+        """What the objective normalises by (loss tokens, DPO pairs), summed over the global batch."""
+        dp = state.get().dp_group
+        return {k: all_reduce_scalar(float(sum(mb[k].sum().item() for mb in batch)), dp)
+                for k in self.objective.count_keys}
+
     @torch.no_grad()
     def evaluate(self, dataset, split: str) -> Optional[Dict]:
         if dataset is None or self.cfg.training.eval_iters == 0:
@@ -193,8 +198,7 @@ class Trainer:
         try:
             for _ in range(t.eval_iters):
                 batch = microbatches(loader, n_micro, self.device)
-                counts = {k: all_reduce_scalar(float(sum(mb[k].sum().item() for mb in batch)), s.dp_group)
-                          for k in self.objective.count_keys}
+                counts = self._global_counts(batch)
                 self.objective.prepare(batch)
                 self.objective.begin_step(counts)
                 total += counts[weight_key] * forward_backward(self.model, batch, self.objective,
