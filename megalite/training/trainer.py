@@ -213,8 +213,12 @@ class Trainer:
             return None
         loss = total / count
         extra = {k: all_reduce_scalar(all_reduce_scalar(v, s.pp_group), s.dp_group) / count for k, v in extra.items()}
-        out = {"iteration": self.iteration, "split": split, "loss": loss, "ppl": math.exp(min(loss, 700.0)), **extra}
-        self.log.record(out, f" {split} loss at iteration {self.iteration}: {loss:.4f} | perplexity {out['ppl']:.2f}"
+        out = {"iteration": self.iteration, "split": split, "loss": loss}
+        if weight_key == "loss_mask":  # a per-token loss (not DPO's per-pair one): perplexity means something
+            out["ppl"] = math.exp(min(loss, 700.0))
+        out.update(extra)
+        self.log.record(out, f" {split} loss at iteration {self.iteration}: {loss:.4f}"
+                        + (f" | perplexity {out['ppl']:.2f}" if "ppl" in out else "")
                         + "".join(f" | {k} {v:.4f}" for k, v in extra.items()))
         return out
 
