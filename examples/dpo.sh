@@ -6,17 +6,7 @@
 # processes (the reference is the same model with its adapters disabled: no second copy),
 # then the held-out rewards/accuracies again (measured on 2 shared CPU cores, 4 minutes: held-out
 # DPO loss 0.693 -> 0.645, rewards/accuracies 0.64 on 64 pairs after 150 steps). Output in .demo/.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-bash scripts/setup_env.sh
-. .venv/bin/activate
-
-W=.demo
-run() { printf '\n$ %s\n' "$*"; "$@"; }
-if [ ! -f $W/checkpoints/latest_checkpointed_iteration.txt ]; then
-    echo "error: no pretrained demo checkpoint in $W/checkpoints; run bash examples/demo.sh first" >&2
-    exit 1
-fi
+. "$(dirname "$0")/after_demo.sh"
 
 run python tools/make_sft_demo_data.py --output-dir $W/dpo_data --preference
 DPO=(--pref-data $W/dpo_data/train.jsonl --pref-valid-data $W/dpo_data/valid.jsonl --chat-template alpaca

@@ -5,17 +5,7 @@
 # 2 data-parallel processes (packed rows, the alpaca chat template), check that the validation
 # loss fell, ask the result a question through the generation CLI, then export the merged
 # model (and the template it was trained with) to a Hugging Face folder. Output in .demo/.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-bash scripts/setup_env.sh
-. .venv/bin/activate
-
-W=.demo
-run() { printf '\n$ %s\n' "$*"; "$@"; }
-if [ ! -f $W/checkpoints/latest_checkpointed_iteration.txt ]; then
-    echo "error: no pretrained demo checkpoint in $W/checkpoints; run bash examples/demo.sh first" >&2
-    exit 1
-fi
+. "$(dirname "$0")/after_demo.sh"
 
 run python tools/make_sft_demo_data.py --output-dir $W/sft
 SFT=(--sft-data $W/sft/train.jsonl --sft-valid-data $W/sft/valid.jsonl --chat-template alpaca

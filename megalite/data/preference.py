@@ -30,9 +30,9 @@ import numpy as np
 import torch
 
 from megalite.data.chat import render_chat, resolve_template
-from megalite.data.sft import collate_sft
-from megalite.data.sft_formats import (SHAREGPT_COLUMNS, SHAREGPT_TAGS, _ROLE_OF_TAG, ALPACA_COLUMNS, SFTSource,
-                                       _from_alpaca, _from_sharegpt, read_records, resolve_sources)
+from megalite.data.sft import collate_sft, epoch_shuffled
+from megalite.data.sft_formats import (SHAREGPT_COLUMNS, SHAREGPT_TAGS, ROLE_OF_TAG, ALPACA_COLUMNS, SFTSource,
+                                       from_alpaca, from_sharegpt, read_records, resolve_sources)
 from megalite.errors import MegaliteError
 
 KEYS = ("prompt", "chosen", "rejected")
@@ -90,13 +90,13 @@ def _ranking_pair(source: SFTSource, record: dict) -> Pair:
         for k in ("chosen", "rejected"):
             if not isinstance(record.get(columns[k]), str):
                 raise MegaliteError(f"column {columns[k]!r} must be a string")
-        prompt = _from_alpaca(record, {**columns, "response": columns["chosen"]}, {})[:-1]
+        prompt = from_alpaca(record, {**columns, "response": columns["chosen"]}, {})[:-1]
         return {"prompt": prompt, **{k: [{"role": "assistant", "content": record[columns[k]]}]
                                      for k in ("chosen", "rejected")}}
     columns = {**SHAREGPT_COLUMNS, "chosen": "chosen", "rejected": "rejected", **source.columns}
     tags = {**SHAREGPT_TAGS, **source.tags}
-    pair = {"prompt": _from_sharegpt(record, columns, tags)}
-    roles = {tags[t]: role for t, role in _ROLE_OF_TAG.items() if tags.get(t)}
+    pair = {"prompt": from_sharegpt(record, columns, tags)}
+    roles = {tags[t]: role for t, role in ROLE_OF_TAG.items() if tags.get(t)}
     for k in ("chosen", "rejected"):
         m = record.get(columns[k])
         if not isinstance(m, dict) or roles.get(m.get(tags["role_tag"])) != "assistant":
@@ -160,7 +160,7 @@ class PreferenceDataset(torch.utils.data.Dataset):
         self.pairs, self.seed = pairs, seed
         self.num_samples = len(pairs) if num_samples is None else int(num_samples)
         self.stats = stats or {"pairs": len(pairs)}
-        self._order = (-1, None)
+        self._order = [-1, None]
 
     def __len__(self) -> int:
         return self.num_samples
@@ -172,12 +172,7 @@ class PreferenceDataset(torch.utils.data.Dataset):
                 f"{st.get('dropped', 0)} dropped: the prompt fills a row)")
 
     def pair_of(self, i: int) -> int:
-        if not 0 <= i < self.num_samples:
-            raise IndexError(f"sample {i} out of range [0, {self.num_samples})")
-        epoch, j = divmod(i, len(self.pairs))
-        if self._order[0] != epoch:
-            self._order = (epoch, np.random.default_rng(self.seed + epoch).permutation(len(self.pairs)))
-        return int(self._order[1][j])
+        return epoch_shuffled(i, len(self.pairs), self.num_samples, self.seed, self._order)
 
     def __getitem__(self, i: int) -> Dict[str, object]:
         k = self.pair_of(i)

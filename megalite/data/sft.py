@@ -71,6 +71,18 @@ class ExampleSet:
         return self.stores[int(s)][int(j)]
 
 
+def epoch_shuffled(i: int, n: int, num_samples: int, seed: int, cache: List) -> int:
+    """The item sample ``i`` serves when ``num_samples`` samples run epochs over ``n`` items,
+    each epoch a permutation seeded by ``seed + epoch`` (so sample ``i`` is the same item in
+    every run and resuming at a sample count is exact). ``cache`` = [epoch, permutation]."""
+    if not 0 <= i < num_samples:
+        raise IndexError(f"sample {i} out of range [0, {num_samples})")
+    epoch, j = divmod(i, n)
+    if cache[0] != epoch:
+        cache[:] = [epoch, np.random.default_rng(seed + epoch).permutation(n)]
+    return int(cache[1][j])
+
+
 class SFTDataset(torch.utils.data.Dataset):
     """``num_samples`` rows over ``examples`` (a sequence of (ids, trainable mask) pairs).
 
@@ -105,7 +117,7 @@ class SFTDataset(torch.utils.data.Dataset):
         counts = getattr(examples, "stats", None) or {"examples": len(pieces), "truncated": 0, "dropped": 0}
         self.stats = {**{k: counts.get(k, 0) for k in COUNTS}, "rows": self.num_rows, "tokens": tokens,
                       "packing_efficiency": efficiency, "padding_waste": 1.0 - efficiency}
-        self._order: Tuple[int, Optional[np.ndarray]] = (-1, None)
+        self._order: List = [-1, None]  # the current epoch and its permutation
 
     def __len__(self) -> int:
         return self.num_samples
@@ -118,12 +130,7 @@ class SFTDataset(torch.utils.data.Dataset):
 
     def row_of(self, i: int) -> int:
         """The row sample ``i`` serves: epoch ``i // rows`` shuffled by ``seed + epoch``."""
-        if not 0 <= i < self.num_samples:
-            raise IndexError(f"sample {i} out of range [0, {self.num_samples})")
-        epoch, j = divmod(i, self.num_rows)
-        if self._order[0] != epoch:
-            self._order = (epoch, np.random.default_rng(self.seed + epoch).permutation(self.num_rows))
-        return int(self._order[1][j])
+        return epoch_shuffled(i, self.num_rows, self.num_samples, self.seed, self._order)
 
     def row_examples(self, row: int) -> np.ndarray:
         return self.row_items[self.row_ptr[row]:self.row_ptr[row + 1]]

@@ -35,7 +35,7 @@ SHAREGPT_TAGS = {"role_tag": "from", "content_tag": "value", "user_tag": "human"
 OPENAI_COLUMNS = {"messages": "messages", "system": "system"}
 OPENAI_TAGS = {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant",
                "observation_tag": "tool", "function_tag": "function_call", "system_tag": "system"}
-_ROLE_OF_TAG = {"user_tag": "user", "assistant_tag": "assistant", "observation_tag": "tool",
+ROLE_OF_TAG = {"user_tag": "user", "assistant_tag": "assistant", "observation_tag": "tool",
                 "function_tag": "assistant", "system_tag": "system"}
 
 Message = Dict[str, str]
@@ -192,7 +192,7 @@ def load_conversations(source: SFTSource) -> Iterator[Tuple[str, int, List[Messa
         if not records:
             raise MegaliteError(f"{path}: holds no records")
         formatting, columns, tags = _layout(source, path, records)
-        convert = _from_alpaca if formatting == "alpaca" else _from_sharegpt
+        convert = from_alpaca if formatting == "alpaca" else from_sharegpt
         for i, record in enumerate(records):
             try:
                 messages = convert(record, columns, tags)
@@ -227,7 +227,7 @@ def _text(value, what: str) -> str:
     return value
 
 
-def _from_alpaca(record: dict, columns: Dict[str, str], tags) -> List[Message]:
+def from_alpaca(record: dict, columns: Dict[str, str], tags) -> List[Message]:
     for key in ("prompt", "response"):
         if columns[key] not in record:
             raise MegaliteError(f"missing column {columns[key]!r}")
@@ -249,13 +249,13 @@ def _from_alpaca(record: dict, columns: Dict[str, str], tags) -> List[Message]:
     return messages
 
 
-def _from_sharegpt(record: dict, columns: Dict[str, str], tags: Dict[str, str]) -> List[Message]:
+def from_sharegpt(record: dict, columns: Dict[str, str], tags: Dict[str, str]) -> List[Message]:
     turns = record.get(columns["messages"])
     if turns is None:
         raise MegaliteError(f"missing column {columns['messages']!r}")
     if not isinstance(turns, list):
         raise MegaliteError(f"column {columns['messages']!r} must be a list of messages")
-    roles = {tags[t]: role for t, role in _ROLE_OF_TAG.items() if tags.get(t)}
+    roles = {tags[t]: role for t, role in ROLE_OF_TAG.items() if tags.get(t)}
     messages = []
     system = record.get(columns.get("system", ""))
     if system:
