@@ -14,7 +14,8 @@ from megalite.utils.cli import run_tool
 
 
 def main(argv=None):
-    pretrain(prepare(parse_config(argv, __doc__), "dpo"))
+    cfg = parse_config(argv, __doc__)
+    pretrain(prepare(cfg, cfg.dpo.stage))
 
 
 if __name__ == "__main__":

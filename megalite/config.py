@@ -182,6 +182,9 @@ class LoraConfig:
 
 @dataclass
 class DPOConfig:
+    stage: str = opt("dpo", "preference stage: dpo (a direct preference loss on pairs), kto (desirable and undesirable "
+                            "completions), rm (a reward model: scalar head, Bradley-Terry loss on pairs)",
+                     choices=["dpo", "kto", "rm"])
     pref_data: Optional[str] = opt(None, "DPO preference pairs: files (prompt/chosen/rejected, text or messages) or "
                                          "dataset_info.json names with ranking: true, comma/space separated")
     pref_dataset_dir: Optional[str] = opt(None, "folder with a LLaMA-Factory dataset_info.json for --pref-data names")

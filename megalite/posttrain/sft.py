@@ -61,12 +61,13 @@ def import_hf_once(hf_dir: str, dest: str, timeout_s: float = 3600.0) -> str:
 
 # stage -> (config section, its data field, the flag, the entry point)
 STAGES = {"sft": ("sft", "sft_data", "--sft-data", "sft_gpt.py"),
-          "dpo": ("dpo", "pref_data", "--pref-data", "dpo_gpt.py")}
+          **{k: ("dpo", "pref_data", "--pref-data", f"dpo_gpt.py --stage {k}") for k in ("dpo", "kto", "rm")}}
 
 
 def is_run_of(settings, stage: str) -> bool:
     section, field, _, _ = STAGES[stage]
-    return bool(settings and settings.get(section, {}).get(field))
+    saved = (settings or {}).get(section, {})
+    return bool(saved.get(field)) and saved.get("stage", stage) == stage
 
 
 def prepare(cfg: Config, stage: str = "sft") -> Config:
@@ -83,7 +84,7 @@ def prepare(cfg: Config, stage: str = "sft") -> Config:
             d.tokenizer_type, d.tokenizer_model = "HuggingFaceTokenizer", hf_dir
         dest = os.path.join(c.save, "hf_base") if c.save else os.path.join(hf_dir, ".megalite_base")
         c.load = import_hf_once(hf_dir, dest)
-    if stage == "dpo" and not cfg.dpo.ref_load and cfg.lora.lora_rank == 0:  # LoRA: the adapters disabled
+    if stage in ("dpo", "kto") and not cfg.dpo.ref_load and cfg.lora.lora_rank == 0:  # LoRA: the adapters disabled
         cfg.dpo.ref_load = c.load
     if c.save and os.path.isfile(os.path.join(c.save, TRACKER)) and is_run_of(saved_settings(c.save), stage):
         c.load, c.finetune = c.save, False  # the same command line resumes the run it started
