@@ -191,14 +191,15 @@ def pair_rows(fitted) -> Dict[str, Dict[str, torch.Tensor]]:
 
 def collate_pairs(items, pad_to: Optional[int] = None, multiple_of: int = 1) -> Dict[str, torch.Tensor]:
     """One micro-batch of n pairs: rows 0..n-1 chosen, n..2n-1 rejected (trl's layout), padded
-    like SFT rows; ``pairs`` (n ones) and ``chosen_tokens`` are what the DPO losses are
-    normalised by (their global sums)."""
+    like SFT rows; ``pairs`` (n ones) and ``chosen_tokens`` / ``rejected_tokens`` are what the
+    DPO losses and metrics are normalised by (their global sums)."""
     batch = collate_sft([it["chosen"] for it in items] + [it["rejected"] for it in items], pad_to, multiple_of)
     batch.pop("position_ids")
     if all("index" in it for it in items):
         batch["pair_index"] = torch.tensor([it["index"] for it in items], dtype=torch.int64)
     batch["pairs"] = torch.ones(len(items))
     batch["chosen_tokens"] = batch["loss_mask"][:len(items)].sum(1)
+    batch["rejected_tokens"] = batch["loss_mask"][len(items):].sum(1)
     return batch
 
 

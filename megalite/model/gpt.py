@@ -61,6 +61,7 @@ class GPTModel(nn.Module):
         self.cfg = cfg
         self.pre_process, self.post_process = pre_process, post_process
         self.recompute_full = recompute_granularity == "full"
+        self.mean_logits = False  # forward(labels) also returns each token's mean logit (DPO's logits/* metrics)
         layers = range(cfg.num_layers) if layers is None else layers
         tied = not cfg.untie_embeddings_and_output_weights
         if pre_process or (post_process and tied):
@@ -106,8 +107,9 @@ class GPTModel(nn.Module):
 
     def forward(self, tokens: Optional[torch.Tensor] = None, labels: Optional[torch.Tensor] = None,
                 hidden: Optional[torch.Tensor] = None, positions: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Per-token loss [batch, seq] when ``labels`` are given, else logits [batch, seq, vocab / tp]
-        (or this stage's hidden states when it has no output layer). ``positions`` [batch, seq]
+        """Per-token loss [batch, seq] when ``labels`` are given (with ``self.mean_logits``: loss and
+        mean logit stacked, [batch, seq, 2]), else logits [batch, seq, vocab / tp] (or this stage's
+        hidden states when it has no output layer). ``positions`` [batch, seq]
         describe packed rows: each restart at 0 begins a document that attends only to itself."""
         x = self.embed(tokens, positions) if self.pre_process else hidden
         rope, cu_seqlens = None, None
@@ -127,6 +129,8 @@ class GPTModel(nn.Module):
         logits = self.logits(x)
         if labels is None:
             return logits.transpose(0, 1)
+        if self.mean_logits:
+            return torch.stack(vocab_parallel_cross_entropy(logits, labels.t(), mean_logits=True), -1).transpose(0, 1)
         return vocab_parallel_cross_entropy(logits, labels.t()).t()
 
     def decode_step(self, tokens: torch.Tensor, positions: torch.Tensor, cache,

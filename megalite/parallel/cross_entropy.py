@@ -5,7 +5,9 @@ The full logits are never gathered: each rank reduces its shard to per-token sta
 The statistics and the gradient come from ``megalite.kernels`` (fused Triton kernels that
 stream the logits in their own dtype, or the fp32 torch reference), so the loss saves only
 the logits and one log-sum-exp per token. Optional label smoothing (over the whole
-vocabulary), z-loss (``z * lse^2``, as in PaLM) and an ignore index (zero loss and gradient).
+vocabulary), z-loss (``z * lse^2``, as in PaLM) and an ignore index (zero loss and gradient). The
+per-token mean logit over the vocabulary comes free from the same statistics (trl logs it
+as ``logits/chosen``).
 """
 
 import torch
@@ -37,10 +39,12 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         ignored = target == ignore_index
         ctx.save_for_backward(logits, local, lse, ignored)
         ctx.label_smoothing, ctx.vocab, ctx.z_loss = label_smoothing, vocab, z_loss
-        return loss.masked_fill(ignored, 0.0)
+        mean_logit = sum_logits / vocab
+        ctx.mark_non_differentiable(mean_logit)
+        return loss.masked_fill(ignored, 0.0), mean_logit
 
     @staticmethod
-    def backward(ctx, grad_loss):
+    def backward(ctx, grad_loss, grad_mean_logit):
         logits, local, lse, ignored = ctx.saved_tensors
         grad = kernels.cross_entropy_gradient(logits, local, lse, grad_loss.masked_fill(ignored, 0.0),
                                               ctx.label_smoothing, ctx.vocab, ctx.z_loss)
@@ -48,7 +52,9 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
 
 
 def vocab_parallel_cross_entropy(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = -100,
-                                 label_smoothing: float = 0.0, z_loss: float = 0.0) -> torch.Tensor:
-    """Per-token loss (fp32, shape of ``target``) from this rank's slice of the logits."""
-    return _VocabParallelCrossEntropy.apply(logits, target, state.get().tp_group, ignore_index, label_smoothing,
-                                            z_loss)
+                                 label_smoothing: float = 0.0, z_loss: float = 0.0, mean_logits: bool = False):
+    """Per-token loss (fp32, shape of ``target``) from this rank's slice of the logits; with
+    ``mean_logits`` also each token's mean logit over the whole vocabulary (no gradient)."""
+    loss, mean_logit = _VocabParallelCrossEntropy.apply(logits, target, state.get().tp_group, ignore_index,
+                                                        label_smoothing, z_loss)
+    return (loss, mean_logit) if mean_logits else loss

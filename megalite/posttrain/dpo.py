@@ -20,7 +20,7 @@ from megalite.errors import MegaliteError
 LOSS_TYPES = ("sigmoid", "hinge", "ipo", "robust", "bco_pair", "nca_pair", "sppo_hard", "apo_zero", "apo_down",
               "sigmoid_norm", "sft")
 METRICS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
-           "logps/rejected")
+           "logps/rejected", "logits/chosen", "logits/rejected")
 
 
 def parse_losses(dpo_cfg) -> List[Tuple[str, float]]:
@@ -69,15 +69,17 @@ def pair_loss(kind: str, chosen: torch.Tensor, rejected: torch.Tensor, ref_chose
     raise MegaliteError(f"unknown DPO loss type {kind!r}")
 
 
-def completion_logps(per_token_losses: torch.Tensor, mb: Dict[str, torch.Tensor]) -> torch.Tensor:
-    """Summed log-probability of each row's completion tokens."""
-    return -(per_token_losses * mb["loss_mask"]).sum(1)
+def completion_logps(per_token: torch.Tensor, mb: Dict[str, torch.Tensor]) -> torch.Tensor:
+    """Summed log-probability of each row's completion tokens, from the per-token losses (or
+    the model's [batch, seq, 2] losses and mean logits)."""
+    losses = per_token[..., 0] if per_token.dim() == 3 else per_token
+    return -(losses * mb["loss_mask"]).sum(1)
 
 
 class DPOObjective:
     """``loss_fn`` of the train step for DPO; see the module docstring."""
 
-    count_keys = ("pairs", "chosen_tokens")
+    count_keys = ("pairs", "chosen_tokens", "rejected_tokens")
 
     def __init__(self, dpo_cfg, reference=None):
         self.losses = parse_losses(dpo_cfg)
@@ -92,9 +94,10 @@ class DPOObjective:
     def begin_step(self, counts: Dict[str, float]) -> None:
         self.counts, self.sums = counts, {k: 0.0 for k in METRICS}
 
-    def __call__(self, per_token_losses: torch.Tensor, mb: Dict[str, torch.Tensor]) -> torch.Tensor:
+    def __call__(self, per_token: torch.Tensor, mb: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """``per_token``: the model's losses and mean logits, [rows, seq, 2] (``GPTModel.mean_logits``)."""
         n, pairs = mb["pairs"].numel(), self.counts["pairs"]
-        logps = completion_logps(per_token_losses, mb)
+        logps = completion_logps(per_token, mb)
         lengths = mb["loss_mask"].sum(1)
         chosen, rejected = logps[:n], logps[n:]
         ref_chosen, ref_rejected = mb["ref_logps"][:n], mb["ref_logps"][n:]
@@ -110,6 +113,9 @@ class DPOObjective:
             rc, rr = self.beta * (chosen - ref_chosen), self.beta * (rejected - ref_rejected)
             for name, v in zip(METRICS, (rc, rr, (rc > rr).float(), rc - rr, chosen, rejected)):
                 self.sums[name] += v.sum().item() / pairs
+            logits = (per_token[..., 1] * mb["loss_mask"]).sum(1)  # trl: the mean over completion tokens
+            self.sums["logits/chosen"] += logits[:n].sum().item() / self.counts["chosen_tokens"]
+            self.sums["logits/rejected"] += logits[n:].sum().item() / self.counts["rejected_tokens"]
         return loss
 
     def metrics(self) -> Dict[str, float]:

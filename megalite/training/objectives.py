@@ -39,4 +39,9 @@ def build_objective(cfg: Config, trainer):
         return TokenMean()
     from megalite.posttrain.dpo import DPOObjective, build_reference
 
+    from megalite.model.gpt import GPTModel
+
+    for m in trainer.model.modules():  # the per-token mean logits: trl's logits/chosen and logits/rejected
+        if isinstance(m, GPTModel):
+            m.mean_logits = True
     return DPOObjective(cfg.dpo, build_reference(cfg, trainer))
