@@ -192,10 +192,13 @@ class DPOConfig:
                                                "loss and rewards every --eval-interval")
     max_prompt_length: Optional[int] = opt(None, "keep only the last N prompt tokens of a pair (counted)")
     dpo_loss_type: str = opt("sigmoid", "comma list of trl DPO losses: sigmoid, hinge, ipo, robust, bco_pair, "
-                                        "nca_pair, sppo_hard, apo_zero, apo_down, sigmoid_norm, sft")
+                                        "nca_pair, sppo_hard, apo_zero, apo_down, sigmoid_norm, sft; or the "
+                                        "reference-free simpo (with sft if wanted)")
     dpo_loss_weights: Optional[str] = opt(None, "comma list of weights, one per --dpo-loss-type (default all 1)")
     dpo_beta: float = opt(0.1, "DPO beta: the strength of the pull towards the reference model")
-    dpo_label_smoothing: float = opt(0.0, "robust DPO: assumed share of flipped preference labels, in [0, 0.5)")
+    dpo_label_smoothing: float = opt(0.0, "robust DPO and SimPO: assumed share of flipped preference labels, "
+                                          "in [0, 0.5)")
+    simpo_gamma: float = opt(0.5, "SimPO: the target reward margin (trl CPO's simpo_gamma)")
     ref_load: Optional[str] = opt(None, "reference model checkpoint (default: the starting weights of the run)")
     precompute_ref_log_probs: bool = opt(False, "score every pair with the reference once before training, "
                                                 "so training holds a single model")

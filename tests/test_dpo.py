@@ -179,6 +179,7 @@ def test_bad_pairs_name_file_and_record(tmp_path, record, message):
     ({"dpo_loss_type": "sigmoid,kto"}, "--dpo-loss-type 'sigmoid,kto': unknown \\['kto'\\]"),
     ({"dpo_loss_type": "sigmoid,hinge", "dpo_loss_weights": "1"}, "--dpo-loss-weights has 1 values for 2"),
     ({"dpo_loss_type": "robust", "dpo_label_smoothing": 0.5}, "--dpo-label-smoothing must be in"),
+    ({"dpo_loss_type": "simpo,sigmoid"}, "simpo is reference-free: combine it only with sft"),
 ])
 def test_bad_loss_flags_are_named(flags, message):
     from megalite.config import DPOConfig
@@ -266,6 +267,43 @@ def test_loss_and_metrics_equal_trl(both_sides, kind, extra):
         assert value == pytest.approx(tr._metrics["eval"][name][-1], rel=1e-5, abs=1e-6), name
 
 
+@pytest.mark.parametrize("ls, alpha", [(0.0, 0.0), (0.1, 0.5)], ids=["simpo", "simpo_smoothed_with_nll"])
+def test_simpo_equals_trl_cpo(both_sides, ls, alpha):
+    """SimPO (reference-free, length-averaged) against trl's CPOTrainer formulas on the HF export's
+    logits for trl's own batch: loss (with cpo_alpha's NLL term as our weighted ``sft``) and metrics."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from trl.experimental.cpo import CPOTrainer
+
+    from megalite.posttrain.dpo import DPOObjective
+
+    trainer, batch, losses, tr, trl_batch = both_sides
+    dpo = dataclasses.replace(trainer.cfg.dpo, dpo_loss_type="simpo,sft" if alpha else "simpo",
+                              dpo_loss_weights=f"1,{alpha}" if alpha else None, dpo_beta=2.0, simpo_gamma=0.7,
+                              dpo_label_smoothing=ls)
+    objective = DPOObjective(dpo)
+    objective.begin_step({k: batch[k].sum().item() for k in objective.count_keys})
+    ours = objective(losses, batch).item()
+
+    labels = trl_batch["input_ids"].masked_fill(trl_batch["completion_mask"] == 0, -100)
+    with torch.no_grad():
+        logits = tr.model(trl_batch["input_ids"], attention_mask=trl_batch["attention_mask"]).logits
+    logps = CPOTrainer.get_batch_logps(logits, labels, average_log_prob=True)
+    c, r = logps.chunk(2)
+    cpo = SimpleNamespace(alpha=0.0, beta=2.0, loss_type="simpo", simpo_gamma=0.7, label_smoothing=ls,
+                          accelerator=SimpleNamespace(device="cpu"))
+    pair_losses, rc, rr = CPOTrainer.cpo_loss(cpo, c, r)
+    n = len(c)
+    nll = torch.nn.functional.cross_entropy(logits[:n, :-1].flatten(0, 1), labels[:n, 1:].flatten())
+    assert ours == pytest.approx((pair_losses.mean() + alpha * nll).item(), rel=1e-5)
+    want = {"rewards/chosen": rc.mean(), "rewards/rejected": rr.mean(), "rewards/accuracies": (rc > rr).float().mean(),
+            "rewards/margins": (rc - rr).mean(), "logps/chosen": c.mean(), "logps/rejected": r.mean()}
+    metrics = objective.metrics()
+    for name, value in want.items():
+        assert metrics[name] == pytest.approx(value.item(), rel=1e-5, abs=1e-6), name
+
+
 # -- training --------------------------------------------------------------------------------------
 def test_loss_does_not_depend_on_how_the_batch_is_cut(tmp_path, models, plain_file, baseline):
     one = train(models, plain_file, tmp_path, "mb8", micro_batch_size=8)
@@ -295,6 +333,14 @@ def test_resume_is_bit_exact_with_the_same_command(tmp_path, models, plain_file)
     resumed = train(models, plain_file, tmp_path, "second", train_iters=4, save=save)
     assert [r["iteration"] for r in resumed] == [3, 4]
     assert [r["lm_loss"] for r in resumed] == [r["lm_loss"] for r in full[2:]]
+
+
+def test_simpo_trains_without_a_reference_model(tmp_path, models, plain_file):
+    run = train(models, plain_file, tmp_path, "simpo", ref_load=None, dpo_loss_type="simpo", dpo_beta=2.0,
+                train_iters=4)
+    assert run[-1]["lm_loss"] < run[0]["lm_loss"] and run[-1]["rewards/margins"] > run[0]["rewards/margins"]
+    with pytest.raises(MegaliteError, match="simpo uses no reference model"):
+        train(models, plain_file, tmp_path, "simpo_ref", dpo_loss_type="simpo")
 
 
 def test_lora_reference_is_the_base_with_adapters_disabled(tmp_path, models, plain_file):

@@ -4,7 +4,8 @@ A micro-batch holds n pairs as 2n rows (chosen first, rejected second; megalite.
 The model's per-token losses are the vocab-parallel cross entropy, so a completion's summed
 log-probability is ``-(losses * loss_mask).sum(1)``, computed without gathering the vocabulary.
 The reference model's sums come from a forward-only pass of the same micro-batches before the
-step (``prepare``). Every loss is trl 1.x's DPOTrainer formula; the loss of a step is the mean over
+step (``prepare``); SimPO is reference-free (a run of ``simpo``, optionally with ``sft``, has no
+reference model). Every loss is trl 1.x's DPOTrainer formula (SimPO: trl's CPOTrainer); the loss of a step is the mean over
 the pairs of the global batch, so it does not depend on micro-batch or data-parallel sizes (the
 trainer hands ``begin_step`` the global counts of ``count_keys``). Metrics carry trl's names and
 are means over the global batch's pairs.
@@ -18,7 +19,8 @@ import torch.nn.functional as F
 from megalite.errors import MegaliteError
 
 LOSS_TYPES = ("sigmoid", "hinge", "ipo", "robust", "bco_pair", "nca_pair", "sppo_hard", "apo_zero", "apo_down",
-              "sigmoid_norm", "sft")
+              "sigmoid_norm", "sft", "simpo")
+REFERENCE_FREE = ("simpo", "sft")
 METRICS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
            "logps/rejected", "logits/chosen", "logits/rejected")
 
@@ -34,16 +36,25 @@ def parse_losses(dpo_cfg) -> List[Tuple[str, float]]:
                else [1.0] * len(kinds))
     if len(weights) != len(kinds):
         raise MegaliteError(f"--dpo-loss-weights has {len(weights)} values for {len(kinds)} --dpo-loss-type entries")
-    if "robust" in kinds and not 0 <= dpo_cfg.dpo_label_smoothing < 0.5:
-        raise MegaliteError("--dpo-label-smoothing must be in [0, 0.5) for the robust loss")
+    if ("robust" in kinds or "simpo" in kinds) and not 0 <= dpo_cfg.dpo_label_smoothing < 0.5:
+        raise MegaliteError("--dpo-label-smoothing must be in [0, 0.5) for the robust and simpo losses")
+    if "simpo" in kinds and not set(kinds) <= set(REFERENCE_FREE):
+        raise MegaliteError("--dpo-loss-type simpo is reference-free: combine it only with sft (trl's CPO "
+                            "cpo_alpha), not with losses that need a reference model")
     return list(zip(kinds, weights))
+
+
+def reference_free(dpo_cfg) -> bool:
+    """SimPO runs (``simpo``, optionally with ``sft``) have no reference model."""
+    return "simpo" in (k.strip() for k in dpo_cfg.dpo_loss_type.split(","))
 
 
 def pair_loss(kind: str, chosen: torch.Tensor, rejected: torch.Tensor, ref_chosen: torch.Tensor,
               ref_rejected: torch.Tensor, chosen_len: torch.Tensor, rejected_len: torch.Tensor, beta: float,
-              label_smoothing: float) -> torch.Tensor:
+              label_smoothing: float, simpo_gamma: float = 0.0) -> torch.Tensor:
     """Per-pair loss of one trl loss type from summed completion log-probs (policy and reference)
-    and completion lengths. ``sft`` is handled by ``DPOObjective`` (a token mean, not a pair one)."""
+    and completion lengths. ``sft`` is handled by ``DPOObjective`` (a token mean, not a pair one);
+    ``simpo`` gets the length-averaged log-probs and no reference (zeros)."""
     c, r = chosen - ref_chosen, rejected - ref_rejected
     delta = c - r
     if kind == "sigmoid":
@@ -56,6 +67,9 @@ def pair_loss(kind: str, chosen: torch.Tensor, rejected: torch.Tensor, ref_chose
     if kind == "robust":
         ls = label_smoothing
         return (-(1 - ls) * F.logsigmoid(beta * delta) + ls * F.logsigmoid(-beta * delta)) / (1 - 2 * ls)
+    if kind == "simpo":  # trl CPO: a target margin gamma, conservative (not robust) label smoothing
+        z = beta * delta - simpo_gamma
+        return -(1 - label_smoothing) * F.logsigmoid(z) - label_smoothing * F.logsigmoid(-z)
     if kind == "bco_pair":
         return -F.logsigmoid(beta * c) - F.logsigmoid(-beta * r)
     if kind == "nca_pair":
@@ -83,7 +97,9 @@ class DPOObjective:
 
     def __init__(self, dpo_cfg, reference=None):
         self.losses = parse_losses(dpo_cfg)
-        self.beta, self.label_smoothing = dpo_cfg.dpo_beta, dpo_cfg.dpo_label_smoothing
+        self.beta, self.label_smoothing, self.simpo_gamma = dpo_cfg.dpo_beta, dpo_cfg.dpo_label_smoothing, \
+            dpo_cfg.simpo_gamma
+        self.reference_free = reference_free(dpo_cfg)
         self.reference = reference  # callable(batch) filling mb["ref_logps"], or None (they come with the data)
         self.counts, self.sums = {}, {}
 
@@ -97,17 +113,21 @@ class DPOObjective:
     def __call__(self, per_token: torch.Tensor, mb: Dict[str, torch.Tensor]) -> torch.Tensor:
         """``per_token``: the model's losses and mean logits, [rows, seq, 2] (``GPTModel.mean_logits``)."""
         n, pairs = mb["pairs"].numel(), self.counts["pairs"]
-        logps = completion_logps(per_token, mb)
+        sums = completion_logps(per_token, mb)
         lengths = mb["loss_mask"].sum(1)
+        if self.reference_free:  # trl CPO's SimPO: length-averaged log-probs, rewards without a reference
+            logps, ref = sums / lengths.clamp(min=1.0), torch.zeros_like(sums)
+        else:
+            logps, ref = sums, mb["ref_logps"]
         chosen, rejected = logps[:n], logps[n:]
-        ref_chosen, ref_rejected = mb["ref_logps"][:n], mb["ref_logps"][n:]
+        ref_chosen, ref_rejected = ref[:n], ref[n:]
         loss = 0.0
         for kind, weight in self.losses:
             if kind == "sft":  # trl: the mean NLL over the chosen completion tokens
-                part = -chosen.sum() / self.counts["chosen_tokens"]
+                part = -sums[:n].sum() / self.counts["chosen_tokens"]
             else:
                 part = pair_loss(kind, chosen, rejected, ref_chosen, ref_rejected, lengths[:n], lengths[n:],
-                                 self.beta, self.label_smoothing).sum() / pairs
+                                 self.beta, self.label_smoothing, self.simpo_gamma).sum() / pairs
             loss = loss + weight * part
         with torch.no_grad():
             rc, rr = self.beta * (chosen - ref_chosen), self.beta * (rejected - ref_rejected)
@@ -151,7 +171,7 @@ class _NoOptimizer:
 
 
 def build_reference(cfg, trainer):
-    """The reference pass of a run: with LoRA (and no --ref-load) the policy itself with its
+    """The reference pass of a run: none for SimPO; with LoRA (and no --ref-load) the policy itself with its
     adapters disabled; otherwise a frozen copy built and sharded like the policy, loaded from
     --ref-load (``prepare`` sets it to the run's starting weights when not given)."""
     import dataclasses
@@ -162,6 +182,11 @@ def build_reference(cfg, trainer):
     from megalite.training.checkpointing import load_checkpoint
 
     shape, dtype = trainer.activation_shape, trainer.dtype
+    if reference_free(cfg.dpo):
+        if cfg.dpo.ref_load or cfg.dpo.precompute_ref_log_probs:
+            raise MegaliteError("--dpo-loss-type simpo uses no reference model: drop --ref-load and "
+                                "--precompute-ref-log-probs")
+        return None
     if cfg.lora.lora_rank > 0 and not cfg.dpo.ref_load:
         run = reference_pass(trainer.model, shape, dtype)
 

@@ -84,7 +84,10 @@ def prepare(cfg: Config, stage: str = "sft") -> Config:
             d.tokenizer_type, d.tokenizer_model = "HuggingFaceTokenizer", hf_dir
         dest = os.path.join(c.save, "hf_base") if c.save else os.path.join(hf_dir, ".megalite_base")
         c.load = import_hf_once(hf_dir, dest)
-    if stage in ("dpo", "kto") and not cfg.dpo.ref_load and cfg.lora.lora_rank == 0:  # LoRA: the adapters disabled
+    from megalite.posttrain.dpo import reference_free
+
+    needs_copy = stage == "kto" or (stage == "dpo" and not reference_free(cfg.dpo))
+    if needs_copy and not cfg.dpo.ref_load and cfg.lora.lora_rank == 0:  # LoRA: the adapters disabled
         cfg.dpo.ref_load = c.load
     if c.save and os.path.isfile(os.path.join(c.save, TRACKER)) and is_run_of(saved_settings(c.save), stage):
         c.load, c.finetune = c.save, False  # the same command line resumes the run it started
