@@ -1,24 +1,32 @@
 #!/usr/bin/env bash
-# LoRA DPO on a CPU, after the demo (bash examples/demo.sh): preference pairs from the Python
-# language reference that ships with CPython (the question "what comes after this paragraph?";
-# chosen = the paragraph that really follows, rejected = a paragraph from another section),
-# held-out rewards/accuracies of the demo's pretrained model, LoRA-DPO with 2 data-parallel
-# processes (the reference is the same model with its adapters disabled: no second copy),
-# then the held-out rewards/accuracies again (measured on 2 shared CPU cores, 4 minutes: held-out
-# DPO loss 0.693 -> 0.645, rewards/accuracies 0.64 on 64 pairs after 150 steps). Output in .demo/.
+# LoRA DPO on a CPU, after the SFT example (bash examples/demo.sh; bash examples/sft_lora.sh):
+# preference pairs from the Python language reference that ships with CPython (the question
+# "what comes after this paragraph?"; chosen = the paragraph that really follows, rejected = the
+# same paragraph with its words shuffled), held-out rewards/accuracies and a generation of the
+# SFT model, LoRA-DPO of it with 2 data-parallel processes (the reference is the same model with
+# its adapters disabled: no second copy), then the held-out metrics and the generation again
+# (measured on 2 shared CPU cores, 4 minutes: held-out DPO loss 0.693 -> 0.204, rewards/accuracies
+# 0.92 and margins 2.56 on 64 held-out pairs after 150 steps; the 4M-parameter model's
+# generations stay poor before and after). Output in .demo/.
 . "$(dirname "$0")/after_demo.sh"
+if [ ! -f $W/sft_hf/config.json ]; then
+    echo "error: no SFT model in $W/sft_hf; run bash examples/sft_lora.sh first" >&2
+    exit 1
+fi
 
 run python tools/make_sft_demo_data.py --output-dir $W/dpo_data --preference
 DPO=(--pref-data $W/dpo_data/train.jsonl --pref-valid-data $W/dpo_data/valid.jsonl --chat-template alpaca
-     --seq-length 128 --max-prompt-length 64 --micro-batch-size 4 --global-batch-size 8 --eval-iters 8 --num-workers 1
-     --lora-rank 16 --lora-alpha 32 --lora-target all-linear --dpo-beta 0.1)
+     --seq-length 160 --max-prompt-length 96 --micro-batch-size 4 --global-batch-size 8 --eval-iters 8
+     --num-workers 1 --lora-rank 16 --lora-alpha 32 --lora-target all-linear --dpo-beta 0.1)
 rm -rf $W/dpo_lora $W/dpo_before.jsonl
+QUESTION=$(python -c 'import json,sys; r=json.loads(open(sys.argv[1]).readline()); print(r["prompt"][0]["content"].replace("\n", " "))' $W/dpo_data/valid.jsonl)
+echo "$QUESTION" | run python tools/generate.py --load $W/sft_lora --chat --max-new-tokens 48
 # held-out pairs before any training: the policy is the reference (rewards 0, loss log 2); the
-# summed log-probs show how much the pretrained model alone prefers the true paragraph
-run python dpo_gpt.py --load $W/checkpoints "${DPO[@]}" --train-iters 1 --skip-train \
+# summed log-probs show how much the SFT model alone prefers the true paragraph
+run python dpo_gpt.py --load $W/sft_hf --save $W/dpo_lora "${DPO[@]}" --train-iters 1 --skip-train \
     --metrics-file $W/dpo_before.jsonl
-run torchrun --nproc_per_node 2 dpo_gpt.py --load $W/checkpoints "${DPO[@]}" \
-    --train-iters 150 --lr 2e-4 --min-lr 2e-5 --lr-warmup-iters 10 --log-interval 25 --eval-interval 75 \
+run torchrun --nproc_per_node 2 dpo_gpt.py --load $W/sft_hf "${DPO[@]}" \
+    --train-iters 150 --lr 5e-4 --min-lr 5e-5 --lr-warmup-iters 10 --log-interval 25 --eval-interval 75 \
     --save $W/dpo_lora
 python - $W/dpo_before.jsonl $W/dpo_lora/metrics.jsonl <<'PY'
 import json, sys
@@ -27,6 +35,7 @@ def last_valid(path):
 before, after = last_valid(sys.argv[1]), last_valid(sys.argv[2])
 for name in ("loss", "rewards/accuracies", "rewards/margins", "logps/chosen", "logps/rejected"):
     print(f"held-out {name:20s} {before[name]:9.4f} before DPO  {after[name]:9.4f} after")
-sys.exit(0 if after["loss"] < before["loss"] and after["rewards/accuracies"] > 0.5
-         else "error: DPO did not improve the held-out preference loss and accuracy")
+sys.exit(0 if after["loss"] < before["loss"] and after["rewards/accuracies"] >= 0.75
+         else "error: DPO did not raise the held-out rewards/accuracies well above 0.5")
 PY
+echo "$QUESTION" | run python tools/generate.py --load $W/dpo_lora --chat --max-new-tokens 48

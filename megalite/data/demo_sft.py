@@ -4,7 +4,8 @@ CPython carries its language reference as plain text (``pydoc_data.topics``, wha
 shows). Each section becomes "Explain <section title>." answered by its opening paragraph, and
 each further paragraph "In '<title>', what comes after: <previous paragraph>" answered by the
 paragraph itself: alpaca records (instruction / input / output) with real English answers.
-``preference_pairs`` asks the same next-paragraph questions as DPO pairs.
+``preference_pairs`` asks the same next-paragraph questions as DPO pairs, the true paragraph
+chosen over a corrupted one (its words shuffled) or a mismatched one (from another section).
 """
 
 import re
@@ -57,9 +58,14 @@ def instruction_pairs(max_chars: int = 400) -> List[Dict[str, str]]:
     return out
 
 
-def preference_pairs(max_chars: int = 300, seed: int = 0) -> List[Dict[str, object]]:
+REJECTED = ("shuffled", "mismatched")
+
+
+def preference_pairs(max_chars: int = 300, seed: int = 0, rejected: str = "shuffled") -> List[Dict[str, object]]:
     """DPO pairs (trl's conversational format) for the same next-paragraph questions: chosen is
-    the paragraph that really follows, rejected a paragraph drawn (seeded) from another section."""
+    the paragraph that really follows; rejected is that paragraph with its words shuffled
+    (``shuffled``: fluent against broken text, learnable by a small model) or a paragraph drawn
+    from another section (``mismatched``: right against wrong content, much harder). Seeded."""
     import random
 
     rng = random.Random(seed)
@@ -69,9 +75,15 @@ def preference_pairs(max_chars: int = 300, seed: int = 0) -> List[Dict[str, obje
         for before, after in zip(paragraphs, paragraphs[1:]):
             other = found[(n + rng.randrange(1, len(found))) % len(found)][1]
             question = next_paragraph_question(title) + "\n" + cut(before, max_chars)
-            chosen, rejected = cut(after, max_chars), cut(rng.choice(other), max_chars)
-            if chosen != rejected:  # a few paragraphs recur verbatim in several sections
+            chosen = cut(after, max_chars)
+            if rejected == "shuffled":
+                words = chosen.split()
+                rng.shuffle(words)
+                wrong = " ".join(words)
+            else:
+                wrong = cut(rng.choice(other), max_chars)
+            if chosen != wrong:  # one-word paragraphs; paragraphs that recur verbatim in several sections
                 out.append({"prompt": [{"role": "user", "content": question}],
                             "chosen": [{"role": "assistant", "content": chosen}],
-                            "rejected": [{"role": "assistant", "content": rejected}]})
+                            "rejected": [{"role": "assistant", "content": wrong}]})
     return out
