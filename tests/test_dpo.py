@@ -159,6 +159,43 @@ def test_length_policy_is_counted():
     assert stats == {"pairs": 2, "prompt_truncated": 1, "truncated": 1, "dropped": 1}
 
 
+def test_pairs_are_cached_and_rebuilt_when_the_file_changes(tmp_path, models):
+    from megalite.config import DPOConfig
+    from megalite.data.preference import build_pairs, tokenize_pair
+    from megalite.data.tokenizer import HuggingFaceTokenizer
+
+    tok = HuggingFaceTokenizer(models["policy"])
+    path = write_jsonl(tmp_path / "p.jsonl", plain_pairs(5))
+    cfg = DPOConfig(pref_data=str(path), max_prompt_length=4)
+    first, stats = build_pairs(cfg, TEMPLATE, 64, tok)
+    again, _ = build_pairs(cfg, TEMPLATE, 64, tok)
+    assert first.stores[0].built and not again.stores[0].built and stats["pairs"] == len(again) == 5
+    prompt, chosen, _ = tokenize_pair(tok, TEMPLATE, plain_pairs(5)[3])
+    ids, mask = again[3][0]
+    assert ids.tolist() == (prompt[-4:] + chosen) and mask.tolist() == [False] * 4 + [True] * len(chosen)
+    write_jsonl(path, plain_pairs(6))
+    changed, _ = build_pairs(cfg, TEMPLATE, 64, tok)
+    assert changed.stores[0].built and len(changed) == 6
+
+
+def test_valid_fraction_holds_out_a_seeded_share(tmp_path, models):
+    from megalite.config import DPOConfig
+    from megalite.data.preference import build_pairs
+    from megalite.data.tokenizer import HuggingFaceTokenizer
+
+    path = write_jsonl(tmp_path / "p.jsonl", plain_pairs(16))
+    pairs, _ = build_pairs(DPOConfig(pref_data=str(path)), TEMPLATE, 64, HuggingFaceTokenizer(models["policy"]))
+    train_part, held_out = pairs.split(0.25, seed=3)
+    assert (len(train_part), len(held_out)) == (12, 4)
+    assert sorted(train_part.picks.tolist() + held_out.picks.tolist()) == list(range(16))
+    assert held_out[0][0][0].tolist() == pairs[int(held_out.picks[0])][0][0].tolist()
+    assert pairs.split(0.25, seed=3)[1].picks.tolist() == held_out.picks.tolist()
+    with pytest.raises(MegaliteError, match="--pref-valid-fraction 1.0 must be in"):
+        pairs.split(1.0, seed=3)
+    with pytest.raises(MegaliteError, match="give --pref-valid-data or --pref-valid-fraction, not both"):
+        train(models, path, tmp_path, "both_valid", pref_valid_data=str(path), pref_valid_fraction=0.1)
+
+
 @pytest.mark.parametrize("record, message", [
     ({"prompt": "a", "chosen": "b"}, "missing 'rejected'"),
     ({"prompt": "a", "chosen": "b", "rejected": "b"}, "chosen is identical to rejected"),
@@ -231,7 +268,7 @@ def both_sides(models, chat_file):
     inherit_model_settings(cfg, saved_settings(cfg.checkpoint.load))
     trainer = Trainer(validate(cfg), torch.device("cpu"))
     pairs, _ = build_pairs(cfg.dpo, cfg.sft.chat_template, 64, trainer.tokenizer)
-    batch = collate_pairs([pair_rows(p) for p in pairs[:8]])
+    batch = collate_pairs([pair_rows(pairs[k]) for k in range(8)])
     trainer.model.eval()
     with torch.no_grad():
         losses = trainer.model(batch["tokens"], labels=batch["labels"])
@@ -357,12 +394,26 @@ def test_lora_reference_is_the_base_with_adapters_disabled(tmp_path, models, pla
 
 @pytest.mark.parametrize("kw", [{}, {"lora_rank": 4, "lora_alpha": 8, "lr": 1e-2, "ref_load": None}],
                          ids=["copy", "lora"])
-def test_precomputed_reference_gives_the_same_training(tmp_path, models, plain_file, baseline, kw):
-    live = train(models, plain_file, tmp_path, "live", **kw) if kw else baseline
-    cached = train(models, plain_file, tmp_path, "cached", precompute_ref_log_probs=True, **kw)
+def test_precomputed_reference_gives_the_same_training(tmp_path, models, plain_file, baseline, kw, monkeypatch):
+    """Precomputed scores train exactly like live ones; a rerun reads them from the cache next
+    to the pairs' cache instead of scoring again, and other reference weights are scored anew."""
+    from megalite.posttrain import dpo
+
+    data = write_jsonl(tmp_path / "pairs.jsonl", plain_pairs())  # its own cache folder
+    live = train(models, data, tmp_path, "live", **kw) if kw else baseline
+    cached = train(models, data, tmp_path, "cached", precompute_ref_log_probs=True, **kw)
     for a, b in zip(live, cached):
         for key in ("lm_loss", "grad_norm", "rewards/chosen", "rewards/rejected"):
             assert b[key] == pytest.approx(a[key], rel=1e-6, abs=1e-7), (key, a["iteration"])
+    assert len(list((tmp_path / "cache" / "pref").glob("*-ref_logps.pt"))) == 1
+    scored = dpo.score_pairs
+    monkeypatch.setattr(dpo, "score_pairs", lambda *a: pytest.fail("scored again despite the cache"))
+    again = train(models, data, tmp_path, "again", precompute_ref_log_probs=True, **kw)
+    assert [r["lm_loss"] for r in again] == [r["lm_loss"] for r in cached]
+    monkeypatch.setattr(dpo, "score_pairs", scored)
+    train(models, data, tmp_path, "other_ref", precompute_ref_log_probs=True, train_iters=1,
+          **{**kw, "load": models["reference_ck"], "ref_load": models["policy_ck"] if not kw else None})
+    assert len(list((tmp_path / "cache" / "pref").glob("*-ref_logps.pt"))) == 2
 
 
 @pytest.mark.dist

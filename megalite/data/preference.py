@@ -16,6 +16,11 @@ does not end with it; conversations as ``apply_chat_template(..., tokenize=True)
 and both prompt+completion sequences are tokenized whole, and each completion starts where the
 prompt's ids and the pair's ids first differ (their common prefix).
 
+Each source's fitted pairs are cached like SFT examples (``megalite.data.sft_examples``): a
+``.bin/.idx`` entry under ``<source folder>/cache/pref`` (or ``--pref-cache-path``) named by a
+hash of the files, tokenizer, template and lengths, holding the chosen and rejected sequences of
+pair k as documents 2k and 2k + 1; rank 0 builds it once, later runs and the other ranks read it.
+
 Length policy, counted in ``stats``: ``--max-prompt-length`` keeps the last N prompt tokens
 (``prompt_truncated``); a pair whose prompt fills a whole row (``seq_length + 1`` ids) has no
 completion token left and is dropped (``dropped``, as trl drops it); a longer sequence keeps its
@@ -31,10 +36,12 @@ import torch
 
 from megalite.data.chat import render_chat, resolve_template
 from megalite.data.sft import collate_sft, epoch_shuffled
+from megalite.data.sft_examples import ExampleStore, cached_store, write_store
 from megalite.data.sft_formats import (SHAREGPT_COLUMNS, SHAREGPT_TAGS, ROLE_OF_TAG, ALPACA_COLUMNS, SFTSource,
                                        from_alpaca, from_sharegpt, read_records, resolve_sources)
 from megalite.errors import MegaliteError
 
+CACHE_VERSION = 1
 KEYS = ("prompt", "chosen", "rejected")
 COUNTS = ("pairs", "prompt_truncated", "truncated", "dropped")
 Pair = Dict[str, object]  # prompt / chosen / rejected: strings, or message lists
@@ -167,9 +174,10 @@ class PreferenceDataset(torch.utils.data.Dataset):
 
     def summary(self) -> str:
         st = self.stats
-        return (f"preference data: {st.get('pairs', len(self.pairs))} pairs ({st.get('prompt_truncated', 0)} prompts "
-                f"cut to --max-prompt-length, {st.get('truncated', 0)} pairs cut to --seq-length, "
-                f"{st.get('dropped', 0)} dropped: the prompt fills a row)")
+        held_out = st.get("pairs", len(self.pairs)) - len(self.pairs)
+        return (f"preference data: {len(self.pairs)} pairs{f' ({held_out} more held out)' if held_out else ''}; "
+                f"{st.get('prompt_truncated', 0)} prompts cut to --max-prompt-length, {st.get('truncated', 0)} "
+                f"pairs cut to --seq-length, {st.get('dropped', 0)} dropped: the prompt fills a row")
 
     def pair_of(self, i: int) -> int:
         return epoch_shuffled(i, len(self.pairs), self.num_samples, self.seed, self._order)
@@ -203,22 +211,75 @@ def collate_pairs(items, pad_to: Optional[int] = None, multiple_of: int = 1) -> 
     return batch
 
 
+class Pairs:
+    """The fitted pairs of several cached sources, indexed as one list (or the ``picks`` of
+    it): ``pairs[k]`` is ``[(chosen ids, completion mask), (rejected ids, completion mask)]``."""
+
+    def __init__(self, stores: Sequence[ExampleStore], picks: Optional[np.ndarray] = None):
+        self.stores = list(stores)
+        self.ends = np.cumsum([len(st) // 2 for st in self.stores])
+        self.picks = picks
+
+    def __len__(self) -> int:
+        if self.picks is not None:
+            return len(self.picks)
+        return int(self.ends[-1]) if len(self.ends) else 0
+
+    def __getitem__(self, k: int):
+        k = int(self.picks[k]) if self.picks is not None else k
+        s = int(np.searchsorted(self.ends, k, side="right"))
+        j = k - (int(self.ends[s - 1]) if s else 0)
+        return [self.stores[s][2 * j], self.stores[s][2 * j + 1]]
+
+    def split(self, fraction: float, seed: int) -> Tuple["Pairs", Optional["Pairs"]]:
+        """(training pairs, held-out pairs): a seeded ``fraction`` of the pairs (at least one,
+        never all) is held out; None when ``fraction`` is 0."""
+        if not 0 <= fraction < 1:
+            raise MegaliteError(f"--pref-valid-fraction {fraction} must be in [0, 1)")
+        if not fraction:
+            return self, None
+        order = np.random.default_rng(seed).permutation(len(self))
+        k = min(max(1, round(fraction * len(self))), len(self) - 1)
+        return Pairs(self.stores, np.sort(order[k:])), Pairs(self.stores, np.sort(order[:k]))
+
+
+def load_or_build_pairs(source: SFTSource, tokenizer, template: str, seq_length: int,
+                        max_prompt_length: Optional[int], cache_dir: Optional[str] = None) -> ExampleStore:
+    """The source's fitted pairs, from the cache or tokenized into it (rank 0 builds)."""
+    description = {"version": CACHE_VERSION, "source": source.description(), "tokenizer": tokenizer.fingerprint(),
+                   "special_tokens": tokenizer.special_tokens, "template": template, "seq_length": seq_length,
+                   "max_prompt_length": max_prompt_length}
+
+    def build(prefix):
+        stats = {k: 0 for k in COUNTS}
+
+        def fitted(batch=256):
+            chunk = []
+            for path, i, pair in load_pairs(source):
+                try:
+                    ids = tokenize_pair(tokenizer, template, pair)
+                except MegaliteError as e:
+                    raise MegaliteError(f"{path}: record {i}: {e}") from None
+                chunk += fit_pair(*ids, seq_length, max_prompt_length, stats) or []
+                if len(chunk) >= 2 * batch:
+                    yield chunk
+                    chunk = []
+            yield chunk
+
+        write_store(prefix, description, fitted(), stats, tokenizer.vocab_size)
+
+    return cached_store(source, description, cache_dir, "pref", build)
+
+
 def build_pairs(dpo_cfg, chat_template: Optional[str], seq_length: int, tokenizer, spec: Optional[str] = None):
-    """(fitted pairs, counts) of every source of ``spec`` (default ``--pref-data``)."""
+    """(Pairs, counts) of every source of ``spec`` (default ``--pref-data``)."""
     spec = spec or dpo_cfg.pref_data
     if not spec:
         raise MegaliteError("--pref-data is required")
     flag = "--pref-data" if spec == dpo_cfg.pref_data else "--pref-valid-data"
     template = resolve_template(chat_template, tokenizer)
-    stats = {k: 0 for k in COUNTS}
-    pairs = []
-    for source in resolve_sources(spec, dpo_cfg.pref_dataset_dir, flag, ranking=True):
-        for path, i, pair in load_pairs(source):
-            try:
-                ids = tokenize_pair(tokenizer, template, pair)
-            except MegaliteError as e:
-                raise MegaliteError(f"{path}: record {i}: {e}") from None
-            fitted = fit_pair(*ids, seq_length, dpo_cfg.max_prompt_length, stats)
-            if fitted is not None:
-                pairs.append(fitted)
-    return pairs, stats
+    stores = [load_or_build_pairs(source, tokenizer, template, seq_length, dpo_cfg.max_prompt_length,
+                                  dpo_cfg.pref_cache_path)
+              for source in resolve_sources(spec, dpo_cfg.pref_dataset_dir, flag, ranking=True)]
+    stats = {k: sum(st.stats[k] for st in stores) for k in COUNTS}
+    return Pairs(stores), stats

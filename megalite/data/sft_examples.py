@@ -126,18 +126,45 @@ def load_or_build_store(source: SFTSource, tokenizer, template: str, seq_length:
                         cache_dir: Optional[str] = None, workers: int = 1) -> ExampleStore:
     """The source's tokenized examples, from the cache or built into it (rank 0 builds)."""
     description = cache_description(source, tokenizer, template, seq_length, train_on_prompt)
+
+    def build(prefix):
+        _build(prefix, description, source, tokenizer, template, seq_length + 1, train_on_prompt, workers)
+
+    return cached_store(source, description, cache_dir, "sft", build)
+
+
+def cached_store(source: SFTSource, description: dict, cache_dir: Optional[str], kind: str, build) -> ExampleStore:
+    """The cache entry of ``description`` for ``source`` (in ``cache_dir``, default
+    ``<source folder>/cache/<kind>``): rank 0 runs ``build(prefix)`` when it is missing or stale,
+    the other ranks wait for it."""
     digest = hashlib.md5(json.dumps(description, sort_keys=True).encode()).hexdigest()
-    cache_dir = cache_dir or os.path.join(os.path.dirname(os.path.abspath(source.path)), "cache", "sft")
+    cache_dir = cache_dir or os.path.join(os.path.dirname(os.path.abspath(source.path)), "cache", kind)
     prefix = os.path.join(cache_dir, f"{digest}-{os.path.basename(os.path.normpath(source.path))}")
     built = False
     if _is_builder_rank() and _cached_stats(prefix, description) is None:
-        _build(prefix, description, source, tokenizer, template, seq_length + 1, train_on_prompt, workers)
+        build(prefix)
         built = True
     _barrier()
     stats = _cached_stats(prefix, description)
     if stats is None:
-        raise MegaliteError(f"{cache_dir}: the SFT example cache for {source.path} is missing after building it")
+        raise MegaliteError(f"{os.path.dirname(prefix)}: the {kind} cache for {source.path} is missing after "
+                            "building it")
     return ExampleStore(prefix, stats, source.path, built)
+
+
+def write_store(prefix: str, description: dict, chunks: Iterable[List[Tuple[np.ndarray, np.ndarray]]],
+                stats: Dict[str, int], vocab_size: int) -> None:
+    """Write the (ids, mask) sequences of ``chunks`` as a cache entry; ``stats`` (filled while the
+    chunks are consumed) and ``description`` go into its description file, written last."""
+    with IndexedDatasetBuilder(prefix + "_tokens", best_dtype(vocab_size)) as tokens, \
+            IndexedDatasetBuilder(prefix + "_mask", np.uint8) as masks:
+        for chunk in chunks:
+            if chunk:
+                lengths = np.array([len(ids) for ids, _ in chunk])
+                tokens.add_documents(np.concatenate([ids for ids, _ in chunk]), lengths)
+                masks.add_documents(np.concatenate([m for _, m in chunk]).astype(np.uint8), lengths)
+    with atomic_write(prefix + "-description.json", "w") as f:
+        json.dump({"description": description, "stats": stats}, f, indent=1, sort_keys=True)
 
 
 def _cached_stats(prefix: str, description: dict) -> Optional[Dict[str, int]]:
@@ -188,30 +215,26 @@ def _build(prefix, description, source, tokenizer, template, max_len, train_on_p
     conversations = list(load_conversations(source))
     init = (tokenizer, template, max_len, train_on_prompt)
     stats = {"examples": len(conversations), "truncated": 0, "dropped": 0}
-    dtype = best_dtype(tokenizer.vocab_size)
     progress = Progress(f"sft tokenize {os.path.basename(source.path)}")
     pool = None
+
+    def kept_chunks(results):
+        for chunk in results:
+            kept = [(ids, mask) for ids, mask, _ in chunk if mask[1:].any()]
+            stats["truncated"] += sum(cut for _, _, cut in chunk)
+            stats["dropped"] += len(chunk) - len(kept)
+            progress.update(examples=len(chunk))
+            yield kept
+
     try:
-        with IndexedDatasetBuilder(prefix + "_tokens", dtype) as tokens, \
-                IndexedDatasetBuilder(prefix + "_mask", np.uint8) as masks:
-            if workers > 1 and len(conversations) > CHUNK:
-                # fork: workers inherit the tokenizer and template instead of unpickling them
-                pool = mp.get_context("fork").Pool(workers, _init_worker, init)
-                results = pool.imap(_tokenize_chunk, _chunks(conversations, CHUNK))
-            else:
-                _init_worker(*init)
-                results = map(_tokenize_chunk, _chunks(conversations, CHUNK))
-            for chunk in results:
-                kept = [(ids, mask) for ids, mask, _ in chunk if mask[1:].any()]
-                stats["truncated"] += sum(cut for _, _, cut in chunk)
-                stats["dropped"] += len(chunk) - len(kept)
-                if kept:
-                    lengths = np.array([len(ids) for ids, _ in kept])
-                    tokens.add_documents(np.concatenate([ids for ids, _ in kept]), lengths)
-                    masks.add_documents(np.concatenate([m for _, m in kept]).astype(np.uint8), lengths)
-                progress.update(examples=len(chunk))
-        with atomic_write(prefix + "-description.json", "w") as f:
-            json.dump({"description": description, "stats": stats}, f, indent=1, sort_keys=True)
+        if workers > 1 and len(conversations) > CHUNK:
+            # fork: workers inherit the tokenizer and template instead of unpickling them
+            pool = mp.get_context("fork").Pool(workers, _init_worker, init)
+            results = pool.imap(_tokenize_chunk, _chunks(conversations, CHUNK))
+        else:
+            _init_worker(*init)
+            results = map(_tokenize_chunk, _chunks(conversations, CHUNK))
+        write_store(prefix, description, kept_chunks(results), stats, tokenizer.vocab_size)
     finally:
         progress.close()
         if pool is not None:

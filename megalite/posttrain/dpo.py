@@ -11,12 +11,15 @@ trainer hands ``begin_step`` the global counts of ``count_keys``). Metrics carry
 are means over the global batch's pairs.
 """
 
+import json
+import os
 from typing import Dict, List, Tuple
 
 import torch
 import torch.nn.functional as F
 
 from megalite.errors import MegaliteError
+from megalite.utils.atomic import atomic_write
 
 LOSS_TYPES = ("sigmoid", "hinge", "ipo", "robust", "bco_pair", "nca_pair", "sppo_hard", "apo_zero", "apo_down",
               "sigmoid_norm", "sft", "simpo")
@@ -194,7 +197,7 @@ def build_reference(cfg, trainer):
             with adapters_disabled(trainer.model):
                 run(batch)
 
-        return precomputed(cfg, trainer, base) if cfg.dpo.precompute_ref_log_probs else base
+        return precomputed(cfg, trainer, base, trainer.model) if cfg.dpo.precompute_ref_log_probs else base
     if not cfg.dpo.ref_load:
         raise MegaliteError("DPO needs a reference model: give --load (its weights are the reference) or --ref-load")
     model = build_stage_model(cfg, None)
@@ -205,13 +208,37 @@ def build_reference(cfg, trainer):
     for p in model.parameters():
         p.requires_grad_(False)
     run = reference_pass(model, shape, dtype)
-    return precomputed(cfg, trainer, run) if cfg.dpo.precompute_ref_log_probs else run
+    return precomputed(cfg, trainer, run, model) if cfg.dpo.precompute_ref_log_probs else run
 
 
-def precomputed(cfg, trainer, reference):
-    """--precompute-ref-log-probs: ``reference`` scores every pair of the training set once, now
-    (each data-parallel rank a share, summed over ranks), and is then dropped with its model, so
-    training holds one model; the steps read the scores by ``pair_index``."""
+def precomputed(cfg, trainer, reference, frozen_model):
+    """--precompute-ref-log-probs: ``reference`` scores every pair of the training set once (each
+    data-parallel rank a share, summed over ranks) and is then dropped with its model, so
+    training holds one model; the steps read the scores by ``pair_index``. The table is cached
+    next to the pairs' cache (``reference_cache``), so a resumed run or a rerun does not score again."""
+    path = reference_cache(cfg, trainer, frozen_model)
+    found = torch.tensor([float(os.path.isfile(path))])
+    if torch.distributed.is_initialized():  # every rank takes the same branch
+        torch.distributed.all_reduce(found, op=torch.distributed.ReduceOp.MIN)
+    if found.item():
+        table = torch.load(path, map_location=trainer.device)
+    else:
+        table = score_pairs(cfg, trainer, reference)
+        if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
+            with atomic_write(path, "wb") as f:
+                torch.save(table.cpu(), f)
+            print(f"reference log-probs of {len(table)} pairs cached in {path}", flush=True)
+
+    def look_up(steps_batch):
+        for mb in steps_batch:
+            ref = table[mb["pair_index"]]
+            mb["ref_logps"] = torch.cat([ref[:, 0], ref[:, 1]])
+
+    return look_up
+
+
+def score_pairs(cfg, trainer, reference) -> torch.Tensor:
+    """[pairs, 2] reference log-probs (chosen, rejected) of every training pair, on every rank."""
     import numpy as np
 
     from megalite.data.preference import pair_rows
@@ -235,11 +262,30 @@ def precomputed(cfg, trainer, reference):
     for group in (s.pp_group, s.dp_group):
         if group is not None:
             torch.distributed.all_reduce(table, group=group)
-    table = table.float()
+    return table.float()
 
-    def look_up(steps_batch):
-        for mb in steps_batch:
-            ref = table[mb["pair_index"]]
-            mb["ref_logps"] = torch.cat([ref[:, 0], ref[:, 1]])
 
-    return look_up
+def reference_cache(cfg, trainer, frozen_model) -> str:
+    """Where the reference log-probs of this run's pairs are cached: named by a hash of the pairs'
+    cache entries, the reference's weights (checksums of the frozen parameters: the copy's, or
+    the base under LoRA adapters, on every rank), the dtype and the layout that scores them."""
+    import hashlib
+
+    from megalite.parallel import state
+
+    sums = [torch.stack([p.double().sum(), p.double().square().sum()])
+            for p in frozen_model.parameters() if not p.requires_grad]
+    mine = hashlib.md5(torch.stack(sums).cpu().numpy().tobytes()).digest() if sums else bytes(16)
+    digests = torch.tensor(list(mine), dtype=torch.float64, device=trainer.device)
+    if torch.distributed.is_initialized():
+        gathered = [torch.zeros_like(digests) for _ in range(torch.distributed.get_world_size())]
+        torch.distributed.all_gather(gathered, digests)
+        digests = torch.cat(gathered)
+    s, t = state.get(), cfg.training
+    pairs = trainer.train_ds.pairs
+    picks = None if pairs.picks is None else hashlib.md5(pairs.picks.tobytes()).hexdigest()
+    description = {"pairs": [st.prefix for st in pairs.stores], "picks": picks,
+                   "weights": hashlib.md5(digests.cpu().numpy().tobytes()).hexdigest(), "dtype": str(trainer.dtype),
+                   "layout": [s.tp_size, s.pp_size, s.dp_size, t.micro_batch_size, s.sequence_parallel]}
+    key = hashlib.md5(json.dumps(description, sort_keys=True).encode()).hexdigest()
+    return os.path.join(os.path.dirname(pairs.stores[0].prefix), f"{key}-ref_logps.pt")

@@ -12,6 +12,7 @@ from megalite.data.gpt_dataset import GPTDatasetConfig
 from megalite.data.mock import MockGPTDataset
 from megalite.data.sampler import PretrainingSampler
 from megalite.data.tokenizer import Tokenizer, build_tokenizer
+from megalite.errors import MegaliteError
 from megalite.parallel import state
 
 
@@ -32,15 +33,17 @@ def build_datasets(cfg: Config, tokenizer: Optional[Tokenizer], train_samples: i
     With --sft-data: chat examples (megalite.data.sft) instead of a token stream."""
     t, d = cfg.training, cfg.data
     eval_samples = t.eval_iters * t.global_batch_size
-    if cfg.dpo.pref_data:  # preference pairs (megalite.data.preference), held-out ones from --pref-valid-data
+    if cfg.dpo.pref_data:  # preference pairs (megalite.data.preference); held-out: --pref-valid-data or -fraction
         from megalite.data.preference import PreferenceDataset, build_pairs
 
-        def pairs_of(spec, samples):
-            pairs, stats = build_pairs(cfg.dpo, cfg.sft.chat_template, d.seq_length, tokenizer, spec)
-            return PreferenceDataset(pairs, samples, t.seed, stats)
-
-        valid = pairs_of(cfg.dpo.pref_valid_data, eval_samples) if cfg.dpo.pref_valid_data else None
-        return [pairs_of(cfg.dpo.pref_data, train_samples), valid, None]
+        if cfg.dpo.pref_valid_data and cfg.dpo.pref_valid_fraction:
+            raise MegaliteError("give --pref-valid-data or --pref-valid-fraction, not both")
+        pairs, stats = build_pairs(cfg.dpo, cfg.sft.chat_template, d.seq_length, tokenizer)
+        train, valid = pairs.split(cfg.dpo.pref_valid_fraction, t.seed)
+        if cfg.dpo.pref_valid_data:
+            valid, _ = build_pairs(cfg.dpo, cfg.sft.chat_template, d.seq_length, tokenizer, cfg.dpo.pref_valid_data)
+        return [PreferenceDataset(train, train_samples, t.seed, stats),
+                PreferenceDataset(valid, eval_samples, t.seed) if valid is not None else None, None]
     if cfg.sft.sft_data:
         from megalite.data.sft import build_sft_datasets
 
