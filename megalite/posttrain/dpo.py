@@ -117,14 +117,14 @@ class DPOObjective:
         return dict(self.sums)
 
 
-def reference_pass(model, activation_shape, dtype):
+def reference_pass(model, activation_shape, dtype, key: str = "ref_logps"):
     """A ``reference`` for DPOObjective: a forward-only pass of ``model`` over the step's micro-batches
-    storing each row's summed completion log-prob in ``mb["ref_logps"]`` (on the last pipeline stage,
-    where the loss is computed)."""
+    storing each row's summed completion log-prob in ``mb[key]`` (on the last pipeline stage,
+    where the loss is computed). KTO also runs the policy this way over its KL rows."""
     from megalite.parallel.pipeline import forward_backward
 
     def store(losses, mb):
-        mb["ref_logps"] = completion_logps(losses, mb).detach()
+        mb[key] = completion_logps(losses, mb).detach()
         return losses.new_zeros(())
 
     def run(batch):
@@ -145,6 +145,12 @@ class _NoOptimizer:
 
 
 def build_reference(cfg, trainer):
+    """DPO's reference: the live pass of ``live_reference``, or its precomputed scores."""
+    run = live_reference(cfg, trainer)
+    return precomputed(cfg, trainer, run) if cfg.dpo.precompute_ref_log_probs else run
+
+
+def live_reference(cfg, trainer):
     """The reference pass of a run: with LoRA (and no --ref-load) the policy itself with its
     adapters disabled; otherwise a frozen copy built and sharded like the policy, loaded from
     --ref-load (``prepare`` sets it to the run's starting weights when not given)."""
@@ -163,9 +169,10 @@ def build_reference(cfg, trainer):
             with adapters_disabled(trainer.model):
                 run(batch)
 
-        return precomputed(cfg, trainer, base) if cfg.dpo.precompute_ref_log_probs else base
+        return base
     if not cfg.dpo.ref_load:
-        raise MegaliteError("DPO needs a reference model: give --load (its weights are the reference) or --ref-load")
+        raise MegaliteError(f"{cfg.dpo.stage.upper()} needs a reference model: give --load (its weights are the "
+                            "reference) or --ref-load")
     model = build_stage_model(cfg, None)
     initialize(model, cfg.training.seed)
     model.to(device=trainer.device, dtype=dtype)
@@ -173,8 +180,32 @@ def build_reference(cfg, trainer):
     load_checkpoint(dataclasses.replace(cfg, checkpoint=ckpt), model, _NoOptimizer())
     for p in model.parameters():
         p.requires_grad_(False)
-    run = reference_pass(model, shape, dtype)
-    return precomputed(cfg, trainer, run) if cfg.dpo.precompute_ref_log_probs else run
+    return reference_pass(model, shape, dtype)
+
+
+def score_once(reference, batch, index_key: str, rows: int, size: int, device) -> torch.Tensor:
+    """A ``[size, rows]`` table of reference scores (``rows`` per item: DPO's chosen and rejected):
+    ``reference`` runs over ``batch`` (this rank's share of the items, whole micro-batches) and each
+    micro-batch's ``ref_logps`` land at its items' ``index_key``; as an item is scored by one
+    data-parallel rank's last pipeline stage, sums over the stages and ranks fill the table."""
+    from megalite.parallel import state
+
+    s = state.get()
+    if batch:
+        reference(batch)
+    table = torch.zeros(size, rows, dtype=torch.float64, device=device)
+    for mb in batch:
+        if "ref_logps" in mb:  # the last pipeline stage
+            table[mb[index_key]] = mb["ref_logps"].view(rows, -1).T.double()
+    for group in (s.pp_group, s.dp_group):
+        if group is not None:
+            torch.distributed.all_reduce(table, group=group)
+    return table.float()
+
+
+def read_scores(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """The scores of ``score_once``'s table for a micro-batch's items, in its row order."""
+    return table[index].T.reshape(-1)
 
 
 def precomputed(cfg, trainer, reference):
@@ -194,21 +225,10 @@ def precomputed(cfg, trainer, reference):
     batch = [collate([{**pair_rows(ds.pairs[k]), "index": int(k)} for k in mine[i:i + mbs]])
              for i in range(0, len(mine), mbs)]
     batch = [{k: v.to(trainer.device) for k, v in mb.items()} for mb in batch]
-    reference(batch)
-    table = torch.zeros(len(ds.pairs), 2, dtype=torch.float64, device=trainer.device)
-    for mb in batch:
-        if "ref_logps" in mb:  # the last pipeline stage
-            n = len(mb["pair_index"])
-            table[mb["pair_index"]] = torch.stack([mb["ref_logps"][:n], mb["ref_logps"][n:]], 1).double()
-    # a pair is scored by one data-parallel rank's last stage: sums over the ranks fill the table
-    for group in (s.pp_group, s.dp_group):
-        if group is not None:
-            torch.distributed.all_reduce(table, group=group)
-    table = table.float()
+    table = score_once(reference, batch, "pair_index", 2, len(ds.pairs), trainer.device)
 
     def look_up(steps_batch):
         for mb in steps_batch:
-            ref = table[mb["pair_index"]]
-            mb["ref_logps"] = torch.cat([ref[:, 0], ref[:, 1]])
+            mb["ref_logps"] = read_scores(table, mb["pair_index"])
 
     return look_up

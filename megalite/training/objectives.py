@@ -34,9 +34,13 @@ class TokenMean:
 
 
 def build_objective(cfg: Config, trainer):
-    """DPO with --pref-data (megalite.posttrain.dpo), else the token mean."""
+    """DPO (megalite.posttrain.dpo) or KTO (megalite.posttrain.kto) with --pref-data, else the token mean."""
     if not cfg.dpo.pref_data:
         return TokenMean()
+    if cfg.dpo.stage == "kto":
+        from megalite.posttrain.kto import build_kto_objective
+
+        return build_kto_objective(cfg, trainer)
     from megalite.posttrain.dpo import DPOObjective, build_reference
 
     return DPOObjective(cfg.dpo, build_reference(cfg, trainer))
