@@ -45,9 +45,30 @@ def plain_file(models):
 
 
 @pytest.fixture(scope="module")
-def baseline(models, plain_file, swapped):
-    """Three steps of one process, 2 micro-batches of 4 examples a step."""
-    return kto(models, plain_file, models["root"], "kto_baseline", **swapped)
+def with_eval(models, swapped):
+    """The swapped models, and 8 held-out examples evaluated after the third step."""
+    held_out = write_jsonl(models["root"] / "kto_valid.jsonl", plain_examples(8))
+    return {**swapped, "pref_valid_data": held_out, "eval_iters": 1, "eval_interval": 3}
+
+
+def kto_with_eval(models, data, tmp_path, name, with_eval, **kw):
+    """(train records, evaluation records) of a run with the held-out examples."""
+    return kto(models, data, tmp_path, name, **with_eval, **kw), read_metrics(str(tmp_path / f"{name}.jsonl"))[1]
+
+
+@pytest.fixture(scope="module")
+def baseline(models, plain_file, with_eval):
+    """Three steps of one process, 2 micro-batches of 4 examples a step, then the held-out metrics."""
+    return kto_with_eval(models, plain_file, models["root"], "kto_baseline", with_eval)
+
+
+def assert_same_run(a, b, keys, rel):
+    (train_a, evals_a), (train_b, evals_b) = a, b
+    assert len(train_a) == len(train_b) == 3 and [e["split"] for e in evals_a + evals_b] == ["valid", "valid"]
+    for x, y in zip(train_a + evals_a, train_b + evals_b):
+        for key in keys:
+            if key in x:
+                assert y[key] == pytest.approx(x[key], rel=rel, abs=rel / 10), (key, x["iteration"], x.get("split"))
 
 
 def trl_trainer(models, examples, policy="policy", reference="reference", **args):
@@ -178,28 +199,25 @@ def test_loss_and_metrics_equal_trl(both_sides, kind, beta, wd, wu):
 
 # -- training --------------------------------------------------------------------------------------
 @pytest.mark.dist
-@pytest.mark.parametrize("layout", [{"world": 2}, {"world": 2, "tensor_model_parallel_size": 2}],
-                         ids=["dp2", "tp2"])
-def test_parallel_layouts_train_like_one_process(tmp_path, models, plain_file, baseline, swapped, layout):
-    """DP=2 takes each rank one of the two micro-batches of 4 (the same micro-batches, so the same KL rows)."""
-    other = kto(models, plain_file, tmp_path, "other", **swapped, **layout)
-    assert baseline[-1]["lm_loss"] < baseline[0]["lm_loss"] and all(r["kl"] > 0 for r in baseline)
-    for a, b in zip(baseline, other):
-        for key in ("lm_loss", "grad_norm", "kl", "rewards/chosen", "logps/rejected"):
-            assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), (key, a["iteration"])
+@pytest.mark.parametrize("layout", [{"world": 2}, {"world": 2, "tensor_model_parallel_size": 2},
+                                    {"world": 2, "pipeline_model_parallel_size": 2, "precompute_ref_log_probs": True}],
+                         ids=["dp2", "tp2", "pp2_precomputed"])
+def test_parallel_layouts_train_like_one_process(tmp_path, models, plain_file, baseline, with_eval, layout):
+    """Each layout keeps the micro-batches of 4 examples (DP=2: a rank takes one of the two), so
+    the same KL rows; the estimate is all-reduced over the ranks."""
+    train_a, _ = baseline
+    assert train_a[-1]["lm_loss"] < train_a[0]["lm_loss"] and all(r["kl"] > 0 for r in train_a)
+    other = kto_with_eval(models, plain_file, tmp_path, "other", with_eval, **layout)
+    assert_same_run(baseline, other, ("lm_loss", "loss", "grad_norm", "kl", "rewards/chosen", "logps/rejected"),
+                    1e-5)
 
 
-def test_precomputed_reference_gives_the_same_training_and_evaluation(tmp_path, models, plain_file, swapped):
-    held_out = write_jsonl(tmp_path / "valid.jsonl", plain_examples(8))
-    kw = dict(pref_valid_data=held_out, eval_iters=1, eval_interval=3, **swapped)
-    live = kto(models, plain_file, tmp_path, "live", **kw)
-    cached = kto(models, plain_file, tmp_path, "cached", precompute_ref_log_probs=True, **kw)
-    live_evals, cached_evals = (read_metrics(str(tmp_path / f"{n}.jsonl"))[1] for n in ("live", "cached"))
-    for a, b in zip(live + live_evals, cached + cached_evals):
-        for key in ("lm_loss", "loss", "kl", "rewards/chosen", "rewards/rejected"):
-            if key in a:
-                assert b[key] == pytest.approx(a[key], rel=1e-6, abs=1e-7), (key, a["iteration"])
-    assert [e["split"] for e in live_evals] == ["valid"] and live_evals[0]["kl"] > 0 and live[0]["kl"] > 0
+def test_precomputed_reference_gives_the_same_training_and_evaluation(tmp_path, models, plain_file, baseline,
+                                                                      with_eval):
+    cached = kto_with_eval(models, plain_file, tmp_path, "cached", with_eval, precompute_ref_log_probs=True)
+    assert baseline[1][0]["kl"] > 0
+    assert_same_run(baseline, cached, ("lm_loss", "loss", "kl", "rewards/chosen", "rewards/rejected",
+                                       "rewards/margins"), 1e-6)
 
 
 def test_lora_reference_is_the_base_with_adapters_disabled(tmp_path, models, plain_file):
