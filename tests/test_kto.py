@@ -197,6 +197,30 @@ def test_loss_and_metrics_equal_trl(both_sides, kind, beta, wd, wu):
         assert value == pytest.approx(tr._metrics["eval"][name][-1], rel=1e-5, abs=1e-6), name
 
 
+def test_a_batch_without_undesirable_examples_reports_what_trl_reports(both_sides):
+    """No undesirable example: no rejected rewards / logps and no margin, in trl's logs and ours."""
+    from megalite.data.unpaired import collate_unpaired
+    from megalite.posttrain.kto import KTOObjective
+
+    trainer, _, _, tr, _ = both_sides
+    desirable = [k for k in range(8) if trainer.train_ds.examples[k].label]
+    batch = collate_unpaired([trainer.train_ds.item(k, k) for k in desirable], 64)  # the run's reference scores KL rows too
+    objective = KTOObjective(KTOConfig("apo_zero_unpaired"), 0.1, trainer.objective.reference)
+    objective.prepare([batch])
+    objective.begin_step({k: batch[k].sum().item() for k in objective.count_keys})
+    with torch.no_grad():
+        ours = objective(trainer.model(batch["tokens"], labels=batch["labels"]), batch).item()
+    tr.loss_type, tr.beta, tr.desirable_weight, tr.undesirable_weight, tr.calculate_KL = \
+        "apo_zero_unpaired", 0.1, 1.0, 1.0, False
+    tr._metrics["eval"].clear()
+    with torch.no_grad():
+        theirs = tr.compute_loss(tr.model, tr.data_collator([tr.train_dataset[k] for k in desirable])).item()
+    assert ours == pytest.approx(theirs, rel=1e-5)
+    theirs_metrics = {k: v[-1] for k, v in tr._metrics["eval"].items() if k.startswith(("rewards", "logps", "kl"))}
+    assert objective.metrics() == pytest.approx(theirs_metrics, rel=1e-5, abs=1e-6)
+    assert set(theirs_metrics) == {"kl", "rewards/chosen", "logps/chosen"}
+
+
 # -- training --------------------------------------------------------------------------------------
 @pytest.mark.dist
 @pytest.mark.parametrize("layout", [{"world": 2}, {"world": 2, "tensor_model_parallel_size": 2},
@@ -227,4 +251,14 @@ def test_lora_reference_is_the_base_with_adapters_disabled(tmp_path, models, pla
     assert disabled[0]["kl"] == 0.0 and disabled[0]["rewards/chosen"] == 0.0  # adapters start at zero
     for a, b in zip(copy, disabled):
         for key in ("lm_loss", "kl", "rewards/chosen", "rewards/rejected"):
+            assert b[key] == pytest.approx(a[key], rel=1e-6, abs=1e-7), (key, a["iteration"])
+
+
+def test_apo_zero_unpaired_trains_without_kl_rows(tmp_path, models, plain_file, swapped):
+    live = kto(models, plain_file, tmp_path, "apo", kto_loss_type="apo_zero_unpaired", **swapped)
+    cached = kto(models, plain_file, tmp_path, "apo_cached", kto_loss_type="apo_zero_unpaired",
+                 precompute_ref_log_probs=True, **swapped)
+    assert all(r["kl"] == 0.0 for r in live) and live[-1]["lm_loss"] < live[0]["lm_loss"]
+    for a, b in zip(live, cached):
+        for key in ("lm_loss", "grad_norm", "rewards/chosen", "rewards/rejected"):
             assert b[key] == pytest.approx(a[key], rel=1e-6, abs=1e-7), (key, a["iteration"])
