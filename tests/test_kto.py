@@ -204,7 +204,7 @@ def test_a_batch_without_undesirable_examples_reports_what_trl_reports(both_side
 
     trainer, _, _, tr, _ = both_sides
     desirable = [k for k in range(8) if trainer.train_ds.examples[k].label]
-    batch = collate_unpaired([trainer.train_ds.item(k, k) for k in desirable], 64)  # the run's reference scores KL rows too
+    batch = collate_unpaired([trainer.train_ds.item(k, k) for k in desirable], 64)  # KL rows: the reference reads them
     objective = KTOObjective(KTOConfig("apo_zero_unpaired"), 0.1, trainer.objective.reference)
     objective.prepare([batch])
     objective.begin_step({k: batch[k].sum().item() for k in objective.count_keys})

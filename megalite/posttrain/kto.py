@@ -108,15 +108,14 @@ def build_kto_objective(cfg, trainer) -> KTOObjective:
     kl = cfg.kto.kto_loss_type == "kto"
     live = live_reference(cfg, trainer)
 
-    def reference(batch):  # one forward-only pass over the micro-batches and their KL rows
+    def rows_and_kl_rows(batch):  # one forward-only pass over the micro-batches and their KL rows
         views = [kl_view(mb) for mb in batch] if kl else []
         live(list(batch) + views)
         for mb, view in zip(batch, views):
             if "ref_logps" in view:
                 mb["ref_kl_logps"] = view["ref_logps"]
 
-    if cfg.dpo.precompute_ref_log_probs:
-        reference = precomputed(cfg, trainer, live, kl)
+    reference = precomputed(cfg, trainer, live, kl) if cfg.dpo.precompute_ref_log_probs else rows_and_kl_rows
     policy = reference_pass(trainer.model, trainer.activation_shape, trainer.dtype, "policy_logps") if kl else None
     return KTOObjective(cfg.kto, cfg.dpo.dpo_beta, reference, policy)
 

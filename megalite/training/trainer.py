@@ -408,7 +408,7 @@ class Trainer:
             "ms_per_iteration": 1000 * elapsed / w["n"],
             "memory_gb": _memory_gb(self.device),
             **self._straggler_stats(),
-            **{k: v / w["extra_steps"][k] for k, v in w.get("extra", {}).items()},  # the objective's own, e.g. DPO rewards
+            **{k: v / w["extra_steps"][k] for k, v in w.get("extra", {}).items()},  # the objective's, e.g. rewards
         }
         line = (f" iteration {self.iteration:8d}/{self.train_iters} | consumed samples {self.consumed_samples:10d} | "
                 f"ms/iter {metrics['ms_per_iteration']:8.1f} | lr {metrics['lr']:.3e} | "
