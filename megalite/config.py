@@ -207,6 +207,14 @@ class DPOConfig:
                                                 "so training holds a single model")
 
 
+@dataclass
+class KTOConfig:
+    kto_loss_type: str = opt("kto", "dpo_gpt.py --stage kto: trl's loss, kto (with the KL estimate) or "
+                                    "apo_zero_unpaired", choices=["kto", "apo_zero_unpaired"])
+    kto_desirable_weight: float = opt(1.0, "KTO: weight of the desirable examples' losses")
+    kto_undesirable_weight: float = opt(1.0, "KTO: weight of the undesirable examples' losses")
+
+
 SECTIONS = {
     "model": ModelConfig,
     "parallel": ParallelConfig,
@@ -217,6 +225,7 @@ SECTIONS = {
     "sft": SFTConfig,
     "lora": LoraConfig,
     "dpo": DPOConfig,
+    "kto": KTOConfig,
 }
 
 
@@ -231,6 +240,7 @@ class Config:
     sft: SFTConfig = field(default_factory=SFTConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
+    kto: KTOConfig = field(default_factory=KTOConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

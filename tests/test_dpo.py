@@ -263,7 +263,7 @@ LOSSES = [("sigmoid", {}), ("hinge", {}), ("ipo", {}), ("robust", {"label_smooth
 @pytest.fixture(scope="module")
 def both_sides(models, chat_file):
     """Our trainer's model and DPO objective, and trl's DPOTrainer, on the same 8 pairs."""
-    from megalite.data.preference import build_pairs, collate_pairs, pair_rows
+    from megalite.data.preference import PreferenceDataset, build_pairs, collate_pairs
     from megalite.posttrain.sft import prepare
     from megalite.training.checkpointing import saved_settings
     from megalite.training.trainer import Trainer
@@ -273,7 +273,7 @@ def both_sides(models, chat_file):
     inherit_model_settings(cfg, saved_settings(cfg.checkpoint.load))
     trainer = Trainer(validate(cfg), torch.device("cpu"))
     pairs, _ = build_pairs(cfg.dpo, cfg.sft.chat_template, 64, trainer.tokenizer)
-    batch = collate_pairs([pair_rows(pairs[k]) for k in range(8)])
+    batch = collate_pairs([PreferenceDataset(pairs).item(k) for k in range(8)])
     trainer.model.eval()
     with torch.no_grad():
         losses = trainer.model(batch["tokens"], labels=batch["labels"])
@@ -421,6 +421,18 @@ def test_precomputed_reference_gives_the_same_training(tmp_path, models, plain_f
     train(models, data, tmp_path, "other_ref", precompute_ref_log_probs=True, train_iters=1,
           **{**kw, "load": models["reference_ck"], "ref_load": models["policy_ck"] if not kw else None})
     assert len(list((tmp_path / "cache" / "pref").glob("*-ref_logps.pt"))) == 2
+
+
+def test_precomputed_reference_scores_held_out_pairs_too(tmp_path, models, plain_file):
+    """Held-out pairs have their own precomputed table (their indices are not the training set's)."""
+    held_out = write_jsonl(tmp_path / "valid.jsonl", plain_pairs()[::-1][:8])
+    runs = {}
+    for name, kw in (("live", {}), ("precomputed", {"precompute_ref_log_probs": True})):
+        train(models, plain_file, tmp_path, name, pref_valid_data=held_out, skip_train=True, eval_iters=1, **kw)
+        runs[name] = read_metrics(str(tmp_path / f"{name}.jsonl"))[1][0]
+    assert runs["live"]["rewards/margins"] != 0.0
+    for key in ("loss", "rewards/chosen", "rewards/margins"):
+        assert runs["precomputed"][key] == pytest.approx(runs["live"][key], rel=1e-6), key
 
 
 @pytest.mark.dist

@@ -119,52 +119,76 @@ def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
     return int(diff[0]) if len(diff) else n
 
 
-def tokenize_pair(tokenizer, template: str, pair: Pair) -> Tuple[List[int], List[int], List[int]]:
-    """(prompt ids, chosen ids, rejected ids) exactly as trl's DPOTrainer tokenizes the pair."""
-    if isinstance(pair["prompt"], str):
+def tokenize_completions(tokenizer, template: str, prompt, completions) -> Tuple[List[int], List[List[int]]]:
+    """(prompt ids, [completion ids]) as trl's DPO and KTO trainers tokenize a prompt and its
+    completions: each prompt+completion is tokenized whole and the prompt is cut where the ids of
+    the prompt and of every prompt+completion first differ."""
+    if isinstance(prompt, str):
         eos = tokenizer.id_to_token(tokenizer.eod)
-        texts = [pair["prompt"]] + [pair["prompt"] + (c if c.endswith(eos) else c + eos)
-                                    for c in (pair["chosen"], pair["rejected"])]
-        prompt, chosen, rejected = (tokenizer.encode_text(t) for t in texts)
+        texts = [prompt] + [prompt + (c if c.endswith(eos) else c + eos) for c in completions]
+        prompt_ids, *full = (tokenizer.encode_text(t) for t in texts)
     else:
         specials = tokenizer.special_tokens
-        prompt = tokenizer.encode(render_chat(template, pair["prompt"], True, **specials))
-        chosen, rejected = (tokenizer.encode(render_chat(template, pair["prompt"] + pair[k], False, **specials))
-                            for k in ("chosen", "rejected"))
-    n = min(common_prefix_length(prompt, chosen), common_prefix_length(prompt, rejected))
-    return list(prompt[:n]), list(chosen[n:]), list(rejected[n:])
+        prompt_ids = tokenizer.encode(render_chat(template, prompt, True, **specials))
+        full = [tokenizer.encode(render_chat(template, prompt + c, False, **specials)) for c in completions]
+    n = min(common_prefix_length(prompt_ids, ids) for ids in full)
+    return list(prompt_ids[:n]), [list(ids[n:]) for ids in full]
+
+
+def tokenize_pair(tokenizer, template: str, pair: Pair) -> Tuple[List[int], List[int], List[int]]:
+    """(prompt ids, chosen ids, rejected ids) exactly as trl's DPOTrainer tokenizes the pair."""
+    prompt, (chosen, rejected) = tokenize_completions(tokenizer, template, pair["prompt"],
+                                                      [pair["chosen"], pair["rejected"]])
+    return prompt, chosen, rejected
+
+
+def fit_prompt(prompt: List[int], longest: int, seq_length: int, max_prompt_length: Optional[int],
+               stats: Dict[str, int]) -> Optional[List[int]]:
+    """The prompt under the length policy of the module docstring (``longest``: its longest
+    completion), or None when the prompt fills a row and the example is dropped; ``stats``
+    counts ``prompt_truncated``, ``dropped`` and ``truncated``."""
+    if max_prompt_length is not None and len(prompt) > max_prompt_length:
+        prompt = prompt[len(prompt) - max_prompt_length:]
+        stats["prompt_truncated"] += 1
+    if len(prompt) >= seq_length + 1:
+        stats["dropped"] += 1
+        return None
+    if len(prompt) + longest > seq_length + 1:
+        stats["truncated"] += 1
+    return prompt
+
+
+def fit_sequence(prompt: List[int], completion: List[int], seq_length: int):
+    """``(ids, completion mask)`` of prompt + completion, its first ``seq_length + 1`` ids."""
+    width = seq_length + 1
+    return (np.asarray(prompt + completion, dtype=np.int64)[:width],
+            np.asarray([0] * len(prompt) + [1] * len(completion), dtype=bool)[:width])
 
 
 def fit_pair(prompt: List[int], chosen: List[int], rejected: List[int], seq_length: int,
              max_prompt_length: Optional[int], stats: Dict[str, int]):
     """The two sequences ``(ids, completion mask)`` of a pair under the length policy of the
     module docstring, or None when the pair is dropped; ``stats`` counts what happened."""
-    if max_prompt_length is not None and len(prompt) > max_prompt_length:
-        prompt = prompt[len(prompt) - max_prompt_length:]
-        stats["prompt_truncated"] += 1
-    width = seq_length + 1
-    if len(prompt) >= width:
-        stats["dropped"] += 1
+    prompt = fit_prompt(prompt, max(len(chosen), len(rejected)), seq_length, max_prompt_length, stats)
+    if prompt is None:
         return None
-    if len(prompt) + max(len(chosen), len(rejected)) > width:
-        stats["truncated"] += 1
     stats["pairs"] += 1
-    return [(np.asarray(prompt + c, dtype=np.int64)[:width],
-             np.asarray([0] * len(prompt) + [1] * len(c), dtype=bool)[:width]) for c in (chosen, rejected)]
+    return [fit_sequence(prompt, c, seq_length) for c in (chosen, rejected)]
 
 
 # -- training rows ---------------------------------------------------------------------------------
 class PreferenceDataset(torch.utils.data.Dataset):
     """``num_samples`` pairs, epochs over the pairs each shuffled by ``seed + epoch`` (sample
     ``i`` is the same pair in every run, so resuming is exact). ``ds[i]`` holds the chosen and
-    rejected rows (``tokens``, ``labels``, ``loss_mask`` = completion tokens among the labels)
-    and ``index``, the pair's position in the set (what precomputed reference scores are keyed by)."""
+    rejected rows (``tokens``, ``labels``, ``loss_mask`` = completion tokens among the labels),
+    ``index``, the pair's position in the set, and ``held_out`` (a validation set): what
+    precomputed reference scores are looked up by."""
 
     def __init__(self, pairs, num_samples: Optional[int] = None, seed: int = 1234,
-                 stats: Optional[Dict[str, int]] = None):
+                 stats: Optional[Dict[str, int]] = None, held_out: bool = False):
         if not pairs:
             raise MegaliteError("no preference pairs to train on (every pair was dropped, or the data is empty)")
-        self.pairs, self.seed = pairs, seed
+        self.pairs, self.seed, self.held_out = pairs, seed, held_out
         self.num_samples = len(pairs) if num_samples is None else int(num_samples)
         self.stats = stats or {"pairs": len(pairs)}
         self._order = [-1, None]
@@ -183,28 +207,34 @@ class PreferenceDataset(torch.utils.data.Dataset):
         return epoch_shuffled(i, len(self.pairs), self.num_samples, self.seed, self._order)
 
     def __getitem__(self, i: int) -> Dict[str, object]:
-        k = self.pair_of(i)
-        return {**pair_rows(self.pairs[k]), "index": k}
+        return self.item(self.pair_of(i))
+
+    def item(self, k: int) -> Dict[str, object]:
+        """Pair ``k`` of the set, as a sample."""
+        return {**pair_rows(self.pairs[k]), "index": k, "held_out": self.held_out}
 
 
 def pair_rows(fitted) -> Dict[str, Dict[str, torch.Tensor]]:
     """The chosen and rejected training rows of a fitted pair."""
-    rows = {}
-    for name, (ids, mask) in zip(("chosen", "rejected"), fitted):
-        ids = torch.from_numpy(ids)
-        rows[name] = {"tokens": ids[:-1], "labels": ids[1:], "loss_mask": torch.from_numpy(mask[1:].astype(np.float32)),
-                      "position_ids": torch.arange(len(ids) - 1)}
-    return rows
+    return {name: training_row(*seq) for name, seq in zip(("chosen", "rejected"), fitted)}
+
+
+def training_row(ids: np.ndarray, mask: np.ndarray) -> Dict[str, torch.Tensor]:
+    """A row of ``fit_sequence``'s output: inputs, next-token labels, completion-label mask."""
+    ids = torch.from_numpy(ids)
+    return {"tokens": ids[:-1], "labels": ids[1:], "loss_mask": torch.from_numpy(mask[1:].astype(np.float32)),
+            "position_ids": torch.arange(len(ids) - 1)}
 
 
 def collate_pairs(items, pad_to: Optional[int] = None, multiple_of: int = 1) -> Dict[str, torch.Tensor]:
     """One micro-batch of n pairs: rows 0..n-1 chosen, n..2n-1 rejected (trl's layout), padded
     like SFT rows; ``pairs`` (n ones) and ``chosen_tokens`` / ``rejected_tokens`` are what the
-    DPO losses and metrics are normalised by (their global sums)."""
+    DPO losses and metrics are normalised by (their global sums); ``pair_index`` and
+    ``held_out`` find precomputed reference scores."""
     batch = collate_sft([it["chosen"] for it in items] + [it["rejected"] for it in items], pad_to, multiple_of)
     batch.pop("position_ids")
-    if all("index" in it for it in items):
-        batch["pair_index"] = torch.tensor([it["index"] for it in items], dtype=torch.int64)
+    batch["pair_index"] = torch.tensor([it["index"] for it in items], dtype=torch.int64)
+    batch["held_out"] = torch.tensor([int(it["held_out"]) for it in items])
     batch["pairs"] = torch.ones(len(items))
     batch["chosen_tokens"] = batch["loss_mask"][:len(items)].sum(1)
     batch["rejected_tokens"] = batch["loss_mask"][len(items):].sum(1)

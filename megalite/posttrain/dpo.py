@@ -146,14 +146,14 @@ class DPOObjective:
         return dict(self.sums)
 
 
-def reference_pass(model, activation_shape, dtype):
+def reference_pass(model, activation_shape, dtype, key: str = "ref_logps"):
     """A ``reference`` for DPOObjective: a forward-only pass of ``model`` over the step's micro-batches
-    storing each row's summed completion log-prob in ``mb["ref_logps"]`` (on the last pipeline stage,
-    where the loss is computed)."""
+    storing each row's summed completion log-prob in ``mb[key]`` (on the last pipeline stage,
+    where the loss is computed). KTO also runs the policy this way over its KL rows."""
     from megalite.parallel.pipeline import forward_backward
 
     def store(losses, mb):
-        mb["ref_logps"] = completion_logps(losses, mb).detach()
+        mb[key] = completion_logps(losses, mb).detach()
         return losses.new_zeros(())
 
     def run(batch):
@@ -173,10 +173,34 @@ class _NoOptimizer:
         pass
 
 
+def build_dpo_objective(cfg, trainer) -> DPOObjective:
+    """The run's DPO objective with its reference; the model also returns each token's mean
+    logit (trl's ``logits/chosen`` and ``logits/rejected``)."""
+    from megalite.model.gpt import GPTModel
+
+    for m in trainer.model.modules():
+        if isinstance(m, GPTModel):
+            m.mean_logits = True
+    return DPOObjective(cfg.dpo, build_reference(cfg, trainer))
+
+
 def build_reference(cfg, trainer):
-    """The reference pass of a run: none for SimPO; with LoRA (and no --ref-load) the policy itself with its
-    adapters disabled; otherwise a frozen copy built and sharded like the policy, loaded from
-    --ref-load (``prepare`` sets it to the run's starting weights when not given)."""
+    """DPO's reference: none for SimPO; else the live pass of ``live_reference``, or its
+    precomputed scores."""
+    if reference_free(cfg.dpo):
+        if cfg.dpo.ref_load or cfg.dpo.precompute_ref_log_probs:
+            raise MegaliteError("--dpo-loss-type simpo uses no reference model: drop --ref-load and "
+                                "--precompute-ref-log-probs")
+        return None
+    run, weights = live_reference(cfg, trainer)
+    return precomputed(cfg, trainer, run, weights) if cfg.dpo.precompute_ref_log_probs else run
+
+
+def live_reference(cfg, trainer):
+    """(the reference pass of a run, the model holding its frozen weights): with LoRA (and no
+    --ref-load) the policy itself with its adapters disabled; otherwise a frozen copy built and
+    sharded like the policy, loaded from --ref-load (``prepare`` sets it to the run's starting
+    weights when not given)."""
     import dataclasses
 
     from megalite.model.gpt import build_stage_model
@@ -185,11 +209,6 @@ def build_reference(cfg, trainer):
     from megalite.training.checkpointing import load_checkpoint
 
     shape, dtype = trainer.activation_shape, trainer.dtype
-    if reference_free(cfg.dpo):
-        if cfg.dpo.ref_load or cfg.dpo.precompute_ref_log_probs:
-            raise MegaliteError("--dpo-loss-type simpo uses no reference model: drop --ref-load and "
-                                "--precompute-ref-log-probs")
-        return None
     if cfg.lora.lora_rank > 0 and not cfg.dpo.ref_load:
         run = reference_pass(trainer.model, shape, dtype)
 
@@ -197,9 +216,10 @@ def build_reference(cfg, trainer):
             with adapters_disabled(trainer.model):
                 run(batch)
 
-        return precomputed(cfg, trainer, base, trainer.model) if cfg.dpo.precompute_ref_log_probs else base
+        return base, trainer.model
     if not cfg.dpo.ref_load:
-        raise MegaliteError("DPO needs a reference model: give --load (its weights are the reference) or --ref-load")
+        raise MegaliteError(f"{cfg.dpo.stage.upper()} needs a reference model: give --load (its weights are the "
+                            "reference) or --ref-load")
     model = build_stage_model(cfg, None)
     initialize(model, cfg.training.seed)
     model.to(device=trainer.device, dtype=dtype)
@@ -207,85 +227,111 @@ def build_reference(cfg, trainer):
     load_checkpoint(dataclasses.replace(cfg, checkpoint=ckpt), model, _NoOptimizer())
     for p in model.parameters():
         p.requires_grad_(False)
-    run = reference_pass(model, shape, dtype)
-    return precomputed(cfg, trainer, run, model) if cfg.dpo.precompute_ref_log_probs else run
+    return reference_pass(model, shape, dtype), model
 
 
-def precomputed(cfg, trainer, reference, frozen_model):
-    """--precompute-ref-log-probs: ``reference`` scores every pair of the training set once (each
-    data-parallel rank a share, summed over ranks) and is then dropped with its model, so
-    training holds one model; the steps read the scores by ``pair_index``. The table is cached
-    next to the pairs' cache (``reference_cache``), so a resumed run or a rerun does not score again."""
-    path = reference_cache(cfg, trainer, frozen_model)
-    found = torch.tensor([float(os.path.isfile(path))])
-    if torch.distributed.is_initialized():  # every rank takes the same branch
-        torch.distributed.all_reduce(found, op=torch.distributed.ReduceOp.MIN)
-    if found.item():
-        table = torch.load(path, map_location=trainer.device)
-    else:
-        table = score_pairs(cfg, trainer, reference)
-        if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
-            with atomic_write(path, "wb") as f:
-                torch.save(table.cpu(), f)
-            print(f"reference log-probs of {len(table)} pairs cached in {path}", flush=True)
-
-    def look_up(steps_batch):
-        for mb in steps_batch:
-            ref = table[mb["pair_index"]]
-            mb["ref_logps"] = torch.cat([ref[:, 0], ref[:, 1]])
-
-    return look_up
-
-
-def score_pairs(cfg, trainer, reference) -> torch.Tensor:
-    """[pairs, 2] reference log-probs (chosen, rejected) of every training pair, on every rank."""
-    import numpy as np
-
-    from megalite.data.preference import pair_rows
+def score_once(reference, batch, index_key: str, rows: int, size: int, device) -> torch.Tensor:
+    """A ``[size, rows]`` table of reference scores (``rows`` per item: DPO's chosen and rejected):
+    ``reference`` runs over ``batch`` (this rank's share of the items, whole micro-batches) and each
+    micro-batch's ``ref_logps`` land at its items' ``index_key``; as an item is scored by one
+    data-parallel rank's last pipeline stage, sums over the stages and ranks fill the table."""
     from megalite.parallel import state
-    from megalite.training.data import row_collate
 
-    s, ds, mbs = state.get(), trainer.train_ds, cfg.training.micro_batch_size
-    mine = np.arange(s.dp_rank, len(ds.pairs), s.dp_size)
-    mine = np.resize(mine, -(-len(mine) // mbs) * mbs)  # whole micro-batches (pipeline stages need fixed shapes)
-    collate = row_collate(cfg)
-    batch = [collate([{**pair_rows(ds.pairs[k]), "index": int(k)} for k in mine[i:i + mbs]])
-             for i in range(0, len(mine), mbs)]
-    batch = [{k: v.to(trainer.device) for k, v in mb.items()} for mb in batch]
-    reference(batch)
-    table = torch.zeros(len(ds.pairs), 2, dtype=torch.float64, device=trainer.device)
+    s = state.get()
+    if batch:
+        reference(batch)
+    table = torch.zeros(size, rows, dtype=torch.float64, device=device)
     for mb in batch:
         if "ref_logps" in mb:  # the last pipeline stage
-            n = len(mb["pair_index"])
-            table[mb["pair_index"]] = torch.stack([mb["ref_logps"][:n], mb["ref_logps"][n:]], 1).double()
-    # a pair is scored by one data-parallel rank's last stage: sums over the ranks fill the table
+            table[mb[index_key]] = mb["ref_logps"].view(rows, -1).T.double()
     for group in (s.pp_group, s.dp_group):
         if group is not None:
             torch.distributed.all_reduce(table, group=group)
     return table.float()
 
 
-def reference_cache(cfg, trainer, frozen_model) -> str:
-    """Where the reference log-probs of this run's pairs are cached: named by a hash of the pairs'
-    cache entries, the reference's weights (checksums of the frozen parameters: the copy's, or
-    the base under LoRA adapters, on every rank), the dtype and the layout that scores them."""
-    import hashlib
+def read_scores(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """The scores of ``score_once``'s table for a micro-batch's items, in its row order."""
+    return table[index].T.reshape(-1)
+
+
+def precomputed(cfg, trainer, reference, weights):
+    """--precompute-ref-log-probs: ``reference`` scores every pair of the training and held-out
+    sets once (each data-parallel rank a share, summed over ranks) and is then dropped with its
+    model, so training holds one model; steps and evaluations read the scores by ``pair_index``
+    from their set's table. Each table is cached next to its pairs' cache (``reference_cache``),
+    so a resumed run or a rerun does not score again."""
+    fingerprint = weights_fingerprint(weights, trainer.device)
+    tables = [None if ds is None else cached_scores(cfg, trainer, ds, reference, fingerprint)
+              for ds in (trainer.train_ds, trainer.valid_ds)]
+
+    def look_up(steps_batch):
+        for mb in steps_batch:
+            mb["ref_logps"] = read_scores(tables[int(mb["held_out"][0])], mb["pair_index"])
+
+    return look_up
+
+
+def cached_scores(cfg, trainer, ds, reference, fingerprint: str) -> torch.Tensor:
+    """[pairs, 2] reference log-probs of the pairs of ``ds``, from the cache or scored (and cached)."""
+    path = reference_cache(cfg, trainer, ds.pairs, fingerprint)
+    found = torch.tensor([float(os.path.isfile(path))])
+    if torch.distributed.is_initialized():  # every rank takes the same branch
+        torch.distributed.all_reduce(found, op=torch.distributed.ReduceOp.MIN)
+    if found.item():
+        return torch.load(path, map_location=trainer.device)
+    table = score_pairs(cfg, trainer, ds, reference)
+    if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
+        with atomic_write(path, "wb") as f:
+            torch.save(table.cpu(), f)
+        print(f"reference log-probs of {len(table)} pairs cached in {path}", flush=True)
+    return table
+
+
+def score_pairs(cfg, trainer, ds, reference) -> torch.Tensor:
+    """[pairs, 2] reference log-probs (chosen, rejected) of every pair of ``ds``, on every rank."""
+    import numpy as np
 
     from megalite.parallel import state
+    from megalite.training.data import row_collate
+
+    s, mbs = state.get(), cfg.training.micro_batch_size
+    mine = np.arange(s.dp_rank, len(ds.pairs), s.dp_size)
+    mine = np.resize(mine, -(-len(mine) // mbs) * mbs)  # whole micro-batches (pipeline stages need fixed shapes)
+    collate = row_collate(cfg)
+    batch = [collate([ds.item(int(k)) for k in mine[i:i + mbs]]) for i in range(0, len(mine), mbs)]
+    batch = [{k: v.to(trainer.device) for k, v in mb.items()} for mb in batch]
+    return score_once(reference, batch, "pair_index", 2, len(ds.pairs), trainer.device)
+
+
+def weights_fingerprint(model, device) -> str:
+    """A hash of the frozen parameters' checksums on every rank: the reference's weights (a
+    frozen copy, or the base under LoRA adapters), whatever their checkpoint path."""
+    import hashlib
 
     sums = [torch.stack([p.double().sum(), p.double().square().sum()])
-            for p in frozen_model.parameters() if not p.requires_grad]
+            for p in model.parameters() if not p.requires_grad]
     mine = hashlib.md5(torch.stack(sums).cpu().numpy().tobytes()).digest() if sums else bytes(16)
-    digests = torch.tensor(list(mine), dtype=torch.float64, device=trainer.device)
+    digests = torch.tensor(list(mine), dtype=torch.float64, device=device)
     if torch.distributed.is_initialized():
         gathered = [torch.zeros_like(digests) for _ in range(torch.distributed.get_world_size())]
         torch.distributed.all_gather(gathered, digests)
         digests = torch.cat(gathered)
+    return hashlib.md5(digests.cpu().numpy().tobytes()).hexdigest()
+
+
+def reference_cache(cfg, trainer, pairs, fingerprint: str) -> str:
+    """Where the reference log-probs of ``pairs`` are cached: named by a hash of the pairs' cache
+    entries (and the held-out split), the reference weights' fingerprint, the dtype and the
+    layout that scores them."""
+    import hashlib
+
+    from megalite.parallel import state
+
     s, t = state.get(), cfg.training
-    pairs = trainer.train_ds.pairs
     picks = None if pairs.picks is None else hashlib.md5(pairs.picks.tobytes()).hexdigest()
-    description = {"pairs": [st.prefix for st in pairs.stores], "picks": picks,
-                   "weights": hashlib.md5(digests.cpu().numpy().tobytes()).hexdigest(), "dtype": str(trainer.dtype),
+    description = {"pairs": [st.prefix for st in pairs.stores], "picks": picks, "weights": fingerprint,
+                   "dtype": str(trainer.dtype),
                    "layout": [s.tp_size, s.pp_size, s.dp_size, t.micro_batch_size, s.sequence_parallel]}
     key = hashlib.md5(json.dumps(description, sort_keys=True).encode()).hexdigest()
     return os.path.join(os.path.dirname(pairs.stores[0].prefix), f"{key}-ref_logps.pt")

@@ -33,6 +33,15 @@ def build_datasets(cfg: Config, tokenizer: Optional[Tokenizer], train_samples: i
     With --sft-data: chat examples (megalite.data.sft) instead of a token stream."""
     t, d = cfg.training, cfg.data
     eval_samples = t.eval_iters * t.global_batch_size
+    if cfg.dpo.pref_data and cfg.dpo.stage == "kto":  # unpaired examples (megalite.data.unpaired)
+        from megalite.data.unpaired import UnpairedDataset, build_examples
+
+        def examples_of(spec, samples, held_out=False):
+            examples, stats = build_examples(cfg.dpo, cfg.sft.chat_template, d.seq_length, tokenizer, spec)
+            return UnpairedDataset(examples, samples, t.seed, stats, held_out)
+
+        valid = examples_of(cfg.dpo.pref_valid_data, eval_samples, True) if cfg.dpo.pref_valid_data else None
+        return [examples_of(cfg.dpo.pref_data, train_samples), valid, None]
     if cfg.dpo.pref_data:  # preference pairs (megalite.data.preference); held-out: --pref-valid-data or -fraction
         from megalite.data.preference import PreferenceDataset, build_pairs
 
@@ -43,7 +52,7 @@ def build_datasets(cfg: Config, tokenizer: Optional[Tokenizer], train_samples: i
         if cfg.dpo.pref_valid_data:
             valid, _ = build_pairs(cfg.dpo, cfg.sft.chat_template, d.seq_length, tokenizer, cfg.dpo.pref_valid_data)
         return [PreferenceDataset(train, train_samples, t.seed, stats),
-                PreferenceDataset(valid, eval_samples, t.seed) if valid is not None else None, None]
+                PreferenceDataset(valid, eval_samples, t.seed, held_out=True) if valid is not None else None, None]
     if cfg.sft.sft_data:
         from megalite.data.sft import build_sft_datasets
 
@@ -83,6 +92,11 @@ def row_collate(cfg: Config):
     packing = cfg.sft.packing
     pad_to = cfg.data.seq_length if packing or s.pp_size > 1 else None
     multiple = 8 * (s.tp_size if s.sequence_parallel else 1)
+    if cfg.dpo.pref_data and cfg.dpo.stage == "kto":
+        from megalite.data.unpaired import collate_unpaired
+
+        return functools.partial(collate_unpaired, seq_length=cfg.data.seq_length, pad_to=pad_to,
+                                 multiple_of=multiple, kl_rows=cfg.kto.kto_loss_type == "kto")
     if cfg.dpo.pref_data:
         from megalite.data.preference import collate_pairs
 

@@ -34,14 +34,13 @@ class TokenMean:
 
 
 def build_objective(cfg: Config, trainer):
-    """DPO with --pref-data (megalite.posttrain.dpo), else the token mean."""
+    """DPO (megalite.posttrain.dpo) or KTO (megalite.posttrain.kto) with --pref-data, else the token mean."""
     if not cfg.dpo.pref_data:
         return TokenMean()
-    from megalite.posttrain.dpo import DPOObjective, build_reference
+    if cfg.dpo.stage == "kto":
+        from megalite.posttrain.kto import build_kto_objective
 
-    from megalite.model.gpt import GPTModel
+        return build_kto_objective(cfg, trainer)
+    from megalite.posttrain.dpo import build_dpo_objective
 
-    for m in trainer.model.modules():  # the per-token mean logits: trl's logits/chosen and logits/rejected
-        if isinstance(m, GPTModel):
-            m.mean_logits = True
-    return DPOObjective(cfg.dpo, build_reference(cfg, trainer))
+    return build_dpo_objective(cfg, trainer)

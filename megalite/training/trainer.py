@@ -98,7 +98,7 @@ class Trainer:
         self.checkpointed = ParameterSubset(self.model, trainable=True) if lora else self.model
         self.load = load_lora_run if lora else load_checkpoint
         seq = cfg.data.seq_length // (s.tp_size if s.sequence_parallel else 1)
-        rows = t.micro_batch_size * (2 if cfg.dpo.pref_data else 1)  # DPO: a chosen and a rejected row per pair
+        rows = t.micro_batch_size * (2 if cfg.dpo.pref_data and cfg.dpo.stage != "kto" else 1)  # DPO: 2 rows a pair
         self.activation_shape = (seq, rows, m.hidden_size)  # what stages pass on
         initialize(self.model, t.seed)
         self.model.to(device=device, dtype=self.dtype)
@@ -191,7 +191,7 @@ class Trainer:
             return None
         s, t = state.get(), self.cfg.training
         self.model.eval()
-        total, count, extra = 0.0, 0.0, {}
+        total, count, extra, weights = 0.0, 0.0, {}, {}  # weights: per metric (KTO skips some in some batches)
         loader = iter(build_loader(dataset, 0, self.cfg))
         n_micro = self.batches.num_microbatches(self.consumed_samples)
         weight_key = self.objective.count_keys[0]  # batches weigh by the objective's count (tokens, pairs)
@@ -205,6 +205,7 @@ class Trainer:
                                                                self.activation_shape, self.dtype, forward_only=True)
                 for k, v in self.objective.metrics().items():
                     extra[k] = extra.get(k, 0.0) + counts[weight_key] * v
+                    weights[k] = weights.get(k, 0.0) + counts[weight_key]
                 count += counts[weight_key]
         except StopIteration:
             pass
@@ -212,7 +213,8 @@ class Trainer:
         if count == 0:
             return None
         loss = total / count
-        extra = {k: all_reduce_scalar(all_reduce_scalar(v, s.pp_group), s.dp_group) / count for k, v in extra.items()}
+        extra = {k: all_reduce_scalar(all_reduce_scalar(v, s.pp_group), s.dp_group) / weights[k]
+                 for k, v in extra.items()}
         out = {"iteration": self.iteration, "split": split, "loss": loss}
         if weight_key == "loss_mask":  # a per-token loss (not DPO's per-pair one): perplexity means something
             out["ppl"] = math.exp(min(loss, 700.0))
@@ -269,8 +271,10 @@ class Trainer:
                 window["n"] += 1
                 window["loss"] += out["lm_loss"] if not out["skipped"] else 0.0
                 extra = window.setdefault("extra", {})  # the objective's own metrics, e.g. DPO rewards
+                steps = window.setdefault("extra_steps", {})  # the steps that carry each (not all do, for KTO)
                 for k, v in out["extra"].items():
                     extra[k] = extra.get(k, 0.0) + v
+                    steps[k] = steps.get(k, 0) + 1
                 window["skipped"] += int(out["skipped"])
                 trained_only = cfg.sft.sft_data or cfg.dpo.pref_data  # post-training counts the tokens with a loss
                 window["tokens"] += out["tokens"] if trained_only else gbs * cfg.data.seq_length
@@ -404,7 +408,7 @@ class Trainer:
             "ms_per_iteration": 1000 * elapsed / w["n"],
             "memory_gb": _memory_gb(self.device),
             **self._straggler_stats(),
-            **{k: v / w["n"] for k, v in w.get("extra", {}).items()},  # the objective's own, e.g. DPO rewards
+            **{k: v / w["extra_steps"][k] for k, v in w.get("extra", {}).items()},  # the objective's, e.g. rewards
         }
         line = (f" iteration {self.iteration:8d}/{self.train_iters} | consumed samples {self.consumed_samples:10d} | "
                 f"ms/iter {metrics['ms_per_iteration']:8.1f} | lr {metrics['lr']:.3e} | "

@@ -1,0 +1,197 @@
+"""KTO's unpaired preference data: files -> (prompt, completion, label) -> token ids -> rows.
+
+Records come in trl's unpaired format, detected per record:
+
+- standard: ``prompt`` and ``completion`` strings and a boolean ``label`` (true: desirable);
+- conversational: ``prompt`` and ``completion`` message lists, rendered with the run's chat
+  template (the prompt with the generation prompt);
+
+or as a LLaMA-Factory ``dataset_info.json`` entry whose ``columns`` name a ``kto_tag`` (sharegpt:
+the messages column, the last message the completion; alpaca: prompt / query / response), which
+become conversational examples labelled by the ``kto_tag`` column.
+
+Tokenization is trl 1.x's KTOTrainer's, the same rules as DPO's (``preference.tokenize_completions``),
+and so is the length policy (``preference.fit_prompt``): counted prompt cuts, drops and cuts to
+``--seq-length + 1`` ids.
+
+KL rows (trl's KL estimate): a micro-batch of n examples also carries n mismatched sequences,
+example i's prompt followed by the completion of example i - 1 of the same micro-batch (example 0
+takes example n - 1's): (x_1, y_n), (x_2, y_1), ..., (x_n, y_{n-1}). trl builds exactly these by
+rotating the completions of each ``per_device_train_batch_size`` block of its (sequentially
+sampled) data set; here the rotation is over the micro-batch itself, so the rows are trl's
+whenever trl's per-device batch holds the examples of our micro-batch, in the same order.
+"""
+
+from typing import Dict, List, NamedTuple, Optional, Tuple
+
+import torch
+
+from megalite.data.chat import resolve_template
+from megalite.data.preference import _content, fit_prompt, fit_sequence, tokenize_completions, training_row
+from megalite.data.sft import collate_sft, epoch_shuffled
+from megalite.data.sft_formats import (ALPACA_COLUMNS, SHAREGPT_COLUMNS, SHAREGPT_TAGS, SFTSource, from_alpaca,
+                                       from_sharegpt, read_records, resolve_sources)
+from megalite.errors import MegaliteError
+
+KEYS = ("prompt", "completion", "label")
+COUNTS = ("examples", "desirable", "prompt_truncated", "truncated", "dropped")
+Example = Dict[str, object]  # prompt / completion: strings or message lists; label: bool
+
+
+# -- records -> examples ---------------------------------------------------------------------------
+def load_examples(source: SFTSource) -> List[Tuple[str, int, Example]]:
+    """(file, record index, checked example) for every record of the source."""
+    out = []
+    for path in source.files():
+        records = read_records(path)
+        if not records:
+            raise MegaliteError(f"{path}: holds no records")
+        for i, record in enumerate(records):
+            try:
+                example = _tagged_example(source, record) if source.formatting else {k: record.get(k) for k in KEYS}
+                check_example(example)
+            except MegaliteError as e:
+                raise MegaliteError(f"{path}: record {i}: {e}") from None
+            out.append((path, i, example))
+    return out
+
+
+def check_example(example: Example) -> None:
+    missing = [k for k in KEYS if example.get(k) is None]
+    if missing:
+        raise MegaliteError(f"missing {', '.join(map(repr, missing))} (an example needs prompt, completion and label)")
+    if not isinstance(example["label"], bool):
+        raise MegaliteError(f"'label' must be true or false, got {example['label']!r}")
+    kinds = {type(example[k]) for k in ("prompt", "completion")}
+    if kinds not in ({str}, {list}):
+        raise MegaliteError("prompt and completion must both be strings or both be message lists")
+    if kinds == {list}:
+        for k in ("prompt", "completion"):
+            if not all(isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                       for m in example[k]):
+                raise MegaliteError(f"{k!r}: every message needs a string 'role' and 'content'")
+    for k in ("prompt", "completion"):
+        if not _content(example[k]).strip():
+            raise MegaliteError(f"empty {k}")
+
+
+def _tagged_example(source: SFTSource, record: dict) -> Example:
+    """A LLaMA-Factory record with a ``kto_tag`` column as a conversational example."""
+    tag = source.columns["kto_tag"]
+    if source.formatting == "alpaca":
+        messages = from_alpaca(record, {**ALPACA_COLUMNS, **source.columns}, {})
+    else:
+        messages = from_sharegpt(record, {**SHAREGPT_COLUMNS, **source.columns}, {**SHAREGPT_TAGS, **source.tags})
+    if len(messages) < 2 or messages[-1]["role"] != "assistant":
+        raise MegaliteError("the last message must be the assistant's completion")
+    return {"prompt": messages[:-1], "completion": messages[-1:], "label": record.get(tag)}
+
+
+def resolve_unpaired_sources(spec: str, dataset_dir: Optional[str], flag: str) -> List[SFTSource]:
+    """The sources of ``spec``: files, or dataset_info.json entries with a ``kto_tag`` column."""
+    sources = resolve_sources(spec, dataset_dir, flag)
+    for s in sources:
+        if s.formatting and "kto_tag" not in s.columns:
+            raise MegaliteError(f"{flag}: {s.path}: its dataset_info.json entry has no 'kto_tag' column "
+                                "(KTO needs a desirable / undesirable label per example)")
+    return sources
+
+
+# -- examples -> token ids -------------------------------------------------------------------------
+def tokenize_example(tokenizer, template: str, example: Example) -> Tuple[List[int], List[int]]:
+    """(prompt ids, completion ids) exactly as trl's KTOTrainer tokenizes the example."""
+    prompt, (completion,) = tokenize_completions(tokenizer, template, example["prompt"], [example["completion"]])
+    return prompt, completion
+
+
+class Fitted(NamedTuple):
+    """An example ready for rows: prompt ids (already cut), completion ids, its label."""
+    prompt: List[int]
+    completion: List[int]
+    label: bool
+
+
+def build_examples(dpo_cfg, chat_template: Optional[str], seq_length: int, tokenizer, spec: Optional[str] = None):
+    """(fitted examples, counts) of every source of ``spec`` (default ``--pref-data``)."""
+    spec = spec or dpo_cfg.pref_data
+    flag = "--pref-data" if spec == dpo_cfg.pref_data else "--pref-valid-data"
+    template = resolve_template(chat_template, tokenizer)
+    stats = {k: 0 for k in COUNTS}
+    examples = []
+    for source in resolve_unpaired_sources(spec, dpo_cfg.pref_dataset_dir, flag):
+        for path, i, example in load_examples(source):
+            try:
+                prompt, completion = tokenize_example(tokenizer, template, example)
+            except MegaliteError as e:
+                raise MegaliteError(f"{path}: record {i}: {e}") from None
+            prompt = fit_prompt(prompt, len(completion), seq_length, dpo_cfg.max_prompt_length, stats)
+            if prompt is not None:
+                examples.append(Fitted(prompt, completion, example["label"]))
+                stats["examples"] += 1
+                stats["desirable"] += int(example["label"])
+    return examples, stats
+
+
+# -- training rows ---------------------------------------------------------------------------------
+class UnpairedDataset(torch.utils.data.Dataset):
+    """``num_samples`` examples, epochs over them each shuffled by ``seed + epoch`` (resumable, as
+    PreferenceDataset). ``ds[i]`` holds the fitted example, its position in the set (``index``)
+    and the sample number ``i`` (``sample``: what precomputed reference scores of KL rows are keyed
+    by, as a KL row depends on its micro-batch); ``held_out``: the --pref-valid-data set."""
+
+    def __init__(self, examples: List[Fitted], num_samples: Optional[int] = None, seed: int = 1234,
+                 stats: Optional[Dict[str, int]] = None, held_out: bool = False):
+        if not examples:
+            raise MegaliteError("no KTO examples to train on (every example was dropped, or the data is empty)")
+        self.examples, self.seed, self.held_out = examples, seed, held_out
+        self.num_samples = len(examples) if num_samples is None else int(num_samples)
+        self.stats = stats or {"examples": len(examples), "desirable": sum(e.label for e in examples)}
+        self._order = [-1, None]
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def summary(self) -> str:
+        st = self.stats
+        n = st.get("examples", len(self.examples))
+        return (f"KTO data: {n} examples ({st.get('desirable', 0)} desirable, {n - st.get('desirable', 0)} "
+                f"undesirable; {st.get('prompt_truncated', 0)} prompts cut to --max-prompt-length, "
+                f"{st.get('truncated', 0)} examples cut to --seq-length, {st.get('dropped', 0)} dropped: the prompt "
+                "fills a row)")
+
+    def __getitem__(self, i: int) -> Dict[str, object]:
+        return self.item(epoch_shuffled(i, len(self.examples), self.num_samples, self.seed, self._order), i)
+
+    def item(self, k: int, i: int) -> Dict[str, object]:
+        """Example ``k`` as sample ``i``."""
+        return {"example": self.examples[k], "index": k, "sample": i, "held_out": self.held_out}
+
+
+def collate_unpaired(items, seq_length: int, pad_to: Optional[int] = None, multiple_of: int = 1,
+                     kl_rows: bool = True) -> Dict[str, torch.Tensor]:
+    """One micro-batch of n examples: their rows (``tokens``, ``labels``, ``loss_mask``), ``label``
+    (1 desirable, 0 undesirable), the counts the loss is normalised by (``examples``,
+    ``desirable``, ``undesirable``; ``kl_examples`` with KL rows), ``example_index`` / ``sample_index`` / ``held_out``
+    and, with ``kl_rows``, the KL rows of the module docstring under ``kl_tokens`` / ``kl_labels`` /
+    ``kl_loss_mask`` (padded on their own); sequences keep their first ``seq_length + 1`` ids."""
+    examples = [it["example"] for it in items]
+    rows = [training_row(*fit_sequence(e.prompt, e.completion, seq_length)) for e in examples]
+    batch = collate_sft(rows, pad_to, multiple_of)
+    batch.pop("position_ids")
+    label = torch.tensor([float(e.label) for e in examples])
+    batch.update(label=label, examples=torch.ones(len(items)), desirable=label, undesirable=1 - label,
+                 example_index=torch.tensor([it["index"] for it in items], dtype=torch.int64),
+                 sample_index=torch.tensor([it["sample"] for it in items], dtype=torch.int64),
+                 held_out=torch.tensor([int(it["held_out"]) for it in items]))
+    if kl_rows:
+        mismatched = [fit_sequence(e.prompt, examples[j - 1].completion, seq_length) for j, e in enumerate(examples)]
+        kl = collate_sft([training_row(*seq) for seq in mismatched], pad_to, multiple_of)
+        batch.update({f"kl_{k}": kl[k] for k in ("tokens", "labels", "loss_mask")})
+        batch["kl_examples"] = torch.ones(len(items))
+    return batch
+
+
+def kl_view(mb: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """The KL rows of a micro-batch as a micro-batch of their own (for a forward-only pass)."""
+    return {"tokens": mb["kl_tokens"], "labels": mb["kl_labels"], "loss_mask": mb["kl_loss_mask"],
+            "sample_index": mb["sample_index"]}

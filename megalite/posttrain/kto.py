@@ -1,0 +1,163 @@
+"""KTO (``dpo_gpt.py --stage kto``) as a train-step objective: trl 1.x's KTOTrainer loss on unpaired examples.
+
+A micro-batch holds n examples (megalite.data.unpaired): their rows, a ``label`` (1 desirable)
+and, for the ``kto`` loss, n KL rows (prompt i with the completion of example i - 1 of the
+micro-batch). An example's log-ratio is ``logp - ref logp`` of its completion (summed log-probs,
+as DPO's, from the vocab-parallel per-token losses).
+
+The KL estimate is trl's: the mean over the KL rows of ``policy logp - reference logp``,
+detached, clamped at 0. trl averages it over one micro-batch per process, gathered over the
+processes; here ``prepare`` runs forward-only passes of the policy and of the reference over
+the KL rows of the whole global batch and all-reduces the sum over data-parallel ranks, so the
+estimate is computed once per step over the global batch: equal to trl's whenever trl's step
+is one micro-batch per process (no gradient accumulation).
+
+Losses (trl's ``loss_type``): ``kto`` (desirable: ``1 - sigmoid(beta (ratio - kl))``,
+undesirable: ``1 - sigmoid(beta (kl - ratio))``) and ``apo_zero_unpaired`` (``1 - sigmoid(beta
+ratio)`` / ``sigmoid(beta ratio)``, no KL rows), weighted by --kto-desirable-weight /
+--kto-undesirable-weight; the step's loss is the mean over the examples of the global batch
+(trl: the mean over the desirable and undesirable examples of the weighted losses). Metrics
+carry trl's names: ``kl``, ``rewards/chosen`` / ``logps/chosen`` (means over the desirable
+examples), ``rewards/rejected`` / ``logps/rejected`` (undesirable), ``rewards/margins`` (their
+difference); like trl, a step without desirable (or undesirable) examples reports none of their
+metrics.
+"""
+
+from typing import Dict
+
+import torch
+
+from megalite.data.unpaired import kl_view
+from megalite.parallel import state
+from megalite.parallel.data_parallel import all_reduce_scalar
+from megalite.posttrain.dpo import completion_logps, live_reference, read_scores, reference_pass, score_once
+
+LOSS_TYPES = ("kto", "apo_zero_unpaired")
+
+
+def kto_losses(kind: str, ratio: torch.Tensor, desirable: torch.Tensor, kl: float, beta: float,
+               desirable_weight: float, undesirable_weight: float) -> torch.Tensor:
+    """trl's weighted per-example loss from the log-ratios ``ratio`` (policy - reference)."""
+    if kind == "kto":
+        chosen, rejected = 1 - torch.sigmoid(beta * (ratio - kl)), 1 - torch.sigmoid(beta * (kl - ratio))
+    else:  # apo_zero_unpaired
+        chosen, rejected = 1 - torch.sigmoid(beta * ratio), torch.sigmoid(beta * ratio)
+    return torch.where(desirable, desirable_weight * chosen, undesirable_weight * rejected)
+
+
+class KTOObjective:
+    """``loss_fn`` of the train step for KTO; see the module docstring. ``reference(batch)`` fills
+    ``ref_logps`` (and ``ref_kl_logps``) of each micro-batch; ``policy(micro_batches)`` stores the
+    policy's summed log-probs under ``policy_logps`` (a forward-only pass, for the KL rows)."""
+
+    def __init__(self, kto_cfg, beta: float, reference, policy=None):
+        self.kind, self.beta = kto_cfg.kto_loss_type, beta
+        self.weights = (kto_cfg.kto_desirable_weight, kto_cfg.kto_undesirable_weight)
+        self.reference, self.policy = reference, policy
+        self.count_keys = ("examples", "desirable", "undesirable") + (("kl_examples",) if self.kind == "kto" else ())
+        self.kl_sum, self.kl, self.counts, self.sums = 0.0, 0.0, {}, {}
+
+    def prepare(self, batch) -> None:
+        self.reference(batch)
+        if self.kind != "kto":
+            return
+        views = [kl_view(mb) for mb in batch]
+        self.policy(views)
+        total = sum(float((v["policy_logps"] - mb["ref_kl_logps"]).sum()) for v, mb in zip(views, batch)
+                    if "policy_logps" in v)  # the last pipeline stage
+        s = state.get()
+        self.kl_sum = all_reduce_scalar(all_reduce_scalar(total, s.pp_group), s.dp_group)
+
+    def begin_step(self, counts: Dict[str, float]) -> None:
+        self.counts, self.sums = counts, {}
+        self.kl = max(self.kl_sum / counts["kl_examples"], 0.0) if self.kind == "kto" else 0.0
+
+    def __call__(self, per_token_losses: torch.Tensor, mb: Dict[str, torch.Tensor]) -> torch.Tensor:
+        logps = completion_logps(per_token_losses, mb)
+        ratio = logps - mb["ref_logps"]
+        desirable = mb["label"] > 0.5
+        losses = kto_losses(self.kind, ratio, desirable, self.kl, self.beta, *self.weights)
+        with torch.no_grad():
+            shares = {"kl": self.kl * len(logps) / self.counts["examples"]}
+            rewards = self.beta * ratio
+            for side, rows, count in (("chosen", desirable, "desirable"), ("rejected", ~desirable, "undesirable")):
+                if self.counts[count] > 0:
+                    shares[f"rewards/{side}"] = rewards[rows].sum().item() / self.counts[count]
+                    shares[f"logps/{side}"] = logps[rows].sum().item() / self.counts[count]
+            if self.counts["desirable"] > 0 and self.counts["undesirable"] > 0:
+                shares["rewards/margins"] = shares["rewards/chosen"] - shares["rewards/rejected"]
+            for k, v in shares.items():
+                self.sums[k] = self.sums.get(k, 0.0) + v
+        return losses.sum() / self.counts["examples"]
+
+    def metrics(self) -> Dict[str, float]:
+        """This rank's share of the step's metrics (the trainer sums the shares over ranks); the
+        same keys on every rank, as they depend on global counts only."""
+        names = ["kl"]
+        for side, count in (("chosen", "desirable"), ("rejected", "undesirable")):
+            if self.counts.get(count, 0) > 0:
+                names += [f"rewards/{side}", f"logps/{side}"]
+        if self.counts.get("desirable", 0) > 0 and self.counts.get("undesirable", 0) > 0:
+            names.append("rewards/margins")
+        return {k: self.sums.get(k, 0.0) for k in names}
+
+
+def build_kto_objective(cfg, trainer) -> KTOObjective:
+    """The run's KTO objective: the reference of posttrain.dpo (a frozen copy, or the policy
+    with its LoRA adapters disabled), live or precomputed, and the policy's KL-row pass."""
+    kl = cfg.kto.kto_loss_type == "kto"
+    live, _ = live_reference(cfg, trainer)
+
+    def rows_and_kl_rows(batch):  # one forward-only pass over the micro-batches and their KL rows
+        views = [kl_view(mb) for mb in batch] if kl else []
+        live(list(batch) + views)
+        for mb, view in zip(batch, views):
+            if "ref_logps" in view:
+                mb["ref_kl_logps"] = view["ref_logps"]
+
+    reference = precomputed(cfg, trainer, live, kl) if cfg.dpo.precompute_ref_log_probs else rows_and_kl_rows
+    policy = reference_pass(trainer.model, trainer.activation_shape, trainer.dtype, "policy_logps") if kl else None
+    return KTOObjective(cfg.kto, cfg.dpo.dpo_beta, reference, policy)
+
+
+def precomputed(cfg, trainer, live, kl: bool):
+    """--precompute-ref-log-probs: the reference scores, once, now, every example of the training
+    and held-out sets (keyed by example) and every KL row the run and its evaluations will meet
+    (keyed by sample number, as a KL row depends on its micro-batch: the sampler's micro-batch j
+    holds samples [j mbs, (j + 1) mbs) and goes to data-parallel rank j mod dp). Each rank scores
+    a share, the tables are summed over ranks (posttrain.dpo.score_once), and the reference model
+    is dropped with ``live``, so training holds one model."""
+    import numpy as np
+
+    from megalite.training.data import row_collate
+
+    s, mbs, device = state.get(), cfg.training.micro_batch_size, trainer.device
+    collate = row_collate(cfg)
+
+    def on_device(groups):
+        return [{k: v.to(device) for k, v in collate(items).items()} for items in groups]
+
+    tables = []
+    for ds in (trainer.train_ds, trainer.valid_ds):
+        if ds is None:
+            tables.append(None)
+            continue
+        mine = np.arange(s.dp_rank, len(ds.examples), s.dp_size)
+        mine = np.resize(mine, -(-len(mine) // mbs) * mbs)  # whole micro-batches (pipeline stages need fixed shapes)
+        batch = on_device([[ds.item(int(k), int(k)) for k in mine[j:j + mbs]] for j in range(0, len(mine), mbs)])
+        examples = score_once(live, batch, "example_index", 1, len(ds.examples), device)
+        kl_rows = None
+        if kl:
+            starts = range(s.dp_rank * mbs, len(ds) - mbs + 1, s.dp_size * mbs)
+            batch = on_device([[ds[i] for i in range(j, j + mbs)] for j in starts])
+            kl_rows = score_once(live, [kl_view(mb) for mb in batch], "sample_index", 1, len(ds), device)
+        tables.append((examples, kl_rows))
+
+    def look_up(batch):
+        for mb in batch:
+            examples, kl_rows = tables[int(mb["held_out"][0])]
+            mb["ref_logps"] = read_scores(examples, mb["example_index"])
+            if kl_rows is not None:
+                mb["ref_kl_logps"] = read_scores(kl_rows, mb["sample_index"])
+
+    return look_up

@@ -1,0 +1,264 @@
+"""dpo_gpt.py --stage kto on tiny models: examples tokenized and KL rows built exactly as trl's
+KTOTrainer does, both loss types and their metrics equal to trl's on the HF model we train,
+data- / tensor-parallel invariance, the precomputed and the LoRA reference, held-out metrics,
+and clear errors on bad examples."""
+
+import json
+
+import pytest
+import torch
+
+from megalite.config import KTOConfig, inherit_model_settings, parse_config, validate
+from megalite.errors import MegaliteError
+from tests.conftest import read_metrics, write_jsonl
+from tests.test_dpo import TEMPLATE, dpo_args, models, plain_pairs, train  # noqa: F401 (models: a fixture)
+
+transformers = pytest.importorskip("transformers")
+trl = pytest.importorskip("trl")
+
+
+def plain_examples(n=16):
+    """Unbalanced labels (two desirable for one undesirable), completions of different lengths."""
+    return [{"prompt": p["prompt"], "completion": p["chosen"] if i % 3 else p["rejected"], "label": bool(i % 3)}
+            for i, p in enumerate(plain_pairs(n))]
+
+
+def chat_examples(n=16):
+    return [{"prompt": [{"role": "user", "content": e["prompt"]}],
+             "completion": [{"role": "assistant", "content": e["completion"].strip()}], "label": e["label"]}
+            for e in plain_examples(n)]
+
+
+def kto(models, data, tmp_path, name, **kw):
+    return train(models, data, tmp_path, name, stage="kto", **kw)
+
+
+@pytest.fixture(scope="module")
+def swapped(models):
+    """The two random models swapped: the KL estimate is then positive (not clamped to 0)."""
+    return {"load": models["reference_ck"], "ref_load": models["policy_ck"]}
+
+
+@pytest.fixture(scope="module")
+def plain_file(models):
+    return write_jsonl(models["root"] / "kto_plain.jsonl", plain_examples())
+
+
+@pytest.fixture(scope="module")
+def with_eval(models, swapped):
+    """The swapped models, and 8 held-out examples evaluated after the third step."""
+    held_out = write_jsonl(models["root"] / "kto_valid.jsonl", plain_examples(8))
+    return {**swapped, "pref_valid_data": held_out, "eval_iters": 1, "eval_interval": 3}
+
+
+def kto_with_eval(models, data, tmp_path, name, with_eval, **kw):
+    """(train records, evaluation records) of a run with the held-out examples."""
+    return kto(models, data, tmp_path, name, **with_eval, **kw), read_metrics(str(tmp_path / f"{name}.jsonl"))[1]
+
+
+@pytest.fixture(scope="module")
+def baseline(models, plain_file, with_eval):
+    """Three steps of one process, 2 micro-batches of 4 examples a step, then the held-out metrics."""
+    return kto_with_eval(models, plain_file, models["root"], "kto_baseline", with_eval)
+
+
+def assert_same_run(a, b, keys, rel):
+    (train_a, evals_a), (train_b, evals_b) = a, b
+    assert len(train_a) == len(train_b) == 3 and [e["split"] for e in evals_a + evals_b] == ["valid", "valid"]
+    for x, y in zip(train_a + evals_a, train_b + evals_b):
+        for key in keys:
+            if key in x:
+                assert y[key] == pytest.approx(x[key], rel=rel, abs=rel / 10), (key, x["iteration"], x.get("split"))
+
+
+def trl_trainer(models, examples, policy="policy", reference="reference", **args):
+    """trl's KTOTrainer on our HF policy and reference (CPU, no hub, no logging)."""
+    from datasets import Dataset
+
+    hf_tok = transformers.AutoTokenizer.from_pretrained(models["policy"])
+    policy = transformers.AutoModelForCausalLM.from_pretrained(models[policy], dtype=torch.float32)
+    ref = transformers.AutoModelForCausalLM.from_pretrained(models[reference], dtype=torch.float32)
+    config = trl.KTOConfig(output_dir=str(models["root"] / "trl_kto"), report_to=[], use_cpu=True, bf16=False,
+                           max_length=None, per_device_train_batch_size=len(examples), **args)
+    return trl.KTOTrainer(model=policy, ref_model=ref, args=config, train_dataset=Dataset.from_list(examples),
+                          processing_class=hf_tok)
+
+
+# -- data --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("make", [plain_examples, chat_examples])
+def test_token_ids_equal_trl(models, make):
+    from megalite.data.tokenizer import HuggingFaceTokenizer
+    from megalite.data.unpaired import tokenize_example
+
+    examples = make(6)
+    tr = trl_trainer(models, examples)
+    tok = HuggingFaceTokenizer(models["policy"])
+    for example, theirs in zip(examples, tr.train_dataset):
+        assert list(tokenize_example(tok, TEMPLATE, example)) == [theirs["prompt_ids"], theirs["completion_ids"]]
+
+
+@pytest.mark.parametrize("record, message", [
+    ({"prompt": "a", "completion": "b", "label": "yes"}, "'label' must be true or false, got 'yes'"),
+    ({"prompt": "a", "completion": "b", "label": 1}, "'label' must be true or false, got 1"),
+    ({"prompt": "a", "completion": "b"}, "missing 'label'"),
+    ({"prompt": " ", "completion": "b", "label": True}, "empty prompt"),
+    ({"prompt": "a", "completion": "", "label": False}, "empty completion"),
+    ({"prompt": "a", "completion": [{"role": "assistant", "content": "b"}], "label": True},
+     "prompt and completion must both be strings"),
+])
+def test_bad_examples_name_file_and_record(tmp_path, record, message):
+    from megalite.data.sft_formats import SFTSource
+    from megalite.data.unpaired import load_examples
+
+    path = write_jsonl(tmp_path / "bad.jsonl", [plain_examples(1)[0], record])
+    with pytest.raises(MegaliteError, match=f"bad.jsonl: record 1: {message}"):
+        load_examples(SFTSource(str(path)))
+
+
+def test_dataset_info_kto_tag_entries(tmp_path):
+    from megalite.data.unpaired import load_examples, resolve_unpaired_sources
+
+    write_jsonl(tmp_path / "s.jsonl", [{"messages": [{"role": "user", "content": "Say hi"},
+                                                     {"role": "assistant", "content": "Go away."}], "label": False}])
+    (tmp_path / "dataset_info.json").write_text(json.dumps({
+        "s": {"file_name": "s.jsonl", "formatting": "sharegpt", "columns": {"messages": "messages", "kto_tag": "label"},
+              "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"}},
+        "sft": {"file_name": "s.jsonl", "formatting": "sharegpt"}}))
+    (source,) = resolve_unpaired_sources("s", str(tmp_path), "--pref-data")
+    assert load_examples(source)[0][2] == {"prompt": [{"role": "user", "content": "Say hi"}],
+                                           "completion": [{"role": "assistant", "content": "Go away."}],
+                                           "label": False}
+    with pytest.raises(MegaliteError, match="has no 'kto_tag' column"):
+        resolve_unpaired_sources("sft", str(tmp_path), "--pref-data")
+
+
+# -- losses ------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def both_sides(models, swapped):
+    """Our trainer's model and KTO objective, and trl's KTOTrainer, on the same 8 examples as one batch
+    (the models swapped: a positive KL estimate)."""
+    from megalite.data.unpaired import collate_unpaired
+    from megalite.posttrain.sft import prepare
+    from megalite.training.checkpointing import saved_settings
+    from megalite.training.trainer import Trainer
+
+    tmp = models["root"]
+    data = write_jsonl(tmp / "kto_chat.jsonl", chat_examples())
+    cfg = prepare(parse_config(dpo_args(models, data, tmp, "kto_both", stage="kto", **swapped)), "kto")
+    inherit_model_settings(cfg, saved_settings(cfg.checkpoint.load))
+    trainer = Trainer(validate(cfg), torch.device("cpu"))
+    batch = collate_unpaired([trainer.train_ds.item(k, k) for k in range(8)], 64)
+    trainer.model.eval()
+    with torch.no_grad():
+        losses = trainer.model(batch["tokens"], labels=batch["labels"])
+    tr = trl_trainer(models, chat_examples()[:8], policy="reference", reference="policy")
+    tr.model.eval()
+    trl_batch = tr.data_collator([tr.train_dataset[i] for i in range(8)])
+    return trainer, batch, losses, tr, trl_batch
+
+
+def test_kl_rows_equal_trl(both_sides):
+    _, batch, _, _, trl_batch = both_sides
+    for b in range(8):
+        m = int(trl_batch["KL_attention_mask"][b].sum())
+        ours = torch.cat([batch["kl_tokens"][b, :1], batch["kl_labels"][b, :m - 1]])
+        assert ours.tolist() == trl_batch["KL_input_ids"][b, :m].tolist()
+        assert batch["kl_loss_mask"][b, :m - 1].tolist() == trl_batch["KL_completion_mask"][b, 1:m].float().tolist()
+        assert batch["kl_loss_mask"][b].sum() == trl_batch["KL_completion_mask"][b].sum()
+
+
+LOSSES = [("kto", 0.1, 1.0, 1.0), ("kto", 0.5, 1.33, 0.7), ("apo_zero_unpaired", 0.1, 1.0, 1.0),
+          ("apo_zero_unpaired", 0.3, 0.8, 1.5)]
+
+
+@pytest.mark.parametrize("kind, beta, wd, wu", LOSSES)
+def test_loss_and_metrics_equal_trl(both_sides, kind, beta, wd, wu):
+    from megalite.posttrain.kto import KTOObjective
+
+    trainer, batch, losses, tr, trl_batch = both_sides
+    objective = KTOObjective(KTOConfig(kind, wd, wu), beta, trainer.objective.reference, trainer.objective.policy)
+    mb = dict(batch)
+    objective.prepare([mb])
+    objective.begin_step({k: mb[k].sum().item() for k in objective.count_keys})
+    ours = objective(losses, mb).item()
+
+    tr.loss_type, tr.beta, tr.desirable_weight, tr.undesirable_weight = kind, beta, wd, wu
+    tr.calculate_KL = kind == "kto"
+    tr._metrics["eval"].clear()
+    with torch.no_grad():
+        theirs = tr.compute_loss(tr.model, trl_batch).item()
+    assert ours == pytest.approx(theirs, rel=1e-5, abs=1e-6)
+    metrics = objective.metrics()
+    assert set(metrics) == {"kl", "rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen",
+                            "logps/rejected"}
+    if kind == "kto":
+        assert metrics["kl"] > 0.1  # not clamped: the loss depends on it
+    for name, value in metrics.items():
+        assert value == pytest.approx(tr._metrics["eval"][name][-1], rel=1e-5, abs=1e-6), name
+
+
+def test_a_batch_without_undesirable_examples_reports_what_trl_reports(both_sides):
+    """No undesirable example: no rejected rewards / logps and no margin, in trl's logs and ours."""
+    from megalite.data.unpaired import collate_unpaired
+    from megalite.posttrain.kto import KTOObjective
+
+    trainer, _, _, tr, _ = both_sides
+    desirable = [k for k in range(8) if trainer.train_ds.examples[k].label]
+    batch = collate_unpaired([trainer.train_ds.item(k, k) for k in desirable], 64)  # KL rows: the reference reads them
+    objective = KTOObjective(KTOConfig("apo_zero_unpaired"), 0.1, trainer.objective.reference)
+    objective.prepare([batch])
+    objective.begin_step({k: batch[k].sum().item() for k in objective.count_keys})
+    with torch.no_grad():
+        ours = objective(trainer.model(batch["tokens"], labels=batch["labels"]), batch).item()
+    tr.loss_type, tr.beta, tr.desirable_weight, tr.undesirable_weight, tr.calculate_KL = \
+        "apo_zero_unpaired", 0.1, 1.0, 1.0, False
+    tr._metrics["eval"].clear()
+    with torch.no_grad():
+        theirs = tr.compute_loss(tr.model, tr.data_collator([tr.train_dataset[k] for k in desirable])).item()
+    assert ours == pytest.approx(theirs, rel=1e-5)
+    theirs_metrics = {k: v[-1] for k, v in tr._metrics["eval"].items() if k.startswith(("rewards", "logps", "kl"))}
+    assert objective.metrics() == pytest.approx(theirs_metrics, rel=1e-5, abs=1e-6)
+    assert set(theirs_metrics) == {"kl", "rewards/chosen", "logps/chosen"}
+
+
+# -- training --------------------------------------------------------------------------------------
+@pytest.mark.dist
+@pytest.mark.parametrize("layout", [{"world": 2}, {"world": 2, "tensor_model_parallel_size": 2},
+                                    {"world": 2, "pipeline_model_parallel_size": 2, "precompute_ref_log_probs": True}],
+                         ids=["dp2", "tp2", "pp2_precomputed"])
+def test_parallel_layouts_train_like_one_process(tmp_path, models, plain_file, baseline, with_eval, layout):
+    """Each layout keeps the micro-batches of 4 examples (DP=2: a rank takes one of the two), so
+    the same KL rows; the estimate is all-reduced over the ranks."""
+    train_a, _ = baseline
+    assert train_a[-1]["lm_loss"] < train_a[0]["lm_loss"] and all(r["kl"] > 0 for r in train_a)
+    other = kto_with_eval(models, plain_file, tmp_path, "other", with_eval, **layout)
+    assert_same_run(baseline, other, ("lm_loss", "loss", "grad_norm", "kl", "rewards/chosen", "logps/rejected"),
+                    1e-5)
+
+
+def test_precomputed_reference_gives_the_same_training_and_evaluation(tmp_path, models, plain_file, baseline,
+                                                                      with_eval):
+    cached = kto_with_eval(models, plain_file, tmp_path, "cached", with_eval, precompute_ref_log_probs=True)
+    assert baseline[1][0]["kl"] > 0
+    assert_same_run(baseline, cached, ("lm_loss", "loss", "kl", "rewards/chosen", "rewards/rejected",
+                                       "rewards/margins"), 1e-6)
+
+
+def test_lora_reference_is_the_base_with_adapters_disabled(tmp_path, models, plain_file):
+    kw = dict(lora_rank=4, lora_alpha=8, lr=1e-2)
+    disabled = kto(models, plain_file, tmp_path, "disabled", ref_load=None, **kw)
+    copy = kto(models, plain_file, tmp_path, "copy", ref_load=models["policy_ck"], **kw)
+    assert disabled[0]["kl"] == 0.0 and disabled[0]["rewards/chosen"] == 0.0  # adapters start at zero
+    for a, b in zip(copy, disabled):
+        for key in ("lm_loss", "kl", "rewards/chosen", "rewards/rejected"):
+            assert b[key] == pytest.approx(a[key], rel=1e-6, abs=1e-7), (key, a["iteration"])
+
+
+def test_apo_zero_unpaired_trains_without_kl_rows(tmp_path, models, plain_file, swapped):
+    live = kto(models, plain_file, tmp_path, "apo", kto_loss_type="apo_zero_unpaired", **swapped)
+    cached = kto(models, plain_file, tmp_path, "apo_cached", kto_loss_type="apo_zero_unpaired",
+                 precompute_ref_log_probs=True, **swapped)
+    assert all(r["kl"] == 0.0 for r in live) and live[-1]["lm_loss"] < live[0]["lm_loss"]
+    for a, b in zip(live, cached):
+        for key in ("lm_loss", "grad_norm", "rewards/chosen", "rewards/rejected"):
+            assert b[key] == pytest.approx(a[key], rel=1e-6, abs=1e-7), (key, a["iteration"])
