@@ -201,6 +201,13 @@ class DPOConfig:
                                                 "so training holds a single model")
 
 
+@dataclass
+class RewardConfig:
+    center_rewards_coefficient: Optional[float] = opt(None, "reward model (--stage rm): add this times the mean of "
+                                                            "(chosen + rejected score)^2 to the loss, pulling scores "
+                                                            "towards 0 (trl's; 0.01 is the suggested value)")
+
+
 SECTIONS = {
     "model": ModelConfig,
     "parallel": ParallelConfig,
@@ -211,6 +218,7 @@ SECTIONS = {
     "sft": SFTConfig,
     "lora": LoraConfig,
     "dpo": DPOConfig,
+    "reward": RewardConfig,
 }
 
 
@@ -225,6 +233,7 @@ class Config:
     sft: SFTConfig = field(default_factory=SFTConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -51,6 +51,8 @@ def load_pairs(source: SFTSource) -> List[Tuple[str, int, Pair]]:
         for i, record in enumerate(records):
             try:
                 pair = _ranking_pair(source, record) if source.formatting else {k: record.get(k) for k in KEYS}
+                if record.get("margin") is not None:  # reward models: the score gap this pair asks for
+                    pair["margin"] = record["margin"]
                 check_pair(pair)
             except MegaliteError as e:
                 raise MegaliteError(f"{path}: record {i}: {e}") from None
@@ -77,6 +79,9 @@ def check_pair(pair: Pair) -> None:
             raise MegaliteError(f"empty {k!r} completion")
     if pair["chosen"] == pair["rejected"]:
         raise MegaliteError("chosen is identical to rejected (the pair carries no preference)")
+    margin = pair.get("margin", 0.0)
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not np.isfinite(margin):
+        raise MegaliteError(f"'margin' must be a finite number, found {margin!r}")
 
 
 def _content(value) -> str:
@@ -112,18 +117,23 @@ def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
     return int(diff[0]) if len(diff) else n
 
 
+def sequence_ids(tokenizer, template: str, prompt, completion) -> List[int]:
+    """Prompt + completion tokenized whole, as trl's trainers do: text with EOS appended to a
+    completion that does not end with it, as ``tokenizer(text)`` (with its special tokens);
+    messages rendered with the template (no generation prompt), without added special tokens."""
+    if isinstance(prompt, str):
+        eos = tokenizer.id_to_token(tokenizer.eod)
+        return tokenizer.encode_text(prompt + (completion if completion.endswith(eos) else completion + eos))
+    return tokenizer.encode(render_chat(template, prompt + completion, False, **tokenizer.special_tokens))
+
+
 def tokenize_pair(tokenizer, template: str, pair: Pair) -> Tuple[List[int], List[int], List[int]]:
     """(prompt ids, chosen ids, rejected ids) exactly as trl's DPOTrainer tokenizes the pair."""
     if isinstance(pair["prompt"], str):
-        eos = tokenizer.id_to_token(tokenizer.eod)
-        texts = [pair["prompt"]] + [pair["prompt"] + (c if c.endswith(eos) else c + eos)
-                                    for c in (pair["chosen"], pair["rejected"])]
-        prompt, chosen, rejected = (tokenizer.encode_text(t) for t in texts)
+        prompt = tokenizer.encode_text(pair["prompt"])
     else:
-        specials = tokenizer.special_tokens
-        prompt = tokenizer.encode(render_chat(template, pair["prompt"], True, **specials))
-        chosen, rejected = (tokenizer.encode(render_chat(template, pair["prompt"] + pair[k], False, **specials))
-                            for k in ("chosen", "rejected"))
+        prompt = tokenizer.encode(render_chat(template, pair["prompt"], True, **tokenizer.special_tokens))
+    chosen, rejected = (sequence_ids(tokenizer, template, pair["prompt"], pair[k]) for k in ("chosen", "rejected"))
     n = min(common_prefix_length(prompt, chosen), common_prefix_length(prompt, rejected))
     return list(prompt[:n]), list(chosen[n:]), list(rejected[n:])
 
@@ -202,22 +212,28 @@ def collate_pairs(items, pad_to: Optional[int] = None, multiple_of: int = 1) -> 
     return batch
 
 
-def build_pairs(dpo_cfg, chat_template: Optional[str], seq_length: int, tokenizer, spec: Optional[str] = None):
-    """(fitted pairs, counts) of every source of ``spec`` (default ``--pref-data``)."""
+def tokenized_pairs(dpo_cfg, chat_template: Optional[str], tokenizer, spec: Optional[str], tokenize):
+    """(pair, ``tokenize(tokenizer, template, pair)``) for every record of ``spec`` (default
+    ``--pref-data``); errors name the file and the record."""
     spec = spec or dpo_cfg.pref_data
     if not spec:
         raise MegaliteError("--pref-data is required")
     flag = "--pref-data" if spec == dpo_cfg.pref_data else "--pref-valid-data"
     template = resolve_template(chat_template, tokenizer)
-    stats = {k: 0 for k in COUNTS}
-    pairs = []
     for source in resolve_sources(spec, dpo_cfg.pref_dataset_dir, flag, ranking=True):
         for path, i, pair in load_pairs(source):
             try:
-                ids = tokenize_pair(tokenizer, template, pair)
+                yield pair, tokenize(tokenizer, template, pair)
             except MegaliteError as e:
                 raise MegaliteError(f"{path}: record {i}: {e}") from None
-            fitted = fit_pair(*ids, seq_length, dpo_cfg.max_prompt_length, stats)
-            if fitted is not None:
-                pairs.append(fitted)
+
+
+def build_pairs(dpo_cfg, chat_template: Optional[str], seq_length: int, tokenizer, spec: Optional[str] = None):
+    """(fitted pairs, counts) of every source of ``spec`` (default ``--pref-data``)."""
+    stats = {k: 0 for k in COUNTS}
+    pairs = []
+    for _, ids in tokenized_pairs(dpo_cfg, chat_template, tokenizer, spec, tokenize_pair):
+        fitted = fit_pair(*ids, seq_length, dpo_cfg.max_prompt_length, stats)
+        if fitted is not None:
+            pairs.append(fitted)
     return pairs, stats

@@ -36,6 +36,11 @@ def build_datasets(cfg: Config, tokenizer: Optional[Tokenizer], train_samples: i
         from megalite.data.preference import PreferenceDataset, build_pairs
 
         def pairs_of(spec, samples):
+            if cfg.dpo.stage == "rm":  # scored whole (megalite.data.reward)
+                from megalite.data.reward import RewardPairs, build_reward_pairs
+
+                pairs, stats = build_reward_pairs(cfg.dpo, cfg.sft.chat_template, d.seq_length, tokenizer, spec)
+                return RewardPairs(pairs, samples, t.seed, stats)
             pairs, stats = build_pairs(cfg.dpo, cfg.sft.chat_template, d.seq_length, tokenizer, spec)
             return PreferenceDataset(pairs, samples, t.seed, stats)
 
@@ -82,8 +87,10 @@ def row_collate(cfg: Config):
     multiple = 8 * (s.tp_size if s.sequence_parallel else 1)
     if cfg.dpo.pref_data:
         from megalite.data.preference import collate_pairs
+        from megalite.data.reward import collate_reward_pairs
 
-        return functools.partial(collate_pairs, pad_to=pad_to, multiple_of=multiple)
+        collate = collate_reward_pairs if cfg.dpo.stage == "rm" else collate_pairs
+        return functools.partial(collate, pad_to=pad_to, multiple_of=multiple)
     return functools.partial(_collate_rows, pad_to=pad_to, multiple_of=multiple, keep_positions=packing)
 
 

@@ -5,7 +5,8 @@ An objective names the batch keys whose global sums it needs (``count_keys``); t
 all-reduces them over data-parallel ranks before the step and hands them to ``begin_step``,
 so every micro-batch's loss is already its share of the global-batch mean and the step does
 not depend on micro-batch or data-parallel sizes. ``prepare`` runs before the step (the DPO
-reference pass); ``metrics`` are this rank's shares of extra per-step metrics.
+reference pass); ``metrics`` are this rank's shares of extra per-step metrics, summed over ranks
+(or reduced with the ``torch.distributed.ReduceOp`` an objective names in ``metric_ops``).
 """
 
 from typing import Dict
@@ -34,9 +35,14 @@ class TokenMean:
 
 
 def build_objective(cfg: Config, trainer):
-    """DPO with --pref-data (megalite.posttrain.dpo), else the token mean."""
+    """DPO with --pref-data (megalite.posttrain.dpo; a reward model with --stage rm:
+    megalite.posttrain.reward), else the token mean."""
     if not cfg.dpo.pref_data:
         return TokenMean()
+    if cfg.dpo.stage == "rm":
+        from megalite.posttrain.reward import RewardObjective
+
+        return RewardObjective(cfg.reward)
     from megalite.posttrain.dpo import DPOObjective, build_reference
 
     return DPOObjective(cfg.dpo, build_reference(cfg, trainer))
