@@ -60,7 +60,9 @@ class RewardScorer:
         self.model, self.hf = model.eval(), False
         self.tokenizer = build_tokenizer_from(cfg)
         self.template = resolve_template(cfg.sft.chat_template, self.tokenizer)
-        self.pad_id, self.max_length = pad_id_of(self.tokenizer), cfg.model.max_position_embeddings
+        self.pad_id = pad_id_of(self.tokenizer)
+        learned = cfg.model.position_embedding_type == "learned_absolute"  # RoPE has no hard limit
+        self.max_length = cfg.model.max_position_embeddings if learned else None
 
     def _load_hf(self, folder: str) -> None:
         import transformers
@@ -75,7 +77,7 @@ class RewardScorer:
         self.pad_id = self.model.config.pad_token_id
         if self.pad_id is None:
             self.pad_id = pad_id_of(self.tokenizer)
-        self.max_length = getattr(self.model.config, "max_position_embeddings", None)
+        self.max_length = getattr(self.model.config, "n_positions", None)  # GPT-2's learned positions
 
     @torch.no_grad()
     def score(self, sequences: Sequence[Sequence[int]]) -> List[float]:
