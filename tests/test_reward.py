@@ -76,7 +76,8 @@ def test_long_pairs_are_dropped_and_counted(models):
     from megalite.data.tokenizer import HuggingFaceTokenizer
 
     tok = HuggingFaceTokenizer(models["policy"])
-    path = write_jsonl(models["root"] / "long.jsonl", [plain_pairs(1)[0], {**plain_pairs(1)[0], "rejected": " sea" * 40}])
+    pair = plain_pairs(1)[0]
+    path = write_jsonl(models["root"] / "long.jsonl", [pair, {**pair, "rejected": " sea" * 40}])
     pairs, stats = build_reward_pairs(DPOConfig(pref_data=str(path)), TEMPLATE, 32, tok)
     assert stats == {"pairs": 1, "dropped": 1}
     ids, index = pairs[0]["chosen"]

@@ -118,7 +118,8 @@ def _sequences(scorer: RewardScorer, record: Dict) -> List[List[int]]:
     raise MegaliteError("expected 'prompt' + 'completion', 'text', or a pair 'prompt' / 'chosen' / 'rejected'")
 
 
-def score_records(scorer: RewardScorer, records: Sequence[Dict], where: str = "input") -> Tuple[List[Dict], Optional[float]]:
+def score_records(scorer: RewardScorer, records: Sequence[Dict],
+                  where: str = "input") -> Tuple[List[Dict], Optional[float]]:
     """(records with their scores, the pairs' accuracy or None without pairs)."""
     per_record = []
     for i, record in enumerate(records):

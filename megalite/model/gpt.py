@@ -4,7 +4,8 @@
 pipeline stage owns: the embedding if ``pre_process``, the given range of layers (named by
 their global index, so checkpoints and initialisation do not depend on the split), and the
 final norm + the head if ``post_process`` (megalite.model.heads: the language-modelling output,
-or a reward model's score head). With everything on one stage it is the whole model. Tensors are [seq, batch, hidden] inside; inputs and outputs are [batch, seq].
+or a reward model's score head). With everything on one stage it is the whole model. Tensors
+are [seq, batch, hidden] inside; inputs and outputs are [batch, seq].
 """
 
 from typing import Optional
@@ -107,8 +108,9 @@ class GPTModel(nn.Module):
     def forward(self, tokens: Optional[torch.Tensor] = None, labels: Optional[torch.Tensor] = None,
                 hidden: Optional[torch.Tensor] = None, positions: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Per-token loss [batch, seq] when ``labels`` are given, else logits [batch, seq, vocab / tp]
-        (a score head: per-token scores [batch, seq]; a stage without the head: its hidden states). ``positions`` [batch, seq]
-        describe packed rows: each restart at 0 begins a document that attends only to itself."""
+        (a score head: per-token scores [batch, seq]; a stage without the head: its hidden states).
+        ``positions`` [batch, seq] describe packed rows: each restart at 0 begins a document that
+        attends only to itself."""
         x = self.embed(tokens, positions) if self.pre_process else hidden
         rope, cu_seqlens = None, None
         if positions is not None:
