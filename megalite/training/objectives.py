@@ -14,6 +14,7 @@ from typing import Dict
 import torch
 
 from megalite.config import Config
+from megalite.errors import MegaliteError
 
 
 class TokenMean:
@@ -42,6 +43,9 @@ def build_objective(cfg: Config, trainer):
     if cfg.dpo.stage == "rm":
         from megalite.posttrain.reward import RewardObjective
 
+        if cfg.dpo.ref_load or cfg.dpo.precompute_ref_log_probs:
+            raise MegaliteError("--ref-load / --precompute-ref-log-probs: a reward model (--stage rm) has no "
+                                "reference model")
         return RewardObjective(cfg.reward)
     from megalite.posttrain.dpo import DPOObjective, build_reference
 
