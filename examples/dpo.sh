@@ -39,3 +39,23 @@ sys.exit(0 if after["loss"] < before["loss"] and after["rewards/accuracies"] >= 
          else "error: DPO did not raise the held-out rewards/accuracies well above 0.5")
 PY
 echo "$QUESTION" | run python tools/generate.py --load $W/dpo_lora --chat --max-new-tokens 48
+
+# Reward model on the same pairs (dpo_gpt.py --stage rm, trl's RewardTrainer loss): the SFT model with a
+# fresh score head, fully fine-tuned with 2 data-parallel processes; prompt + completion are scored whole, so
+# pairs longer than --seq-length are dropped (counted). Then tools/score.py scores every held-out pair
+# (measured on 2 shared CPU cores, 2.5 minutes in all: held-out accuracy 0.62, 136 of 221 pairs; the run's
+# own evaluation, 64 held-out pairs within --seq-length: accuracy 0.66, loss 0.650).
+rm -rf $W/rm $W/rm_hf $W/rm_scored.jsonl
+run torchrun --nproc_per_node 2 dpo_gpt.py --stage rm --load $W/sft_hf \
+    --pref-data $W/dpo_data/train.jsonl --pref-valid-data $W/dpo_data/valid.jsonl --chat-template alpaca \
+    --seq-length 256 --micro-batch-size 4 --global-batch-size 16 --eval-iters 4 --num-workers 1 \
+    --train-iters 60 --lr 3e-4 --min-lr 3e-5 --lr-warmup-iters 6 --log-interval 10 --eval-interval 60 \
+    --center-rewards-coefficient 0.01 --save $W/rm
+run python tools/convert_checkpoint.py --to-hf --load $W/rm --save $W/rm_hf --dtype fp32  # LlamaForSequenceClassification
+run python tools/score.py --load $W/rm --input $W/dpo_data/valid.jsonl --output $W/rm_scored.jsonl --batch-size 32
+python - $W/rm_scored.jsonl <<'PY'
+import json, sys
+wins = [r["chosen_wins"] for r in map(json.loads, open(sys.argv[1]))]
+print(f"held-out reward-model accuracy {sum(wins) / len(wins):.4f} on {len(wins)} pairs")
+sys.exit(0 if sum(wins) / len(wins) > 0.55 else "error: the reward model does not prefer the true next paragraph")
+PY

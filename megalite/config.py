@@ -215,6 +215,13 @@ class KTOConfig:
     kto_undesirable_weight: float = opt(1.0, "KTO: weight of the undesirable examples' losses")
 
 
+@dataclass
+class RewardConfig:
+    center_rewards_coefficient: Optional[float] = opt(None, "reward model (--stage rm): add this times the mean of "
+                                                            "(chosen + rejected score)^2 to the loss, pulling scores "
+                                                            "towards 0 (trl's; 0.01 is the suggested value)")
+
+
 SECTIONS = {
     "model": ModelConfig,
     "parallel": ParallelConfig,
@@ -226,6 +233,7 @@ SECTIONS = {
     "lora": LoraConfig,
     "dpo": DPOConfig,
     "kto": KTOConfig,
+    "reward": RewardConfig,
 }
 
 
@@ -241,6 +249,7 @@ class Config:
     lora: LoraConfig = field(default_factory=LoraConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
     kto: KTOConfig = field(default_factory=KTOConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -58,6 +58,8 @@ def load_pairs(source: SFTSource) -> List[Tuple[str, int, Pair]]:
         for i, record in enumerate(records):
             try:
                 pair = _ranking_pair(source, record) if source.formatting else {k: record.get(k) for k in KEYS}
+                if record.get("margin") is not None:  # reward models: the score gap this pair asks for
+                    pair["margin"] = record["margin"]
                 check_pair(pair)
             except MegaliteError as e:
                 raise MegaliteError(f"{path}: record {i}: {e}") from None
@@ -84,6 +86,9 @@ def check_pair(pair: Pair) -> None:
             raise MegaliteError(f"empty {k!r} completion")
     if pair["chosen"] == pair["rejected"]:
         raise MegaliteError("chosen is identical to rejected (the pair carries no preference)")
+    margin = pair.get("margin", 0.0)
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not np.isfinite(margin):
+        raise MegaliteError(f"'margin' must be a finite number, found {margin!r}")
 
 
 def _content(value) -> str:
@@ -119,18 +124,25 @@ def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
     return int(diff[0]) if len(diff) else n
 
 
+def sequence_ids(tokenizer, template: str, prompt, completion) -> List[int]:
+    """Prompt + completion tokenized whole, as trl's trainers do: text with EOS appended to a
+    completion that does not end with it, as ``tokenizer(text)`` (with its special tokens);
+    messages rendered with the template (no generation prompt), without added special tokens."""
+    if isinstance(prompt, str):
+        eos = tokenizer.id_to_token(tokenizer.eod)
+        return tokenizer.encode_text(prompt + (completion if completion.endswith(eos) else completion + eos))
+    return tokenizer.encode(render_chat(template, prompt + completion, False, **tokenizer.special_tokens))
+
+
 def tokenize_completions(tokenizer, template: str, prompt, completions) -> Tuple[List[int], List[List[int]]]:
     """(prompt ids, [completion ids]) as trl's DPO and KTO trainers tokenize a prompt and its
     completions: each prompt+completion is tokenized whole and the prompt is cut where the ids of
     the prompt and of every prompt+completion first differ."""
     if isinstance(prompt, str):
-        eos = tokenizer.id_to_token(tokenizer.eod)
-        texts = [prompt] + [prompt + (c if c.endswith(eos) else c + eos) for c in completions]
-        prompt_ids, *full = (tokenizer.encode_text(t) for t in texts)
+        prompt_ids = tokenizer.encode_text(prompt)
     else:
-        specials = tokenizer.special_tokens
-        prompt_ids = tokenizer.encode(render_chat(template, prompt, True, **specials))
-        full = [tokenizer.encode(render_chat(template, prompt + c, False, **specials)) for c in completions]
+        prompt_ids = tokenizer.encode(render_chat(template, prompt, True, **tokenizer.special_tokens))
+    full = [sequence_ids(tokenizer, template, prompt, c) for c in completions]
     n = min(common_prefix_length(prompt_ids, ids) for ids in full)
     return list(prompt_ids[:n]), [list(ids[n:]) for ids in full]
 
@@ -285,11 +297,7 @@ def load_or_build_pairs(source: SFTSource, tokenizer, template: str, seq_length:
 
         def fitted(batch=256):
             chunk = []
-            for path, i, pair in load_pairs(source):
-                try:
-                    ids = tokenize_pair(tokenizer, template, pair)
-                except MegaliteError as e:
-                    raise MegaliteError(f"{path}: record {i}: {e}") from None
+            for _, ids in tokenized(source, tokenizer, template):
                 chunk += fit_pair(*ids, seq_length, max_prompt_length, stats) or []
                 if len(chunk) >= 2 * batch:
                     yield chunk
@@ -301,15 +309,30 @@ def load_or_build_pairs(source: SFTSource, tokenizer, template: str, seq_length:
     return cached_store(source, description, cache_dir, "pref", build)
 
 
-def build_pairs(dpo_cfg, chat_template: Optional[str], seq_length: int, tokenizer, spec: Optional[str] = None):
-    """(Pairs, counts) of every source of ``spec`` (default ``--pref-data``)."""
+def pref_sources(dpo_cfg, chat_template: Optional[str], tokenizer, spec: Optional[str] = None):
+    """(the chat template, the sources) of ``spec`` (default ``--pref-data``)."""
     spec = spec or dpo_cfg.pref_data
     if not spec:
         raise MegaliteError("--pref-data is required")
     flag = "--pref-data" if spec == dpo_cfg.pref_data else "--pref-valid-data"
-    template = resolve_template(chat_template, tokenizer)
+    return (resolve_template(chat_template, tokenizer),
+            resolve_sources(spec, dpo_cfg.pref_dataset_dir, flag, ranking=True))
+
+
+def tokenized(source: SFTSource, tokenizer, template: str, tokenize=None):
+    """(pair, ``tokenize(tokenizer, template, pair)``) for every record of the source (default:
+    ``tokenize_pair``); errors name the file and the record."""
+    for path, i, pair in load_pairs(source):
+        try:
+            yield pair, (tokenize or tokenize_pair)(tokenizer, template, pair)
+        except MegaliteError as e:
+            raise MegaliteError(f"{path}: record {i}: {e}") from None
+
+
+def build_pairs(dpo_cfg, chat_template: Optional[str], seq_length: int, tokenizer, spec: Optional[str] = None):
+    """(Pairs, counts) of every source of ``spec`` (default ``--pref-data``)."""
+    template, sources = pref_sources(dpo_cfg, chat_template, tokenizer, spec)
     stores = [load_or_build_pairs(source, tokenizer, template, seq_length, dpo_cfg.max_prompt_length,
-                                  dpo_cfg.pref_cache_path)
-              for source in resolve_sources(spec, dpo_cfg.pref_dataset_dir, flag, ranking=True)]
+                                  dpo_cfg.pref_cache_path) for source in sources]
     stats = {k: sum(st.stats[k] for st in stores) for k in COUNTS}
     return Pairs(stores), stats

@@ -57,6 +57,15 @@ def hf_config(cfg: ModelConfig, dtype: str) -> Dict:
     return out
 
 
+def reward_model_config(config: Dict, pad_token_id: int) -> Dict:
+    """A causal LM's config.json made the ``...ForSequenceClassification`` of a reward model: one
+    label (the score), and the pad token HF reads each row's score before (its last non-pad token)."""
+    arch = config["architectures"][0].replace("LMHeadModel", "ForCausalLM").replace("ForCausalLM",
+                                                                                 "ForSequenceClassification")
+    return {**config, "architectures": [arch], "id2label": {"0": "LABEL_0"}, "label2id": {"LABEL_0": 0},
+            "pad_token_id": pad_token_id}
+
+
 def _gpt2_config(cfg: ModelConfig, dtype: str) -> Dict:
     unsupported = []
     if cfg.swiglu:

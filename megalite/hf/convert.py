@@ -14,7 +14,7 @@ import torch
 
 from megalite.config import Config, ModelConfig
 from megalite.errors import MegaliteError
-from megalite.hf.config import hf_config, is_gpt2_style, model_config
+from megalite.hf.config import hf_config, is_gpt2_style, model_config, reward_model_config
 from megalite.data.tokenizer import Tokenizer, build_tokenizer
 from megalite.hf.layout import from_hf, gpt2_from_hf, gpt2_to_hf, to_hf
 from megalite.hf.tokenizer import export_tokenizer
@@ -31,7 +31,8 @@ DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 def export_hf(load: str, out_dir: str, dtype: str = "bf16", max_shard_bytes: int = 5 * 2**30,
               tokenizer: Optional[Tokenizer] = None, chat_template: Optional[str] = None) -> str:
     """Write the HF folder; ``tokenizer`` defaults to the one the checkpoint was trained with.
-    A LoRA checkpoint exports its base with the adapters merged in."""
+    A LoRA checkpoint exports its base with the adapters merged in; a reward model (``--stage rm``)
+    a ``...ForSequenceClassification`` with one label and the pad token its scores are read by."""
     from safetensors.torch import save_file
 
     state, args = full_model_state(load)
@@ -41,6 +42,12 @@ def export_hf(load: str, out_dir: str, dtype: str = "bf16", max_shard_bytes: int
     if tokenizer is None and d.tokenizer_type:
         tokenizer = build_tokenizer(d.tokenizer_type, d.tokenizer_model, d.vocab_file, d.merge_file)
     config = hf_config(cfg, DTYPE_NAMES[dtype])
+    if run.dpo.stage == "rm":
+        from megalite.data.reward import pad_id_of
+
+        if tokenizer is None:
+            raise MegaliteError(f"{load}: a reward model's export needs its tokenizer (its pad token places the score)")
+        config = reward_model_config(config, pad_id_of(tokenizer))
     tmp = out_dir.rstrip("/") + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)

@@ -5,7 +5,9 @@ Every difference is an explicit function here:
   head; HF keeps separate q_proj / k_proj / v_proj;
 - SwiGLU: our ``gate`` / ``fc1`` / ``fc2`` are HF's gate_proj / up_proj / down_proj;
 - RoPE: both use the rotate-half convention on each head, so no permutation is needed;
-- tied embeddings: HF has no lm_head tensor, only ``tie_word_embeddings``.
+- tied embeddings: HF has no lm_head tensor, only ``tie_word_embeddings``;
+- a reward model (``score.weight``) is a ``...ForSequenceClassification``: the same body and
+  ``score.weight`` instead of an lm_head.
 """
 
 from typing import Dict, Iterator, Tuple
@@ -54,7 +56,9 @@ def to_hf(sd: Dict[str, torch.Tensor], cfg: ModelConfig) -> Iterator[Tuple[str, 
         yield hf + "mlp.up_proj.weight", sd[ours + "mlp.fc1.weight"]
         yield hf + "mlp.down_proj.weight", sd[ours + "mlp.fc2.weight"]
     yield "model.norm.weight", sd["final_norm.weight"]
-    if cfg.untie_embeddings_and_output_weights:
+    if "score.weight" in sd:
+        yield "score.weight", sd["score.weight"]
+    elif cfg.untie_embeddings_and_output_weights:
         yield "lm_head.weight", sd["output_layer.weight"]
 
 
@@ -104,6 +108,8 @@ def gpt2_to_hf(sd: Dict[str, torch.Tensor], cfg: ModelConfig) -> Iterator[Tuple[
         yield hf + "mlp.c_proj.bias", sd[ours + "mlp.fc2.bias"]
     yield "transformer.ln_f.weight", sd["final_norm.weight"]
     yield "transformer.ln_f.bias", sd["final_norm.bias"]
+    if "score.weight" in sd:
+        yield "score.weight", sd["score.weight"]
 
 
 def gpt2_from_hf(get, cfg: ModelConfig) -> Iterator[Tuple[str, torch.Tensor]]:

@@ -3,8 +3,9 @@
 ``GPTModel(cfg, pre_process, post_process, layers)`` builds the part of the model one
 pipeline stage owns: the embedding if ``pre_process``, the given range of layers (named by
 their global index, so checkpoints and initialisation do not depend on the split), and the
-final norm + output layer if ``post_process``. With everything on one stage it is the whole
-model. Tensors are [seq, batch, hidden] inside; inputs and outputs are [batch, seq].
+final norm + the head if ``post_process`` (megalite.model.heads: the language-modelling output,
+or a reward model's score head). With everything on one stage it is the whole model. Tensors
+are [seq, batch, hidden] inside; inputs and outputs are [batch, seq].
 """
 
 from typing import Optional
@@ -14,12 +15,12 @@ from torch import nn
 
 from megalite.config import Config, ModelConfig
 from megalite.model.attention import SelfAttention
+from megalite.model.heads import LMHead, build_head
 from megalite.model.mlp import MLP
 from megalite.model.norms import build_norm
 from megalite.model.rotary import RotaryEmbedding
-from megalite.parallel.cross_entropy import vocab_parallel_cross_entropy
 from megalite.parallel.init import mark
-from megalite.parallel.layers import ColumnParallelLinear, VocabParallelEmbedding, column_parallel_linear
+from megalite.parallel.layers import VocabParallelEmbedding
 from megalite.parallel import state
 from megalite.parallel.mappings import gather_from_tp, scatter_to_sequence
 from megalite.parallel.pipeline import stage_layers
@@ -56,14 +57,13 @@ def document_boundaries(positions: torch.Tensor) -> Optional[torch.Tensor]:
 
 class GPTModel(nn.Module):
     def __init__(self, cfg: ModelConfig, pre_process: bool = True, post_process: bool = True,
-                 layers: Optional[range] = None, recompute_granularity: Optional[str] = None):
+                 layers: Optional[range] = None, recompute_granularity: Optional[str] = None, head=LMHead):
         super().__init__()
         self.cfg = cfg
         self.pre_process, self.post_process = pre_process, post_process
         self.recompute_full = recompute_granularity == "full"
-        self.mean_logits = False  # forward(labels) also returns each token's mean logit (DPO's logits/* metrics)
         layers = range(cfg.num_layers) if layers is None else layers
-        tied = not cfg.untie_embeddings_and_output_weights
+        tied = not cfg.untie_embeddings_and_output_weights and head.reads_embedding
         if pre_process or (post_process and tied):
             # A tied last stage keeps its own copy of the embedding for the output layer; same
             # name, so same initial values (pipelining keeps the copies' gradients in sync).
@@ -81,9 +81,8 @@ class GPTModel(nn.Module):
         self.layers = nn.ModuleDict({str(i): TransformerLayer(cfg, selective) for i in layers})
         if post_process:
             self.final_norm = build_norm(cfg.normalization, cfg.hidden_size, cfg.norm_epsilon)
-            if cfg.untie_embeddings_and_output_weights:
-                self.output_layer = ColumnParallelLinear(cfg.hidden_size, cfg.padded_vocab_size, bias=False,
-                                                         init_std=cfg.init_method_std)
+            self.head_name = head.name
+            self.add_module(head.name, head(cfg, self.embedding if tied else None))
 
     def embed(self, tokens: torch.Tensor, positions: Optional[torch.Tensor] = None) -> torch.Tensor:
         """[batch, seq] ids -> [seq, batch, hidden] (this rank's slice of seq with sequence parallelism).
@@ -98,19 +97,20 @@ class GPTModel(nn.Module):
             x = scatter_to_sequence(x)
         return self.embedding_dropout(x)
 
+    @property
+    def head(self) -> nn.Module:
+        return getattr(self, self.head_name)
+
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Final norm and output layer: [seq, batch, hidden] -> [seq, batch, vocab / tp]."""
-        x = self.final_norm(x)
-        if self.cfg.untie_embeddings_and_output_weights:
-            return self.output_layer(x)
-        return column_parallel_linear(x, self.embedding.weight)
+        return self.output_layer.logits(self.final_norm(x))
 
     def forward(self, tokens: Optional[torch.Tensor] = None, labels: Optional[torch.Tensor] = None,
                 hidden: Optional[torch.Tensor] = None, positions: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Per-token loss [batch, seq] when ``labels`` are given (with ``self.mean_logits``: loss and
-        mean logit stacked, [batch, seq, 2]), else logits [batch, seq, vocab / tp] (or this stage's
-        hidden states when it has no output layer). ``positions`` [batch, seq]
-        describe packed rows: each restart at 0 begins a document that attends only to itself."""
+        """Per-token loss [batch, seq] when ``labels`` are given, else logits [batch, seq, vocab / tp]
+        (a score head: per-token scores [batch, seq]; a stage without the head: its hidden states).
+        ``positions`` [batch, seq] describe packed rows: each restart at 0 begins a document that
+        attends only to itself."""
         x = self.embed(tokens, positions) if self.pre_process else hidden
         rope, cu_seqlens = None, None
         if positions is not None:
@@ -126,12 +126,7 @@ class GPTModel(nn.Module):
                 x = layer(x, rope, cu_seqlens=cu_seqlens)
         if not self.post_process:
             return x
-        logits = self.logits(x)
-        if labels is None:
-            return logits.transpose(0, 1)
-        if self.mean_logits:
-            return torch.stack(vocab_parallel_cross_entropy(logits, labels.t(), mean_logits=True), -1).transpose(0, 1)
-        return vocab_parallel_cross_entropy(logits, labels.t()).t()
+        return self.head(self.final_norm(x), labels)
 
     def decode_step(self, tokens: torch.Tensor, positions: torch.Tensor, cache,
                     hidden: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -179,16 +174,17 @@ class ModelChunks(nn.ModuleList):
 
 def build_stage_model(cfg: Config, recompute: Optional[str]):
     """This pipeline stage's part of the model: one GPTModel, or with virtual stages one
-    chunk per virtual stage c * P + r (interleaved schedule)."""
+    chunk per virtual stage c * P + r (interleaved schedule). The head is the run's (build_head)."""
     m, p, s = cfg.model, cfg.parallel, state.get()
+    head = build_head(cfg)
     per_chunk = p.num_layers_per_virtual_pipeline_stage
     if per_chunk is None:
         layers = stage_layers(m.num_layers, s.pp_size, s.pp_rank, p.decoder_first_pipeline_num_layers,
                               p.decoder_last_pipeline_num_layers)
-        return GPTModel(m, s.is_first_stage, s.is_last_stage, layers, recompute_granularity=recompute)
+        return GPTModel(m, s.is_first_stage, s.is_last_stage, layers, recompute_granularity=recompute, head=head)
     chunks = m.num_layers // (s.pp_size * per_chunk)
     vstages = [c * s.pp_size + s.pp_rank for c in range(chunks)]
     return ModelChunks(
         GPTModel(m, v == 0, v == chunks * s.pp_size - 1, range(v * per_chunk, (v + 1) * per_chunk),
-                 recompute_granularity=recompute)
+                 recompute_granularity=recompute, head=head)
         for v in vstages)

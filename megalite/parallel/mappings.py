@@ -122,6 +122,12 @@ def gather_from_sequence(x):
     return _over_tp(x, all_gather_first_dim, reduce_scatter_first_dim)
 
 
+def gather_sequence_for_all(x):
+    """Whole sequence from every rank's slice, for a consumer every rank computes in full (a
+    reward model's scores, the same loss on each rank): the gradient is only split back."""
+    return _over_tp(x, all_gather_first_dim, _split_first)
+
+
 def reduce_scatter_to_sequence(x):
     """Sums partial results over ranks and keeps this rank's slice of the sequence."""
     return _over_tp(x, reduce_scatter_first_dim, all_gather_first_dim)

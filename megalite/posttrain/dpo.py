@@ -176,10 +176,10 @@ class _NoOptimizer:
 def build_dpo_objective(cfg, trainer) -> DPOObjective:
     """The run's DPO objective with its reference; the model also returns each token's mean
     logit (trl's ``logits/chosen`` and ``logits/rejected``)."""
-    from megalite.model.gpt import GPTModel
+    from megalite.model.heads import LMHead
 
     for m in trainer.model.modules():
-        if isinstance(m, GPTModel):
+        if isinstance(m, LMHead):
             m.mean_logits = True
     return DPOObjective(cfg.dpo, build_reference(cfg, trainer))
 

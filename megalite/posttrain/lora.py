@@ -17,7 +17,9 @@ Tensor parallelism splits an adapter the way its base is split:
   ranks, B replicated (a sequence-parallel parameter when the sequence is split).
 
 A and B are initialised as peft does (A kaiming-uniform with a = sqrt(5), B zeros) from the
-seed as if on one device, then cut for this rank (``mark``). Base weights are frozen.
+seed as if on one device, then cut for this rank (``mark``). Base weights are frozen, except a
+reward model's score head, which trains in full beside the adapters (peft's ``modules_to_save=["score"]``)
+and is saved with them.
 """
 
 import contextlib
@@ -41,6 +43,7 @@ TARGET_LAYERS = {"q_proj": ("attention", "qkv"), "k_proj": ("attention", "qkv"),
                  "o_proj": ("attention", "proj"), "gate_proj": ("mlp", "gate"), "up_proj": ("mlp", "fc1"),
                  "down_proj": ("mlp", "fc2")}
 HF_BLOCKS = {"attention": "self_attn", "mlp": "mlp"}
+TRAINED_IN_FULL = ("score.weight",)  # a reward model's head: fresh, so not frozen
 ADAPTER_NAME = re.compile(r"^layers\.(\d+)\.(attention|mlp)\.(\w+)\.adapter\.(\w+)\.lora_([AB])$")
 
 
@@ -147,14 +150,14 @@ def model_chunks(model) -> List[nn.Module]:
 
 def add_adapters(model, cfg: Config) -> None:
     """Give every transformer layer of ``model`` (a stage, or its chunks) the adapters
-    --lora-target names and freeze every other parameter."""
+    --lora-target names and freeze every other parameter (but TRAINED_IN_FULL)."""
     m, lo, s = cfg.model, cfg.lora, state.get()
     r, sp, dropout = lo.lora_rank, s.sequence_parallel, lo.lora_dropout
     scale = lora_scale(lo.lora_alpha, r, lo.use_rslora)
     targets = lora_targets(cfg)
     h, d, nq, ng = m.hidden_size, m.kv_channels, m.num_attention_heads, m.num_query_groups
-    for param in model.parameters():
-        param.requires_grad_(False)
+    for name, param in model.named_parameters():
+        param.requires_grad_(name in TRAINED_IN_FULL)
     for chunk in model_chunks(model):
         for layer in chunk.layers.values():
             attn, mlp = layer.attention, layer.mlp

@@ -23,8 +23,8 @@ from megalite.hf.config import hf_config, is_gpt2_style
 from megalite.hf.layout import fuse_qkv
 from megalite.parallel import state
 from megalite.parallel.init import full_shape, shard_like
-from megalite.posttrain.lora import (ADAPTER_NAME, TARGET_LAYERS, ParameterSubset, add_adapters, adapter_name,
-                                     adapter_parameters, lora_scale, peft_name)
+from megalite.posttrain.lora import (ADAPTER_NAME, TARGET_LAYERS, TRAINED_IN_FULL, ParameterSubset, add_adapters,
+                                     adapter_name, adapter_parameters, lora_scale, peft_name)
 from megalite.training.checkpointing import (find_checkpoint, iteration_dir, load_checkpoint, load_model_state,
                                             saved_settings)
 from megalite.training.reshard import load_full_state
@@ -140,14 +140,18 @@ def read_peft_adapter(folder: str, model) -> None:
 
 class MergedWeights(Mapping):
     """A LoRA run's model weights by name: the base's, each targeted weight plus
-    scale * B A (its q / k / v parts placed in the fused QKV rows), computed on access in fp32."""
+    scale * B A (its q / k / v parts placed in the fused QKV rows), computed on access in fp32;
+    a weight trained in full beside the adapters (a reward model's score head) as saved."""
 
     def __init__(self, base: Mapping, adapters: Mapping, cfg: Config):
         self.base, self.adapters, self.cfg = base, adapters, cfg
         self.scale = lora_scale(cfg.lora.lora_alpha, cfg.lora.lora_rank, cfg.lora.use_rslora)
         self.targets: Dict[str, Dict[str, int]] = {}  # base weight -> {target: layer}
+        self.full = [name for name in adapters if name in TRAINED_IN_FULL]
         for name in adapters:
             match = ADAPTER_NAME.match(name)
+            if match is None and name in self.full:
+                continue
             if match is None:
                 raise MegaliteError(f"LoRA checkpoint holds {name}, which is not an adapter")
             layer, block, base_layer, target, _ = match.groups()
@@ -159,6 +163,8 @@ class MergedWeights(Mapping):
         return b @ a
 
     def __getitem__(self, name: str) -> torch.Tensor:
+        if name in self.full:
+            return self.adapters[name]
         w = self.base[name]
         if name not in self.targets:
             return w
@@ -176,10 +182,11 @@ class MergedWeights(Mapping):
         return (w.float() + self.scale * delta).to(w.dtype)
 
     def __iter__(self):
-        return iter(self.base)
+        yield from self.base
+        yield from self.full
 
     def __len__(self) -> int:
-        return len(self.base)
+        return len(self.base) + len(self.full)
 
 
 def full_model_state(load: str):
@@ -214,6 +221,9 @@ def export_peft(load: str, out_dir: str) -> str:
     if not is_lora_run(args):
         raise MegaliteError(f"{load}: not a LoRA checkpoint (trained without --lora-rank); nothing to export as peft")
     cfg = Config.from_dict(args)
+    if cfg.dpo.stage == "rm":
+        raise MegaliteError(f"{load}: a reward model's LoRA run trains its score head in full; export it merged "
+                            "with --to-hf (a SequenceClassification folder)")
     if is_gpt2_style(cfg.model):
         raise MegaliteError(f"{load}: a GPT-2-style model has no q_proj / k_proj / ... modules for a peft adapter; "
                             "export it merged with --to-hf")

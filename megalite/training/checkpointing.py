@@ -324,9 +324,10 @@ def check_architecture(saved_args: Dict, cfg: Config, where: str) -> None:
         raise MegaliteError(f"{where}: model does not match the checkpoint: " + "; ".join(diffs))
 
 
-def load_model_state(model, sd: Dict, where: str) -> None:
+def load_model_state(model, sd: Dict, where: str, fit=None) -> None:
+    """``fit``: what the weights go through first (a reward model started from a language model's)."""
     try:
-        model.load_state_dict(sd["model"])
+        model.load_state_dict(fit(sd["model"]) if fit else sd["model"])
     except RuntimeError as e:
         first = str(e).strip().splitlines()[1:2] or [str(e)]
         raise MegaliteError(f"{where}: weights do not fit this model ({first[0].strip()})") from None
@@ -359,16 +360,22 @@ def load_checkpoint(cfg: Config, model, optimizer):
     saved = saved_settings(folder)
     check_architecture(saved, cfg, folder)
     load_optim = not (c.finetune or c.no_load_optim)
+    fit = None
+    if cfg.dpo.stage == "rm":  # a reward model: from a language model's weights, the score head fresh
+        from megalite.model.heads import ScoreModelWeights
+
+        current = model.state_dict()
+        fit = lambda weights: ScoreModelWeights(weights, current)  # noqa: E731
     if _same_layout(saved, cfg):
         sd = read_checkpoint(folder)
-        load_model_state(model, sd, folder)
+        load_model_state(model, sd, folder, fit)
         optimizer.masters_from_model()
         if load_optim:  # exact fp32 masters and moments
             optimizer.load_state_dict(sd["optimizer"], _shard_pieces(folder))
     else:  # saved with other tensor / pipeline sizes: gather and re-cut (reshard imports this module)
         from megalite.training.reshard import load_resharded
 
-        sd = load_resharded(folder, model, optimizer, load_optim)
+        sd = load_resharded(folder, model, optimizer, load_optim, fit)
     if c.finetune:
         return 0, 0, 0
     if not c.no_load_rng:

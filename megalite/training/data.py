@@ -47,6 +47,18 @@ def build_datasets(cfg: Config, tokenizer: Optional[Tokenizer], train_samples: i
 
         if cfg.dpo.pref_valid_data and cfg.dpo.pref_valid_fraction:
             raise MegaliteError("give --pref-valid-data or --pref-valid-fraction, not both")
+        if cfg.dpo.stage == "rm":  # scored whole (megalite.data.reward)
+            from megalite.data.reward import RewardPairs, build_reward_pairs
+
+            if cfg.dpo.pref_valid_fraction:
+                raise MegaliteError("--pref-valid-fraction is not supported with --stage rm; give --pref-valid-data")
+
+            def pairs_of(spec, samples):
+                pairs, stats = build_reward_pairs(cfg.dpo, cfg.sft.chat_template, d.seq_length, tokenizer, spec)
+                return RewardPairs(pairs, samples, t.seed, stats)
+
+            valid = pairs_of(cfg.dpo.pref_valid_data, eval_samples) if cfg.dpo.pref_valid_data else None
+            return [pairs_of(cfg.dpo.pref_data, train_samples), valid, None]
         pairs, stats = build_pairs(cfg.dpo, cfg.sft.chat_template, d.seq_length, tokenizer)
         train, valid = pairs.split(cfg.dpo.pref_valid_fraction, t.seed)
         if cfg.dpo.pref_valid_data:
@@ -99,8 +111,10 @@ def row_collate(cfg: Config):
                                  multiple_of=multiple, kl_rows=cfg.kto.kto_loss_type == "kto")
     if cfg.dpo.pref_data:
         from megalite.data.preference import collate_pairs
+        from megalite.data.reward import collate_reward_pairs
 
-        return functools.partial(collate_pairs, pad_to=pad_to, multiple_of=multiple)
+        collate = collate_reward_pairs if cfg.dpo.stage == "rm" else collate_pairs
+        return functools.partial(collate, pad_to=pad_to, multiple_of=multiple)
     return functools.partial(_collate_rows, pad_to=pad_to, multiple_of=multiple, keep_positions=packing)
 
 

@@ -5,7 +5,8 @@ An objective names the batch keys whose global sums it needs (``count_keys``); t
 all-reduces them over data-parallel ranks before the step and hands them to ``begin_step``,
 so every micro-batch's loss is already its share of the global-batch mean and the step does
 not depend on micro-batch or data-parallel sizes. ``prepare`` runs before the step (the DPO
-reference pass); ``metrics`` are this rank's shares of extra per-step metrics.
+reference pass); ``metrics`` are this rank's shares of extra per-step metrics, summed over ranks
+(or reduced with the ``torch.distributed.ReduceOp`` an objective names in ``metric_ops``).
 """
 
 from typing import Dict
@@ -13,6 +14,7 @@ from typing import Dict
 import torch
 
 from megalite.config import Config
+from megalite.errors import MegaliteError
 
 
 class TokenMean:
@@ -34,13 +36,21 @@ class TokenMean:
 
 
 def build_objective(cfg: Config, trainer):
-    """DPO (megalite.posttrain.dpo) or KTO (megalite.posttrain.kto) with --pref-data, else the token mean."""
+    """With --pref-data: DPO (megalite.posttrain.dpo), KTO (megalite.posttrain.kto) or a reward
+    model (megalite.posttrain.reward) by --stage; else the token mean."""
     if not cfg.dpo.pref_data:
         return TokenMean()
     if cfg.dpo.stage == "kto":
         from megalite.posttrain.kto import build_kto_objective
 
         return build_kto_objective(cfg, trainer)
+    if cfg.dpo.stage == "rm":
+        from megalite.posttrain.reward import RewardObjective
+
+        if cfg.dpo.ref_load or cfg.dpo.precompute_ref_log_probs:
+            raise MegaliteError("--ref-load / --precompute-ref-log-probs: a reward model (--stage rm) has no "
+                                "reference model")
+        return RewardObjective(cfg.reward)
     from megalite.posttrain.dpo import build_dpo_objective
 
     return build_dpo_objective(cfg, trainer)

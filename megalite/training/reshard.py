@@ -140,11 +140,14 @@ class _SavedCheckpoint:
 
 
 @torch.no_grad()
-def load_resharded(load: str, model, optimizer, load_optimizer: bool = True) -> Dict:
+def load_resharded(load: str, model, optimizer, load_optimizer: bool = True, fit=None) -> Dict:
     """Load weights and (with ``load_optimizer``) optimizer state saved in any parallel layout
     into this rank's ``model`` / ``optimizer``; returns the first saved rank's payload
-    (iteration, consumed samples, random states, settings)."""
+    (iteration, consumed samples, random states, settings). ``fit``: what the weights go through
+    first (checkpointing.load_model_state)."""
     saved = _SavedCheckpoint(load, with_optimizer=load_optimizer)
+    if fit is not None:
+        saved.weights = fit(saved.weights)
     weights, pieces = saved.cut_for(model, load)
     params = dict(model.named_parameters())
     for name, w in weights.items():

@@ -164,8 +164,7 @@ class Trainer:
         self.grads.finish_sync()
         # the loss lives on the last pipeline stage; summing over stages hands it to every rank
         lm_loss = all_reduce_scalar(all_reduce_scalar(loss_sum, s.pp_group), s.dp_group)
-        extra = {k: all_reduce_scalar(all_reduce_scalar(v, s.pp_group), s.dp_group)
-                 for k, v in self.objective.metrics().items()}
+        extra = self._objective_metrics()
         stepped, grad_norm = False, float("nan")
         if math.isfinite(lm_loss) or self.cfg.training.fp16:  # fp16: the loss scaler skips and rescales
             self.optimizer.set_lr(self.lr(self.iteration + 1))
@@ -185,6 +184,13 @@ class Trainer:
         return {k: all_reduce_scalar(float(sum(mb[k].sum().item() for mb in batch)), dp)
                 for k in self.objective.count_keys}
 
+    def _objective_metrics(self) -> Dict[str, float]:
+        """The objective's metrics of the step: its ranks' shares summed over pipeline stages and
+        data-parallel ranks (min / max for those it names in ``metric_ops``)."""
+        s, ops = state.get(), getattr(self.objective, "metric_ops", {})
+        return {k: all_reduce_scalar(all_reduce_scalar(v, s.pp_group, ops.get(k)), s.dp_group, ops.get(k))
+                for k, v in self.objective.metrics().items()}
+
     @torch.no_grad()
     def evaluate(self, dataset, split: str) -> Optional[Dict]:
         if dataset is None or self.cfg.training.eval_iters == 0:
@@ -203,7 +209,7 @@ class Trainer:
                 self.objective.begin_step(counts)
                 total += counts[weight_key] * forward_backward(self.model, batch, self.objective,
                                                                self.activation_shape, self.dtype, forward_only=True)
-                for k, v in self.objective.metrics().items():
+                for k, v in self._objective_metrics().items():
                     extra[k] = extra.get(k, 0.0) + counts[weight_key] * v
                     weights[k] = weights.get(k, 0.0) + counts[weight_key]
                 count += counts[weight_key]
@@ -213,8 +219,7 @@ class Trainer:
         if count == 0:
             return None
         loss = total / count
-        extra = {k: all_reduce_scalar(all_reduce_scalar(v, s.pp_group), s.dp_group) / weights[k]
-                 for k, v in extra.items()}
+        extra = {k: v / weights[k] for k, v in extra.items()}
         out = {"iteration": self.iteration, "split": split, "loss": loss}
         if weight_key == "loss_mask":  # a per-token loss (not DPO's per-pair one): perplexity means something
             out["ppl"] = math.exp(min(loss, 700.0))

@@ -1,0 +1,108 @@
+"""What the last pipeline stage computes from the final (normed) hidden states: the head a model is built with.
+
+- ``LMHead`` (registered as ``output_layer``): logits over this rank's vocabulary shard, or with labels the
+  per-token losses (vocab-parallel cross entropy, no vocabulary gather; with ``mean_logits`` also each
+  token's mean logit, for trl's ``logits/*`` metrics). Its weight is the output layer's own, or with tied
+  embeddings the embedding's (which the model owns).
+- ``ScoreHead`` (registered as ``score``, Hugging Face's name in ``...ForSequenceClassification``): one
+  scalar per token, hidden -> 1 without bias, [batch, seq]. A reward model reads it at each row's last
+  non-pad token (megalite.posttrain.reward). The weight is replicated over tensor-parallel ranks; with
+  sequence parallelism each rank scores its slice of the sequence, the scores are gathered, and the weight's
+  gradient is summed over the ranks like a norm's (``sequence_parallel``), so every rank takes the same step.
+
+``build_head`` picks one from the run's settings (``--stage rm``: the score head).
+"""
+
+from collections.abc import Mapping
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from megalite.config import Config, ModelConfig
+from megalite.parallel import state
+from megalite.parallel.cross_entropy import vocab_parallel_cross_entropy
+from megalite.parallel.init import mark
+from megalite.parallel.layers import column_parallel_linear
+from megalite.parallel.mappings import gather_sequence_for_all
+
+
+class LMHead(nn.Module):
+    name = "output_layer"
+    reads_embedding = True  # with tied embeddings: the last stage needs the embedding's weight
+
+    def __init__(self, cfg: ModelConfig, embedding: Optional[nn.Module] = None):
+        super().__init__()
+        self.mean_logits = False  # with labels: [batch, seq, 2] = per-token loss and mean logit
+        self._tied = (embedding,) if embedding is not None else ()  # a tuple: not registered (the model owns it)
+        if embedding is None:
+            tp = state.get().tp_size
+            self.weight = mark(nn.Parameter(torch.empty(cfg.padded_vocab_size // tp, cfg.hidden_size)),
+                               cfg.init_method_std, tp_dim=0)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """[seq, batch, hidden] -> [seq, batch, vocab / tp]."""
+        return column_parallel_linear(x, self._tied[0].weight if self._tied else self.weight)
+
+    def forward(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+        logits = self.logits(x)
+        if labels is None:
+            return logits.transpose(0, 1)
+        if self.mean_logits:
+            return torch.stack(vocab_parallel_cross_entropy(logits, labels.t(), mean_logits=True), -1).transpose(0, 1)
+        return vocab_parallel_cross_entropy(logits, labels.t()).t()
+
+
+class ScoreHead(nn.Module):
+    name = "score"
+    reads_embedding = False
+
+    def __init__(self, cfg: ModelConfig, embedding: Optional[nn.Module] = None):
+        super().__init__()
+        # normal(0, --init-method-std) from the seed by name, like HF's normal(0, initializer_range)
+        self.weight = mark(nn.Parameter(torch.empty(1, cfg.hidden_size)), cfg.init_method_std)
+        self.weight.sequence_parallel = state.get().sequence_parallel  # sees only a slice of the sequence
+
+    def forward(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """[seq(/tp), batch, hidden] -> scores [batch, seq]; ``labels`` are not used."""
+        scores = F.linear(x, self.weight).squeeze(-1)
+        if state.get().sequence_parallel:
+            scores = gather_sequence_for_all(scores)
+        return scores.t()
+
+
+def build_head(cfg: Config):
+    return ScoreHead if cfg.dpo.stage == "rm" else LMHead
+
+
+LM_ONLY = ("output_layer.weight", "embedding.weight")  # the LM output, and a last stage's copy of a tied embedding
+
+
+class ScoreModelWeights(Mapping):
+    """A checkpoint's weights (by name) as the start of a reward model whose own state is
+    ``current``: what only a language model holds (its output layer, a last stage's copy of the
+    tied embedding) is left out, and a score head the checkpoint lacks (a language model's or an
+    imported HF model's) keeps its current, freshly initialised values."""
+
+    def __init__(self, weights: Mapping, current: Mapping):
+        self.weights = weights
+        self.fresh = {k: v for k, v in current.items() if k == f"{ScoreHead.name}.weight" and k not in weights}
+        self.left_out = {k for k in LM_ONLY if k not in current}
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name in self.fresh:
+            return self.fresh[name]
+        if name in self.left_out:
+            raise KeyError(name)
+        return self.weights[name]
+
+    def __contains__(self, name) -> bool:
+        return name in self.fresh or (name not in self.left_out and name in self.weights)
+
+    def __iter__(self):
+        yield from (k for k in self.weights if k not in self.left_out)
+        yield from self.fresh
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
