@@ -115,6 +115,44 @@ def test_bad_examples_name_file_and_record(tmp_path, record, message):
         load_examples(SFTSource(str(path)))
 
 
+def test_examples_are_cached_with_their_labels_and_rebuilt_when_the_file_changes(tmp_path, models):
+    from megalite.config import DPOConfig
+    from megalite.data.tokenizer import HuggingFaceTokenizer
+    from megalite.data.unpaired import build_examples, tokenize_example
+
+    tok = HuggingFaceTokenizer(models["policy"])
+    path = write_jsonl(tmp_path / "k.jsonl", plain_examples(6))
+    cfg = DPOConfig(pref_data=str(path), max_prompt_length=4, stage="kto")
+    first, stats = build_examples(cfg, TEMPLATE, 64, tok)
+    again, _ = build_examples(cfg, TEMPLATE, 64, tok)
+    assert first.stores[0].built and not again.stores[0].built
+    assert (tmp_path / "cache" / "kto").is_dir() and stats == {**stats, "examples": 6, "desirable": 4}
+    for k, example in enumerate(plain_examples(6)):
+        prompt, completion = tokenize_example(tok, TEMPLATE, example)
+        assert again[k] == (prompt[-4:], completion, example["label"])
+    write_jsonl(path, plain_examples(7))
+    changed, _ = build_examples(cfg, TEMPLATE, 64, tok)
+    assert changed.stores[0].built and changed.labels.tolist() == [e["label"] for e in plain_examples(7)]
+
+
+def test_valid_fraction_holds_out_a_seeded_share_of_the_examples(tmp_path, models):
+    from megalite.config import DPOConfig
+    from megalite.data.tokenizer import HuggingFaceTokenizer
+    from megalite.data.unpaired import build_examples
+
+    path = write_jsonl(tmp_path / "k.jsonl", plain_examples(16))
+    examples, _ = build_examples(DPOConfig(pref_data=str(path), stage="kto"), TEMPLATE, 64,
+                                 HuggingFaceTokenizer(models["policy"]))
+    train_part, held_out = examples.split(0.25, seed=3)
+    assert (len(train_part), len(held_out)) == (12, 4)
+    assert sorted(train_part.picks.tolist() + held_out.picks.tolist()) == list(range(16))
+    k = int(held_out.picks[1])
+    assert held_out[1] == examples[k] and held_out.labels[1] == examples.labels[k]
+    assert examples.split(0.25, seed=3)[1].picks.tolist() == held_out.picks.tolist()
+    with pytest.raises(MegaliteError, match="give --pref-valid-data or --pref-valid-fraction, not both"):
+        kto(models, path, tmp_path, "both_valid", pref_valid_data=str(path), pref_valid_fraction=0.1)
+
+
 def test_dataset_info_kto_tag_entries(tmp_path):
     from megalite.data.unpaired import load_examples, resolve_unpaired_sources
 
