@@ -228,11 +228,12 @@ def test_loss_and_metrics_equal_trl(both_sides, kind, beta, wd, wu):
     assert ours == pytest.approx(theirs, rel=1e-5, abs=1e-6)
     metrics = objective.metrics()
     assert set(metrics) == {"kl", "rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen",
-                            "logps/rejected"}
+                            "logps/rejected", "logits/chosen", "logits/rejected"}
     if kind == "kto":
         assert metrics["kl"] > 0.1  # not clamped: the loss depends on it
     for name, value in metrics.items():
-        assert value == pytest.approx(tr._metrics["eval"][name][-1], rel=1e-5, abs=1e-6), name
+        small = 1e-8 if name.startswith("logits") else 1e-6  # mean logits are about 5e-3 here
+        assert value == pytest.approx(tr._metrics["eval"][name][-1], rel=1e-5, abs=small), name
 
 
 def test_a_batch_without_undesirable_examples_reports_what_trl_reports(both_sides):
@@ -254,9 +255,10 @@ def test_a_batch_without_undesirable_examples_reports_what_trl_reports(both_side
     with torch.no_grad():
         theirs = tr.compute_loss(tr.model, tr.data_collator([tr.train_dataset[k] for k in desirable])).item()
     assert ours == pytest.approx(theirs, rel=1e-5)
-    theirs_metrics = {k: v[-1] for k, v in tr._metrics["eval"].items() if k.startswith(("rewards", "logps", "kl"))}
+    theirs_metrics = {k: v[-1] for k, v in tr._metrics["eval"].items()
+                      if k.startswith(("rewards", "logps", "logits", "kl"))}
     assert objective.metrics() == pytest.approx(theirs_metrics, rel=1e-5, abs=1e-6)
-    assert set(theirs_metrics) == {"kl", "rewards/chosen", "logps/chosen"}
+    assert set(theirs_metrics) == {"kl", "rewards/chosen", "logps/chosen", "logits/chosen"}
 
 
 # -- training --------------------------------------------------------------------------------------
@@ -270,8 +272,8 @@ def test_parallel_layouts_train_like_one_process(tmp_path, models, plain_file, b
     train_a, _ = baseline
     assert train_a[-1]["lm_loss"] < train_a[0]["lm_loss"] and all(r["kl"] > 0 for r in train_a)
     other = kto_with_eval(models, plain_file, tmp_path, "other", with_eval, **layout)
-    assert_same_run(baseline, other, ("lm_loss", "loss", "grad_norm", "kl", "rewards/chosen", "logps/rejected"),
-                    1e-5)
+    assert_same_run(baseline, other, ("lm_loss", "loss", "grad_norm", "kl", "rewards/chosen", "logps/rejected",
+                                      "logits/chosen", "logits/rejected"), 1e-5)
 
 
 def test_precomputed_reference_gives_the_same_training_and_evaluation(tmp_path, models, plain_file, baseline,

@@ -241,8 +241,9 @@ class UnpairedDataset(torch.utils.data.Dataset):
 def collate_unpaired(items, seq_length: int, pad_to: Optional[int] = None, multiple_of: int = 1,
                      kl_rows: bool = True) -> Dict[str, torch.Tensor]:
     """One micro-batch of n examples: their rows (``tokens``, ``labels``, ``loss_mask``), ``label``
-    (1 desirable, 0 undesirable), the counts the loss is normalised by (``examples``,
-    ``desirable``, ``undesirable``; ``kl_examples`` with KL rows), ``example_index`` / ``sample_index`` / ``held_out``
+    (1 desirable, 0 undesirable), the counts the loss and metrics are normalised by (``examples``,
+    ``desirable``, ``undesirable``, ``desirable_tokens``, ``undesirable_tokens``: completion tokens;
+    ``kl_examples`` with KL rows), ``example_index`` / ``sample_index`` / ``held_out``
     and, with ``kl_rows``, the KL rows of the module docstring under ``kl_tokens`` / ``kl_labels`` /
     ``kl_loss_mask`` (padded on their own); sequences keep their first ``seq_length + 1`` ids."""
     examples = [it["example"] for it in items]
@@ -250,7 +251,9 @@ def collate_unpaired(items, seq_length: int, pad_to: Optional[int] = None, multi
     batch = collate_sft(rows, pad_to, multiple_of)
     batch.pop("position_ids")
     label = torch.tensor([float(e.label) for e in examples])
+    tokens = batch["loss_mask"].sum(1)
     batch.update(label=label, examples=torch.ones(len(items)), desirable=label, undesirable=1 - label,
+                 desirable_tokens=tokens * label, undesirable_tokens=tokens * (1 - label),
                  example_index=torch.tensor([it["index"] for it in items], dtype=torch.int64),
                  sample_index=torch.tensor([it["sample"] for it in items], dtype=torch.int64),
                  held_out=torch.tensor([int(it["held_out"]) for it in items]))

@@ -176,12 +176,17 @@ class _NoOptimizer:
 def build_dpo_objective(cfg, trainer) -> DPOObjective:
     """The run's DPO objective with its reference; the model also returns each token's mean
     logit (trl's ``logits/chosen`` and ``logits/rejected``)."""
+    return_mean_logits(trainer.model)
+    return DPOObjective(cfg.dpo, build_reference(cfg, trainer))
+
+
+def return_mean_logits(model) -> None:
+    """Make ``model``'s forward(labels) return [rows, seq, 2]: each token's loss and mean logit."""
     from megalite.model.gpt import GPTModel
 
-    for m in trainer.model.modules():
+    for m in model.modules():
         if isinstance(m, GPTModel):
             m.mean_logits = True
-    return DPOObjective(cfg.dpo, build_reference(cfg, trainer))
 
 
 def build_reference(cfg, trainer):

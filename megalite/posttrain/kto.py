@@ -19,8 +19,10 @@ ratio)`` / ``sigmoid(beta ratio)``, no KL rows), weighted by --kto-desirable-wei
 (trl: the mean over the desirable and undesirable examples of the weighted losses). Metrics
 carry trl's names: ``kl``, ``rewards/chosen`` / ``logps/chosen`` (means over the desirable
 examples), ``rewards/rejected`` / ``logps/rejected`` (undesirable), ``rewards/margins`` (their
-difference); like trl, a step without desirable (or undesirable) examples reports none of their
-metrics.
+difference), ``logits/chosen`` / ``logits/rejected`` (each token's mean logit over the
+vocabulary, averaged over the desirable / undesirable completion tokens: the model returns it with
+its losses, ``GPTModel.mean_logits``); like trl, a step without desirable (or undesirable)
+examples reports none of their metrics.
 """
 
 from typing import Dict
@@ -30,7 +32,8 @@ import torch
 from megalite.data.unpaired import kl_view
 from megalite.parallel import state
 from megalite.parallel.data_parallel import all_reduce_scalar
-from megalite.posttrain.dpo import completion_logps, live_reference, read_scores, reference_pass, score_once
+from megalite.posttrain.dpo import (completion_logps, live_reference, read_scores, reference_pass, return_mean_logits,
+                                    score_once)
 
 LOSS_TYPES = ("kto", "apo_zero_unpaired")
 
@@ -54,7 +57,8 @@ class KTOObjective:
         self.kind, self.beta = kto_cfg.kto_loss_type, beta
         self.weights = (kto_cfg.kto_desirable_weight, kto_cfg.kto_undesirable_weight)
         self.reference, self.policy = reference, policy
-        self.count_keys = ("examples", "desirable", "undesirable") + (("kl_examples",) if self.kind == "kto" else ())
+        self.count_keys = ("examples", "desirable", "undesirable", "desirable_tokens", "undesirable_tokens") + \
+            (("kl_examples",) if self.kind == "kto" else ())
         self.kl_sum, self.kl, self.counts, self.sums = 0.0, 0.0, {}, {}
 
     def prepare(self, batch) -> None:
@@ -73,6 +77,7 @@ class KTOObjective:
         self.kl = max(self.kl_sum / counts["kl_examples"], 0.0) if self.kind == "kto" else 0.0
 
     def __call__(self, per_token_losses: torch.Tensor, mb: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """``per_token_losses``: the model's losses and mean logits, [rows, seq, 2] (``GPTModel.mean_logits``)."""
         logps = completion_logps(per_token_losses, mb)
         ratio = logps - mb["ref_logps"]
         desirable = mb["label"] > 0.5
@@ -86,6 +91,11 @@ class KTOObjective:
                     shares[f"logps/{side}"] = logps[rows].sum().item() / self.counts[count]
             if self.counts["desirable"] > 0 and self.counts["undesirable"] > 0:
                 shares["rewards/margins"] = shares["rewards/chosen"] - shares["rewards/rejected"]
+            logits = (per_token_losses[..., 1] * mb["loss_mask"]).sum(1)  # each token's mean logit, summed
+            for side, rows, count in (("chosen", desirable, "desirable_tokens"),
+                                      ("rejected", ~desirable, "undesirable_tokens")):
+                if self.counts[count] > 0:  # trl: the mean over the desirable (undesirable) completion tokens
+                    shares[f"logits/{side}"] = logits[rows].sum().item() / self.counts[count]
             for k, v in shares.items():
                 self.sums[k] = self.sums.get(k, 0.0) + v
         return losses.sum() / self.counts["examples"]
@@ -99,6 +109,8 @@ class KTOObjective:
                 names += [f"rewards/{side}", f"logps/{side}"]
         if self.counts.get("desirable", 0) > 0 and self.counts.get("undesirable", 0) > 0:
             names.append("rewards/margins")
+        names += [f"logits/{side}" for side, count in (("chosen", "desirable_tokens"), ("rejected", "undesirable_tokens"))
+                  if self.counts.get(count, 0) > 0]
         return {k: self.sums.get(k, 0.0) for k in names}
 
 
@@ -115,6 +127,7 @@ def build_kto_objective(cfg, trainer) -> KTOObjective:
             if "ref_logps" in view:
                 mb["ref_kl_logps"] = view["ref_logps"]
 
+    return_mean_logits(trainer.model)  # trl's logits/chosen and logits/rejected
     reference = precomputed(cfg, trainer, live, kl) if cfg.dpo.precompute_ref_log_probs else rows_and_kl_rows
     policy = reference_pass(trainer.model, trainer.activation_shape, trainer.dtype, "policy_logps") if kl else None
     return KTOObjective(cfg.kto, cfg.dpo.dpo_beta, reference, policy)
