@@ -153,6 +153,24 @@ def test_valid_fraction_holds_out_a_seeded_share_of_the_examples(tmp_path, model
         kto(models, path, tmp_path, "both_valid", pref_valid_data=str(path), pref_valid_fraction=0.1)
 
 
+def test_paired_records_are_unpaired_as_trl_does(tmp_path):
+    """trl unpairs in blocks of 1000 pairs (each block's chosen, then its rejected): 1003 pairs
+    cross a block boundary."""
+    from datasets import Dataset
+    from trl.data_utils import unpair_preference_dataset
+
+    from megalite.data.sft_formats import SFTSource
+    from megalite.data.unpaired import load_examples
+
+    pairs = plain_pairs(1003)
+    ours = [example for _, _, example in load_examples(SFTSource(str(write_jsonl(tmp_path / "p.jsonl", pairs))))]
+    assert ours == list(unpair_preference_dataset(Dataset.from_list(pairs)))
+    assert ours[1000] == {"prompt": pairs[0]["prompt"], "completion": pairs[0]["rejected"], "label": False}
+    path = write_jsonl(tmp_path / "mixed.jsonl", pairs[:2] + plain_examples(1))
+    with pytest.raises(MegaliteError, match="mixed.jsonl: record 2: missing 'chosen', 'rejected'"):
+        load_examples(SFTSource(str(path)))
+
+
 def test_dataset_info_kto_tag_entries(tmp_path):
     from megalite.data.unpaired import load_examples, resolve_unpaired_sources
 
