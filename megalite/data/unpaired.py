@@ -8,11 +8,13 @@ Records come in trl's unpaired format, detected per record:
 
 or as a LLaMA-Factory ``dataset_info.json`` entry whose ``columns`` name a ``kto_tag`` (sharegpt:
 the messages column, the last message the completion; alpaca: prompt / query / response), which
-become conversational examples labelled by the ``kto_tag`` column.
+become conversational examples labelled by the ``kto_tag`` column. Paired records (``prompt`` /
+``chosen`` / ``rejected``) are unpaired as trl's ``unpair_preference_dataset`` does (``unpair``).
 
 Tokenization is trl 1.x's KTOTrainer's, the same rules as DPO's (``preference.tokenize_completions``),
 and so is the length policy (``preference.fit_prompt``): counted prompt cuts, drops and cuts to
-``--seq-length + 1`` ids.
+``--seq-length + 1`` ids. Each source's fitted examples are cached as DPO's pairs are
+(``load_or_build_examples``, ``Examples``), their labels in an array file of the cache entry.
 
 KL rows (trl's KL estimate): a micro-batch of n examples also carries n mismatched sequences,
 example i's prompt followed by the completion of example i - 1 of the same micro-batch (example 0
