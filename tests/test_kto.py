@@ -223,6 +223,8 @@ def test_kl_rows_equal_trl(both_sides):
         assert batch["kl_loss_mask"][b].sum() == trl_batch["KL_completion_mask"][b].sum()
 
 
+METRIC_KEYS = ("lm_loss", "loss", "grad_norm", "kl", "rewards/chosen", "rewards/rejected", "rewards/margins",
+               "logps/chosen", "logps/rejected", "logits/chosen", "logits/rejected")
 LOSSES = [("kto", 0.1, 1.0, 1.0), ("kto", 0.5, 1.33, 0.7), ("apo_zero_unpaired", 0.1, 1.0, 1.0),
           ("apo_zero_unpaired", 0.3, 0.8, 1.5)]
 
@@ -300,6 +302,19 @@ def test_precomputed_reference_gives_the_same_training_and_evaluation(tmp_path, 
     assert baseline[1][0]["kl"] > 0
     assert_same_run(baseline, cached, ("lm_loss", "loss", "kl", "rewards/chosen", "rewards/rejected",
                                        "rewards/margins"), 1e-6)
+
+
+def test_resume_is_bit_exact_with_the_same_command(tmp_path, models, plain_file, baseline, with_eval):
+    """Stopped after step 2 (--exit-interval) and resumed from --save: step 3 and the held-out
+    metrics equal the uninterrupted baseline's bit for bit (same samples, KL rows, optimizer state)."""
+    save = str(tmp_path / "run")
+    first, _ = kto_with_eval(models, plain_file, tmp_path, "first", with_eval, save=save, exit_interval=2)
+    resumed, evals = kto_with_eval(models, plain_file, tmp_path, "second", with_eval, save=save)
+    train_a, evals_a = baseline
+    assert [r["iteration"] for r in first + resumed] == [1, 2, 3] and len(evals) == len(evals_a) == 1
+    for ours, theirs in ((first + resumed, train_a), (evals, evals_a)):
+        for a, b in zip(ours, theirs):
+            assert {k: v for k, v in a.items() if k in METRIC_KEYS} == {k: v for k, v in b.items() if k in METRIC_KEYS}
 
 
 def test_lora_reference_is_the_base_with_adapters_disabled(tmp_path, models, plain_file):
