@@ -296,12 +296,21 @@ def test_parallel_layouts_train_like_one_process(tmp_path, models, plain_file, b
                                       "logits/chosen", "logits/rejected"), 1e-5)
 
 
-def test_precomputed_reference_gives_the_same_training_and_evaluation(tmp_path, models, plain_file, baseline,
-                                                                      with_eval):
-    cached = kto_with_eval(models, plain_file, tmp_path, "cached", with_eval, precompute_ref_log_probs=True)
+def test_precomputed_reference_gives_the_same_training_and_evaluation(tmp_path, models, baseline, with_eval,
+                                                                      monkeypatch):
+    """Precomputed scores (examples and KL rows) train and evaluate like live ones; a rerun reads
+    both tables from the cache next to the examples' cache instead of scoring again."""
+    from megalite.posttrain import kto as kto_module
+
+    data = write_jsonl(tmp_path / "kto.jsonl", plain_examples())  # the baseline's examples, their own cache folder
+    cached = kto_with_eval(models, data, tmp_path, "cached", with_eval, precompute_ref_log_probs=True)
     assert baseline[1][0]["kl"] > 0
-    assert_same_run(baseline, cached, ("lm_loss", "loss", "kl", "rewards/chosen", "rewards/rejected",
-                                       "rewards/margins"), 1e-6)
+    keys = ("lm_loss", "loss", "kl", "rewards/chosen", "rewards/rejected", "rewards/margins")
+    assert_same_run(baseline, cached, keys, 1e-6)
+    assert len(list((tmp_path / "cache" / "kto").glob("*-ref_logps.pt"))) == 2  # the examples', the KL rows'
+    monkeypatch.setattr(kto_module, "score_once", lambda *a: pytest.fail("scored again despite the cache"))
+    again = kto_with_eval(models, data, tmp_path, "again", with_eval, precompute_ref_log_probs=True)
+    assert_same_run(cached, again, keys, 0.0)
 
 
 def test_resume_is_bit_exact_with_the_same_command(tmp_path, models, plain_file, baseline, with_eval):

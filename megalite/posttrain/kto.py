@@ -32,8 +32,8 @@ import torch
 from megalite.data.unpaired import kl_view
 from megalite.parallel import state
 from megalite.parallel.data_parallel import all_reduce_scalar
-from megalite.posttrain.dpo import (completion_logps, live_reference, read_scores, reference_pass, return_mean_logits,
-                                    score_once)
+from megalite.posttrain.dpo import (cached_scores, completion_logps, live_reference, read_scores, reference_pass,
+                                    return_mean_logits, score_once, weights_fingerprint)
 
 LOSS_TYPES = ("kto", "apo_zero_unpaired")
 
@@ -109,8 +109,9 @@ class KTOObjective:
                 names += [f"rewards/{side}", f"logps/{side}"]
         if self.counts.get("desirable", 0) > 0 and self.counts.get("undesirable", 0) > 0:
             names.append("rewards/margins")
-        names += [f"logits/{side}" for side, count in (("chosen", "desirable_tokens"), ("rejected", "undesirable_tokens"))
-                  if self.counts.get(count, 0) > 0]
+        for side, count in (("chosen", "desirable_tokens"), ("rejected", "undesirable_tokens")):
+            if self.counts.get(count, 0) > 0:
+                names.append(f"logits/{side}")
         return {k: self.sums.get(k, 0.0) for k in names}
 
 
@@ -118,7 +119,7 @@ def build_kto_objective(cfg, trainer) -> KTOObjective:
     """The run's KTO objective: the reference of posttrain.dpo (a frozen copy, or the policy
     with its LoRA adapters disabled), live or precomputed, and the policy's KL-row pass."""
     kl = cfg.kto.kto_loss_type == "kto"
-    live, _ = live_reference(cfg, trainer)
+    live, weights = live_reference(cfg, trainer)
 
     def rows_and_kl_rows(batch):  # one forward-only pass over the micro-batches and their KL rows
         views = [kl_view(mb) for mb in batch] if kl else []
@@ -128,42 +129,51 @@ def build_kto_objective(cfg, trainer) -> KTOObjective:
                 mb["ref_kl_logps"] = view["ref_logps"]
 
     return_mean_logits(trainer.model)  # trl's logits/chosen and logits/rejected
-    reference = precomputed(cfg, trainer, live, kl) if cfg.dpo.precompute_ref_log_probs else rows_and_kl_rows
+    precompute = cfg.dpo.precompute_ref_log_probs
+    reference = precomputed(cfg, trainer, live, weights, kl) if precompute else rows_and_kl_rows
     policy = reference_pass(trainer.model, trainer.activation_shape, trainer.dtype, "policy_logps") if kl else None
     return KTOObjective(cfg.kto, cfg.dpo.dpo_beta, reference, policy)
 
 
-def precomputed(cfg, trainer, live, kl: bool):
+def precomputed(cfg, trainer, live, weights, kl: bool):
     """--precompute-ref-log-probs: the reference scores, once, now, every example of the training
     and held-out sets (keyed by example) and every KL row the run and its evaluations will meet
     (keyed by sample number, as a KL row depends on its micro-batch: the sampler's micro-batch j
     holds samples [j mbs, (j + 1) mbs) and goes to data-parallel rank j mod dp). Each rank scores
     a share, the tables are summed over ranks (posttrain.dpo.score_once), and the reference model
-    is dropped with ``live``, so training holds one model."""
+    is dropped with ``live``, so training holds one model. Each table is cached as DPO's are
+    (posttrain.dpo.cached_scores); the KL rows' table is also keyed by the sample order (the seed
+    and the number of samples), so a resumed run or a rerun reads both instead of scoring again."""
     import numpy as np
 
     from megalite.training.data import row_collate
 
     s, mbs, device = state.get(), cfg.training.micro_batch_size, trainer.device
     collate = row_collate(cfg)
+    fingerprint = weights_fingerprint(weights, device)
 
     def on_device(groups):
         return [{k: v.to(device) for k, v in collate(items).items()} for items in groups]
+
+    def score_examples(ds):
+        mine = np.arange(s.dp_rank, len(ds.examples), s.dp_size)
+        mine = np.resize(mine, -(-len(mine) // mbs) * mbs)  # whole micro-batches (pipeline stages need fixed shapes)
+        batch = on_device([[ds.item(int(k), int(k)) for k in mine[j:j + mbs]] for j in range(0, len(mine), mbs)])
+        return score_once(live, batch, "example_index", 1, len(ds.examples), device)
+
+    def score_kl_rows(ds):
+        starts = range(s.dp_rank * mbs, len(ds) - mbs + 1, s.dp_size * mbs)
+        batch = on_device([[ds[i] for i in range(j, j + mbs)] for j in starts])
+        return score_once(live, [kl_view(mb) for mb in batch], "sample_index", 1, len(ds), device)
 
     tables = []
     for ds in (trainer.train_ds, trainer.valid_ds):
         if ds is None:
             tables.append(None)
             continue
-        mine = np.arange(s.dp_rank, len(ds.examples), s.dp_size)
-        mine = np.resize(mine, -(-len(mine) // mbs) * mbs)  # whole micro-batches (pipeline stages need fixed shapes)
-        batch = on_device([[ds.item(int(k), int(k)) for k in mine[j:j + mbs]] for j in range(0, len(mine), mbs)])
-        examples = score_once(live, batch, "example_index", 1, len(ds.examples), device)
-        kl_rows = None
-        if kl:
-            starts = range(s.dp_rank * mbs, len(ds) - mbs + 1, s.dp_size * mbs)
-            batch = on_device([[ds[i] for i in range(j, j + mbs)] for j in starts])
-            kl_rows = score_once(live, [kl_view(mb) for mb in batch], "sample_index", 1, len(ds), device)
+        examples = cached_scores(cfg, trainer, ds.examples, fingerprint, "examples", lambda: score_examples(ds))
+        kl_rows = cached_scores(cfg, trainer, ds.examples, fingerprint, ["KL rows", ds.seed, len(ds)],
+                                lambda: score_kl_rows(ds)) if kl else None
         tables.append((examples, kl_rows))
 
     def look_up(batch):
