@@ -326,6 +326,15 @@ def test_resume_is_bit_exact_with_the_same_command(tmp_path, models, plain_file,
             assert {k: v for k, v in a.items() if k in METRIC_KEYS} == {k: v for k, v in b.items() if k in METRIC_KEYS}
 
 
+def test_valid_fraction_trains_and_evaluates_with_the_precomputed_reference(tmp_path, models, plain_file, swapped):
+    """--pref-valid-fraction holds out 4 of the 16 examples; their precomputed table (keyed by their
+    position in the held-out share) gives the live reference's held-out metrics."""
+    kw = dict(pref_valid_fraction=0.25, eval_iters=1, eval_interval=3, **swapped)
+    runs = [kto_with_eval(models, plain_file, tmp_path, name, {}, precompute_ref_log_probs=pre, **kw)
+            for name, pre in (("fraction_live", False), ("fraction_precomputed", True))]
+    assert_same_run(*runs, ("lm_loss", "loss", "kl", "rewards/chosen", "rewards/margins"), 1e-6)
+
+
 def test_lora_reference_is_the_base_with_adapters_disabled(tmp_path, models, plain_file):
     kw = dict(lora_rank=4, lora_alpha=8, lr=1e-2)
     disabled = kto(models, plain_file, tmp_path, "disabled", ref_load=None, **kw)
