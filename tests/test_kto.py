@@ -1,7 +1,8 @@
-"""dpo_gpt.py --stage kto on tiny models: examples tokenized and KL rows built exactly as trl's
-KTOTrainer does, both loss types and their metrics equal to trl's on the HF model we train,
-data- / tensor-parallel invariance, the precomputed and the LoRA reference, held-out metrics,
-and clear errors on bad examples."""
+"""dpo_gpt.py --stage kto on tiny models: examples tokenized, unpaired and KL rows built exactly as
+trl's KTOTrainer does, the examples' cache, both loss types and their metrics equal to trl's on the
+HF model we train, data- / tensor-parallel invariance, bit-exact resume, the precomputed (and cached)
+and the LoRA reference, held-out metrics (--pref-valid-data, --pref-valid-fraction), and clear
+errors on bad examples."""
 
 import json
 
