@@ -188,11 +188,12 @@ class DPOConfig:
     pref_data: Optional[str] = opt(None, "DPO preference pairs: files (prompt/chosen/rejected, text or messages) or "
                                          "dataset_info.json names with ranking: true, comma/space separated")
     pref_dataset_dir: Optional[str] = opt(None, "folder with a LLaMA-Factory dataset_info.json for --pref-data names")
-    pref_cache_path: Optional[str] = opt(None, "where tokenized pairs (and precomputed reference log-probs) are "
-                                               "cached (default <data dir>/cache/pref)")
+    pref_cache_path: Optional[str] = opt(None, "where tokenized pairs or KTO examples (and precomputed reference "
+                                               "log-probs) are cached (default <data dir>/cache/pref, or /kto)")
     pref_valid_data: Optional[str] = opt(None, "held-out preference pairs (same syntax as --pref-data): validation "
                                                "loss and rewards every --eval-interval")
-    pref_valid_fraction: float = opt(0.0, "hold out this seeded share of the --pref-data pairs for validation")
+    pref_valid_fraction: float = opt(0.0, "hold out this seeded share of the --pref-data pairs (KTO: examples) for "
+                                          "validation")
     max_prompt_length: Optional[int] = opt(None, "keep only the last N prompt tokens of a pair (counted)")
     dpo_loss_type: str = opt("sigmoid", "comma list of trl DPO losses: sigmoid, hinge, ipo, robust, bco_pair, "
                                         "nca_pair, sppo_hard, apo_zero, apo_down, sigmoid_norm, sft; or the "

@@ -1,7 +1,8 @@
-"""dpo_gpt.py --stage kto on tiny models: examples tokenized and KL rows built exactly as trl's
-KTOTrainer does, both loss types and their metrics equal to trl's on the HF model we train,
-data- / tensor-parallel invariance, the precomputed and the LoRA reference, held-out metrics,
-and clear errors on bad examples."""
+"""dpo_gpt.py --stage kto on tiny models: examples tokenized, unpaired and KL rows built exactly as
+trl's KTOTrainer does, the examples' cache, both loss types and their metrics equal to trl's on the
+HF model we train, data- / tensor-parallel invariance, bit-exact resume, the precomputed (and cached)
+and the LoRA reference, held-out metrics (--pref-valid-data, --pref-valid-fraction), and clear
+errors on bad examples."""
 
 import json
 
@@ -115,6 +116,62 @@ def test_bad_examples_name_file_and_record(tmp_path, record, message):
         load_examples(SFTSource(str(path)))
 
 
+def test_examples_are_cached_with_their_labels_and_rebuilt_when_the_file_changes(tmp_path, models):
+    from megalite.config import DPOConfig
+    from megalite.data.tokenizer import HuggingFaceTokenizer
+    from megalite.data.unpaired import build_examples, tokenize_example
+
+    tok = HuggingFaceTokenizer(models["policy"])
+    path = write_jsonl(tmp_path / "k.jsonl", plain_examples(6))
+    cfg = DPOConfig(pref_data=str(path), max_prompt_length=4, stage="kto")
+    first, stats = build_examples(cfg, TEMPLATE, 64, tok)
+    again, _ = build_examples(cfg, TEMPLATE, 64, tok)
+    assert first.stores[0].built and not again.stores[0].built
+    assert (tmp_path / "cache" / "kto").is_dir() and stats == {**stats, "examples": 6, "desirable": 4}
+    for k, example in enumerate(plain_examples(6)):
+        prompt, completion = tokenize_example(tok, TEMPLATE, example)
+        assert again[k] == (prompt[-4:], completion, example["label"])
+    write_jsonl(path, plain_examples(7))
+    changed, _ = build_examples(cfg, TEMPLATE, 64, tok)
+    assert changed.stores[0].built and changed.labels.tolist() == [e["label"] for e in plain_examples(7)]
+
+
+def test_valid_fraction_holds_out_a_seeded_share_of_the_examples(tmp_path, models):
+    from megalite.config import DPOConfig
+    from megalite.data.tokenizer import HuggingFaceTokenizer
+    from megalite.data.unpaired import build_examples
+
+    path = write_jsonl(tmp_path / "k.jsonl", plain_examples(16))
+    examples, _ = build_examples(DPOConfig(pref_data=str(path), stage="kto"), TEMPLATE, 64,
+                                 HuggingFaceTokenizer(models["policy"]))
+    train_part, held_out = examples.split(0.25, seed=3)
+    assert (len(train_part), len(held_out)) == (12, 4)
+    assert sorted(train_part.picks.tolist() + held_out.picks.tolist()) == list(range(16))
+    k = int(held_out.picks[1])
+    assert held_out[1] == examples[k] and held_out.labels[1] == examples.labels[k]
+    assert examples.split(0.25, seed=3)[1].picks.tolist() == held_out.picks.tolist()
+    with pytest.raises(MegaliteError, match="give --pref-valid-data or --pref-valid-fraction, not both"):
+        kto(models, path, tmp_path, "both_valid", pref_valid_data=str(path), pref_valid_fraction=0.1)
+
+
+def test_paired_records_are_unpaired_as_trl_does(tmp_path):
+    """trl unpairs in blocks of 1000 pairs (each block's chosen, then its rejected): 1003 pairs
+    cross a block boundary."""
+    from datasets import Dataset
+    from trl.data_utils import unpair_preference_dataset
+
+    from megalite.data.sft_formats import SFTSource
+    from megalite.data.unpaired import load_examples
+
+    pairs = plain_pairs(1003)
+    ours = [example for _, _, example in load_examples(SFTSource(str(write_jsonl(tmp_path / "p.jsonl", pairs))))]
+    assert ours == list(unpair_preference_dataset(Dataset.from_list(pairs)))
+    assert ours[1000] == {"prompt": pairs[0]["prompt"], "completion": pairs[0]["rejected"], "label": False}
+    path = write_jsonl(tmp_path / "mixed.jsonl", pairs[:2] + plain_examples(1))
+    with pytest.raises(MegaliteError, match="mixed.jsonl: record 2: missing 'chosen', 'rejected'"):
+        load_examples(SFTSource(str(path)))
+
+
 def test_dataset_info_kto_tag_entries(tmp_path):
     from megalite.data.unpaired import load_examples, resolve_unpaired_sources
 
@@ -167,6 +224,8 @@ def test_kl_rows_equal_trl(both_sides):
         assert batch["kl_loss_mask"][b].sum() == trl_batch["KL_completion_mask"][b].sum()
 
 
+METRIC_KEYS = ("lm_loss", "loss", "grad_norm", "kl", "rewards/chosen", "rewards/rejected", "rewards/margins",
+               "logps/chosen", "logps/rejected", "logits/chosen", "logits/rejected")
 LOSSES = [("kto", 0.1, 1.0, 1.0), ("kto", 0.5, 1.33, 0.7), ("apo_zero_unpaired", 0.1, 1.0, 1.0),
           ("apo_zero_unpaired", 0.3, 0.8, 1.5)]
 
@@ -190,11 +249,12 @@ def test_loss_and_metrics_equal_trl(both_sides, kind, beta, wd, wu):
     assert ours == pytest.approx(theirs, rel=1e-5, abs=1e-6)
     metrics = objective.metrics()
     assert set(metrics) == {"kl", "rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen",
-                            "logps/rejected"}
+                            "logps/rejected", "logits/chosen", "logits/rejected"}
     if kind == "kto":
         assert metrics["kl"] > 0.1  # not clamped: the loss depends on it
     for name, value in metrics.items():
-        assert value == pytest.approx(tr._metrics["eval"][name][-1], rel=1e-5, abs=1e-6), name
+        small = 1e-8 if name.startswith("logits") else 1e-6  # mean logits are about 5e-3 here
+        assert value == pytest.approx(tr._metrics["eval"][name][-1], rel=1e-5, abs=small), name
 
 
 def test_a_batch_without_undesirable_examples_reports_what_trl_reports(both_sides):
@@ -216,9 +276,10 @@ def test_a_batch_without_undesirable_examples_reports_what_trl_reports(both_side
     with torch.no_grad():
         theirs = tr.compute_loss(tr.model, tr.data_collator([tr.train_dataset[k] for k in desirable])).item()
     assert ours == pytest.approx(theirs, rel=1e-5)
-    theirs_metrics = {k: v[-1] for k, v in tr._metrics["eval"].items() if k.startswith(("rewards", "logps", "kl"))}
+    theirs_metrics = {k: v[-1] for k, v in tr._metrics["eval"].items()
+                      if k.startswith(("rewards", "logps", "logits", "kl"))}
     assert objective.metrics() == pytest.approx(theirs_metrics, rel=1e-5, abs=1e-6)
-    assert set(theirs_metrics) == {"kl", "rewards/chosen", "logps/chosen"}
+    assert set(theirs_metrics) == {"kl", "rewards/chosen", "logps/chosen", "logits/chosen"}
 
 
 # -- training --------------------------------------------------------------------------------------
@@ -232,16 +293,47 @@ def test_parallel_layouts_train_like_one_process(tmp_path, models, plain_file, b
     train_a, _ = baseline
     assert train_a[-1]["lm_loss"] < train_a[0]["lm_loss"] and all(r["kl"] > 0 for r in train_a)
     other = kto_with_eval(models, plain_file, tmp_path, "other", with_eval, **layout)
-    assert_same_run(baseline, other, ("lm_loss", "loss", "grad_norm", "kl", "rewards/chosen", "logps/rejected"),
-                    1e-5)
+    assert_same_run(baseline, other, ("lm_loss", "loss", "grad_norm", "kl", "rewards/chosen", "logps/rejected",
+                                      "logits/chosen", "logits/rejected"), 1e-5)
 
 
-def test_precomputed_reference_gives_the_same_training_and_evaluation(tmp_path, models, plain_file, baseline,
-                                                                      with_eval):
-    cached = kto_with_eval(models, plain_file, tmp_path, "cached", with_eval, precompute_ref_log_probs=True)
+def test_precomputed_reference_gives_the_same_training_and_evaluation(tmp_path, models, baseline, with_eval,
+                                                                      monkeypatch):
+    """Precomputed scores (examples and KL rows) train and evaluate like live ones; a rerun reads
+    both tables from the cache next to the examples' cache instead of scoring again."""
+    from megalite.posttrain import kto as kto_module
+
+    data = write_jsonl(tmp_path / "kto.jsonl", plain_examples())  # the baseline's examples, their own cache folder
+    cached = kto_with_eval(models, data, tmp_path, "cached", with_eval, precompute_ref_log_probs=True)
     assert baseline[1][0]["kl"] > 0
-    assert_same_run(baseline, cached, ("lm_loss", "loss", "kl", "rewards/chosen", "rewards/rejected",
-                                       "rewards/margins"), 1e-6)
+    keys = ("lm_loss", "loss", "kl", "rewards/chosen", "rewards/rejected", "rewards/margins")
+    assert_same_run(baseline, cached, keys, 1e-6)
+    assert len(list((tmp_path / "cache" / "kto").glob("*-ref_logps.pt"))) == 2  # the examples', the KL rows'
+    monkeypatch.setattr(kto_module, "score_once", lambda *a: pytest.fail("scored again despite the cache"))
+    again = kto_with_eval(models, data, tmp_path, "again", with_eval, precompute_ref_log_probs=True)
+    assert_same_run(cached, again, keys, 0.0)
+
+
+def test_resume_is_bit_exact_with_the_same_command(tmp_path, models, plain_file, baseline, with_eval):
+    """Stopped after step 2 (--exit-interval) and resumed from --save: step 3 and the held-out
+    metrics equal the uninterrupted baseline's bit for bit (same samples, KL rows, optimizer state)."""
+    save = str(tmp_path / "run")
+    first, _ = kto_with_eval(models, plain_file, tmp_path, "first", with_eval, save=save, exit_interval=2)
+    resumed, evals = kto_with_eval(models, plain_file, tmp_path, "second", with_eval, save=save)
+    train_a, evals_a = baseline
+    assert [r["iteration"] for r in first + resumed] == [1, 2, 3] and len(evals) == len(evals_a) == 1
+    for ours, theirs in ((first + resumed, train_a), (evals, evals_a)):
+        for a, b in zip(ours, theirs):
+            assert {k: v for k, v in a.items() if k in METRIC_KEYS} == {k: v for k, v in b.items() if k in METRIC_KEYS}
+
+
+def test_valid_fraction_trains_and_evaluates_with_the_precomputed_reference(tmp_path, models, plain_file, swapped):
+    """--pref-valid-fraction holds out 4 of the 16 examples; their precomputed table (keyed by their
+    position in the held-out share) gives the live reference's held-out metrics."""
+    kw = dict(pref_valid_fraction=0.25, eval_iters=1, eval_interval=3, **swapped)
+    runs = [kto_with_eval(models, plain_file, tmp_path, name, {}, precompute_ref_log_probs=pre, **kw)
+            for name, pre in (("fraction_live", False), ("fraction_precomputed", True))]
+    assert_same_run(*runs, ("lm_loss", "loss", "kl", "rewards/chosen", "rewards/margins"), 1e-6)
 
 
 def test_lora_reference_is_the_base_with_adapters_disabled(tmp_path, models, plain_file):

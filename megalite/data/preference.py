@@ -253,13 +253,15 @@ def collate_pairs(items, pad_to: Optional[int] = None, multiple_of: int = 1) -> 
     return batch
 
 
-class Pairs:
-    """The fitted pairs of several cached sources, indexed as one list (or the ``picks`` of
-    it): ``pairs[k]`` is ``[(chosen ids, completion mask), (rejected ids, completion mask)]``."""
+class StoreItems:
+    """The items of several cached sources indexed as one list (or the ``picks`` of it), each item
+    ``per_item`` documents of its store; ``split`` holds out a seeded share (--pref-valid-fraction)."""
+
+    per_item = 1
 
     def __init__(self, stores: Sequence[ExampleStore], picks: Optional[np.ndarray] = None):
         self.stores = list(stores)
-        self.ends = np.cumsum([len(st) // 2 for st in self.stores])
+        self.ends = np.cumsum([len(st) // self.per_item for st in self.stores])
         self.picks = picks
 
     def __len__(self) -> int:
@@ -267,14 +269,18 @@ class Pairs:
             return len(self.picks)
         return int(self.ends[-1]) if len(self.ends) else 0
 
-    def __getitem__(self, k: int):
-        k = int(self.picks[k]) if self.picks is not None else k
-        s = int(np.searchsorted(self.ends, k, side="right"))
-        j = k - (int(self.ends[s - 1]) if s else 0)
-        return [self.stores[s][2 * j], self.stores[s][2 * j + 1]]
+    def position(self, k: int) -> int:
+        """Item ``k``'s position among the items of all the stores."""
+        return int(self.picks[k]) if self.picks is not None else k
 
-    def split(self, fraction: float, seed: int) -> Tuple["Pairs", Optional["Pairs"]]:
-        """(training pairs, held-out pairs): a seeded ``fraction`` of the pairs (at least one,
+    def locate(self, k: int) -> Tuple[ExampleStore, int]:
+        """(store, index of the item's first document in it) of item ``k``."""
+        k = self.position(k)
+        s = int(np.searchsorted(self.ends, k, side="right"))
+        return self.stores[s], self.per_item * (k - (int(self.ends[s - 1]) if s else 0))
+
+    def split(self, fraction: float, seed: int):
+        """(training items, held-out items): a seeded ``fraction`` of the items (at least one,
         never all) is held out; None when ``fraction`` is 0."""
         if not 0 <= fraction < 1:
             raise MegaliteError(f"--pref-valid-fraction {fraction} must be in [0, 1)")
@@ -282,7 +288,18 @@ class Pairs:
             return self, None
         order = np.random.default_rng(seed).permutation(len(self))
         k = min(max(1, round(fraction * len(self))), len(self) - 1)
-        return Pairs(self.stores, np.sort(order[k:])), Pairs(self.stores, np.sort(order[:k]))
+        return type(self)(self.stores, np.sort(order[k:])), type(self)(self.stores, np.sort(order[:k]))
+
+
+class Pairs(StoreItems):
+    """Fitted pairs: ``pairs[k]`` is ``[(chosen ids, completion mask), (rejected ids, completion mask)]``
+    (documents 2k and 2k + 1 of their store)."""
+
+    per_item = 2
+
+    def __getitem__(self, k: int):
+        store, j = self.locate(k)
+        return [store[j], store[j + 1]]
 
 
 def load_or_build_pairs(source: SFTSource, tokenizer, template: str, seq_length: int,

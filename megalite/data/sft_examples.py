@@ -115,6 +115,10 @@ class ExampleStore:
     def __getitem__(self, i: int) -> Tuple[np.ndarray, np.ndarray]:
         return self.tokens[i].astype(np.int64), self.mask[i].astype(bool)
 
+    def array(self, name: str) -> np.ndarray:
+        """A per-example array ``write_store`` saved with the entry (e.g. KTO's labels)."""
+        return np.load(f"{self.prefix}_{name}.npy")
+
 
 def cache_description(source: SFTSource, tokenizer, template: str, seq_length: int, train_on_prompt: bool) -> dict:
     return {"version": CACHE_VERSION, "source": source.description(), "tokenizer": tokenizer.fingerprint(),
@@ -153,9 +157,10 @@ def cached_store(source: SFTSource, description: dict, cache_dir: Optional[str],
 
 
 def write_store(prefix: str, description: dict, chunks: Iterable[List[Tuple[np.ndarray, np.ndarray]]],
-                stats: Dict[str, int], vocab_size: int) -> None:
-    """Write the (ids, mask) sequences of ``chunks`` as a cache entry; ``stats`` (filled while the
-    chunks are consumed) and ``description`` go into its description file, written last."""
+                stats: Dict[str, int], vocab_size: int, arrays: Optional[Dict[str, list]] = None) -> None:
+    """Write the (ids, mask) sequences of ``chunks`` as a cache entry; ``stats`` and ``arrays``
+    (one value per sequence, read back with ``ExampleStore.array``) are filled while the chunks
+    are consumed; ``description`` goes into the description file, written last."""
     with IndexedDatasetBuilder(prefix + "_tokens", best_dtype(vocab_size)) as tokens, \
             IndexedDatasetBuilder(prefix + "_mask", np.uint8) as masks:
         for chunk in chunks:
@@ -163,6 +168,9 @@ def write_store(prefix: str, description: dict, chunks: Iterable[List[Tuple[np.n
                 lengths = np.array([len(ids) for ids, _ in chunk])
                 tokens.add_documents(np.concatenate([ids for ids, _ in chunk]), lengths)
                 masks.add_documents(np.concatenate([m for _, m in chunk]).astype(np.uint8), lengths)
+    for name, values in (arrays or {}).items():
+        with atomic_write(f"{prefix}_{name}.npy", "wb") as f:
+            np.save(f, np.asarray(values))
     with atomic_write(prefix + "-description.json", "w") as f:
         json.dump({"description": description, "stats": stats}, f, indent=1, sort_keys=True)
 

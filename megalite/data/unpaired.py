@@ -8,11 +8,13 @@ Records come in trl's unpaired format, detected per record:
 
 or as a LLaMA-Factory ``dataset_info.json`` entry whose ``columns`` name a ``kto_tag`` (sharegpt:
 the messages column, the last message the completion; alpaca: prompt / query / response), which
-become conversational examples labelled by the ``kto_tag`` column.
+become conversational examples labelled by the ``kto_tag`` column. Paired records (``prompt`` /
+``chosen`` / ``rejected``) are unpaired as trl's ``unpair_preference_dataset`` does (``unpair``).
 
 Tokenization is trl 1.x's KTOTrainer's, the same rules as DPO's (``preference.tokenize_completions``),
 and so is the length policy (``preference.fit_prompt``): counted prompt cuts, drops and cuts to
-``--seq-length + 1`` ids.
+``--seq-length + 1`` ids. Each source's fitted examples are cached as DPO's pairs are
+(``load_or_build_examples``, ``Examples``), their labels in an array file of the cache entry.
 
 KL rows (trl's KL estimate): a micro-batch of n examples also carries n mismatched sequences,
 example i's prompt followed by the completion of example i - 1 of the same micro-batch (example 0
@@ -24,42 +26,70 @@ whenever trl's per-device batch holds the examples of our micro-batch, in the sa
 
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
+import numpy as np
 import torch
 
 from megalite.data.chat import resolve_template
-from megalite.data.preference import _content, fit_prompt, fit_sequence, tokenize_completions, training_row
+from megalite.data.preference import (StoreItems, _content, check_pair, fit_prompt, fit_sequence,
+                                      tokenize_completions, training_row)
 from megalite.data.sft import collate_sft, epoch_shuffled
+from megalite.data.sft_examples import ExampleStore, cached_store, write_store
 from megalite.data.sft_formats import (ALPACA_COLUMNS, SHAREGPT_COLUMNS, SHAREGPT_TAGS, SFTSource, from_alpaca,
                                        from_sharegpt, read_records, resolve_sources)
 from megalite.errors import MegaliteError
 
+CACHE_VERSION = 1
 KEYS = ("prompt", "completion", "label")
+PAIR_KEYS = ("prompt", "chosen", "rejected")
+UNPAIR_BLOCK = 1000  # pairs per batch of trl's unpair_preference_dataset (datasets.map's default batch size)
 COUNTS = ("examples", "desirable", "prompt_truncated", "truncated", "dropped")
 Example = Dict[str, object]  # prompt / completion: strings or message lists; label: bool
 
 
 # -- records -> examples ---------------------------------------------------------------------------
 def load_examples(source: SFTSource) -> List[Tuple[str, int, Example]]:
-    """(file, record index, checked example) for every record of the source."""
-    out = []
+    """(file, record index, checked example) for every record of the source; paired records
+    (``prompt`` / ``chosen`` / ``rejected``, detected on the source's first record as trl does)
+    are unpaired (``unpair``)."""
+    records = []
     for path in source.files():
-        records = read_records(path)
-        if not records:
+        found = read_records(path)
+        if not found:
             raise MegaliteError(f"{path}: holds no records")
-        for i, record in enumerate(records):
-            try:
+        records += [(path, i, record) for i, record in enumerate(found)]
+    paired = not source.formatting and all(k in records[0][2] for k in ("chosen", "rejected"))
+    out = []
+    for path, i, record in records:
+        try:
+            if paired:
+                example = {k: record.get(k) for k in PAIR_KEYS}
+                check_pair(example)
+            else:
                 example = _tagged_example(source, record) if source.formatting else {k: record.get(k) for k in KEYS}
                 check_example(example)
-            except MegaliteError as e:
-                raise MegaliteError(f"{path}: record {i}: {e}") from None
-            out.append((path, i, example))
+        except MegaliteError as e:
+            raise MegaliteError(f"{path}: record {i}: {e}") from None
+        out.append((path, i, example))
+    return unpair(out) if paired else out
+
+
+def unpair(pairs: List[Tuple[str, int, dict]]) -> List[Tuple[str, int, Example]]:
+    """trl's ``unpair_preference_dataset``: each pair becomes a desirable example (its chosen
+    completion) and an undesirable one (its rejected), in trl's order: per block of 1000 pairs (the
+    ``datasets.map`` batch it runs in), the block's chosen examples, then its rejected ones."""
+    out = []
+    for start in range(0, len(pairs), UNPAIR_BLOCK):
+        block = pairs[start:start + UNPAIR_BLOCK]
+        for side, label in (("chosen", True), ("rejected", False)):
+            out += [(path, i, {"prompt": p["prompt"], "completion": p[side], "label": label}) for path, i, p in block]
     return out
 
 
 def check_example(example: Example) -> None:
     missing = [k for k in KEYS if example.get(k) is None]
     if missing:
-        raise MegaliteError(f"missing {', '.join(map(repr, missing))} (an example needs prompt, completion and label)")
+        raise MegaliteError(f"missing {', '.join(map(repr, missing))} (an example needs prompt, completion and "
+                            "label; or give pairs: prompt, chosen and rejected)")
     if not isinstance(example["label"], bool):
         raise MegaliteError(f"'label' must be true or false, got {example['label']!r}")
     kinds = {type(example[k]) for k in ("prompt", "completion")}
@@ -111,25 +141,68 @@ class Fitted(NamedTuple):
     label: bool
 
 
+class Examples(StoreItems):
+    """Fitted examples of cached sources: ``examples[k]`` is a ``Fitted``. A store keeps example k
+    as document k, prompt + whole completion with the completion mask (the KL rows pair a prompt
+    with another example's completion, so completions are stored uncut), and its labels in an
+    array saved with the entry."""
+
+    def __init__(self, stores: List[ExampleStore], picks: Optional[np.ndarray] = None):
+        super().__init__(stores, picks)
+        labels = np.concatenate([st.array("labels") for st in self.stores]).astype(bool)
+        self.labels = labels if picks is None else labels[picks]
+
+    def __getitem__(self, k: int) -> Fitted:
+        store, j = self.locate(k)
+        ids, completion = store[j]
+        return Fitted(ids[~completion].tolist(), ids[completion].tolist(), bool(self.labels[k]))
+
+
+def load_or_build_examples(source: SFTSource, tokenizer, template: str, seq_length: int,
+                           max_prompt_length: Optional[int], cache_dir: Optional[str] = None) -> ExampleStore:
+    """The source's fitted examples, from the cache (``<source folder>/cache/kto`` or
+    --pref-cache-path) or tokenized into it (rank 0 builds, as DPO's pairs)."""
+    description = {"version": CACHE_VERSION, "kind": "kto", "source": source.description(),
+                   "tokenizer": tokenizer.fingerprint(), "special_tokens": tokenizer.special_tokens,
+                   "template": template, "seq_length": seq_length, "max_prompt_length": max_prompt_length}
+
+    def build(prefix):
+        stats, labels = {k: 0 for k in COUNTS}, []
+
+        def fitted(batch=256):
+            chunk = []
+            for path, i, example in load_examples(source):
+                try:
+                    prompt, completion = tokenize_example(tokenizer, template, example)
+                except MegaliteError as e:
+                    raise MegaliteError(f"{path}: record {i}: {e}") from None
+                prompt = fit_prompt(prompt, len(completion), seq_length, max_prompt_length, stats)
+                if prompt is None:
+                    continue
+                chunk.append((np.asarray(prompt + completion, dtype=np.int64),
+                              np.arange(len(prompt) + len(completion)) >= len(prompt)))
+                labels.append(example["label"])
+                stats["examples"] += 1
+                stats["desirable"] += int(example["label"])
+                if len(chunk) >= batch:
+                    yield chunk
+                    chunk = []
+            yield chunk
+
+        write_store(prefix, description, fitted(), stats, tokenizer.vocab_size, arrays={"labels": labels})
+
+    return cached_store(source, description, cache_dir, "kto", build)
+
+
 def build_examples(dpo_cfg, chat_template: Optional[str], seq_length: int, tokenizer, spec: Optional[str] = None):
-    """(fitted examples, counts) of every source of ``spec`` (default ``--pref-data``)."""
+    """(Examples, counts) of every source of ``spec`` (default ``--pref-data``)."""
     spec = spec or dpo_cfg.pref_data
     flag = "--pref-data" if spec == dpo_cfg.pref_data else "--pref-valid-data"
     template = resolve_template(chat_template, tokenizer)
-    stats = {k: 0 for k in COUNTS}
-    examples = []
-    for source in resolve_unpaired_sources(spec, dpo_cfg.pref_dataset_dir, flag):
-        for path, i, example in load_examples(source):
-            try:
-                prompt, completion = tokenize_example(tokenizer, template, example)
-            except MegaliteError as e:
-                raise MegaliteError(f"{path}: record {i}: {e}") from None
-            prompt = fit_prompt(prompt, len(completion), seq_length, dpo_cfg.max_prompt_length, stats)
-            if prompt is not None:
-                examples.append(Fitted(prompt, completion, example["label"]))
-                stats["examples"] += 1
-                stats["desirable"] += int(example["label"])
-    return examples, stats
+    stores = [load_or_build_examples(source, tokenizer, template, seq_length, dpo_cfg.max_prompt_length,
+                                     dpo_cfg.pref_cache_path)
+              for source in resolve_unpaired_sources(spec, dpo_cfg.pref_dataset_dir, flag)]
+    return Examples(stores), {k: sum(st.stats[k] for st in stores) for k in COUNTS}
 
 
 # -- training rows ---------------------------------------------------------------------------------
@@ -139,25 +212,25 @@ class UnpairedDataset(torch.utils.data.Dataset):
     and the sample number ``i`` (``sample``: what precomputed reference scores of KL rows are keyed
     by, as a KL row depends on its micro-batch); ``held_out``: the --pref-valid-data set."""
 
-    def __init__(self, examples: List[Fitted], num_samples: Optional[int] = None, seed: int = 1234,
+    def __init__(self, examples: Examples, num_samples: Optional[int] = None, seed: int = 1234,
                  stats: Optional[Dict[str, int]] = None, held_out: bool = False):
-        if not examples:
+        if not len(examples):
             raise MegaliteError("no KTO examples to train on (every example was dropped, or the data is empty)")
         self.examples, self.seed, self.held_out = examples, seed, held_out
         self.num_samples = len(examples) if num_samples is None else int(num_samples)
-        self.stats = stats or {"examples": len(examples), "desirable": sum(e.label for e in examples)}
+        self.stats = stats or {"examples": len(examples)}
         self._order = [-1, None]
 
     def __len__(self) -> int:
         return self.num_samples
 
     def summary(self) -> str:
-        st = self.stats
-        n = st.get("examples", len(self.examples))
-        return (f"KTO data: {n} examples ({st.get('desirable', 0)} desirable, {n - st.get('desirable', 0)} "
-                f"undesirable; {st.get('prompt_truncated', 0)} prompts cut to --max-prompt-length, "
-                f"{st.get('truncated', 0)} examples cut to --seq-length, {st.get('dropped', 0)} dropped: the prompt "
-                "fills a row)")
+        st, n, desirable = self.stats, len(self.examples), int(self.examples.labels.sum())
+        held_out = st.get("examples", n) - n
+        return (f"KTO data: {n} examples ({desirable} desirable, {n - desirable} undesirable"
+                f"{f'; {held_out} more held out' if held_out else ''}; {st.get('prompt_truncated', 0)} prompts cut "
+                f"to --max-prompt-length, {st.get('truncated', 0)} examples cut to --seq-length, "
+                f"{st.get('dropped', 0)} dropped: the prompt fills a row)")
 
     def __getitem__(self, i: int) -> Dict[str, object]:
         return self.item(epoch_shuffled(i, len(self.examples), self.num_samples, self.seed, self._order), i)
@@ -170,8 +243,9 @@ class UnpairedDataset(torch.utils.data.Dataset):
 def collate_unpaired(items, seq_length: int, pad_to: Optional[int] = None, multiple_of: int = 1,
                      kl_rows: bool = True) -> Dict[str, torch.Tensor]:
     """One micro-batch of n examples: their rows (``tokens``, ``labels``, ``loss_mask``), ``label``
-    (1 desirable, 0 undesirable), the counts the loss is normalised by (``examples``,
-    ``desirable``, ``undesirable``; ``kl_examples`` with KL rows), ``example_index`` / ``sample_index`` / ``held_out``
+    (1 desirable, 0 undesirable), the counts the loss and metrics are normalised by (``examples``,
+    ``desirable``, ``undesirable``, ``desirable_tokens``, ``undesirable_tokens``: completion tokens;
+    ``kl_examples`` with KL rows), ``example_index`` / ``sample_index`` / ``held_out``
     and, with ``kl_rows``, the KL rows of the module docstring under ``kl_tokens`` / ``kl_labels`` /
     ``kl_loss_mask`` (padded on their own); sequences keep their first ``seq_length + 1`` ids."""
     examples = [it["example"] for it in items]
@@ -179,7 +253,9 @@ def collate_unpaired(items, seq_length: int, pad_to: Optional[int] = None, multi
     batch = collate_sft(rows, pad_to, multiple_of)
     batch.pop("position_ids")
     label = torch.tensor([float(e.label) for e in examples])
+    tokens = batch["loss_mask"].sum(1)
     batch.update(label=label, examples=torch.ones(len(items)), desirable=label, undesirable=1 - label,
+                 desirable_tokens=tokens * label, undesirable_tokens=tokens * (1 - label),
                  example_index=torch.tensor([it["index"] for it in items], dtype=torch.int64),
                  sample_index=torch.tensor([it["sample"] for it in items], dtype=torch.int64),
                  held_out=torch.tensor([int(it["held_out"]) for it in items]))

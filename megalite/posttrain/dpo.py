@@ -114,7 +114,7 @@ class DPOObjective:
         self.counts, self.sums = counts, {k: 0.0 for k in METRICS}
 
     def __call__(self, per_token: torch.Tensor, mb: Dict[str, torch.Tensor]) -> torch.Tensor:
-        """``per_token``: the model's losses and mean logits, [rows, seq, 2] (``GPTModel.mean_logits``)."""
+        """``per_token``: the model's losses and mean logits, [rows, seq, 2] (``LMHead.mean_logits``)."""
         n, pairs = mb["pairs"].numel(), self.counts["pairs"]
         sums = completion_logps(per_token, mb)
         lengths = mb["loss_mask"].sum(1)
@@ -176,12 +176,17 @@ class _NoOptimizer:
 def build_dpo_objective(cfg, trainer) -> DPOObjective:
     """The run's DPO objective with its reference; the model also returns each token's mean
     logit (trl's ``logits/chosen`` and ``logits/rejected``)."""
+    return_mean_logits(trainer.model)
+    return DPOObjective(cfg.dpo, build_reference(cfg, trainer))
+
+
+def return_mean_logits(model) -> None:
+    """Make ``model``'s forward(labels) return [rows, seq, 2]: each token's loss and mean logit."""
     from megalite.model.heads import LMHead
 
-    for m in trainer.model.modules():
+    for m in model.modules():
         if isinstance(m, LMHead):
             m.mean_logits = True
-    return DPOObjective(cfg.dpo, build_reference(cfg, trainer))
 
 
 def build_reference(cfg, trainer):
@@ -262,7 +267,8 @@ def precomputed(cfg, trainer, reference, weights):
     from their set's table. Each table is cached next to its pairs' cache (``reference_cache``),
     so a resumed run or a rerun does not score again."""
     fingerprint = weights_fingerprint(weights, trainer.device)
-    tables = [None if ds is None else cached_scores(cfg, trainer, ds, reference, fingerprint)
+    tables = [None if ds is None else cached_scores(cfg, trainer, ds.pairs, fingerprint, "pairs",
+                                                    lambda ds=ds: score_pairs(cfg, trainer, ds, reference))
               for ds in (trainer.train_ds, trainer.valid_ds)]
 
     def look_up(steps_batch):
@@ -272,19 +278,21 @@ def precomputed(cfg, trainer, reference, weights):
     return look_up
 
 
-def cached_scores(cfg, trainer, ds, reference, fingerprint: str) -> torch.Tensor:
-    """[pairs, 2] reference log-probs of the pairs of ``ds``, from the cache or scored (and cached)."""
-    path = reference_cache(cfg, trainer, ds.pairs, fingerprint)
+def cached_scores(cfg, trainer, items, fingerprint: str, what, score) -> torch.Tensor:
+    """A table of reference log-probs of ``items`` (cached pairs or KTO examples; ``what`` names
+    the table, and is part of its cache key), from the cache or ``score()`` (and cached)."""
+    path = reference_cache(cfg, trainer, items, fingerprint, what)
     found = torch.tensor([float(os.path.isfile(path))])
     if torch.distributed.is_initialized():  # every rank takes the same branch
         torch.distributed.all_reduce(found, op=torch.distributed.ReduceOp.MIN)
     if found.item():
         return torch.load(path, map_location=trainer.device)
-    table = score_pairs(cfg, trainer, ds, reference)
+    table = score()
     if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
         with atomic_write(path, "wb") as f:
             torch.save(table.cpu(), f)
-        print(f"reference log-probs of {len(table)} pairs cached in {path}", flush=True)
+        print(f"reference log-probs of {len(table)} {what if isinstance(what, str) else 'rows'} cached in {path}",
+              flush=True)
     return table
 
 
@@ -320,10 +328,10 @@ def weights_fingerprint(model, device) -> str:
     return hashlib.md5(digests.cpu().numpy().tobytes()).hexdigest()
 
 
-def reference_cache(cfg, trainer, pairs, fingerprint: str) -> str:
-    """Where the reference log-probs of ``pairs`` are cached: named by a hash of the pairs' cache
-    entries (and the held-out split), the reference weights' fingerprint, the dtype and the
-    layout that scores them."""
+def reference_cache(cfg, trainer, pairs, fingerprint: str, what="pairs") -> str:
+    """Where the reference log-probs of ``pairs`` (or KTO examples) are cached: named by a hash of
+    their cache entries (and the held-out split), the reference weights' fingerprint, the dtype,
+    the layout that scores them and ``what`` the table holds (DPO: ``"pairs"``)."""
     import hashlib
 
     from megalite.parallel import state
@@ -332,6 +340,7 @@ def reference_cache(cfg, trainer, pairs, fingerprint: str) -> str:
     picks = None if pairs.picks is None else hashlib.md5(pairs.picks.tobytes()).hexdigest()
     description = {"pairs": [st.prefix for st in pairs.stores], "picks": picks, "weights": fingerprint,
                    "dtype": str(trainer.dtype),
-                   "layout": [s.tp_size, s.pp_size, s.dp_size, t.micro_batch_size, s.sequence_parallel]}
+                   "layout": [s.tp_size, s.pp_size, s.dp_size, t.micro_batch_size, s.sequence_parallel],
+                   **({} if what == "pairs" else {"table": what})}
     key = hashlib.md5(json.dumps(description, sort_keys=True).encode()).hexdigest()
     return os.path.join(os.path.dirname(pairs.stores[0].prefix), f"{key}-ref_logps.pt")

@@ -19,8 +19,10 @@ ratio)`` / ``sigmoid(beta ratio)``, no KL rows), weighted by --kto-desirable-wei
 (trl: the mean over the desirable and undesirable examples of the weighted losses). Metrics
 carry trl's names: ``kl``, ``rewards/chosen`` / ``logps/chosen`` (means over the desirable
 examples), ``rewards/rejected`` / ``logps/rejected`` (undesirable), ``rewards/margins`` (their
-difference); like trl, a step without desirable (or undesirable) examples reports none of their
-metrics.
+difference), ``logits/chosen`` / ``logits/rejected`` (each token's mean logit over the
+vocabulary, averaged over the desirable / undesirable completion tokens: the model returns it with
+its losses, ``LMHead.mean_logits``); like trl, a step without desirable (or undesirable)
+examples reports none of their metrics.
 """
 
 from typing import Dict
@@ -30,7 +32,8 @@ import torch
 from megalite.data.unpaired import kl_view
 from megalite.parallel import state
 from megalite.parallel.data_parallel import all_reduce_scalar
-from megalite.posttrain.dpo import completion_logps, live_reference, read_scores, reference_pass, score_once
+from megalite.posttrain.dpo import (cached_scores, completion_logps, live_reference, read_scores, reference_pass,
+                                    return_mean_logits, score_once, weights_fingerprint)
 
 LOSS_TYPES = ("kto", "apo_zero_unpaired")
 
@@ -54,7 +57,8 @@ class KTOObjective:
         self.kind, self.beta = kto_cfg.kto_loss_type, beta
         self.weights = (kto_cfg.kto_desirable_weight, kto_cfg.kto_undesirable_weight)
         self.reference, self.policy = reference, policy
-        self.count_keys = ("examples", "desirable", "undesirable") + (("kl_examples",) if self.kind == "kto" else ())
+        self.count_keys = ("examples", "desirable", "undesirable", "desirable_tokens", "undesirable_tokens") + \
+            (("kl_examples",) if self.kind == "kto" else ())
         self.kl_sum, self.kl, self.counts, self.sums = 0.0, 0.0, {}, {}
 
     def prepare(self, batch) -> None:
@@ -73,6 +77,7 @@ class KTOObjective:
         self.kl = max(self.kl_sum / counts["kl_examples"], 0.0) if self.kind == "kto" else 0.0
 
     def __call__(self, per_token_losses: torch.Tensor, mb: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """``per_token_losses``: the model's losses and mean logits, [rows, seq, 2] (``LMHead.mean_logits``)."""
         logps = completion_logps(per_token_losses, mb)
         ratio = logps - mb["ref_logps"]
         desirable = mb["label"] > 0.5
@@ -86,6 +91,11 @@ class KTOObjective:
                     shares[f"logps/{side}"] = logps[rows].sum().item() / self.counts[count]
             if self.counts["desirable"] > 0 and self.counts["undesirable"] > 0:
                 shares["rewards/margins"] = shares["rewards/chosen"] - shares["rewards/rejected"]
+            logits = (per_token_losses[..., 1] * mb["loss_mask"]).sum(1)  # each token's mean logit, summed
+            for side, rows, count in (("chosen", desirable, "desirable_tokens"),
+                                      ("rejected", ~desirable, "undesirable_tokens")):
+                if self.counts[count] > 0:  # trl: the mean over the desirable (undesirable) completion tokens
+                    shares[f"logits/{side}"] = logits[rows].sum().item() / self.counts[count]
             for k, v in shares.items():
                 self.sums[k] = self.sums.get(k, 0.0) + v
         return losses.sum() / self.counts["examples"]
@@ -99,6 +109,9 @@ class KTOObjective:
                 names += [f"rewards/{side}", f"logps/{side}"]
         if self.counts.get("desirable", 0) > 0 and self.counts.get("undesirable", 0) > 0:
             names.append("rewards/margins")
+        for side, count in (("chosen", "desirable_tokens"), ("rejected", "undesirable_tokens")):
+            if self.counts.get(count, 0) > 0:
+                names.append(f"logits/{side}")
         return {k: self.sums.get(k, 0.0) for k in names}
 
 
@@ -106,7 +119,7 @@ def build_kto_objective(cfg, trainer) -> KTOObjective:
     """The run's KTO objective: the reference of posttrain.dpo (a frozen copy, or the policy
     with its LoRA adapters disabled), live or precomputed, and the policy's KL-row pass."""
     kl = cfg.kto.kto_loss_type == "kto"
-    live, _ = live_reference(cfg, trainer)
+    live, weights = live_reference(cfg, trainer)
 
     def rows_and_kl_rows(batch):  # one forward-only pass over the micro-batches and their KL rows
         views = [kl_view(mb) for mb in batch] if kl else []
@@ -115,42 +128,52 @@ def build_kto_objective(cfg, trainer) -> KTOObjective:
             if "ref_logps" in view:
                 mb["ref_kl_logps"] = view["ref_logps"]
 
-    reference = precomputed(cfg, trainer, live, kl) if cfg.dpo.precompute_ref_log_probs else rows_and_kl_rows
+    return_mean_logits(trainer.model)  # trl's logits/chosen and logits/rejected
+    precompute = cfg.dpo.precompute_ref_log_probs
+    reference = precomputed(cfg, trainer, live, weights, kl) if precompute else rows_and_kl_rows
     policy = reference_pass(trainer.model, trainer.activation_shape, trainer.dtype, "policy_logps") if kl else None
     return KTOObjective(cfg.kto, cfg.dpo.dpo_beta, reference, policy)
 
 
-def precomputed(cfg, trainer, live, kl: bool):
+def precomputed(cfg, trainer, live, weights, kl: bool):
     """--precompute-ref-log-probs: the reference scores, once, now, every example of the training
     and held-out sets (keyed by example) and every KL row the run and its evaluations will meet
     (keyed by sample number, as a KL row depends on its micro-batch: the sampler's micro-batch j
     holds samples [j mbs, (j + 1) mbs) and goes to data-parallel rank j mod dp). Each rank scores
     a share, the tables are summed over ranks (posttrain.dpo.score_once), and the reference model
-    is dropped with ``live``, so training holds one model."""
+    is dropped with ``live``, so training holds one model. Each table is cached as DPO's are
+    (posttrain.dpo.cached_scores); the KL rows' table is also keyed by the sample order (the seed
+    and the number of samples), so a resumed run or a rerun reads both instead of scoring again."""
     import numpy as np
 
     from megalite.training.data import row_collate
 
     s, mbs, device = state.get(), cfg.training.micro_batch_size, trainer.device
     collate = row_collate(cfg)
+    fingerprint = weights_fingerprint(weights, device)
 
     def on_device(groups):
         return [{k: v.to(device) for k, v in collate(items).items()} for items in groups]
+
+    def score_examples(ds):
+        mine = np.arange(s.dp_rank, len(ds.examples), s.dp_size)
+        mine = np.resize(mine, -(-len(mine) // mbs) * mbs)  # whole micro-batches (pipeline stages need fixed shapes)
+        batch = on_device([[ds.item(int(k), int(k)) for k in mine[j:j + mbs]] for j in range(0, len(mine), mbs)])
+        return score_once(live, batch, "example_index", 1, len(ds.examples), device)
+
+    def score_kl_rows(ds):
+        starts = range(s.dp_rank * mbs, len(ds) - mbs + 1, s.dp_size * mbs)
+        batch = on_device([[ds[i] for i in range(j, j + mbs)] for j in starts])
+        return score_once(live, [kl_view(mb) for mb in batch], "sample_index", 1, len(ds), device)
 
     tables = []
     for ds in (trainer.train_ds, trainer.valid_ds):
         if ds is None:
             tables.append(None)
             continue
-        mine = np.arange(s.dp_rank, len(ds.examples), s.dp_size)
-        mine = np.resize(mine, -(-len(mine) // mbs) * mbs)  # whole micro-batches (pipeline stages need fixed shapes)
-        batch = on_device([[ds.item(int(k), int(k)) for k in mine[j:j + mbs]] for j in range(0, len(mine), mbs)])
-        examples = score_once(live, batch, "example_index", 1, len(ds.examples), device)
-        kl_rows = None
-        if kl:
-            starts = range(s.dp_rank * mbs, len(ds) - mbs + 1, s.dp_size * mbs)
-            batch = on_device([[ds[i] for i in range(j, j + mbs)] for j in starts])
-            kl_rows = score_once(live, [kl_view(mb) for mb in batch], "sample_index", 1, len(ds), device)
+        examples = cached_scores(cfg, trainer, ds.examples, fingerprint, "examples", lambda: score_examples(ds))
+        kl_rows = cached_scores(cfg, trainer, ds.examples, fingerprint, ["KL rows", ds.seed, len(ds)],
+                                lambda: score_kl_rows(ds)) if kl else None
         tables.append((examples, kl_rows))
 
     def look_up(batch):

@@ -33,18 +33,7 @@ def build_datasets(cfg: Config, tokenizer: Optional[Tokenizer], train_samples: i
     With --sft-data: chat examples (megalite.data.sft) instead of a token stream."""
     t, d = cfg.training, cfg.data
     eval_samples = t.eval_iters * t.global_batch_size
-    if cfg.dpo.pref_data and cfg.dpo.stage == "kto":  # unpaired examples (megalite.data.unpaired)
-        from megalite.data.unpaired import UnpairedDataset, build_examples
-
-        def examples_of(spec, samples, held_out=False):
-            examples, stats = build_examples(cfg.dpo, cfg.sft.chat_template, d.seq_length, tokenizer, spec)
-            return UnpairedDataset(examples, samples, t.seed, stats, held_out)
-
-        valid = examples_of(cfg.dpo.pref_valid_data, eval_samples, True) if cfg.dpo.pref_valid_data else None
-        return [examples_of(cfg.dpo.pref_data, train_samples), valid, None]
-    if cfg.dpo.pref_data:  # preference pairs (megalite.data.preference); held-out: --pref-valid-data or -fraction
-        from megalite.data.preference import PreferenceDataset, build_pairs
-
+    if cfg.dpo.pref_data:  # DPO pairs (megalite.data.preference) or KTO examples (megalite.data.unpaired)
         if cfg.dpo.pref_valid_data and cfg.dpo.pref_valid_fraction:
             raise MegaliteError("give --pref-valid-data or --pref-valid-fraction, not both")
         if cfg.dpo.stage == "rm":  # scored whole (megalite.data.reward)
@@ -59,12 +48,16 @@ def build_datasets(cfg: Config, tokenizer: Optional[Tokenizer], train_samples: i
 
             valid = pairs_of(cfg.dpo.pref_valid_data, eval_samples) if cfg.dpo.pref_valid_data else None
             return [pairs_of(cfg.dpo.pref_data, train_samples), valid, None]
-        pairs, stats = build_pairs(cfg.dpo, cfg.sft.chat_template, d.seq_length, tokenizer)
-        train, valid = pairs.split(cfg.dpo.pref_valid_fraction, t.seed)
+        if cfg.dpo.stage == "kto":
+            from megalite.data.unpaired import UnpairedDataset as Dataset, build_examples as build
+        else:
+            from megalite.data.preference import PreferenceDataset as Dataset, build_pairs as build
+        items, stats = build(cfg.dpo, cfg.sft.chat_template, d.seq_length, tokenizer)
+        train, valid = items.split(cfg.dpo.pref_valid_fraction, t.seed)
         if cfg.dpo.pref_valid_data:
-            valid, _ = build_pairs(cfg.dpo, cfg.sft.chat_template, d.seq_length, tokenizer, cfg.dpo.pref_valid_data)
-        return [PreferenceDataset(train, train_samples, t.seed, stats),
-                PreferenceDataset(valid, eval_samples, t.seed, held_out=True) if valid is not None else None, None]
+            valid, _ = build(cfg.dpo, cfg.sft.chat_template, d.seq_length, tokenizer, cfg.dpo.pref_valid_data)
+        return [Dataset(train, train_samples, t.seed, stats),
+                Dataset(valid, eval_samples, t.seed, held_out=True) if valid is not None else None, None]
     if cfg.sft.sft_data:
         from megalite.data.sft import build_sft_datasets
 
