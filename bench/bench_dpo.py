@@ -1,0 +1,326 @@
+"""DPO training speed and memory: megalite's DPO step vs trl's DPOTrainer, same model, same
+pairs, same threads, in one run (CPU fp32, or CUDA bf16).
+
+    python bench/bench_dpo.py [--layers 6 --hidden-size 512 --seq-length 256 --micro-batch-size 4
+                               --steps 4 --warmup 1 --threads 2 --variants full,lora] [--json out.json]
+
+One random Llama-shaped model is created in megalite (a checkpoint) and exported to Hugging
+Face form, so both sides start from identical weights; a 4k-piece tokenizer is trained on
+CPython's pydoc topics; the pairs are the language-reference "what comes after this paragraph?"
+pairs of megalite.data.demo_sft (chosen = the true next paragraph, rejected = one from another
+section) as standard-format text, shuffled once and then taken in order by both sides. Sigmoid
+DPO, beta 0.1, AdamW (no weight decay, clip 1.0, constant lr), one micro-batch of
+--micro-batch-size pairs a step, no gradient checkpointing. Variants:
+
+- full: full fine-tuning; the reference is a frozen copy of the starting weights on both sides;
+- lora: rank --lora-rank adapters on every linear layer of the blocks (peft's "all-linear"),
+  the reference is the policy with its adapters disabled on both sides (one model).
+
+Each side of each variant runs in its own process (``--worker``). Measured there:
+- trained tokens/s: completion tokens with a loss (chosen and rejected rows; prompt and padding
+  not counted) of the --steps steps after --warmup, over their wall time (data collation,
+  reference pass, forward, backward, optimizer step);
+- peak memory: the process's high-water resident set (VmHWM, reset after the imports) minus
+  its resident set at that moment: models, reference, optimizer state, tokenized data and the
+  steps' activations. On CUDA: torch's peak allocated bytes instead;
+- the first step's loss, mean chosen / rejected completion log-probs and gradient norm, which
+  must agree between the sides (same weights, same tokens, same math).
+"""
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench.common import llama_flags, pydoc_hf_tokenizer  # noqa: E402
+
+SIDES = ("megalite", "trl")
+VARIANTS = ("full", "lora")
+CHECKED = ("loss", "logps/chosen", "logps/rejected", "grad_norm")  # first step, both sides
+
+
+# -- shared inputs (parent process) ------------------------------------------------------------------------
+def write_pairs(path: str, seed: int = 0) -> int:
+    """The demo preference pairs as trl's standard format (prompt / chosen / rejected text), shuffled."""
+    from megalite.data.demo_sft import preference_pairs
+
+    pairs = [{"prompt": p["prompt"][0]["content"] + "\n", "chosen": p["chosen"][0]["content"],
+              "rejected": p["rejected"][0]["content"]} for p in preference_pairs()]
+    random.Random(seed).shuffle(pairs)
+    with open(path, "w") as f:
+        f.writelines(json.dumps(p) + "\n" for p in pairs)
+    return len(pairs)
+
+
+def build_model(a, work: str) -> dict:
+    """The tokenizer, the megalite checkpoint of a random model and its HF export; paths."""
+    import torch
+
+    from megalite.config import parse_config, validate
+    from megalite.hf.convert import export_hf
+    from megalite.training.trainer import Trainer
+
+    tok = pydoc_hf_tokenizer(os.path.join(work, "tokenizer"), vocab_size=a.vocab_size)
+    ck = os.path.join(work, "megalite")
+    argv = llama_flags(a.layers, a.hidden_size, a.heads, a.kv_heads, ffn=a.ffn_hidden_size) + [
+        "--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model", tok, "--mock-data",
+        "--seq-length", a.seq_length, "--max-position-embeddings", a.seq_length, "--micro-batch-size", 1,
+        "--global-batch-size", 1, "--train-iters", 1, "--lr", 1e-5, "--eval-iters", 0, "--num-workers", 0,
+        "--seed", a.seed, "--save", ck]
+    tr = Trainer(validate(parse_config([str(x) for x in argv])), torch.device("cpu"))
+    params = sum(p.numel() for p in tr.model.parameters())
+    tr.save()
+    tr.finish_save()
+    del tr
+    hf = export_hf(ck, os.path.join(work, "hf"), dtype="fp32")
+    pairs = os.path.join(work, "pairs.jsonl")
+    return {"checkpoint": ck, "hf": hf, "pairs": pairs, "num_pairs": write_pairs(pairs, a.seed),
+            "parameters": params}
+
+
+# -- one side in its own process -------------------------------------------------------------------------
+class Memory:
+    """Peak memory of this process from now on: CUDA peak allocated bytes, or on CPU the
+    resident-set high-water mark (reset here through /proc/self/clear_refs) minus the resident
+    set now."""
+
+    def __init__(self, device):
+        import gc
+
+        import torch
+
+        gc.collect()
+        self.cuda = device.type == "cuda"
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+        else:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            self.base = self._status("VmRSS")
+
+    @staticmethod
+    def _status(key: str) -> int:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+
+    def peak(self) -> int:
+        import torch
+
+        return (torch.cuda.max_memory_allocated() if self.cuda else self._status("VmHWM")) - self.base
+
+
+def megalite_side(a, device):
+    """megalite's Trainer.train_step on the pairs in file order; per-step (end time, trained tokens)
+    and the first step's checked values."""
+    import torch
+
+    from dpo_gpt import __doc__ as dpo_doc
+    from megalite.config import inherit_model_settings, parse_config, validate
+    from megalite.data.preference import pair_rows
+    from megalite.posttrain.sft import prepare
+    from megalite.training.checkpointing import saved_settings
+    from megalite.training.data import row_collate
+    from megalite.training.trainer import Trainer
+
+    argv = ["--load", a.checkpoint, "--pref-data", a.pairs, "--tokenizer-type", "HuggingFaceTokenizer",
+            "--tokenizer-model", a.hf, "--seq-length", a.seq_length, "--micro-batch-size", a.micro_batch_size,
+            "--global-batch-size", a.micro_batch_size, "--train-iters", a.warmup + a.steps, "--lr", a.lr,
+            "--lr-decay-style", "constant", "--lr-warmup-iters", 0, "--weight-decay", 0, "--clip-grad", 1.0,
+            "--dpo-loss-type", "sigmoid", "--dpo-beta", 0.1, "--eval-iters", 0, "--num-workers", 0, "--seed", a.seed]
+    if a.variant == "lora":
+        argv += ["--lora-rank", a.lora_rank, "--lora-alpha", a.lora_alpha, "--lora-target", "all-linear"]
+    if device.type == "cuda":
+        argv.append("--bf16")
+    cfg = prepare(parse_config([str(x) for x in argv], dpo_doc), "dpo")
+    inherit_model_settings(cfg, saved_settings(cfg.checkpoint.load))
+    trainer = Trainer(validate(cfg), device)
+    pairs, collate, n = trainer.train_ds.pairs, row_collate(cfg), a.micro_batch_size
+    steps, first = [], None
+    for step in range(a.warmup + a.steps):
+        ks = [(step * n + i) % len(pairs) for i in range(n)]
+        mb = collate([{**pair_rows(pairs[k]), "index": k} for k in ks])
+        out = trainer.train_step([{k: v.to(device) for k, v in mb.items()}])
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        steps.append((time.perf_counter(), out["tokens"]))
+        if first is None:
+            first = {"loss": out["lm_loss"], "grad_norm": out["grad_norm"],
+                     **{k: out["extra"][k] for k in ("logps/chosen", "logps/rejected")}}
+    return steps, first
+
+
+def trl_side(a, device):
+    """trl's DPOTrainer.train() on the pairs in file order (sequential sampler); per-step
+    (end time, trained tokens) from a callback and the loss, and the first step's logged values."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import DPOConfig, DPOTrainer
+
+    dtype = torch.float32  # bf16 on CUDA is autocast over fp32 weights (bf16=True)
+    tokens = []
+
+    class CountingDPOTrainer(DPOTrainer):
+        def compute_loss(self, model, inputs, *args, **kwargs):
+            tokens.append(int(inputs["completion_mask"][:, 1:].sum()))  # the positions with a loss
+            return super().compute_loss(model, inputs, *args, **kwargs)
+
+    steps, logged = [], []
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            steps.append((time.perf_counter(), tokens[-1]))
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if logs and "loss" in logs:
+                logged.append(dict(logs))
+
+    policy = AutoModelForCausalLM.from_pretrained(a.hf, dtype=dtype).to(device)
+    ref, peft_config = None, None
+    if a.variant == "full":
+        ref = AutoModelForCausalLM.from_pretrained(a.hf, dtype=dtype).to(device)
+    else:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=a.lora_rank, lora_alpha=a.lora_alpha, lora_dropout=0.0,
+                                 target_modules="all-linear", task_type="CAUSAL_LM")
+    with open(a.pairs) as f:
+        data = Dataset.from_list([json.loads(line) for line in f])
+    config = DPOConfig(output_dir=os.path.join(a.work, "trl_out"), report_to=[], use_cpu=device.type != "cuda",
+                       bf16=device.type == "cuda", gradient_checkpointing=False, max_length=a.seq_length + 1,
+                       per_device_train_batch_size=a.micro_batch_size, gradient_accumulation_steps=1,
+                       max_steps=a.warmup + a.steps, learning_rate=a.lr, lr_scheduler_type="constant",
+                       warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, loss_type=["sigmoid"], beta=0.1,
+                       train_sampling_strategy="sequential", logging_steps=1, save_strategy="no",
+                       dataloader_num_workers=0, seed=a.seed, disable_tqdm=True)
+    trainer = CountingDPOTrainer(model=policy, ref_model=ref, args=config, train_dataset=data,
+                                 processing_class=AutoTokenizer.from_pretrained(a.hf), peft_config=peft_config,
+                                 callbacks=[Clock()])
+    trainer.train()
+    first = {k: logged[0][k] for k in CHECKED}
+    return steps, first
+
+
+def worker(a):
+    import torch
+
+    torch.set_num_threads(a.threads)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if a.worker == "trl":  # imports before the memory baseline: only the work counts
+        import datasets, peft, transformers, trl  # noqa: F401,E401
+    else:
+        import megalite.training.trainer  # noqa: F401
+    memory = Memory(device)
+    steps, first = (megalite_side if a.worker == "megalite" else trl_side)(a, device)
+    timed = steps[a.warmup - 1:]  # from the end of the last warm-up step
+    seconds = timed[-1][0] - timed[0][0]
+    trained = sum(t for _, t in timed[1:])
+    print("RESULT " + json.dumps({"tokens_per_s": trained / seconds, "trained_tokens": trained, "seconds": seconds,
+                                  "step_tokens": [t for _, t in steps], "peak_bytes": memory.peak(),
+                                  "first_step": first, "device": device.type}), flush=True)
+
+
+def run_worker(a, side: str, variant: str, paths: dict) -> dict:
+    flags = ["--worker", side, "--variant", variant, "--work", a.work, "--checkpoint", paths["checkpoint"],
+             "--hf", paths["hf"], "--pairs", paths["pairs"]]
+    for name in ("seq_length", "micro_batch_size", "steps", "warmup", "threads", "lora_rank", "lora_alpha", "lr",
+                 "seed"):
+        flags += ["--" + name.replace("_", "-"), str(getattr(a, name))]
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), *flags], capture_output=True, text=True)
+    lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        raise SystemExit(f"error: the {side} {variant} worker failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+# -- report ---------------------------------------------------------------------------------------------
+def report(a, paths: dict, results: dict) -> dict:
+    device = next(iter(results.values()))["megalite"]["device"]
+    print(f"bench_dpo: {device}, {'bf16' if device == 'cuda' else 'fp32'}, {a.threads} threads | "
+          f"{paths['parameters'] / 1e6:.1f}M-parameter Llama ({a.layers} layers, width {a.hidden_size}, "
+          f"{a.vocab_size} vocab) | {paths['num_pairs']} pairs, seq {a.seq_length}, {a.micro_batch_size} pairs a "
+          f"step | {a.steps} timed steps after {a.warmup}")
+    print(f"{'variant':<8}{'side':<10}{'trained tok/s':>15}{'peak MiB':>10}  first step: " + ", ".join(CHECKED))
+    out = {"device": device, "parameters": paths["parameters"], "settings": {
+        k: getattr(a, k) for k in ("layers", "hidden_size", "heads", "kv_heads", "ffn_hidden_size", "vocab_size",
+                                   "seq_length", "micro_batch_size", "steps", "warmup", "threads", "lora_rank",
+                                   "lora_alpha", "lr", "seed")}, "variants": {}}
+    for variant, sides in results.items():
+        for side in SIDES:
+            r = sides[side]
+            first = ", ".join(f"{r['first_step'][k]:.5g}" for k in CHECKED)
+            print(f"{variant:<8}{side:<10}{r['tokens_per_s']:>15,.1f}{r['peak_bytes'] / 2**20:>10,.0f}  {first}")
+        m, t = sides["megalite"], sides["trl"]
+        same_tokens = m["step_tokens"] == t["step_tokens"]
+        agree = {k: abs(m["first_step"][k] - t["first_step"][k]) <= 1e-3 * max(1.0, abs(t["first_step"][k]))
+                 for k in CHECKED}
+        speed, memory = m["tokens_per_s"] / t["tokens_per_s"], m["peak_bytes"] / t["peak_bytes"]
+        print(f"{variant:<8}megalite/trl: speed {speed:.2f}x, peak memory {memory:.2f}x | same trained tokens "
+              f"every step: {'yes' if same_tokens else 'NO'} | first step agrees: "
+              + ", ".join(f"{k} {'yes' if ok else 'NO'}" for k, ok in agree.items()), flush=True)
+        out["variants"][variant] = {**sides, "speed_ratio": speed, "memory_ratio": memory,
+                                    "same_step_tokens": same_tokens, "first_step_agrees": agree}
+    return out
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--layers", type=int, default=6)
+    p.add_argument("--hidden-size", type=int, default=512)
+    p.add_argument("--heads", type=int, default=8)
+    p.add_argument("--kv-heads", type=int, default=4)
+    p.add_argument("--ffn-hidden-size", type=int, default=1408)
+    p.add_argument("--vocab-size", type=int, default=4000, help="sentencepiece pieces trained on the pydoc topics")
+    p.add_argument("--seq-length", type=int, default=256, help="longest row; longer pairs keep their start")
+    p.add_argument("--micro-batch-size", type=int, default=4, help="pairs a step (2x rows)")
+    p.add_argument("--steps", type=int, default=4, help="timed steps")
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps first (the first is the checked one)")
+    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads on both sides")
+    p.add_argument("--variants", default="full,lora", help="comma list of full, lora")
+    p.add_argument("--lora-rank", type=int, default=16)
+    p.add_argument("--lora-alpha", type=float, default=32.0)
+    p.add_argument("--lr", type=float, default=5e-6)
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--json", help="also write the results as JSON to this file")
+    # one side in its own process (internal)
+    p.add_argument("--worker", choices=SIDES, help=argparse.SUPPRESS)
+    p.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
+    for name in ("--work", "--checkpoint", "--hf", "--pairs"):
+        p.add_argument(name, help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.warmup < 1 or a.steps < 1:
+        p.error("--warmup and --steps must be at least 1 (the first step is checked, not timed)")
+    return a
+
+
+def main(argv=None) -> dict:
+    a = parse_args(argv)
+    if a.worker:
+        return worker(a)
+    variants = [v.strip() for v in a.variants.split(",") if v.strip()]
+    bad = [v for v in variants if v not in VARIANTS]
+    if bad or not variants:
+        raise SystemExit(f"error: --variants {a.variants!r}: choose from {', '.join(VARIANTS)}")
+    with tempfile.TemporaryDirectory() as work:
+        a.work = work
+        paths = build_model(a, work)
+        results = {v: {side: run_worker(a, side, v, paths) for side in SIDES} for v in variants}
+    out = report(a, paths, results)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(out, f, indent=2)
+    return out
+
+
+if __name__ == "__main__":
+    main()
