@@ -19,7 +19,8 @@ DPO, beta 0.1, AdamW (no weight decay, clip 1.0, constant lr), one micro-batch o
 Each side of each variant runs in its own process (``--worker``). Measured there:
 - trained tokens/s: completion tokens with a loss (chosen and rejected rows; prompt and padding
   not counted) of the --steps steps after --warmup, over their wall time (data collation,
-  reference pass, forward, backward, optimizer step);
+  reference pass, forward, backward, optimizer step; trl's per-step logging too); and the same
+  tokens per CPU second of the process (all threads), which shared machines disturb less;
 - peak memory: the process's high-water resident set (VmHWM, reset after the imports) minus
   its resident set at that moment: models, reference, optimizer state, tokenized data and the
   steps' activations. On CUDA: torch's peak allocated bytes instead;
@@ -109,6 +110,12 @@ def build_model(a, work: str) -> dict:
 
 
 # -- one side in its own process -------------------------------------------------------------------------
+def clock():
+    """(wall seconds, this process's CPU seconds over all its threads): on a shared machine the CPU
+    time of a step varies less than its wall time."""
+    return time.perf_counter(), time.process_time()
+
+
 class Memory:
     """Peak memory of this process from now on: CUDA peak allocated bytes, or on CPU the
     resident-set high-water mark (reset here through /proc/self/clear_refs) minus the resident
@@ -175,7 +182,7 @@ def megalite_side(a, variant: str, paths: dict, device):
         out = trainer.train_step([{k: v.to(device) for k, v in mb.items()}])
         if device.type == "cuda":
             torch.cuda.synchronize()
-        steps.append((time.perf_counter(), out["tokens"]))
+        steps.append((*clock(), out["tokens"]))
         if first is None:
             first = {"loss": out["lm_loss"], "grad_norm": out["grad_norm"],
                      **{k: out["extra"][k] for k in ("logps/chosen", "logps/rejected")}}
@@ -204,7 +211,7 @@ def trl_side(a, variant: str, paths: dict, device):
         def on_step_end(self, args, state, control, **kw):
             if device.type == "cuda":
                 torch.cuda.synchronize()
-            steps.append((time.perf_counter(), tokens[-1]))
+            steps.append((*clock(), tokens[-1]))
 
         def on_log(self, args, state, control, logs=None, **kw):
             if logs and "loss" in logs:
@@ -247,10 +254,10 @@ def measure(a, side: str, variant: str, paths: dict) -> dict:
     memory = Memory(device)
     steps, first = (megalite_side if side == "megalite" else trl_side)(a, variant, paths, device)
     timed = steps[a.warmup - 1:]  # from the end of the last warm-up step
-    seconds = timed[-1][0] - timed[0][0]
-    trained = sum(t for _, t in timed[1:])
-    return {"tokens_per_s": trained / seconds, "trained_tokens": trained, "seconds": seconds,
-            "step_tokens": [t for _, t in steps], "peak_bytes": memory.peak(), "first_step": first,
+    seconds, cpu_seconds = (timed[-1][i] - timed[0][i] for i in (0, 1))
+    trained = sum(t for _, _, t in timed[1:])
+    return {"tokens_per_s": trained / seconds, "tokens_per_cpu_s": trained / cpu_seconds, "trained_tokens": trained,
+            "seconds": seconds, "cpu_seconds": cpu_seconds, "step_tokens": [t for _, _, t in steps], "peak_bytes": memory.peak(), "first_step": first,
             "device": device.type}
 
 
@@ -276,7 +283,8 @@ def report(a, paths: dict, results: dict) -> dict:
           f"{paths['parameters'] / 1e6:.1f}M-parameter Llama ({a.layers} layers, width {a.hidden_size}, "
           f"{a.vocab_size} vocab) | {paths['num_pairs']} pairs, seq {a.seq_length}, {a.micro_batch_size} pairs a "
           f"step | {a.steps} timed steps after {a.warmup}")
-    print(f"{'variant':<8}{'side':<10}{'trained tok/s':>15}{'peak MiB':>10}  first step: " + ", ".join(CHECKED))
+    print(f"{'variant':<8}{'side':<10}{'s/step':>8}{'trained tok/s':>15}{'tok/CPU-s':>11}{'peak MiB':>10}  "
+          f"first step: " + ", ".join(CHECKED))
     out = {"device": device, "parameters": paths["parameters"], "settings": {
         k: getattr(a, k) for k in ("layers", "hidden_size", "heads", "kv_heads", "ffn_hidden_size", "vocab_size",
                                    "seq_length", "micro_batch_size", "steps", "warmup", "threads", "lora_rank",
@@ -285,16 +293,19 @@ def report(a, paths: dict, results: dict) -> dict:
         for side in SIDES:
             r = sides[side]
             first = ", ".join(f"{r['first_step'][k]:.5g}" for k in CHECKED)
-            print(f"{variant:<8}{side:<10}{r['tokens_per_s']:>15,.1f}{r['peak_bytes'] / 2**20:>10,.0f}  {first}")
+            print(f"{variant:<8}{side:<10}{r['seconds'] / a.steps:>8.2f}{r['tokens_per_s']:>15,.1f}"
+                  f"{r['tokens_per_cpu_s']:>11,.1f}{r['peak_bytes'] / 2**20:>10,.0f}  {first}")
         m, t = sides["megalite"], sides["trl"]
         same_tokens = m["step_tokens"] == t["step_tokens"]
         agree = {k: abs(m["first_step"][k] - t["first_step"][k]) <= 1e-3 * max(1.0, abs(t["first_step"][k]))
                  for k in checked(variant)}
         speed, memory = m["tokens_per_s"] / t["tokens_per_s"], m["peak_bytes"] / t["peak_bytes"]
-        print(f"{variant:<8}megalite/trl: speed {speed:.2f}x, peak memory {memory:.2f}x | same trained tokens "
+        cpu = m["tokens_per_cpu_s"] / t["tokens_per_cpu_s"]
+        print(f"{variant:<8}megalite/trl: speed {speed:.2f}x (per CPU second {cpu:.2f}x), peak memory {memory:.2f}x"
+              f" | same trained tokens "
               f"every step: {'yes' if same_tokens else 'NO'} | first step agrees: "
               + ", ".join(f"{k} {'yes' if ok else 'NO'}" for k, ok in agree.items()), flush=True)
-        out["variants"][variant] = {**sides, "speed_ratio": speed, "memory_ratio": memory,
+        out["variants"][variant] = {**sides, "speed_ratio": speed, "cpu_speed_ratio": cpu, "memory_ratio": memory,
                                     "same_step_tokens": same_tokens, "first_step_agrees": agree}
     return out
 
