@@ -14,7 +14,10 @@ DPO, beta 0.1, AdamW (no weight decay, clip 1.0, constant lr), one micro-batch o
 
 - full: full fine-tuning; the reference is a frozen copy of the starting weights on both sides;
 - lora: rank --lora-rank adapters on every linear layer of the blocks (peft's "all-linear"),
-  the reference is the policy with its adapters disabled on both sides (one model).
+  the reference is the policy with its adapters disabled on both sides (one model);
+- precomputed: full fine-tuning with the reference's log-probs computed once before training
+  (megalite --precompute-ref-log-probs, trl precompute_ref_log_probs with no ref_model): one
+  model during the steps on both sides.
 
 Each side of each variant runs in its own process (``--worker``). Measured there:
 - trained tokens/s: completion tokens with a loss (chosen and rejected rows; prompt and padding
@@ -44,7 +47,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.common import llama_flags, pydoc_hf_tokenizer  # noqa: E402
 
 SIDES = ("megalite", "trl")
-VARIANTS = ("full", "lora")
+VARIANTS = ("full", "lora", "precomputed")
 # what the sides import, some of it lazily (torch._dynamo, with triton and sympy, on the first optimizer step)
 BASELINE_IMPORTS = ("torch._dynamo", "datasets", "transformers", "peft", "trl", "dpo_gpt", "megalite.posttrain.dpo",
                     "megalite.posttrain.lora", "megalite.data.preference", "megalite.training.trainer")
@@ -54,7 +57,7 @@ CHECKED = ("loss", "logps/chosen", "logps/rejected", "grad_norm")  # first step,
 def checked(variant: str):
     """What must agree: the gradient norm only with full fine-tuning (LoRA's gradients depend on
     the adapters' random A matrices, which megalite and peft draw from different generators)."""
-    return CHECKED if variant == "full" else CHECKED[:-1]
+    return CHECKED[:-1] if variant == "lora" else CHECKED
 
 
 # -- shared inputs (parent process) ------------------------------------------------------------------------
@@ -169,6 +172,8 @@ def megalite_side(a, variant: str, paths: dict, device):
             "--dpo-loss-type", "sigmoid", "--dpo-beta", 0.1, "--eval-iters", 0, "--num-workers", 0, "--seed", a.seed]
     if variant == "lora":
         argv += ["--lora-rank", a.lora_rank, "--lora-alpha", a.lora_alpha, "--lora-target", "all-linear"]
+    if variant == "precomputed":
+        argv.append("--precompute-ref-log-probs")
     if device.type == "cuda":
         argv.append("--bf16")
     cfg = prepare(parse_config([str(x) for x in argv], dpo_doc), "dpo")
@@ -221,7 +226,7 @@ def trl_side(a, variant: str, paths: dict, device):
     ref, peft_config = None, None
     if variant == "full":
         ref = AutoModelForCausalLM.from_pretrained(paths["hf"], dtype=dtype).to(device)
-    else:
+    elif variant == "lora":
         from peft import LoraConfig
 
         peft_config = LoraConfig(r=a.lora_rank, lora_alpha=a.lora_alpha, lora_dropout=0.0,
@@ -233,6 +238,7 @@ def trl_side(a, variant: str, paths: dict, device):
                        per_device_train_batch_size=a.micro_batch_size, gradient_accumulation_steps=1,
                        max_steps=a.warmup + a.steps, learning_rate=a.lr, lr_scheduler_type="constant",
                        warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, loss_type=["sigmoid"], beta=0.1,
+                       precompute_ref_log_probs=variant == "precomputed",
                        train_sampling_strategy="sequential", logging_steps=1, save_strategy="no",
                        dataloader_num_workers=0, seed=a.seed, disable_tqdm=True)
     trainer = CountingDPOTrainer(model=policy, ref_model=ref, args=config, train_dataset=data,
@@ -324,7 +330,7 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=1, help="untimed steps first (the first is the checked one)")
     p.add_argument("--rounds", type=int, default=1, help="runs of every side (alternating order); the fastest counts")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads on both sides")
-    p.add_argument("--variants", default="full,lora", help="comma list of full, lora")
+    p.add_argument("--variants", default="full,lora", help="comma list of full, lora, precomputed")
     p.add_argument("--lora-rank", type=int, default=16)
     p.add_argument("--lora-alpha", type=float, default=32.0)
     p.add_argument("--lr", type=float, default=5e-6)
