@@ -153,8 +153,8 @@ class Memory:
 
 
 def megalite_side(a, variant: str, paths: dict, device):
-    """megalite's Trainer.train_step on the pairs in file order; per-step (end time, trained tokens)
-    and the first step's checked values."""
+    """megalite's Trainer.train_step on the pairs in file order; per step (wall and CPU seconds at
+    its end, trained tokens), and the first step's checked values."""
     import torch
 
     from dpo_gpt import __doc__ as dpo_doc
@@ -195,8 +195,9 @@ def megalite_side(a, variant: str, paths: dict, device):
 
 
 def trl_side(a, variant: str, paths: dict, device):
-    """trl's DPOTrainer.train() on the pairs in file order (sequential sampler); per-step
-    (end time, trained tokens) from a callback and the loss, and the first step's logged values."""
+    """trl's DPOTrainer.train() on the pairs in file order (sequential sampler); per step (wall and
+    CPU seconds at its end from a callback, trained tokens counted in compute_loss), and the
+    first step's logged values."""
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
@@ -289,7 +290,7 @@ def report(a, paths: dict, results: dict) -> dict:
           f"{paths['parameters'] / 1e6:.1f}M-parameter Llama ({a.layers} layers, width {a.hidden_size}, "
           f"{a.vocab_size} vocab) | {paths['num_pairs']} pairs, seq {a.seq_length}, {a.micro_batch_size} pairs a "
           f"step | {a.steps} timed steps after {a.warmup}")
-    print(f"{'variant':<8}{'side':<10}{'s/step':>8}{'trained tok/s':>15}{'tok/CPU-s':>11}{'peak MiB':>10}  "
+    print(f"{'variant':<12}{'side':<10}{'s/step':>8}{'trained tok/s':>15}{'tok/CPU-s':>11}{'peak MiB':>10}  "
           f"first step: " + ", ".join(CHECKED))
     out = {"device": device, "parameters": paths["parameters"], "settings": {
         k: getattr(a, k) for k in ("layers", "hidden_size", "heads", "kv_heads", "ffn_hidden_size", "vocab_size",
@@ -299,7 +300,7 @@ def report(a, paths: dict, results: dict) -> dict:
         for side in SIDES:
             r = sides[side]
             first = ", ".join(f"{r['first_step'][k]:.5g}" for k in CHECKED)
-            print(f"{variant:<8}{side:<10}{r['seconds'] / a.steps:>8.2f}{r['tokens_per_s']:>15,.1f}"
+            print(f"{variant:<12}{side:<10}{r['seconds'] / a.steps:>8.2f}{r['tokens_per_s']:>15,.1f}"
                   f"{r['tokens_per_cpu_s']:>11,.1f}{r['peak_bytes'] / 2**20:>10,.0f}  {first}")
         m, t = sides["megalite"], sides["trl"]
         same_tokens = m["step_tokens"] == t["step_tokens"]
@@ -307,7 +308,7 @@ def report(a, paths: dict, results: dict) -> dict:
                  for k in checked(variant)}
         speed, memory = m["tokens_per_s"] / t["tokens_per_s"], m["peak_bytes"] / t["peak_bytes"]
         cpu = m["tokens_per_cpu_s"] / t["tokens_per_cpu_s"]
-        print(f"{variant:<8}megalite/trl: speed {speed:.2f}x (per CPU second {cpu:.2f}x), peak memory {memory:.2f}x"
+        print(f"{variant:<12}megalite/trl: speed {speed:.2f}x (per CPU second {cpu:.2f}x), peak memory {memory:.2f}x"
               f" | same trained tokens "
               f"every step: {'yes' if same_tokens else 'NO'} | first step agrees: "
               + ", ".join(f"{k} {'yes' if ok else 'NO'}" for k, ok in agree.items()), flush=True)

@@ -36,5 +36,5 @@ def test_both_sides_do_the_same_work(tmp_path, capsys):
         assert v["same_step_tokens"] and all(v["first_step_agrees"].values()), (variant, table)
         assert v["megalite"]["trained_tokens"] > 0 and v["speed_ratio"] > 0 and v["memory_ratio"] > 0
         assert v["megalite"]["first_step"]["loss"] == pytest.approx(0.693147, abs=1e-5)  # policy == reference
-        assert f"{variant:<8}megalite/trl: speed" in table
+        assert f"{variant:<12}megalite/trl: speed" in table
     assert list(out["variants"]["full"]["first_step_agrees"]) == list(bench.CHECKED)  # the gradient norm too
