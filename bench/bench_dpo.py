@@ -264,8 +264,8 @@ def measure(a, side: str, variant: str, paths: dict) -> dict:
     seconds, cpu_seconds = (timed[-1][i] - timed[0][i] for i in (0, 1))
     trained = sum(t for _, _, t in timed[1:])
     return {"tokens_per_s": trained / seconds, "tokens_per_cpu_s": trained / cpu_seconds, "trained_tokens": trained,
-            "seconds": seconds, "cpu_seconds": cpu_seconds, "step_tokens": [t for _, _, t in steps], "peak_bytes": memory.peak(), "first_step": first,
-            "device": device.type}
+            "seconds": seconds, "cpu_seconds": cpu_seconds, "step_tokens": [t for _, _, t in steps],
+            "peak_bytes": memory.peak(), "first_step": first, "device": device.type}
 
 
 def run_worker(a, side: str, variant: str, paths: dict) -> dict:
@@ -308,8 +308,8 @@ def report(a, paths: dict, results: dict) -> dict:
                  for k in checked(variant)}
         speed, memory = m["tokens_per_s"] / t["tokens_per_s"], m["peak_bytes"] / t["peak_bytes"]
         cpu = m["tokens_per_cpu_s"] / t["tokens_per_cpu_s"]
-        print(f"{variant:<12}megalite/trl: speed {speed:.2f}x (per CPU second {cpu:.2f}x), peak memory {memory:.2f}x"
-              f" | same trained tokens "
+        print(f"{variant:<12}megalite/trl: speed {speed:.2f}x (per CPU second {cpu:.2f}x), peak memory "
+              f"{memory:.2f}x | same trained tokens "
               f"every step: {'yes' if same_tokens else 'NO'} | first step agrees: "
               + ", ".join(f"{k} {'yes' if ok else 'NO'}" for k, ok in agree.items()), flush=True)
         out["variants"][variant] = {**sides, "speed_ratio": speed, "cpu_speed_ratio": cpu, "memory_ratio": memory,
@@ -325,7 +325,7 @@ def parse_args(argv=None):
     p.add_argument("--kv-heads", type=int, default=4)
     p.add_argument("--ffn-hidden-size", type=int, default=1408)
     p.add_argument("--vocab-size", type=int, default=4000, help="sentencepiece pieces trained on the pydoc topics")
-    p.add_argument("--seq-length", type=int, default=256, help="row length; the pairs are drawn among those that fit whole")
+    p.add_argument("--seq-length", type=int, default=256, help="row length (pairs that fit whole are drawn)")
     p.add_argument("--micro-batch-size", type=int, default=4, help="pairs a step (2x rows)")
     p.add_argument("--steps", type=int, default=4, help="timed steps")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps first (the first is the checked one)")
