@@ -19,23 +19,17 @@ import time
 
 import torch
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench.common import REPO, pydoc_hf_tokenizer  # noqa: E402
 
 
 def build_models(tmp: str):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from data_tools.train_tokenizer import train_tokenizer
     from megalite.data.tokenizer import build_tokenizer
     from megalite.hf.convert import import_hf
-    from megalite.hf.tokenizer import export_tokenizer
-    from tests.conftest import english_documents, write_jsonl
 
-    corpus = write_jsonl(os.path.join(tmp, "pydoc.jsonl"), [{"text": d} for d in english_documents()])
-    spm = train_tokenizer([corpus], os.path.join(tmp, "tok"), vocab_size=1000)
-    hf_dir = os.path.join(tmp, "hf")
-    export_tokenizer(build_tokenizer("SentencePieceTokenizer", spm), hf_dir)
+    hf_dir = pydoc_hf_tokenizer(os.path.join(tmp, "hf"), vocab_size=1000)
     cfg = LlamaConfig(vocab_size=1024, hidden_size=512, intermediate_size=1408, num_hidden_layers=4,
                       num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=512,
                       tie_word_embeddings=False)

@@ -14,20 +14,21 @@ mixed precision) with full fine-tuning and with LoRA (rank --lora-rank on every 
 """
 
 import argparse
+import os
+import sys
 import tempfile
 import time
 
 import numpy as np
 import torch
 
-from megalite.config import parse_config, validate
-from megalite.data.sft import SFTDataset, collate_sft
-from megalite.training.trainer import Trainer
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench.common import llama_flags  # noqa: E402
+from megalite.config import parse_config, validate  # noqa: E402
+from megalite.data.sft import SFTDataset, collate_sft  # noqa: E402
+from megalite.training.trainer import Trainer  # noqa: E402
 
-ARCH = ["--num-layers", 4, "--hidden-size", 256, "--num-attention-heads", 8, "--group-query-attention",
-        "--num-query-groups", 4, "--normalization", "RMSNorm", "--position-embedding-type", "rope", "--swiglu",
-        "--disable-bias-linear", "--untie-embeddings-and-output-weights", "--hidden-dropout", 0,
-        "--attention-dropout", 0, "--vocab-size", 8192, "--make-vocab-size-divisible-by", 1]
+ARCH = llama_flags(layers=4, hidden=256, heads=8, kv_heads=4, vocab_size=8192)
 
 
 def trainer(seq_length, micro_batch, extra=()):
