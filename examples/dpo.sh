@@ -7,7 +7,8 @@
 # its adapters disabled: no second copy), then the held-out metrics and the generation again
 # (measured on 2 shared CPU cores, 4 minutes: held-out DPO loss 0.693 -> 0.204, rewards/accuracies
 # 0.92 and margins 2.56 on 64 held-out pairs after 150 steps; the 4M-parameter model's
-# generations stay poor before and after). Output in .demo/.
+# generations stay poor before and after); then a reward model on the same pairs, its HF export,
+# and tools/score.py's accuracy on the held-out pairs. About 8 minutes in all. Output in .demo/.
 . "$(dirname "$0")/after_demo.sh"
 if [ ! -f $W/sft_hf/config.json ]; then
     echo "error: no SFT model in $W/sft_hf; run bash examples/sft_lora.sh first" >&2
@@ -43,8 +44,8 @@ echo "$QUESTION" | run python tools/generate.py --load $W/dpo_lora --chat --max-
 # Reward model on the same pairs (dpo_gpt.py --stage rm, trl's RewardTrainer loss): the SFT model with a
 # fresh score head, fully fine-tuned with 2 data-parallel processes; prompt + completion are scored whole, so
 # pairs longer than --seq-length are dropped (counted). Then tools/score.py scores every held-out pair
-# (measured on 2 shared CPU cores, 2.5 minutes in all: held-out accuracy 0.62, 136 of 221 pairs; the run's
-# own evaluation, 64 held-out pairs within --seq-length: accuracy 0.66, loss 0.650).
+# (measured on 2 shared CPU cores, 3 minutes in all: held-out accuracy 0.87, 173 of 198 pairs; the run's
+# own evaluation, 64 held-out pairs within --seq-length: accuracy 0.86, loss 0.224).
 rm -rf $W/rm $W/rm_hf $W/rm_scored.jsonl
 run torchrun --nproc_per_node 2 dpo_gpt.py --stage rm --load $W/sft_hf \
     --pref-data $W/dpo_data/train.jsonl --pref-valid-data $W/dpo_data/valid.jsonl --chat-template alpaca \
@@ -57,5 +58,5 @@ python - $W/rm_scored.jsonl <<'PY'
 import json, sys
 wins = [r["chosen_wins"] for r in map(json.loads, open(sys.argv[1]))]
 print(f"held-out reward-model accuracy {sum(wins) / len(wins):.4f} on {len(wins)} pairs")
-sys.exit(0 if sum(wins) / len(wins) > 0.55 else "error: the reward model does not prefer the true next paragraph")
+sys.exit(0 if sum(wins) / len(wins) >= 0.75 else "error: the reward model does not prefer the true next paragraph")
 PY

@@ -83,6 +83,9 @@ def test_long_pairs_are_dropped_and_counted(models):
     ids, index = pairs[0]["chosen"]
     assert ids[-1] == tok.eod == tok.pad and index == len(ids) - 2  # EOS is the pad: scored before it, as in HF
     assert score_index([5, 1, 6, 1, 1], 1) == 2
+    again, _ = build_reward_pairs(DPOConfig(pref_data=str(path)), TEMPLATE, 32, tok)  # from the cache
+    assert pairs.stores[0].built and not again.stores[0].built
+    assert again[0]["chosen"][0].tolist() == ids.tolist() and again[0]["chosen"][1] == index
 
 
 @pytest.mark.parametrize("record, message", [
@@ -117,7 +120,7 @@ def test_loss_and_metrics_equal_trl(models, rm_run, hf_rm):
     inherit_model_settings(cfg, saved_settings(cfg.checkpoint.load))
     trainer = Trainer(validate(cfg), torch.device("cpu"))
     fitted, _ = build_reward_pairs(cfg.dpo, cfg.sft.chat_template, 64, trainer.tokenizer)
-    batch = collate_reward_pairs(fitted)
+    batch = collate_reward_pairs([fitted[k] for k in range(len(fitted))])
     trainer.model.eval()
     objective = trainer.objective
     objective.begin_step({"pairs": 8.0})

@@ -6,7 +6,8 @@ asks for (0 without one). Tokenization follows trl 1.x's RewardTrainer: the prom
 completion and the whole sequence tokenized (``preference.sequence_ids``: text with EOS appended and the
 tokenizer's special tokens, messages through the chat template). A pair with a sequence longer than
 ``--seq-length`` tokens is dropped and counted (trl's ``max_length`` filter): cutting it would move the
-token its score is read at.
+token its score is read at. The pairs are cached like DPO's (``cache/rm``: the two sequences of pair k
+as documents 2k and 2k + 1, their score positions and margins in arrays of the entry).
 
 A row's score is read at its last token that is not the pad token (``score_index``), exactly where
 Hugging Face's ``...ForSequenceClassification`` reads it given ``pad_token_id``; the pad token is the
@@ -18,7 +19,9 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
-from megalite.data.preference import PreferenceDataset, pref_sources, sequence_ids, tokenized
+from megalite.data.preference import CACHE_VERSION, Pairs, PreferenceDataset, pref_sources, sequence_ids, tokenized
+from megalite.data.sft_examples import ExampleStore, cached_store, write_store
+from megalite.data.sft_formats import SFTSource
 from megalite.errors import MegaliteError
 
 COUNTS = ("pairs", "dropped")
@@ -40,38 +43,71 @@ def tokenize_reward_pair(tokenizer, template: str, pair) -> List[List[int]]:
     return [sequence_ids(tokenizer, template, pair["prompt"], pair[k]) for k in ("chosen", "rejected")]
 
 
+class ScoredPairs(Pairs):
+    """Cached reward pairs: ``pairs[k]`` is ``{"chosen": (ids, score index), "rejected": (...),
+    "margin": float}`` (documents 2k and 2k + 1 of their store; index and margin in its arrays)."""
+
+    def __getitem__(self, k: int) -> Dict[str, object]:
+        store, j = self.locate(k)
+        index, margin = store.array("score_index"), store.array("margin")
+        return {"chosen": (store[j][0], int(index[j])), "rejected": (store[j + 1][0], int(index[j + 1])),
+                "margin": float(margin[j])}
+
+
+def load_or_build_reward_pairs(source: SFTSource, tokenizer, template: str, seq_length: int,
+                               cache_dir: Optional[str] = None) -> ExampleStore:
+    """The source's reward pairs, from the cache (``<source folder>/cache/rm`` or
+    --pref-cache-path) or tokenized into it (rank 0 builds, as DPO's pairs)."""
+    description = {"version": CACHE_VERSION, "kind": "rm", "source": source.description(),
+                   "tokenizer": tokenizer.fingerprint(), "special_tokens": tokenizer.special_tokens,
+                   "template": template, "seq_length": seq_length, "pad": pad_id_of(tokenizer)}
+
+    def build(prefix):
+        stats, arrays = {k: 0 for k in COUNTS}, {"score_index": [], "margin": []}
+
+        def kept(batch=256):
+            chunk = []
+            for pair, ids in tokenized(source, tokenizer, template, tokenize_reward_pair):
+                if max(map(len, ids)) > seq_length:
+                    stats["dropped"] += 1
+                    continue
+                stats["pairs"] += 1
+                for row in (np.asarray(x, dtype=np.int64) for x in ids):
+                    chunk.append((row, np.ones(len(row), dtype=bool)))
+                    arrays["score_index"].append(score_index(row, description["pad"]))
+                    arrays["margin"].append(float(pair.get("margin", 0.0)))
+                if len(chunk) >= 2 * batch:
+                    yield chunk
+                    chunk = []
+            yield chunk
+
+        write_store(prefix, description, kept(), stats, tokenizer.vocab_size, arrays)
+
+    return cached_store(source, description, cache_dir, "rm", build)
+
+
 def build_reward_pairs(dpo_cfg, chat_template: Optional[str], seq_length: int, tokenizer,
                        spec: Optional[str] = None):
-    """(pairs, counts) of every record of ``spec`` (default ``--pref-data``); a pair is
-    ``{"chosen": (ids, score index), "rejected": (...), "margin": float}``."""
+    """(ScoredPairs, counts) of every source of ``spec`` (default ``--pref-data``)."""
     if dpo_cfg.max_prompt_length is not None:
         raise MegaliteError("--max-prompt-length does not apply to reward models (--stage rm): prompt and completion "
                             "are scored whole, and pairs longer than --seq-length are dropped")
-    pad = pad_id_of(tokenizer)
-    stats = {k: 0 for k in COUNTS}
-    pairs = []
     template, sources = pref_sources(dpo_cfg, chat_template, tokenizer, spec)
-    for pair, ids in (item for source in sources for item in tokenized(source, tokenizer, template,
-                                                                       tokenize_reward_pair)):
-        if max(map(len, ids)) > seq_length:
-            stats["dropped"] += 1
-            continue
-        stats["pairs"] += 1
-        rows = [np.asarray(x, dtype=np.int64) for x in ids]
-        pairs.append({"chosen": (rows[0], score_index(rows[0], pad)), "rejected": (rows[1], score_index(rows[1], pad)),
-                      "margin": float(pair.get("margin", 0.0))})
-    return pairs, stats
+    stores = [load_or_build_reward_pairs(source, tokenizer, template, seq_length, dpo_cfg.pref_cache_path)
+              for source in sources]
+    return ScoredPairs(stores), {k: sum(st.stats[k] for st in stores) for k in COUNTS}
 
 
 class RewardPairs(PreferenceDataset):
-    """PreferenceDataset's epochs and order over reward pairs; ``ds[i]`` is the pair itself."""
+    """PreferenceDataset's epochs, order and held-out split over reward pairs; ``ds[i]`` is the pair itself."""
 
     def summary(self) -> str:
-        return (f"reward pairs: {self.stats.get('pairs', len(self.pairs))} pairs ({self.stats.get('dropped', 0)} "
-                f"dropped: longer than --seq-length)")
+        held_out = self.stats.get("pairs", len(self.pairs)) - len(self.pairs)
+        return (f"reward pairs: {len(self.pairs)} pairs{f' ({held_out} more held out)' if held_out else ''}; "
+                f"{self.stats.get('dropped', 0)} dropped: longer than --seq-length")
 
-    def __getitem__(self, i: int) -> Dict[str, object]:
-        return self.pairs[self.pair_of(i)]
+    def item(self, k: int) -> Dict[str, object]:
+        return self.pairs[k]
 
 
 def collate_reward_pairs(items, pad_to: Optional[int] = None, multiple_of: int = 1) -> Dict[str, torch.Tensor]:

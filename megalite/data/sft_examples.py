@@ -101,6 +101,7 @@ class ExampleStore:
         self.tokens = IndexedDataset(prefix + "_tokens")
         self.mask = IndexedDataset(prefix + "_mask")
         self.stats = dict(stats)
+        self._arrays = {}
         if len(self.tokens) != len(self.mask):
             raise MegaliteError(f"{prefix}: SFT cache holds {len(self.tokens)} token and {len(self.mask)} mask "
                                 "sequences; delete it to rebuild")
@@ -116,8 +117,10 @@ class ExampleStore:
         return self.tokens[i].astype(np.int64), self.mask[i].astype(bool)
 
     def array(self, name: str) -> np.ndarray:
-        """A per-example array ``write_store`` saved with the entry (e.g. KTO's labels)."""
-        return np.load(f"{self.prefix}_{name}.npy")
+        """A per-sequence array ``write_store`` saved with the entry (e.g. KTO's labels), read once."""
+        if name not in self._arrays:
+            self._arrays[name] = np.load(f"{self.prefix}_{name}.npy")
+        return self._arrays[name]
 
 
 def cache_description(source: SFTSource, tokenizer, template: str, seq_length: int, train_on_prompt: bool) -> dict:

@@ -33,23 +33,13 @@ def build_datasets(cfg: Config, tokenizer: Optional[Tokenizer], train_samples: i
     With --sft-data: chat examples (megalite.data.sft) instead of a token stream."""
     t, d = cfg.training, cfg.data
     eval_samples = t.eval_iters * t.global_batch_size
-    if cfg.dpo.pref_data:  # DPO pairs (megalite.data.preference) or KTO examples (megalite.data.unpaired)
+    if cfg.dpo.pref_data:  # DPO pairs (megalite.data.preference), KTO examples (.unpaired), RM pairs (.reward)
         if cfg.dpo.pref_valid_data and cfg.dpo.pref_valid_fraction:
             raise MegaliteError("give --pref-valid-data or --pref-valid-fraction, not both")
-        if cfg.dpo.stage == "rm":  # scored whole (megalite.data.reward)
-            from megalite.data.reward import RewardPairs, build_reward_pairs
-
-            if cfg.dpo.pref_valid_fraction:
-                raise MegaliteError("--pref-valid-fraction is not supported with --stage rm; give --pref-valid-data")
-
-            def pairs_of(spec, samples):
-                pairs, stats = build_reward_pairs(cfg.dpo, cfg.sft.chat_template, d.seq_length, tokenizer, spec)
-                return RewardPairs(pairs, samples, t.seed, stats)
-
-            valid = pairs_of(cfg.dpo.pref_valid_data, eval_samples) if cfg.dpo.pref_valid_data else None
-            return [pairs_of(cfg.dpo.pref_data, train_samples), valid, None]
         if cfg.dpo.stage == "kto":
             from megalite.data.unpaired import UnpairedDataset as Dataset, build_examples as build
+        elif cfg.dpo.stage == "rm":  # pairs scored whole
+            from megalite.data.reward import RewardPairs as Dataset, build_reward_pairs as build
         else:
             from megalite.data.preference import PreferenceDataset as Dataset, build_pairs as build
         items, stats = build(cfg.dpo, cfg.sft.chat_template, d.seq_length, tokenizer)
