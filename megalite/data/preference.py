@@ -29,6 +29,7 @@ seq_length + 1``). Bad records (a missing key, an empty prompt, chosen equal to 
 with one error naming the file and the record.
 """
 
+import functools
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -79,10 +80,10 @@ def check_pair(pair: Pair) -> None:
             if not all(isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
                        for m in pair[k]):
                 raise MegaliteError(f"{k!r}: every message needs a string 'role' and 'content'")
-    if not _content(pair["prompt"]).strip():
+    if not text_of(pair["prompt"]).strip():
         raise MegaliteError("empty prompt")
     for k in ("chosen", "rejected"):
-        if not _content(pair[k]).strip():
+        if not text_of(pair[k]).strip():
             raise MegaliteError(f"empty {k!r} completion")
     if pair["chosen"] == pair["rejected"]:
         raise MegaliteError("chosen is identical to rejected (the pair carries no preference)")
@@ -91,7 +92,8 @@ def check_pair(pair: Pair) -> None:
         raise MegaliteError(f"'margin' must be a finite number, found {margin!r}")
 
 
-def _content(value) -> str:
+def text_of(value) -> str:
+    """The text of a string or of a message list's contents (what emptiness is checked on)."""
     return value if isinstance(value, str) else "".join(m["content"] for m in value)
 
 
@@ -326,22 +328,23 @@ def load_or_build_pairs(source: SFTSource, tokenizer, template: str, seq_length:
     return cached_store(source, description, cache_dir, "pref", build)
 
 
-def pref_sources(dpo_cfg, chat_template: Optional[str], tokenizer, spec: Optional[str] = None):
-    """(the chat template, the sources) of ``spec`` (default ``--pref-data``)."""
+def pref_sources(dpo_cfg, chat_template: Optional[str], tokenizer, spec: Optional[str] = None, resolve=None):
+    """(the chat template, the sources) of ``spec`` (default ``--pref-data``); ``resolve(spec,
+    dataset_dir, flag)`` finds the sources (default: files or dataset_info.json ranking entries)."""
     spec = spec or dpo_cfg.pref_data
     if not spec:
         raise MegaliteError("--pref-data is required")
     flag = "--pref-data" if spec == dpo_cfg.pref_data else "--pref-valid-data"
-    return (resolve_template(chat_template, tokenizer),
-            resolve_sources(spec, dpo_cfg.pref_dataset_dir, flag, ranking=True))
+    resolve = resolve or functools.partial(resolve_sources, ranking=True)
+    return resolve_template(chat_template, tokenizer), resolve(spec, dpo_cfg.pref_dataset_dir, flag)
 
 
-def tokenized(source: SFTSource, tokenizer, template: str, tokenize=None):
-    """(pair, ``tokenize(tokenizer, template, pair)``) for every record of the source (default:
-    ``tokenize_pair``); errors name the file and the record."""
-    for path, i, pair in load_pairs(source):
+def tokenized(source: SFTSource, tokenizer, template: str, tokenize=None, load=None):
+    """(record, ``tokenize(tokenizer, template, record)``) for every record ``load(source)`` gives
+    (default: ``load_pairs`` and ``tokenize_pair``); errors name the file and the record."""
+    for path, i, record in (load or load_pairs)(source):
         try:
-            yield pair, (tokenize or tokenize_pair)(tokenizer, template, pair)
+            yield record, (tokenize or tokenize_pair)(tokenizer, template, record)
         except MegaliteError as e:
             raise MegaliteError(f"{path}: record {i}: {e}") from None
 

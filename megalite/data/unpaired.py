@@ -29,9 +29,8 @@ from typing import Dict, List, NamedTuple, Optional, Tuple
 import numpy as np
 import torch
 
-from megalite.data.chat import resolve_template
-from megalite.data.preference import (StoreItems, _content, check_pair, fit_prompt, fit_sequence,
-                                      tokenize_completions, training_row)
+from megalite.data.preference import (StoreItems, check_pair, fit_prompt, fit_sequence, pref_sources, text_of,
+                                      tokenize_completions, tokenized, training_row)
 from megalite.data.sft import collate_sft, epoch_shuffled
 from megalite.data.sft_examples import ExampleStore, cached_store, write_store
 from megalite.data.sft_formats import (ALPACA_COLUMNS, SHAREGPT_COLUMNS, SHAREGPT_TAGS, SFTSource, from_alpaca,
@@ -101,7 +100,7 @@ def check_example(example: Example) -> None:
                        for m in example[k]):
                 raise MegaliteError(f"{k!r}: every message needs a string 'role' and 'content'")
     for k in ("prompt", "completion"):
-        if not _content(example[k]).strip():
+        if not text_of(example[k]).strip():
             raise MegaliteError(f"empty {k}")
 
 
@@ -171,11 +170,8 @@ def load_or_build_examples(source: SFTSource, tokenizer, template: str, seq_leng
 
         def fitted(batch=256):
             chunk = []
-            for path, i, example in load_examples(source):
-                try:
-                    prompt, completion = tokenize_example(tokenizer, template, example)
-                except MegaliteError as e:
-                    raise MegaliteError(f"{path}: record {i}: {e}") from None
+            for example, (prompt, completion) in tokenized(source, tokenizer, template, tokenize_example,
+                                                           load_examples):
                 prompt = fit_prompt(prompt, len(completion), seq_length, max_prompt_length, stats)
                 if prompt is None:
                     continue
@@ -196,12 +192,9 @@ def load_or_build_examples(source: SFTSource, tokenizer, template: str, seq_leng
 
 def build_examples(dpo_cfg, chat_template: Optional[str], seq_length: int, tokenizer, spec: Optional[str] = None):
     """(Examples, counts) of every source of ``spec`` (default ``--pref-data``)."""
-    spec = spec or dpo_cfg.pref_data
-    flag = "--pref-data" if spec == dpo_cfg.pref_data else "--pref-valid-data"
-    template = resolve_template(chat_template, tokenizer)
+    template, sources = pref_sources(dpo_cfg, chat_template, tokenizer, spec, resolve_unpaired_sources)
     stores = [load_or_build_examples(source, tokenizer, template, seq_length, dpo_cfg.max_prompt_length,
-                                     dpo_cfg.pref_cache_path)
-              for source in resolve_unpaired_sources(spec, dpo_cfg.pref_dataset_dir, flag)]
+                                     dpo_cfg.pref_cache_path) for source in sources]
     return Examples(stores), {k: sum(st.stats[k] for st in stores) for k in COUNTS}
 
 
