@@ -4,6 +4,13 @@ import subprocess
 import sys
 
 import pytest
+import torch
+
+if not torch.cuda.is_available():
+    # Without CUDA the Triton kernels run under Triton's interpreter, which has to be chosen
+    # before anything imports triton: peft does at import, so a test module that imports it
+    # at collection would otherwise leave test_kernels with uninterpreted triton.language.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -1,8 +1,9 @@
 """Every Triton kernel, forward and backward, against its torch reference run in float64.
 
 Without CUDA the kernels run under Triton's interpreter: TRITON_INTERPRET must be set
-before megalite's Triton modules create their @triton.jit functions, so it is set here,
-at import, and those modules are imported only after it. Shapes are small, odd (not
+before triton is imported (conftest.py sets it, as peft imports triton at collection) and
+before megalite's Triton modules create their @triton.jit functions (set here again for a
+run of this file alone; those modules are imported only after it). Shapes are small, odd (not
 multiples of any block) and fp32; the bound is a relative error under 1e-5, measured as
 max |fused - reference| / max |reference| for the outputs and for every gradient.
 """

@@ -7,7 +7,9 @@ A kernel runs where Triton can run it: on CUDA tensors, or on any tensor under
 Elsewhere the reference runs, so a CPU-only install without triton works unchanged.
 
 The Triton modules are imported on first use only, so that the interpreter setting is in
-place before their ``@triton.jit`` functions are created.
+place before their ``@triton.jit`` functions are created. The interpreter must also be chosen
+before triton itself is imported (peft imports it): for CPU runs of the kernels, export
+``TRITON_INTERPRET=1`` up front.
 """
 
 import contextlib
