@@ -181,7 +181,7 @@ def megalite_side(a, variant: str, paths: dict, device):
     ds, collate, n = trainer.train_ds, row_collate(cfg), a.micro_batch_size
     steps, first = [], None
     for step in range(a.warmup + a.steps):
-        ks = [(step * n + i) % len(ds.pairs) for i in range(n)]
+        ks = [(step * n + i) % len(ds.items) for i in range(n)]
         mb = collate([ds.item(k) for k in ks])
         out = trainer.train_step([{k: v.to(device) for k, v in mb.items()}])
         if device.type == "cuda":

@@ -413,11 +413,11 @@ def test_precomputed_reference_gives_the_same_training(tmp_path, models, plain_f
         for key in ("lm_loss", "grad_norm", "rewards/chosen", "rewards/rejected"):
             assert b[key] == pytest.approx(a[key], rel=1e-6, abs=1e-7), (key, a["iteration"])
     assert len(list((tmp_path / "cache" / "pref").glob("*-ref_logps.pt"))) == 1
-    scored = dpo.score_pairs
-    monkeypatch.setattr(dpo, "score_pairs", lambda *a: pytest.fail("scored again despite the cache"))
+    scored = dpo.score_items
+    monkeypatch.setattr(dpo, "score_items", lambda *a: pytest.fail("scored again despite the cache"))
     again = train(models, data, tmp_path, "again", precompute_ref_log_probs=True, **kw)
     assert [r["lm_loss"] for r in again] == [r["lm_loss"] for r in cached]
-    monkeypatch.setattr(dpo, "score_pairs", scored)
+    monkeypatch.setattr(dpo, "score_items", scored)
     train(models, data, tmp_path, "other_ref", precompute_ref_log_probs=True, train_iters=1,
           **{**kw, "load": models["reference_ck"], "ref_load": models["policy_ck"] if not kw else None})
     assert len(list((tmp_path / "cache" / "pref").glob("*-ref_logps.pt"))) == 2

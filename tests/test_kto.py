@@ -263,7 +263,7 @@ def test_a_batch_without_undesirable_examples_reports_what_trl_reports(both_side
     from megalite.posttrain.kto import KTOObjective
 
     trainer, _, _, tr, _ = both_sides
-    desirable = [k for k in range(8) if trainer.train_ds.examples[k].label]
+    desirable = [k for k in range(8) if trainer.train_ds.items[k].label]
     batch = collate_unpaired([trainer.train_ds.item(k, k) for k in desirable], 64)  # KL rows: the reference reads them
     objective = KTOObjective(KTOConfig("apo_zero_unpaired"), 0.1, trainer.objective.reference)
     objective.prepare([batch])
@@ -301,7 +301,7 @@ def test_precomputed_reference_gives_the_same_training_and_evaluation(tmp_path, 
                                                                       monkeypatch):
     """Precomputed scores (examples and KL rows) train and evaluate like live ones; a rerun reads
     both tables from the cache next to the examples' cache instead of scoring again."""
-    from megalite.posttrain import kto as kto_module
+    from megalite.posttrain import dpo as dpo_module, kto as kto_module
 
     data = write_jsonl(tmp_path / "kto.jsonl", plain_examples())  # the baseline's examples, their own cache folder
     cached = kto_with_eval(models, data, tmp_path, "cached", with_eval, precompute_ref_log_probs=True)
@@ -309,7 +309,8 @@ def test_precomputed_reference_gives_the_same_training_and_evaluation(tmp_path, 
     keys = ("lm_loss", "loss", "kl", "rewards/chosen", "rewards/rejected", "rewards/margins")
     assert_same_run(baseline, cached, keys, 1e-6)
     assert len(list((tmp_path / "cache" / "kto").glob("*-ref_logps.pt"))) == 2  # the examples', the KL rows'
-    monkeypatch.setattr(kto_module, "score_once", lambda *a: pytest.fail("scored again despite the cache"))
+    for module in (dpo_module, kto_module):  # examples are scored through dpo.score_items, KL rows in kto
+        monkeypatch.setattr(module, "score_once", lambda *a: pytest.fail("scored again despite the cache"))
     again = kto_with_eval(models, data, tmp_path, "again", with_eval, precompute_ref_log_probs=True)
     assert_same_run(cached, again, keys, 0.0)
 

@@ -191,41 +191,52 @@ def fit_pair(prompt: List[int], chosen: List[int], rejected: List[int], seq_leng
 
 
 # -- training rows ---------------------------------------------------------------------------------
-class PreferenceDataset(torch.utils.data.Dataset):
-    """``num_samples`` pairs, epochs over the pairs each shuffled by ``seed + epoch`` (sample
-    ``i`` is the same pair in every run, so resuming is exact). ``ds[i]`` holds the chosen and
-    rejected rows (``tokens``, ``labels``, ``loss_mask`` = completion tokens among the labels),
-    ``index``, the pair's position in the set, and ``held_out`` (a validation set): what
-    precomputed reference scores are looked up by."""
+class ItemDataset(torch.utils.data.Dataset):
+    """``num_samples`` samples over ``items`` (cached pairs or KTO examples), epochs over them each
+    shuffled by ``seed + epoch`` (sample ``i`` is the same item in every run, so resuming is
+    exact); ``ds[i]`` is ``item(k, i)`` of that item ``k``. ``held_out`` marks a validation set
+    (precomputed reference scores are looked up by it and the item's index); ``stats`` are the
+    data's counts (``summary``), ``count`` the one that counts the items kept."""
 
-    def __init__(self, pairs, num_samples: Optional[int] = None, seed: int = 1234,
+    noun, count = "items", "items"
+
+    def __init__(self, items, num_samples: Optional[int] = None, seed: int = 1234,
                  stats: Optional[Dict[str, int]] = None, held_out: bool = False):
-        if not pairs:
-            raise MegaliteError("no preference pairs to train on (every pair was dropped, or the data is empty)")
-        self.pairs, self.seed, self.held_out = pairs, seed, held_out
-        self.num_samples = len(pairs) if num_samples is None else int(num_samples)
-        self.stats = stats or {"pairs": len(pairs)}
+        if not len(items):
+            raise MegaliteError(f"no {self.noun} to train on (every one was dropped, or the data is empty)")
+        self.items, self.seed, self.held_out = items, seed, held_out
+        self.num_samples = len(items) if num_samples is None else int(num_samples)
+        self.stats = stats or {}
         self._order = [-1, None]
 
     def __len__(self) -> int:
         return self.num_samples
 
+    def __getitem__(self, i: int) -> Dict[str, object]:
+        return self.item(epoch_shuffled(i, len(self.items), self.num_samples, self.seed, self._order), i)
+
+    def held_out_note(self) -> str:
+        """'; N more held out' when --pref-valid-fraction took some of the data's items."""
+        n = self.stats.get(self.count, len(self.items)) - len(self.items)
+        return f"; {n} more held out" if n else ""
+
+
+class PreferenceDataset(ItemDataset):
+    """DPO pairs: a sample holds the chosen and rejected rows (``tokens``, ``labels``,
+    ``loss_mask`` = completion tokens among the labels), ``index`` (the pair's position in the
+    set) and ``held_out``."""
+
+    noun, count = "preference pairs", "pairs"
+
     def summary(self) -> str:
         st = self.stats
-        held_out = st.get("pairs", len(self.pairs)) - len(self.pairs)
-        return (f"preference data: {len(self.pairs)} pairs{f' ({held_out} more held out)' if held_out else ''}; "
-                f"{st.get('prompt_truncated', 0)} prompts cut to --max-prompt-length, {st.get('truncated', 0)} "
-                f"pairs cut to --seq-length, {st.get('dropped', 0)} dropped: the prompt fills a row")
+        return (f"preference data: {len(self.items)} pairs{self.held_out_note()}; {st.get('prompt_truncated', 0)} "
+                f"prompts cut to --max-prompt-length, {st.get('truncated', 0)} pairs cut to --seq-length, "
+                f"{st.get('dropped', 0)} dropped: the prompt fills a row")
 
-    def pair_of(self, i: int) -> int:
-        return epoch_shuffled(i, len(self.pairs), self.num_samples, self.seed, self._order)
-
-    def __getitem__(self, i: int) -> Dict[str, object]:
-        return self.item(self.pair_of(i))
-
-    def item(self, k: int) -> Dict[str, object]:
+    def item(self, k: int, i: Optional[int] = None) -> Dict[str, object]:
         """Pair ``k`` of the set, as a sample."""
-        return {**pair_rows(self.pairs[k]), "index": k, "held_out": self.held_out}
+        return {**pair_rows(self.items[k]), "index": k, "held_out": self.held_out}
 
 
 def pair_rows(fitted) -> Dict[str, Dict[str, torch.Tensor]]:

@@ -19,7 +19,7 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
-from megalite.data.preference import CACHE_VERSION, Pairs, PreferenceDataset, pref_sources, sequence_ids, tokenized
+from megalite.data.preference import CACHE_VERSION, ItemDataset, Pairs, pref_sources, sequence_ids, tokenized
 from megalite.data.sft_examples import ExampleStore, cached_store, write_store
 from megalite.data.sft_formats import SFTSource
 from megalite.errors import MegaliteError
@@ -98,16 +98,17 @@ def build_reward_pairs(dpo_cfg, chat_template: Optional[str], seq_length: int, t
     return ScoredPairs(stores), {k: sum(st.stats[k] for st in stores) for k in COUNTS}
 
 
-class RewardPairs(PreferenceDataset):
-    """PreferenceDataset's epochs, order and held-out split over reward pairs; ``ds[i]`` is the pair itself."""
+class RewardPairs(ItemDataset):
+    """Reward-model pairs: a sample is the pair itself (ids and score positions, margin)."""
+
+    noun, count = "reward pairs", "pairs"
 
     def summary(self) -> str:
-        held_out = self.stats.get("pairs", len(self.pairs)) - len(self.pairs)
-        return (f"reward pairs: {len(self.pairs)} pairs{f' ({held_out} more held out)' if held_out else ''}; "
-                f"{self.stats.get('dropped', 0)} dropped: longer than --seq-length")
+        return (f"reward pairs: {len(self.items)} pairs{self.held_out_note()}; {self.stats.get('dropped', 0)} "
+                "dropped: longer than --seq-length")
 
-    def item(self, k: int) -> Dict[str, object]:
-        return self.pairs[k]
+    def item(self, k: int, i: Optional[int] = None) -> Dict[str, object]:
+        return self.items[k]
 
 
 def collate_reward_pairs(items, pad_to: Optional[int] = None, multiple_of: int = 1) -> Dict[str, torch.Tensor]:

@@ -29,9 +29,9 @@ from typing import Dict, List, NamedTuple, Optional, Tuple
 import numpy as np
 import torch
 
-from megalite.data.preference import (StoreItems, check_pair, fit_prompt, fit_sequence, pref_sources, text_of,
+from megalite.data.preference import (ItemDataset, StoreItems, check_pair, fit_prompt, fit_sequence, pref_sources, text_of,
                                       tokenize_completions, tokenized, training_row)
-from megalite.data.sft import collate_sft, epoch_shuffled
+from megalite.data.sft import collate_sft
 from megalite.data.sft_examples import ExampleStore, cached_store, write_store
 from megalite.data.sft_formats import (ALPACA_COLUMNS, SHAREGPT_COLUMNS, SHAREGPT_TAGS, SFTSource, from_alpaca,
                                        from_sharegpt, read_records, resolve_sources)
@@ -199,38 +199,22 @@ def build_examples(dpo_cfg, chat_template: Optional[str], seq_length: int, token
 
 
 # -- training rows ---------------------------------------------------------------------------------
-class UnpairedDataset(torch.utils.data.Dataset):
-    """``num_samples`` examples, epochs over them each shuffled by ``seed + epoch`` (resumable, as
-    PreferenceDataset). ``ds[i]`` holds the fitted example, its position in the set (``index``)
-    and the sample number ``i`` (``sample``: what precomputed reference scores of KL rows are keyed
-    by, as a KL row depends on its micro-batch); ``held_out``: the --pref-valid-data set."""
+class UnpairedDataset(ItemDataset):
+    """KTO examples: a sample holds the fitted example, its position in the set (``index``), the
+    sample number ``i`` (``sample``: what precomputed reference scores of KL rows are keyed by,
+    as a KL row depends on its micro-batch) and ``held_out``."""
 
-    def __init__(self, examples: Examples, num_samples: Optional[int] = None, seed: int = 1234,
-                 stats: Optional[Dict[str, int]] = None, held_out: bool = False):
-        if not len(examples):
-            raise MegaliteError("no KTO examples to train on (every example was dropped, or the data is empty)")
-        self.examples, self.seed, self.held_out = examples, seed, held_out
-        self.num_samples = len(examples) if num_samples is None else int(num_samples)
-        self.stats = stats or {"examples": len(examples)}
-        self._order = [-1, None]
-
-    def __len__(self) -> int:
-        return self.num_samples
+    noun, count = "KTO examples", "examples"
 
     def summary(self) -> str:
-        st, n, desirable = self.stats, len(self.examples), int(self.examples.labels.sum())
-        held_out = st.get("examples", n) - n
-        return (f"KTO data: {n} examples ({desirable} desirable, {n - desirable} undesirable"
-                f"{f'; {held_out} more held out' if held_out else ''}; {st.get('prompt_truncated', 0)} prompts cut "
-                f"to --max-prompt-length, {st.get('truncated', 0)} examples cut to --seq-length, "
-                f"{st.get('dropped', 0)} dropped: the prompt fills a row)")
-
-    def __getitem__(self, i: int) -> Dict[str, object]:
-        return self.item(epoch_shuffled(i, len(self.examples), self.num_samples, self.seed, self._order), i)
+        st, n, desirable = self.stats, len(self.items), int(self.items.labels.sum())
+        return (f"KTO data: {n} examples ({desirable} desirable, {n - desirable} undesirable{self.held_out_note()}; "
+                f"{st.get('prompt_truncated', 0)} prompts cut to --max-prompt-length, {st.get('truncated', 0)} "
+                f"examples cut to --seq-length, {st.get('dropped', 0)} dropped: the prompt fills a row)")
 
     def item(self, k: int, i: int) -> Dict[str, object]:
         """Example ``k`` as sample ``i``."""
-        return {"example": self.examples[k], "index": k, "sample": i, "held_out": self.held_out}
+        return {"example": self.items[k], "index": k, "sample": i, "held_out": self.held_out}
 
 
 def collate_unpaired(items, seq_length: int, pad_to: Optional[int] = None, multiple_of: int = 1,

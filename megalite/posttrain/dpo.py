@@ -262,13 +262,13 @@ def read_scores(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 def precomputed(cfg, trainer, reference, weights):
     """--precompute-ref-log-probs: ``reference`` scores every pair of the training and held-out
-    sets once (each data-parallel rank a share, summed over ranks) and is then dropped with its
-    model, so training holds one model; steps and evaluations read the scores by ``pair_index``
-    from their set's table. Each table is cached next to its pairs' cache (``reference_cache``),
-    so a resumed run or a rerun does not score again."""
+    sets once (``score_items``) and is then dropped with its model, so training holds one model;
+    steps and evaluations read the scores by ``pair_index`` from their set's table. Each table is
+    cached next to its pairs' cache (``cached_scores``), so a resumed run or a rerun does not
+    score again."""
     fingerprint = weights_fingerprint(weights, trainer.device)
-    tables = [None if ds is None else cached_scores(cfg, trainer, ds.pairs, fingerprint, "pairs",
-                                                    lambda ds=ds: score_pairs(cfg, trainer, ds, reference))
+    tables = [None if ds is None else cached_scores(cfg, trainer, ds.items, fingerprint, "pairs",
+                                                    lambda ds=ds: score_items(cfg, trainer, reference, ds, 2))
               for ds in (trainer.train_ds, trainer.valid_ds)]
 
     def look_up(steps_batch):
@@ -278,10 +278,40 @@ def precomputed(cfg, trainer, reference, weights):
     return look_up
 
 
-def cached_scores(cfg, trainer, items, fingerprint: str, what, score) -> torch.Tensor:
-    """A table of reference log-probs of ``items`` (cached pairs or KTO examples; ``what`` names
-    the table, and is part of its cache key), from the cache or ``score()`` (and cached)."""
-    path = reference_cache(cfg, trainer, items, fingerprint, what)
+def score_items(cfg, trainer, reference, ds, rows: int, index_key: str = "pair_index") -> torch.Tensor:
+    """[items, rows] reference log-probs of every item of ``ds`` (an ItemDataset), on every rank:
+    each data-parallel rank scores a share, in whole micro-batches (pipeline stages need fixed
+    shapes), and ``score_once`` sums the shares."""
+    import numpy as np
+
+    from megalite.parallel import state
+    from megalite.training.data import row_collate
+
+    s, mbs, n = state.get(), cfg.training.micro_batch_size, len(ds.items)
+    mine = np.arange(s.dp_rank, n, s.dp_size)
+    mine = np.resize(mine, -(-len(mine) // mbs) * mbs)
+    collate = row_collate(cfg)
+    batch = [collate([ds.item(int(k), int(k)) for k in mine[i:i + mbs]]) for i in range(0, len(mine), mbs)]
+    batch = [{k: v.to(trainer.device) for k, v in mb.items()} for mb in batch]
+    return score_once(reference, batch, index_key, rows, n, trainer.device)
+
+
+def cached_scores(cfg, trainer, items, fingerprint: str, what: str, score) -> torch.Tensor:
+    """A table of reference log-probs of ``items`` (cached pairs or KTO examples), from the cache
+    or ``score()`` (and cached). The cache file is named by a hash of the items' cache entries
+    (and the held-out split), the reference weights' ``fingerprint``, the dtype, the layout that
+    scores them and ``what`` the table holds."""
+    import hashlib
+
+    from megalite.parallel import state
+
+    s, t = state.get(), cfg.training
+    picks = None if items.picks is None else hashlib.md5(items.picks.tobytes()).hexdigest()
+    description = {"items": [st.prefix for st in items.stores], "picks": picks, "weights": fingerprint,
+                   "dtype": str(trainer.dtype), "table": what,
+                   "layout": [s.tp_size, s.pp_size, s.dp_size, t.micro_batch_size, s.sequence_parallel]}
+    key = hashlib.md5(json.dumps(description, sort_keys=True).encode()).hexdigest()
+    path = os.path.join(os.path.dirname(items.stores[0].prefix), f"{key}-ref_logps.pt")
     found = torch.tensor([float(os.path.isfile(path))])
     if torch.distributed.is_initialized():  # every rank takes the same branch
         torch.distributed.all_reduce(found, op=torch.distributed.ReduceOp.MIN)
@@ -291,25 +321,8 @@ def cached_scores(cfg, trainer, items, fingerprint: str, what, score) -> torch.T
     if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
         with atomic_write(path, "wb") as f:
             torch.save(table.cpu(), f)
-        print(f"reference log-probs of {len(table)} {what if isinstance(what, str) else 'rows'} cached in {path}",
-              flush=True)
+        print(f"reference log-probs ({what}) cached in {path}", flush=True)
     return table
-
-
-def score_pairs(cfg, trainer, ds, reference) -> torch.Tensor:
-    """[pairs, 2] reference log-probs (chosen, rejected) of every pair of ``ds``, on every rank."""
-    import numpy as np
-
-    from megalite.parallel import state
-    from megalite.training.data import row_collate
-
-    s, mbs = state.get(), cfg.training.micro_batch_size
-    mine = np.arange(s.dp_rank, len(ds.pairs), s.dp_size)
-    mine = np.resize(mine, -(-len(mine) // mbs) * mbs)  # whole micro-batches (pipeline stages need fixed shapes)
-    collate = row_collate(cfg)
-    batch = [collate([ds.item(int(k)) for k in mine[i:i + mbs]]) for i in range(0, len(mine), mbs)]
-    batch = [{k: v.to(trainer.device) for k, v in mb.items()} for mb in batch]
-    return score_once(reference, batch, "pair_index", 2, len(ds.pairs), trainer.device)
 
 
 def weights_fingerprint(model, device) -> str:
@@ -326,21 +339,3 @@ def weights_fingerprint(model, device) -> str:
         torch.distributed.all_gather(gathered, digests)
         digests = torch.cat(gathered)
     return hashlib.md5(digests.cpu().numpy().tobytes()).hexdigest()
-
-
-def reference_cache(cfg, trainer, pairs, fingerprint: str, what="pairs") -> str:
-    """Where the reference log-probs of ``pairs`` (or KTO examples) are cached: named by a hash of
-    their cache entries (and the held-out split), the reference weights' fingerprint, the dtype,
-    the layout that scores them and ``what`` the table holds (DPO: ``"pairs"``)."""
-    import hashlib
-
-    from megalite.parallel import state
-
-    s, t = state.get(), cfg.training
-    picks = None if pairs.picks is None else hashlib.md5(pairs.picks.tobytes()).hexdigest()
-    description = {"pairs": [st.prefix for st in pairs.stores], "picks": picks, "weights": fingerprint,
-                   "dtype": str(trainer.dtype),
-                   "layout": [s.tp_size, s.pp_size, s.dp_size, t.micro_batch_size, s.sequence_parallel],
-                   **({} if what == "pairs" else {"table": what})}
-    key = hashlib.md5(json.dumps(description, sort_keys=True).encode()).hexdigest()
-    return os.path.join(os.path.dirname(pairs.stores[0].prefix), f"{key}-ref_logps.pt")

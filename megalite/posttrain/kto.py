@@ -33,7 +33,7 @@ from megalite.data.unpaired import kl_view
 from megalite.parallel import state
 from megalite.parallel.data_parallel import all_reduce_scalar
 from megalite.posttrain.dpo import (cached_scores, completion_logps, live_reference, read_scores, reference_pass,
-                                    return_mean_logits, score_once, weights_fingerprint)
+                                    return_mean_logits, score_items, score_once, weights_fingerprint)
 
 LOSS_TYPES = ("kto", "apo_zero_unpaired")
 
@@ -144,26 +144,15 @@ def precomputed(cfg, trainer, live, weights, kl: bool):
     is dropped with ``live``, so training holds one model. Each table is cached as DPO's are
     (posttrain.dpo.cached_scores); the KL rows' table is also keyed by the sample order (the seed
     and the number of samples), so a resumed run or a rerun reads both instead of scoring again."""
-    import numpy as np
-
     from megalite.training.data import row_collate
 
     s, mbs, device = state.get(), cfg.training.micro_batch_size, trainer.device
     collate = row_collate(cfg)
     fingerprint = weights_fingerprint(weights, device)
 
-    def on_device(groups):
-        return [{k: v.to(device) for k, v in collate(items).items()} for items in groups]
-
-    def score_examples(ds):
-        mine = np.arange(s.dp_rank, len(ds.examples), s.dp_size)
-        mine = np.resize(mine, -(-len(mine) // mbs) * mbs)  # whole micro-batches (pipeline stages need fixed shapes)
-        batch = on_device([[ds.item(int(k), int(k)) for k in mine[j:j + mbs]] for j in range(0, len(mine), mbs)])
-        return score_once(live, batch, "example_index", 1, len(ds.examples), device)
-
     def score_kl_rows(ds):
         starts = range(s.dp_rank * mbs, len(ds) - mbs + 1, s.dp_size * mbs)
-        batch = on_device([[ds[i] for i in range(j, j + mbs)] for j in starts])
+        batch = [{k: v.to(device) for k, v in collate([ds[i] for i in range(j, j + mbs)]).items()} for j in starts]
         return score_once(live, [kl_view(mb) for mb in batch], "sample_index", 1, len(ds), device)
 
     tables = []
@@ -171,8 +160,9 @@ def precomputed(cfg, trainer, live, weights, kl: bool):
         if ds is None:
             tables.append(None)
             continue
-        examples = cached_scores(cfg, trainer, ds.examples, fingerprint, "examples", lambda: score_examples(ds))
-        kl_rows = cached_scores(cfg, trainer, ds.examples, fingerprint, ["KL rows", ds.seed, len(ds)],
+        examples = cached_scores(cfg, trainer, ds.items, fingerprint, "examples",
+                                 lambda: score_items(cfg, trainer, live, ds, 1, "example_index"))
+        kl_rows = cached_scores(cfg, trainer, ds.items, fingerprint, f"KL rows of {len(ds)} samples, seed {ds.seed}",
                                 lambda: score_kl_rows(ds)) if kl else None
         tables.append((examples, kl_rows))
 
