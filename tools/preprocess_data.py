@@ -28,6 +28,9 @@ def parse_args(argv=None):
     p.add_argument("--append-eod", action="store_true", help="append the end-of-document token")
     g = p.add_argument_group("output")
     g.add_argument("--output-prefix", required=True, help="writes <prefix>_<key>_document.{bin,idx}")
+    g.add_argument("--allow-empty", action="store_true",
+                   help="write the output even when no document is left (by default that is an error and "
+                        "files already at the prefix are kept)")
     g.add_argument("--workers", type=int, default=1, help="tokenizer processes (one core each)")
     g.add_argument("--log-interval", type=float, default=10.0,
                    help="seconds between progress lines when not on a terminal")
@@ -41,6 +44,7 @@ def main(argv=None):
         tokenizer=TokenizerSpec(a.tokenizer_type, a.tokenizer_model, a.vocab_file, a.merge_file),
         json_keys=a.json_keys, append_eod=a.append_eod, workers=a.workers, rank=a.rank,
         world_size=a.world_size, strict=a.strict, log_interval=a.log_interval,
+        allow_empty=a.allow_empty,
     ))
     print("\n".join(summary.lines()))
 

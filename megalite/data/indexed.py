@@ -230,6 +230,10 @@ class IndexedDatasetBuilder:
         self._limit = np.iinfo(self.dtype).max if self.dtype.kind in "iu" else None
         self._closed = False
 
+    @property
+    def num_sequences(self) -> int:
+        return self._n_seq
+
     # -- appending -------------------------------------------------------------------------
     def _write_tokens(self, tokens: np.ndarray) -> None:
         tokens = np.asarray(tokens)

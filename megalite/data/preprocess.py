@@ -50,6 +50,7 @@ class PreprocessConfig:
     strict: bool = False
     batch_bytes: int = 1 << 20
     log_interval: float = 10.0
+    allow_empty: bool = False  # write an output that got no documents (else: an error, nothing written)
 
 
 @dataclass
@@ -164,6 +165,8 @@ def preprocess(cfg: PreprocessConfig) -> Summary:
         for r in results:
             _collect(r, builders, summary, cfg.strict)
             progress.update(r.nbytes, docs=r.documents, tokens=sum(len(t) for t, _ in r.tokens.values()))
+        if not cfg.allow_empty:
+            _refuse_empty(cfg, builders, summary)
         for b in builders.values():
             b.finalize()
     except BaseException:
@@ -179,6 +182,17 @@ def preprocess(cfg: PreprocessConfig) -> Summary:
             pool.join()
     summary.seconds = progress.elapsed
     return summary
+
+
+def _refuse_empty(cfg: PreprocessConfig, builders, summary: Summary) -> None:
+    """An output without documents is an error: publishing it would replace a good dataset at
+    that prefix with an empty one, and training on it cannot work."""
+    empty = [b.path_prefix for b in builders.values() if b.num_sequences == 0]
+    if empty:
+        raise MegaliteError(
+            f"--input {' '.join(cfg.inputs)}: no documents for {', '.join(empty)} ({summary.bad} bad records, "
+            f"{summary.empty} empty texts skipped); nothing written, files already there are kept "
+            "(--allow-empty writes an empty dataset)")
 
 
 def _bounded_imap(pool, fn, items, max_inflight: int):
