@@ -50,3 +50,55 @@ def test_zero_documents_keep_the_existing_dataset(tmp_path, spm_model):
     assert proc.returncode == 1
     assert proc.stderr.splitlines()[-1] == (f"error: --data-path {tmp_path}/none_text_document: the dataset is "
                                             "empty (0 documents, 0 tokens)")
+
+
+# -- item 12: ids past the vocabulary, and an index that disagrees with its sizes ---------------
+def test_token_id_past_the_vocabulary_names_file_and_document(tmp_path, spm_model):
+    """A .bin from another tokenizer: document 1 holds id 5000 under a 1000-id vocabulary (today
+    an IndexError from the embedding, or a silently wrong id below the padded vocabulary).
+    With loader workers, as in real runs, the user still gets one line."""
+    import numpy as np
+
+    from megalite.data.indexed import IndexedDatasetBuilder
+
+    prefix = str(tmp_path / "foreign")
+    with IndexedDatasetBuilder(prefix, np.uint16) as b:
+        b.add_documents(np.r_[np.arange(5, 45), np.arange(5, 20), 5000, np.arange(20, 45)].astype(np.uint16),
+                        np.array([40, 41]))
+    proc = run_tool("pretrain_gpt.py", *tiny_model_args(prefix, spm_model, train_iters=2, split="1",
+                                                        num_workers=2), check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines() == [(f"error: {prefix}.bin: document 1 holds token id 5000, outside the "
+                                            "vocabulary of 1000; the file is corrupt or was made with another "
+                                            "tokenizer")]
+
+
+def write_index(path, lengths, pointers, doc_idx, code=8):
+    import struct
+
+    import numpy as np
+
+    with open(path, "wb") as f:
+        f.write(struct.pack("<9sQBQQ", b"MMIDIDX\x00\x00", 1, code, len(lengths), len(doc_idx)))
+        f.write(np.asarray(lengths, "<i4").tobytes() + np.asarray(pointers, "<i8").tobytes()
+                + np.asarray(doc_idx, "<i8").tobytes())
+
+
+@pytest.mark.parametrize("lengths, pointers, doc_idx, bin_bytes, error", [
+    ([3, 4], [0, 8], [0, 1, 2], 14, "{idx}: sequence pointer 1 is 8, expected 6; the index is corrupt"),
+    ([3, 4], [0, 6], [0, 1, 5], 14, "{idx}: document indices must run from 0 to the sequence count"),
+    ([3, 4], [0, 6], [0, 2, 1, 2], 14, "{idx}: document indices are not increasing"),
+    ([3, -4], [0, 6], [0, 1, 2], 0, "{idx}: negative sequence length"),
+    ([3, 4], [0, 6], [0, 1, 2], 12, "{bin}: holds 12 bytes but {idx} describes 14; the file is truncated or "
+                                    "the .bin/.idx pair comes from different runs"),
+])
+def test_index_that_disagrees_with_sizes_is_refused_on_open(tmp_path, lengths, pointers, doc_idx, bin_bytes,
+                                                            error):
+    from megalite.errors import MegaliteError
+
+    prefix = str(tmp_path / "d")
+    write_index(prefix + ".idx", lengths, pointers, doc_idx)
+    (tmp_path / "d.bin").write_bytes(bytes(bin_bytes))
+    with pytest.raises(MegaliteError) as e:
+        IndexedDataset(prefix)
+    assert str(e.value) == error.format(idx=prefix + ".idx", bin=prefix + ".bin")
