@@ -32,11 +32,13 @@ def test_zero_documents_keep_the_existing_dataset(tmp_path, spm_model):
     bad = write_jsonl(tmp_path / "bad.jsonl", ["{not json", json.dumps({"title": "no text"})])
     empty = tmp_path / "empty.jsonl"
     empty.write_bytes(b"")
-    for src, counts in ((bad, "2 bad records, 0 empty texts"), (empty, "0 bad records, 0 empty texts")):
+    for src, counts in ((bad, f"2 bad records, 0 empty texts skipped; first: {bad}:1: bad JSON (Expecting "
+                              "property name enclosed in double quotes)"),
+                        (empty, "0 bad records, 0 empty texts skipped")):
         proc = preprocess(src, prefix, spm_model)
         assert proc.returncode == 1
         assert proc.stderr.splitlines() == [
-            f"error: --input {src}: no documents for {prefix}_text_document ({counts} skipped); nothing "
+            f"error: --input {src}: no documents for {prefix}_text_document ({counts}); nothing "
             "written, files already there are kept (--allow-empty writes an empty dataset)"]
         assert digest(*files) == before
         assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl", "empty.jsonl", "good.jsonl",
@@ -102,3 +104,36 @@ def test_index_that_disagrees_with_sizes_is_refused_on_open(tmp_path, lengths, p
     with pytest.raises(MegaliteError) as e:
         IndexedDataset(prefix)
     assert str(e.value) == error.format(idx=prefix + ".idx", bin=prefix + ".bin")
+
+
+# -- item 14: one huge JSONL line ---------------------------------------------------------------
+def test_line_over_max_line_bytes_is_a_bad_record_with_its_line_number(tmp_path, spm_model):
+    from megalite.data.tokenizer import build_tokenizer
+
+    at_limit = json.dumps({"text": "x" * 988})  # exactly 1000 bytes without its newline
+    assert len(at_limit) == 1000
+    src = write_jsonl(tmp_path / "c.jsonl", [{"text": "first"}, {"text": "y" * 5000}, at_limit, {"text": "last"}])
+    proc = preprocess(src, tmp_path / "out", spm_model, "--max-line-bytes", "1000")
+    assert proc.returncode == 0
+    assert f"{src}:2: 5012 bytes, over --max-line-bytes 1000" in proc.stdout.splitlines()[3]
+    tok = build_tokenizer("SentencePieceTokenizer", spm_model)
+    ds = IndexedDataset(str(tmp_path / "out_text_document"))
+    assert [list(ds[i]) for i in range(len(ds))] == [tok.encode(t) + [tok.eod] for t in ("first", "x" * 988, "last")]
+
+    proc = preprocess(src, tmp_path / "strict", spm_model, "--max-line-bytes", "1000", "--strict")
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines() == [f"error: {src}:2: 5012 bytes, over --max-line-bytes 1000 (drop --strict to "
+                                        "skip bad records)"]
+
+
+def test_a_10_mb_line_is_never_held_whole(tmp_path, spm_model):
+    """Peak memory of preprocessing one 10 MB line with the default limit: 53 MB here, 517 MB
+    before the limit (the line tokenized whole)."""
+    src = write_jsonl(tmp_path / "big.jsonl", [{"text": "word " * (2 << 20)}, {"text": "a small one"}])
+    code = ("import sys; from tools.preprocess_data import main; main(sys.argv[1:]); "  # VmHWM: this process's
+            "print([x for x in open('/proc/self/status') if x.startswith('VmHWM')][0].strip())")  # own peak (not pytest's)
+    proc = run_tool("-c", code, "--input", src, "--output-prefix", str(tmp_path / "o"), *SPM,
+                    "--tokenizer-model", spm_model)
+    lines = proc.stdout.splitlines()
+    assert f"  {src}:1: 10485772 bytes, over --max-line-bytes 8388608" in lines
+    assert int(lines[-1].split()[1]) < 150 * 1024, lines[-1]  # kB
