@@ -137,3 +137,53 @@ def test_a_10_mb_line_is_never_held_whole(tmp_path, spm_model):
     lines = proc.stdout.splitlines()
     assert f"  {src}:1: 10485772 bytes, over --max-line-bytes 8388608" in lines
     assert int(lines[-1].split()[1]) < 150 * 1024, lines[-1]  # kB
+
+
+# -- item 10: the precomputed reference log-probs cache -----------------------------------------
+def test_reference_log_probs_cache_is_loaded_safely_and_checked(tmp_path, capsys):
+    """A cached table is read with weights_only (a pickle that runs code is refused) and must be
+    finite log-probs of the pairs' shape: a wrong shape or 1e6 entries stop the run naming the
+    file, instead of training on them. A good cache is read back as written."""
+    import os
+    import pickle
+    from types import SimpleNamespace
+
+    import torch
+
+    from megalite.errors import MegaliteError
+    from megalite.posttrain.dpo import cached_scores
+
+    cfg = SimpleNamespace(training=SimpleNamespace(micro_batch_size=2))
+    trainer = SimpleNamespace(dtype=torch.float32, device=torch.device("cpu"))
+    items = SimpleNamespace(picks=None, stores=[SimpleNamespace(prefix=str(tmp_path / "abc-pairs.jsonl"))])
+    good = -torch.rand(4, 2) * 30
+
+    def scores(shape=(4, 2)):
+        return cached_scores(cfg, trainer, items, "fp", "pairs", lambda: good.clone(), shape)
+
+    assert torch.equal(scores(), good)  # scored, then cached
+    (path,) = [str(p) for p in tmp_path.iterdir() if p.name.endswith("-ref_logps.pt")]
+    assert torch.equal(cached_scores(cfg, trainer, items, "fp", "pairs", lambda: 1 / 0, (4, 2)), good)
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path}/pwned",))
+
+    expected = "{path}: {problem}, not the reference log-probs of shape [4, 2] this run needs; delete it to score " \
+               "them again"
+    for content, problem in [
+        (torch.zeros(3, 2), "holds a table of shape [3, 2]"),
+        (torch.full((4, 2), 1e6), "holds 1000000.0, not a log-probability"),
+        (torch.tensor([[0.0, float("nan")]] * 4), "holds nan, not a log-probability"),
+        (torch.zeros(4, 2, dtype=torch.int64), "holds torch.int64"),
+        (Payload(), "cannot be loaded as plain tensors (UnpicklingError)"),
+    ]:
+        with open(path, "wb") as f:
+            if isinstance(content, torch.Tensor):
+                torch.save(content, f)
+            else:
+                pickle.dump(content, f, protocol=2)
+        with pytest.raises(MegaliteError) as e:
+            scores()
+        assert str(e.value) == expected.format(path=path, problem=problem)
+    assert not (tmp_path / "pwned").exists()
