@@ -187,3 +187,52 @@ def test_reference_log_probs_cache_is_loaded_safely_and_checked(tmp_path, capsys
             scores()
         assert str(e.value) == expected.format(path=path, problem=problem)
     assert not (tmp_path / "pwned").exists()
+
+
+# -- item 11: dataset_info.json naming files outside its folder -----------------------------------
+def folder_state(folder):
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+            for p in sorted(folder.rglob("*"))}
+
+
+def test_dataset_info_file_name_outside_its_folder_is_refused(tmp_path, spm_model):
+    """A downloaded dataset_info.json whose file_name is ../.. or absolute: today the file is read
+    and its tokenized cache written next to it, outside the folder. Refused, nothing written;
+    a file inside (also in a subfolder) works, its cache stays in the folder."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    write_jsonl(outside / "secret.jsonl", [{"instruction": "hi", "output": "there"}])
+    data = tmp_path / "home" / "ds"
+    (data / "sub").mkdir(parents=True)
+    write_jsonl(data / "sub" / "qa.jsonl", [{"instruction": "hi", "output": "there"}])
+    (data / "dataset_info.json").write_text(json.dumps({
+        "up": {"file_name": "../../outside/secret.jsonl"},
+        "abs": {"file_name": str(outside / "secret.jsonl")},
+        "dot": {"file_name": "."},
+        "ok": {"file_name": "sub/../sub/qa.jsonl"},
+    }))
+    before = folder_state(tmp_path)
+    for name, file_name in (("up", "../../outside/secret.jsonl"), ("abs", str(outside / "secret.jsonl")),
+                            ("dot", ".")):
+        proc = run_tool("tools/preprocess_sft.py", "--sft-data", name, "--sft-dataset-dir", str(data),
+                        "--seq-length", "64", *SPM, "--tokenizer-model", spm_model, "--chat-template", "chatml",
+                        check=False)
+        assert proc.returncode == 1
+        assert proc.stderr.splitlines() == [
+            f"error: {data}/dataset_info.json: data set {name!r}: file_name {file_name!r} is not inside {data}; a "
+            "dataset_info.json may only name files in its own folder (give a file elsewhere to --sft-data by its "
+            "path)"]
+        assert folder_state(tmp_path) == before
+
+    proc = run_tool("tools/preprocess_sft.py", "--sft-data", "ok", "--sft-dataset-dir", str(data), "--seq-length",
+                    "64", *SPM, "--tokenizer-model", spm_model, "--chat-template", "chatml")
+    assert "1 examples" in proc.stdout
+    written = set(folder_state(tmp_path)) - set(before)
+    assert written and all(k.startswith("home/ds/sub/cache") for k in written), written
+
+    from megalite.data.sft_formats import resolve_sources  # preference data (DPO, KTO, RM) resolves the same way
+    from megalite.errors import MegaliteError
+
+    (data / "dataset_info.json").write_text(json.dumps({"up": {"file_name": "../x.jsonl", "ranking": True}}))
+    with pytest.raises(MegaliteError, match=r"^.*data set 'up': file_name '../x.jsonl' is not inside .*--pref-data"):
+        resolve_sources("up", str(data), "--pref-data", ranking=True)
