@@ -177,10 +177,13 @@ def test_reference_log_probs_cache_is_loaded_safely_and_checked(tmp_path, capsys
         (torch.tensor([[0.0, float("nan")]] * 4), "holds nan, not a log-probability"),
         (torch.zeros(4, 2, dtype=torch.int64), "holds torch.int64"),
         (Payload(), "cannot be loaded as plain tensors (UnpicklingError)"),
+        (b"", "cannot be loaded as plain tensors (EOFError)"),
     ]:
         with open(path, "wb") as f:
             if isinstance(content, torch.Tensor):
                 torch.save(content, f)
+            elif isinstance(content, bytes):
+                f.write(content)
             else:
                 pickle.dump(content, f, protocol=2)
         with pytest.raises(MegaliteError) as e:
