@@ -239,3 +239,13 @@ def test_dataset_info_file_name_outside_its_folder_is_refused(tmp_path, spm_mode
     (data / "dataset_info.json").write_text(json.dumps({"up": {"file_name": "../x.jsonl", "ranking": True}}))
     with pytest.raises(MegaliteError, match=r"^.*data set 'up': file_name '../x.jsonl' is not inside .*--pref-data"):
         resolve_sources("up", str(data), "--pref-data", ranking=True)
+
+
+def test_megatron_index_with_an_empty_document_opens(tmp_path):
+    """Megatron allows a document without sequences (a repeated document index): it reads as empty."""
+    prefix = str(tmp_path / "d")
+    write_index(prefix + ".idx", [3, 4], [0, 6], [0, 1, 1, 2])
+    (tmp_path / "d.bin").write_bytes(bytes(range(14)))
+    ds = IndexedDataset(prefix)
+    assert [ds.document(d).tolist() for d in range(ds.num_documents)] == [[256, 770, 1284], [], [1798, 2312, 2826,
+                                                                                              3340]]

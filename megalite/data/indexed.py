@@ -128,7 +128,7 @@ class IndexedDataset:
         lo, hi = int(self.document_indices[d]), int(self.document_indices[d + 1])
         if hi - lo == 1:
             return self.get(lo)
-        return np.concatenate([self.get(i) for i in range(lo, hi)])
+        return np.concatenate([self.get(i) for i in range(lo, hi)] or [np.empty(0, self.dtype)])  # may be empty
 
 
 class _Index:
