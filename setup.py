@@ -36,7 +36,7 @@ setup(
     ext_modules=[Pybind11Extension("megalite._helpers", ["csrc/helpers.cpp"], cxx_std=17)],
     cmdclass={"build_ext": build_ext},
     install_requires=[
-        "torch>=2.5",
+        "torch>=2.6",  # torch.load defaults to weights_only=True from 2.6
         "numpy>=1.24",
         "sentencepiece>=0.1.99",
         "tokenizers>=0.15",

@@ -69,6 +69,9 @@ def build_gpt_datasets(
     """[train, valid, test] datasets (None where a split is empty or asked for no samples)."""
     prefixes, weights = parse_data_path(data_path)
     indexed = [IndexedDataset(p) for p in prefixes]
+    for p, ds in zip(prefixes, indexed):
+        if ds.num_tokens == 0:
+            raise MegaliteError(f"--data-path {p}: the dataset is empty ({ds.num_documents} documents, 0 tokens)")
     split_weights = parse_split(config.split)
     ranges = [split_ranges(len(ds), split_weights) for ds in indexed]
     out: List[Optional[object]] = []
@@ -76,6 +79,9 @@ def build_gpt_datasets(
         n = num_samples[s] if s < len(num_samples) else None
         parts = [(ds, r[s]) for ds, r in zip(indexed, ranges)]
         if n == 0 or all(hi <= lo for _, (lo, hi) in parts):
+            if name == "train" and n:
+                raise MegaliteError(f"--split {config.split} leaves no documents for training in --data-path "
+                                    + " ".join(prefixes))
             out.append(None)
             continue
         if len(parts) == 1:

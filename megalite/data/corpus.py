@@ -6,6 +6,11 @@ consumed, which for preprocessing is a worker process, so the reading process st
 Columnar sources yield dicts. Every record carries ``(source, line number)`` so bad input
 can be reported precisely.
 
+A line longer than ``max_line_bytes`` is never held whole: it is read past in pieces and
+stands as an ``OversizedLine`` record, which parsing reports as a bad record with its line
+number (tokenizing costs about 45 bytes of memory per byte of text, so one huge line would
+otherwise decide a worker's memory).
+
 ``rank`` / ``world_size`` select records ``i`` with ``i % world_size == rank``, counting over
 all inputs in order: a deterministic share for each job of a SLURM array.
 """
@@ -16,7 +21,7 @@ import io
 import json
 import os
 from dataclasses import dataclass
-from typing import Iterator, List, Optional, Sequence, Union
+from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
 from megalite.errors import MegaliteError
 
@@ -25,13 +30,21 @@ COLUMNAR_SUFFIXES = (".parquet", ".arrow")
 TEXT_SUFFIXES = (".txt",)
 
 
+@dataclass(frozen=True)
+class OversizedLine:
+    """Stands for a line (or ``.txt`` file) of ``nbytes`` that was not read because it exceeds ``limit``."""
+
+    nbytes: int
+    limit: int
+
+
 @dataclass
 class RecordBatch:
     """A run of records from one source file."""
 
     source: str
     line_numbers: List[int]
-    records: List[Union[bytes, dict]]
+    records: List[Union[bytes, dict, OversizedLine]]
     nbytes: int = 0  # bytes of (uncompressed) input this batch covers, for progress
 
     def __len__(self) -> int:
@@ -89,8 +102,10 @@ def read_batches(
     batch_bytes: int = 1 << 20,
     rank: int = 0,
     world_size: int = 1,
+    max_line_bytes: Optional[int] = None,
 ) -> Iterator[RecordBatch]:
-    """Yield batches of about ``batch_bytes`` of input, keeping records of this rank only."""
+    """Yield batches of about ``batch_bytes`` of input, keeping records of this rank only; lines
+    (and ``.txt`` files) over ``max_line_bytes`` come as ``OversizedLine`` records."""
     if not 0 <= rank < world_size:
         raise MegaliteError(f"--rank {rank} must be in [0, --world-size {world_size})")
     counter = _RankFilter(rank, world_size)
@@ -98,7 +113,7 @@ def read_batches(
         if path.endswith(COLUMNAR_SUFFIXES):
             yield from _columnar_batches(path, counter)
         else:
-            yield from _line_batches(path, batch_bytes, counter)
+            yield from _line_batches(path, batch_bytes, counter, max_line_bytes)
 
 
 class _RankFilter:
@@ -127,31 +142,59 @@ def _open_binary(path: str) -> io.BufferedIOBase:
     return open(path, "rb", buffering=1 << 20)
 
 
-def _line_batches(path: str, batch_bytes: int, counter: _RankFilter) -> Iterator[RecordBatch]:
+def _line_batches(path: str, batch_bytes: int, counter: _RankFilter,
+                  max_line_bytes: Optional[int] = None) -> Iterator[RecordBatch]:
     """JSONL records (raw lines), or for .txt files the whole file as one text record."""
     if path.endswith(TEXT_SUFFIXES):
-        with open(path, encoding="utf-8", errors="replace") as f:
-            text = f.read()
-        if counter.keep(1):
-            yield RecordBatch(path, [1], [{"text": text}], nbytes=os.path.getsize(path))
+        size = os.path.getsize(path)
+        if not counter.keep(1):
+            return
+        if max_line_bytes and size > max_line_bytes:
+            record = OversizedLine(size, max_line_bytes)
+        else:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                record = {"text": f.read()}
+        yield RecordBatch(path, [1], [record], nbytes=size)
         return
     line_no = 0
     try:
         with _open_binary(path) as f:
             while True:
-                lines = f.readlines(batch_bytes)
+                lines, nbytes = _read_lines(f, batch_bytes, max_line_bytes)
                 if not lines:
                     break
                 keep = counter.keep(len(lines))
                 nums = [line_no + 1 + i for i in keep]
                 line_no += len(lines)
-                yield RecordBatch(path, nums, [lines[i] for i in keep], nbytes=sum(map(len, lines)))
+                yield RecordBatch(path, nums, [lines[i] for i in keep], nbytes=nbytes)
     except (OSError, EOFError) as e:
         raise MegaliteError(f"{path}: cannot read ({e}); the file is truncated or corrupt") from e
     except Exception as e:  # zstandard raises its own ZstdError
         if type(e).__name__ == "ZstdError":
             raise MegaliteError(f"{path}: cannot decompress ({e}); the file is truncated or corrupt") from e
         raise
+
+
+def _read_lines(f, batch_bytes: int, max_line_bytes: Optional[int]) -> Tuple[list, int]:
+    """(lines, bytes read): whole lines up to about ``batch_bytes``, a line longer than
+    ``max_line_bytes`` (its newline not counted) read past in 1 MiB pieces and kept as an
+    ``OversizedLine``."""
+    lines, nbytes = [], 0
+    while nbytes < batch_bytes:
+        line = f.readline(max_line_bytes + 1) if max_line_bytes else f.readline()
+        if not line:
+            break
+        n = len(line)
+        if max_line_bytes and n - line.endswith(b"\n") > max_line_bytes:
+            while not line.endswith(b"\n"):
+                line = f.readline(1 << 20)
+                if not line:
+                    break
+                n += len(line)
+            line = OversizedLine(n - line.endswith(b"\n"), max_line_bytes)
+        lines.append(line)
+        nbytes += n
+    return lines, nbytes
 
 
 def _columnar_batches(path: str, counter: _RankFilter) -> Iterator[RecordBatch]:
@@ -196,6 +239,8 @@ def _arrow_tables(path: str, pa):
 def parse_record(record: Union[bytes, dict], key: str) -> dict:
     """The record as a dict holding a string under ``key``; raises ValueError with a short
     reason for malformed records."""
+    if isinstance(record, OversizedLine):
+        raise ValueError(f"{record.nbytes} bytes, over --max-line-bytes {record.limit}")
     if isinstance(record, (bytes, str)):
         try:
             record = json.loads(record)

@@ -22,7 +22,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from megalite.data.helpers import build_sample_index
-from megalite.data.indexed import IndexedDataset, idx_path
+from megalite.data.indexed import IndexedDataset, bin_path, idx_path
 from megalite.errors import MegaliteError
 from megalite.utils.atomic import atomic_write
 
@@ -44,6 +44,7 @@ class GPTDatasetConfig:
     eod_id: Optional[int] = None  # with eod_mask_loss, labels equal to eod get no loss
     pad_id: int = 0  # fills a partial last sample (when it is kept); masked from the loss
     eod_mask_loss: bool = False
+    vocab_size: Optional[int] = None  # ids must be below it (the model's side passes it in); None: unchecked
 
 
 def parse_split(split: str) -> List[float]:
@@ -197,20 +198,34 @@ class GPTDataset:
     def sample_tokens(self, i: int) -> np.ndarray:
         """The ``seq_length + 1`` token ids of sample ``i`` (after shuffling), padded if partial."""
         cfg = self.config
-        want = cfg.seq_length + int(cfg.add_extra_token)
-        s = int(self.shuffle_index[i])
+        s, extra = int(self.shuffle_index[i]), int(cfg.add_extra_token)
+        want = cfg.seq_length + extra
         (d0, off0), (d1, off1) = self.sample_index[s], self.sample_index[s + 1]
         d0, off0, d1, off1 = int(d0), int(off0), int(d1), int(off1)
-        if d0 == d1:
-            parts = [self.indexed.get(int(self.document_index[d0]), off0, off1 - off0 + int(cfg.add_extra_token))]
+        if d0 == d1:  # (position in document_index, offset, length) of each piece
+            spans = [(d0, off0, off1 - off0 + extra)]
         else:
-            parts = [self.indexed.get(int(self.document_index[d0]), off0)]
-            parts += [self.indexed.get(int(self.document_index[d])) for d in range(d0 + 1, d1)]
-            parts.append(self.indexed.get(int(self.document_index[d1]), 0, off1 + int(cfg.add_extra_token)))
+            spans = [(d0, off0, None), *((d, 0, None) for d in range(d0 + 1, d1)), (d1, 0, off1 + extra)]
+        docs = [int(self.document_index[d]) for d, _, _ in spans]
+        parts = [self.indexed.get(doc, off, n) for doc, (_, off, n) in zip(docs, spans)]
         tokens = np.concatenate(parts).astype(np.int64)
+        if cfg.vocab_size is not None and len(tokens) and (tokens.max() >= cfg.vocab_size or tokens.min() < 0):
+            self._refuse_ids(parts, docs)
         if len(tokens) < want:
             tokens = np.concatenate([tokens, np.full(want - len(tokens), -1, dtype=np.int64)])
         return tokens
+
+    def _refuse_ids(self, parts, docs) -> None:
+        """One line naming the file and the first document of the sample with an id outside the
+        vocabulary (a corrupt .bin, or one made with another tokenizer), before the embedding
+        meets it."""
+        vocab = self.config.vocab_size
+        for part, doc in zip(parts, docs):
+            bad = part[(part >= vocab) | (part < 0)]
+            if len(bad):
+                raise MegaliteError(f"{bin_path(self.indexed.path_prefix)}: document {doc} holds token id "
+                                    f"{int(bad[0])}, outside the vocabulary of {vocab}; the file is corrupt or "
+                                    "was made with another tokenizer")
 
     def __getitem__(self, i: int) -> Dict[str, np.ndarray]:
         return make_lm_sample(self.sample_tokens(i), self.config)

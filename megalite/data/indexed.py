@@ -128,7 +128,7 @@ class IndexedDataset:
         lo, hi = int(self.document_indices[d]), int(self.document_indices[d + 1])
         if hi - lo == 1:
             return self.get(lo)
-        return np.concatenate([self.get(i) for i in range(lo, hi)])
+        return np.concatenate([self.get(i) for i in range(lo, hi)] or [np.empty(0, self.dtype)])  # may be empty
 
 
 class _Index:
@@ -229,6 +229,10 @@ class IndexedDatasetBuilder:
         self._open_doc_start = 0  # first sequence of the document being built by add_item
         self._limit = np.iinfo(self.dtype).max if self.dtype.kind in "iu" else None
         self._closed = False
+
+    @property
+    def num_sequences(self) -> int:
+        return self._n_seq
 
     # -- appending -------------------------------------------------------------------------
     def _write_tokens(self, tokens: np.ndarray) -> None:

@@ -22,6 +22,10 @@ from megalite.errors import MegaliteError
 from megalite.utils.progress import Progress
 
 MAX_BAD_EXAMPLES = 20
+# Tokenizing costs about 45 bytes of memory per byte of text (ids as Python ints, the
+# tokenizer's own buffers): 8 MiB lines keep a worker under ~0.4 GB and lose almost no real
+# document (books are 1-5 MB).
+MAX_LINE_BYTES = 8 << 20
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,8 @@ class PreprocessConfig:
     strict: bool = False
     batch_bytes: int = 1 << 20
     log_interval: float = 10.0
+    max_line_bytes: int = MAX_LINE_BYTES  # longer lines (and .txt files) are bad records; 0: no limit
+    allow_empty: bool = False  # write an output that got no documents (else: an error, nothing written)
 
 
 @dataclass
@@ -142,6 +148,8 @@ def output_prefix(prefix: str, key: str, rank: int = 0, world_size: int = 1) -> 
 def preprocess(cfg: PreprocessConfig) -> Summary:
     if cfg.workers < 1:
         raise MegaliteError(f"--workers {cfg.workers} must be at least 1")
+    if cfg.max_line_bytes < 0:
+        raise MegaliteError(f"--max-line-bytes {cfg.max_line_bytes} must be 0 (no limit) or more")
     if not cfg.json_keys:
         raise MegaliteError("--json-keys needs at least one key")
     files = expand_inputs(cfg.inputs)
@@ -151,7 +159,7 @@ def preprocess(cfg: PreprocessConfig) -> Summary:
     builders = {k: IndexedDatasetBuilder(p, dtype) for k, p in prefixes.items()}
     summary = Summary(outputs=list(prefixes.values()))
     progress = Progress("preprocess", total_bytes(files), interval=cfg.log_interval)
-    batches = read_batches(files, cfg.batch_bytes, cfg.rank, cfg.world_size)
+    batches = read_batches(files, cfg.batch_bytes, cfg.rank, cfg.world_size, cfg.max_line_bytes)
     init_args = (cfg.tokenizer, tuple(cfg.json_keys), cfg.append_eod)
     pool = None
     try:
@@ -164,6 +172,8 @@ def preprocess(cfg: PreprocessConfig) -> Summary:
         for r in results:
             _collect(r, builders, summary, cfg.strict)
             progress.update(r.nbytes, docs=r.documents, tokens=sum(len(t) for t, _ in r.tokens.values()))
+        if not cfg.allow_empty:
+            _refuse_empty(cfg, builders, summary)
         for b in builders.values():
             b.finalize()
     except BaseException:
@@ -179,6 +189,18 @@ def preprocess(cfg: PreprocessConfig) -> Summary:
             pool.join()
     summary.seconds = progress.elapsed
     return summary
+
+
+def _refuse_empty(cfg: PreprocessConfig, builders, summary: Summary) -> None:
+    """An output without documents is an error: publishing it would replace a good dataset at
+    that prefix with an empty one, and training on it cannot work."""
+    empty = [b.path_prefix for b in builders.values() if b.num_sequences == 0]
+    if empty:
+        first = f"; first: {summary.bad_examples[0]}" if summary.bad_examples else ""
+        raise MegaliteError(
+            f"--input {' '.join(cfg.inputs)}: no documents for {', '.join(empty)} ({summary.bad} bad records, "
+            f"{summary.empty} empty texts skipped{first}); nothing written, files already there are kept "
+            "(--allow-empty writes an empty dataset)")
 
 
 def _bounded_imap(pool, fn, items, max_inflight: int):

@@ -92,7 +92,7 @@ def resolve_sources(spec: str, dataset_dir: Optional[str] = None, flag: str = "-
     sources = []
     for weight, name in parse_data_spec(spec, flag):
         if name in info:
-            sources.append(_source_from_info(name, info[name], dataset_dir, weight, ranking))
+            sources.append(_source_from_info(name, info[name], dataset_dir, weight, ranking, flag))
             continue
         path = name
         if dataset_dir and not os.path.isabs(name) and os.path.exists(os.path.join(dataset_dir, name)):
@@ -120,7 +120,8 @@ def _read_dataset_info(dataset_dir: str) -> dict:
     return info
 
 
-def _source_from_info(name: str, entry: dict, dataset_dir: str, weight, ranking: bool = False) -> SFTSource:
+def _source_from_info(name: str, entry: dict, dataset_dir: str, weight, ranking: bool = False,
+                      flag: str = "--sft-data") -> SFTSource:
     where = f"{os.path.join(dataset_dir, DATASET_INFO)}: data set {name!r}"
     if not isinstance(entry, dict) or "file_name" not in entry:
         raise MegaliteError(f"{where}: needs a local 'file_name' (hub and script data sets are not supported)")
@@ -133,7 +134,23 @@ def _source_from_info(name: str, entry: dict, dataset_dir: str, weight, ranking:
     columns, tags = entry.get("columns") or {}, entry.get("tags") or {}
     if not isinstance(columns, dict) or not isinstance(tags, dict):
         raise MegaliteError(f"{where}: 'columns' and 'tags' must be objects")
-    return SFTSource(os.path.join(dataset_dir, entry["file_name"]), formatting, dict(columns), dict(tags), weight)
+    return SFTSource(_inside(dataset_dir, entry["file_name"], where, flag), formatting, dict(columns), dict(tags),
+                     weight)
+
+
+def _inside(dataset_dir: str, file_name, where: str, flag: str) -> str:
+    """``file_name`` of a dataset_info.json entry as a path inside ``dataset_dir``. The file may
+    come from anyone, and its caches are written beside the data: ``../..`` or an absolute path
+    would read, and write next to, files outside the folder. A file named on the command line
+    (``flag``) may be anywhere."""
+    if not isinstance(file_name, str) or not file_name:
+        raise MegaliteError(f"{where}: 'file_name' must be a non-empty string")
+    root = os.path.abspath(dataset_dir)
+    path = os.path.normpath(os.path.join(root, file_name))
+    if os.path.isabs(file_name) or os.path.commonpath([root, path]) != root or path == root:
+        raise MegaliteError(f"{where}: file_name {file_name!r} is not inside {dataset_dir}; a dataset_info.json may "
+                            f"only name files in its own folder (give a file elsewhere to {flag} by its path)")
+    return os.path.join(dataset_dir, file_name)
 
 
 def _is_number(text: str) -> bool:

@@ -268,7 +268,8 @@ def precomputed(cfg, trainer, reference, weights):
     score again."""
     fingerprint = weights_fingerprint(weights, trainer.device)
     tables = [None if ds is None else cached_scores(cfg, trainer, ds.items, fingerprint, "pairs",
-                                                    lambda ds=ds: score_items(cfg, trainer, reference, ds, 2))
+                                                    lambda ds=ds: score_items(cfg, trainer, reference, ds, 2),
+                                                    (len(ds.items), 2))
               for ds in (trainer.train_ds, trainer.valid_ds)]
 
     def look_up(steps_batch):
@@ -296,11 +297,13 @@ def score_items(cfg, trainer, reference, ds, rows: int, index_key: str = "pair_i
     return score_once(reference, batch, index_key, rows, n, trainer.device)
 
 
-def cached_scores(cfg, trainer, items, fingerprint: str, what: str, score) -> torch.Tensor:
+def cached_scores(cfg, trainer, items, fingerprint: str, what: str, score, shape: Tuple[int, int]) -> torch.Tensor:
     """A table of reference log-probs of ``items`` (cached pairs or KTO examples), from the cache
     or ``score()`` (and cached). The cache file is named by a hash of the items' cache entries
     (and the held-out split), the reference weights' ``fingerprint``, the dtype, the layout that
-    scores them and ``what`` the table holds."""
+    scores them and ``what`` the table holds. A cached table is loaded as plain tensors only and
+    must have ``shape`` ([items, rows]) and finite log-probs (<= 0), else the run stops naming
+    the file (``check_table``); it is never rescored over silently."""
     import hashlib
 
     from megalite.parallel import state
@@ -316,13 +319,37 @@ def cached_scores(cfg, trainer, items, fingerprint: str, what: str, score) -> to
     if torch.distributed.is_initialized():  # every rank takes the same branch
         torch.distributed.all_reduce(found, op=torch.distributed.ReduceOp.MIN)
     if found.item():
-        return torch.load(path, map_location=trainer.device)
+        return check_table(path, shape).to(trainer.device)
     table = score()
     if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
         with atomic_write(path, "wb") as f:
             torch.save(table.cpu(), f)
         print(f"reference log-probs ({what}) cached in {path}", flush=True)
     return table
+
+
+def check_table(path: str, shape: Tuple[int, int]) -> torch.Tensor:
+    """The table cached at ``path``, loaded with ``weights_only`` (no code runs), if it is a float
+    tensor of ``shape`` holding finite log-probs (<= 0, with room for rounding); otherwise one
+    error naming the file: a damaged or foreign file would train on wrong references silently."""
+    import pickle
+
+    try:
+        table = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
+        problem = f"cannot be loaded as plain tensors ({type(e).__name__})"
+    else:
+        if not isinstance(table, torch.Tensor) or not table.is_floating_point():
+            problem = f"holds {type(table).__name__ if not isinstance(table, torch.Tensor) else table.dtype}"
+        elif tuple(table.shape) != tuple(shape):
+            problem = f"holds a table of shape {list(table.shape)}"
+        elif not torch.isfinite(table).all() or table.max() > 1e-3:
+            bad = table[~torch.isfinite(table) | (table > 1e-3)][0].item()
+            problem = f"holds {bad}, not a log-probability"
+        else:
+            return table
+    raise MegaliteError(f"{path}: {problem}, not the reference log-probs of shape {list(shape)} this run needs; "
+                        "delete it to score them again")
 
 
 def weights_fingerprint(model, device) -> str:

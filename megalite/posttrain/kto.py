@@ -161,9 +161,9 @@ def precomputed(cfg, trainer, live, weights, kl: bool):
             tables.append(None)
             continue
         examples = cached_scores(cfg, trainer, ds.items, fingerprint, "examples",
-                                 lambda: score_items(cfg, trainer, live, ds, 1, "example_index"))
+                                 lambda: score_items(cfg, trainer, live, ds, 1, "example_index"), (len(ds.items), 1))
         kl_rows = cached_scores(cfg, trainer, ds.items, fingerprint, f"KL rows of {len(ds)} samples, seed {ds.seed}",
-                                lambda: score_kl_rows(ds)) if kl else None
+                                lambda: score_kl_rows(ds), (len(ds), 1)) if kl else None
         tables.append((examples, kl_rows))
 
     def look_up(batch):

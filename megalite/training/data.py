@@ -57,6 +57,7 @@ def build_datasets(cfg: Config, tokenizer: Optional[Tokenizer], train_samples: i
         seq_length=d.seq_length, seed=t.seed, split=d.split, data_cache_path=d.data_cache_path,
         eod_id=tokenizer.eod if tokenizer else None, pad_id=(tokenizer.pad or 0) if tokenizer else 0,
         eod_mask_loss=d.eod_mask_loss,
+        vocab_size=tokenizer.vocab_size if tokenizer else cfg.model.padded_vocab_size,  # what the ids may reach
     )
     if d.mock_data:
         vocab = tokenizer.vocab_size if tokenizer else cfg.model.vocab_size
@@ -114,6 +115,18 @@ def microbatches(it: Iterator, n: int, device) -> List[dict]:
     """The next ``n`` micro-batches, on ``device``."""
     out = []
     for _ in range(n):
-        mb = next(it)
+        try:
+            mb = next(it)
+        except MegaliteError as e:
+            raise _own_line(e) from None
         out.append({k: v.to(device, non_blocking=True) for k, v in mb.items()})
     return out
+
+
+def _own_line(e: MegaliteError) -> MegaliteError:
+    """A dataset's MegaliteError raised in a loader worker arrives wrapped in torch's report
+    ("Caught MegaliteError in DataLoader worker ...", the worker's traceback, then the error's
+    own line); the user gets that one line."""
+    text, marker = str(e), f"{MegaliteError.__name__}: "
+    last = text.rstrip().splitlines()[-1] if text.strip() else ""
+    return MegaliteError(last.split(marker, 1)[1]) if text.startswith("Caught ") and marker in last else e
