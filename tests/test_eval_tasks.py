@@ -167,3 +167,21 @@ def test_unknown_harness_task(trained):
     with pytest.raises(MegaliteError, match="unknown lm-eval task no_such_task: not among lm-eval's tasks or in"):
         main(["--load", str(trained / "ck"), "--tasks", "no_such_task", "--include-path",
               os.path.join(REPO, "examples", "eval_tasks")])
+
+
+@pytest.mark.parametrize("template", ["llama2", "mistral", "alpaca"])
+def test_evaluation_prompts_render_special_tokens_as_training_does(spm_model, template):
+    """Generation metrics and lm-eval's chat path see the BOS / EOS texts a template emits."""
+    from megalite.data.chat import BUILTIN, render_chat
+    from megalite.data.tokenizer import build_tokenizer
+    from megalite.eval.harness import MegaliteLM
+    from megalite.eval.predict import Example, render_prompt
+
+    tok = build_tokenizer("SentencePieceTokenizer", spm_model)
+    chat = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
+            {"role": "user", "content": "Why?"}]
+    trained_as = render_chat(BUILTIN[template], chat, True, **tok.special_tokens)
+    assert "</s>" in trained_as
+    assert render_prompt(Example(chat, "x"), BUILTIN[template], tok) == trained_as
+    lm = MegaliteLM(model=torch.nn.Linear(1, 1), tokenizer=tok, max_length=8, chat_template=BUILTIN[template])
+    assert lm.apply_chat_template(chat) == trained_as

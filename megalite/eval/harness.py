@@ -94,7 +94,7 @@ class MegaliteLM(TemplateLM):
         if self.template is None:
             raise MegaliteError("the tokenizer has no chat template: pass chat_template=chatml (or a Jinja file) in "
                                 "model_args, or --chat-template to eval_gpt.py")
-        return render_chat(self.template, chat_history, add_generation_prompt)
+        return render_chat(self.template, chat_history, add_generation_prompt, **self.tok.special_tokens)
 
     # -- requests ---------------------------------------------------------------------------------
     def _loglikelihood_tokens(self, requests: Sequence[Tuple], disable_tqdm: bool = False,

@@ -52,9 +52,10 @@ def read_sft_examples(path: str) -> List[Example]:
     return out
 
 
-def render_prompt(example: Example, template: Optional[str]) -> str:
+def render_prompt(example: Example, template: Optional[str], tok: Tokenizer) -> str:
+    """The prompt text as training rendered it: the template sees the tokenizer's special tokens."""
     if template is not None:
-        return render_chat(template, example.messages, add_generation_prompt=True)
+        return render_chat(template, example.messages, add_generation_prompt=True, **tok.special_tokens)
     if len(example.messages) > 1:
         raise MegaliteError("conversations with a system prompt, history or several messages need a chat template "
                             "(--chat-template chatml, or a tokenizer that has one)")
@@ -67,7 +68,7 @@ def predict(model, tok: Tokenizer, examples: Sequence[Example], template: Option
     stops = ["<|im_end|>"] if template and "<|im_end|>" in template else []
     sampling = Sampling(stop_ids=[tok.eod], stop_strings=stops)
     pad = tok.pad if tok.pad is not None else tok.eod
-    prompts = [render_prompt(e, template) for e in examples]
+    prompts = [render_prompt(e, template, tok) for e in examples]
     out = []
     for start in range(0, len(prompts), batch_size):
         batch = prompts[start : start + batch_size]
