@@ -133,6 +133,8 @@ def test_export_encodes_like_sentencepiece(name, train, tmp_path):
         ids, offsets = ours.encode_with_offsets(text)
         assert ids == ours.encode(text)
         assert all(0 <= a <= b <= len(text) for a, b in offsets)
+        whole = set(ours.special_texts.values()) - {ours.unk}  # the model also emits unk for unknown characters
+        assert all(text[a:b] == ours.id_to_token(i) for i, (a, b) in zip(ids, offsets) if i in whole)
     for text, i in ours.special_texts.items():
         assert ours.encode(text) == [i] == hf(text, add_special_tokens=False).input_ids
 
@@ -165,3 +167,10 @@ def test_whitespace_as_suffix_is_refused(train):
     model = train("suffix", {"treat_whitespace_as_suffix": True})
     with pytest.raises(MegaliteError, match=f"^{model}: a dummy prefix with treat_whitespace_as_suffix"):
         SentencePieceTokenizer(model)
+
+
+def test_a_file_that_is_not_a_sentencepiece_model(tmp_path):
+    for name, data in (("garbage.model", b"\x0f not a model"), ("empty.model", b"")):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(MegaliteError, match=f"^{tmp_path / name}: not a sentencepiece model$"):
+            SentencePieceTokenizer(str(tmp_path / name))

@@ -186,14 +186,17 @@ SPM_WHOLE_TYPES = (2, 3, 4)  # ModelProto.SentencePiece types UNKNOWN, CONTROL, 
 
 def read_spm_proto(model_file: str):
     """The ``ModelProto`` of a sentencepiece model file (its pieces, trainer and normalizer specs)."""
+    from google.protobuf.message import DecodeError
     from sentencepiece import sentencepiece_model_pb2 as pb
 
     proto = pb.ModelProto()
     with open(model_file, "rb") as f:
         try:
             proto.ParseFromString(f.read())
-        except Exception as e:  # protobuf's DecodeError; its module path differs between versions
-            raise MegaliteError(f"{model_file}: not a sentencepiece model ({e})") from e
+        except DecodeError:
+            proto.Clear()
+    if not proto.pieces:
+        raise MegaliteError(f"{model_file}: not a sentencepiece model")
     return proto
 
 
@@ -251,8 +254,8 @@ class HuggingFaceTokenizer(_TokenizersLibTokenizer):
         specials = {**config, **_read_json(os.path.join(folder, "special_tokens_map.json"))}
         tok = RustTokenizer.from_file(file)
         eod = _token_str(specials.get("eos_token")) or _guess_eod(tok)
-        extra = [_token_str(t) for key in ("additional_special_tokens", "extra_special_tokens")
-                 for t in (specials.get(key) or [])]
+        extra = [specials.get(key) or [] for key in ("additional_special_tokens", "extra_special_tokens")]
+        extra = [_token_str(t) for tokens in extra for t in (tokens.values() if isinstance(tokens, dict) else tokens)]
         self._setup(tok, eod, _token_str(specials.get("bos_token")), _token_str(specials.get("pad_token")), file,
                     _token_str(specials.get("unk_token")),
                     [_token_str(specials.get(name)) for name in _TEMPLATE_SPECIALS] + extra)
