@@ -18,6 +18,11 @@ import numpy as np
 from megalite.errors import MegaliteError
 
 
+# Raised when the same files encode differently from before (caches keyed by fingerprint()
+# are then rebuilt): 2 = special-token texts encode to their ids.
+ENCODING_VERSION = 2
+
+
 class Tokenizer(ABC):
     vocab_size: int
     eod: int
@@ -76,7 +81,7 @@ class Tokenizer(ABC):
 
     def fingerprint(self) -> str:
         """A digest of the files this tokenizer was built from: equal digests encode equally."""
-        digest = hashlib.md5(type(self).__name__.encode())
+        digest = hashlib.md5(f"{type(self).__name__} {ENCODING_VERSION}".encode())
         for path in self.source_files:
             digest.update(os.path.basename(path).encode())
             if os.path.isfile(path):
