@@ -44,12 +44,13 @@ def _spm_to_tokenizers(model_file: str):
     if spec.escape_whitespaces:
         steps.append(normalizers.Replace(" ", SPACE_MARK))
     if spec.add_dummy_prefix:  # before a non-empty text that does not start with a special token
-        starts = "".join("|" + re.escape(p.piece) for p in sorted(whole, key=lambda p: -len(p.piece)))
+        starts = "".join("|" + re.escape(p.piece) for p in whole)
         steps.append(normalizers.Replace(Regex(r"\A(?!\z" + starts + ")"), SPACE_MARK))
     tok.normalizer = normalizers.Sequence(steps)
     steps = [decoders.Replace(trainer.unk_piece, trainer.unk_surface), decoders.Replace(SPACE_MARK, " ")]
     steps += [decoders.ByteFallback()] if trainer.byte_fallback else []
-    tok.decoder = decoders.Sequence(steps + [decoders.Fuse()] + [decoders.Strip(content=" ", left=1)] * spec.add_dummy_prefix)
+    steps += [decoders.Fuse()] + [decoders.Strip(content=" ", left=1)] * spec.add_dummy_prefix
+    tok.decoder = decoders.Sequence(steps)
     # Special texts are found in the normalized text (as SentencePieceTokenizer does), so the
     # normalization and the dummy prefix see the whole text.
     for p in whole:
