@@ -130,6 +130,9 @@ def test_special_token_texts_encode_to_their_ids_as_transformers_does(tmp_path, 
     tok, export = _exported(tmp_path, kind)
     hf = transformers.AutoTokenizer.from_pretrained(export)
     assert len(tok.special_texts) >= (4 if kind != "gpt2" else 1)
+    # A chat template sees the same special-token variables here as in transformers.
+    assert {name: getattr(hf, name) for name in tok.special_tokens} == tok.special_tokens
+    assert {k for k, v in hf.special_tokens_map.items() if isinstance(v, str)} <= set(tok.special_tokens)
     for text, i in tok.special_texts.items():
         assert tok.encode(text) == [i] == hf(text, add_special_tokens=False).input_ids
     texts = _special_texts_cases(tok)

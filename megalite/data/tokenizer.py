@@ -55,7 +55,7 @@ class Tokenizer(ABC):
     @property
     def special_tokens(self) -> Dict[str, str]:
         """The special tokens a chat template sees as variables: ``bos_token``, ``eos_token``, ..."""
-        named = {"eos_token": self.eod, "bos_token": self.bos, "pad_token": self.pad}
+        named = {"eos_token": self.eod, "bos_token": self.bos, "pad_token": self.pad, "unk_token": self.unk}
         return {name: self.id_to_token(i) for name, i in named.items() if i is not None}
 
     @abstractmethod

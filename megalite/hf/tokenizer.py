@@ -123,8 +123,7 @@ def export_tokenizer(tok: Tokenizer, out_dir: str, chat_template: Optional[str] 
     rust.save(os.path.join(out_dir, "tokenizer.json"))
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
-        **{name: tok.id_to_token(i) for name, i in (("eos_token", tok.eod), ("bos_token", tok.bos),
-                                                   ("pad_token", tok.pad), ("unk_token", tok.unk)) if i is not None},
+        **tok.special_tokens,  # what a chat template sees, here and in transformers
         "add_bos_token": False,
         "add_eos_token": False,
         "clean_up_tokenization_spaces": False,
