@@ -133,6 +133,7 @@ def test_special_token_texts_encode_to_their_ids_as_transformers_does(tmp_path, 
     # A chat template sees the same special-token variables here as in transformers.
     assert {name: getattr(hf, name) for name in tok.special_tokens} == tok.special_tokens
     assert {k for k, v in hf.special_tokens_map.items() if isinstance(v, str)} <= set(tok.special_tokens)
+    assert tok.unk is None or tok.special_tokens["unk_token"] == hf.unk_token == tok.id_to_token(tok.unk)
     for text, i in tok.special_texts.items():
         assert tok.encode(text) == [i] == hf(text, add_special_tokens=False).input_ids
     texts = _special_texts_cases(tok)
