@@ -267,9 +267,11 @@ def test_loss_and_metrics_equal_trl(both_sides, kind, beta, wd, wu):
     assert set(metrics) == {"kl", "rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen",
                             "logps/rejected", "logits/chosen", "logits/rejected"}
     if kind == "kto":
-        assert metrics["kl"] > 0.1  # not clamped: the loss depends on it
+        assert metrics["kl"] > 0.01  # not clamped to 0: the loss depends on it (0.033 here)
     for name, value in metrics.items():
-        small = 1e-8 if name.startswith("logits") else 1e-6  # mean logits are about 5e-3 here
+        # mean logits are about 5e-3 here; rewards and the KL estimate are differences of float32
+        # sequence log-probs near -61 (one ulp: 4e-6), about 1e-2 in size
+        small = 1e-8 if name.startswith("logits") else 1e-5 if name.startswith(("kl", "rewards")) else 1e-6
         assert value == pytest.approx(tr._metrics["eval"][name][-1], rel=1e-5, abs=small), name
 
 
