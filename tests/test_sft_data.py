@@ -59,12 +59,13 @@ def test_template_ids_equal_transformers_and_mask_covers_assistant_turns(name, z
     text, spans = assistant_spans(template, CHAT, **tok.special_tokens)
     for i in (tok.bos, tok.eod):
         assert ids.tolist().count(i) == text.count(tok.id_to_token(i))
-    # Metaspace and sentencepiece tokens carry the space before them: compare those without spaces.
-    same = (lambda a, b: a == b) if zoo.name == "bytelevel" else (lambda a, b: a.split() == b.split())
+    # Metaspace and sentencepiece tokens carry the space (or newline) before them, which can sit on
+    # the other side of a span's edge: compare their text without whitespace.
+    squash = (lambda t: t) if zoo.name == "bytelevel" else (lambda t: "".join(t.split()))
     like = name if name != "own" else "mistral" if "[INST]" in template else "chatml"
-    assert same(hf.decode(ids[mask]), EXPECTED_TRAINED[like])
+    assert squash(hf.decode(ids[mask])) == squash(EXPECTED_TRAINED[like])
     bounds = [0, *[i for span in spans for i in span], len(text)]
-    assert same(hf.decode(ids[~mask]), "".join(text[a:b] for a, b in zip(bounds[::2], bounds[1::2])))
+    assert squash(hf.decode(ids[~mask])) == squash("".join(text[a:b] for a, b in zip(bounds[::2], bounds[1::2])))
     assert tokenize_chat(tok, template, CHAT, train_on_prompt=True)[1].all()
 
 
