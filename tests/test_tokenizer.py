@@ -83,3 +83,78 @@ def test_gpt2_bpe_files(tmp_path):
 def test_bad_tokenizer_flags(args, message):
     with pytest.raises(MegaliteError, match=message):
         build_tokenizer(*args)
+
+
+def _special_texts_cases(tok):
+    """Texts with the tokenizer's special-token texts at the start, middle and end, adjacent,
+    with spaces and newlines around them."""
+    specials = sorted(tok.special_texts)
+    eos = tok.id_to_token(tok.eod)
+    texts = [eos, f"Hello world{eos}", f"{eos}Hello", f"Hello {eos} world", f"Hello{eos}{eos}world",
+             f"  {eos}  two  spaces {eos}  ", f"a\n{eos}\nb", " ".join(specials), "".join(specials),
+             f"{specials[-1]}user\nHi there{eos}\n{specials[0]} naïve 日本語 🙂"]
+    return texts + [s for s in specials]
+
+
+def _exported(tmp_path, kind):
+    from tokenizers import ByteLevelBPETokenizer
+
+    from megalite.hf.tokenizer import export_tokenizer
+
+    if kind == "sentencepiece":
+        from data_tools.train_tokenizer import train_tokenizer
+        from tests.conftest import write_jsonl
+
+        corpus = write_jsonl(tmp_path / "c.jsonl", [{"text": d} for d in english_documents()[:300]])
+        tok = build_tokenizer("SentencePieceTokenizer",
+                              train_tokenizer([corpus], str(tmp_path), 500, special_tokens=["<|im_start|>"]))
+    elif kind == "gpt2":
+        ref = ByteLevelBPETokenizer()
+        ref.train_from_iterator(english_documents()[:300], vocab_size=700, special_tokens=["<|endoftext|>"])
+        vocab, merges = ref.save_model(str(tmp_path))
+        tok = build_tokenizer("GPT2BPETokenizer", vocab_file=vocab, merge_file=merges)
+    else:
+        _train_hf_bpe(tmp_path / "hf")
+        # A chat token the config names but tokenizer.json does not hold: transformers adds it.
+        (tmp_path / "hf" / "tokenizer_config.json").write_text(json.dumps(
+            {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>",
+             "additional_special_tokens": ["<|im_start|>"]}))
+        tok = build_tokenizer("HuggingFaceTokenizer", str(tmp_path / "hf"))
+    export_tokenizer(tok, str(tmp_path / "export"))
+    return tok, str(tmp_path / "export")
+
+
+@pytest.mark.parametrize("kind", ["sentencepiece", "gpt2", "huggingface"])
+def test_special_token_texts_encode_to_their_ids_as_transformers_does(tmp_path, kind):
+    transformers = pytest.importorskip("transformers")
+    tok, export = _exported(tmp_path, kind)
+    hf = transformers.AutoTokenizer.from_pretrained(export)
+    assert len(tok.special_texts) >= (4 if kind != "gpt2" else 1)
+    for text, i in tok.special_texts.items():
+        assert tok.encode(text) == [i] == hf(text, add_special_tokens=False).input_ids
+    texts = _special_texts_cases(tok)
+    expected = [hf(t, add_special_tokens=False).input_ids for t in texts]
+    assert [tok.encode(t) for t in texts] == expected
+    assert tok.encode_batch(texts) == expected
+    assert [tok.encode_text(t) for t in texts] == [hf(t).input_ids for t in texts]
+    for text, ids in zip(texts, expected):
+        got, offsets = tok.encode_with_offsets(text)
+        assert got == ids
+        for i, (start, end) in zip(got, offsets):
+            if i in tok.special_texts.values():
+                assert text[start:end] == tok.id_to_token(i)  # a special token's offsets cover its text
+
+
+def test_alpaca_answer_under_sentencepiece_ends_with_the_eos_id(spm_model):
+    # examples/sft_lora.sh: the alpaca template renders bos_token and eos_token as text.
+    import numpy as np
+
+    from megalite.data.chat import BUILTIN, tokenize_chat
+
+    tok = build_tokenizer("SentencePieceTokenizer", spm_model)
+    chat = [{"role": "user", "content": "Explain the assert statement."},
+            {"role": "assistant", "content": "It raises AssertionError when its test is false."}]
+    ids, mask = tokenize_chat(tok, BUILTIN["alpaca"], chat)
+    trained = ids[mask].tolist()
+    assert ids[0] == tok.bos and trained[-1] == tok.eod and np.count_nonzero(ids == tok.eod) == 1
+    assert tok.decode(trained[:-1]) == "It raises AssertionError when its test is false."

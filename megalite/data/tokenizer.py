@@ -9,6 +9,7 @@ pretraining data marks document boundaries with ``eod`` explicitly.
 import hashlib
 import json
 import os
+import re
 from abc import ABC, abstractmethod
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -24,6 +25,7 @@ class Tokenizer(ABC):
     pad: Optional[int] = None
     unk: Optional[int] = None
     chat_template: Optional[str] = None  # Jinja, as in HF tokenizer_config.json
+    special_texts: Dict[str, int] = {}  # text -> id of every token whose text encodes to it alone
     source_files: Sequence[str] = ()  # what fingerprint() hashes
 
     @abstractmethod
@@ -54,6 +56,24 @@ class Tokenizer(ABC):
     @abstractmethod
     def id_to_token(self, i: int) -> str: ...
 
+    def split_special(self, text: str) -> List[Tuple[int, int, Optional[int]]]:
+        """``text`` cut at the texts of special tokens, longest first: ``(start, end, id)`` for
+        each special token and ``(start, end, None)`` for each non-empty stretch between."""
+        if not self.special_texts:
+            return [(0, len(text), None)] if text else []
+        if getattr(self, "_special_re", None) is None:
+            alternatives = sorted(self.special_texts, key=len, reverse=True)
+            self._special_re = re.compile("|".join(map(re.escape, alternatives)))
+        parts, at = [], 0
+        for m in self._special_re.finditer(text):
+            if m.start() > at:
+                parts.append((at, m.start(), None))
+            parts.append((m.start(), m.end(), self.special_texts[m.group()]))
+            at = m.end()
+        if at < len(text):
+            parts.append((at, len(text), None))
+        return parts
+
     def fingerprint(self) -> str:
         """A digest of the files this tokenizer was built from: equal digests encode equally."""
         digest = hashlib.md5(type(self).__name__.encode())
@@ -74,7 +94,16 @@ class Tokenizer(ABC):
 
 
 class SentencePieceTokenizer(Tokenizer):
-    """A sentencepiece ``.model`` file (Llama-style; what data_tools/train_tokenizer.py writes)."""
+    """A sentencepiece ``.model`` file (Llama-style; what data_tools/train_tokenizer.py writes).
+
+    Special-token texts (control, unknown and user-defined pieces) encode to their one id, as
+    transformers does on our export (megalite/hf/tokenizer.py): the model's normalization
+    (character map, whitespace removal, escaping) applies to the whole text, special-token
+    texts are then found in it (longest first), the dummy prefix goes before the text's first
+    piece unless the text starts with a special token, and the text after a special token is
+    segmented as it stands (no dummy prefix: transformers' Llama convention). A text without
+    special tokens encodes exactly as sentencepiece encodes it.
+    """
 
     def __init__(self, model_file: str):
         import sentencepiece
@@ -82,7 +111,19 @@ class SentencePieceTokenizer(Tokenizer):
         _require_file(model_file, "--tokenizer-model")
         self.model_file = model_file
         self.source_files = (model_file,)
-        self._sp = sentencepiece.SentencePieceProcessor(model_file=model_file)
+        proto = read_spm_proto(model_file)
+        spec = proto.normalizer_spec
+        if spec.add_dummy_prefix and (proto.trainer_spec.treat_whitespace_as_suffix or not spec.escape_whitespaces):
+            raise MegaliteError(f"{model_file}: a dummy prefix with treat_whitespace_as_suffix or without "
+                                "escape_whitespaces is not supported")
+        self._sp = sentencepiece.SentencePieceProcessor(model_proto=proto.SerializeToString())
+        self._dummy = SPACE_MARK if spec.add_dummy_prefix else ""
+        # One processor normalizes whole texts (its dummy prefix is ours to place), one segments
+        # normalized text as it stands.
+        spec.add_dummy_prefix = False
+        self._normalizer = sentencepiece.SentencePieceProcessor(model_proto=proto.SerializeToString())
+        spec.precompiled_charsmap, spec.remove_extra_whitespaces, spec.name = b"", False, "identity"
+        self._segmenter = sentencepiece.SentencePieceProcessor(model_proto=proto.SerializeToString())
         self.vocab_size = self._sp.get_piece_size()
         self.eod = _or_none(self._sp.eos_id())
         self.bos = _or_none(self._sp.bos_id())
@@ -90,9 +131,26 @@ class SentencePieceTokenizer(Tokenizer):
         self.unk = _or_none(self._sp.unk_id())
         if self.eod is None:
             raise MegaliteError(f"{model_file}: the sentencepiece model has no eos piece to use as eod")
+        self.special_texts = {p.piece: i for i, p in enumerate(proto.pieces) if p.type in SPM_WHOLE_TYPES}
+
+    def _with_dummy(self, norm: str, start: int, end: int) -> str:
+        return (self._dummy if start == 0 else "") + norm[start:end]
 
     def encode_batch(self, texts):
-        return self._sp.encode(list(texts), num_threads=1)
+        norms = self._normalizer.normalize(list(texts)) if texts else []
+        cuts = [self.split_special(norm) for norm in norms]
+        pieces = iter(self._segmenter.encode([self._with_dummy(norm, start, end) for norm, parts in zip(norms, cuts)
+                                              for start, end, sid in parts if sid is None], num_threads=1))
+        out = []
+        for parts in cuts:
+            if len(parts) == 1 and parts[0][2] is None:
+                out.append(next(pieces))
+                continue
+            ids = []
+            for _, _, sid in parts:
+                ids += next(pieces) if sid is None else [sid]
+            out.append(ids)
+        return out
 
     def decode(self, ids):
         return self._sp.decode([int(i) for i in ids])
@@ -100,25 +158,61 @@ class SentencePieceTokenizer(Tokenizer):
     def encode_with_offsets(self, text):
         from sentencepiece import sentencepiece_pb2  # serialized_proto: the one spelling every version has
 
-        proto = self._sp.encode(text, out_type="serialized_proto")
-        pieces = sentencepiece_pb2.SentencePieceText.FromString(proto).pieces
-        ids = [p.id for p in pieces]
-        if text.isascii():
-            return ids, [(p.begin, p.end) for p in pieces]
-        # sentencepiece reports UTF-8 byte offsets; map them to character offsets.
-        char_at = np.repeat(np.arange(len(text) + 1), [len(c.encode()) for c in text] + [1])
-        return ids, [(int(char_at[p.begin]), int(char_at[p.end])) for p in pieces]
+        norm, offsets = self._normalizer.normalize(text, with_offsets=True)
+        ids, spans = [], []
+        for start, end, sid in self.split_special(norm):
+            if sid is not None:
+                ids.append(sid)
+                spans.append((offsets[start], offsets[end]))
+                continue
+            piece_text = self._with_dummy(norm, start, end)
+            shift = start - (len(piece_text) - (end - start))  # the dummy prefix sits before `start`
+            # sentencepiece reports UTF-8 byte offsets into piece_text; map them to characters.
+            char_at = np.repeat(np.arange(len(piece_text) + 1), [len(c.encode()) for c in piece_text] + [1])
+            proto = self._segmenter.encode(piece_text, out_type="serialized_proto")
+            for p in sentencepiece_pb2.SentencePieceText.FromString(proto).pieces:
+                lo, hi = (max(int(char_at[b]) + shift, start) for b in (p.begin, p.end))
+                ids.append(p.id)
+                spans.append((offsets[lo], offsets[hi]))
+        return ids, spans
 
     def id_to_token(self, i):
         return self._sp.id_to_piece(int(i))
 
 
+SPACE_MARK = "\u2581"  # sentencepiece's escaped space
+SPM_WHOLE_TYPES = (2, 3, 4)  # ModelProto.SentencePiece types UNKNOWN, CONTROL, USER_DEFINED: kept whole
+
+
+def read_spm_proto(model_file: str):
+    """The ``ModelProto`` of a sentencepiece model file (its pieces, trainer and normalizer specs)."""
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    proto = pb.ModelProto()
+    with open(model_file, "rb") as f:
+        try:
+            proto.ParseFromString(f.read())
+        except Exception as e:  # protobuf's DecodeError; its module path differs between versions
+            raise MegaliteError(f"{model_file}: not a sentencepiece model ({e})") from e
+    return proto
+
+
 class _TokenizersLibTokenizer(Tokenizer):
     """Shared code for tokenizers built on the Rust ``tokenizers`` library."""
 
-    def _setup(self, tok, eod_token: Optional[str], bos_token=None, pad_token=None, where="", unk_token=None):
+    def _setup(self, tok, eod_token: Optional[str], bos_token=None, pad_token=None, where="", unk_token=None,
+               more_special=()):
+        from tokenizers import AddedToken
+
+        # transformers registers every special token its config names as an added token when it
+        # loads a tokenizer; registering them here too makes their texts encode to one id alike.
+        named = [t for t in (eod_token, bos_token, pad_token, unk_token, *more_special) if t]
+        added = {t.content for t in tok.get_added_tokens_decoder().values()}
+        tok.add_special_tokens([AddedToken(t, special=True, normalized=False)
+                                for t in dict.fromkeys(named) if t not in added])
         self._tok = tok
         self.vocab_size = tok.get_vocab_size(with_added_tokens=True)
+        self.special_texts = {t.content: i for i, t in tok.get_added_tokens_decoder().items()}
         self.eod = tok.token_to_id(eod_token) if eod_token else None
         if self.eod is None:
             raise MegaliteError(f"{where}: no end-of-document token ({eod_token!r}) in the vocabulary")
@@ -157,8 +251,11 @@ class HuggingFaceTokenizer(_TokenizersLibTokenizer):
         specials = {**config, **_read_json(os.path.join(folder, "special_tokens_map.json"))}
         tok = RustTokenizer.from_file(file)
         eod = _token_str(specials.get("eos_token")) or _guess_eod(tok)
+        extra = [_token_str(t) for key in ("additional_special_tokens", "extra_special_tokens")
+                 for t in (specials.get(key) or [])]
         self._setup(tok, eod, _token_str(specials.get("bos_token")), _token_str(specials.get("pad_token")), file,
-                    _token_str(specials.get("unk_token")))
+                    _token_str(specials.get("unk_token")),
+                    [_token_str(specials.get(name)) for name in _TEMPLATE_SPECIALS] + extra)
         self.path = path
         self.source_files = (file, os.path.join(folder, "tokenizer_config.json"))
         self.chat_template = config.get("chat_template")
@@ -178,7 +275,7 @@ class GPT2BPETokenizer(_TokenizersLibTokenizer):
 
         _require_file(vocab_file, "--vocab-file")
         _require_file(merge_file, "--merge-file")
-        tok = ByteLevelBPETokenizer(vocab_file, merge_file)
+        tok = ByteLevelBPETokenizer(vocab_file, merge_file)._tokenizer  # the Rust tokenizer inside
         self.source_files = (vocab_file, merge_file)
         self._setup(tok, "<|endoftext|>", where=vocab_file)
 

@@ -1,14 +1,14 @@
 """Write our tokenizer as a Hugging Face tokenizer folder (tokenizer.json + config).
 
-A sentencepiece BPE model becomes an equivalent ``tokenizers`` BPE: the same pieces and
-ids, merges recovered from the vocabulary (a merge's rank is the id of the piece it makes,
-which is sentencepiece's score order), byte fallback, every space turned into the marker and
-one marker prepended to the text, and the special and user tokens kept whole. Known
-differences, shared with transformers' own Llama tokenizer: a text that starts with spaces,
-or with a user special token, gets one marker piece less at its start than sentencepiece
-gives it. Hugging Face tokenizers are copied;
-GPT-2 BPE files are loaded and saved. No BOS is added on encode, matching how megalite
-prepares pretraining data (documents end with eos instead).
+A sentencepiece model becomes a ``tokenizers`` Tokenizer that encodes as SentencePieceTokenizer
+does (docs/hf.md has the settings tested): its whole normalizer spec (character map, extra
+whitespace removal, escaped spaces, dummy prefix), its model (Unigram with the piece scores, or
+BPE with merges recovered from the vocabulary), byte fallback, and its control, unknown and
+user-defined pieces as added tokens found in the normalized text. A setting it cannot express
+(model type word or char, unused pieces, a special piece the normalization changes) is refused
+with a MegaliteError. Hugging Face tokenizers are copied; GPT-2 BPE files are saved with their
+special token. No BOS is added on encode, matching how megalite prepares pretraining data
+(documents end with eos instead).
 """
 
 import json
@@ -16,56 +16,80 @@ import os
 import shutil
 from typing import Dict, Optional
 
-from megalite.data.tokenizer import GPT2BPETokenizer, HuggingFaceTokenizer, SentencePieceTokenizer, Tokenizer
+from megalite.data.tokenizer import (SPACE_MARK, SPM_WHOLE_TYPES, GPT2BPETokenizer, HuggingFaceTokenizer,
+                                     SentencePieceTokenizer, Tokenizer, read_spm_proto)
+from megalite.errors import MegaliteError
 from megalite.utils.atomic import atomic_write
 
 
 def _spm_to_tokenizers(model_file: str):
-    import sentencepiece as spm
-    from tokenizers import AddedToken, Tokenizer as RustTokenizer, decoders, pre_tokenizers
-    from tokenizers.models import BPE
+    """A ``tokenizers`` Tokenizer that encodes like SentencePieceTokenizer on ``model_file``."""
+    from tokenizers import AddedToken, Regex, Tokenizer as RustTokenizer, decoders, normalizers, pre_tokenizers
 
-    sp = spm.SentencePieceProcessor(model_file=model_file)
-    vocab = {sp.id_to_piece(i): i for i in range(sp.get_piece_size())}
+    proto = read_spm_proto(model_file)
+    trainer, spec = proto.trainer_spec, proto.normalizer_spec
+    unsupported = [p.piece for p in proto.pieces if p.type == _UNUSED]
+    if unsupported:
+        raise MegaliteError(f"{model_file}: cannot export a sentencepiece model with unused pieces "
+                            f"({unsupported[0]!r}, ...): tokenizers would produce them")
+    tok = RustTokenizer(_spm_model(proto, model_file))
+    steps = [normalizers.Precompiled(spec.precompiled_charsmap)] if spec.precompiled_charsmap else []
+    if spec.remove_extra_whitespaces:  # sentencepiece strips and collapses spaces only, after its charsmap
+        steps += [normalizers.Replace(Regex(r"\A +| +\z"), ""), normalizers.Replace(Regex(" {2,}"), " ")]
+    if spec.escape_whitespaces:
+        steps.append(normalizers.Replace(" ", SPACE_MARK))
+    if spec.add_dummy_prefix:
+        # Metaspace skips its prefix where the text already starts with a marker; sentencepiece doesn't.
+        steps.append(normalizers.Replace(Regex(r"\A" + SPACE_MARK), SPACE_MARK * 2))
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement=SPACE_MARK, prepend_scheme="first", split=False)
+    tok.normalizer = normalizers.Sequence(steps)
+    steps = [decoders.Replace(SPACE_MARK, " ")] + ([decoders.ByteFallback()] if trainer.byte_fallback else [])
+    tok.decoder = decoders.Sequence(steps + [decoders.Fuse()] + [decoders.Strip(content=" ", left=1)] * spec.add_dummy_prefix)
+    # Special texts are found in the normalized text (as SentencePieceTokenizer does), so the
+    # normalization and the dummy prefix see the whole text.
+    for i, p in enumerate(proto.pieces):
+        if p.type not in SPM_WHOLE_TYPES:
+            continue
+        if tok.normalizer.normalize_str(p.piece) != p.piece:
+            raise MegaliteError(f"{model_file}: cannot export special piece {p.piece!r}: the model's "
+                                "normalization changes its text, so tokenizers would not find it")
+        token = AddedToken(p.piece, special=p.type != _USER_DEFINED, normalized=True)
+        (tok.add_tokens if p.type == _USER_DEFINED else tok.add_special_tokens)([token])
+    return tok
+
+
+def _spm_model(proto, model_file: str):
+    """sentencepiece's segmentation model as a ``tokenizers`` model: Unigram with the piece
+    scores, or BPE with merges recovered from the vocabulary (a merge ranks as the score of the
+    piece it makes, sentencepiece's order)."""
+    from tokenizers.models import BPE, Unigram
+
+    trainer = proto.trainer_spec
+    kind = trainer.model_type
+    if kind == _UNIGRAM:
+        return Unigram([(p.piece, p.score) for p in proto.pieces], unk_id=trainer.unk_id,
+                       byte_fallback=trainer.byte_fallback)
+    if kind != _BPE:
+        name = {3: "word", 4: "char"}.get(kind, str(kind))
+        raise MegaliteError(f"{model_file}: cannot export a sentencepiece model_type={name} model "
+                            "(unigram and bpe are supported)")
+    vocab = {p.piece: i for i, p in enumerate(proto.pieces)}
     merges = []
     for piece, pid in vocab.items():
-        if sp.is_control(pid) or sp.is_unknown(pid) or sp.is_byte(pid) or len(piece) < 2:
+        if proto.pieces[pid].type != _NORMAL:
             continue
         for cut in range(1, len(piece)):
             left, right = piece[:cut], piece[cut:]
             if left in vocab and right in vocab:
-                merges.append((pid, vocab[left], vocab[right], left, right))
+                merges.append((-proto.pieces[pid].score, pid, vocab[left], left, right))
     merges.sort()
-    tok = RustTokenizer(BPE(vocab, [(m[3], m[4]) for m in merges], unk_token=sp.id_to_piece(sp.unk_id()),
-                            fuse_unk=True, byte_fallback=True))
-    # Spaces become the marker and one is prepended to the text, not after each special token.
-    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first", split=False)
-    tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
-                                     decoders.Strip(content=" ", left=1)])
-    specials = [i for i in range(sp.get_piece_size()) if sp.is_control(i) or sp.is_unknown(i)]
-    user = _user_defined_ids(model_file)
-    tok.add_special_tokens([AddedToken(sp.id_to_piece(i), special=True, normalized=False) for i in specials])
-    tok.add_tokens([AddedToken(sp.id_to_piece(i), special=False, normalized=False) for i in user])
-    return tok
+    return BPE(vocab, [(m[3], m[4]) for m in merges], unk_token=trainer.unk_piece, fuse_unk=True,
+               byte_fallback=trainer.byte_fallback)
 
 
-def _user_defined_ids(model_file: str):
-    """Ids of --special-tokens pieces (type USER_DEFINED in the model's protobuf)."""
-    from sentencepiece import sentencepiece_model_pb2 as pb
-
-    proto = pb.ModelProto()
-    with open(model_file, "rb") as f:
-        proto.ParseFromString(f.read())
-    return [i for i, p in enumerate(proto.pieces) if p.type == pb.ModelProto.SentencePiece.USER_DEFINED]
-
-
-def _token(tok: Tokenizer, i: Optional[int]) -> Optional[str]:
-    """The text of special token ``i`` (a sentencepiece piece, or the decoded token)."""
-    if i is None:
-        return None
-    if isinstance(tok, SentencePieceTokenizer):
-        return tok._sp.id_to_piece(i)
-    return tok.decode([i])
+# ModelProto.SentencePiece types and TrainerSpec model types.
+_NORMAL, _USER_DEFINED, _UNUSED = 1, 4, 5
+_UNIGRAM, _BPE = 1, 2
 
 
 def export_tokenizer(tok: Tokenizer, out_dir: str, chat_template: Optional[str] = None) -> Dict:
@@ -89,16 +113,14 @@ def export_tokenizer(tok: Tokenizer, out_dir: str, chat_template: Optional[str] 
         rust = _spm_to_tokenizers(tok.model_file)
         shutil.copy(tok.model_file, os.path.join(out_dir, "tokenizer.model"))
     elif isinstance(tok, GPT2BPETokenizer):
-        rust = tok._tok._tokenizer
+        rust = tok._tok
     else:
         raise TypeError(f"cannot export {type(tok).__name__}")
     rust.save(os.path.join(out_dir, "tokenizer.json"))
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
-        "eos_token": _token(tok, tok.eod),
-        "bos_token": _token(tok, tok.bos),
-        "pad_token": _token(tok, tok.pad),
-        "unk_token": _token(tok, 0) if isinstance(tok, SentencePieceTokenizer) else None,
+        **{name: tok.id_to_token(i) for name, i in (("eos_token", tok.eod), ("bos_token", tok.bos),
+                                                   ("pad_token", tok.pad), ("unk_token", tok.unk)) if i is not None},
         "add_bos_token": False,
         "add_eos_token": False,
         "clean_up_tokenization_spaces": False,
