@@ -28,6 +28,16 @@ def plain_pairs(n=16):
              "rejected": " " + _text(i + 5, 2 + (i + 1) % 3)} for i in range(n)]  # lengths differ
 
 
+def messy_pairs(n=3):
+    """Text as users have it: prompts starting with a newline or spaces, runs of spaces, tabs, accents,
+    typographic quotes, CJK, emoji, full-width letters, completions already ending with the EOS text."""
+    return [{"prompt": "\nQ: what  is\tblue?\n\nA:", "chosen": " the sky\n", "rejected": " the  sea</s>"},
+            {"prompt": "  Grüße aus Zürich \u2014 \u201cquoted\u201d \u2026", "chosen": "\n\nfish swim",
+             "rejected": " birds\tfly "},
+            {"prompt": "\u00a33bn, \u6771\u4eac \U0001f600 \uff46\uff55\uff4c\uff4c", "chosen": " water</s>",
+             "rejected": " clouds  "}][:n]
+
+
 def chat_pairs(n=16):
     return [{"prompt": [{"role": "user", "content": p["prompt"]}],
              "chosen": [{"role": "assistant", "content": p["chosen"].strip()}],
@@ -124,7 +134,7 @@ def trl_trainer(models, pairs, tokenizer_dir=None, **args):
 
 
 # -- data --------------------------------------------------------------------------------------
-@pytest.mark.parametrize("make", [plain_pairs, chat_pairs])
+@pytest.mark.parametrize("make", [plain_pairs, messy_pairs, chat_pairs])
 def test_token_ids_equal_trl(models, zoo, make):
     """Each tokenizer of the zoo, read by megalite as its --tokenizer-type and by trl as its HF
     folder, with its own chat template: the same prompt, chosen and rejected ids."""
@@ -136,7 +146,7 @@ def test_token_ids_equal_trl(models, zoo, make):
     for pair, theirs in zip(pairs, tr.train_dataset):
         ours = tokenize_pair(tok, zoo.template, pair)
         assert list(ours) == [theirs["prompt_ids"], theirs["chosen_ids"], theirs["rejected_ids"]]
-    if make is plain_pairs:  # the appended EOS text is the one EOS id; BOS where the post-processor adds it
+    if make is not chat_pairs:  # the (appended) EOS text is the one EOS id; BOS where the post-processor adds it
         assert ours[1][-1] == tok.eod and tok.eod not in ours[1][:-1]
         assert (ours[0][0] == tok.bos) == zoo.adds_bos
     else:  # the template's BOS text is the one BOS id (not doubled by the post-processor)

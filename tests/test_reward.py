@@ -10,7 +10,8 @@ import torch
 from megalite.config import inherit_model_settings, parse_config, validate
 from megalite.errors import MegaliteError
 from tests.conftest import write_jsonl
-from tests.test_dpo import TEMPLATE, chat_pairs, dpo_args, models, plain_pairs, train  # noqa: F401 (models: a fixture)
+from tests.test_dpo import (  # noqa: F401 (models: a fixture)
+    TEMPLATE, chat_pairs, dpo_args, messy_pairs, models, plain_pairs, train)
 
 transformers = pytest.importorskip("transformers")
 trl = pytest.importorskip("trl")
@@ -59,7 +60,7 @@ def trl_reward_trainer(folder, pairs, tokenizer_dir=None, **args):
 
 
 # -- data --------------------------------------------------------------------------------------
-@pytest.mark.parametrize("make", [plain_pairs, chat_pairs])
+@pytest.mark.parametrize("make", [plain_pairs, messy_pairs, chat_pairs])
 def test_token_ids_equal_trl(models, zoo, make):
     """Each tokenizer of the zoo (megalite's --tokenizer-type, trl's HF folder), its own template; the
     model is the untrained policy with a fresh score head (only the tokenization is compared)."""
@@ -70,7 +71,7 @@ def test_token_ids_equal_trl(models, zoo, make):
     for pair, theirs in zip(pairs, tr.train_dataset):
         ours = tokenize_reward_pair(zoo.megalite, zoo.template, pair)
         assert ours == [theirs["chosen_ids"], theirs["rejected_ids"]]
-    if make is plain_pairs:  # the appended EOS text is the one EOS id
+    if make is not chat_pairs:  # the (appended) EOS text is the one EOS id
         assert all(ids[-1] == zoo.megalite.eod and zoo.megalite.eod not in ids[:-1] for ids in ours)
 
 
