@@ -3,6 +3,7 @@ packed rows, collation, the example cache and its errors."""
 
 import json
 import os
+import unicodedata
 
 import numpy as np
 import pytest
@@ -23,6 +24,12 @@ CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": 
         {"role": "assistant", "content": "Hi, how are you?"},
         {"role": "user", "content": "What is the capital of France?"},
         {"role": "assistant", "content": "Paris. Grüße!"}]
+# Text as users have it: a message starting with a newline, runs of spaces, tabs, accents, typographic
+# quotes, CJK, emoji, full-width letters, and the EOS text inside an answer (transformers: the EOS id).
+MESSY = [{"role": "user", "content": "\n  Gr\u00fc\u00dfe aus Z\u00fcrich \u2014\t\u201cquoted\u201d \u2026"},
+         {"role": "assistant", "content": "Fish  swim\nunder boats. \u6771\u4eac \U0001f600"},
+         {"role": "user", "content": "\uff46\uff55\uff4c\uff4c  width?"},
+         {"role": "assistant", "content": "\u00a33bn </s> done"}]
 # What each template trains on: the assistant contents with their end-of-turn markers.
 EXPECTED_TRAINED = {
     "chatml": "Hi, how are you?<|im_end|>Paris. Grüße!<|im_end|>",
@@ -46,27 +53,31 @@ def tok(tok_dir):
     return HuggingFaceTokenizer(tok_dir)
 
 
+@pytest.mark.parametrize("chat", ["chat", "messy"])
 @pytest.mark.parametrize("name", [*BUILTIN, "own"])
-def test_template_ids_equal_transformers_and_mask_covers_assistant_turns(name, zoo):
+def test_template_ids_equal_transformers_and_mask_covers_assistant_turns(name, chat, zoo):
     """Each built-in template and the tokenizer's own, for each tokenizer of the zoo: the ids of
     transformers' apply_chat_template on its HF folder, special-token text (bos_token, eos_token)
     as its one id, and a mask of exactly the assistant turns."""
     tok, hf = zoo.megalite, zoo.hf
     template = zoo.template if name == "own" else BUILTIN[name]
-    ids, mask = tokenize_chat(tok, template, CHAT)
-    assert ids.tolist() == list(hf.apply_chat_template(CHAT, chat_template=template, tokenize=True,
+    messages = CHAT if chat == "chat" else MESSY
+    ids, mask = tokenize_chat(tok, template, messages)
+    assert ids.tolist() == list(hf.apply_chat_template(messages, chat_template=template, tokenize=True,
                                                        return_dict=False))
-    text, spans = assistant_spans(template, CHAT, **tok.special_tokens)
+    text, spans = assistant_spans(template, messages, **tok.special_tokens)
     for i in (tok.bos, tok.eod):
         assert ids.tolist().count(i) == text.count(tok.id_to_token(i))
     # Metaspace and sentencepiece tokens carry the space (or newline) before them, which can sit on
-    # the other side of a span's edge: compare their text without whitespace.
-    squash = (lambda t: t) if zoo.name == "bytelevel" else (lambda t: "".join(t.split()))
+    # the other side of a span's edge, and nmt_nfkc folds full-width letters: compare their text
+    # without whitespace, NFKC-normalized.
+    squash = (lambda t: t) if zoo.name == "bytelevel" else (lambda t: "".join(unicodedata.normalize("NFKC", t).split()))
     like = name if name != "own" else "mistral" if "[INST]" in template else "chatml"
-    assert squash(hf.decode(ids[mask])) == squash(EXPECTED_TRAINED[like])
+    trained = EXPECTED_TRAINED[like] if chat == "chat" else "".join(text[a:b] for a, b in spans)
+    assert squash(hf.decode(ids[mask])) == squash(trained)
     bounds = [0, *[i for span in spans for i in span], len(text)]
     assert squash(hf.decode(ids[~mask])) == squash("".join(text[a:b] for a, b in zip(bounds[::2], bounds[1::2])))
-    assert tokenize_chat(tok, template, CHAT, train_on_prompt=True)[1].all()
+    assert tokenize_chat(tok, template, messages, train_on_prompt=True)[1].all()
 
 
 def test_sentencepiece_mask_maps_byte_offsets_to_characters(spm_model):

@@ -119,8 +119,10 @@ def sentencepiece(folder) -> ZooTokenizer:
 
     os.makedirs(folder, exist_ok=True)
     model = io.BytesIO()
-    # Defaults but the size (and full character coverage: "Grüße" has no unk piece).
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(CORPUS * 10 + english_documents()[:300]),
+    # Defaults but the size, and full character coverage with the tests' rarer characters in the
+    # corpus: without byte fallback (the default) a character unseen in training is <unk>.
+    rare = "\u00a33bn, \u6771\u4eac \U0001f600 \u2014 \u201cquoted\u201d \u2026"
+    spm.SentencePieceTrainer.train(sentence_iterator=iter((CORPUS + [rare]) * 10 + english_documents()[:300]),
                                    model_writer=model, vocab_size=300, character_coverage=1.0,
                                    user_defined_symbols=["<|im_start|>", "<|im_end|>"], minloglevel=2)
     path = os.path.join(folder, "tokenizer.model")
