@@ -121,7 +121,7 @@ def test_exported_tokenizer_encodes_like_ours(tmp_path, spm_model):
     texts = english_documents()[:80] + [
         "In 1987, the café served 12345 croissants — naïve 日本語 text 🙂 stays\nexact.  Two  spaces.",
         "trailing spaces  ", "tab\there\n\nand a user token <|im_start|> mid-text\n<|im_start|>x", ""]
-    # (texts starting with spaces or a user token differ by one leading marker: see megalite/hf/tokenizer.py)
+    # (a text starting with a user token gets no dummy prefix, as in transformers: docs/hf.md)
     for text in texts:
         ids = ours.encode(text)
         assert hf.encode(text, add_special_tokens=False) == ids, text[:60]

@@ -158,3 +158,13 @@ def test_alpaca_answer_under_sentencepiece_ends_with_the_eos_id(spm_model):
     trained = ids[mask].tolist()
     assert ids[0] == tok.bos and trained[-1] == tok.eod and np.count_nonzero(ids == tok.eod) == 1
     assert tok.decode(trained[:-1]) == "It raises AssertionError when its test is false."
+
+
+def test_fingerprint_names_the_encoding_rules(spm_model, monkeypatch):
+    # Example caches are keyed by fingerprint(): a change of the rules must not reuse old ids.
+    import megalite.data.tokenizer as tokenizer_module
+
+    before = build_tokenizer("SentencePieceTokenizer", spm_model).fingerprint()
+    assert build_tokenizer("SentencePieceTokenizer", spm_model).fingerprint() == before
+    monkeypatch.setattr(tokenizer_module, "ENCODING_VERSION", tokenizer_module.ENCODING_VERSION - 1)
+    assert build_tokenizer("SentencePieceTokenizer", spm_model).fingerprint() != before

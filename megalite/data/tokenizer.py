@@ -18,6 +18,11 @@ import numpy as np
 from megalite.errors import MegaliteError
 
 
+# Raised when the same files encode differently from before (caches keyed by fingerprint()
+# are then rebuilt): 2 = special-token texts encode to their ids.
+ENCODING_VERSION = 2
+
+
 class Tokenizer(ABC):
     vocab_size: int
     eod: int
@@ -76,7 +81,7 @@ class Tokenizer(ABC):
 
     def fingerprint(self) -> str:
         """A digest of the files this tokenizer was built from: equal digests encode equally."""
-        digest = hashlib.md5(type(self).__name__.encode())
+        digest = hashlib.md5(f"{type(self).__name__} {ENCODING_VERSION}".encode())
         for path in self.source_files:
             digest.update(os.path.basename(path).encode())
             if os.path.isfile(path):
@@ -186,14 +191,17 @@ SPM_WHOLE_TYPES = (2, 3, 4)  # ModelProto.SentencePiece types UNKNOWN, CONTROL, 
 
 def read_spm_proto(model_file: str):
     """The ``ModelProto`` of a sentencepiece model file (its pieces, trainer and normalizer specs)."""
+    from google.protobuf.message import DecodeError
     from sentencepiece import sentencepiece_model_pb2 as pb
 
     proto = pb.ModelProto()
     with open(model_file, "rb") as f:
         try:
             proto.ParseFromString(f.read())
-        except Exception as e:  # protobuf's DecodeError; its module path differs between versions
-            raise MegaliteError(f"{model_file}: not a sentencepiece model ({e})") from e
+        except DecodeError:
+            proto.Clear()
+    if not proto.pieces:
+        raise MegaliteError(f"{model_file}: not a sentencepiece model")
     return proto
 
 
@@ -251,8 +259,8 @@ class HuggingFaceTokenizer(_TokenizersLibTokenizer):
         specials = {**config, **_read_json(os.path.join(folder, "special_tokens_map.json"))}
         tok = RustTokenizer.from_file(file)
         eod = _token_str(specials.get("eos_token")) or _guess_eod(tok)
-        extra = [_token_str(t) for key in ("additional_special_tokens", "extra_special_tokens")
-                 for t in (specials.get(key) or [])]
+        extra = [specials.get(key) or [] for key in ("additional_special_tokens", "extra_special_tokens")]
+        extra = [_token_str(t) for tokens in extra for t in (tokens.values() if isinstance(tokens, dict) else tokens)]
         self._setup(tok, eod, _token_str(specials.get("bos_token")), _token_str(specials.get("pad_token")), file,
                     _token_str(specials.get("unk_token")),
                     [_token_str(specials.get(name)) for name in _TEMPLATE_SPECIALS] + extra)

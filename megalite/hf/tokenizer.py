@@ -13,6 +13,7 @@ special token. No BOS is added on encode, matching how megalite prepares pretrai
 
 import json
 import os
+import re
 import shutil
 from typing import Dict, Optional
 
@@ -24,7 +25,7 @@ from megalite.utils.atomic import atomic_write
 
 def _spm_to_tokenizers(model_file: str):
     """A ``tokenizers`` Tokenizer that encodes like SentencePieceTokenizer on ``model_file``."""
-    from tokenizers import AddedToken, Regex, Tokenizer as RustTokenizer, decoders, normalizers, pre_tokenizers
+    from tokenizers import AddedToken, Regex, Tokenizer as RustTokenizer, decoders, normalizers
 
     proto = read_spm_proto(model_file)
     trainer, spec = proto.trainer_spec, proto.normalizer_spec
@@ -32,24 +33,27 @@ def _spm_to_tokenizers(model_file: str):
     if unsupported:
         raise MegaliteError(f"{model_file}: cannot export a sentencepiece model with unused pieces "
                             f"({unsupported[0]!r}, ...): tokenizers would produce them")
+    if spec.name.endswith("_cf"):
+        raise MegaliteError(f"{model_file}: cannot export normalization_rule_name={spec.name}: tokenizers' "
+                            "Precompiled normalizer drops the combining marks after a case-folded letter")
     tok = RustTokenizer(_spm_model(proto, model_file))
+    whole = [p for p in proto.pieces if p.type in SPM_WHOLE_TYPES]
     steps = [normalizers.Precompiled(spec.precompiled_charsmap)] if spec.precompiled_charsmap else []
     if spec.remove_extra_whitespaces:  # sentencepiece strips and collapses spaces only, after its charsmap
         steps += [normalizers.Replace(Regex(r"\A +| +\z"), ""), normalizers.Replace(Regex(" {2,}"), " ")]
     if spec.escape_whitespaces:
         steps.append(normalizers.Replace(" ", SPACE_MARK))
-    if spec.add_dummy_prefix:
-        # Metaspace skips its prefix where the text already starts with a marker; sentencepiece doesn't.
-        steps.append(normalizers.Replace(Regex(r"\A" + SPACE_MARK), SPACE_MARK * 2))
-        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement=SPACE_MARK, prepend_scheme="first", split=False)
+    if spec.add_dummy_prefix:  # before a non-empty text that does not start with a special token
+        starts = "".join("|" + re.escape(p.piece) for p in whole)
+        steps.append(normalizers.Replace(Regex(r"\A(?!\z" + starts + ")"), SPACE_MARK))
     tok.normalizer = normalizers.Sequence(steps)
-    steps = [decoders.Replace(SPACE_MARK, " ")] + ([decoders.ByteFallback()] if trainer.byte_fallback else [])
-    tok.decoder = decoders.Sequence(steps + [decoders.Fuse()] + [decoders.Strip(content=" ", left=1)] * spec.add_dummy_prefix)
+    steps = [decoders.Replace(trainer.unk_piece, trainer.unk_surface), decoders.Replace(SPACE_MARK, " ")]
+    steps += [decoders.ByteFallback()] if trainer.byte_fallback else []
+    steps += [decoders.Fuse()] + [decoders.Strip(content=" ", left=1)] * spec.add_dummy_prefix
+    tok.decoder = decoders.Sequence(steps)
     # Special texts are found in the normalized text (as SentencePieceTokenizer does), so the
     # normalization and the dummy prefix see the whole text.
-    for i, p in enumerate(proto.pieces):
-        if p.type not in SPM_WHOLE_TYPES:
-            continue
+    for p in whole:
         if tok.normalizer.normalize_str(p.piece) != p.piece:
             raise MegaliteError(f"{model_file}: cannot export special piece {p.piece!r}: the model's "
                                 "normalization changes its text, so tokenizers would not find it")
