@@ -14,6 +14,8 @@ if not torch.cuda.is_available():
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+from tests.tokenizers_zoo import zoo  # noqa: E402, F401 (a fixture: the tokenizers equality tests run with)
+
 
 def english_documents():
     """Real English prose that ships with CPython: its documentation topics, split into docs."""

@@ -11,15 +11,12 @@ from megalite.config import inherit_model_settings, parse_config, validate
 from megalite.errors import MegaliteError
 from tests.conftest import read_metrics, write_jsonl
 from tests.dist_utils import run_distributed
+from tests.tokenizers_zoo import CHATML, WORDS, bytelevel
 
 transformers = pytest.importorskip("transformers")
 trl = pytest.importorskip("trl")
 
-SPECIALS = ["<s>", "</s>", "<|im_start|>", "<|im_end|>"]
-TEMPLATE = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}"
-            "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
-WORDS = ("the sky is blue and the grass is green while water flows down the river to the sea where "
-         "fish swim under boats and birds fly over clouds").split()
+TEMPLATE = CHATML
 
 
 def _text(seed, n):
@@ -31,6 +28,16 @@ def plain_pairs(n=16):
              "rejected": " " + _text(i + 5, 2 + (i + 1) % 3)} for i in range(n)]  # lengths differ
 
 
+def messy_pairs(n=3):
+    """Text as users have it: prompts starting with a newline or spaces, runs of spaces, tabs, accents,
+    typographic quotes, CJK, emoji, full-width letters, completions already ending with the EOS text."""
+    return [{"prompt": "\nQ: what  is\tblue?\n\nA:", "chosen": " the sky\n", "rejected": " the  sea</s>"},
+            {"prompt": "  Grüße aus Zürich \u2014 \u201cquoted\u201d \u2026", "chosen": "\n\nfish swim",
+             "rejected": " birds\tfly "},
+            {"prompt": "\u00a33bn, \u6771\u4eac \U0001f600 \uff46\uff55\uff4c\uff4c", "chosen": " water</s>",
+             "rejected": " clouds  "}][:n]
+
+
 def chat_pairs(n=16):
     return [{"prompt": [{"role": "user", "content": p["prompt"]}],
              "chosen": [{"role": "assistant", "content": p["chosen"].strip()}],
@@ -39,19 +46,11 @@ def chat_pairs(n=16):
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    """A BPE tokenizer and two random tiny Llamas as HF folders (policy, reference), and the
-    reference imported as a megalite checkpoint."""
-    from tokenizers import Tokenizer, decoders, models as tok_models, pre_tokenizers, processors, trainers
-
+    """Two random tiny Llamas with the zoo's byte-level BPE as HF folders (policy, reference), and
+    both imported as megalite checkpoints. Their 384 ids cover every tokenizer of the zoo."""
     from megalite.hf.convert import import_hf
 
     root = tmp_path_factory.mktemp("dpo")
-    tok = Tokenizer(tok_models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator([" ".join(WORDS)] * 10, trainers.BpeTrainer(
-        vocab_size=300, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])  # adds a BOS
     folders = {}
     for name, seed in (("policy", 0), ("reference", 1)):
         folder = root / name
@@ -60,10 +59,7 @@ def models(tmp_path_factory):
                                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
                                        tie_word_embeddings=False, bos_token_id=0, eos_token_id=1, pad_token_id=1)
         transformers.LlamaForCausalLM(cfg).save_pretrained(str(folder))
-        tok.save(str(folder / "tokenizer.json"))
-        (folder / "tokenizer_config.json").write_text(json.dumps({
-            "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>",
-            "pad_token": "</s>", "chat_template": TEMPLATE}))
+        bytelevel(folder)
         folders[name] = str(folder)
     import_hf(folders["reference"], str(root / "reference_ck"), dtype="fp32")
     import_hf(folders["policy"], str(root / "policy_ck"), dtype="fp32")
@@ -123,11 +119,12 @@ def chat_file(models):
     return write_jsonl(models["root"] / "chat.jsonl", chat_pairs())
 
 
-def trl_trainer(models, pairs, **args):
-    """trl's DPOTrainer on our HF policy and reference (CPU, no hub, no logging)."""
+def trl_trainer(models, pairs, tokenizer_dir=None, **args):
+    """trl's DPOTrainer on our HF policy and reference (CPU, no hub, no logging), with the models'
+    tokenizer or the one in ``tokenizer_dir``."""
     from datasets import Dataset
 
-    hf_tok = transformers.AutoTokenizer.from_pretrained(models["policy"])
+    hf_tok = transformers.AutoTokenizer.from_pretrained(tokenizer_dir or models["policy"])
     policy = transformers.AutoModelForCausalLM.from_pretrained(models["policy"], dtype=torch.float32)
     ref = transformers.AutoModelForCausalLM.from_pretrained(models["reference"], dtype=torch.float32)
     config = trl.DPOConfig(output_dir=str(models["root"] / "trl"), report_to=[], use_cpu=True, bf16=False,
@@ -137,19 +134,23 @@ def trl_trainer(models, pairs, **args):
 
 
 # -- data --------------------------------------------------------------------------------------
-@pytest.mark.parametrize("make", [plain_pairs, chat_pairs])
-def test_token_ids_equal_trl(models, make):
+@pytest.mark.parametrize("make", [plain_pairs, messy_pairs, chat_pairs])
+def test_token_ids_equal_trl(models, zoo, make):
+    """Each tokenizer of the zoo, read by megalite as its --tokenizer-type and by trl as its HF
+    folder, with its own chat template: the same prompt, chosen and rejected ids."""
     from megalite.data.preference import tokenize_pair
-    from megalite.data.tokenizer import HuggingFaceTokenizer
 
     pairs = make(6)
-    tr = trl_trainer(models, pairs)
-    tok = HuggingFaceTokenizer(models["policy"])
+    tr = trl_trainer(models, pairs, zoo.hf_dir)
+    tok = zoo.megalite
     for pair, theirs in zip(pairs, tr.train_dataset):
-        ours = tokenize_pair(tok, TEMPLATE, pair)
+        ours = tokenize_pair(tok, zoo.template, pair)
         assert list(ours) == [theirs["prompt_ids"], theirs["chosen_ids"], theirs["rejected_ids"]]
-    if make is plain_pairs:
-        assert ours[0][0] == tok.bos and ours[1][-1] == tok.eod  # BOS from the post-processor, EOS appended
+    if make is not chat_pairs:  # the (appended) EOS text is the one EOS id; BOS where the post-processor adds it
+        assert ours[1][-1] == tok.eod and tok.eod not in ours[1][:-1]
+        assert (ours[0][0] == tok.bos) == zoo.adds_bos
+    else:  # the template's BOS text is the one BOS id (not doubled by the post-processor)
+        assert ours[0].count(tok.bos) == ("bos_token" in zoo.template)
 
 
 def test_length_policy_is_counted():

@@ -10,7 +10,8 @@ import torch
 from megalite.config import inherit_model_settings, parse_config, validate
 from megalite.errors import MegaliteError
 from tests.conftest import write_jsonl
-from tests.test_dpo import TEMPLATE, chat_pairs, dpo_args, models, plain_pairs, train  # noqa: F401 (models: a fixture)
+from tests.test_dpo import (  # noqa: F401 (models: a fixture)
+    TEMPLATE, chat_pairs, dpo_args, messy_pairs, models, plain_pairs, train)
 
 transformers = pytest.importorskip("transformers")
 trl = pytest.importorskip("trl")
@@ -47,27 +48,31 @@ def hf_rm(models, rm_run):
     return export_hf(rm_run[1], str(models["root"] / "rm_hf"), dtype="fp32")
 
 
-def trl_reward_trainer(folder, pairs, **args):
+def trl_reward_trainer(folder, pairs, tokenizer_dir=None, **args):
+    """trl's RewardTrainer on the model in ``folder`` with its tokenizer or the one in ``tokenizer_dir``."""
     from datasets import Dataset
 
-    tok = transformers.AutoTokenizer.from_pretrained(folder)
-    model = transformers.AutoModelForSequenceClassification.from_pretrained(folder, dtype=torch.float32)
+    tok = transformers.AutoTokenizer.from_pretrained(tokenizer_dir or folder)
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(folder, dtype=torch.float32, num_labels=1)
     config = trl.RewardConfig(output_dir=folder + "_trl", report_to=[], use_cpu=True, bf16=False, max_length=None,
                               **args)
     return trl.RewardTrainer(model=model, args=config, train_dataset=Dataset.from_list(pairs), processing_class=tok)
 
 
 # -- data --------------------------------------------------------------------------------------
-@pytest.mark.parametrize("make", [plain_pairs, chat_pairs])
-def test_token_ids_equal_trl(models, hf_rm, make):
+@pytest.mark.parametrize("make", [plain_pairs, messy_pairs, chat_pairs])
+def test_token_ids_equal_trl(models, zoo, make):
+    """Each tokenizer of the zoo (megalite's --tokenizer-type, trl's HF folder), its own template; the
+    model is the untrained policy with a fresh score head (only the tokenization is compared)."""
     from megalite.data.reward import tokenize_reward_pair
-    from megalite.data.tokenizer import HuggingFaceTokenizer
 
     pairs = make(6)
-    tr = trl_reward_trainer(hf_rm, pairs)
-    tok = HuggingFaceTokenizer(models["policy"])
+    tr = trl_reward_trainer(models["policy"], pairs, zoo.hf_dir)
     for pair, theirs in zip(pairs, tr.train_dataset):
-        assert tokenize_reward_pair(tok, TEMPLATE, pair) == [theirs["chosen_ids"], theirs["rejected_ids"]]
+        ours = tokenize_reward_pair(zoo.megalite, zoo.template, pair)
+        assert ours == [theirs["chosen_ids"], theirs["rejected_ids"]]
+    if make is not chat_pairs:  # the (appended) EOS text is the one EOS id
+        assert all(ids[-1] == zoo.megalite.eod and zoo.megalite.eod not in ids[:-1] for ids in ours)
 
 
 def test_long_pairs_are_dropped_and_counted(models):

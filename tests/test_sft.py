@@ -1,6 +1,9 @@
 """sft_gpt.py end to end on tiny models: the masked loss does not depend on how the global
 batch is cut (micro-batches, accumulation, data parallelism), equals transformers' loss on the
-HF export with -100 labels, resumes bit for bit, and starts from a local HF folder."""
+HF export with -100 labels, the run's ids (a sentencepiece tokenizer) equal apply_chat_template's
+on the export, resumes bit for bit, and starts from a local HF folder."""
+
+import itertools
 
 import pytest
 import torch
@@ -83,19 +86,46 @@ def test_packing_trains_like_padding_on_the_same_examples(tmp_path, tiny_corpus,
     assert packed[0]["grad_norm"] == pytest.approx(padded[0]["grad_norm"], rel=1e-4)
 
 
-def test_sft_loss_equals_transformers_with_masked_labels(tmp_path, tiny_corpus, sft_file):
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, tiny_corpus, sft_file):
+    """Four steps of SFT (alpaca template, the sentencepiece test tokenizer) saved, and its HF export."""
+    from megalite.hf.convert import export_hf
+
+    tmp = tmp_path_factory.mktemp("exported")
+    train(tiny_corpus, sft_file, tmp, "run", save=str(tmp / "ckpt"))
+    export_hf(str(tmp / "ckpt"), str(tmp / "hf"), dtype="fp32")
+    return str(tmp / "ckpt"), str(tmp / "hf")
+
+
+def test_ids_equal_apply_chat_template_of_the_export(tmp_path, tiny_corpus, sft_file, exported):
+    """A --tokenizer-type SentencePieceTokenizer run tokenizes its examples as transformers does on the
+    exported folder (its tokenizer and template): the alpaca template's eos_token text ends each answer
+    with the one EOS id, not the pieces of '</s>'."""
+    from transformers import AutoTokenizer
+
+    from megalite.data.chat import tokenize_chat
+    from megalite.data.sft_formats import SFTSource, load_conversations
+    from megalite.posttrain.sft import prepare
+    from megalite.training.data import build_tokenizer_from
+
+    cfg = prepare(parse_config(sft_args(tiny_corpus, sft_file, tmp_path, "ids", load=exported[0])))
+    tok, hf = build_tokenizer_from(cfg), AutoTokenizer.from_pretrained(exported[1])
+    for _, _, messages in itertools.islice(load_conversations(SFTSource(sft_file)), 8):
+        ids, _ = tokenize_chat(tok, cfg.sft.chat_template, messages)
+        assert ids.tolist() == list(hf.apply_chat_template(messages, tokenize=True, return_dict=False))
+        assert ids.tolist().count(tok.eod) == 1  # one assistant turn
+
+
+def test_sft_loss_equals_transformers_with_masked_labels(tmp_path, tiny_corpus, sft_file, exported):
     from transformers import AutoModelForCausalLM
 
     from megalite.data.sft import build_sft_datasets, collate_sft
-    from megalite.hf.convert import export_hf
     from megalite.training.data import build_tokenizer_from
     from megalite.training.trainer import Trainer
 
-    train(tiny_corpus, sft_file, tmp_path, "run", save=str(tmp_path / "ckpt"))
-    export_hf(str(tmp_path / "ckpt"), str(tmp_path / "hf"), dtype="fp32")
-    hf = AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf")).eval()
+    hf = AutoModelForCausalLM.from_pretrained(exported[1]).eval()
 
-    cfg = parse_config(sft_args(tiny_corpus, sft_file, tmp_path, "eval", load=str(tmp_path / "ckpt")))
+    cfg = parse_config(sft_args(tiny_corpus, sft_file, tmp_path, "eval", load=exported[0]))
     from megalite.posttrain.sft import prepare
 
     trainer = Trainer(validate(prepare(cfg)), torch.device("cpu"))

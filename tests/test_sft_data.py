@@ -3,6 +3,7 @@ packed rows, collation, the example cache and its errors."""
 
 import json
 import os
+import unicodedata
 
 import numpy as np
 import pytest
@@ -17,15 +18,18 @@ from megalite.data.sft_formats import SFTSource, load_conversations, parse_data_
 from megalite.data.tokenizer import HuggingFaceTokenizer
 from megalite.errors import MegaliteError
 from tests.conftest import REPO, run_tool, write_jsonl
+from tests.tokenizers_zoo import bytelevel
 
-SPECIALS = ["<s>", "</s>", "<|im_start|>", "<|im_end|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
-# A template of the tokenizer's own (Zephyr style), not one of the built-ins.
-OWN_TEMPLATE = ("{% for message in messages %}{{ '<|' + message['role'] + '|>\\n' + message['content'] + eos_token "
-                "+ '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}")
 CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello there"},
         {"role": "assistant", "content": "Hi, how are you?"},
         {"role": "user", "content": "What is the capital of France?"},
         {"role": "assistant", "content": "Paris. Grüße!"}]
+# Text as users have it: a message starting with a newline, runs of spaces, tabs, accents, typographic
+# quotes, CJK, emoji, full-width letters, and the EOS text inside an answer (transformers: the EOS id).
+MESSY = [{"role": "user", "content": "\n  Gr\u00fc\u00dfe aus Z\u00fcrich \u2014\t\u201cquoted\u201d \u2026"},
+         {"role": "assistant", "content": "Fish  swim\nunder boats. \u6771\u4eac \U0001f600"},
+         {"role": "user", "content": "\uff46\uff55\uff4c\uff4c  width?"},
+         {"role": "assistant", "content": "\u00a33bn </s> done"}]
 # What each template trains on: the assistant contents with their end-of-turn markers.
 EXPECTED_TRAINED = {
     "chatml": "Hi, how are you?<|im_end|>Paris. Grüße!<|im_end|>",
@@ -35,27 +39,13 @@ EXPECTED_TRAINED = {
     "mistral": " Hi, how are you?</s> Paris. Grüße!</s>",
     "alpaca": "Hi, how are you?</s>Paris. Grüße!</s>",
     "plain": "Hi, how are you?</s>Paris. Grüße!</s>",
-    "own": "Hi, how are you?</s>Paris. Grüße!</s>",
 }
 
 
 @pytest.fixture(scope="module")
 def tok_dir(tmp_path_factory):
-    """A byte-level BPE trained here, saved as a Hugging Face folder with a chat template of its own."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    text = [m["content"] for m in CHAT] + ["### Instruction:\n", "### Response:\n", "[INST] [/INST] <<SYS>>"]
-    tok.train_from_iterator(text * 10, trainers.BpeTrainer(vocab_size=400, special_tokens=SPECIALS,
-                                                            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    folder = tmp_path_factory.mktemp("hf_tok")
-    tok.save(str(folder / "tokenizer.json"))
-    (folder / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>",
-        "chat_template": OWN_TEMPLATE}))
-    return str(folder)
+    """The zoo's byte-level BPE as a Hugging Face folder (its own template is ChatML)."""
+    return bytelevel(tmp_path_factory.mktemp("hf_tok")).hf_dir
 
 
 @pytest.fixture(scope="module")
@@ -63,23 +53,31 @@ def tok(tok_dir):
     return HuggingFaceTokenizer(tok_dir)
 
 
-def _template(name, tok):
-    return tok.chat_template if name == "own" else BUILTIN[name]
-
-
+@pytest.mark.parametrize("chat", ["chat", "messy"])
 @pytest.mark.parametrize("name", [*BUILTIN, "own"])
-def test_template_ids_equal_transformers_and_mask_covers_assistant_turns(name, tok, tok_dir):
-    transformers = pytest.importorskip("transformers")
-    hf = transformers.AutoTokenizer.from_pretrained(tok_dir)
-    template = _template(name, tok)
-    ids, mask = tokenize_chat(tok, template, CHAT)
-    assert ids.tolist() == list(hf.apply_chat_template(CHAT, chat_template=template, tokenize=True,
+def test_template_ids_equal_transformers_and_mask_covers_assistant_turns(name, chat, zoo):
+    """Each built-in template and the tokenizer's own, for each tokenizer of the zoo: the ids of
+    transformers' apply_chat_template on its HF folder, special-token text (bos_token, eos_token)
+    as its one id, and a mask of exactly the assistant turns."""
+    tok, hf = zoo.megalite, zoo.hf
+    template = zoo.template if name == "own" else BUILTIN[name]
+    messages = CHAT if chat == "chat" else MESSY
+    ids, mask = tokenize_chat(tok, template, messages)
+    assert ids.tolist() == list(hf.apply_chat_template(messages, chat_template=template, tokenize=True,
                                                        return_dict=False))
-    assert tok.decode(ids[mask]) == EXPECTED_TRAINED[name]
-    text, spans = assistant_spans(template, CHAT, **tok.special_tokens)
+    text, spans = assistant_spans(template, messages, **tok.special_tokens)
+    for i in (tok.bos, tok.eod):
+        assert ids.tolist().count(i) == text.count(tok.id_to_token(i))
+    # Metaspace and sentencepiece tokens carry the space (or newline) before them, which can sit on
+    # the other side of a span's edge, and nmt_nfkc folds full-width letters: compare their text
+    # without whitespace, NFKC-normalized.
+    squash = (lambda t: t) if zoo.name == "bytelevel" else (lambda t: "".join(unicodedata.normalize("NFKC", t).split()))
+    like = name if name != "own" else "mistral" if "[INST]" in template else "chatml"
+    trained = EXPECTED_TRAINED[like] if chat == "chat" else "".join(text[a:b] for a, b in spans)
+    assert squash(hf.decode(ids[mask])) == squash(trained)
     bounds = [0, *[i for span in spans for i in span], len(text)]
-    assert tok.decode(ids[~mask]) == "".join(text[a:b] for a, b in zip(bounds[::2], bounds[1::2]))
-    assert tokenize_chat(tok, template, CHAT, train_on_prompt=True)[1].all()
+    assert squash(hf.decode(ids[~mask])) == squash("".join(text[a:b] for a, b in zip(bounds[::2], bounds[1::2])))
+    assert tokenize_chat(tok, template, messages, train_on_prompt=True)[1].all()
 
 
 def test_sentencepiece_mask_maps_byte_offsets_to_characters(spm_model):
