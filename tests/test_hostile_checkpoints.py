@@ -245,7 +245,8 @@ def test_13_os_errors_are_one_line_and_a_full_disk_keeps_the_last_checkpoint(tmp
     before = tree(save)
     limit = os.path.getsize(os.path.join(save, "iter_0000002", "mp_rank_00", "model_optim_rng.pt")) // 2
     argv = train_args(tiny_corpus, save, load=save, train_iters=3, metrics_file=tmp_path / "metrics.jsonl")
-    proc = run_script("pretrain_gpt.py", *argv, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)))
+    proc = run_script("pretrain_gpt.py", *argv,
+                      preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)))
     assert proc.returncode == 1
     assert proc.stderr.splitlines()[-1] == (f"error: cannot write {save}/.tmp_iter_0000003/mp_rank_00/"
                                             "model_optim_rng.pt: File too large")
