@@ -113,8 +113,9 @@ def save_checkpoint(root: str, iteration: int, model, optimizer, cfg: Config, co
     s = state.get()
     tmp = os.path.join(root, f".tmp_iter_{iteration:07d}")
     if s.rank == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(tmp)
+        shutil.rmtree(tmp, ignore_errors=True)  # an interrupted save's
+        with writing(tmp):
+            os.makedirs(tmp)
     _barrier()
     rngs = [None] * s.dp_size
     if s.dp_group is not None:
@@ -234,7 +235,7 @@ class _NotedWrites:
     as an unrelated RuntimeError ("unexpected pos ...")."""
 
     def __init__(self, f):
-        self.f, self.error = f, None
+        self.f, self.name, self.error = f, f.name, None
 
     def write(self, data):
         try:

@@ -8,6 +8,7 @@ predecessor left behind is reported as a stale lock. A file left by another host
 checked from here and is refused until someone removes it.
 """
 
+import errno
 import fcntl
 import json
 import os
@@ -34,7 +35,13 @@ class FolderLock:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
                 fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
+            except OSError as e:
+                if e.errno not in (errno.EAGAIN, errno.EACCES):  # a filesystem without locks
+                    print(f"warning: cannot lock {self.path} ({e.strerror}); nothing stops a second run from "
+                          f"writing into {folder}", file=sys.stderr, flush=True)
+                    os.close(fd)
+                    self.fd = None
+                    return
                 holder = _holder(_read(fd))
                 os.close(fd)
                 raise MegaliteError(f"{flag} {folder} is in use by another run ({holder}); wait for it to end "
