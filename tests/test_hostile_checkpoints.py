@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from megalite.config import parse_config
+from megalite.errors import MegaliteError
 from megalite.training.trainer import pretrain
 from megalite.utils.cli import run_tool
 from tests.conftest import REPO, tiny_model_args
@@ -142,6 +143,12 @@ def test_6_second_writer_is_refused_and_a_dead_writers_lock_is_taken_over(tmp_pa
             f"{socket.gethostname()} (no longer running)") in proc.stderr.splitlines()
     assert open(os.path.join(save, TRACKER)).read() == "3"
     assert not os.path.exists(os.path.join(save, ".megalite.lock"))  # released at the end
+    with open(os.path.join(save, ".megalite.lock"), "w") as f:  # left by a run on another machine
+        json.dump({"host": "node-7", "pid": 4242, "since": "2026-01-01 00:00:00"}, f)
+    with pytest.raises(MegaliteError) as refused:
+        FolderLock(save, "--save")
+    assert str(refused.value) == (f"--save {save} is locked by a run on another machine (pid 4242 on node-7, since "
+                                  f"2026-01-01 00:00:00); if that run has ended, delete {save}/.megalite.lock")
 
 
 # -- item 8 ------------------------------------------------------------------------------------

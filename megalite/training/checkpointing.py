@@ -24,7 +24,7 @@ import random
 import shutil
 import sys
 import threading
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
@@ -312,17 +312,17 @@ def _read_checksums(index: str) -> Dict:
     return table
 
 
-def saved_iterations(root: str) -> Dict[int, str]:
-    """The complete iteration folders in ``root``: {iteration: folder name}."""
+def saved_iterations(root: str) -> List[int]:
+    """The iterations of the complete iteration folders in ``root``, in order."""
     if not os.path.isdir(root):
-        return {}
-    return {int(d[5:]): d for d in os.listdir(root) if d.startswith("iter_") and d[5:].isdigit()}
+        return []
+    return sorted(int(d[5:]) for d in os.listdir(root) if d.startswith("iter_") and d[5:].isdigit())
 
 
 def _remove_old_checkpoints(root: str, keep: int, current: int) -> None:
     """Keep ``current`` (just written and tracked) and the newest ``keep - 1`` folders before it;
     folders of later iterations are not this run's to judge and stay."""
-    older = sorted(i for i in saved_iterations(root) if i < current)
+    older = [i for i in saved_iterations(root) if i < current]
     for i in older[:max(len(older) - (keep - 1), 0)]:
         shutil.rmtree(iteration_dir(root, i), ignore_errors=True)
 

@@ -5,7 +5,8 @@ names the holder (host, pid, start time). The kernel drops the lock when its pro
 however it dies, and forked children (data-loader workers) do not inherit it, so a process
 restarted after a crash (torchrun --max-restarts) takes the folder over; the file its
 predecessor left behind is reported as a stale lock. A file left by another host cannot be
-checked from here and is refused until someone removes it.
+checked from here and is refused until someone removes it. (A POSIX lock also drops when its
+process closes any other descriptor of the file: only this module opens it.)
 """
 
 import errno
