@@ -147,7 +147,7 @@ class CheckpointConfig:
     no_load_rng: bool = opt(False, "do not restore random states")
     exit_interval: Optional[int] = opt(None, "save and exit when the iteration is a multiple of this")
     exit_duration_in_mins: Optional[float] = opt(None, "save and exit after this many minutes")
-    keep_last: Optional[int] = opt(None, "keep only the newest N checkpoints (the newest complete one is never removed)")
+    keep_last: Optional[int] = opt(None, "keep the checkpoint just saved and the N-1 before it (never later ones)")
     async_save: bool = opt(False, "write checkpoints from a CPU copy in the background while training goes on")
 
 

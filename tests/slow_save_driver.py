@@ -11,12 +11,13 @@ from megalite.training.trainer import pretrain
 real_save = checkpointing.torch.save
 
 
-def stuck_save(obj, path):
-    if "iter_0000004" in str(path):
-        open(path, "wb").write(b"the first bytes of a checkpoint")
+def stuck_save(obj, f):
+    if "iter_0000004" in f.name:
+        f.write(b"the first bytes of a checkpoint")
+        f.flush()
         print("writing iteration 4", flush=True)
         time.sleep(600)
-    real_save(obj, path)
+    real_save(obj, f)
 
 
 checkpointing.torch.save = stuck_save

@@ -1,3 +1,4 @@
+import errno
 import json
 import math
 import os
@@ -190,12 +191,12 @@ def test_crash_during_save_keeps_the_previous_checkpoint(tmp_path, tiny_corpus, 
     train(tmp_path, tiny_corpus, "a", save=str(tmp_path / "ck"), train_iters=2)
     good = (tmp_path / "ck" / "iter_0000002" / "mp_rank_00" / "model_optim_rng.pt").read_bytes()
 
-    def dying_save(obj, path):
-        open(path, "wb").write(b"half a checkpoint")
-        raise OSError("disk full")
+    def dying_save(obj, f):
+        f.write(b"half a checkpoint")
+        raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(ckpt.torch, "save", dying_save)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(MegaliteError, match="cannot write .*model_optim_rng.pt: No space left on device$"):
         train(tmp_path, tiny_corpus, "b", save=str(tmp_path / "ck"), load=str(tmp_path / "ck"), train_iters=4)
     monkeypatch.undo()
     assert (tmp_path / "ck" / "latest_checkpointed_iteration.txt").read_text() == "2"

@@ -17,6 +17,10 @@ label, pad_token_id), which AutoModelForSequenceClassification loads.
 --reshard writes the checkpoint (weights and optimizer state) for another tensor / pipeline
 layout, one target rank at a time; training also loads any layout directly (--load), so
 this is for moving checkpoints around, not a required step.
+
+--from-hf and --reshard write a new checkpoint folder: --save must be empty or missing.
+--to-hf and --to-peft refuse a --save that holds anything but an earlier export of theirs
+(marked by .megalite_export.json), which they replace whole; nothing else is ever deleted.
 """
 
 import argparse
@@ -26,6 +30,7 @@ from megalite.hf.convert import export_hf, import_hf
 from megalite.posttrain.lora_io import export_peft
 from megalite.training.reshard import reshard_offline
 from megalite.utils.cli import run_tool
+from megalite.utils.folders import require_empty
 
 
 def parse_size(text: str) -> int:
@@ -53,6 +58,8 @@ def main(argv=None):
     p.add_argument("--target-pipeline-parallel-size", type=int, default=1)
     p.add_argument("--target-num-layers-per-virtual-pipeline-stage", type=int, default=None)
     a = p.parse_args(argv)
+    if a.from_hf or a.reshard:
+        require_empty(a.save, "--save")
     if a.reshard:
         out = reshard_offline(a.load, a.save, a.target_tensor_parallel_size, a.target_pipeline_parallel_size,
                               a.target_num_layers_per_virtual_pipeline_stage)

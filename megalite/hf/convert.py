@@ -7,7 +7,6 @@ carry. See megalite/hf/layout.py for the name and layout mapping.
 
 import json
 import os
-import shutil
 from typing import Dict, Optional
 
 import torch
@@ -22,6 +21,7 @@ from megalite.posttrain.lora_io import full_model_state
 from megalite.training.checkpointing import FORMAT_VERSION, TRACKER, iteration_dir
 from megalite.training.reshard import load_full_state  # noqa: F401 (callers import it from here)
 from megalite.utils.atomic import atomic_write
+from megalite.utils.folders import export_folder, refuse_foreign
 from megalite.utils.progress import Progress
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -32,9 +32,9 @@ def export_hf(load: str, out_dir: str, dtype: str = "bf16", max_shard_bytes: int
               tokenizer: Optional[Tokenizer] = None, chat_template: Optional[str] = None) -> str:
     """Write the HF folder; ``tokenizer`` defaults to the one the checkpoint was trained with.
     A LoRA checkpoint exports its base with the adapters merged in; a reward model (``--stage rm``)
-    a ``...ForSequenceClassification`` with one label and the pad token its scores are read by."""
-    from safetensors.torch import save_file
-
+    a ``...ForSequenceClassification`` with one label and the pad token its scores are read by.
+    A non-empty ``out_dir`` is refused unless it is an earlier export (see megalite.utils.folders)."""
+    refuse_foreign(out_dir)
     state, args = full_model_state(load)
     run = Config.from_dict(args)
     cfg = run.model
@@ -48,9 +48,16 @@ def export_hf(load: str, out_dir: str, dtype: str = "bf16", max_shard_bytes: int
         if tokenizer is None:
             raise MegaliteError(f"{load}: a reward model's export needs its tokenizer (its pad token places the score)")
         config = reward_model_config(config, pad_id_of(tokenizer))
-    tmp = out_dir.rstrip("/") + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
+    with export_folder(out_dir, load) as tmp:
+        _write_export(tmp, state, cfg, dtype, max_shard_bytes, config, tokenizer,
+                      chat_template or run.sft.chat_template)
+    return out_dir
+
+
+def _write_export(tmp: str, state, cfg: ModelConfig, dtype: str, max_shard_bytes: int, config: Dict,
+                  tokenizer: Optional[Tokenizer], chat_template: Optional[str]) -> None:
+    from safetensors.torch import save_file
+
     # Shards are written as they fill (one in memory at a time) and named once their count is known.
     written, current, size, total = [], {}, 0, 0
     progress = Progress("export")
@@ -83,13 +90,9 @@ def export_hf(load: str, out_dir: str, dtype: str = "bf16", max_shard_bytes: int
     _write_json(os.path.join(tmp, "config.json"), config)
     if tokenizer is not None:
         # the template fine-tuning used (sft_gpt.py stores its text), else the tokenizer's own
-        ids = export_tokenizer(tokenizer, tmp, chat_template or run.sft.chat_template or tokenizer.chat_template)
+        ids = export_tokenizer(tokenizer, tmp, chat_template or tokenizer.chat_template)
         _write_json(os.path.join(tmp, "generation_config.json"),
                     {k: v for k, v in ids.items() if v is not None})
-    if os.path.exists(out_dir):
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
-    return out_dir
 
 
 def _write_json(path: str, obj) -> None:

@@ -11,7 +11,6 @@ base first, then the adapters. peft's format is ``adapter_config.json`` plus
 import dataclasses
 import json
 import os
-import shutil
 from collections.abc import Mapping
 from typing import Dict, Tuple
 
@@ -29,6 +28,7 @@ from megalite.training.checkpointing import (find_checkpoint, iteration_dir, loa
                                             saved_settings)
 from megalite.training.reshard import load_full_state
 from megalite.utils.atomic import atomic_write
+from megalite.utils.folders import export_folder, refuse_foreign
 
 ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 
@@ -217,6 +217,7 @@ def export_peft(load: str, out_dir: str) -> str:
     folder, loadable with peft.PeftModel.from_pretrained onto the HF export of its base."""
     from safetensors.torch import save_file
 
+    refuse_foreign(out_dir)
     weights, args = load_full_state(load)
     if not is_lora_run(args):
         raise MegaliteError(f"{load}: not a LoRA checkpoint (trained without --lora-rank); nothing to export as peft")
@@ -234,13 +235,8 @@ def export_peft(load: str, out_dir: str) -> str:
               "lora_dropout": lo.lora_dropout, "target_modules": lora_targets(cfg), "use_rslora": lo.use_rslora,
               "bias": "none", "fan_in_fan_out": False, "inference_mode": True, "init_lora_weights": True,
               "modules_to_save": None, "base_model_name_or_path": None}
-    tmp = out_dir.rstrip("/") + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    save_file(tensors, os.path.join(tmp, ADAPTER_WEIGHTS), metadata={"format": "pt"})
-    with atomic_write(os.path.join(tmp, ADAPTER_CONFIG), "w") as f:
-        json.dump(config, f, indent=2)
-    if os.path.exists(out_dir):
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
+    with export_folder(out_dir, load) as tmp:
+        save_file(tensors, os.path.join(tmp, ADAPTER_WEIGHTS), metadata={"format": "pt"})
+        with atomic_write(os.path.join(tmp, ADAPTER_CONFIG), "w") as f:
+            json.dump(config, f, indent=2)
     return out_dir

@@ -10,8 +10,10 @@ consumed samples/tokens and the run's settings. With the distributed optimizer e
 data-parallel rank writes its own shard of the optimizer beside it, ``distrib_optim_DDD.pt``
 (pieces named by parameter and flat range), and loading reassembles whatever pieces the new
 layout needs, so a run may resume with a different data-parallel size. Everything goes to a temporary folder that
-is renamed into place once all ranks have written and fsynced, then the tracker file is
-replaced, so an interrupted save never damages the previous checkpoint.
+is renamed into place once all ranks have written and fsynced (swapped with the folder of the
+same iteration in one step, if there is one), then the tracker file is replaced, so an
+interrupted save never damages the previous checkpoint. ``checksums.json`` in each iteration
+folder records every file's size and SHA-256, checked when the file is loaded.
 """
 
 import glob
@@ -20,8 +22,9 @@ import json
 import os
 import random
 import shutil
+import sys
 import threading
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
@@ -31,7 +34,7 @@ from megalite.config import ARCHITECTURE_FIELDS, Config
 from megalite.errors import MegaliteError
 from megalite.parallel import state
 from megalite.parallel.random import get_tp_rng_state, set_tp_rng_state
-from megalite.utils.atomic import atomic_write, fsync_path
+from megalite.utils.atomic import atomic_write, recover_folder, replace_folder, writing
 
 TRACKER = "latest_checkpointed_iteration.txt"
 CHECKSUMS = "checksums.json"
@@ -110,8 +113,9 @@ def save_checkpoint(root: str, iteration: int, model, optimizer, cfg: Config, co
     s = state.get()
     tmp = os.path.join(root, f".tmp_iter_{iteration:07d}")
     if s.rank == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(tmp)
+        shutil.rmtree(tmp, ignore_errors=True)  # an interrupted save's
+        with writing(tmp):
+            os.makedirs(tmp)
     _barrier()
     rngs = [None] * s.dp_size
     if s.dp_group is not None:
@@ -182,9 +186,9 @@ class PendingSave:
 
     def write(self, files: Dict[str, Dict]) -> None:
         for path, obj in files.items():
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            torch.save(obj, path)
-            fsync_path(path)
+            with writing(path):
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                _save(obj, path)
             self.digests[os.path.relpath(path, self.tmp)] = _file_digest(path)
 
     def start(self, files: Dict[str, Dict]) -> None:
@@ -216,18 +220,46 @@ class PendingSave:
             merged = {k: v for d in everyone for k, v in d.items()}
             with atomic_write(os.path.join(self.tmp, CHECKSUMS), "w") as f:
                 json.dump(dict(sorted(merged.items())), f, indent=1)
-            old = self.final + ".old"
-            if os.path.exists(self.final):
-                os.replace(self.final, old)
-            os.replace(self.tmp, self.final)
-            shutil.rmtree(old, ignore_errors=True)
-            fsync_path(self.root)
+            with writing(self.final, self.tmp):
+                replace_folder(self.tmp, self.final)
             with atomic_write(os.path.join(self.root, TRACKER), "w") as f:
                 f.write(str(self.iteration))
             if self.keep_last:
-                _remove_old_checkpoints(self.root, self.keep_last)
+                _remove_old_checkpoints(self.root, self.keep_last, self.iteration)
         _barrier()
         return self.final
+
+
+class _NotedWrites:
+    """A file object for torch.save that keeps the OSError of a failed write: torch reports it
+    as an unrelated RuntimeError ("unexpected pos ...")."""
+
+    def __init__(self, f):
+        self.f, self.name, self.error = f, f.name, None
+
+    def write(self, data):
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self):
+        self.f.flush()
+
+
+def _save(obj, path: str) -> None:
+    """torch.save to ``path``, flushed to disk; a failed write raises its OSError."""
+    with open(path, "wb") as f:
+        noted = _NotedWrites(f)
+        try:
+            torch.save(obj, noted)
+        except RuntimeError:
+            if noted.error is not None:
+                raise noted.error from None
+            raise
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _file_digest(path: str) -> Dict:
@@ -239,6 +271,7 @@ def _file_digest(path: str) -> Dict:
 
 
 _verified = set()  # (path, size, mtime) already checked by this process
+_unverified = set()  # folders without checksums, already warned about
 
 
 def verify_file(path: str) -> None:
@@ -249,9 +282,13 @@ def verify_file(path: str) -> None:
         return
     folder = os.path.dirname(os.path.dirname(path))
     index = os.path.join(folder, CHECKSUMS)
-    if not os.path.isfile(index):
-        return  # written before checksums existed
-    expected = json.load(open(index)).get(os.path.relpath(path, folder))
+    if not os.path.isfile(index):  # written before checksums existed, or by another tool
+        if folder not in _unverified:
+            _unverified.add(folder)
+            print(f"warning: {folder} has no {CHECKSUMS}; its files are loaded unverified", file=sys.stderr,
+                  flush=True)
+        return
+    expected = _read_checksums(index).get(os.path.relpath(path, folder))
     if expected is None:
         raise MegaliteError(f"{path}: not listed in {index} (a file from another save?)")
     size = os.path.getsize(path)
@@ -262,11 +299,48 @@ def verify_file(path: str) -> None:
     _verified.add(key)
 
 
-def _remove_old_checkpoints(root: str, keep: int) -> None:
-    """Keep the newest ``keep`` complete iteration folders (the tracked one always among them)."""
-    done = sorted(d for d in os.listdir(root) if d.startswith("iter_") and d[5:].isdigit())
-    for name in done[:-keep]:
-        shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+def _read_checksums(index: str) -> Dict:
+    try:
+        with open(index) as f:
+            table = json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise MegaliteError(f"{index}: corrupt, not JSON ({e}); the checkpoint's files cannot be verified") from None
+    if not isinstance(table, dict) or not all(
+            isinstance(v, dict) and {"bytes", "sha256"} <= v.keys() for v in table.values()):
+        raise MegaliteError(f"{index}: corrupt, not a table of files with bytes and sha256; the checkpoint's "
+                            "files cannot be verified")
+    return table
+
+
+def saved_iterations(root: str) -> List[int]:
+    """The iterations of the complete iteration folders in ``root``, in order."""
+    if not os.path.isdir(root):
+        return []
+    return sorted(int(d[5:]) for d in os.listdir(root) if d.startswith("iter_") and d[5:].isdigit())
+
+
+def _remove_old_checkpoints(root: str, keep: int, current: int) -> None:
+    """Keep ``current`` (just written and tracked) and the newest ``keep - 1`` folders before it;
+    folders of later iterations are not this run's to judge and stay."""
+    older = [i for i in saved_iterations(root) if i < current]
+    for i in older[:max(len(older) - (keep - 1), 0)]:
+        shutil.rmtree(iteration_dir(root, i), ignore_errors=True)
+
+
+def refuse_later_checkpoints(save: str, iteration: int) -> None:
+    """A run at ``iteration`` must not write into a --save holding later iterations: its saves
+    would move the tracker backwards and retention would judge the wrong folders."""
+    later = [i for i in saved_iterations(save) if i > iteration]
+    tracker = os.path.join(save, TRACKER)
+    if os.path.isfile(tracker):
+        with open(tracker) as f:
+            tracked = f.read().strip()
+        if tracked.isdigit() and int(tracked) > iteration:
+            later.append(int(tracked))
+    if later:
+        raise MegaliteError(f"--save {save} already holds iteration {max(later)}, later than this run's "
+                            f"iteration {iteration}: resume that run with --load {save} (without --finetune), "
+                            "or choose another --save")
 
 
 def find_checkpoint(load: str) -> Optional[str]:
@@ -284,6 +358,8 @@ def find_checkpoint(load: str) -> Optional[str]:
     except ValueError:
         raise MegaliteError(f"{tracker}: expected an iteration number, found {text[:40]!r}") from None
     folder = iteration_dir(load, iteration)
+    if recover_folder(folder):
+        print(f"recovered {folder}: a save was interrupted while replacing it", file=sys.stderr, flush=True)
     if not os.path.isdir(folder):
         raise MegaliteError(f"{tracker} names iteration {iteration} but {folder} does not exist")
     return folder

@@ -35,13 +35,15 @@ from megalite.parallel.init import initialize
 from megalite.parallel.random import seed_tp_rng
 from megalite.posttrain.lora import ParameterSubset, add_adapters
 from megalite.posttrain.lora_io import inherit_lora_settings, load_lora_run
-from megalite.training.checkpointing import find_checkpoint, load_checkpoint, save_checkpoint, saved_settings
+from megalite.training.checkpointing import (find_checkpoint, load_checkpoint, refuse_later_checkpoints,
+                                             save_checkpoint, saved_settings)
 from megalite.training.data import build_datasets, build_loader, build_tokenizer_from, microbatches, padded_vocab_size
 from megalite.training.metrics_log import MetricsLog
 from megalite.training.objectives import build_objective
 from megalite.training.optimizer import ConstantLossScaler, DynamicLossScaler, Optimizer
 from megalite.training.schedules import BatchSchedule, LRSchedule
 from megalite.training.watchdog import StepWatchdog
+from megalite.utils.lock import FolderLock
 
 
 def setup_distributed(backend: Optional[str], timeout_minutes: float = 10.0) -> torch.device:
@@ -464,9 +466,14 @@ def pretrain(cfg: Config) -> Dict:
     validate(cfg, world)
     owns_group = not dist.is_initialized()
     device = setup_distributed(cfg.parallel.distributed_backend, cfg.parallel.distributed_timeout_minutes)
-    trainer = None
+    trainer = lock = None
+    writer = cfg.checkpoint.save and (dist.get_rank() if dist.is_initialized() else 0) == 0
     try:
+        if writer:  # the writing rank owns --save for the run's life
+            lock = FolderLock(cfg.checkpoint.save, "--save")
         trainer = Trainer(cfg, device)
+        if writer:
+            refuse_later_checkpoints(cfg.checkpoint.save, trainer.iteration)
         if state.get().rank == 0:
             n = sum(p.numel() for p in trainer.model.parameters())
             trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
@@ -483,6 +490,8 @@ def pretrain(cfg: Config) -> Dict:
         # data loader's workers) now, not at interpreter exit, where gloo's threads can abort.
         del trainer
         gc.collect()
+        if lock is not None:
+            lock.release()
         state.destroy()
         if owns_group and dist.is_initialized():
             dist.barrier()
