@@ -3,9 +3,10 @@
 The lock is a POSIX record lock (``fcntl.lockf``) on ``<folder>/.megalite.lock``, whose text
 names the holder (host, pid, start time). The kernel drops the lock when its process dies,
 however it dies, and forked children (data-loader workers) do not inherit it, so a process
-restarted after a crash (torchrun --max-restarts) takes the folder over; the file its
-predecessor left behind is reported as a stale lock. A file left by another host cannot be
-checked from here and is refused until someone removes it. (A POSIX lock also drops when its
+restarted after a crash (torchrun --max-restarts), or a job requeued on another node, takes the
+folder over; the file its predecessor left behind is reported as a stale lock. (On a shared
+filesystem whose locks span machines, NFSv4, Lustre and GPFS among them, a free lock means its
+holder is gone wherever it ran.) (A POSIX lock also drops when its
 process closes any other descriptor of the file: only this module opens it.)
 """
 
@@ -53,13 +54,11 @@ class FolderLock:
         self.fd: Optional[int] = fd
         left = _read(fd)
         here = socket.gethostname()
-        if left and left.get("pid") != os.getpid():
-            if left.get("host") != here:
-                self.release(remove=False)
-                raise MegaliteError(f"{flag} {folder} is locked by a run on another machine ({_holder(left)}); "
-                                    f"if that run has ended, delete {self.path}")
-            print(f"warning: {self.path}: taking over the stale lock of pid {left.get('pid')} on {here} "
-                  "(no longer running)", file=sys.stderr, flush=True)
+        if left and (left.get("pid"), left.get("host")) != (os.getpid(), here):
+            elsewhere = "" if left.get("host") == here else (
+                "; if that run is still going, this filesystem does not share locks between machines: stop one")
+            print(f"warning: {self.path}: taking over the stale lock of pid {left.get('pid')} on {left.get('host')} "
+                  f"(no longer running{elsewhere})", file=sys.stderr, flush=True)
         text = json.dumps({"host": here, "pid": os.getpid(), "since": time.strftime("%Y-%m-%d %H:%M:%S")})
         with writing(self.path):
             os.ftruncate(fd, 0)
