@@ -16,7 +16,6 @@ import pytest
 import torch
 
 from megalite.config import parse_config
-from megalite.errors import MegaliteError
 from megalite.training.trainer import pretrain
 from megalite.utils.cli import run_tool
 from tests.conftest import REPO, tiny_model_args
