@@ -52,7 +52,7 @@ def build_datasets(cfg: Config, tokenizer: Optional[Tokenizer], train_samples: i
         from megalite.data.sft import build_sft_datasets
 
         return [*build_sft_datasets(cfg.sft, d.seq_length, tokenizer, train_samples, eval_samples, t.seed), None]
-    wanted = [train_samples, eval_samples, eval_samples]
+    wanted = [0 if t.skip_train else train_samples, eval_samples, eval_samples]  # --skip-train: no train split
     ds_cfg = GPTDatasetConfig(
         seq_length=d.seq_length, seed=t.seed, split=d.split, data_cache_path=d.data_cache_path,
         eod_id=tokenizer.eod if tokenizer else None, pad_id=(tokenizer.pad or 0) if tokenizer else 0,
