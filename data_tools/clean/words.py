@@ -1,12 +1,11 @@
 """Word splitting shared by the quality filters, and per-token properties as numpy arrays.
 
 FineWeb's filters (datatrove) split words with spaCy's English tokenizer, which is what
-makes them slow. ``WORD_RE`` reproduces spaCy's rules for English on each whitespace-
-separated chunk (spaCy also works chunk by chunk): punctuation split off words, contractions
-split (``do`` ``n't``, ``it`` ``'s``), abbreviations kept whole (``U.S.``, ``Mr.``,
-``e.g.``), hyphens split between letters and kept in ``COVID-19``, numbers kept whole
-(``1,000.5``, ``10/20``), URLs and e-mails kept whole. Tokens never cross whitespace, so a
-text's tokens are its lines' tokens.
+makes them slow. ``english_tokenizer`` applies the same rules without spaCy, on each
+whitespace-separated chunk (spaCy also works chunk by chunk): punctuation, currency and
+units split off (``£`` ``3bn``, ``5`` ``km``), contractions split (``do`` ``n't``),
+abbreviations kept whole (``U.S.``, ``Mr.``), hyphens split between letters, URLs kept
+whole. Tokens never cross whitespace, so a text's tokens are its lines' tokens.
 
 ``Vocabulary`` tokenises each distinct chunk once per process, gives each token an id and
 keeps the properties filters ask about (is it a word or only symbols, does it hold a letter,
@@ -14,11 +13,12 @@ its length, does it end a sentence) in arrays indexed by id, so a filter asks th
 document with one numpy indexing operation instead of a Python loop over its words.
 """
 
-import re
 import unicodedata
 from typing import Iterable, List, Tuple
 
 import numpy as np
+
+from data_tools.clean import english_tokenizer
 
 # Characters that do not make a word (datatrove's PUNCTUATION_SET, which FineWeb's Gopher
 # filter uses: a token made only of these is a symbol, not a word).
@@ -45,42 +45,17 @@ TERMINAL_PUNCTUATION = frozenset(
 _SYMBOLS = frozenset(PUNCTUATION) | TERMINAL_PUNCTUATION
 _SYMBOL_CHARS = "".join(_SYMBOLS)
 
-# Abbreviations spaCy's English exceptions keep whole with their period.
-_ABBREVIATIONS = (
-    "Adm Ak Ala Apr Ariz Ark Aug Bros Calif Co Colo Conn Corp Dec Del Dr Feb Fla Ga Gen Gov Ia Id "
-    "Ill Inc Ind Jan Jr Jul Jun Kan Kans Ky La Ltd Mar Mass Md Messrs Mich Minn Miss Mo Mont Mr Mrs "
-    "Ms Mt Neb Nebr Nev Nov Oct Okla Ore Pa Prof Rep Rev Sen Sep Sept St Tenn Va Wash Wis co vs"
-).split()
-# Units spaCy splits off a number ("5km" -> "5" "km"), and the clock suffixes its exceptions split.
-_UNITS = "km|cm|mm|m|kg|mg|g|lb|oz|ft|yd|mph|kmh|ha|am|pm|a\\.m\\.|p\\.m\\.|GB|MB|KB|TB|%"
-
-_L = r"[^\W\d_]"  # a letter
-_A = r"[^\W_]"  # a letter or digit
-_CLITIC = r"['’](?:[sSmMdD]|re|RE|ve|VE|ll|LL)(?![^\W_])"
-_JOIN = (  # what may join two alphanumeric runs inside one token
-    rf"['’](?!(?:[sSmMdD]|re|RE|ve|VE|ll|LL)(?!{_A}))|[@&\[(]|\.?_+|(?<![a-z])\.(?!\.)|\.(?![A-Z.])"
-    rf"|(?<=\d)[,:/.](?=\d)|(?<=\d)-(?={_L})|(?<={_L})-(?=\d)"
-)
-WORD_RE = re.compile(
-    r"(?:https?://|www\.)\S+?(?=[.,;:!?)\]\"'”’]*(?:\s|$))"  # URL; trailing punctuation split off
-    rf"|(?:{_L}\.){{2,}}"  # U.S.  e.g.  a.m.
-    rf"|(?<!{_A})(?:{'|'.join(_ABBREVIATIONS)}|{_L})\.(?![\w.])"  # Mr.  Jan.  initials "J."
-    rf"|\d+(?=(?:{_UNITS})(?!{_A}))"  # 5|km  3|pm
-    rf"|{_A}+?(?=n['’]t(?!{_A}))|n['’]t(?!{_A})|(?<!{_A})[Cc]an(?=not(?!{_A}))"  # do|n't  ca|n't  can|not
-    rf"|{_CLITIC}"  # 's 're 've 'll 'd 'm
-    rf"|(?:(?<![\w.-])[-.](?={_A}))?{_A}+(?:(?:{_JOIN}){_A}+)*(?:-(?!\S))?"  # words, numbers, -1, O'Neill, built-
-    r"|\.{2,}|-{2,}|\S"  # ellipses, dashes, any other single character
-)
+_ENGLISH = english_tokenizer.load()
 
 
 def split_chunk(chunk: str) -> List[str]:
     """The tokens of one whitespace-free piece of text (how spaCy tokenises, too)."""
-    return WORD_RE.findall(chunk)
+    return _ENGLISH.split(chunk)
 
 
 def split_words(text: str) -> List[str]:
     """The tokens of ``text``: words and punctuation, in order."""
-    return [t for chunk in text.split() for t in WORD_RE.findall(chunk)]
+    return [t for chunk in text.split() for t in _ENGLISH.split(chunk)]
 
 
 def _is_punct(token: str) -> bool:
