@@ -12,6 +12,7 @@ some filter).
 
 import json
 import os
+import random
 import re
 import sys
 import textwrap
@@ -133,6 +134,31 @@ def test_word_splits_equal_datatroves(corpus):
     differ = [(c, split_chunk(c), [t.text for t in nlp(c)]) for c in sorted(chunks) if c.split() == [c]]
     differ = [d for d in differ if d[1] != d[2]]
     assert differ == [], f"{len(differ)} chunks split differently, e.g. {differ[:5]}"
+
+
+def test_special_cases_across_chunks_split_as_datatrove():
+    """spaCy matches its special cases (``''``, ``:)``, ``'s``) over the whole text, so a
+    token one space away can stop a join inside a chunk ("e.ga' ''w": ``'`` ``'`` ``'``):
+    texts of the pieces those rules are made of, as datatrove splits them and as the filters
+    see them (the document's token ids)."""
+    pytest.importorskip("datatrove")
+    from datatrove.utils.text import split_into_words
+
+    from data_tools.clean.document import TextView
+    from data_tools.clean.words import VOCAB, split_words
+
+    pieces = ["'", "''", "'s", "s", "a", "w", "e.ga", "c", ".", ":", ")", "(", "-", "_", "^", "o", "0", "<", "3", "=",
+              "D", "C++", "\\", "\")", "ツ", "/", "and", "or", "a.", "p.m", "em", "cause", "10", "°", "n't", "do", "ca"]
+    rng = random.Random(0)
+    differ = []
+    for _ in range(20000):
+        text = "".join(rng.choice(pieces) + rng.choice(["", "", " ", " ", "\n", "  "]) for _ in range(rng.randint(1, 12)))
+        theirs = split_into_words(text, "eng")
+        ids = TextView(text).prop("id").tolist()
+        token_of = {i: t for t, i in VOCAB.index.items()}
+        if split_words(text) != theirs or [token_of[i] for i in ids] != theirs:
+            differ.append((text, split_words(text), theirs))
+    assert differ == [], f"{len(differ)} texts split differently, e.g. {differ[:3]}"
 
 
 def test_decisions_reasons_and_kept_text_equal_datatroves(corpus):

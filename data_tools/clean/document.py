@@ -52,7 +52,7 @@ class TextView:
 
     def _analyse(self) -> None:
         line_chunks = self.line_chunks
-        chunk_ids = VOCAB.chunk_ids(chain.from_iterable(line_chunks))
+        chunk_ids = VOCAB.text_chunk_ids(self.text, list(chain.from_iterable(line_chunks)))
         ids = np.fromiter(chain.from_iterable(chunk_ids), np.int64)
         chunks_per_line = np.fromiter(map(len, line_chunks), np.int64, len(line_chunks))
         tokens_per_chunk = np.fromiter(map(len, chunk_ids), np.int64, len(chunk_ids))

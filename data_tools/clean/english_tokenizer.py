@@ -12,7 +12,7 @@ tests/test_clean_datatrove.py checks the tables and the splits against spaCy its
 """
 
 import re
-from typing import Dict, List, Tuple
+from typing import Dict, List, Set, Tuple
 
 # The commonest chunks: an ASCII word or a number like 1,000.5, maybe after "$", maybe before
 # one of , ; : ! ? . (the split is [$] word [mark], except "A." which stays whole).
@@ -54,6 +54,7 @@ class EnglishTokenizer:
         self._infixes = re.compile("|".join(p for p in infixes if p.strip())).finditer
         self._url = re.compile(tables["url"]).match
         self.specials: Dict[str, Tuple[str, ...]] = {k: tuple(v) for k, v in tables["exceptions"].items()}
+        self.context_chunks: Set[str] = set()
         # Special cases whose text the affix rules would cut up: after splitting, a run of tokens
         # equal to such a cutting is put back together as the special case says (spaCy's
         # "special matcher"). Keyed by the run's first token.
@@ -61,9 +62,45 @@ class EnglishTokenizer:
         for text, pieces in self.specials.items():
             if self._prefix(text) or self._suffix(text) or next(self._infixes(text), None) or " " in text:
                 cut = tuple(self._split(text, with_specials=False))
-                self._runs.setdefault(cut[0], []).append((cut, pieces))
+                if len(cut) > 1 or cut != pieces:  # one token left as it is: no run to claim or join
+                    self._runs.setdefault(cut[0], []).append((cut, pieces))
 
     def split(self, chunk: str) -> List[str]:
+        """The tokens of one whitespace-free chunk, on its own. Remembers in ``context_chunks``
+        the (rare) chunks whose tokens can depend on a neighbour (see ``split_in_context``)."""
+        tokens = self._cut(chunk)
+        if len(tokens) < 2:
+            return tokens
+        joined, found = self._join_runs([tokens], [False])
+        if found:
+            self.context_chunks.add(chunk)
+        return joined[0]
+
+    def split_text(self, text: str) -> List[List[str]]:
+        """The tokens of each chunk of ``text.split()``."""
+        chunks = text.split()
+        tokens = [self.split(c) for c in chunks]
+        if self.context_chunks and not self.context_chunks.isdisjoint(chunks):
+            return self.split_in_context(text, chunks)
+        return tokens
+
+    def split_in_context(self, text: str, chunks: List[str]) -> List[List[str]]:
+        """The tokens of each of ``chunks`` (``text.split()``) as spaCy splits the whole text.
+
+        spaCy looks for special-case runs in the whole text's tokens, where chunks one space
+        apart are adjacent: a run across that space is never joined (no special case holds a
+        space) but still claims its tokens, so a run inside a chunk that shares its first or
+        last token with it is not joined either ("e.ga' ''w": ``'`` ``'`` ``'``, not ``'`` ``''``).
+        """
+        pos, adjacent = 0, []
+        for chunk in chunks:
+            start = text.index(chunk, pos)
+            adjacent.append(pos > 0 and text[pos:start] == " ")
+            pos = start + len(chunk)
+        return self._join_runs([self._cut(c) for c in chunks], adjacent)[0]
+
+    def _cut(self, chunk: str) -> List[str]:
+        """The tokens of a chunk before special-case runs are joined."""
         tokens = self.specials.get(chunk)
         if tokens is not None:
             return list(tokens)
@@ -72,13 +109,8 @@ class EnglishTokenizer:
             dollar, core, mark = m.groups()
             if not mark or core[-1] not in "ABCDEFGHIJKLMNOPQRSTUVWXYZ" or mark != ".":
                 if not (core in self.specials or core + mark in self.specials or dollar + core in self.specials):
-                    tokens = [core] if not dollar else [dollar, core]
-                    if not mark:
-                        return tokens
-                    tokens.append(mark)
-                    return self._join_runs(tokens)
-        tokens = self._split(chunk, with_specials=True)
-        return self._join_runs(tokens) if len(tokens) > 1 else tokens
+                    return [t for t in (dollar, core, mark) if t]
+        return self._split(chunk, with_specials=True)
 
     def _split(self, chunk: str, with_specials: bool) -> List[str]:
         specials = self.specials if with_specials else {}
@@ -130,31 +162,41 @@ class EnglishTokenizer:
                     middle.append(s[start:])
         return prefixes + middle + suffixes[::-1]
 
-    def _join_runs(self, tokens: List[str]) -> List[str]:
-        """Put runs of tokens that spell a special case back together (longest run first,
-        then leftmost; a run whose first or last token is taken already is skipped)."""
+    def _join_runs(self, cuts: List[List[str]], adjacent: List[bool]) -> Tuple[List[List[str]], bool]:
+        """Join runs of tokens that spell a special case, in the tokens of consecutive chunks
+        (``adjacent[k]``: chunk k follows chunk k-1 after one space). Runs are taken longest
+        first, then leftmost, skipping one whose first or last token is claimed already; only
+        a run inside one chunk is joined. Returns each chunk's tokens, and whether any run
+        matched."""
+        flat: List[str] = []
+        chunk_of: List[int] = []
+        segment_of: List[int] = []  # chunks joined by single spaces form one segment
+        segment = -1
+        for k, (tokens, adj) in enumerate(zip(cuts, adjacent)):
+            segment += not adj
+            flat += tokens
+            chunk_of += [k] * len(tokens)
+            segment_of += [segment] * len(tokens)
         found = []
-        for i, t in enumerate(tokens):
+        for i, t in enumerate(flat):
             for cut, pieces in self._runs.get(t, ()):
-                if tuple(tokens[i:i + len(cut)]) == cut:
-                    found.append((len(cut), i, pieces))
+                n = len(cut)
+                if tuple(flat[i:i + n]) == cut and segment_of[i] == segment_of[i + n - 1]:
+                    found.append((n, i, pieces))
         if not found:
-            return tokens
-        taken, chosen = set(), {}
+            return cuts, False
+        claimed, chosen = set(), {}
         for n, i, pieces in sorted(found, key=lambda f: (-f[0], f[1])):
-            if i not in taken and i + n - 1 not in taken:
+            if i not in claimed and i + n - 1 not in claimed and chunk_of[i] == chunk_of[i + n - 1]:
                 chosen[i] = (n, pieces)
-            taken.update(range(i, i + n))
-        out, i = [], 0
-        while i < len(tokens):
-            if i in chosen:
-                n, pieces = chosen[i]
-                out.extend(pieces)
-                i += n
-            else:
-                out.append(tokens[i])
-                i += 1
-        return out
+            claimed.update(range(i, i + n))
+        out: List[List[str]] = [[] for _ in cuts]
+        i = 0
+        while i < len(flat):
+            n, pieces = chosen.get(i, (1, (flat[i],)))
+            out[chunk_of[i]].extend(pieces)
+            i += n
+        return out, True
 
 
 def load() -> EnglishTokenizer:

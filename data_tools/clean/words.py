@@ -55,7 +55,7 @@ def split_chunk(chunk: str) -> List[str]:
 
 def split_words(text: str) -> List[str]:
     """The tokens of ``text``: words and punctuation, in order."""
-    return [t for chunk in text.split() for t in _ENGLISH.split(chunk)]
+    return [t for tokens in _ENGLISH.split_text(text) for t in tokens]
 
 
 def _is_punct(token: str) -> bool:
@@ -106,6 +106,14 @@ class Vocabulary:
         if len(self.chunks) > self.max_size or len(self.index) > self.max_size:
             self._reset()
         return list(map(self.chunks.__getitem__, chunks))
+
+    def text_chunk_ids(self, text: str, chunks: List[str]) -> List[Tuple[int, ...]]:
+        """``chunk_ids`` of ``chunks`` (``text.split()``), for the rare text where a chunk's
+        tokens depend on its neighbours (``EnglishTokenizer.split_in_context``)."""
+        ids = self.chunk_ids(chunks)
+        if _ENGLISH.context_chunks and not _ENGLISH.context_chunks.isdisjoint(chunks):
+            ids = [tuple(map(self.token_id, tokens)) for tokens in _ENGLISH.split_in_context(text, chunks)]
+        return ids
 
     def token_id(self, token: str) -> int:
         i = self.index.get(token)
