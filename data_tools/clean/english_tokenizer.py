@@ -64,6 +64,10 @@ class EnglishTokenizer:
                 cut = tuple(self._split(text, with_specials=False))
                 if len(cut) > 1 or cut != pieces:  # one token left as it is: no run to claim or join
                     self._runs.setdefault(cut[0], []).append((cut, pieces))
+        # tokens a run can continue from / into: only a chunk that starts with the one or ends
+        # with the other can be reached by a run from a neighbour
+        self._run_inner_ends = {t for cuts in self._runs.values() for cut, _ in cuts for t in cut[:-1]}
+        self._run_inner_starts = {t for cuts in self._runs.values() for cut, _ in cuts for t in cut[1:]}
 
     def split(self, chunk: str) -> List[str]:
         """The tokens of one whitespace-free chunk, on its own. Remembers in ``context_chunks``
@@ -72,7 +76,7 @@ class EnglishTokenizer:
         if len(tokens) < 2:
             return tokens
         joined, found = self._join_runs([tokens], [False])
-        if found:
+        if found and (tokens[0] in self._run_inner_starts or tokens[-1] in self._run_inner_ends):
             self.context_chunks.add(chunk)
         return joined[0]
 
