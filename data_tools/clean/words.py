@@ -14,7 +14,7 @@ document with one numpy indexing operation instead of a Python loop over its wor
 """
 
 import unicodedata
-from typing import Iterable, List, Tuple
+from typing import List, Tuple
 
 import numpy as np
 
@@ -64,26 +64,35 @@ def _is_punct(token: str) -> bool:
 
 
 class _ChunkIds(dict):
-    """Whitespace-separated chunk -> tuple of its token ids, tokenising each chunk once."""
+    """Whitespace-separated chunk -> chunk id, tokenising each new chunk once (its token ids
+    go to the vocabulary's chunk table)."""
 
     def __init__(self, vocab: "Vocabulary"):
         super().__init__()
         self.vocab = vocab
 
-    def __missing__(self, chunk: str):
-        ids = tuple(map(self.vocab.token_id, split_chunk(chunk)))
-        self[chunk] = ids
-        return ids
+    def __missing__(self, chunk: str) -> int:
+        i = self[chunk] = len(self)
+        self.vocab._new_chunks.append(tuple(map(self.vocab.token_id, split_chunk(chunk))))
+        return i
+
+
+def _grown(array: np.ndarray, size: int) -> np.ndarray:
+    """``array`` copied into a zeroed array of at least ``size`` (doubling)."""
+    out = np.zeros(max(size, 2 * len(array)), array.dtype)
+    out[: len(array)] = array
+    return out
 
 
 class Vocabulary:
     """Token -> id for this process, with per-token properties in arrays indexed by id.
 
     Text is split on whitespace and each distinct chunk tokenised once (web text repeats its
-    chunks: "the", "said.", "U.S."), so a document costs a dictionary lookup per chunk; the
-    properties of new tokens are computed in one batch when next asked for. Starts afresh
-    past ``max_size`` chunks or tokens (web text has an unbounded vocabulary); ids are valid
-    while ``generation`` stays the same.
+    chunks: "the", "said.", "U.S."), so a document costs a dictionary lookup per chunk and a
+    gather from the chunk table (each chunk's token ids, end to end); the properties of new
+    tokens are computed in one batch when next asked for. Starts afresh past ``max_size``
+    chunks or tokens (web text has an unbounded vocabulary); ids are valid while
+    ``generation`` stays the same.
     """
 
     PROPS = ("is_word", "has_alpha", "length", "is_punct", "ends_sentence", "random")
@@ -100,20 +109,46 @@ class Vocabulary:
         self._new: List[str] = []  # tokens with ids but no properties yet
         self._arrays = {k: np.zeros(1 << 14, np.uint64 if k == "random" else np.int64 if k == "length" else bool)
                         for k in self.PROPS}
+        self._new_chunks: List[Tuple[int, ...]] = []  # token ids of chunks not yet in the table
+        self._n_chunks = self._n_chunk_tokens = 0
+        self._chunk_start = np.zeros(1 << 14, np.int64)  # chunk id -> its first token's place in _chunk_tokens
+        self._chunk_len = np.zeros(1 << 14, np.int64)
+        self._chunk_tokens = np.zeros(1 << 15, np.int64)
 
-    def chunk_ids(self, chunks: Iterable[str]) -> List[Tuple[int, ...]]:
-        """The token ids of each whitespace-separated chunk of a text."""
+    def token_ids(self, text: str, chunks: List[str]) -> Tuple[np.ndarray, np.ndarray]:
+        """The token ids of ``text``, whose whitespace-separated chunks are ``chunks``, and the
+        number of tokens of each chunk."""
         if len(self.chunks) > self.max_size or len(self.index) > self.max_size:
             self._reset()
-        return list(map(self.chunks.__getitem__, chunks))
-
-    def text_chunk_ids(self, text: str, chunks: List[str]) -> List[Tuple[int, ...]]:
-        """``chunk_ids`` of ``chunks`` (``text.split()``), for the rare text where a chunk's
-        tokens depend on its neighbours (``EnglishTokenizer.split_in_context``)."""
-        ids = self.chunk_ids(chunks)
+        ids = np.fromiter(map(self.chunks.__getitem__, chunks), np.int64, len(chunks))
         if _ENGLISH.context_chunks and not _ENGLISH.context_chunks.isdisjoint(chunks):
-            ids = [tuple(map(self.token_id, tokens)) for tokens in _ENGLISH.split_in_context(text, chunks)]
-        return ids
+            # rare: a chunk's tokens depend on its neighbours (EnglishTokenizer.split_in_context)
+            tokens = _ENGLISH.split_in_context(text, chunks)
+            return (np.fromiter((self.token_id(t) for ts in tokens for t in ts), np.int64),
+                    np.fromiter(map(len, tokens), np.int64, len(tokens)))
+        if self._new_chunks:
+            self._add_chunks()
+        lengths, starts = self._chunk_len[ids], self._chunk_start[ids]
+        n = int(lengths.sum())
+        if n == len(ids):  # every chunk one token (no chunk has none)
+            return self._chunk_tokens[starts], lengths
+        places = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths) + np.arange(n)
+        return self._chunk_tokens[places], lengths
+
+    def _add_chunks(self) -> None:
+        new, self._new_chunks = self._new_chunks, []
+        first, end = self._n_chunks, self._n_chunks + len(new)
+        lengths = np.fromiter(map(len, new), np.int64, len(new))
+        tokens = np.fromiter((t for ts in new for t in ts), np.int64, int(lengths.sum()))
+        if end > len(self._chunk_len):
+            self._chunk_len, self._chunk_start = _grown(self._chunk_len, end), _grown(self._chunk_start, end)
+        token_end = self._n_chunk_tokens + len(tokens)
+        if token_end > len(self._chunk_tokens):
+            self._chunk_tokens = _grown(self._chunk_tokens, token_end)
+        self._chunk_len[first:end] = lengths
+        self._chunk_start[first:end] = self._n_chunk_tokens + np.cumsum(lengths) - lengths
+        self._chunk_tokens[self._n_chunk_tokens:token_end] = tokens
+        self._n_chunks, self._n_chunk_tokens = end, token_end
 
     def token_id(self, token: str) -> int:
         i = self.index.get(token)
@@ -136,10 +171,7 @@ class Vocabulary:
         end = len(self.index)
         start = end - len(new)
         if end > len(self._arrays["length"]):
-            size = max(end, 2 * len(self._arrays["length"]))
-            for k, old in self._arrays.items():
-                self._arrays[k] = np.zeros(size, old.dtype)
-                self._arrays[k][: len(old)] = old
+            self._arrays = {k: _grown(old, end) for k, old in self._arrays.items()}
         a = self._arrays
         a["is_word"][start:end] = [bool(t.strip(_SYMBOL_CHARS)) for t in new]
         a["has_alpha"][start:end] = [any(c.isalpha() for c in t) for t in new]
