@@ -12,7 +12,7 @@ tests/test_clean_datatrove.py checks the tables and the splits against spaCy its
 """
 
 import re
-from typing import Dict, List, Set, Tuple
+from typing import Dict, List, Tuple
 
 # The commonest chunks: an ASCII word or a number like 1,000.5, maybe after "$", maybe before
 # one of , ; : ! ? . (the split is [$] word [mark], except "A." which stays whole).
@@ -54,7 +54,9 @@ class EnglishTokenizer:
         self._infixes = re.compile("|".join(p for p in infixes if p.strip())).finditer
         self._url = re.compile(tables["url"]).match
         self.specials: Dict[str, Tuple[str, ...]] = {k: tuple(v) for k, v in tables["exceptions"].items()}
-        self.context_chunks: Set[str] = set()
+        # chunk -> (can a run from the chunk before reach it, can one into the next chunk)
+        self.context_chunks: Dict[str, Tuple[bool, bool]] = {}
+        self._cuts: Dict[str, List[str]] = {}  # chunk -> its tokens before joining, for split_in_context
         # Special cases whose text the affix rules would cut up: after splitting, a run of tokens
         # equal to such a cutting is put back together as the special case says (spaCy's
         # "special matcher"). Keyed by the run's first token.
@@ -68,6 +70,7 @@ class EnglishTokenizer:
         # with the other can be reached by a run from a neighbour
         self._run_inner_ends = {t for cuts in self._runs.values() for cut, _ in cuts for t in cut[:-1]}
         self._run_inner_starts = {t for cuts in self._runs.values() for cut, _ in cuts for t in cut[1:]}
+        self._run_pairs = {pair for cuts in self._runs.values() for cut, _ in cuts for pair in zip(cut, cut[1:])}
 
     def split(self, chunk: str) -> List[str]:
         """The tokens of one whitespace-free chunk, on its own. Remembers in ``context_chunks``
@@ -76,17 +79,38 @@ class EnglishTokenizer:
         if len(tokens) < 2:
             return tokens
         joined, found = self._join_runs([tokens], [False])
-        if found and (tokens[0] in self._run_inner_starts or tokens[-1] in self._run_inner_ends):
-            self.context_chunks.add(chunk)
+        if found:
+            # a run from the chunk before can reach its first token, one into the next its last
+            sides = (tokens[0] in self._run_inner_starts, tokens[-1] in self._run_inner_ends)
+            if any(sides):
+                self.context_chunks[chunk] = sides
         return joined[0]
 
     def split_text(self, text: str) -> List[List[str]]:
         """The tokens of each chunk of ``text.split()``."""
         chunks = text.split()
         tokens = [self.split(c) for c in chunks]
-        if self.context_chunks and not self.context_chunks.isdisjoint(chunks):
-            return self.split_in_context(text, chunks)
-        return tokens
+        return self.split_in_context(text, chunks) if self.needs_context(text, chunks) else tokens
+
+    def needs_context(self, text: str, chunks: List[str]) -> bool:
+        """Whether a chunk of ``chunks`` (``text.split()``, each split once already) may split
+        differently beside its neighbours: it is in ``context_chunks`` and one space from a
+        neighbour on a side where a run can reach it (cheaply judged: the two chunks with a
+        space between occur somewhere in the text)."""
+        context = self.context_chunks
+        if not context or context.keys().isdisjoint(chunks):
+            return False
+        for k, chunk in enumerate(chunks):
+            sides = context.get(chunk)
+            if not sides:
+                continue
+            if sides[0] and k and (self._cut_of(chunks[k - 1])[-1], self._cut_of(chunk)[0]) in self._run_pairs \
+                    and f"{chunks[k - 1]} {chunk}" in text:
+                return True
+            if sides[1] and k + 1 < len(chunks) and (self._cut_of(chunk)[-1], self._cut_of(chunks[k + 1])[0]) \
+                    in self._run_pairs and f"{chunk} {chunks[k + 1]}" in text:
+                return True
+        return False
 
     def split_in_context(self, text: str, chunks: List[str]) -> List[List[str]]:
         """The tokens of each of ``chunks`` (``text.split()``) as spaCy splits the whole text.
@@ -101,7 +125,16 @@ class EnglishTokenizer:
             start = text.index(chunk, pos)
             adjacent.append(pos > 0 and text[pos:start] == " ")
             pos = start + len(chunk)
-        return self._join_runs([self._cut(c) for c in chunks], adjacent)[0]
+        return self._join_runs(list(map(self._cut_of, chunks)), adjacent)[0]
+
+    def _cut_of(self, chunk: str) -> List[str]:
+        """``_cut``, remembered (for the texts ``split_in_context`` looks at)."""
+        cut = self._cuts.get(chunk)
+        if cut is None:
+            if len(self._cuts) > 1 << 16:
+                self._cuts.clear()
+            cut = self._cuts[chunk] = self._cut(chunk)
+        return cut
 
     def _cut(self, chunk: str) -> List[str]:
         """The tokens of a chunk before special-case runs are joined."""

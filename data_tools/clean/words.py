@@ -121,7 +121,7 @@ class Vocabulary:
         if len(self.chunks) > self.max_size or len(self.index) > self.max_size:
             self._reset()
         ids = np.fromiter(map(self.chunks.__getitem__, chunks), np.int64, len(chunks))
-        if _ENGLISH.context_chunks and not _ENGLISH.context_chunks.isdisjoint(chunks):
+        if _ENGLISH.needs_context(text, chunks):
             # rare: a chunk's tokens depend on its neighbours (EnglishTokenizer.split_in_context)
             tokens = _ENGLISH.split_in_context(text, chunks)
             return (np.fromiter((self.token_id(t) for ts in tokens for t in ts), np.int64),
