@@ -14,9 +14,11 @@ tests/test_clean_datatrove.py checks the tables and the splits against spaCy its
 import re
 from typing import Dict, List, Tuple
 
-# The commonest chunks: an ASCII word or a number like 1,000.5, maybe after "$", maybe before
-# one of , ; : ! ? . (the split is [$] word [mark], except "A." which stays whole).
-_PLAIN = re.compile(r"(\$?)([A-Za-z]+|[0-9]+(?:[.,][0-9]+)*)([,;:!?.]?)").fullmatch
+# The commonest chunks: an ASCII word or a number like 1,000.5, maybe after an opening bracket
+# or quote and "$", maybe before up to two closing marks (said." or 4.5bn),"). spaCy peels each
+# of those off as a token, unless a special case or ".." ends the peeling (checked in _cut).
+_PLAIN = re.compile(r"([(\[“‘\"«]?\$?)([A-Za-z]+|[0-9]+(?:[.,][0-9]+)*)([,;:!?.)\]”\"»]{0,2})").fullmatch
+_UPPER = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
 
 def _char_class(ranges: List[List[int]]) -> str:
@@ -142,11 +144,13 @@ class EnglishTokenizer:
         if tokens is not None:
             return list(tokens)
         m = _PLAIN(chunk)
-        if m:  # a word or a number, a leading $ and a trailing mark at most: no rule cuts more
-            dollar, core, mark = m.groups()
-            if not mark or core[-1] not in "ABCDEFGHIJKLMNOPQRSTUVWXYZ" or mark != ".":
-                if not (core in self.specials or core + mark in self.specials or dollar + core in self.specials):
-                    return [t for t in (dollar, core, mark) if t]
+        if m:
+            opening, core, marks = m.groups()
+            # "." splits off after a lower-case letter, a digit or another mark, and ".." is one token
+            if marks[:1] != "." or core[-1] not in _UPPER and marks != "..":
+                if not any(opening[i:] + core + marks[:j] in self.specials
+                           for i in range(len(opening) + 1) for j in range(len(marks) + 1)):
+                    return list(opening) + [core] + list(marks)
         return self._split(chunk, with_specials=True)
 
     def _split(self, chunk: str, with_specials: bool) -> List[str]:
