@@ -133,7 +133,8 @@ def test_word_splits_equal_datatroves(corpus):
     # words and numbers between brackets, quotes and closing marks, next to special cases
     opening = ["", "(", "[", "“", "‘", '"', "«", "$", "($", "“$", "'"]
     cores = ["word", "Word", "WORD", "US", "U", "x", "3", "3.5", "1,000", "em", "s", "a", "ll", "nt", "co", "vs", "Mr",
-             "m", "am", "A", "i", "e", "nuff", "cause", "Cause", "bout", "d", "re", "S", "im", "ol", "doin", "n", "t"]
+             "m", "am", "A", "i", "e", "nuff", "cause", "Cause", "bout", "d", "re", "S", "im", "ol", "doin", "n", "t",
+             "Zoë", "Øst", "ß", "за", "КРАЛ", "ἐφα", "Ω", "中文", "ツー", "ä", "ü", "ǅ", "ʰ", "x²", "ⅻ", "١٢"]
     marks = [""] + list(",;:!?.)]”\"»’'")
     chunks |= {o + c + a + b for o in opening for c in cores for a in marks for b in marks if a or not b}
     nlp = spacy.blank("en")

@@ -14,11 +14,12 @@ tests/test_clean_datatrove.py checks the tables and the splits against spaCy its
 import re
 from typing import Dict, List, Tuple
 
-# The commonest chunks: an ASCII word or a number like 1,000.5, maybe after an opening bracket
-# or quote and "$", maybe before up to two closing marks (said." or 4.5bn),"). spaCy peels each
-# of those off as a token, unless a special case or ".." ends the peeling (checked in _cut).
-_PLAIN = re.compile(r"([(\[“‘\"«]?\$?)([A-Za-z]+|[0-9]+(?:[.,][0-9]+)*)([,;:!?.)\]”\"»]{0,2})").fullmatch
-_UPPER = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+# The commonest chunks: a word (letters only) or a number like 1,000.5, maybe after an opening
+# bracket or quote and "$", maybe before up to two closing marks (said." or 4.5bn),"). spaCy
+# peels each of those off as a token, unless a special case or ".." ends the peeling, or a "."
+# follows a letter its rules do not call lower case (checked in _cut).
+_PLAIN = re.compile(r"([(\[“‘\"«]?\$?)([^\W\d_]+|[0-9]+(?:[.,][0-9]+)*)([,;:!?.)\]”\"»]{0,2})").fullmatch
+_LOWER_OR_DIGIT = frozenset("abcdefghijklmnopqrstuvwxyz0123456789")
 
 
 def _char_class(ranges: List[List[int]]) -> str:
@@ -147,7 +148,8 @@ class EnglishTokenizer:
         if m:
             opening, core, marks = m.groups()
             # "." splits off after a lower-case letter, a digit or another mark, and ".." is one token
-            if marks[:1] != "." or core[-1] not in _UPPER and marks != "..":
+            if (core.isalpha() or core[0] in _LOWER_OR_DIGIT) \
+                    and (marks[:1] != "." or core[-1] in _LOWER_OR_DIGIT and marks != ".."):
                 if not any(opening[i:] + core + marks[:j] in self.specials
                            for i in range(len(opening) + 1) for j in range(len(marks) + 1)):
                     return list(opening) + [core] + list(marks)
