@@ -120,7 +120,7 @@ class Vocabulary:
         number of tokens of each chunk."""
         if len(self.chunks) > self.max_size or len(self.index) > self.max_size:
             self._reset()
-        ids = np.fromiter(map(self.chunks.__getitem__, chunks), np.int64, len(chunks))
+        chunk_ids = np.fromiter(map(self.chunks.__getitem__, chunks), np.int64, len(chunks))
         if _ENGLISH.needs_context(text, chunks):
             # rare: a chunk's tokens depend on its neighbours (EnglishTokenizer.split_in_context)
             tokens = _ENGLISH.split_in_context(text, chunks)
@@ -128,9 +128,9 @@ class Vocabulary:
                     np.fromiter(map(len, tokens), np.int64, len(tokens)))
         if self._new_chunks:
             self._add_chunks()
-        lengths, starts = self._chunk_len[ids], self._chunk_start[ids]
+        lengths, starts = self._chunk_len[chunk_ids], self._chunk_start[chunk_ids]
         n = int(lengths.sum())
-        if n == len(ids):  # every chunk one token (no chunk has none)
+        if n == len(chunk_ids):  # every chunk one token (no chunk has none)
             return self._chunk_tokens[starts], lengths
         places = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths) + np.arange(n)
         return self._chunk_tokens[places], lengths
