@@ -20,9 +20,13 @@ extras = {
     "gpu": ["triton>=3.0", "liger-kernel>=0.5"],
     # triton also on CPU: the kernel tests run it under TRITON_INTERPRET=1; peft: the LoRA
     # tests load our adapters with it; the eval tests need the eval extra; trl: the DPO tests
-    # compare our tokenization and losses with its DPOTrainer.
+    # compare our tokenization and losses with its DPOTrainer; datatrove and spaCy: the cleaning
+    # tests compare our filters' decisions with datatrove's, and our word splitting with spaCy's
+    # English rules (pinned to the minor versions whose rules data_tools/clean carries; both need
+    # Python 3.10, and those tests are skipped without them).
     "dev": ["pytest>=7", "pytest-timeout>=2", "triton>=3.0", "peft>=0.10", "lm-eval>=0.4.5", "sacrebleu>=2",
-            "rouge-score>=0.1.2", "trl>=1.0"],
+            "rouge-score>=0.1.2", "trl>=1.0", "datatrove>=0.10,<0.11; python_version>='3.10'",
+            "spacy>=3.8,<3.9; python_version>='3.10'"],
 }
 
 setup(

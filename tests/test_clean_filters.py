@@ -7,10 +7,10 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from data_tools.clean.document import Document
+from data_tools.clean.document import Document, TextView
 from data_tools.clean.steps import build_step
 from data_tools.clean.textstats import NGramRepetition
-from data_tools.clean.words import split_words
+from data_tools.clean.words import VOCAB, split_words
 from data_tools.sample_corpus import english_sentences
 
 
@@ -51,9 +51,32 @@ def pad_to(text, length):
                                                "go"]),
     ("Mail john@doe.com or see https://example.com/a.", ["Mail", "john@doe.com", "or", "see", "https://example.com/a",
                                                         "."]),
+    # news figures the first splitter got wrong (spaCy cuts a unit after a number, keeps "3bn")
+    ("It cost £3bn, up 12.5% ($1.2m) in 5km.", ["It", "cost", "£", "3bn", ",", "up", "12.5", "%", "(", "$", "1.2",
+                                                 "m", ")", "in", "5", "km", "."]),
+    ("A 3-0 win for U.K.-based 7-Eleven…", ["A", "3", "-", "0", "win", "for", "U.K.-based", "7", "-", "Eleven", "…"]),
+    ("The 30°C heat: 2.5kg of beef.", ["The", "30", "°", "C", "heat", ":", "2.5", "kg", "of", "beef", "."]),
 ])
 def test_word_splitting_matches_spacy_english(text, tokens):
     assert split_words(text) == tokens
+
+
+def test_token_ids_and_properties_across_vocabulary_resets():
+    """Past ``max_size`` chunks the vocabulary starts afresh; each text's token ids and
+    properties are still its own tokens' (chunks of several tokens included)."""
+    texts = [f"Doc {i}: £{i}bn, up {i}.5% (U.S.) — it’s {i}km... #{i} don't" for i in range(200)]
+    max_size, generation = VOCAB.max_size, VOCAB.generation
+    VOCAB.max_size = 40
+    try:
+        for text in texts:
+            view = TextView(text)
+            ids = view.prop("id").tolist()
+            token_of = {i: t for t, i in VOCAB.index.items()}
+            assert [token_of[i] for i in ids] == split_words(text)
+            assert view.prop("length").tolist() == [len(t) for t in split_words(text)]
+        assert VOCAB.generation > generation + 5
+    finally:
+        VOCAB.max_size = max_size
 
 
 def test_ngram_repetition_equals_a_direct_count():

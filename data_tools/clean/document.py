@@ -52,10 +52,8 @@ class TextView:
 
     def _analyse(self) -> None:
         line_chunks = self.line_chunks
-        chunk_ids = VOCAB.chunk_ids(chain.from_iterable(line_chunks))
-        ids = np.fromiter(chain.from_iterable(chunk_ids), np.int64)
+        ids, tokens_per_chunk = VOCAB.token_ids(self.text, list(chain.from_iterable(line_chunks)))
         chunks_per_line = np.fromiter(map(len, line_chunks), np.int64, len(line_chunks))
-        tokens_per_chunk = np.fromiter(map(len, chunk_ids), np.int64, len(chunk_ids))
         line_of_chunk = np.repeat(np.arange(len(line_chunks)), chunks_per_line)
         self._props = {k: VOCAB.prop(k)[ids] for k in VOCAB.PROPS}
         self._props.update(id=ids, line=np.repeat(line_of_chunk, tokens_per_chunk), line_chunks=chunks_per_line)

@@ -1,12 +1,11 @@
 """Word splitting shared by the quality filters, and per-token properties as numpy arrays.
 
 FineWeb's filters (datatrove) split words with spaCy's English tokenizer, which is what
-makes them slow. ``WORD_RE`` reproduces spaCy's rules for English on each whitespace-
-separated chunk (spaCy also works chunk by chunk): punctuation split off words, contractions
-split (``do`` ``n't``, ``it`` ``'s``), abbreviations kept whole (``U.S.``, ``Mr.``,
-``e.g.``), hyphens split between letters and kept in ``COVID-19``, numbers kept whole
-(``1,000.5``, ``10/20``), URLs and e-mails kept whole. Tokens never cross whitespace, so a
-text's tokens are its lines' tokens.
+makes them slow. ``english_tokenizer`` applies the same rules without spaCy, on each
+whitespace-separated chunk (spaCy also works chunk by chunk): punctuation, currency and
+units split off (``£`` ``3bn``, ``5`` ``km``), contractions split (``do`` ``n't``),
+abbreviations kept whole (``U.S.``, ``Mr.``), hyphens split between letters, URLs kept
+whole. Tokens never cross whitespace, so a text's tokens are its lines' tokens.
 
 ``Vocabulary`` tokenises each distinct chunk once per process, gives each token an id and
 keeps the properties filters ask about (is it a word or only symbols, does it hold a letter,
@@ -14,11 +13,12 @@ its length, does it end a sentence) in arrays indexed by id, so a filter asks th
 document with one numpy indexing operation instead of a Python loop over its words.
 """
 
-import re
 import unicodedata
-from typing import Iterable, List, Tuple
+from typing import List, Tuple
 
 import numpy as np
+
+from data_tools.clean import english_tokenizer
 
 # Characters that do not make a word (datatrove's PUNCTUATION_SET, which FineWeb's Gopher
 # filter uses: a token made only of these is a symbol, not a word).
@@ -45,42 +45,17 @@ TERMINAL_PUNCTUATION = frozenset(
 _SYMBOLS = frozenset(PUNCTUATION) | TERMINAL_PUNCTUATION
 _SYMBOL_CHARS = "".join(_SYMBOLS)
 
-# Abbreviations spaCy's English exceptions keep whole with their period.
-_ABBREVIATIONS = (
-    "Adm Ak Ala Apr Ariz Ark Aug Bros Calif Co Colo Conn Corp Dec Del Dr Feb Fla Ga Gen Gov Ia Id "
-    "Ill Inc Ind Jan Jr Jul Jun Kan Kans Ky La Ltd Mar Mass Md Messrs Mich Minn Miss Mo Mont Mr Mrs "
-    "Ms Mt Neb Nebr Nev Nov Oct Okla Ore Pa Prof Rep Rev Sen Sep Sept St Tenn Va Wash Wis co vs"
-).split()
-# Units spaCy splits off a number ("5km" -> "5" "km"), and the clock suffixes its exceptions split.
-_UNITS = "km|cm|mm|m|kg|mg|g|lb|oz|ft|yd|mph|kmh|ha|am|pm|a\\.m\\.|p\\.m\\.|GB|MB|KB|TB|%"
-
-_L = r"[^\W\d_]"  # a letter
-_A = r"[^\W_]"  # a letter or digit
-_CLITIC = r"['’](?:[sSmMdD]|re|RE|ve|VE|ll|LL)(?![^\W_])"
-_JOIN = (  # what may join two alphanumeric runs inside one token
-    rf"['’](?!(?:[sSmMdD]|re|RE|ve|VE|ll|LL)(?!{_A}))|[@&\[(]|\.?_+|(?<![a-z])\.(?!\.)|\.(?![A-Z.])"
-    rf"|(?<=\d)[,:/.](?=\d)|(?<=\d)-(?={_L})|(?<={_L})-(?=\d)"
-)
-WORD_RE = re.compile(
-    r"(?:https?://|www\.)\S+?(?=[.,;:!?)\]\"'”’]*(?:\s|$))"  # URL; trailing punctuation split off
-    rf"|(?:{_L}\.){{2,}}"  # U.S.  e.g.  a.m.
-    rf"|(?<!{_A})(?:{'|'.join(_ABBREVIATIONS)}|{_L})\.(?![\w.])"  # Mr.  Jan.  initials "J."
-    rf"|\d+(?=(?:{_UNITS})(?!{_A}))"  # 5|km  3|pm
-    rf"|{_A}+?(?=n['’]t(?!{_A}))|n['’]t(?!{_A})|(?<!{_A})[Cc]an(?=not(?!{_A}))"  # do|n't  ca|n't  can|not
-    rf"|{_CLITIC}"  # 's 're 've 'll 'd 'm
-    rf"|(?:(?<![\w.-])[-.](?={_A}))?{_A}+(?:(?:{_JOIN}){_A}+)*(?:-(?!\S))?"  # words, numbers, -1, O'Neill, built-
-    r"|\.{2,}|-{2,}|\S"  # ellipses, dashes, any other single character
-)
+_ENGLISH = english_tokenizer.load()
 
 
 def split_chunk(chunk: str) -> List[str]:
     """The tokens of one whitespace-free piece of text (how spaCy tokenises, too)."""
-    return WORD_RE.findall(chunk)
+    return _ENGLISH.split(chunk)
 
 
 def split_words(text: str) -> List[str]:
     """The tokens of ``text``: words and punctuation, in order."""
-    return [t for chunk in text.split() for t in WORD_RE.findall(chunk)]
+    return [t for tokens in _ENGLISH.split_text(text) for t in tokens]
 
 
 def _is_punct(token: str) -> bool:
@@ -89,26 +64,35 @@ def _is_punct(token: str) -> bool:
 
 
 class _ChunkIds(dict):
-    """Whitespace-separated chunk -> tuple of its token ids, tokenising each chunk once."""
+    """Whitespace-separated chunk -> chunk id, tokenising each new chunk once (its token ids
+    go to the vocabulary's chunk table)."""
 
     def __init__(self, vocab: "Vocabulary"):
         super().__init__()
         self.vocab = vocab
 
-    def __missing__(self, chunk: str):
-        ids = tuple(map(self.vocab.token_id, split_chunk(chunk)))
-        self[chunk] = ids
-        return ids
+    def __missing__(self, chunk: str) -> int:
+        i = self[chunk] = len(self)
+        self.vocab._new_chunks.append(tuple(map(self.vocab.token_id, split_chunk(chunk))))
+        return i
+
+
+def _grown(array: np.ndarray, size: int) -> np.ndarray:
+    """``array`` copied into a zeroed array of at least ``size`` (doubling)."""
+    out = np.zeros(max(size, 2 * len(array)), array.dtype)
+    out[: len(array)] = array
+    return out
 
 
 class Vocabulary:
     """Token -> id for this process, with per-token properties in arrays indexed by id.
 
     Text is split on whitespace and each distinct chunk tokenised once (web text repeats its
-    chunks: "the", "said.", "U.S."), so a document costs a dictionary lookup per chunk; the
-    properties of new tokens are computed in one batch when next asked for. Starts afresh
-    past ``max_size`` chunks or tokens (web text has an unbounded vocabulary); ids are valid
-    while ``generation`` stays the same.
+    chunks: "the", "said.", "U.S."), so a document costs a dictionary lookup per chunk and a
+    gather from the chunk table (each chunk's token ids, end to end); the properties of new
+    tokens are computed in one batch when next asked for. Starts afresh past ``max_size``
+    chunks or tokens (web text has an unbounded vocabulary); ids are valid while
+    ``generation`` stays the same.
     """
 
     PROPS = ("is_word", "has_alpha", "length", "is_punct", "ends_sentence", "random")
@@ -125,12 +109,46 @@ class Vocabulary:
         self._new: List[str] = []  # tokens with ids but no properties yet
         self._arrays = {k: np.zeros(1 << 14, np.uint64 if k == "random" else np.int64 if k == "length" else bool)
                         for k in self.PROPS}
+        self._new_chunks: List[Tuple[int, ...]] = []  # token ids of chunks not yet in the table
+        self._n_chunks = self._n_chunk_tokens = 0
+        self._chunk_start = np.zeros(1 << 14, np.int64)  # chunk id -> its first token's place in _chunk_tokens
+        self._chunk_len = np.zeros(1 << 14, np.int64)
+        self._chunk_tokens = np.zeros(1 << 15, np.int64)
 
-    def chunk_ids(self, chunks: Iterable[str]) -> List[Tuple[int, ...]]:
-        """The token ids of each whitespace-separated chunk of a text."""
+    def token_ids(self, text: str, chunks: List[str]) -> Tuple[np.ndarray, np.ndarray]:
+        """The token ids of ``text``, whose whitespace-separated chunks are ``chunks``, and the
+        number of tokens of each chunk."""
         if len(self.chunks) > self.max_size or len(self.index) > self.max_size:
             self._reset()
-        return list(map(self.chunks.__getitem__, chunks))
+        chunk_ids = np.fromiter(map(self.chunks.__getitem__, chunks), np.int64, len(chunks))
+        if _ENGLISH.needs_context(text, chunks):
+            # rare: a chunk's tokens depend on its neighbours (EnglishTokenizer.split_in_context)
+            tokens = _ENGLISH.split_in_context(text, chunks)
+            return (np.fromiter((self.token_id(t) for ts in tokens for t in ts), np.int64),
+                    np.fromiter(map(len, tokens), np.int64, len(tokens)))
+        if self._new_chunks:
+            self._add_chunks()
+        lengths, starts = self._chunk_len[chunk_ids], self._chunk_start[chunk_ids]
+        n = int(lengths.sum())
+        if n == len(chunk_ids):  # every chunk one token (no chunk has none)
+            return self._chunk_tokens[starts], lengths
+        places = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths) + np.arange(n)
+        return self._chunk_tokens[places], lengths
+
+    def _add_chunks(self) -> None:
+        new, self._new_chunks = self._new_chunks, []
+        first, end = self._n_chunks, self._n_chunks + len(new)
+        lengths = np.fromiter(map(len, new), np.int64, len(new))
+        tokens = np.fromiter((t for ts in new for t in ts), np.int64, int(lengths.sum()))
+        if end > len(self._chunk_len):
+            self._chunk_len, self._chunk_start = _grown(self._chunk_len, end), _grown(self._chunk_start, end)
+        token_end = self._n_chunk_tokens + len(tokens)
+        if token_end > len(self._chunk_tokens):
+            self._chunk_tokens = _grown(self._chunk_tokens, token_end)
+        self._chunk_len[first:end] = lengths
+        self._chunk_start[first:end] = self._n_chunk_tokens + np.cumsum(lengths) - lengths
+        self._chunk_tokens[self._n_chunk_tokens:token_end] = tokens
+        self._n_chunks, self._n_chunk_tokens = end, token_end
 
     def token_id(self, token: str) -> int:
         i = self.index.get(token)
@@ -153,10 +171,7 @@ class Vocabulary:
         end = len(self.index)
         start = end - len(new)
         if end > len(self._arrays["length"]):
-            size = max(end, 2 * len(self._arrays["length"]))
-            for k, old in self._arrays.items():
-                self._arrays[k] = np.zeros(size, old.dtype)
-                self._arrays[k][: len(old)] = old
+            self._arrays = {k: _grown(old, end) for k, old in self._arrays.items()}
         a = self._arrays
         a["is_word"][start:end] = [bool(t.strip(_SYMBOL_CHARS)) for t in new]
         a["has_alpha"][start:end] = [any(c.isalpha() for c in t) for t in new]

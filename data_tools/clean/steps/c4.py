@@ -61,7 +61,8 @@ class C4Quality(Step):
             if isinstance(verdict, str):
                 return verdict
             kept, keep, edited = verdict
-        text = "\n".join(kept)  # the lines are stripped, so the text is too
+        # the lines are stripped, but removing a citation mark can leave a space at an end
+        text = "\n".join(kept).strip()
         if text != doc.text:
             doc.set_text(text, None if edited else view.keep_lines(keep, kept))
         return None

@@ -38,7 +38,7 @@ class GopherRepetition(Step):
 
     def process(self, doc) -> Optional[str]:
         text = doc.text
-        if not text.strip():
+        if not text:
             return "empty"
         blank_lines = "\n\n" in text
         paragraphs = _PARAGRAPHS.split(text.strip()) if blank_lines else [text.strip()]
