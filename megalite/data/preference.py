@@ -16,7 +16,7 @@ does not end with it; conversations as ``apply_chat_template(..., tokenize=True)
 and both prompt+completion sequences are tokenized whole, and each completion starts where the
 prompt's ids and the pair's ids first differ (their common prefix).
 
-Each source's fitted pairs are cached like SFT examples (``megalite.data.sft_examples``): a
+Each source's fitted pairs are cached (``megalite.data.items.cached_items``) like SFT examples: a
 ``.bin/.idx`` entry under ``<source folder>/cache/pref`` (or ``--pref-cache-path``) named by a
 hash of the files, tokenizer, template and lengths, holding the chosen and rejected sequences of
 pair k as documents 2k and 2k + 1; rank 0 builds it once, later runs and the other ranks read it.
@@ -36,13 +36,12 @@ import numpy as np
 import torch
 
 from megalite.data.chat import render_chat, resolve_template
-from megalite.data.sft import collate_sft, epoch_shuffled
-from megalite.data.sft_examples import ExampleStore, cached_store, write_store
+from megalite.data.items import ItemDataset, StoreItems, cached_items
+from megalite.data.sft import collate_sft
 from megalite.data.sft_formats import (SHAREGPT_COLUMNS, SHAREGPT_TAGS, ROLE_OF_TAG, ALPACA_COLUMNS, SFTSource,
                                        from_alpaca, from_sharegpt, read_records, resolve_sources)
 from megalite.errors import MegaliteError
 
-CACHE_VERSION = 1
 KEYS = ("prompt", "chosen", "rejected")
 COUNTS = ("pairs", "prompt_truncated", "truncated", "dropped")
 Pair = Dict[str, object]  # prompt / chosen / rejected: strings, or message lists
@@ -191,36 +190,6 @@ def fit_pair(prompt: List[int], chosen: List[int], rejected: List[int], seq_leng
 
 
 # -- training rows ---------------------------------------------------------------------------------
-class ItemDataset(torch.utils.data.Dataset):
-    """``num_samples`` samples over ``items`` (cached pairs or KTO examples), epochs over them each
-    shuffled by ``seed + epoch`` (sample ``i`` is the same item in every run, so resuming is
-    exact); ``ds[i]`` is ``item(k, i)`` of that item ``k``. ``held_out`` marks a validation set
-    (precomputed reference scores are looked up by it and the item's index); ``stats`` are the
-    data's counts (``summary``), ``count`` the one that counts the items kept."""
-
-    noun, count = "items", "items"
-
-    def __init__(self, items, num_samples: Optional[int] = None, seed: int = 1234,
-                 stats: Optional[Dict[str, int]] = None, held_out: bool = False):
-        if not len(items):
-            raise MegaliteError(f"no {self.noun} to train on (every one was dropped, or the data is empty)")
-        self.items, self.seed, self.held_out = items, seed, held_out
-        self.num_samples = len(items) if num_samples is None else int(num_samples)
-        self.stats = stats or {}
-        self._order = [-1, None]
-
-    def __len__(self) -> int:
-        return self.num_samples
-
-    def __getitem__(self, i: int) -> Dict[str, object]:
-        return self.item(epoch_shuffled(i, len(self.items), self.num_samples, self.seed, self._order), i)
-
-    def held_out_note(self) -> str:
-        """'; N more held out' when --pref-valid-fraction took some of the data's items."""
-        n = self.stats.get(self.count, len(self.items)) - len(self.items)
-        return f"; {n} more held out" if n else ""
-
-
 class PreferenceDataset(ItemDataset):
     """DPO pairs: a sample holds the chosen and rejected rows (``tokens``, ``labels``,
     ``loss_mask`` = completion tokens among the labels), ``index`` (the pair's position in the
@@ -266,44 +235,6 @@ def collate_pairs(items, pad_to: Optional[int] = None, multiple_of: int = 1) -> 
     return batch
 
 
-class StoreItems:
-    """The items of several cached sources indexed as one list (or the ``picks`` of it), each item
-    ``per_item`` documents of its store; ``split`` holds out a seeded share (--pref-valid-fraction)."""
-
-    per_item = 1
-
-    def __init__(self, stores: Sequence[ExampleStore], picks: Optional[np.ndarray] = None):
-        self.stores = list(stores)
-        self.ends = np.cumsum([len(st) // self.per_item for st in self.stores])
-        self.picks = picks
-
-    def __len__(self) -> int:
-        if self.picks is not None:
-            return len(self.picks)
-        return int(self.ends[-1]) if len(self.ends) else 0
-
-    def position(self, k: int) -> int:
-        """Item ``k``'s position among the items of all the stores."""
-        return int(self.picks[k]) if self.picks is not None else k
-
-    def locate(self, k: int) -> Tuple[ExampleStore, int]:
-        """(store, index of the item's first document in it) of item ``k``."""
-        k = self.position(k)
-        s = int(np.searchsorted(self.ends, k, side="right"))
-        return self.stores[s], self.per_item * (k - (int(self.ends[s - 1]) if s else 0))
-
-    def split(self, fraction: float, seed: int):
-        """(training items, held-out items): a seeded ``fraction`` of the items (at least one,
-        never all) is held out; None when ``fraction`` is 0."""
-        if not 0 <= fraction < 1:
-            raise MegaliteError(f"--pref-valid-fraction {fraction} must be in [0, 1)")
-        if not fraction:
-            return self, None
-        order = np.random.default_rng(seed).permutation(len(self))
-        k = min(max(1, round(fraction * len(self))), len(self) - 1)
-        return type(self)(self.stores, np.sort(order[k:])), type(self)(self.stores, np.sort(order[:k]))
-
-
 class Pairs(StoreItems):
     """Fitted pairs: ``pairs[k]`` is ``[(chosen ids, completion mask), (rejected ids, completion mask)]``
     (documents 2k and 2k + 1 of their store)."""
@@ -313,30 +244,6 @@ class Pairs(StoreItems):
     def __getitem__(self, k: int):
         store, j = self.locate(k)
         return [store[j], store[j + 1]]
-
-
-def load_or_build_pairs(source: SFTSource, tokenizer, template: str, seq_length: int,
-                        max_prompt_length: Optional[int], cache_dir: Optional[str] = None) -> ExampleStore:
-    """The source's fitted pairs, from the cache or tokenized into it (rank 0 builds)."""
-    description = {"version": CACHE_VERSION, "source": source.description(), "tokenizer": tokenizer.fingerprint(),
-                   "special_tokens": tokenizer.special_tokens, "template": template, "seq_length": seq_length,
-                   "max_prompt_length": max_prompt_length}
-
-    def build(prefix):
-        stats = {k: 0 for k in COUNTS}
-
-        def fitted(batch=256):
-            chunk = []
-            for _, ids in tokenized(source, tokenizer, template):
-                chunk += fit_pair(*ids, seq_length, max_prompt_length, stats) or []
-                if len(chunk) >= 2 * batch:
-                    yield chunk
-                    chunk = []
-            yield chunk
-
-        write_store(prefix, description, fitted(), stats, tokenizer.vocab_size)
-
-    return cached_store(source, description, cache_dir, "pref", build)
 
 
 def pref_sources(dpo_cfg, chat_template: Optional[str], tokenizer, spec: Optional[str] = None, resolve=None):
@@ -350,20 +257,18 @@ def pref_sources(dpo_cfg, chat_template: Optional[str], tokenizer, spec: Optiona
     return resolve_template(chat_template, tokenizer), resolve(spec, dpo_cfg.pref_dataset_dir, flag)
 
 
-def tokenized(source: SFTSource, tokenizer, template: str, tokenize=None, load=None):
-    """(record, ``tokenize(tokenizer, template, record)``) for every record ``load(source)`` gives
-    (default: ``load_pairs`` and ``tokenize_pair``); errors name the file and the record."""
-    for path, i, record in (load or load_pairs)(source):
-        try:
-            yield record, (tokenize or tokenize_pair)(tokenizer, template, record)
-        except MegaliteError as e:
-            raise MegaliteError(f"{path}: record {i}: {e}") from None
-
-
 def build_pairs(dpo_cfg, chat_template: Optional[str], seq_length: int, tokenizer, spec: Optional[str] = None):
-    """(Pairs, counts) of every source of ``spec`` (default ``--pref-data``)."""
+    """(Pairs, counts) of every source of ``spec`` (default ``--pref-data``), each source's fitted
+    pairs cached under ``cache/pref`` (the chosen and rejected sequences of pair k as documents 2k
+    and 2k + 1)."""
     template, sources = pref_sources(dpo_cfg, chat_template, tokenizer, spec)
-    stores = [load_or_build_pairs(source, tokenizer, template, seq_length, dpo_cfg.max_prompt_length,
-                                  dpo_cfg.pref_cache_path) for source in sources]
+    max_prompt = dpo_cfg.max_prompt_length
+
+    def fit(pair, ids, stats, arrays):
+        return fit_pair(*ids, seq_length, max_prompt, stats) or []
+
+    stores = [cached_items("pref", source, tokenizer, template, seq_length, dpo_cfg.pref_cache_path,
+                           {"max_prompt_length": max_prompt}, load_pairs, tokenize_pair, fit, COUNTS)
+              for source in sources]
     stats = {k: sum(st.stats[k] for st in stores) for k in COUNTS}
     return Pairs(stores), stats

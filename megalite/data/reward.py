@@ -19,9 +19,8 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
-from megalite.data.preference import CACHE_VERSION, ItemDataset, Pairs, pref_sources, sequence_ids, tokenized
-from megalite.data.sft_examples import ExampleStore, cached_store, write_store
-from megalite.data.sft_formats import SFTSource
+from megalite.data.items import ItemDataset, cached_items
+from megalite.data.preference import Pairs, load_pairs, pref_sources, sequence_ids
 from megalite.errors import MegaliteError
 
 COUNTS = ("pairs", "dropped")
@@ -54,46 +53,30 @@ class ScoredPairs(Pairs):
                 "margin": float(margin[j])}
 
 
-def load_or_build_reward_pairs(source: SFTSource, tokenizer, template: str, seq_length: int,
-                               cache_dir: Optional[str] = None) -> ExampleStore:
-    """The source's reward pairs, from the cache (``<source folder>/cache/rm`` or
-    --pref-cache-path) or tokenized into it (rank 0 builds, as DPO's pairs)."""
-    description = {"version": CACHE_VERSION, "kind": "rm", "source": source.description(),
-                   "tokenizer": tokenizer.fingerprint(), "special_tokens": tokenizer.special_tokens,
-                   "template": template, "seq_length": seq_length, "pad": pad_id_of(tokenizer)}
-
-    def build(prefix):
-        stats, arrays = {k: 0 for k in COUNTS}, {"score_index": [], "margin": []}
-
-        def kept(batch=256):
-            chunk = []
-            for pair, ids in tokenized(source, tokenizer, template, tokenize_reward_pair):
-                if max(map(len, ids)) > seq_length:
-                    stats["dropped"] += 1
-                    continue
-                stats["pairs"] += 1
-                for row in (np.asarray(x, dtype=np.int64) for x in ids):
-                    chunk.append((row, np.ones(len(row), dtype=bool)))
-                    arrays["score_index"].append(score_index(row, description["pad"]))
-                    arrays["margin"].append(float(pair.get("margin", 0.0)))
-                if len(chunk) >= 2 * batch:
-                    yield chunk
-                    chunk = []
-            yield chunk
-
-        write_store(prefix, description, kept(), stats, tokenizer.vocab_size, arrays)
-
-    return cached_store(source, description, cache_dir, "rm", build)
-
-
 def build_reward_pairs(dpo_cfg, chat_template: Optional[str], seq_length: int, tokenizer,
                        spec: Optional[str] = None):
-    """(ScoredPairs, counts) of every source of ``spec`` (default ``--pref-data``)."""
+    """(ScoredPairs, counts) of every source of ``spec`` (default ``--pref-data``), each source's
+    pairs cached under ``cache/rm``."""
     if dpo_cfg.max_prompt_length is not None:
         raise MegaliteError("--max-prompt-length does not apply to reward models (--stage rm): prompt and completion "
                             "are scored whole, and pairs longer than --seq-length are dropped")
     template, sources = pref_sources(dpo_cfg, chat_template, tokenizer, spec)
-    stores = [load_or_build_reward_pairs(source, tokenizer, template, seq_length, dpo_cfg.pref_cache_path)
+    pad = pad_id_of(tokenizer)
+
+    def fit(pair, ids, stats, arrays):
+        if max(map(len, ids)) > seq_length:
+            stats["dropped"] += 1
+            return []
+        stats["pairs"] += 1
+        rows = [np.asarray(x, dtype=np.int64) for x in ids]
+        for row in rows:
+            arrays["score_index"].append(score_index(row, pad))
+            arrays["margin"].append(float(pair.get("margin", 0.0)))
+        return [(row, np.ones(len(row), dtype=bool)) for row in rows]
+
+    stores = [cached_items("rm", source, tokenizer, template, seq_length, dpo_cfg.pref_cache_path,
+                           {"kind": "rm", "pad": pad}, load_pairs, tokenize_reward_pair, fit, COUNTS,
+                           arrays=("score_index", "margin"))
               for source in sources]
     return ScoredPairs(stores), {k: sum(st.stats[k] for st in stores) for k in COUNTS}
 

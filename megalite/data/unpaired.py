@@ -14,7 +14,7 @@ become conversational examples labelled by the ``kto_tag`` column. Paired record
 Tokenization is trl 1.x's KTOTrainer's, the same rules as DPO's (``preference.tokenize_completions``),
 and so is the length policy (``preference.fit_prompt``): counted prompt cuts, drops and cuts to
 ``--seq-length + 1`` ids. Each source's fitted examples are cached as DPO's pairs are
-(``load_or_build_examples``, ``Examples``), their labels in an array file of the cache entry.
+(``build_examples``, ``Examples``), their labels in an array file of the cache entry.
 
 KL rows (trl's KL estimate): a micro-batch of n examples also carries n mismatched sequences,
 example i's prompt followed by the completion of example i - 1 of the same micro-batch (example 0
@@ -29,15 +29,15 @@ from typing import Dict, List, NamedTuple, Optional, Tuple
 import numpy as np
 import torch
 
-from megalite.data.preference import (ItemDataset, StoreItems, check_pair, fit_prompt, fit_sequence, pref_sources, text_of,
-                                      tokenize_completions, tokenized, training_row)
+from megalite.data.items import ItemDataset, StoreItems, cached_items
+from megalite.data.preference import (check_pair, fit_prompt, fit_sequence, pref_sources, text_of, tokenize_completions,
+                                      training_row)
 from megalite.data.sft import collate_sft
-from megalite.data.sft_examples import ExampleStore, cached_store, write_store
+from megalite.data.sft_examples import ExampleStore
 from megalite.data.sft_formats import (ALPACA_COLUMNS, SHAREGPT_COLUMNS, SHAREGPT_TAGS, SFTSource, from_alpaca,
                                        from_sharegpt, read_records, resolve_sources)
 from megalite.errors import MegaliteError
 
-CACHE_VERSION = 1
 KEYS = ("prompt", "completion", "label")
 PAIR_KEYS = ("prompt", "chosen", "rejected")
 UNPAIR_BLOCK = 1000  # pairs per batch of trl's unpair_preference_dataset (datasets.map's default batch size)
@@ -157,48 +157,30 @@ class Examples(StoreItems):
         return Fitted(ids[~completion].tolist(), ids[completion].tolist(), bool(self.labels[k]))
 
 
-def load_or_build_examples(source: SFTSource, tokenizer, template: str, seq_length: int,
-                           max_prompt_length: Optional[int], cache_dir: Optional[str] = None) -> ExampleStore:
-    """The source's fitted examples, from the cache (``<source folder>/cache/kto`` or
-    --pref-cache-path) or tokenized into it (rank 0 builds, as DPO's pairs)."""
-    description = {"version": CACHE_VERSION, "kind": "kto", "source": source.description(),
-                   "tokenizer": tokenizer.fingerprint(), "special_tokens": tokenizer.special_tokens,
-                   "template": template, "seq_length": seq_length, "max_prompt_length": max_prompt_length}
-
-    def build(prefix):
-        stats, labels = {k: 0 for k in COUNTS}, []
-
-        def fitted(batch=256):
-            chunk = []
-            for example, (prompt, completion) in tokenized(source, tokenizer, template, tokenize_example,
-                                                           load_examples):
-                prompt = fit_prompt(prompt, len(completion), seq_length, max_prompt_length, stats)
-                if prompt is None:
-                    continue
-                chunk.append((np.asarray(prompt + completion, dtype=np.int64),
-                              np.arange(len(prompt) + len(completion)) >= len(prompt)))
-                labels.append(example["label"])
-                stats["examples"] += 1
-                stats["desirable"] += int(example["label"])
-                if len(chunk) >= batch:
-                    yield chunk
-                    chunk = []
-            yield chunk
-
-        write_store(prefix, description, fitted(), stats, tokenizer.vocab_size, arrays={"labels": labels})
-
-    return cached_store(source, description, cache_dir, "kto", build)
-
-
 def build_examples(dpo_cfg, chat_template: Optional[str], seq_length: int, tokenizer, spec: Optional[str] = None):
-    """(Examples, counts) of every source of ``spec`` (default ``--pref-data``)."""
+    """(Examples, counts) of every source of ``spec`` (default ``--pref-data``), each source's fitted
+    examples cached under ``cache/kto``."""
     template, sources = pref_sources(dpo_cfg, chat_template, tokenizer, spec, resolve_unpaired_sources)
-    stores = [load_or_build_examples(source, tokenizer, template, seq_length, dpo_cfg.max_prompt_length,
-                                     dpo_cfg.pref_cache_path) for source in sources]
+    max_prompt = dpo_cfg.max_prompt_length
+
+    def fit(example, ids, stats, arrays):
+        prompt, completion = ids
+        prompt = fit_prompt(prompt, len(completion), seq_length, max_prompt, stats)
+        if prompt is None:
+            return []
+        arrays["labels"].append(example["label"])
+        stats["examples"] += 1
+        stats["desirable"] += int(example["label"])
+        return [(np.asarray(prompt + completion, dtype=np.int64),
+                 np.arange(len(prompt) + len(completion)) >= len(prompt))]
+
+    stores = [cached_items("kto", source, tokenizer, template, seq_length, dpo_cfg.pref_cache_path,
+                           {"kind": "kto", "max_prompt_length": max_prompt}, load_examples, tokenize_example, fit,
+                           COUNTS, arrays=("labels",))
+              for source in sources]
     return Examples(stores), {k: sum(st.stats[k] for st in stores) for k in COUNTS}
 
 
-# -- training rows ---------------------------------------------------------------------------------
 class UnpairedDataset(ItemDataset):
     """KTO examples: a sample holds the fitted example, its position in the set (``index``), the
     sample number ``i`` (``sample``: what precomputed reference scores of KL rows are keyed by,

@@ -26,6 +26,7 @@ from megalite.model import GPTModel
 from megalite.model.gpt import build_stage_model
 from megalite.model.kv_cache import KVCache
 from megalite.parallel import state
+from megalite.parallel.pipeline import model_chunks
 from megalite.posttrain.lora_io import load_lora_weights
 from megalite.training.checkpointing import find_checkpoint, load_model_state, read_checkpoint, saved_settings
 from megalite.training.trainer import setup_distributed
@@ -105,7 +106,7 @@ def generate(model, prompts: List[List[int]], max_new_tokens: int, sampling: Sam
     """The new tokens for each prompt (each stops at a stop token/string, or max_new_tokens)."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise MegaliteError("every prompt needs at least one token")
-    device, cfg = next(model.parameters()).device, _chunks(model)[0].cfg
+    device, cfg = next(model.parameters()).device, model_chunks(model)[0].cfg
     b, longest = len(prompts), max(map(len, prompts))
     total = longest + max_new_tokens
     if total > cfg.max_position_embeddings and cfg.position_embedding_type == "learned_absolute":
@@ -143,10 +144,6 @@ def generate(model, prompts: List[List[int]], max_new_tokens: int, sampling: Sam
     return out
 
 
-def _chunks(model) -> List[GPTModel]:
-    return list(model) if isinstance(model, torch.nn.ModuleList) else [model]
-
-
 def _decode_step(model, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache,
                  every_position: bool = False) -> Optional[torch.Tensor]:
     """This rank's share of one decoding step: the last position's logits [batch, vocab] (with
@@ -155,7 +152,7 @@ def _decode_step(model, tokens: torch.Tensor, positions: torch.Tensor, cache: KV
     states and hands its own to the next, which lives on the next rank."""
     s = state.get()
     x = None
-    for chunk in _chunks(model):
+    for chunk in model_chunks(model):
         if not chunk.pre_process:
             x = torch.empty(tokens.shape[1], tokens.shape[0], chunk.cfg.hidden_size, dtype=_dtype(model),
                             device=tokens.device)
@@ -185,7 +182,7 @@ def _dtype(model) -> torch.dtype:
 
 
 def _new_cache(model, batch: int, max_len: int, device) -> KVCache:
-    chunks = _chunks(model)
+    chunks = model_chunks(model)
     layers = [name for chunk in chunks for name in chunk.layers.keys()]
     heads = next(iter(chunks[0].layers.values())).attention.groups
     return KVCache(layers, batch, max_len, heads, chunks[0].cfg.kv_channels, _dtype(model), device)

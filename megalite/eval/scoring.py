@@ -13,9 +13,10 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from megalite.eval.generate import _chunks, _decode_step, _mask, _new_cache
+from megalite.eval.generate import _decode_step, _mask, _new_cache
 from megalite.parallel import state
 from megalite.parallel.mappings import gather_from_tp
+from megalite.parallel.pipeline import model_chunks
 
 Scores = Tuple[torch.Tensor, torch.Tensor]  # (log-probability of each next token, was it the argmax)
 
@@ -59,7 +60,7 @@ def token_logprobs(model, sequences: Sequence[Sequence[int]], pad_id: int = 0) -
 
 def model_positions(model) -> int:
     """The longest sequence the model was configured for (its --max-position-embeddings)."""
-    return _chunks(model)[0].cfg.max_position_embeddings
+    return model_chunks(model)[0].cfg.max_position_embeddings
 
 
 def _from_last_stage(obj: Optional[list]) -> list:

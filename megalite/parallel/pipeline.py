@@ -18,6 +18,12 @@ from megalite.errors import MegaliteError
 from megalite.parallel import state
 
 
+def model_chunks(model) -> List[torch.nn.Module]:
+    """The model chunks (virtual stages) of one pipeline stage's model, in order: the items of a
+    list or ModuleList (``model.gpt.ModelChunks``), else the one model."""
+    return list(model) if isinstance(model, (list, tuple, torch.nn.ModuleList)) else [model]
+
+
 def stage_layers(num_layers: int, pp_size: int, pp_rank: int, first: Optional[int] = None,
                  last: Optional[int] = None) -> range:
     """The layers pipeline stage ``pp_rank`` owns: ``first`` / ``last`` layers on the first /
@@ -55,7 +61,7 @@ def forward_backward(
 ) -> float:
     """Forward (and backward) every micro-batch; returns the sum of ``loss_fn`` over them on
     the last stage (0 elsewhere). ``loss_fn(per_token_losses, micro_batch)`` gives a scalar."""
-    chunks = list(model) if isinstance(model, (list, tuple, torch.nn.ModuleList)) else [model]
+    chunks = model_chunks(model)
     if state.get().pp_size == 1:
         return _no_pipeline(chunks[0], batch, loss_fn, forward_only, grad_buffer, loss_scale)
     return _pipelined(chunks, batch, loss_fn, tuple(activation_shape), dtype, forward_only, grad_buffer, loss_scale)

@@ -25,7 +25,7 @@ and is saved with them.
 import contextlib
 import math
 import re
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +36,7 @@ from megalite.parallel import state
 from megalite.parallel.init import mark
 from megalite.parallel.layers import column_parallel_linear
 from megalite.parallel.mappings import leave_tp_region
+from megalite.parallel.pipeline import model_chunks
 from megalite.parallel.random import SequenceDropout, tp_rng
 
 # HF module name -> (our block, our layer in it); the HF block name of each of our blocks.
@@ -142,10 +143,6 @@ def _row_pair(rank: int, fan_in: int, out: int, seq_parallel: bool) -> LoraPair:
     mark(pair.lora_B, None)
     pair.lora_B.sequence_parallel = seq_parallel
     return pair
-
-
-def model_chunks(model) -> List[nn.Module]:
-    return list(model) if isinstance(model, nn.ModuleList) else [model]
 
 
 def add_adapters(model, cfg: Config) -> None:

@@ -24,13 +24,13 @@ import torch.distributed as dist
 from megalite import kernels
 from megalite.config import Config, data_parallel_size, inherit_model_settings, validate
 from megalite.errors import MegaliteError
-from megalite.model.gpt import ModelChunks, build_stage_model
+from megalite.model.gpt import build_stage_model
 from megalite.model.flops import peak_tflops, train_flops
 from megalite.parallel import state
 from megalite.parallel.data_parallel import GradBuffer, all_reduce_scalar
 from megalite.parallel.zero import FullyShardedBuffer
 from megalite.parallel.grads import sync_embedding_grads, sync_tensor_parallel_grads
-from megalite.parallel.pipeline import forward_backward
+from megalite.parallel.pipeline import forward_backward, model_chunks
 from megalite.parallel.init import initialize
 from megalite.parallel.random import seed_tp_rng
 from megalite.posttrain.lora import ParameterSubset, add_adapters
@@ -104,7 +104,7 @@ class Trainer:
         self.activation_shape = (seq, rows, m.hidden_size)  # what stages pass on
         initialize(self.model, t.seed)
         self.model.to(device=device, dtype=self.dtype)
-        chunks = list(self.model) if isinstance(self.model, ModelChunks) else [self.model]
+        chunks = model_chunks(self.model)
         layers = [layer for c in chunks for layer in c.layers.values()]
         if p.zero_stage >= 2 and s.dp_group is not None:
             self.grads = FullyShardedBuffer(chunks, layers, s.dp_group, _sync_model_parallel,
