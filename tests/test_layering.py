@@ -1,0 +1,156 @@
+"""The import layers of ../shared/DESIGN.md ("Layers"), read from the source with ast.
+
+Every import counts, function-local ones too. An arrow the layer order forbids, or a module
+that joins an import cycle, fails with the file, line and import named. The arrows and cycles
+that exist today are listed in KNOWN_*: the Stage redesign (issue 20) removes them, and the
+test fails when one disappears too, so the lists only shrink.
+"""
+
+import ast
+import os
+from typing import Dict, Iterable, List, Set, Tuple
+
+from tests.conftest import REPO
+
+# Lower may not import higher. config, errors, utils and the C++ helpers sit below everything.
+RANK = {"config": 0, "errors": 0, "utils": 0, "_helpers": 0, "kernels": 1, "parallel": 2, "model": 3, "data": 4,
+        "checkpoint": 5, "training": 6, "posttrain": 7, "eval": 7, "hf": 7, "serve": 8}
+DATA_TOOLS_MAY_USE = {"data", "config", "errors", "utils", "_helpers"}
+
+# (importing module, imported megalite area) pairs that break the order today.
+KNOWN_ARROWS = {
+    ("megalite.config", "kernels"), ("megalite.config", "parallel"), ("megalite.utils.memory", "parallel"),
+    ("megalite.training.objectives", "posttrain"), ("megalite.training.reshard", "posttrain"),
+    ("megalite.training.trainer", "eval"), ("megalite.training.trainer", "posttrain"),
+}
+# Modules on an import cycle today.
+KNOWN_CYCLIC = {
+    "megalite.eval.cli", "megalite.eval.exams", "megalite.eval.generate", "megalite.eval.harness",
+    "megalite.eval.perplexity", "megalite.eval.predict", "megalite.eval.scoring",
+    "megalite.training.checkpointing", "megalite.training.reshard", "megalite.training.trainer",
+}
+
+Edge = Tuple[str, str, str, int]  # importer module, imported module, file, line
+
+
+def module_name(path: str) -> str:
+    name = os.path.relpath(path, REPO)[: -len(".py")].replace(os.sep, ".")
+    return name[: -len(".__init__")] if name.endswith(".__init__") else name
+
+
+def imports_of(path: str) -> List[Edge]:
+    """Every import in the file, at any depth, with relative ones resolved."""
+    me = module_name(path)
+    package = me if path.endswith("__init__.py") else me.rpartition(".")[0]
+    with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read(), path)
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out += [(me, a.name, path, node.lineno) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1] + ([node.module] if node.module else []))
+            # `from megalite.data import tokenizer` imports the module megalite.data.tokenizer
+            out += [(me, f"{base}.{a.name}" if _is_module(f"{base}.{a.name}") else base, path, node.lineno)
+                    for a in node.names]
+    return sorted(set(out))
+
+
+def _is_module(name: str) -> bool:
+    path = os.path.join(REPO, *name.split("."))
+    return os.path.isfile(path + ".py") or os.path.isdir(path)
+
+
+def all_edges() -> List[Edge]:
+    edges = []
+    for top in ("megalite", "data_tools"):
+        for folder, _, files in os.walk(os.path.join(REPO, top)):
+            edges += [e for f in sorted(files) if f.endswith(".py") for e in imports_of(os.path.join(folder, f))]
+    return edges
+
+
+def area(module: str) -> str:
+    """megalite.training.trainer -> training; megalite.config -> config."""
+    return module.split(".")[1] if module.count(".") else module
+
+
+def forbidden_arrows(edges: Iterable[Edge]) -> List[str]:
+    bad = []
+    for me, target, path, line in edges:
+        if not target.startswith("megalite."):
+            continue
+        to = area(target)
+        if me.startswith("data_tools"):
+            wrong = to not in DATA_TOOLS_MAY_USE
+        else:
+            wrong = RANK[to] > RANK[area(me)]
+        if wrong and (me, to) not in KNOWN_ARROWS:
+            bad.append(f"{os.path.relpath(path, REPO)}:{line}: {me} imports {target} ({area(me)} is below {to})")
+    return bad
+
+
+def cyclic_modules(edges: Iterable[Edge]) -> Set[str]:
+    """Modules of megalite/ that lie on an import cycle (Tarjan's strongly connected components)."""
+    graph: Dict[str, Set[str]] = {}
+    for me, target, _, _ in edges:
+        if me.startswith("megalite") and target.startswith("megalite."):
+            graph.setdefault(me, set()).add(target)
+    modules = set(graph)
+    graph = {m: {t for t in ts if t in modules and t != m} for m, ts in graph.items()}
+    index, low, stack, on_stack, out = {}, {}, [], set(), set()
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                out.update(component)
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_goes_up_a_layer():
+    assert forbidden_arrows(all_edges()) == []
+
+
+def test_no_new_import_cycle():
+    new = cyclic_modules(all_edges()) - KNOWN_CYCLIC
+    assert not new, f"modules newly on an import cycle: {sorted(new)}"
+
+
+def test_known_exceptions_still_exist():
+    """A fixed arrow or cycle leaves its KNOWN_* entry behind: delete the entry."""
+    edges = all_edges()
+    arrows = {(me, area(t)) for me, t, _, _ in edges if t.startswith("megalite.")}
+    assert KNOWN_ARROWS - arrows == set()
+    assert KNOWN_CYCLIC - cyclic_modules(edges) == set()
+
+
+def test_a_forbidden_import_is_named():
+    path = os.path.join(REPO, "megalite", "model", "gpt.py")
+    added = ("megalite.model.gpt", "megalite.training.trainer", path, 3)  # model may not know the trainer
+    assert forbidden_arrows([added]) == [
+        "megalite/model/gpt.py:3: megalite.model.gpt imports megalite.training.trainer (model is below training)"]
+    cycle = [("megalite.kernels.rope", "megalite.kernels.norm", path, 1),
+             ("megalite.kernels.norm", "megalite.kernels.rope", path, 1)]
+    assert cyclic_modules(cycle) == {"megalite.kernels.rope", "megalite.kernels.norm"}
