@@ -354,11 +354,44 @@ def _read_yaml(path: str) -> dict:
         k = str(key).replace("_", "-")
         if k not in flags:
             raise MegaliteError(f"--config {path}: unknown setting {key!r}")
-        f = flags[k]
-        if f.metadata.get("action") == "store_false":  # e.g. disable-bias-linear: true
-            value = not value
-        out[f.name] = value
+        out[flags[k].name] = _typed_value(path, key, flags[k], value)
     return out
+
+
+_KIND = {int: "an integer", float: "a number", str: "a string"}
+
+
+def _typed_value(path: str, key, f: dataclasses.Field, value):
+    """A YAML value checked and converted as its flag would be on the command line (YAML reads
+    ``3e-4`` as a string and ``two`` is no number: one line naming the file and the key)."""
+    action, nargs = f.metadata.get("action"), f.metadata.get("nargs")
+    if action or f.type is bool or f.type == "bool":
+        if not isinstance(value, bool):
+            raise MegaliteError(f"--config {path}: {key}: expected true or false, got {value!r}")
+        return not value if action == "store_false" else value  # e.g. disable-bias-linear: true
+    if value is None:
+        return None
+    convert = f.metadata.get("type") or _scalar_type(f)
+    if nargs:  # a list, or words as on the command line ("0.3 a 0.7 b")
+        items = value if isinstance(value, list) else str(value).split() if isinstance(value, str) else [value]
+    else:
+        items = None
+    if nargs == "+" and not items or isinstance(nargs, int) and len(items) != nargs:
+        raise MegaliteError(f"--config {path}: {key}: expected {nargs if isinstance(nargs, int) else 'one or more'} "
+                            f"values, got {value!r}")
+    out = []
+    for item in items if items is not None else [value]:
+        if isinstance(item, (list, dict)) or isinstance(item, bool) and convert is not str:
+            raise MegaliteError(f"--config {path}: {key}: expected {_KIND.get(convert, 'a value')}, got {item!r}")
+        try:
+            typed = convert(item) if convert is not int or isinstance(item, int) else int(str(item), 10)
+        except (TypeError, ValueError, argparse.ArgumentTypeError):
+            raise MegaliteError(f"--config {path}: {key}: expected {_KIND.get(convert, 'a value')}, got {item!r}") from None
+        if f.metadata.get("choices") and typed not in f.metadata["choices"]:
+            raise MegaliteError(f"--config {path}: {key}: {typed!r} is not one of "
+                                f"{', '.join(map(str, f.metadata['choices']))}")
+        out.append(typed)
+    return out if items is not None else out[0]
 
 
 def validate(cfg: Config, world_size: int = 1) -> Config:

@@ -139,6 +139,25 @@ def test_yaml_config_with_cli_override(tmp_path, tiny_corpus):
         parse_config(["--config", str(tmp_path / "bad.yaml")])
 
 
+def test_yaml_values_are_typed_as_their_flags(tmp_path):
+    # YAML reads 3e-4 as a string; the command line would read it as the float it is.
+    (tmp_path / "c.yaml").write_text("lr: 3e-4\nmin-lr: 1e-5\nseq-length: '64'\ndata-path: 0.3 a 0.7 b\n"
+                                     "rampup-batch-size: [4, 4, 100]\nnormalization: RMSNorm\n")
+    cfg = parse_config(["--config", str(tmp_path / "c.yaml")])
+    assert (cfg.training.lr, cfg.training.min_lr, cfg.data.seq_length) == (3e-4, 1e-5, 64)
+    assert cfg.data.data_path == ["0.3", "a", "0.7", "b"] and cfg.training.rampup_batch_size == [4, 4, 100]
+    for text, line in [("num-layers: two", "num-layers: expected an integer, got 'two'"),
+                       ("num-layers: 2.5", "num-layers: expected an integer, got 2.5"),
+                       ("swiglu: 'yes'", "swiglu: expected true or false, got 'yes'"),
+                       ("normalization: rmsnorm", "normalization: 'rmsnorm' is not one of LayerNorm, RMSNorm"),
+                       ("rampup-batch-size: [4, 4]", "rampup-batch-size: expected 3 values, got [4, 4]"),
+                       ("lr: [1, 2]", "lr: expected a number, got [1, 2]")]:
+        (tmp_path / "bad.yaml").write_text(text + "\n")
+        with pytest.raises(MegaliteError) as e:
+            parse_config(["--config", str(tmp_path / "bad.yaml")])
+        assert str(e.value) == f"--config {tmp_path / 'bad.yaml'}: {line}"
+
+
 def test_load_refuses_other_architecture_and_finetune_loads_weights(tmp_path, tiny_corpus):
     train(tmp_path, tiny_corpus, "a", save=str(tmp_path / "ck"), train_iters=3)
     with pytest.raises(MegaliteError, match=r"--num-layers 2 in the checkpoint vs 3"):
