@@ -20,21 +20,18 @@ def contents(path: str, shown: int = 3) -> str:
     return text + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
 
-def require_empty(path: str, flag: str) -> None:
+def require_empty(path: str, flag: str, holds: str = "is not empty (it holds {});") -> None:
     """Refuse ``path`` unless it is missing or an empty folder."""
     if os.path.isdir(path) and os.listdir(path):
-        raise MegaliteError(f"{flag} {path} is not empty (it holds {contents(path)}); choose a new or empty folder")
+        raise MegaliteError(f"{flag} {path} {holds.format(contents(path))} choose a new or empty folder")
     if os.path.lexists(path) and not os.path.isdir(path):
         raise MegaliteError(f"{flag} {path} is a file, not a folder")
 
 
 def refuse_foreign(out_dir: str, flag: str = "--save") -> None:
     """Refuse an export target holding anything but an earlier export (call it before the work)."""
-    if os.path.isdir(out_dir) and os.listdir(out_dir) and not os.path.isfile(os.path.join(out_dir, EXPORT_MARKER)):
-        raise MegaliteError(f"{flag} {out_dir} holds files that are not an earlier megalite export "
-                            f"({contents(out_dir)}); choose a new or empty folder")
-    if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
-        raise MegaliteError(f"{flag} {out_dir} is a file, not a folder")
+    if not os.path.isfile(os.path.join(out_dir, EXPORT_MARKER)):
+        require_empty(out_dir, flag, "holds files that are not an earlier megalite export ({});")
 
 
 @contextlib.contextmanager
