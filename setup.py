@@ -26,7 +26,7 @@ extras = {
     # Python 3.10, and those tests are skipped without them).
     "dev": ["pytest>=7", "pytest-timeout>=2", "triton>=3.0", "peft>=0.10", "lm-eval>=0.4.5", "sacrebleu>=2",
             "rouge-score>=0.1.2", "trl>=1.0", "datatrove>=0.10,<0.11; python_version>='3.10'",
-            "spacy>=3.8,<3.9; python_version>='3.10'"],
+            "spacy>=3.8,<3.9; python_version>='3.10'", "ruff>=0.15,<0.18"],
 }
 
 setup(

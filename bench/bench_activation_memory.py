@@ -30,7 +30,8 @@ def measure(rank, world, args, sequence_parallel, out):
     dist.init_process_group("gloo", rank=rank, world_size=world)
     state.initialize(tp=world, sequence_parallel=sequence_parallel)
     seed_tp_rng(0)
-    cfg = ModelConfig(num_layers=1, hidden_size=args.hidden, num_attention_heads=args.heads, ffn_hidden_size=4 * args.hidden,
+    cfg = ModelConfig(num_layers=1, hidden_size=args.hidden, num_attention_heads=args.heads,
+                      ffn_hidden_size=4 * args.hidden,
                       kv_channels=args.hidden // args.heads, num_query_groups=args.heads, normalization="LayerNorm",
                       hidden_dropout=0.1, attention_dropout=0.0, padded_vocab_size=128)
     layer = TransformerLayer(cfg)

@@ -17,7 +17,6 @@ import os
 import shutil
 import time
 
-
 from megalite.config import Config, ModelConfig
 from megalite.model import GPTModel
 from megalite.parallel import state

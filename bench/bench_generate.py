@@ -30,7 +30,8 @@ def main():
     torch.set_num_threads(a.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cfg = LlamaConfig(vocab_size=8192, hidden_size=512, intermediate_size=1408, num_hidden_layers=4,
-                      num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=512, tie_word_embeddings=False)
+                      num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=512,
+                      tie_word_embeddings=False)
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         LlamaForCausalLM(cfg).save_pretrained(os.path.join(tmp, "hf"))

@@ -23,7 +23,8 @@ class ModelConfig:
     num_layers: Optional[int] = opt(None, "transformer layers")
     hidden_size: Optional[int] = opt(None, "model width")
     num_attention_heads: Optional[int] = opt(None, "query heads")
-    ffn_hidden_size: Optional[int] = opt(None, "MLP width (default 4*hidden, or Llama's 8/3*hidden rounded to 64 with --swiglu)")
+    ffn_hidden_size: Optional[int] = opt(
+        None, "MLP width (default 4*hidden, or Llama's 8/3*hidden rounded to 64 with --swiglu)")
     kv_channels: Optional[int] = opt(None, "head dimension (default hidden / heads)")
     group_query_attention: bool = opt(False, "use --num-query-groups key/value heads")
     num_query_groups: Optional[int] = opt(None, "key/value heads with --group-query-attention")
@@ -386,7 +387,8 @@ def _typed_value(path: str, key, f: dataclasses.Field, value):
         try:
             typed = convert(item) if convert is not int or isinstance(item, int) else int(str(item), 10)
         except (TypeError, ValueError, argparse.ArgumentTypeError):
-            raise MegaliteError(f"--config {path}: {key}: expected {_KIND.get(convert, 'a value')}, got {item!r}") from None
+            expected = _KIND.get(convert, "a value")
+            raise MegaliteError(f"--config {path}: {key}: expected {expected}, got {item!r}") from None
         if f.metadata.get("choices") and typed not in f.metadata["choices"]:
             raise MegaliteError(f"--config {path}: {key}: {typed!r} is not one of "
                                 f"{', '.join(map(str, f.metadata['choices']))}")

@@ -92,12 +92,14 @@ TEMPLATES = [
 ]
 PLAIN = [
     "The {noun} {verb} that it would have to wait for the {adj} {noun2} to be published before making a decision.",
-    "Many of the {noun} who spoke to us said they were worried about what the changes would mean for them and their families.",
+    "Many of the {noun} who spoke to us said they were worried about what the changes would mean for them "
+    "and their families.",
     "It is not the first time that the {noun} has been criticised for the way it handled the {noun2}.",
     "Officials {verb} on {date} that the plan was still being considered, but gave no further details.",
     "{name} said she had been working at the {noun} for more than a decade and had never seen anything like it.",
     "The {adj} {noun} is expected to be discussed when the {noun2} meets again later this month.",
-    "Critics have argued that the {noun} does not go far enough, while supporters say it is a step in the right direction.",
+    "Critics have argued that the {noun} does not go far enough, while supporters say it is a step in the "
+    "right direction.",
     "There was no immediate comment from the {noun}, which has previously said it would not be drawn on the matter.",
     "He told reporters that the {noun} had made good progress and that he was confident of reaching an agreement.",
     "Residents in {place} have been advised to stay indoors and to keep their windows closed until further notice.",
@@ -328,13 +330,14 @@ class _Gen:
                              for _ in range(self.r.randint(5, 40)))
         if kind == 2:
             return "\n".join(self.sentence() for _ in range(self.r.randint(3, 7)))
-        return "\n".join(" ".join(self.sentence().split()[: self.r.randint(1, 6)]) for _ in range(self.r.randint(5, 40)))
+        lines = self.r.randint(5, 40)
+        return "\n".join(" ".join(self.sentence().split()[: self.r.randint(1, 6)]) for _ in range(lines))
 
 
 KINDS = [("news", 30), ("figures", 14), ("table", 5), ("bullets", 6), ("short", 5), ("spam", 4),
          ("boilerplate", 5), ("code", 4), ("lorem", 1), ("ellipses", 3), ("hashes", 2), ("wiki", 3),
-         ("repeated", 5), ("languages", 4), ("prose", 5), ("long_words", 1), ("odd_whitespace", 3), ("teaser", 2), ("chat", 2), ("links", 3),
-         ("near_threshold", 10)]
+         ("repeated", 5), ("languages", 4), ("prose", 5), ("long_words", 1), ("odd_whitespace", 3), ("teaser", 2),
+         ("chat", 2), ("links", 3), ("near_threshold", 10)]
 
 
 def realworld_corpus(n: int = 3000, seed: int = 0) -> List[str]:

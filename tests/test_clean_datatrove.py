@@ -98,8 +98,9 @@ def write_tables():
             wrapped = textwrap.wrap(text, 110, break_long_words=False) if isinstance(v[0], list) else [text]
             lines += [f"    {json.dumps(k)}: {wrapped[0]}"] + [f"        {w}" for w in wrapped[1:]]
             lines[-1] += ","
-    lines += ['    "exceptions": {'] + [f"        {json.dumps(k, ensure_ascii=False)}: {json.dumps(v, ensure_ascii=False)},"
-                                         for k, v in tables["exceptions"].items()]
+    lines += ['    "exceptions": {'] + [
+        f"        {json.dumps(k, ensure_ascii=False)}: {json.dumps(v, ensure_ascii=False)},"
+        for k, v in tables["exceptions"].items()]
     with open(TABLES, "w", encoding="utf-8") as f:
         f.write(f'"""{TABLES_DOC}"""\n\n# fmt: off\nTABLES = {{\n' + "\n".join(lines) + "\n    },\n}\n")
 
@@ -129,7 +130,8 @@ def test_word_splits_equal_datatroves(corpus):
               for c in p.replace("\\", "")} | set("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~°²³µ§¶…‘’“”—–•·")
     chunks = {f.format(c) for c in chars for f in ("a{}b", "A{}B", "1{}2", "{}a", "a{}", "AB{}", "1{}", "{}1",
                                                    "{0}{0}", "a{}.", "({})", "x.{}", "{}'s", "a{}-b", "a-{}")}
-    chunks |= {k + p for k in tables["exceptions"] for p in ("", ".", ",", ")", "'s")} | {"(" + k for k in tables["exceptions"]}
+    chunks |= {k + p for k in tables["exceptions"] for p in ("", ".", ",", ")", "'s")}
+    chunks |= {"(" + k for k in tables["exceptions"]}
     # words and numbers between brackets, quotes and closing marks, next to special cases
     opening = ["", "(", "[", "“", "‘", '"', "«", "$", "($", "“$", "'"]
     cores = ["word", "Word", "WORD", "US", "U", "x", "3", "3.5", "1,000", "em", "s", "a", "ll", "nt", "co", "vs", "Mr",
@@ -159,7 +161,8 @@ def test_special_cases_across_chunks_split_as_datatrove():
     rng = random.Random(0)
     differ = []
     for _ in range(20000):
-        text = "".join(rng.choice(pieces) + rng.choice(["", "", " ", " ", "\n", "  "]) for _ in range(rng.randint(1, 12)))
+        gaps = ["", "", " ", " ", "\n", "  "]
+        text = "".join(rng.choice(pieces) + rng.choice(gaps) for _ in range(rng.randint(1, 12)))
         theirs = split_into_words(text, "eng")
         ids = TextView(text).prop("id").tolist()
         token_of = {i: t for t, i in VOCAB.index.items()}

@@ -39,7 +39,8 @@ def test_export_matches_transformers_and_round_trips(tmp_path, tiny_corpus, kw, 
         torch.testing.assert_close(hf(tokens).logits, ours(tokens), rtol=1e-5, atol=1e-5)
     assert json.loads((tmp_path / "hf" / "generation_config.json").read_text())["eos_token_id"] == 2
     # megalite -> HF -> megalite is bitwise
-    run_tool("tools/convert_checkpoint.py", "--from-hf", "--load", str(tmp_path / "hf"), "--save", str(tmp_path / "back"))
+    run_tool("tools/convert_checkpoint.py", "--from-hf", "--load", str(tmp_path / "hf"),
+             "--save", str(tmp_path / "back"))
     original, _ = load_full_state(ck)
     back, _ = load_full_state(str(tmp_path / "back"))
     assert original.keys() == back.keys()
@@ -72,8 +73,8 @@ def test_unsupported_and_bad_input(tmp_path, tiny_corpus):
     ck = trained_checkpoint(tmp_path, tiny_corpus, normalization="LayerNorm", swiglu=False)
     proc = run_tool("tools/convert_checkpoint.py", "--to-hf", "--load", ck, "--save", str(tmp_path / "hf"), check=False)
     assert proc.returncode == 1 and "no Llama/Qwen2 equivalent" in proc.stderr and proc.stderr.count("\n") == 1
-    ck = trained_checkpoint(tmp_path / "g", tiny_corpus, normalization="LayerNorm", position_embedding_type="learned_absolute",
-                            max_position_embeddings=64)
+    ck = trained_checkpoint(tmp_path / "g", tiny_corpus, normalization="LayerNorm",
+                            position_embedding_type="learned_absolute", max_position_embeddings=64)
     proc = run_tool("tools/convert_checkpoint.py", "--to-hf", "--load", ck, "--save", str(tmp_path / "hf"), check=False)
     assert proc.returncode == 1 and "no GPT-2 equivalent: a SwiGLU MLP, linear layers without biases" in proc.stderr
     proc = run_tool("tools/convert_checkpoint.py", "--from-hf", "--load", str(tmp_path / "nothing"),

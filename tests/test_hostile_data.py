@@ -130,8 +130,9 @@ def test_a_10_mb_line_is_never_held_whole(tmp_path, spm_model):
     """Peak memory of preprocessing one 10 MB line with the default limit: 53 MB here, 517 MB
     before the limit (the line tokenized whole)."""
     src = write_jsonl(tmp_path / "big.jsonl", [{"text": "word " * (2 << 20)}, {"text": "a small one"}])
-    code = ("import sys; from tools.preprocess_data import main; main(sys.argv[1:]); "  # VmHWM: this process's
-            "print([x for x in open('/proc/self/status') if x.startswith('VmHWM')][0].strip())")  # own peak (not pytest's)
+    # VmHWM: this process's own peak (not pytest's)
+    code = ("import sys; from tools.preprocess_data import main; main(sys.argv[1:]); "
+            "print([x for x in open('/proc/self/status') if x.startswith('VmHWM')][0].strip())")
     proc = run_tool("-c", code, "--input", src, "--output-prefix", str(tmp_path / "o"), *SPM,
                     "--tokenizer-model", spm_model)
     lines = proc.stdout.splitlines()

@@ -319,7 +319,8 @@ def test_precomputed_reference_gives_the_same_training_and_evaluation(tmp_path, 
                                                                       monkeypatch):
     """Precomputed scores (examples and KL rows) train and evaluate like live ones; a rerun reads
     both tables from the cache next to the examples' cache instead of scoring again."""
-    from megalite.posttrain import dpo as dpo_module, kto as kto_module
+    from megalite.posttrain import dpo as dpo_module
+    from megalite.posttrain import kto as kto_module
 
     data = write_jsonl(tmp_path / "kto.jsonl", plain_examples())  # the baseline's examples, their own cache folder
     cached = kto_with_eval(models, data, tmp_path, "cached", with_eval, precompute_ref_log_probs=True)

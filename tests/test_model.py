@@ -5,9 +5,9 @@ import torch
 import torch.nn.functional as F
 
 from megalite.config import ModelConfig
+from megalite.kernels.reference import apply_rotary
 from megalite.model import GPTModel
 from megalite.model.flops import forward_flops_per_sequence, peak_tflops, train_flops
-from megalite.kernels.reference import apply_rotary
 from megalite.model.rotary import RotaryEmbedding
 from megalite.parallel.cross_entropy import vocab_parallel_cross_entropy
 from megalite.parallel.init import initialize

@@ -108,7 +108,8 @@ def test_pipeline_checkpoint_resumes_and_exports(tmp_path, tiny_corpus):
     assert sorted(p.name for p in (tmp_path / "a" / "iter_0000006").iterdir()) == \
         ["checksums.json", "mp_rank_00_000", "mp_rank_00_001"]
     state, _ = load_full_state(str(tmp_path / "a"))
-    assert {"embedding.weight", "layers.0.attention.qkv.weight", "layers.3.mlp.fc2.weight", "final_norm.weight"} <= set(state)
+    assert {"embedding.weight", "layers.0.attention.qkv.weight", "layers.3.mlp.fc2.weight",
+            "final_norm.weight"} <= set(state)
     last = torch.load(tmp_path / "a" / "iter_0000006" / "mp_rank_00_001" / "model_optim_rng.pt", weights_only=True)
     assert last["layers"] == [2, 3]  # the checkpoint names the stage's layers
     assert torch.equal(last["model"]["embedding.weight"], state["embedding.weight"])  # tied copies stayed equal
@@ -168,7 +169,8 @@ def test_generation_across_tensor_and_pipeline_ranks(tmp_path, tiny_corpus, monk
     greedy = run_tool(*args).stdout
     sampled = run_tool(*args, "--temperature", "0.9", "--top-k", "50", "--seed", "3").stdout
     assert greedy != sampled
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "4", "--master-port", str(free_port())]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "4",
+                "--master-port", str(free_port())]
     spread = subprocess.run(launcher + args + ["--temperature", "0.9", "--top-k", "50", "--seed", "3"], cwd=REPO,
                             capture_output=True, text=True)
     assert spread.returncode == 0, spread.stderr[-3000:]

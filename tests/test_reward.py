@@ -10,8 +10,7 @@ import torch
 from megalite.config import inherit_model_settings, parse_config, validate
 from megalite.errors import MegaliteError
 from tests.conftest import write_jsonl
-from tests.test_dpo import (  # noqa: F401 (models: a fixture)
-    TEMPLATE, chat_pairs, dpo_args, messy_pairs, models, plain_pairs, train)
+from tests.test_dpo import TEMPLATE, chat_pairs, dpo_args, messy_pairs, models, plain_pairs, train  # noqa: F401 (models: a fixture)
 
 transformers = pytest.importorskip("transformers")
 trl = pytest.importorskip("trl")

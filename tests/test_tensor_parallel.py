@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from megalite.config import ModelConfig, parse_config
-from megalite.training.reshard import gather_replicated_qkv
 from megalite.errors import MegaliteError
 from megalite.parallel.state import layout
+from megalite.training.reshard import gather_replicated_qkv
 from megalite.training.trainer import pretrain
 from tests.conftest import read_metrics, tiny_model_args
 from tests.dist_utils import run_distributed
@@ -29,8 +29,8 @@ def _pretrain(rank, world_size, argv):
 
 def run_layout(tmp_path, corpus, name, world, **kw):
     metrics = str(tmp_path / f"{name}.jsonl")
-    kw = {"train_iters": 20, "lr": 1e-3, "min_lr": 1e-4, "hidden_size": 64, "num_attention_heads": 8, "num_query_groups": 4,
-          "ffn_hidden_size": 128, **kw}
+    kw = {"train_iters": 20, "lr": 1e-3, "min_lr": 1e-4, "hidden_size": 64, "num_attention_heads": 8,
+          "num_query_groups": 4, "ffn_hidden_size": 128, **kw}
     argv = tiny_model_args(*corpus, metrics_file=metrics, save=str(tmp_path / name), **kw)
     if world == 1:
         pretrain(parse_config(argv))

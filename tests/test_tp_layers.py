@@ -100,7 +100,8 @@ def _check_layers(rank, world, sequence_parallel):
     torch.testing.assert_close(emb.weight.grad, mine(ref.weight.grad, 0))
 
     # Vocab-parallel cross entropy: no rank ever holds the full logits.
-    logits, target, w = torch.randn(seq, batch, vocab) * 3, torch.randint(0, vocab, (seq, batch)), torch.randn(seq, batch)
+    logits, target = torch.randn(seq, batch, vocab) * 3, torch.randint(0, vocab, (seq, batch))
+    w = torch.randn(seq, batch)
     lr, ll = logits.clone().requires_grad_(), mine(logits, -1).clone().requires_grad_()
     ref_loss = F.cross_entropy(lr.view(-1, vocab), target.view(-1), reduction="none").view(seq, batch)
     loss = vocab_parallel_cross_entropy(ll.clone(), target)

@@ -133,7 +133,8 @@ def test_missing_data_file_is_one_clear_line(tmp_path, tiny_corpus):
 def test_yaml_config_with_cli_override(tmp_path, tiny_corpus):
     (tmp_path / "c.yaml").write_text("num-layers: 3\nhidden_size: 48\nswiglu: true\ndisable-bias-linear: true\n")
     cfg = parse_config(["--config", str(tmp_path / "c.yaml"), "--num-layers", "5"])
-    assert (cfg.model.num_layers, cfg.model.hidden_size, cfg.model.swiglu, cfg.model.add_bias_linear) == (5, 48, True, False)
+    m = cfg.model
+    assert (m.num_layers, m.hidden_size, m.swiglu, m.add_bias_linear) == (5, 48, True, False)
     (tmp_path / "bad.yaml").write_text("num-layerz: 3\n")
     with pytest.raises(MegaliteError, match="unknown setting 'num-layerz'"):
         parse_config(["--config", str(tmp_path / "bad.yaml")])
@@ -186,7 +187,8 @@ def test_sigterm_saves_and_exits_zero(tmp_path, tiny_corpus):
 
 def test_generate_from_checkpoint(tmp_path, tiny_corpus):
     train(tmp_path, tiny_corpus, save=str(tmp_path / "ck"), train_iters=30)
-    proc = run_tool("tools/generate.py", "--load", str(tmp_path / "ck"), "--prompt", "The class", "--max-new-tokens", "8")
+    proc = run_tool("tools/generate.py", "--load", str(tmp_path / "ck"), "--prompt", "The class",
+                    "--max-new-tokens", "8")
     lines = proc.stdout.splitlines()
     assert lines[0] == "--- 'The class' ->" and lines[1].startswith("The class") and len(proc.stdout) > 30
     proc = run_tool("tools/generate.py", "--load", str(tmp_path / "nothing"), "--prompt", "x", check=False)

@@ -144,8 +144,8 @@ def _count_bytes(rank, world, argv, out):
 def test_memory_per_rank_follows_the_zero_formulas(tmp_path, tiny_corpus, stage):
     """bf16 parameters on DP=4, bytes per parameter on every rank: 2 (params) + 4 (fp32 grads)
     + 12 (fp32 master + two Adam moments) without sharding, 2 + 4 + 12 / DP with ZeRO-1,
-    2 + (4 + 12) / DP with ZeRO-2 and (2 + 4 + 12) / DP with ZeRO-3; the planner (bench/bench_zero.py) predicts each rank's
-    allocations exactly."""
+    2 + (4 + 12) / DP with ZeRO-2 and (2 + 4 + 12) / DP with ZeRO-3; the planner (bench/bench_zero.py)
+    predicts each rank's allocations exactly."""
     import json
 
     argv = tiny_model_args(*tiny_corpus, bf16=True, micro_batch_size=2, global_batch_size=16, zero_stage=stage,

@@ -38,8 +38,17 @@ import torch
 from megalite.data.chat import render_chat, resolve_template
 from megalite.data.items import ItemDataset, StoreItems, cached_items
 from megalite.data.sft import collate_sft
-from megalite.data.sft_formats import (SHAREGPT_COLUMNS, SHAREGPT_TAGS, ROLE_OF_TAG, ALPACA_COLUMNS, SFTSource,
-                                       from_alpaca, from_sharegpt, read_records, resolve_sources)
+from megalite.data.sft_formats import (
+    ALPACA_COLUMNS,
+    ROLE_OF_TAG,
+    SHAREGPT_COLUMNS,
+    SHAREGPT_TAGS,
+    SFTSource,
+    from_alpaca,
+    from_sharegpt,
+    read_records,
+    resolve_sources,
+)
 from megalite.errors import MegaliteError
 
 KEYS = ("prompt", "chosen", "rejected")

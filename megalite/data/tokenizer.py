@@ -17,7 +17,6 @@ import numpy as np
 
 from megalite.errors import MegaliteError
 
-
 # Raised when the same files encode differently from before (caches keyed by fingerprint()
 # are then rebuilt): 2 = special-token texts encode to their ids.
 ENCODING_VERSION = 2

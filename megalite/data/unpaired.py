@@ -30,12 +30,27 @@ import numpy as np
 import torch
 
 from megalite.data.items import ItemDataset, StoreItems, cached_items
-from megalite.data.preference import (check_pair, fit_prompt, fit_sequence, pref_sources, text_of, tokenize_completions,
-                                      training_row)
+from megalite.data.preference import (
+    check_pair,
+    fit_prompt,
+    fit_sequence,
+    pref_sources,
+    text_of,
+    tokenize_completions,
+    training_row,
+)
 from megalite.data.sft import collate_sft
 from megalite.data.sft_examples import ExampleStore
-from megalite.data.sft_formats import (ALPACA_COLUMNS, SHAREGPT_COLUMNS, SHAREGPT_TAGS, SFTSource, from_alpaca,
-                                       from_sharegpt, read_records, resolve_sources)
+from megalite.data.sft_formats import (
+    ALPACA_COLUMNS,
+    SHAREGPT_COLUMNS,
+    SHAREGPT_TAGS,
+    SFTSource,
+    from_alpaca,
+    from_sharegpt,
+    read_records,
+    resolve_sources,
+)
 from megalite.errors import MegaliteError
 
 KEYS = ("prompt", "completion", "label")

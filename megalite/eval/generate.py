@@ -21,7 +21,6 @@ import torch.distributed as dist
 
 from megalite.config import Config
 from megalite.errors import MegaliteError
-from megalite.training.reshard import load_full_state
 from megalite.model import GPTModel
 from megalite.model.gpt import build_stage_model
 from megalite.model.kv_cache import KVCache
@@ -29,6 +28,7 @@ from megalite.parallel import state
 from megalite.parallel.pipeline import model_chunks
 from megalite.posttrain.lora_io import load_lora_weights
 from megalite.training.checkpointing import find_checkpoint, load_model_state, read_checkpoint, saved_settings
+from megalite.training.reshard import load_full_state
 from megalite.training.trainer import setup_distributed
 
 

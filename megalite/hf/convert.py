@@ -12,9 +12,9 @@ from typing import Dict, Optional
 import torch
 
 from megalite.config import Config, ModelConfig
+from megalite.data.tokenizer import Tokenizer, build_tokenizer
 from megalite.errors import MegaliteError
 from megalite.hf.config import hf_config, is_gpt2_style, model_config, reward_model_config
-from megalite.data.tokenizer import Tokenizer, build_tokenizer
 from megalite.hf.layout import from_hf, gpt2_from_hf, gpt2_to_hf, to_hf
 from megalite.hf.tokenizer import export_tokenizer
 from megalite.posttrain.lora_io import full_model_state

@@ -17,15 +17,23 @@ import re
 import shutil
 from typing import Dict, Optional
 
-from megalite.data.tokenizer import (SPACE_MARK, SPM_WHOLE_TYPES, GPT2BPETokenizer, HuggingFaceTokenizer,
-                                     SentencePieceTokenizer, Tokenizer, read_spm_proto)
+from megalite.data.tokenizer import (
+    SPACE_MARK,
+    SPM_WHOLE_TYPES,
+    GPT2BPETokenizer,
+    HuggingFaceTokenizer,
+    SentencePieceTokenizer,
+    Tokenizer,
+    read_spm_proto,
+)
 from megalite.errors import MegaliteError
 from megalite.utils.atomic import atomic_write
 
 
 def _spm_to_tokenizers(model_file: str):
     """A ``tokenizers`` Tokenizer that encodes like SentencePieceTokenizer on ``model_file``."""
-    from tokenizers import AddedToken, Regex, Tokenizer as RustTokenizer, decoders, normalizers
+    from tokenizers import AddedToken, Regex, decoders, normalizers
+    from tokenizers import Tokenizer as RustTokenizer
 
     proto = read_spm_proto(model_file)
     trainer, spec = proto.trainer_spec, proto.normalizer_spec

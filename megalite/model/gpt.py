@@ -19,9 +19,9 @@ from megalite.model.heads import LMHead, build_head
 from megalite.model.mlp import MLP
 from megalite.model.norms import build_norm
 from megalite.model.rotary import RotaryEmbedding
+from megalite.parallel import state
 from megalite.parallel.init import mark
 from megalite.parallel.layers import VocabParallelEmbedding
-from megalite.parallel import state
 from megalite.parallel.mappings import gather_from_tp, scatter_to_sequence
 from megalite.parallel.pipeline import stage_layers
 from megalite.parallel.random import SequenceDropout, recompute

@@ -5,7 +5,8 @@ The model's per-token losses are the vocab-parallel cross entropy, so a completi
 log-probability is ``-(losses * loss_mask).sum(1)``, computed without gathering the vocabulary.
 The reference model's sums come from a forward-only pass of the same micro-batches before the
 step (``prepare``); SimPO is reference-free (a run of ``simpo``, optionally with ``sft``, has no
-reference model). Every loss is trl 1.x's DPOTrainer formula (SimPO: trl's CPOTrainer); the loss of a step is the mean over
+reference model). Every loss is trl 1.x's DPOTrainer formula (SimPO: trl's CPOTrainer); the loss of
+a step is the mean over
 the pairs of the global batch, so it does not depend on micro-batch or data-parallel sizes (the
 trainer hands ``begin_step`` the global counts of ``count_keys``). Metrics carry trl's names and
 are means over the global batch's pairs.

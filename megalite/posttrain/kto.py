@@ -32,8 +32,17 @@ import torch
 from megalite.data.unpaired import kl_view
 from megalite.parallel import state
 from megalite.parallel.data_parallel import all_reduce_scalar
-from megalite.posttrain.dpo import (cached_scores, completion_logps, live_reference, read_scores, reference_pass,
-                                    return_mean_logits, score_items, score_once, weights_fingerprint)
+from megalite.posttrain.dpo import (
+    cached_scores,
+    completion_logps,
+    live_reference,
+    read_scores,
+    reference_pass,
+    return_mean_logits,
+    score_items,
+    score_once,
+    weights_fingerprint,
+)
 
 LOSS_TYPES = ("kto", "apo_zero_unpaired")
 

@@ -22,10 +22,24 @@ from megalite.hf.config import hf_config, is_gpt2_style
 from megalite.hf.layout import fuse_qkv
 from megalite.parallel import state
 from megalite.parallel.init import full_shape, shard_like
-from megalite.posttrain.lora import (ADAPTER_NAME, TARGET_LAYERS, TRAINED_IN_FULL, ParameterSubset, add_adapters,
-                                     adapter_name, adapter_parameters, lora_scale, peft_name)
-from megalite.training.checkpointing import (find_checkpoint, iteration_dir, load_checkpoint, load_model_state,
-                                            saved_settings)
+from megalite.posttrain.lora import (
+    ADAPTER_NAME,
+    TARGET_LAYERS,
+    TRAINED_IN_FULL,
+    ParameterSubset,
+    adapter_name,
+    adapter_parameters,
+    add_adapters,
+    lora_scale,
+    peft_name,
+)
+from megalite.training.checkpointing import (
+    find_checkpoint,
+    iteration_dir,
+    load_checkpoint,
+    load_model_state,
+    saved_settings,
+)
 from megalite.training.reshard import load_full_state
 from megalite.utils.atomic import atomic_write
 from megalite.utils.folders import export_folder, refuse_foreign

@@ -126,7 +126,8 @@ def save_checkpoint(root: str, iteration: int, model, optimizer, cfg: Config, co
     files = {}
     optim = optimizer.state_dict()
     if optimizer.buffer.distributed:  # every rank's own pieces, in a file of its own
-        files[os.path.join(os.path.dirname(path), f"distrib_optim_{s.dp_rank:03d}.pt")] = {"pieces": optim.pop("pieces")}
+        own = os.path.join(os.path.dirname(path), f"distrib_optim_{s.dp_rank:03d}.pt")
+        files[own] = {"pieces": optim.pop("pieces")}
         optim["pieces"] = []
     if s.dp_rank == 0:
         files[path] = {

@@ -37,11 +37,14 @@ def build_datasets(cfg: Config, tokenizer: Optional[Tokenizer], train_samples: i
         if cfg.dpo.pref_valid_data and cfg.dpo.pref_valid_fraction:
             raise MegaliteError("give --pref-valid-data or --pref-valid-fraction, not both")
         if cfg.dpo.stage == "kto":
-            from megalite.data.unpaired import UnpairedDataset as Dataset, build_examples as build
+            from megalite.data.unpaired import UnpairedDataset as Dataset
+            from megalite.data.unpaired import build_examples as build
         elif cfg.dpo.stage == "rm":  # pairs scored whole
-            from megalite.data.reward import RewardPairs as Dataset, build_reward_pairs as build
+            from megalite.data.reward import RewardPairs as Dataset
+            from megalite.data.reward import build_reward_pairs as build
         else:
-            from megalite.data.preference import PreferenceDataset as Dataset, build_pairs as build
+            from megalite.data.preference import PreferenceDataset as Dataset
+            from megalite.data.preference import build_pairs as build
         items, stats = build(cfg.dpo, cfg.sft.chat_template, d.seq_length, tokenizer)
         train, valid = items.split(cfg.dpo.pref_valid_fraction, t.seed)
         if cfg.dpo.pref_valid_data:

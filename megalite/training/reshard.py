@@ -22,8 +22,7 @@ from megalite.errors import MegaliteError
 from megalite.parallel import state
 from megalite.parallel.init import shard_like
 from megalite.posttrain.lora import ParameterSubset, add_adapters
-from megalite.training.checkpointing import (TRACKER, PendingSave, find_checkpoint, load_file, rank_file,
-                                             split_metadata)
+from megalite.training.checkpointing import TRACKER, PendingSave, find_checkpoint, load_file, rank_file, split_metadata
 from megalite.utils.progress import Progress
 
 OPTIMIZER_KINDS = ("master", "exp_avg", "exp_avg_sq")
@@ -115,7 +114,8 @@ class _SavedCheckpoint:
         if with_optimizer:
             local = [[_optimizer_tensors(f, pl) for f, pl in zip(files, stage)]
                      for files, stage in zip(stages, self.payloads)]
-            self.states = {kind: _GatheredState([[{"model": tensors[kind], "tensor_parallel": pl.get("tensor_parallel", {})}
+            self.states = {kind: _GatheredState([[{"model": tensors[kind],
+                                                   "tensor_parallel": pl.get("tensor_parallel", {})}
                                                   for (tensors, _), pl in zip(ranks, stage)]
                                                  for ranks, stage in zip(local, self.payloads)], cfg)
                            for kind in OPTIMIZER_KINDS}

@@ -24,19 +24,24 @@ import torch.distributed as dist
 from megalite import kernels
 from megalite.config import Config, data_parallel_size, inherit_model_settings, validate
 from megalite.errors import MegaliteError
-from megalite.model.gpt import build_stage_model
 from megalite.model.flops import peak_tflops, train_flops
+from megalite.model.gpt import build_stage_model
 from megalite.parallel import state
 from megalite.parallel.data_parallel import GradBuffer, all_reduce_scalar
-from megalite.parallel.zero import FullyShardedBuffer
 from megalite.parallel.grads import sync_embedding_grads, sync_tensor_parallel_grads
-from megalite.parallel.pipeline import forward_backward, model_chunks
 from megalite.parallel.init import initialize
+from megalite.parallel.pipeline import forward_backward, model_chunks
 from megalite.parallel.random import seed_tp_rng
+from megalite.parallel.zero import FullyShardedBuffer
 from megalite.posttrain.lora import ParameterSubset, add_adapters
 from megalite.posttrain.lora_io import inherit_lora_settings, load_lora_run
-from megalite.training.checkpointing import (find_checkpoint, load_checkpoint, refuse_later_checkpoints,
-                                             save_checkpoint, saved_settings)
+from megalite.training.checkpointing import (
+    find_checkpoint,
+    load_checkpoint,
+    refuse_later_checkpoints,
+    save_checkpoint,
+    saved_settings,
+)
 from megalite.training.data import build_datasets, build_loader, build_tokenizer_from, microbatches, padded_vocab_size
 from megalite.training.metrics_log import MetricsLog
 from megalite.training.objectives import build_objective
@@ -124,7 +129,8 @@ class Trainer:
                                    s.model_parallel_group)
 
         self.batches = BatchSchedule(t.global_batch_size, t.micro_batch_size, s.dp_size, t.rampup_batch_size)
-        self.train_iters = t.train_iters if t.train_iters is not None else self.batches.iterations_for(t.train_samples or 0)
+        self.train_iters = (t.train_iters if t.train_iters is not None
+                            else self.batches.iterations_for(t.train_samples or 0))
         self.lr = LRSchedule(t.lr, t.min_lr, t.lr_warmup_iters, t.lr_decay_iters or self.train_iters,
                              t.lr_decay_style, t.lr_wsd_decay_iters, t.lr_wsd_decay_style)
         self.iteration = self.consumed_samples = self.consumed_tokens = 0

@@ -4,8 +4,19 @@ import importlib
 import inspect
 from typing import Any, Dict
 
-from data_tools.clean.steps import (c4, dedup, extract, fineweb, gopher_quality, gopher_repetition,  # noqa: F401
-                                    language, length, normalize, pii, url_filter)
+from data_tools.clean.steps import (  # noqa: F401
+    c4,
+    dedup,
+    extract,
+    fineweb,
+    gopher_quality,
+    gopher_repetition,
+    language,
+    length,
+    normalize,
+    pii,
+    url_filter,
+)
 from data_tools.clean.steps.base import REGISTRY, Step
 from megalite.errors import MegaliteError
 
