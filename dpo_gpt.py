@@ -8,14 +8,19 @@ command resumes the run from --save.
 """
 
 from megalite.config import parse_config
-from megalite.posttrain.sft import prepare
+from megalite.eval.during_training import evaluators
+from megalite.posttrain.dpo import DPOStage
+from megalite.posttrain.kto import KTOStage
+from megalite.posttrain.reward import RewardStage
 from megalite.training.trainer import pretrain
 from megalite.utils.cli import run_tool
+
+STAGES = {"dpo": DPOStage, "kto": KTOStage, "rm": RewardStage}
 
 
 def main(argv=None):
     cfg = parse_config(argv, __doc__)
-    pretrain(prepare(cfg, cfg.dpo.stage))
+    pretrain(cfg, STAGES[cfg.dpo.stage](), evaluators(cfg))
 
 
 if __name__ == "__main__":

@@ -6,13 +6,15 @@ a local Hugging Face model folder; the same command resumes the run from --save.
 """
 
 from megalite.config import parse_config
-from megalite.posttrain.sft import prepare
+from megalite.eval.during_training import evaluators
+from megalite.posttrain.sft import SFTStage
 from megalite.training.trainer import pretrain
 from megalite.utils.cli import run_tool
 
 
 def main(argv=None):
-    pretrain(prepare(parse_config(argv, __doc__)))
+    cfg = parse_config(argv, __doc__)
+    pretrain(cfg, SFTStage(), evaluators(cfg))
 
 
 if __name__ == "__main__":

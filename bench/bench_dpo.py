@@ -159,9 +159,8 @@ def megalite_side(a, variant: str, paths: dict, device):
 
     from dpo_gpt import __doc__ as dpo_doc
     from megalite.config import inherit_model_settings, parse_config, validate
-    from megalite.posttrain.sft import prepare
+    from megalite.posttrain.dpo import DPOStage
     from megalite.training.checkpointing import saved_settings
-    from megalite.training.data import row_collate
     from megalite.training.trainer import Trainer
 
     argv = ["--load", paths["checkpoint"], "--pref-data", paths["pairs"], "--tokenizer-type", "HuggingFaceTokenizer",
@@ -175,10 +174,12 @@ def megalite_side(a, variant: str, paths: dict, device):
         argv.append("--precompute-ref-log-probs")
     if device.type == "cuda":
         argv.append("--bf16")
-    cfg = prepare(parse_config([str(x) for x in argv], dpo_doc), "dpo")
+    cfg = parse_config([str(x) for x in argv], dpo_doc)
+    stage = DPOStage()
+    stage.prepare(cfg)
     inherit_model_settings(cfg, saved_settings(cfg.checkpoint.load))
-    trainer = Trainer(validate(cfg), device)
-    ds, collate, n = trainer.train_ds, row_collate(cfg), a.micro_batch_size
+    trainer = Trainer(validate(cfg), device, stage)
+    ds, collate, n = trainer.train_ds, trainer.collate, a.micro_batch_size
     steps, first = [], None
     for step in range(a.warmup + a.steps):
         ks = [(step * n + i) % len(ds.items) for i in range(n)]

@@ -265,14 +265,16 @@ LOSSES = [("sigmoid", {}), ("hinge", {}), ("ipo", {}), ("robust", {"label_smooth
 def both_sides(models, chat_file):
     """Our trainer's model and DPO objective, and trl's DPOTrainer, on the same 8 pairs."""
     from megalite.data.preference import PreferenceDataset, build_pairs, collate_pairs
-    from megalite.posttrain.sft import prepare
+    from megalite.posttrain.dpo import DPOStage
     from megalite.training.checkpointing import saved_settings
     from megalite.training.trainer import Trainer
 
     tmp = models["root"]
-    cfg = prepare(parse_config(dpo_args(models, chat_file, tmp, "both")), "dpo")
+    cfg = parse_config(dpo_args(models, chat_file, tmp, "both"))
+    stage = DPOStage()
+    stage.prepare(cfg)
     inherit_model_settings(cfg, saved_settings(cfg.checkpoint.load))
-    trainer = Trainer(validate(cfg), torch.device("cpu"))
+    trainer = Trainer(validate(cfg), torch.device("cpu"), stage)
     pairs, _ = build_pairs(cfg.dpo, cfg.sft.chat_template, 64, trainer.tokenizer)
     batch = collate_pairs([PreferenceDataset(pairs).item(k) for k in range(8)])
     trainer.model.eval()

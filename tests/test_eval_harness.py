@@ -3,6 +3,7 @@ import os
 import pytest
 
 from megalite.config import parse_config
+from megalite.eval.during_training import evaluators
 from megalite.eval.harness import run_harness_tasks, task_manager
 from megalite.hf.convert import export_hf
 from megalite.training.trainer import pretrain
@@ -101,10 +102,11 @@ def test_eval_tasks_during_training_match_the_saved_checkpoint(tmp_path, tiny_co
     from tests.conftest import read_metrics
 
     metrics = str(tmp_path / "m.jsonl")
-    pretrain(parse_config(tiny_model_args(*tiny_corpus, train_iters=4, eval_interval=2, eval_iters=1,
-                                          eval_tasks="pydoc_next_sentence", eval_tasks_include_path=TASKS,
-                                          eval_tasks_limit=8, max_position_embeddings=128, save=str(tmp_path / "ck"),
-                                          metrics_file=metrics)))
+    cfg = parse_config(tiny_model_args(*tiny_corpus, train_iters=4, eval_interval=2, eval_iters=1,
+                                       eval_tasks="pydoc_next_sentence", eval_tasks_include_path=TASKS,
+                                       eval_tasks_limit=8, max_position_embeddings=128, save=str(tmp_path / "ck"),
+                                       metrics_file=metrics))
+    pretrain(cfg, evaluators=evaluators(cfg))
     tasks = [r for r in read_metrics(metrics)[1] if r["split"] == "tasks"]
     assert [(r["iteration"], r["task"]) for r in tasks] == [(2, "pydoc_next_sentence"), (4, "pydoc_next_sentence")]
     saved = run_harness_tasks(str(tmp_path / "ck"), "pydoc_next_sentence", include_path=TASKS, limit=8,

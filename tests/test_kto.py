@@ -221,15 +221,17 @@ def both_sides(models, swapped):
     """Our trainer's model and KTO objective, and trl's KTOTrainer, on the same 8 examples as one batch
     (the models swapped: a positive KL estimate)."""
     from megalite.data.unpaired import collate_unpaired
-    from megalite.posttrain.sft import prepare
+    from megalite.posttrain.kto import KTOStage
     from megalite.training.checkpointing import saved_settings
     from megalite.training.trainer import Trainer
 
     tmp = models["root"]
     data = write_jsonl(tmp / "kto_chat.jsonl", chat_examples())
-    cfg = prepare(parse_config(dpo_args(models, data, tmp, "kto_both", stage="kto", **swapped)), "kto")
+    cfg = parse_config(dpo_args(models, data, tmp, "kto_both", stage="kto", **swapped))
+    stage = KTOStage()
+    stage.prepare(cfg)
     inherit_model_settings(cfg, saved_settings(cfg.checkpoint.load))
-    trainer = Trainer(validate(cfg), torch.device("cpu"))
+    trainer = Trainer(validate(cfg), torch.device("cpu"), stage)
     batch = collate_unpaired([trainer.train_ds.item(k, k) for k in range(8)], 64)
     trainer.model.eval()
     with torch.no_grad():

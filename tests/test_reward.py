@@ -113,16 +113,18 @@ def test_loss_and_metrics_equal_trl(models, rm_run, hf_rm):
     """Our objective on our model and trl's RewardTrainer.compute_loss on our export, same 8 pairs
     (margins, centering): loss, accuracy, margin, min / mean / max reward."""
     from megalite.data.reward import build_reward_pairs, collate_reward_pairs
-    from megalite.posttrain.sft import prepare
+    from megalite.posttrain.reward import RewardStage
     from megalite.training.checkpointing import saved_settings
     from megalite.training.trainer import Trainer
 
     pairs = with_margins(plain_pairs())[:8]
     data = write_jsonl(models["root"] / "eight.jsonl", pairs)
-    cfg = prepare(parse_config(dpo_args(models, data, models["root"], "both", load=rm_run[1], stage="rm", ref_load=None,
-                                        center_rewards_coefficient=CENTER)), "rm")
+    cfg = parse_config(dpo_args(models, data, models["root"], "both", load=rm_run[1], stage="rm", ref_load=None,
+                                center_rewards_coefficient=CENTER))
+    stage = RewardStage()
+    stage.prepare(cfg)
     inherit_model_settings(cfg, saved_settings(cfg.checkpoint.load))
-    trainer = Trainer(validate(cfg), torch.device("cpu"))
+    trainer = Trainer(validate(cfg), torch.device("cpu"), stage)
     fitted, _ = build_reward_pairs(cfg.dpo, cfg.sft.chat_template, 64, trainer.tokenizer)
     batch = collate_reward_pairs([fitted[k] for k in range(len(fitted))])
     trainer.model.eval()

@@ -105,10 +105,11 @@ def test_ids_equal_apply_chat_template_of_the_export(tmp_path, tiny_corpus, sft_
 
     from megalite.data.chat import tokenize_chat
     from megalite.data.sft_formats import SFTSource, load_conversations
-    from megalite.posttrain.sft import prepare
+    from megalite.posttrain.sft import SFTStage
     from megalite.training.data import build_tokenizer_from
 
-    cfg = prepare(parse_config(sft_args(tiny_corpus, sft_file, tmp_path, "ids", load=exported[0])))
+    cfg = parse_config(sft_args(tiny_corpus, sft_file, tmp_path, "ids", load=exported[0]))
+    SFTStage().prepare(cfg)
     tok, hf = build_tokenizer_from(cfg), AutoTokenizer.from_pretrained(exported[1])
     for _, _, messages in itertools.islice(load_conversations(SFTSource(sft_file)), 8):
         ids, _ = tokenize_chat(tok, cfg.sft.chat_template, messages)
@@ -126,9 +127,11 @@ def test_sft_loss_equals_transformers_with_masked_labels(tmp_path, tiny_corpus, 
     hf = AutoModelForCausalLM.from_pretrained(exported[1]).eval()
 
     cfg = parse_config(sft_args(tiny_corpus, sft_file, tmp_path, "eval", load=exported[0]))
-    from megalite.posttrain.sft import prepare
+    from megalite.posttrain.sft import SFTStage
 
-    trainer = Trainer(validate(prepare(cfg)), torch.device("cpu"))
+    stage = SFTStage()
+    stage.prepare(cfg)
+    trainer = Trainer(validate(cfg), torch.device("cpu"), stage)
     ds, _ = build_sft_datasets(cfg.sft, 64, build_tokenizer_from(cfg), 4, 0, cfg.training.seed)
     batch = collate_sft([ds[i] for i in range(4)])
     trainer.model.eval()

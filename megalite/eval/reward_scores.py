@@ -29,7 +29,7 @@ class RewardScorer:
     """``score(sequences)``: one float per token-id sequence, from a megalite checkpoint or an HF folder."""
 
     def __init__(self, load: str, batch_size: int = 16):
-        from megalite.posttrain.sft import is_hf_folder
+        from megalite.posttrain.stage import is_hf_folder
 
         self.batch_size = batch_size
         if os.path.isdir(load) and is_hf_folder(load):

@@ -15,7 +15,7 @@ from torch import nn
 
 from megalite.config import Config, ModelConfig
 from megalite.model.attention import SelfAttention
-from megalite.model.heads import LMHead, build_head
+from megalite.model.heads import LMHead
 from megalite.model.mlp import MLP
 from megalite.model.norms import build_norm
 from megalite.model.rotary import RotaryEmbedding
@@ -172,11 +172,10 @@ class ModelChunks(nn.ModuleList):
             raise RuntimeError(f"Error(s) in loading state_dict:\n\tUnexpected key(s): {sorted(extra)[:5]}")
 
 
-def build_stage_model(cfg: Config, recompute: Optional[str]):
+def build_stage_model(cfg: Config, recompute: Optional[str], head=LMHead):
     """This pipeline stage's part of the model: one GPTModel, or with virtual stages one
-    chunk per virtual stage c * P + r (interleaved schedule). The head is the run's (build_head)."""
+    chunk per virtual stage c * P + r (interleaved schedule), ending in ``head``."""
     m, p, s = cfg.model, cfg.parallel, state.get()
-    head = build_head(cfg)
     per_chunk = p.num_layers_per_virtual_pipeline_stage
     if per_chunk is None:
         layers = stage_layers(m.num_layers, s.pp_size, s.pp_rank, p.decoder_first_pipeline_num_layers,

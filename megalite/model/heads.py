@@ -10,7 +10,7 @@
   sequence parallelism each rank scores its slice of the sequence, the scores are gathered, and the weight's
   gradient is summed over the ranks like a norm's (``sequence_parallel``), so every rank takes the same step.
 
-``build_head`` picks one from the run's settings (``--stage rm``: the score head).
+The run's stage picks one (megalite.training.stage: ``Stage.head``).
 """
 
 from collections.abc import Mapping
@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from megalite.config import Config, ModelConfig
+from megalite.config import ModelConfig
 from megalite.parallel import state
 from megalite.parallel.cross_entropy import vocab_parallel_cross_entropy
 from megalite.parallel.init import mark
@@ -70,10 +70,6 @@ class ScoreHead(nn.Module):
         if state.get().sequence_parallel:
             scores = gather_sequence_for_all(scores)
         return scores.t()
-
-
-def build_head(cfg: Config):
-    return ScoreHead if cfg.dpo.stage == "rm" else LMHead
 
 
 LM_ONLY = ("output_layer.weight", "embedding.weight")  # the LM output, and a last stage's copy of a tied embedding

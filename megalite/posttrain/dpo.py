@@ -5,21 +5,35 @@ The model's per-token losses are the vocab-parallel cross entropy, so a completi
 log-probability is ``-(losses * loss_mask).sum(1)``, computed without gathering the vocabulary.
 The reference model's sums come from a forward-only pass of the same micro-batches before the
 step (``prepare``); SimPO is reference-free (a run of ``simpo``, optionally with ``sft``, has no
-reference model). Every loss is trl 1.x's DPOTrainer formula (SimPO: trl's CPOTrainer); the loss of
-a step is the mean over
-the pairs of the global batch, so it does not depend on micro-batch or data-parallel sizes (the
-trainer hands ``begin_step`` the global counts of ``count_keys``). Metrics carry trl's names and
-are means over the global batch's pairs.
+reference model). Every loss is trl 1.x's DPOTrainer formula (SimPO: trl's CPOTrainer); the
+loss of a step is the mean over the pairs of the global batch, so it does not depend on
+micro-batch or data-parallel sizes (the trainer hands ``begin_step`` the global counts of
+``count_keys``). Metrics carry trl's names and are means over the global batch's pairs.
 """
 
+import dataclasses
+import functools
+import hashlib
 import json
 import os
+import pickle
 from typing import Dict, List, Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+from megalite.config import Config
+from megalite.data.preference import PreferenceDataset, build_pairs, collate_pairs
 from megalite.errors import MegaliteError
+from megalite.model.gpt import build_stage_model
+from megalite.model.heads import LMHead
+from megalite.parallel import state
+from megalite.parallel.init import initialize
+from megalite.parallel.pipeline import forward_backward
+from megalite.posttrain.lora import adapters_disabled
+from megalite.posttrain.stage import PreferenceStage
+from megalite.training.checkpointing import load_checkpoint
 from megalite.utils.atomic import atomic_write
 
 LOSS_TYPES = ("sigmoid", "hinge", "ipo", "robust", "bco_pair", "nca_pair", "sppo_hard", "apo_zero", "apo_down",
@@ -151,8 +165,6 @@ def reference_pass(model, activation_shape, dtype, key: str = "ref_logps"):
     """A ``reference`` for DPOObjective: a forward-only pass of ``model`` over the step's micro-batches
     storing each row's summed completion log-prob in ``mb[key]`` (on the last pipeline stage,
     where the loss is computed). KTO also runs the policy this way over its KL rows."""
-    from megalite.parallel.pipeline import forward_backward
-
     def store(losses, mb):
         mb[key] = completion_logps(losses, mb).detach()
         return losses.new_zeros(())
@@ -167,6 +179,30 @@ def reference_pass(model, activation_shape, dtype, key: str = "ref_logps"):
     return run
 
 
+class DPOStage(PreferenceStage):
+    """``dpo_gpt.py --stage dpo``: preference pairs, a trl DPO loss against a reference model."""
+
+    name = "dpo"
+    build_items, dataset = build_pairs, PreferenceDataset
+
+    def prepare_reference(self, cfg: Config) -> None:
+        needs_reference(cfg)
+
+    def collate(self, cfg: Config):
+        pad_to, multiple = self.padding(cfg)
+        return functools.partial(collate_pairs, pad_to=pad_to, multiple_of=multiple)
+
+    def objective(self, cfg: Config, context):
+        return build_dpo_objective(cfg, context)
+
+
+def needs_reference(cfg: Config) -> None:
+    """A run with a reference model scores it with the starting weights unless --ref-load names
+    others (with LoRA: the policy with its adapters disabled)."""
+    if not reference_free(cfg.dpo) and not cfg.dpo.ref_load and cfg.lora.lora_rank == 0:
+        cfg.dpo.ref_load = cfg.checkpoint.load
+
+
 class _NoOptimizer:
     """What load_checkpoint needs of an optimizer for a frozen model: nothing."""
 
@@ -174,23 +210,21 @@ class _NoOptimizer:
         pass
 
 
-def build_dpo_objective(cfg, trainer) -> DPOObjective:
+def build_dpo_objective(cfg, ctx) -> DPOObjective:
     """The run's DPO objective with its reference; the model also returns each token's mean
     logit (trl's ``logits/chosen`` and ``logits/rejected``)."""
-    return_mean_logits(trainer.model)
-    return DPOObjective(cfg.dpo, build_reference(cfg, trainer))
+    return_mean_logits(ctx.model)
+    return DPOObjective(cfg.dpo, build_reference(cfg, ctx))
 
 
 def return_mean_logits(model) -> None:
     """Make ``model``'s forward(labels) return [rows, seq, 2]: each token's loss and mean logit."""
-    from megalite.model.heads import LMHead
-
     for m in model.modules():
         if isinstance(m, LMHead):
             m.mean_logits = True
 
 
-def build_reference(cfg, trainer):
+def build_reference(cfg, ctx):
     """DPO's reference: none for SimPO; else the live pass of ``live_reference``, or its
     precomputed scores."""
     if reference_free(cfg.dpo):
@@ -198,37 +232,30 @@ def build_reference(cfg, trainer):
             raise MegaliteError("--dpo-loss-type simpo uses no reference model: drop --ref-load and "
                                 "--precompute-ref-log-probs")
         return None
-    run, weights = live_reference(cfg, trainer)
-    return precomputed(cfg, trainer, run, weights) if cfg.dpo.precompute_ref_log_probs else run
+    run, weights = live_reference(cfg, ctx)
+    return precomputed(cfg, ctx, run, weights) if cfg.dpo.precompute_ref_log_probs else run
 
 
-def live_reference(cfg, trainer):
+def live_reference(cfg, ctx):
     """(the reference pass of a run, the model holding its frozen weights): with LoRA (and no
     --ref-load) the policy itself with its adapters disabled; otherwise a frozen copy built and
     sharded like the policy, loaded from --ref-load (``prepare`` sets it to the run's starting
     weights when not given)."""
-    import dataclasses
-
-    from megalite.model.gpt import build_stage_model
-    from megalite.parallel.init import initialize
-    from megalite.posttrain.lora import adapters_disabled
-    from megalite.training.checkpointing import load_checkpoint
-
-    shape, dtype = trainer.activation_shape, trainer.dtype
+    shape, dtype = ctx.activation_shape, ctx.dtype
     if cfg.lora.lora_rank > 0 and not cfg.dpo.ref_load:
-        run = reference_pass(trainer.model, shape, dtype)
+        run = reference_pass(ctx.model, shape, dtype)
 
         def base(batch):
-            with adapters_disabled(trainer.model):
+            with adapters_disabled(ctx.model):
                 run(batch)
 
-        return base, trainer.model
+        return base, ctx.model
     if not cfg.dpo.ref_load:
         raise MegaliteError(f"{cfg.dpo.stage.upper()} needs a reference model: give --load (its weights are the "
                             "reference) or --ref-load")
     model = build_stage_model(cfg, None)
     initialize(model, cfg.training.seed)
-    model.to(device=trainer.device, dtype=dtype)
+    model.to(device=ctx.device, dtype=dtype)
     ckpt = dataclasses.replace(cfg.checkpoint, load=cfg.dpo.ref_load, finetune=True, no_load_optim=True)
     load_checkpoint(dataclasses.replace(cfg, checkpoint=ckpt), model, _NoOptimizer())
     for p in model.parameters():
@@ -241,8 +268,6 @@ def score_once(reference, batch, index_key: str, rows: int, size: int, device) -
     ``reference`` runs over ``batch`` (this rank's share of the items, whole micro-batches) and each
     micro-batch's ``ref_logps`` land at its items' ``index_key``; as an item is scored by one
     data-parallel rank's last pipeline stage, sums over the stages and ranks fill the table."""
-    from megalite.parallel import state
-
     s = state.get()
     if batch:
         reference(batch)
@@ -261,17 +286,17 @@ def read_scores(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return table[index].T.reshape(-1)
 
 
-def precomputed(cfg, trainer, reference, weights):
+def precomputed(cfg, ctx, reference, weights):
     """--precompute-ref-log-probs: ``reference`` scores every pair of the training and held-out
     sets once (``score_items``) and is then dropped with its model, so training holds one model;
     steps and evaluations read the scores by ``pair_index`` from their set's table. Each table is
     cached next to its pairs' cache (``cached_scores``), so a resumed run or a rerun does not
     score again."""
-    fingerprint = weights_fingerprint(weights, trainer.device)
-    tables = [None if ds is None else cached_scores(cfg, trainer, ds.items, fingerprint, "pairs",
-                                                    lambda ds=ds: score_items(cfg, trainer, reference, ds, 2),
+    fingerprint = weights_fingerprint(weights, ctx.device)
+    tables = [None if ds is None else cached_scores(cfg, ctx, ds.items, fingerprint, "pairs",
+                                                    lambda ds=ds: score_items(cfg, ctx, reference, ds, 2),
                                                     (len(ds.items), 2))
-              for ds in (trainer.train_ds, trainer.valid_ds)]
+              for ds in (ctx.train_ds, ctx.valid_ds)]
 
     def look_up(steps_batch):
         for mb in steps_batch:
@@ -280,39 +305,30 @@ def precomputed(cfg, trainer, reference, weights):
     return look_up
 
 
-def score_items(cfg, trainer, reference, ds, rows: int, index_key: str = "pair_index") -> torch.Tensor:
+def score_items(cfg, ctx, reference, ds, rows: int, index_key: str = "pair_index") -> torch.Tensor:
     """[items, rows] reference log-probs of every item of ``ds`` (an ItemDataset), on every rank:
     each data-parallel rank scores a share, in whole micro-batches (pipeline stages need fixed
     shapes), and ``score_once`` sums the shares."""
-    import numpy as np
-
-    from megalite.parallel import state
-    from megalite.training.data import row_collate
-
     s, mbs, n = state.get(), cfg.training.micro_batch_size, len(ds.items)
     mine = np.arange(s.dp_rank, n, s.dp_size)
     mine = np.resize(mine, -(-len(mine) // mbs) * mbs)
-    collate = row_collate(cfg)
+    collate = ctx.collate
     batch = [collate([ds.item(int(k), int(k)) for k in mine[i:i + mbs]]) for i in range(0, len(mine), mbs)]
-    batch = [{k: v.to(trainer.device) for k, v in mb.items()} for mb in batch]
-    return score_once(reference, batch, index_key, rows, n, trainer.device)
+    batch = [{k: v.to(ctx.device) for k, v in mb.items()} for mb in batch]
+    return score_once(reference, batch, index_key, rows, n, ctx.device)
 
 
-def cached_scores(cfg, trainer, items, fingerprint: str, what: str, score, shape: Tuple[int, int]) -> torch.Tensor:
+def cached_scores(cfg, ctx, items, fingerprint: str, what: str, score, shape: Tuple[int, int]) -> torch.Tensor:
     """A table of reference log-probs of ``items`` (cached pairs or KTO examples), from the cache
     or ``score()`` (and cached). The cache file is named by a hash of the items' cache entries
     (and the held-out split), the reference weights' ``fingerprint``, the dtype, the layout that
     scores them and ``what`` the table holds. A cached table is loaded as plain tensors only and
     must have ``shape`` ([items, rows]) and finite log-probs (<= 0), else the run stops naming
     the file (``check_table``); it is never rescored over silently."""
-    import hashlib
-
-    from megalite.parallel import state
-
     s, t = state.get(), cfg.training
     picks = None if items.picks is None else hashlib.md5(items.picks.tobytes()).hexdigest()
     description = {"items": [st.prefix for st in items.stores], "picks": picks, "weights": fingerprint,
-                   "dtype": str(trainer.dtype), "table": what,
+                   "dtype": str(ctx.dtype), "table": what,
                    "layout": [s.tp_size, s.pp_size, s.dp_size, t.micro_batch_size, s.sequence_parallel]}
     key = hashlib.md5(json.dumps(description, sort_keys=True).encode()).hexdigest()
     path = os.path.join(os.path.dirname(items.stores[0].prefix), f"{key}-ref_logps.pt")
@@ -320,7 +336,7 @@ def cached_scores(cfg, trainer, items, fingerprint: str, what: str, score, shape
     if torch.distributed.is_initialized():  # every rank takes the same branch
         torch.distributed.all_reduce(found, op=torch.distributed.ReduceOp.MIN)
     if found.item():
-        return check_table(path, shape).to(trainer.device)
+        return check_table(path, shape).to(ctx.device)
     table = score()
     if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
         with atomic_write(path, "wb") as f:
@@ -333,8 +349,6 @@ def check_table(path: str, shape: Tuple[int, int]) -> torch.Tensor:
     """The table cached at ``path``, loaded with ``weights_only`` (no code runs), if it is a float
     tensor of ``shape`` holding finite log-probs (<= 0, with room for rounding); otherwise one
     error naming the file: a damaged or foreign file would train on wrong references silently."""
-    import pickle
-
     try:
         table = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
@@ -356,8 +370,6 @@ def check_table(path: str, shape: Tuple[int, int]) -> torch.Tensor:
 def weights_fingerprint(model, device) -> str:
     """A hash of the frozen parameters' checksums on every rank: the reference's weights (a
     frozen copy, or the base under LoRA adapters), whatever their checkpoint path."""
-    import hashlib
-
     sums = [torch.stack([p.double().sum(), p.double().square().sum()])
             for p in model.parameters() if not p.requires_grad]
     mine = hashlib.md5(torch.stack(sums).cpu().numpy().tobytes()).digest() if sums else bytes(16)

@@ -25,11 +25,13 @@ its losses, ``LMHead.mean_logits``); like trl, a step without desirable (or unde
 examples reports none of their metrics.
 """
 
+import functools
 from typing import Dict
 
 import torch
 
-from megalite.data.unpaired import kl_view
+from megalite.config import Config
+from megalite.data.unpaired import UnpairedDataset, build_examples, collate_unpaired, kl_view
 from megalite.parallel import state
 from megalite.parallel.data_parallel import all_reduce_scalar
 from megalite.posttrain.dpo import (
@@ -43,6 +45,7 @@ from megalite.posttrain.dpo import (
     score_once,
     weights_fingerprint,
 )
+from megalite.posttrain.stage import PreferenceStage
 
 LOSS_TYPES = ("kto", "apo_zero_unpaired")
 
@@ -124,11 +127,34 @@ class KTOObjective:
         return {k: self.sums.get(k, 0.0) for k in names}
 
 
-def build_kto_objective(cfg, trainer) -> KTOObjective:
+class KTOStage(PreferenceStage):
+    """``dpo_gpt.py --stage kto``: single completions marked desirable or not, trl's KTO loss
+    against a reference model."""
+
+    name = "kto"
+    build_items, dataset = build_examples, UnpairedDataset
+
+    def rows_per_sample(self, cfg: Config) -> int:
+        return 1
+
+    def prepare_reference(self, cfg: Config) -> None:
+        if not cfg.dpo.ref_load and cfg.lora.lora_rank == 0:  # LoRA: the adapters disabled
+            cfg.dpo.ref_load = cfg.checkpoint.load
+
+    def collate(self, cfg: Config):
+        pad_to, multiple = self.padding(cfg)
+        return functools.partial(collate_unpaired, seq_length=cfg.data.seq_length, pad_to=pad_to,
+                                 multiple_of=multiple, kl_rows=cfg.kto.kto_loss_type == "kto")
+
+    def objective(self, cfg: Config, context):
+        return build_kto_objective(cfg, context)
+
+
+def build_kto_objective(cfg, ctx) -> KTOObjective:
     """The run's KTO objective: the reference of posttrain.dpo (a frozen copy, or the policy
     with its LoRA adapters disabled), live or precomputed, and the policy's KL-row pass."""
     kl = cfg.kto.kto_loss_type == "kto"
-    live, weights = live_reference(cfg, trainer)
+    live, weights = live_reference(cfg, ctx)
 
     def rows_and_kl_rows(batch):  # one forward-only pass over the micro-batches and their KL rows
         views = [kl_view(mb) for mb in batch] if kl else []
@@ -137,14 +163,14 @@ def build_kto_objective(cfg, trainer) -> KTOObjective:
             if "ref_logps" in view:
                 mb["ref_kl_logps"] = view["ref_logps"]
 
-    return_mean_logits(trainer.model)  # trl's logits/chosen and logits/rejected
+    return_mean_logits(ctx.model)  # trl's logits/chosen and logits/rejected
     precompute = cfg.dpo.precompute_ref_log_probs
-    reference = precomputed(cfg, trainer, live, weights, kl) if precompute else rows_and_kl_rows
-    policy = reference_pass(trainer.model, trainer.activation_shape, trainer.dtype, "policy_logps") if kl else None
+    reference = precomputed(cfg, ctx, live, weights, kl) if precompute else rows_and_kl_rows
+    policy = reference_pass(ctx.model, ctx.activation_shape, ctx.dtype, "policy_logps") if kl else None
     return KTOObjective(cfg.kto, cfg.dpo.dpo_beta, reference, policy)
 
 
-def precomputed(cfg, trainer, live, weights, kl: bool):
+def precomputed(cfg, ctx, live, weights, kl: bool):
     """--precompute-ref-log-probs: the reference scores, once, now, every example of the training
     and held-out sets (keyed by example) and every KL row the run and its evaluations will meet
     (keyed by sample number, as a KL row depends on its micro-batch: the sampler's micro-batch j
@@ -153,10 +179,8 @@ def precomputed(cfg, trainer, live, weights, kl: bool):
     is dropped with ``live``, so training holds one model. Each table is cached as DPO's are
     (posttrain.dpo.cached_scores); the KL rows' table is also keyed by the sample order (the seed
     and the number of samples), so a resumed run or a rerun reads both instead of scoring again."""
-    from megalite.training.data import row_collate
-
-    s, mbs, device = state.get(), cfg.training.micro_batch_size, trainer.device
-    collate = row_collate(cfg)
+    s, mbs, device = state.get(), cfg.training.micro_batch_size, ctx.device
+    collate = ctx.collate
     fingerprint = weights_fingerprint(weights, device)
 
     def score_kl_rows(ds):
@@ -165,13 +189,13 @@ def precomputed(cfg, trainer, live, weights, kl: bool):
         return score_once(live, [kl_view(mb) for mb in batch], "sample_index", 1, len(ds), device)
 
     tables = []
-    for ds in (trainer.train_ds, trainer.valid_ds):
+    for ds in (ctx.train_ds, ctx.valid_ds):
         if ds is None:
             tables.append(None)
             continue
-        examples = cached_scores(cfg, trainer, ds.items, fingerprint, "examples",
-                                 lambda: score_items(cfg, trainer, live, ds, 1, "example_index"), (len(ds.items), 1))
-        kl_rows = cached_scores(cfg, trainer, ds.items, fingerprint, f"KL rows of {len(ds)} samples, seed {ds.seed}",
+        examples = cached_scores(cfg, ctx, ds.items, fingerprint, "examples",
+                                 lambda: score_items(cfg, ctx, live, ds, 1, "example_index"), (len(ds.items), 1))
+        kl_rows = cached_scores(cfg, ctx, ds.items, fingerprint, f"KL rows of {len(ds)} samples, seed {ds.seed}",
                                 lambda: score_kl_rows(ds), (len(ds), 1)) if kl else None
         tables.append((examples, kl_rows))
 

@@ -55,11 +55,12 @@ def _base_folder(lo: Dict) -> str:
     return iteration_dir(lo["lora_base"], lo["lora_base_iteration"])
 
 
-def load_lora_run(cfg: Config, model, optimizer) -> Tuple[int, int, int]:
+def load_lora_run(cfg: Config, model, optimizer, fit_for=lambda part: None) -> Tuple[int, int, int]:
     """What --load names for a LoRA run: a full checkpoint (with --finetune) becomes the frozen
     base; a LoRA checkpoint loads its base, then its adapters (and, unless --finetune, its
     optimizer state, random states and position); otherwise --load-adapter, if given, fills
-    the adapters. Records the base in ``cfg.lora``. Returns (iteration, consumed_samples, consumed_tokens)."""
+    the adapters. Records the base in ``cfg.lora``. ``fit_for(part)``: what the weights loaded into
+    a part of the model go through first (the stage's). Returns (iteration, consumed_samples, consumed_tokens)."""
     c, lo = cfg.checkpoint, cfg.lora
     folder = find_checkpoint(c.load)
     if folder is None:
@@ -78,10 +79,12 @@ def load_lora_run(cfg: Config, model, optimizer) -> Tuple[int, int, int]:
     base = os.path.normpath(base)
     lo.lora_base, lo.lora_base_iteration = os.path.abspath(os.path.dirname(base)), int(os.path.basename(base)[5:])
     weights_only = dataclasses.replace(c, load=base, finetune=True)
-    load_checkpoint(dataclasses.replace(cfg, checkpoint=weights_only), ParameterSubset(model, False), optimizer)
+    frozen = ParameterSubset(model, False)
+    load_checkpoint(dataclasses.replace(cfg, checkpoint=weights_only), frozen, optimizer, fit_for(frozen))
     position = (0, 0, 0)
     if own:
-        position = load_checkpoint(cfg, ParameterSubset(model, True), optimizer)
+        trained = ParameterSubset(model, True)
+        position = load_checkpoint(cfg, trained, optimizer, fit_for(trained))
     if lo.load_adapter and not own:  # a LoRA checkpoint (resume, rollback) brings its own adapters
         read_peft_adapter(lo.load_adapter, model)
         optimizer.masters_from_model()

@@ -1,4 +1,4 @@
-"""Reward models as a train-step objective: the trainer's step on preference pairs, scored by a score head.
+"""Reward models as a stage: the trainer's step on preference pairs, scored by a score head.
 
 A micro-batch holds n pairs as 2n rows, chosen first (megalite.data.reward); the model's last stage
 returns per-token scores [rows, seq] (megalite.model.heads.ScoreHead) and a row's reward is its score at
@@ -11,12 +11,19 @@ change the numbers. Metrics carry trl's names: ``accuracy`` (share of pairs wher
 the global batch (reduced with min / max across ranks: ``metric_ops``).
 """
 
+import functools
 import math
 from typing import Dict
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+
+from megalite.config import Config
+from megalite.data.reward import RewardPairs, build_reward_pairs, collate_reward_pairs
+from megalite.errors import MegaliteError
+from megalite.model.heads import ScoreHead, ScoreModelWeights
+from megalite.posttrain.stage import PreferenceStage
 
 METRICS = ("accuracy", "margin", "min_reward", "mean_reward", "max_reward")
 
@@ -64,3 +71,26 @@ class RewardObjective:
     def metrics(self) -> Dict[str, float]:
         """This rank's share of the step's metrics (summed over ranks; min / max for ``metric_ops``)."""
         return dict(self.sums)
+
+
+class RewardStage(PreferenceStage):
+    """``dpo_gpt.py --stage rm``: a reward model, the language model's output layer replaced by a
+    score head (fresh when the weights are a language model's), trained on preference pairs."""
+
+    name = "rm"
+    head = ScoreHead
+    build_items, dataset = build_reward_pairs, RewardPairs
+
+    def weights_fit(self, model):
+        current = model.state_dict()
+        return lambda weights: ScoreModelWeights(weights, current)
+
+    def collate(self, cfg: Config):
+        pad_to, multiple = self.padding(cfg)
+        return functools.partial(collate_reward_pairs, pad_to=pad_to, multiple_of=multiple)
+
+    def objective(self, cfg: Config, context):
+        if cfg.dpo.ref_load or cfg.dpo.precompute_ref_log_probs:
+            raise MegaliteError("--ref-load / --precompute-ref-log-probs: a reward model (--stage rm) has no "
+                                "reference model")
+        return RewardObjective(cfg.reward)

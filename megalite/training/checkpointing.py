@@ -426,8 +426,10 @@ def _shard_pieces(folder: str):
         yield from load_file(path)["pieces"]
 
 
-def load_checkpoint(cfg: Config, model, optimizer):
-    """Restore what --load names. Returns (iteration, consumed_samples, consumed_tokens)."""
+def load_checkpoint(cfg: Config, model, optimizer, fit=None):
+    """Restore what --load names. Returns (iteration, consumed_samples, consumed_tokens).
+    ``fit``: what the weights go through first (the stage's: a reward model started from a
+    language model's)."""
     c = cfg.checkpoint
     folder = find_checkpoint(c.load)
     if folder is None:
@@ -437,12 +439,6 @@ def load_checkpoint(cfg: Config, model, optimizer):
     saved = saved_settings(folder)
     check_architecture(saved, cfg, folder)
     load_optim = not (c.finetune or c.no_load_optim)
-    fit = None
-    if cfg.dpo.stage == "rm":  # a reward model: from a language model's weights, the score head fresh
-        from megalite.model.heads import ScoreModelWeights
-
-        current = model.state_dict()
-        fit = lambda weights: ScoreModelWeights(weights, current)  # noqa: E731
     if _same_layout(saved, cfg):
         sd = read_checkpoint(folder)
         load_model_state(model, sd, folder, fit)

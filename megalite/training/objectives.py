@@ -1,5 +1,5 @@
 """What the train step minimises: the ``loss_fn`` handed to ``forward_backward``, and what
-it is normalised by.
+it is normalised by. A stage builds its objective (training.stage); this is pretraining's.
 
 An objective names the batch keys whose global sums it needs (``count_keys``); the trainer
 all-reduces them over data-parallel ranks before the step and hands them to ``begin_step``,
@@ -12,9 +12,6 @@ reference pass); ``metrics`` are this rank's shares of extra per-step metrics, s
 from typing import Dict
 
 import torch
-
-from megalite.config import Config
-from megalite.errors import MegaliteError
 
 
 class TokenMean:
@@ -33,24 +30,3 @@ class TokenMean:
 
     def metrics(self) -> Dict[str, float]:
         return {}
-
-
-def build_objective(cfg: Config, trainer):
-    """With --pref-data: DPO (megalite.posttrain.dpo), KTO (megalite.posttrain.kto) or a reward
-    model (megalite.posttrain.reward) by --stage; else the token mean."""
-    if not cfg.dpo.pref_data:
-        return TokenMean()
-    if cfg.dpo.stage == "kto":
-        from megalite.posttrain.kto import build_kto_objective
-
-        return build_kto_objective(cfg, trainer)
-    if cfg.dpo.stage == "rm":
-        from megalite.posttrain.reward import RewardObjective
-
-        if cfg.dpo.ref_load or cfg.dpo.precompute_ref_log_probs:
-            raise MegaliteError("--ref-load / --precompute-ref-log-probs: a reward model (--stage rm) has no "
-                                "reference model")
-        return RewardObjective(cfg.reward)
-    from megalite.posttrain.dpo import build_dpo_objective
-
-    return build_dpo_objective(cfg, trainer)

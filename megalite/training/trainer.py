@@ -1,7 +1,9 @@
-"""The pretraining loop behind ``pretrain_gpt.py``.
+"""The training loop behind every entrypoint: ``pretrain(cfg, stage, evaluators)``.
 
 One ``Trainer`` owns the model stage, the fp32 gradient buffer, the optimizer, the schedules
-and the data; ``train_step`` runs one global batch (all its micro-batches, gradient
+and the data; what is trained (head, data, objective, model transforms, how loaded weights are
+adapted) is the ``Stage`` it is given (training.stage), and in-training evaluations beyond the
+validation loss are the evaluators it is given. ``train_step`` runs one global batch (all its micro-batches, gradient
 accumulation in fp32, a data-parallel all-reduce overlapped with the last backward, one
 optimizer step). The loss of a step is the mean over every non-masked token of the global
 batch, so any split into micro-batches and data-parallel ranks gives the same number.
@@ -13,9 +15,10 @@ import gc
 import math
 import os
 import random
+import resource
 import signal
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Protocol, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -33,20 +36,12 @@ from megalite.parallel.init import initialize
 from megalite.parallel.pipeline import forward_backward, model_chunks
 from megalite.parallel.random import seed_tp_rng
 from megalite.parallel.zero import FullyShardedBuffer
-from megalite.posttrain.lora import ParameterSubset, add_adapters
-from megalite.posttrain.lora_io import inherit_lora_settings, load_lora_run
-from megalite.training.checkpointing import (
-    find_checkpoint,
-    load_checkpoint,
-    refuse_later_checkpoints,
-    save_checkpoint,
-    saved_settings,
-)
-from megalite.training.data import build_datasets, build_loader, build_tokenizer_from, microbatches, padded_vocab_size
+from megalite.training.checkpointing import find_checkpoint, refuse_later_checkpoints, save_checkpoint, saved_settings
+from megalite.training.data import build_loader, build_tokenizer_from, microbatches, padded_vocab_size
 from megalite.training.metrics_log import MetricsLog
-from megalite.training.objectives import build_objective
 from megalite.training.optimizer import ConstantLossScaler, DynamicLossScaler, Optimizer
 from megalite.training.schedules import BatchSchedule, LRSchedule
+from megalite.training.stage import Stage, StepContext
 from megalite.training.watchdog import StepWatchdog
 from megalite.utils.lock import FolderLock
 
@@ -84,9 +79,20 @@ def set_seeds(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+class Evaluator(Protocol):
+    """An in-training evaluation (lm-eval tasks, say): run every ``every`` iterations and at the
+    end on the model in memory; returns the rows to log, each with its one-line summary."""
+
+    every: int
+
+    def __call__(self, model: torch.nn.Module, iteration: int) -> List[Tuple[Dict, str]]: ...
+
+
 class Trainer:
-    def __init__(self, cfg: Config, device: torch.device):
+    def __init__(self, cfg: Config, device: torch.device, stage: Optional[Stage] = None,
+                 evaluators: Sequence[Evaluator] = ()):
         self.cfg, self.device = cfg, device
+        self.stage, self.evaluators = stage or Stage(), list(evaluators)
         m, p, t = cfg.model, cfg.parallel, cfg.training
         s = state.initialize(p.tensor_model_parallel_size, p.pipeline_model_parallel_size, p.sequence_parallel)
         kernels.set_fused_kernels(t.fused_kernels)
@@ -98,14 +104,11 @@ class Trainer:
             m.padded_vocab_size = padded_vocab_size(vocab, m.make_vocab_size_divisible_by, s.tp_size)
         self.dtype = torch.bfloat16 if t.bf16 else torch.float16 if t.fp16 else torch.float32
 
-        self.model = build_stage_model(cfg, t.recompute_granularity)
-        lora = cfg.lora.lora_rank > 0
-        if lora:  # adapters trained, the base frozen; checkpoints hold the adapters only
-            add_adapters(self.model, cfg)
-        self.checkpointed = ParameterSubset(self.model, trainable=True) if lora else self.model
-        self.load = load_lora_run if lora else load_checkpoint
+        self.model = build_stage_model(cfg, t.recompute_granularity, self.stage.head)
+        self.stage.transform(self.model, cfg)
+        self.checkpointed = self.stage.checkpointed(self.model, cfg)
         seq = cfg.data.seq_length // (s.tp_size if s.sequence_parallel else 1)
-        rows = t.micro_batch_size * (2 if cfg.dpo.pref_data and cfg.dpo.stage != "kto" else 1)  # DPO: 2 rows a pair
+        rows = t.micro_batch_size * self.stage.rows_per_sample(cfg)
         self.activation_shape = (seq, rows, m.hidden_size)  # what stages pass on
         initialize(self.model, t.seed)
         self.model.to(device=device, dtype=self.dtype)
@@ -136,14 +139,16 @@ class Trainer:
         self.iteration = self.consumed_samples = self.consumed_tokens = 0
         if cfg.checkpoint.load:
             with self.grads.full_params(write_back=True):
-                self.iteration, self.consumed_samples, self.consumed_tokens = self.load(
+                self.iteration, self.consumed_samples, self.consumed_tokens = self.stage.load(
                     cfg, self.model, self.optimizer)
 
         train_samples = self.batches.samples_for(self.train_iters)
-        self.train_ds, self.valid_ds, self.test_ds = build_datasets(cfg, self.tokenizer, train_samples)
-        self.train_iter = (iter(build_loader(self.train_ds, self.consumed_samples, cfg, train_samples))
+        self.train_ds, self.valid_ds, self.test_ds = self.stage.datasets(cfg, self.tokenizer, train_samples)
+        self.collate = self.stage.collate(cfg)
+        self.train_iter = (iter(build_loader(self.train_ds, self.consumed_samples, cfg, train_samples, self.collate))
                            if self.train_ds is not None else None)
-        self.objective = build_objective(cfg, self)
+        self.objective = self.stage.objective(cfg, StepContext(self.model, self.activation_shape, self.dtype, device,
+                                                               self.train_ds, self.valid_ds, self.collate))
         self.log = MetricsLog(s.rank == 0, cfg.logging.metrics_file, cfg.logging.tensorboard_dir, self.iteration)
         self.peak = cfg.logging.peak_tflops or (peak_tflops(torch.cuda.get_device_name(device))
                                                 if device.type == "cuda" else None)
@@ -206,7 +211,7 @@ class Trainer:
         s, t = state.get(), self.cfg.training
         self.model.eval()
         total, count, extra, weights = 0.0, 0.0, {}, {}  # weights: per metric (KTO skips some in some batches)
-        loader = iter(build_loader(dataset, 0, self.cfg))
+        loader = iter(build_loader(dataset, 0, self.cfg, collate=self.collate))
         n_micro = self.batches.num_microbatches(self.consumed_samples)
         weight_key = self.objective.count_keys[0]  # batches weigh by the objective's count (tokens, pairs)
         try:
@@ -237,29 +242,20 @@ class Trainer:
                         + "".join(f" | {k} {v:.4f}" for k, v in extra.items()))
         return out
 
-    def evaluate_tasks(self) -> Optional[Dict]:
-        """--eval-tasks through lm-eval on the model in memory (megalite.eval.harness): each
-        metric logged as ``{"split": "tasks", "task": ..., metric: value}`` and to TensorBoard
-        under tasks/. Every rank takes part (tensor / pipeline collectives); data-parallel
-        replicas each score all requests, and rank 0 reports."""
-        t = self.cfg.training
-        if not t.eval_tasks:
-            return None
-        from megalite.eval.harness import run_harness_tasks
-
+    def run_evaluators(self, final: bool = False) -> List[Dict]:
+        """The evaluators due at this iteration (all of them when ``final``), on the model in
+        memory with its full parameters (ZeRO-3); every rank takes part. Returns the logged rows."""
+        due = [e for e in self.evaluators if final or (e.every and self.iteration % e.every == 0)]
+        if not due:
+            return []
         self.grads.wait_params()
+        rows = []
         with self.grads.full_params():
-            out = run_harness_tasks(self.model, t.eval_tasks, num_fewshot=t.eval_tasks_num_fewshot,
-                                    limit=t.eval_tasks_limit, include_path=t.eval_tasks_include_path,
-                                    tokenizer=self.tokenizer, seed=t.seed, bootstrap_iters=0)
-        scores = {}
-        for task, metrics in ((out or {}).get("results") or {}).items():
-            scores[task] = {k.split(",")[0]: v for k, v in metrics.items()
-                            if isinstance(v, (int, float)) and "stderr" not in k}
-            shown = " | ".join(f"{k} {v:.4f}" for k, v in scores[task].items())
-            self.log.record({"iteration": self.iteration, "split": "tasks", "task": task, **scores[task]},
-                            f" task {task} at iteration {self.iteration}: {shown}")
-        return scores
+            for evaluate in due:
+                rows += evaluate(self.model, self.iteration)
+        for row, line in rows:
+            self.log.record(row, line)
+        return [row for row, _ in rows]
 
     # -- the loop --------------------------------------------------------------------------------
     def train(self) -> Dict:
@@ -289,8 +285,7 @@ class Trainer:
                     extra[k] = extra.get(k, 0.0) + v
                     steps[k] = steps.get(k, 0) + 1
                 window["skipped"] += int(out["skipped"])
-                trained_only = cfg.sft.sft_data or cfg.dpo.pref_data  # post-training counts the tokens with a loss
-                window["tokens"] += out["tokens"] if trained_only else gbs * cfg.data.seq_length
+                window["tokens"] += out["tokens"] if self.stage.counts_loss_tokens else gbs * cfg.data.seq_length
                 window["flops"] += train_flops(cfg.model, cfg.data.seq_length, gbs)
                 result.setdefault("first_lm_loss", out["lm_loss"])
                 result["lm_loss"] = out["lm_loss"]
@@ -299,7 +294,7 @@ class Trainer:
                     window = {"loss": 0.0, "n": 0, "skipped": 0, "tokens": 0, "flops": 0, "t0": time.perf_counter()}
                 if t.eval_interval and self.iteration % t.eval_interval == 0:
                     self.evaluate(self.valid_ds, "valid")
-                    self.evaluate_tasks()
+                    self.run_evaluators()
                 if c.save and c.save_interval and self.iteration % c.save_interval == 0:
                     self.save()
                     last_saved = self.iteration
@@ -317,7 +312,7 @@ class Trainer:
             self.finish_save()
             if t.skip_train or not (t.eval_interval and self.iteration % t.eval_interval == 0):  # not just done
                 result["valid"] = self.evaluate(self.valid_ds, "valid")
-                result["tasks"] = self.evaluate_tasks()
+                result["evaluations"] = self.run_evaluators(final=True)
             result["test"] = self.evaluate(self.test_ds, "test")
             if s.rank == 0 and "first_lm_loss" in result:
                 print(f"training done: lm loss {result['first_lm_loss']:.4f} at the first iteration, "
@@ -377,7 +372,7 @@ class Trainer:
                                 "(--nan-policy rollback needs --save with a checkpoint already written)")
         with self.grads.full_params(write_back=True):
             restore = dataclasses.replace(c, load=folder, finetune=False, no_load_optim=False, no_load_rng=True)
-            restored, first_skipped, _ = self.load(dataclasses.replace(self.cfg, checkpoint=restore),
+            restored, first_skipped, _ = self.stage.load(dataclasses.replace(self.cfg, checkpoint=restore),
                                                    self.model, self.optimizer)
         self.log.record({"iteration": self.iteration, "restored_iteration": restored,
                          "skipped_samples": [first_skipped, self.consumed_samples]},
@@ -457,18 +452,18 @@ def _sync_model_parallel(params) -> None:
 def _memory_gb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
-    import resource
-
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
-def pretrain(cfg: Config) -> Dict:
-    """Validate ``cfg``, join the process group, train, evaluate. Returns the final metrics."""
+def pretrain(cfg: Config, stage: Optional[Stage] = None, evaluators: Sequence[Evaluator] = ()) -> Dict:
+    """Let ``stage`` (default: pretraining) settle ``cfg``, validate it, join the process group,
+    train, evaluate. Returns the final metrics."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    stage = stage or Stage()
+    stage.prepare(cfg)
     saved = saved_settings(cfg.checkpoint.load) if cfg.checkpoint.load else None
     if saved is not None:
         inherit_model_settings(cfg, saved)
-    inherit_lora_settings(cfg, saved)
     validate(cfg, world)
     owns_group = not dist.is_initialized()
     device = setup_distributed(cfg.parallel.distributed_backend, cfg.parallel.distributed_timeout_minutes)
@@ -477,7 +472,7 @@ def pretrain(cfg: Config) -> Dict:
     try:
         if writer:  # the writing rank owns --save for the run's life
             lock = FolderLock(cfg.checkpoint.save, "--save")
-        trainer = Trainer(cfg, device)
+        trainer = Trainer(cfg, device, stage, evaluators)
         if writer:
             refuse_later_checkpoints(cfg.checkpoint.save, trainer.iteration)
         if state.get().rank == 0:

@@ -1,0 +1,80 @@
+"""What a run trains, as one object the trainer is given: ``pretrain(cfg, stage)``.
+
+The trainer owns what every run shares (the model's parallel layout, gradient buffers, the
+optimizer, schedules, checkpoints, logging); a ``Stage`` says what differs between pretraining,
+SFT, DPO, KTO, reward models and later stages:
+
+- ``prepare(cfg)``: settle the settings before they are validated (where the starting weights
+  come from, the tokenizer, settings inherited from a checkpoint);
+- ``head``: the model head the last pipeline stage computes (megalite.model.heads);
+- ``rows_per_sample``: the rows of a micro-batch one sample becomes (a preference pair: two);
+- ``transform(model, cfg)``: model transforms applied before initialisation (LoRA adapters);
+  ``checkpointed(model)``: what checkpoints hold of it; ``load(cfg, model, optimizer)``: how
+  the weights of ``--load`` are adapted to it (a reward model started from a language model's);
+- ``datasets(cfg, tokenizer, train_samples)`` and ``collate(cfg)``: the data and its batching;
+- ``objective(cfg, context)``: the loss of the train step (training.objectives), given a narrow
+  ``StepContext`` rather than the trainer.
+
+``Stage`` itself is pretraining: next-token loss on a token stream. Post-training stages live in
+megalite/posttrain and override what differs; docs/architecture.md shows how to add one.
+"""
+
+from dataclasses import dataclass
+from typing import Callable, Optional, Tuple
+
+import torch
+
+from megalite.config import Config
+from megalite.data.tokenizer import Tokenizer
+from megalite.model.heads import LMHead
+from megalite.training.checkpointing import load_checkpoint
+from megalite.training.data import gpt_datasets
+from megalite.training.objectives import TokenMean
+
+
+@dataclass
+class StepContext:
+    """What an objective may read about the run it is built for."""
+
+    model: torch.nn.Module  # this rank's stage of the policy being trained
+    activation_shape: Tuple[int, int, int]  # what pipeline stages pass on: [seq, rows, hidden]
+    dtype: torch.dtype
+    device: torch.device
+    train_ds: object  # the training and held-out datasets the stage built (or None)
+    valid_ds: object
+    collate: Optional[Callable]  # the stage's collate function (None: torch's default)
+
+
+class Stage:
+    """Pretraining, and the base of every post-training stage; see the module docstring."""
+
+    name = "pretrain"
+    head = LMHead
+    counts_loss_tokens = False  # tokens/s counts every token (post-training: only those with a loss)
+
+    def prepare(self, cfg: Config) -> None:
+        """Settle ``cfg`` in place before validation."""
+
+    def rows_per_sample(self, cfg: Config) -> int:
+        return 1
+
+    def transform(self, model: torch.nn.Module, cfg: Config) -> None:
+        """Change the freshly built model in place, before its weights are initialised."""
+
+    def checkpointed(self, model: torch.nn.Module, cfg: Config):
+        """What a checkpoint of the run holds: the whole model."""
+        return model
+
+    def load(self, cfg: Config, model, optimizer) -> Tuple[int, int, int]:
+        """Restore what --load names; (iteration, consumed samples, consumed tokens)."""
+        return load_checkpoint(cfg, model, optimizer)
+
+    def datasets(self, cfg: Config, tokenizer: Optional[Tokenizer], train_samples: int) -> list:
+        """[train, valid, test]."""
+        return gpt_datasets(cfg, tokenizer, train_samples)
+
+    def collate(self, cfg: Config) -> Optional[Callable]:
+        return None
+
+    def objective(self, cfg: Config, context: StepContext):
+        return TokenMean()
