@@ -23,8 +23,8 @@ def measure(rank, world, args, sequence_parallel, out):
     from megalite.model.gpt import TransformerLayer
     from megalite.parallel import state
     from megalite.parallel.init import initialize
+    from megalite.parallel.memory import saved_activation_bytes
     from megalite.parallel.random import seed_tp_rng
-    from megalite.utils.memory import saved_activation_bytes
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(args.port), RANK=str(rank), WORLD_SIZE=str(world))
     dist.init_process_group("gloo", rank=rank, world_size=world)

@@ -18,8 +18,8 @@ import torch
 
 from megalite.config import ModelConfig
 from megalite.model import GPTModel
+from megalite.parallel.memory import training_state_bytes
 from megalite.parallel.zero import unit_layout
-from megalite.utils.memory import training_state_bytes
 
 
 def main():

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 from megalite.errors import MegaliteError
+from megalite.utils.packages import installed
 
 
 def opt(default, help: str, flag: Optional[str] = None, **kw):
@@ -407,8 +408,6 @@ def validate(cfg: Config, world_size: int = 1) -> Config:
     for value, flag in ((m.num_layers, "--num-layers"), (m.hidden_size, "--hidden-size"),
                         (m.num_attention_heads, "--num-attention-heads"), (d.seq_length, "--seq-length")):
         need(value, flag)
-    from megalite.parallel.pipeline import stage_layers  # the split's own checks, with their message
-
     stage_layers(m.num_layers, p.pipeline_model_parallel_size, 0, p.decoder_first_pipeline_num_layers,
                  p.decoder_last_pipeline_num_layers)
     tp = p.tensor_model_parallel_size
@@ -474,11 +473,9 @@ def validate(cfg: Config, world_size: int = 1) -> Config:
         need(m.vocab_size, "--vocab-size (needed by --mock-data without a tokenizer)")
     if (d.data_path is not None or sft or cfg.dpo.pref_data) and d.tokenizer_type is None:
         raise MegaliteError(f"--tokenizer-type is required with {'--sft-data' if sft else '--data-path'}")
-    from megalite.kernels.dispatch import triton_installed
-
-    if t.fused_kernels and not triton_installed():
+    if t.fused_kernels and not installed("triton"):
         raise MegaliteError("--fused-kernels needs triton (pip install triton)")
-    if m.attention_backend == "triton" and not triton_installed():
+    if m.attention_backend == "triton" and not installed("triton"):
         raise MegaliteError("--attention-backend triton needs triton (pip install triton)")
     if m.attention_backend == "triton" and m.attention_dropout > 0:
         raise MegaliteError("--attention-backend triton has no attention dropout: add --attention-dropout 0")
@@ -561,3 +558,28 @@ ARCHITECTURE_FIELDS = (
     "normalization", "position_embedding_type", "rotary_percent", "swiglu", "add_bias_linear", "add_qkv_bias",
     "untie_embeddings_and_output_weights", "padded_vocab_size",
 )
+
+
+def stage_layers(num_layers: int, pp_size: int, pp_rank: int, first: Optional[int] = None,
+                 last: Optional[int] = None) -> range:
+    """The layers pipeline stage ``pp_rank`` owns: ``first`` / ``last`` layers on the first /
+    last stage when given (Megatron's --decoder-first/last-pipeline-num-layers), the rest split
+    evenly over the other stages."""
+    counts = _stage_counts(num_layers, pp_size, first, last)
+    start = sum(counts[:pp_rank])
+    return range(start, start + counts[pp_rank])
+
+
+def _stage_counts(num_layers: int, pp_size: int, first: Optional[int], last: Optional[int]) -> List[int]:
+    if pp_size == 1:
+        return [num_layers]
+    fixed = {0: first, pp_size - 1: last}
+    rest = num_layers - sum(v for v in fixed.values() if v is not None)
+    middle = [r for r in range(pp_size) if fixed.get(r) is None]
+    if rest < 0 or (middle and rest % len(middle)) or (not middle and rest):
+        raise MegaliteError(
+            f"--num-layers {num_layers} cannot be split over --pipeline-model-parallel-size {pp_size}"
+            + (f" with {first} layers on the first stage" if first is not None else "")
+            + (f" and {last} on the last" if last is not None else "")
+            + " (the remaining layers must divide evenly among the other stages)")
+    return [fixed[r] if fixed.get(r) is not None else rest // len(middle) for r in range(pp_size)]

@@ -2,9 +2,8 @@
 
 import pytest
 
-from megalite.config import parse_config
+from megalite.config import parse_config, stage_layers
 from megalite.errors import MegaliteError
-from megalite.parallel.pipeline import stage_layers
 from megalite.training.trainer import pretrain
 from tests.conftest import read_metrics, tiny_model_args
 from tests.dist_utils import free_port, run_distributed

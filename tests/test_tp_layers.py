@@ -187,8 +187,8 @@ def _layer_activation_bytes(rank, world, sequence_parallel, out_file):
     from megalite.model.gpt import TransformerLayer
     from megalite.parallel import state
     from megalite.parallel.init import initialize
+    from megalite.parallel.memory import saved_activation_bytes
     from megalite.parallel.random import seed_tp_rng
-    from megalite.utils.memory import saved_activation_bytes
 
     state.initialize(tp=world, sequence_parallel=sequence_parallel)
     seed_tp_rng(0)

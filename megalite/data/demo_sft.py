@@ -8,6 +8,8 @@ paragraph itself: alpaca records (instruction / input / output) with real Englis
 chosen over a corrupted one (its words shuffled) or a mismatched one (from another section).
 """
 
+import pydoc_data.topics
+import random
 import re
 from typing import Dict, Iterator, List, Tuple
 
@@ -16,8 +18,6 @@ _RULE = re.compile(r"([=*\-])\1{3,}")
 
 def sections() -> Iterator[Tuple[str, List[str]]]:
     """(title, paragraphs) for every titled section of the language reference topics."""
-    import pydoc_data.topics
-
     for _, text in sorted(pydoc_data.topics.topics.items()):
         lines = text.split("\n")
         heads = [i for i in range(1, len(lines)) if _RULE.fullmatch(lines[i]) and lines[i - 1].strip()]
@@ -66,8 +66,6 @@ def preference_pairs(max_chars: int = 300, seed: int = 0, rejected: str = "shuff
     the paragraph that really follows; rejected is that paragraph with its words shuffled
     (``shuffled``: fluent against broken text, learnable by a small model) or a paragraph drawn
     from another section (``mismatched``: right against wrong content, much harder). Seeded."""
-    import random
-
     rng = random.Random(seed)
     found = list(sections())
     out = []

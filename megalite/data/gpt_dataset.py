@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+import torch.distributed as dist
 
 from megalite.data.helpers import build_sample_index
 from megalite.data.indexed import IndexedDataset, bin_path, idx_path
@@ -249,14 +250,10 @@ def _file_fingerprint(path: str) -> List[int]:
 
 
 def _is_builder_rank() -> bool:
-    import torch.distributed as dist
-
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 def _barrier() -> None:
-    import torch.distributed as dist
-
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
 

@@ -12,11 +12,14 @@ from typing import Dict, Optional
 import torch
 
 from megalite.config import Config, ModelConfig
+from megalite.data.reward import pad_id_of
 from megalite.data.tokenizer import Tokenizer, build_tokenizer
 from megalite.errors import MegaliteError
 from megalite.hf.config import hf_config, is_gpt2_style, model_config, reward_model_config
 from megalite.hf.layout import from_hf, gpt2_from_hf, gpt2_to_hf, to_hf
 from megalite.hf.tokenizer import export_tokenizer
+from megalite.model import GPTModel
+from megalite.parallel import state as pstate
 from megalite.posttrain.lora_io import full_model_state
 from megalite.training.checkpointing import FORMAT_VERSION, TRACKER, iteration_dir
 from megalite.training.reshard import load_full_state  # noqa: F401 (callers import it from here)
@@ -43,8 +46,6 @@ def export_hf(load: str, out_dir: str, dtype: str = "bf16", max_shard_bytes: int
         tokenizer = build_tokenizer(d.tokenizer_type, d.tokenizer_model, d.vocab_file, d.merge_file)
     config = hf_config(cfg, DTYPE_NAMES[dtype])
     if run.dpo.stage == "rm":
-        from megalite.data.reward import pad_id_of
-
         if tokenizer is None:
             raise MegaliteError(f"{load}: a reward model's export needs its tokenizer (its pad token places the score)")
         config = reward_model_config(config, pad_id_of(tokenizer))
@@ -164,9 +165,6 @@ def import_hf(hf_dir: str, save: str, dtype: str = "fp32") -> ModelConfig:
 
 
 def _check_shapes(state: Dict[str, torch.Tensor], cfg: ModelConfig, where: str) -> None:
-    from megalite.model import GPTModel
-    from megalite.parallel import state as pstate
-
     pstate.initialize()
     with torch.device("meta"):
         model = GPTModel(cfg)

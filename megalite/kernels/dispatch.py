@@ -15,7 +15,6 @@ before triton itself is imported (peft imports it): for CPU runs of the kernels,
 import contextlib
 import functools
 import importlib
-import importlib.util
 import os
 from typing import Optional
 
@@ -23,15 +22,12 @@ import torch
 
 from megalite.errors import MegaliteError
 from megalite.kernels import reference
+from megalite.utils.packages import installed
 
 _requested: Optional[bool] = None  # None: automatic
 
 
 @functools.lru_cache(maxsize=None)
-def triton_installed() -> bool:
-    return importlib.util.find_spec("triton") is not None
-
-
 def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
 
@@ -40,7 +36,7 @@ def set_fused_kernels(requested: Optional[bool]) -> None:
     """True forces the Triton kernels on (under the interpreter without CUDA), False forces
     the references, None picks them when CUDA and triton are present."""
     global _requested
-    if requested and not triton_installed():
+    if requested and not installed("triton"):
         raise MegaliteError("--fused-kernels needs triton (pip install triton)")
     if requested and not torch.cuda.is_available():
         os.environ["TRITON_INTERPRET"] = "1"
@@ -60,13 +56,13 @@ def fused_kernels(requested: Optional[bool]):
 
 def fused_kernels_on() -> bool:
     if _requested is None:
-        return torch.cuda.is_available() and triton_installed()
+        return torch.cuda.is_available() and installed("triton")
     return _requested
 
 
 def triton_runs_on(t: torch.Tensor) -> bool:
     """Whether a Triton kernel can process ``t`` here."""
-    return triton_installed() and (t.is_cuda or interpreting())
+    return installed("triton") and (t.is_cuda or interpreting())
 
 
 def triton_module(name: str):

@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from megalite.config import Config, ModelConfig
+from megalite.config import Config, ModelConfig, stage_layers
 from megalite.model.attention import SelfAttention
 from megalite.model.heads import LMHead
 from megalite.model.mlp import MLP
@@ -23,7 +23,6 @@ from megalite.parallel import state
 from megalite.parallel.init import mark
 from megalite.parallel.layers import VocabParallelEmbedding
 from megalite.parallel.mappings import gather_from_tp, scatter_to_sequence
-from megalite.parallel.pipeline import stage_layers
 from megalite.parallel.random import SequenceDropout, recompute
 
 

@@ -9,12 +9,11 @@ model chunks per stage (virtual stages) it runs the interleaved variant, whose b
 times smaller. ``schedule`` lists a stage's work; one engine runs any such list.
 """
 
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
 
-from megalite.errors import MegaliteError
 from megalite.parallel import state
 
 
@@ -22,31 +21,6 @@ def model_chunks(model) -> List[torch.nn.Module]:
     """The model chunks (virtual stages) of one pipeline stage's model, in order: the items of a
     list or ModuleList (``model.gpt.ModelChunks``), else the one model."""
     return list(model) if isinstance(model, (list, tuple, torch.nn.ModuleList)) else [model]
-
-
-def stage_layers(num_layers: int, pp_size: int, pp_rank: int, first: Optional[int] = None,
-                 last: Optional[int] = None) -> range:
-    """The layers pipeline stage ``pp_rank`` owns: ``first`` / ``last`` layers on the first /
-    last stage when given (Megatron's --decoder-first/last-pipeline-num-layers), the rest split
-    evenly over the other stages."""
-    counts = _stage_counts(num_layers, pp_size, first, last)
-    start = sum(counts[:pp_rank])
-    return range(start, start + counts[pp_rank])
-
-
-def _stage_counts(num_layers: int, pp_size: int, first: Optional[int], last: Optional[int]) -> List[int]:
-    if pp_size == 1:
-        return [num_layers]
-    fixed = {0: first, pp_size - 1: last}
-    rest = num_layers - sum(v for v in fixed.values() if v is not None)
-    middle = [r for r in range(pp_size) if fixed.get(r) is None]
-    if rest < 0 or (middle and rest % len(middle)) or (not middle and rest):
-        raise MegaliteError(
-            f"--num-layers {num_layers} cannot be split over --pipeline-model-parallel-size {pp_size}"
-            + (f" with {first} layers on the first stage" if first is not None else "")
-            + (f" and {last} on the last" if last is not None else "")
-            + " (the remaining layers must divide evenly among the other stages)")
-    return [fixed[r] if fixed.get(r) is not None else rest // len(middle) for r in range(pp_size)]
 
 
 def forward_backward(
