@@ -25,11 +25,11 @@ from megalite.model import GPTModel
 from megalite.model.gpt import build_stage_model
 from megalite.model.kv_cache import KVCache
 from megalite.parallel import state
+from megalite.parallel.bootstrap import setup_distributed
 from megalite.parallel.pipeline import model_chunks
 from megalite.posttrain.lora_io import load_lora_weights
 from megalite.training.checkpointing import find_checkpoint, load_model_state, read_checkpoint, saved_settings
 from megalite.training.reshard import load_full_state
-from megalite.training.trainer import setup_distributed
 
 
 def load_model(load: str, device: Optional[torch.device] = None) -> Tuple[torch.nn.Module, Config]:
