@@ -61,8 +61,8 @@ def main():
     torch.set_num_threads(a.threads)
     from lm_eval.models.huggingface import HFLM
 
-    from megalite.eval.generate import load_model
     from megalite.eval.harness import MegaliteLM, task_manager
+    from megalite.eval.loading import load_model
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     manager = task_manager([a.task], os.path.join(REPO, "examples", "eval_tasks"))

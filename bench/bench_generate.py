@@ -16,7 +16,9 @@ import time
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from megalite.eval.generate import Sampling, generate, load_model
+from megalite.eval.generate import generate
+from megalite.eval.loading import load_model
+from megalite.eval.sampling import Sampling
 from megalite.hf.convert import import_hf
 
 

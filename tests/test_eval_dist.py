@@ -19,9 +19,8 @@ def _evaluate(load: str, text_file: str, out: str, sequence_parallel: bool = Fal
     (scoring with the sequence split over tensor-parallel ranks, as during training, if asked)."""
     import torch.distributed as dist
 
-    from megalite.eval.cli import checkpoint_tokenizer
-    from megalite.eval.generate import load_model
     from megalite.eval.harness import run_harness_tasks
+    from megalite.eval.loading import checkpoint_tokenizer, load_model
     from megalite.eval.perplexity import perplexity, text_file_source
     from megalite.parallel import state
 

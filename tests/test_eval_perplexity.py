@@ -7,7 +7,7 @@ import torch
 
 from megalite.config import parse_config
 from megalite.data.indexed import IndexedDataset, IndexedDatasetBuilder
-from megalite.eval.generate import load_model
+from megalite.eval.loading import load_model
 from megalite.eval.perplexity import perplexity, text_file_source, windows
 from megalite.hf.convert import export_hf
 from megalite.training.trainer import pretrain

@@ -2,8 +2,11 @@ import pytest
 import torch
 
 from megalite.config import parse_config
-from megalite.eval.generate import Sampling, generate, load_model
+from megalite.eval.generate import generate
+from megalite.eval.loading import load_model
+from megalite.eval.sampling import Sampling
 from megalite.hf.convert import export_hf
+from megalite.model.decoding import attention_mask, decode_step, new_cache, token_positions
 from megalite.training.trainer import pretrain
 from tests.conftest import tiny_model_args
 
@@ -49,6 +52,29 @@ def test_sampling_options(trained):
     assert len(set(penalised)) == len(penalised)  # a huge penalty never repeats a token
     stopped = generate(model, [PROMPTS[0]], 20, Sampling(stop_ids=[generate(model, [PROMPTS[0]], 3)[0][2]]))[0]
     assert len(stopped) <= 3
+
+
+def test_decoding_api_steps_a_padded_batch_like_a_full_forward(trained):
+    """What a server builds on (megalite.model.decoding): left-padded rows, prompt in one step, then
+    one token per step; each row's logits are those of a plain forward pass over that row alone."""
+    model, _ = trained
+    b, longest = len(PROMPTS), max(map(len, PROMPTS))
+    extra = [[7, 8], [9, 10]]
+    tokens = torch.zeros((b, longest + 2), dtype=torch.long)
+    valid = torch.zeros_like(tokens, dtype=torch.bool)
+    for i, (p, e) in enumerate(zip(PROMPTS, extra)):
+        tokens[i, longest - len(p):] = torch.tensor(p + e)
+        valid[i, longest - len(p):] = True
+    cache = new_cache(model, b, longest + 2, torch.device("cpu"))
+    start = 0
+    with torch.no_grad():
+        for end in (longest, longest + 1, longest + 2):
+            positions = token_positions(valid[:, :end])[:, start:end]
+            logits = decode_step(model, tokens[:, start:end], positions, cache, attention_mask(valid[:, :end], start))
+            for i, (p, e) in enumerate(zip(PROMPTS, extra)):
+                alone = model(torch.tensor([(p + e)[: len(p) + end - longest]]))[0, -1]
+                torch.testing.assert_close(logits[i], alone, rtol=1e-4, atol=1e-4)
+            start = end
 
 
 def test_chat_template_renders_like_transformers(tmp_path, spm_model):

@@ -5,7 +5,7 @@ import torch
 
 from megalite.config import parse_config
 from megalite.errors import MegaliteError
-from megalite.eval.generate import load_model
+from megalite.eval.loading import load_model
 from megalite.hf.convert import export_hf, import_hf, load_full_state
 from megalite.training.trainer import pretrain
 from tests.conftest import run_tool, tiny_model_args

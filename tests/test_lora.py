@@ -9,7 +9,7 @@ import torch
 
 from megalite.config import parse_config, validate
 from megalite.errors import MegaliteError
-from megalite.eval.generate import load_model
+from megalite.eval.loading import load_model
 from megalite.hf.convert import export_hf
 from megalite.posttrain.lora import lora_scale
 from megalite.posttrain.lora_io import export_peft

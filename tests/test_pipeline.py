@@ -158,7 +158,7 @@ def test_generation_across_tensor_and_pipeline_ranks(tmp_path, tiny_corpus, monk
     import subprocess
     import sys
 
-    from megalite.eval.generate import load_model
+    from megalite.eval.loading import load_model
     from tests.conftest import REPO, run_tool
 
     ck = str(tmp_path / "ck")

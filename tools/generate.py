@@ -25,7 +25,9 @@ import torch.distributed as dist
 from megalite.data.chat import load_template, render_chat
 from megalite.data.tokenizer import TOKENIZER_TYPES, build_tokenizer
 from megalite.errors import MegaliteError
-from megalite.eval.generate import Sampling, generate, load_model, trim_stop_string
+from megalite.eval.generate import generate
+from megalite.eval.loading import load_model
+from megalite.eval.sampling import Sampling, trim_stop_string
 from megalite.utils.cli import run_tool
 
 

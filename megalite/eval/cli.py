@@ -15,11 +15,15 @@ import json
 import os
 from typing import Dict, Optional
 
-import torch
 import torch.distributed as dist
 
-from megalite.data.tokenizer import TOKENIZER_TYPES, Tokenizer, build_tokenizer
+from megalite.data.chat import load_template
+from megalite.data.tokenizer import TOKENIZER_TYPES, Tokenizer
 from megalite.errors import MegaliteError
+from megalite.eval.exams import run_exam
+from megalite.eval.loading import checkpoint_tokenizer, default_device, load_model
+from megalite.eval.perplexity import load_sources, perplexity
+from megalite.eval.predict import generation_metrics, predict, read_sft_examples
 from megalite.utils.atomic import atomic_write
 
 
@@ -66,23 +70,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def checkpoint_tokenizer(cfg, a: Optional[argparse.Namespace] = None) -> Tokenizer:
-    """The tokenizer the checkpoint was trained with, unless flags name another."""
-    d = cfg.data
-
-    def pick(name):
-        return getattr(a, name, None) or getattr(d, name)
-
-    if pick("tokenizer_type") is None:
-        raise MegaliteError("the checkpoint names no tokenizer; pass --tokenizer-type / --tokenizer-model")
-    return build_tokenizer(pick("tokenizer_type"), pick("tokenizer_model"), pick("vocab_file"), pick("merge_file"))
-
-
-def default_device() -> Optional[torch.device]:
-    """The GPU in one process when there is one (under torchrun the rank's own, chosen on load)."""
-    return torch.device("cuda") if torch.cuda.is_available() else None
-
-
 def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
     modes = [m for m in ("perplexity", "tasks", "task", "predict_with_generate") if getattr(a, m)]
@@ -90,8 +77,6 @@ def main(argv=None) -> int:
         raise MegaliteError("choose exactly one of --perplexity, --tasks, --task and --predict-with-generate")
     if modes[0] in ("tasks", "predict_with_generate") and (a.output_path or "").endswith(".json"):
         raise MegaliteError(f"--output-path {a.output_path}: this mode writes several files; give a folder")
-    from megalite.eval.generate import load_model
-
     model, cfg = load_model(a.load, default_device())
     try:
         tok = checkpoint_tokenizer(cfg, a)
@@ -107,27 +92,20 @@ def main(argv=None) -> int:
 def _run(mode: str, model, cfg, tok: Tokenizer, a) -> Dict:
     pad = tok.pad if tok.pad is not None else tok.eod
     if mode == "perplexity":
-        from megalite.eval.perplexity import load_sources, perplexity
-
         sources, weights = load_sources(tok, a.data_path, a.text_file, a.json_key, a.limit)
         return perplexity(model, sources, a.seq_length or cfg.data.seq_length, a.eval_stride, a.batch_size,
                           weights, pad)
     if mode == "tasks":
-        from megalite.eval.harness import run_harness_tasks
+        from megalite.eval.harness import run_harness_tasks  # needs lm_eval, an optional dependency
 
         return run_harness_tasks(model, a.tasks, a.num_fewshot, a.batch_size, a.limit, a.include_path,
                                  a.log_samples, tokenizer=tok, seed=a.seed, bootstrap_iters=a.bootstrap_iters,
                                  apply_chat_template=a.apply_chat_template, chat_template=a.chat_template)
     if mode == "task":
-        from megalite.eval.exams import run_exam
-
         if not a.task_dir:
             raise MegaliteError("--task needs --task-dir (a folder with dev/ and test/ CSVs per subject)")
         return run_exam(model, tok, a.task_dir, a.task, a.n_shot, a.batch_size, a.limit)
     if mode == "predict_with_generate":
-        from megalite.data.chat import load_template
-        from megalite.eval.predict import generation_metrics, predict, read_sft_examples
-
         if len(a.text_file) != 1:
             raise MegaliteError("--predict-with-generate needs one --text-file (alpaca or messages JSONL)")
         examples = read_sft_examples(a.text_file[0])[: a.limit]
@@ -163,7 +141,7 @@ def _report_exam(result: Dict, output_path: Optional[str]) -> None:
 
 def _report_harness(result: Dict, output_path: Optional[str]) -> None:
     """lm-eval's table; results.json and one samples_<task>.jsonl per task (--log-samples)."""
-    from lm_eval.utils import handle_non_serializable, make_table
+    from lm_eval.utils import handle_non_serializable, make_table  # lm_eval is optional: only --tasks needs it
 
     samples = result.pop("samples", None) or {}
     print(make_table(result), flush=True)

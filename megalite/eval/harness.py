@@ -21,6 +21,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import lm_eval.models  # noqa: F401  the stock models first: lm-eval fills only an empty registry with them
 import torch
+import yaml
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
@@ -28,7 +29,9 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from megalite.data.chat import load_template, render_chat
 from megalite.data.tokenizer import Tokenizer
 from megalite.errors import MegaliteError
-from megalite.eval.generate import Sampling, generate, load_model, trim_stop_string
+from megalite.eval.generate import generate
+from megalite.eval.loading import checkpoint_tokenizer, default_device, load_model
+from megalite.eval.sampling import Sampling, trim_stop_string
 from megalite.eval.scoring import model_positions, token_logprobs
 
 
@@ -45,8 +48,6 @@ class MegaliteLM(TemplateLM):
         if model is None:
             if not load:
                 raise MegaliteError("the megalite model needs model_args load=CHECKPOINT")
-            from megalite.eval.cli import checkpoint_tokenizer, default_device
-
             # lm-eval's command line asks for "cuda" by default; without a GPU that means the CPU
             usable = device and (not str(device).startswith("cuda") or torch.cuda.is_available())
             model, cfg = load_model(str(load), torch.device(device) if usable else default_device())
@@ -173,7 +174,7 @@ def run_harness_tasks(model_or_ckpt, tasks: Union[str, Sequence[str]], num_fewsh
     LOCAL_RANK 0) and None elsewhere. ``bootstrap_iters`` (lm-eval's default) resamples for the
     standard errors of non-mean metrics such as perplexity; 0 skips them. ``apply_chat_template``
     renders each prompt (few-shot examples as turns) with the chat template."""
-    from lm_eval import simple_evaluate
+    from lm_eval import simple_evaluate  # optional dependency; its evaluator takes a second to import
 
     if isinstance(model_or_ckpt, MegaliteLM):
         lm = model_or_ckpt
@@ -192,7 +193,7 @@ def run_harness_tasks(model_or_ckpt, tasks: Union[str, Sequence[str]], num_fewsh
 def task_manager(names: Sequence[str], include_path: Optional[str] = None):
     """lm-eval's task index holding ``names``. Indexing lm-eval's own ~14k task files takes
     half a minute, so when --include-path holds every task asked for, only it is indexed."""
-    from lm_eval.tasks import TaskManager
+    from lm_eval.tasks import TaskManager  # optional dependency; a second to import, only when tasks are looked up
 
     if include_path:
         check_task_files(include_path)
@@ -211,8 +212,7 @@ def task_manager(names: Sequence[str], include_path: Optional[str] = None):
 def check_task_files(include_path: str) -> None:
     """Every task YAML under ``include_path`` parses, and its ``!function`` references import
     (lm-eval would skip a broken file silently and then call its task unknown)."""
-    import yaml
-    from lm_eval.tasks._yaml_loader import load_yaml
+    from lm_eval.tasks._yaml_loader import load_yaml  # optional dependency; a second to import (lm_eval.tasks)
 
     if not os.path.isdir(include_path):
         raise MegaliteError(f"--include-path {include_path}: no such folder")

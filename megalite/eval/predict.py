@@ -17,7 +17,8 @@ from typing import Dict, List, Optional, Sequence
 from megalite.data.chat import render_chat
 from megalite.data.tokenizer import Tokenizer
 from megalite.errors import MegaliteError
-from megalite.eval.generate import Sampling, generate, trim_stop_string
+from megalite.eval.generate import generate
+from megalite.eval.sampling import Sampling, trim_stop_string
 from megalite.eval.texts import read_jsonl
 
 _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
@@ -93,7 +94,7 @@ class _CharTokenizer:
 
 def _rouge(predictions: Sequence[str], references: Sequence[str], chinese: bool) -> Dict[str, float]:
     if chinese:
-        try:
+        try:  # optional: Chinese words by jieba when it and rouge-chinese are installed
             import jieba
             from rouge_chinese import Rouge
         except ImportError:
@@ -107,7 +108,7 @@ def _rouge(predictions: Sequence[str], references: Sequence[str], chinese: bool)
                     for k in sums:
                         sums[k] += scores[k]["f"]
             return {k: 100 * v / len(predictions) for k, v in sums.items()}
-    from rouge_score.rouge_scorer import RougeScorer
+    from rouge_score.rouge_scorer import RougeScorer  # optional dependency (the eval extra)
 
     scorer = RougeScorer(["rouge1", "rouge2", "rougeL"], tokenizer=_CharTokenizer() if chinese else None)
     sums = {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
@@ -121,7 +122,7 @@ def _rouge(predictions: Sequence[str], references: Sequence[str], chinese: bool)
 
 def generation_metrics(predictions: Sequence[str], references: Sequence[str]) -> Dict[str, float]:
     """Corpus BLEU-4 and mean ROUGE-1/2/L F1 of ``predictions`` against ``references`` (0-100)."""
-    import sacrebleu
+    import sacrebleu  # optional dependency (the eval extra)
 
     if not predictions or len(predictions) != len(references):
         raise MegaliteError(f"{len(predictions)} predictions for {len(references)} references")

@@ -17,11 +17,20 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from megalite.config import Config
 from megalite.data.chat import resolve_template
 from megalite.data.preference import check_pair, sequence_ids
 from megalite.data.reward import pad_id_of, score_index
 from megalite.data.sft_formats import read_records
+from megalite.data.tokenizer import HuggingFaceTokenizer
 from megalite.errors import MegaliteError
+from megalite.model import GPTModel
+from megalite.model.heads import ScoreHead, ScoreModelWeights
+from megalite.parallel import state
+from megalite.posttrain.lora_io import full_model_state
+from megalite.posttrain.stage import is_hf_folder
+from megalite.training.checkpointing import find_checkpoint, load_model_state, saved_settings
+from megalite.training.data import build_tokenizer_from
 from megalite.utils.atomic import atomic_write
 
 
@@ -29,8 +38,6 @@ class RewardScorer:
     """``score(sequences)``: one float per token-id sequence, from a megalite checkpoint or an HF folder."""
 
     def __init__(self, load: str, batch_size: int = 16):
-        from megalite.posttrain.stage import is_hf_folder
-
         self.batch_size = batch_size
         if os.path.isdir(load) and is_hf_folder(load):
             self._load_hf(load)
@@ -38,14 +45,6 @@ class RewardScorer:
             self._load_megalite(load)
 
     def _load_megalite(self, load: str) -> None:
-        from megalite.config import Config
-        from megalite.model import GPTModel
-        from megalite.model.heads import ScoreHead, ScoreModelWeights
-        from megalite.parallel import state
-        from megalite.posttrain.lora_io import full_model_state
-        from megalite.training.checkpointing import find_checkpoint, load_model_state, saved_settings
-        from megalite.training.data import build_tokenizer_from
-
         folder = find_checkpoint(load)
         if folder is None:
             raise MegaliteError(f"--load {load}: neither a megalite checkpoint nor a Hugging Face model folder")
@@ -65,9 +64,7 @@ class RewardScorer:
         self.max_length = cfg.model.max_position_embeddings if learned else None
 
     def _load_hf(self, folder: str) -> None:
-        import transformers
-
-        from megalite.data.tokenizer import HuggingFaceTokenizer
+        import transformers  # optional dependency: only for scoring a Hugging Face folder
 
         self.model = transformers.AutoModelForSequenceClassification.from_pretrained(folder, dtype=torch.float32).eval()
         if self.model.config.num_labels != 1:

@@ -2,9 +2,10 @@
 perplexity, lm-eval's loglikelihood requests and the exam runner share.
 
 Sequences of different lengths are right-padded into one batch and run in one causal
-forward pass (across pipeline stages, through the incremental-decoding path that generation
-uses), so the score of a token is the same under any tensor / pipeline layout: the last
-stage's full-vocabulary logits, gathered over tensor-parallel ranks, then handed to every rank.
+forward pass (across pipeline stages, through the decoding API that generation uses too,
+megalite.model.decoding), so the score of a token is the same under any tensor / pipeline
+layout: the last stage's full-vocabulary logits, gathered over tensor-parallel ranks, then
+handed to every rank.
 """
 
 from typing import List, Optional, Sequence, Tuple
@@ -13,7 +14,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from megalite.eval.generate import _decode_step, _mask, _new_cache
+from megalite.model.decoding import attention_mask, decode_step, new_cache
 from megalite.parallel import state
 from megalite.parallel.mappings import gather_from_tp
 from megalite.parallel.pipeline import model_chunks
@@ -44,10 +45,9 @@ def token_logprobs(model, sequences: Sequence[Sequence[int]], pad_id: int = 0) -
             inputs = F.pad(inputs, (0, s.tp_size - (n - 1) % s.tp_size), value=pad_id)
         logits = gather_from_tp(model(inputs))[:, : n - 1]
     else:  # stage to stage, as generation passes hidden states
-        cache = _new_cache(model, b, n - 1, device)
-        cache.mask = _mask(valid, 0)
+        cache = new_cache(model, b, n - 1, device)
         positions = torch.arange(n - 1, device=device).expand(b, n - 1)
-        logits = _decode_step(model, inputs, positions, cache, every_position=True)
+        logits = decode_step(model, inputs, positions, cache, attention_mask(valid), every_position=True)
     scores = None
     if logits is not None:
         logprobs = logits.float().log_softmax(-1)

@@ -8,9 +8,9 @@ import torch
 class KVCache:
     """Preallocated [max_len, batch, kv_heads, head_dim] buffers per layer.
 
-    The generator sets ``mask`` (bool [batch, 1, new, length + new], True = may attend) before
-    each forward; layers store their new keys/values with ``update`` and the model calls
-    ``advance`` once the step is done.
+    ``megalite.model.decoding.decode_step`` sets ``mask`` (bool [batch, 1, new, length + new],
+    True = may attend) before each forward, layers store their new keys/values with ``update``,
+    and ``advance`` follows once every stage has run.
     """
 
     def __init__(self, layers: Iterable[str], batch: int, max_len: int, kv_heads: int, head_dim: int,
