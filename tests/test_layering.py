@@ -20,14 +20,14 @@ DATA_TOOLS_MAY_USE = {"data", "config", "errors", "utils", "_helpers"}
 # (importing module, imported megalite area) pairs that break the order today.
 KNOWN_ARROWS = {
     ("megalite.config", "kernels"), ("megalite.config", "parallel"), ("megalite.utils.memory", "parallel"),
-    ("megalite.training.objectives", "posttrain"), ("megalite.training.reshard", "posttrain"),
+    ("megalite.training.objectives", "posttrain"),
     ("megalite.training.trainer", "eval"), ("megalite.training.trainer", "posttrain"),
 }
 # Modules on an import cycle today.
 KNOWN_CYCLIC = {
     "megalite.eval.cli", "megalite.eval.exams", "megalite.eval.generate", "megalite.eval.harness",
     "megalite.eval.perplexity", "megalite.eval.predict", "megalite.eval.scoring",
-    "megalite.training.checkpointing", "megalite.training.reshard", "megalite.training.trainer",
+    "megalite.training.trainer",
 }
 
 Edge = Tuple[str, str, str, int]  # importer module, imported module, file, line
@@ -154,3 +154,18 @@ def test_a_forbidden_import_is_named():
     cycle = [("megalite.kernels.rope", "megalite.kernels.norm", path, 1),
              ("megalite.kernels.norm", "megalite.kernels.rope", path, 1)]
     assert cyclic_modules(cycle) == {"megalite.kernels.rope", "megalite.kernels.norm"}
+
+
+# Inside megalite/checkpoint: which siblings a module may import (issue 20).
+CHECKPOINT_SIBLINGS = {"layout": set(), "rng": set(), "reshard": {"layout"}, "save": {"layout", "rng"},
+                       "load": {"layout", "reshard", "rng"}, "rewrite": {"layout", "reshard", "save"}}
+
+
+def test_checkpoint_modules_import_only_the_siblings_below_them():
+    prefix = "megalite.checkpoint."
+    bad = [f"{os.path.relpath(path, REPO)}:{line}: {me} imports {target}" for me, target, path, line in all_edges()
+           if me.startswith(prefix) and target.startswith(prefix)
+           and target[len(prefix):] not in CHECKPOINT_SIBLINGS.get(me[len(prefix):], set())]
+    assert bad == []
+    folder = os.path.join(REPO, "megalite", "checkpoint")
+    assert {f[:-3] for f in os.listdir(folder) if f.endswith(".py")} - {"__init__"} == set(CHECKPOINT_SIBLINGS)

@@ -19,6 +19,9 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import torch
 import torch.distributed as dist
 
+from megalite.checkpoint.layout import find_checkpoint, read_checkpoint, saved_settings
+from megalite.checkpoint.load import load_model_state
+from megalite.checkpoint.reshard import load_full_state
 from megalite.config import Config
 from megalite.errors import MegaliteError
 from megalite.model import GPTModel
@@ -27,8 +30,6 @@ from megalite.model.kv_cache import KVCache
 from megalite.parallel import state
 from megalite.parallel.pipeline import model_chunks
 from megalite.posttrain.lora_io import load_lora_weights
-from megalite.training.checkpointing import find_checkpoint, load_model_state, read_checkpoint, saved_settings
-from megalite.training.reshard import load_full_state
 from megalite.training.trainer import setup_distributed
 
 

@@ -38,12 +38,13 @@ class RewardScorer:
             self._load_megalite(load)
 
     def _load_megalite(self, load: str) -> None:
+        from megalite.checkpoint.layout import find_checkpoint, saved_settings
+        from megalite.checkpoint.load import load_model_state
         from megalite.config import Config
         from megalite.model import GPTModel
         from megalite.model.heads import ScoreHead, ScoreModelWeights
         from megalite.parallel import state
         from megalite.posttrain.lora_io import full_model_state
-        from megalite.training.checkpointing import find_checkpoint, load_model_state, saved_settings
         from megalite.training.data import build_tokenizer_from
 
         folder = find_checkpoint(load)

@@ -209,10 +209,10 @@ def live_reference(cfg, trainer):
     weights when not given)."""
     import dataclasses
 
+    from megalite.checkpoint.load import load_checkpoint
     from megalite.model.gpt import build_stage_model
     from megalite.parallel.init import initialize
     from megalite.posttrain.lora import adapters_disabled
-    from megalite.training.checkpointing import load_checkpoint
 
     shape, dtype = trainer.activation_shape, trainer.dtype
     if cfg.lora.lora_rank > 0 and not cfg.dpo.ref_load:

@@ -18,6 +18,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from megalite.model.heads import ScoreModelWeights
+
 METRICS = ("accuracy", "margin", "min_reward", "mean_reward", "max_reward")
 
 
@@ -64,3 +66,11 @@ class RewardObjective:
     def metrics(self) -> Dict[str, float]:
         """This rank's share of the step's metrics (summed over ranks; min / max for ``metric_ops``)."""
         return dict(self.sums)
+
+
+def score_head_fit(model):
+    """What a checkpoint's weights go through before they load into the reward model ``model``
+    (or a part of it): a language model's output layer left out, the score head it lacks kept
+    fresh (megalite.model.heads.ScoreModelWeights); load_checkpoint's ``fit_for``."""
+    current = model.state_dict()
+    return lambda weights: ScoreModelWeights(weights, current)

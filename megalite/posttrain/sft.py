@@ -12,10 +12,10 @@ import json
 import os
 import time
 
+from megalite.checkpoint.layout import TRACKER, find_checkpoint, saved_settings
 from megalite.config import Config
 from megalite.data.chat import resolve_template
 from megalite.errors import MegaliteError
-from megalite.training.checkpointing import TRACKER, find_checkpoint, saved_settings
 from megalite.training.data import build_tokenizer_from
 
 

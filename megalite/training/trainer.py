@@ -9,6 +9,7 @@ batch, so any split into micro-batches and data-parallel ranks gives the same nu
 
 import dataclasses
 import datetime
+import functools
 import gc
 import math
 import os
@@ -22,6 +23,9 @@ import torch
 import torch.distributed as dist
 
 from megalite import kernels
+from megalite.checkpoint.layout import find_checkpoint, saved_settings
+from megalite.checkpoint.load import load_checkpoint
+from megalite.checkpoint.save import refuse_later_checkpoints, save_checkpoint
 from megalite.config import Config, data_parallel_size, inherit_model_settings, validate
 from megalite.errors import MegaliteError
 from megalite.model.flops import peak_tflops, train_flops
@@ -35,13 +39,7 @@ from megalite.parallel.random import seed_tp_rng
 from megalite.parallel.zero import FullyShardedBuffer
 from megalite.posttrain.lora import ParameterSubset, add_adapters
 from megalite.posttrain.lora_io import inherit_lora_settings, load_lora_run
-from megalite.training.checkpointing import (
-    find_checkpoint,
-    load_checkpoint,
-    refuse_later_checkpoints,
-    save_checkpoint,
-    saved_settings,
-)
+from megalite.posttrain.reward import score_head_fit
 from megalite.training.data import build_datasets, build_loader, build_tokenizer_from, microbatches, padded_vocab_size
 from megalite.training.metrics_log import MetricsLog
 from megalite.training.objectives import build_objective
@@ -103,7 +101,8 @@ class Trainer:
         if lora:  # adapters trained, the base frozen; checkpoints hold the adapters only
             add_adapters(self.model, cfg)
         self.checkpointed = ParameterSubset(self.model, trainable=True) if lora else self.model
-        self.load = load_lora_run if lora else load_checkpoint
+        self.load = functools.partial(load_lora_run if lora else load_checkpoint,
+                                      fit_for=score_head_fit if cfg.dpo.stage == "rm" else None)
         seq = cfg.data.seq_length // (s.tp_size if s.sequence_parallel else 1)
         rows = t.micro_batch_size * (2 if cfg.dpo.pref_data and cfg.dpo.stage != "kto" else 1)  # DPO: 2 rows a pair
         self.activation_shape = (seq, rows, m.hidden_size)  # what stages pass on
