@@ -17,11 +17,13 @@ import os
 import shutil
 import time
 
+from megalite.checkpoint.layout import iteration_dir
+from megalite.checkpoint.load import load_checkpoint
+from megalite.checkpoint.save import save_checkpoint
 from megalite.config import Config, ModelConfig
 from megalite.model import GPTModel
 from megalite.parallel import state
 from megalite.parallel.data_parallel import GradBuffer
-from megalite.training.checkpointing import iteration_dir, load_checkpoint, save_checkpoint
 from megalite.training.optimizer import Optimizer
 
 

@@ -158,9 +158,9 @@ def megalite_side(a, variant: str, paths: dict, device):
     import torch
 
     from dpo_gpt import __doc__ as dpo_doc
+    from megalite.checkpoint.layout import saved_settings
     from megalite.config import inherit_model_settings, parse_config, validate
     from megalite.posttrain.dpo import DPOStage
-    from megalite.training.checkpointing import saved_settings
     from megalite.training.trainer import Trainer
 
     argv = ["--load", paths["checkpoint"], "--pref-data", paths["pairs"], "--tokenizer-type", "HuggingFaceTokenizer",

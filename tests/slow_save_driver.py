@@ -4,7 +4,7 @@ test can kill the process during that save (for test_restart.py)."""
 import sys
 import time
 
-import megalite.training.checkpointing as checkpointing
+import megalite.checkpoint.save as checkpointing
 from megalite.config import parse_config
 from megalite.training.trainer import pretrain
 

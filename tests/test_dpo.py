@@ -264,9 +264,9 @@ LOSSES = [("sigmoid", {}), ("hinge", {}), ("ipo", {}), ("robust", {"label_smooth
 @pytest.fixture(scope="module")
 def both_sides(models, chat_file):
     """Our trainer's model and DPO objective, and trl's DPOTrainer, on the same 8 pairs."""
+    from megalite.checkpoint.layout import saved_settings
     from megalite.data.preference import PreferenceDataset, build_pairs, collate_pairs
     from megalite.posttrain.dpo import DPOStage
-    from megalite.training.checkpointing import saved_settings
     from megalite.training.trainer import Trainer
 
     tmp = models["root"]

@@ -3,8 +3,8 @@ import os
 
 import pytest
 
+from megalite.checkpoint.rewrite import reshard_offline
 from megalite.config import parse_config
-from megalite.training.reshard import reshard_offline
 from megalite.training.trainer import pretrain
 from tests.conftest import REPO, english_documents, tiny_model_args, write_jsonl
 

@@ -3,10 +3,11 @@ import json
 import pytest
 import torch
 
+from megalite.checkpoint.reshard import load_full_state
 from megalite.config import parse_config
 from megalite.errors import MegaliteError
 from megalite.eval.loading import load_model
-from megalite.hf.convert import export_hf, import_hf, load_full_state
+from megalite.hf.convert import export_hf, import_hf
 from megalite.training.trainer import pretrain
 from tests.conftest import run_tool, tiny_model_args
 

@@ -179,8 +179,9 @@ def test_9_a_save_cut_short_while_publishing_leaves_a_loadable_tracked_checkpoin
     """Re-saving the tracked iteration (a resumed run that saves at once) is cut at every rename
     and removal it makes: the next load always finds the tracked iteration complete (the old or
     the new copy, checksums verified); with two renames, the old copy is put back with a message."""
+    from megalite.checkpoint.layout import find_checkpoint, load_file, rank_file
+    from megalite.checkpoint.save import PendingSave
     from megalite.parallel import state
-    from megalite.training import checkpointing as ckpt
     from megalite.utils import atomic
 
     if not exchange:
@@ -204,8 +205,8 @@ def test_9_a_save_cut_short_while_publishing_leaves_a_loadable_tracked_checkpoin
                     return real(*a, **k)
                 return wrapped
 
-            pending = ckpt.PendingSave(root, 2, os.path.join(root, ".tmp_iter_0000002"), None)
-            pending.write({ckpt.rank_file(pending.tmp): payload})
+            pending = PendingSave(root, 2, os.path.join(root, ".tmp_iter_0000002"), None)
+            pending.write({rank_file(pending.tmp): payload})
             with monkeypatch.context() as m:
                 for module, name in ((os, "rename"), (os, "replace"), (shutil, "rmtree"), (atomic, "_exchange")):
                     m.setattr(module, name, step(getattr(module, name)))
@@ -214,10 +215,10 @@ def test_9_a_save_cut_short_while_publishing_leaves_a_loadable_tracked_checkpoin
                     finished = True
                 except Crash:
                     finished = False
-            folder = ckpt.find_checkpoint(root)  # the next run's load
+            folder = find_checkpoint(root)  # the next run's load
             recovered += "recovered " in capsys.readouterr().err
             assert folder == os.path.join(root, "iter_0000002")
-            consumed = ckpt.load_file(ckpt.rank_file(folder))["consumed_samples"]
+            consumed = load_file(rank_file(folder))["consumed_samples"]
             if consumed != -1:
                 assert tree(folder) == original
             outcomes.add(consumed)

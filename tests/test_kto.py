@@ -220,9 +220,9 @@ def test_dataset_info_kto_tag_entries(tmp_path):
 def both_sides(models, swapped):
     """Our trainer's model and KTO objective, and trl's KTOTrainer, on the same 8 examples as one batch
     (the models swapped: a positive KL estimate)."""
+    from megalite.checkpoint.layout import saved_settings
     from megalite.data.unpaired import collate_unpaired
     from megalite.posttrain.kto import KTOStage
-    from megalite.training.checkpointing import saved_settings
     from megalite.training.trainer import Trainer
 
     tmp = models["root"]

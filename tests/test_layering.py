@@ -1,9 +1,7 @@
 """The import layers of ../shared/DESIGN.md ("Layers"), read from the source with ast.
 
 Every import counts, function-local ones too. An arrow the layer order forbids, or a module
-that joins an import cycle, fails with the file, line and import named. The arrows and cycles
-that exist today are listed in KNOWN_*: the Stage redesign (issue 20) removes them, and the
-test fails when one disappears too, so the lists only shrink.
+on an import cycle, fails with the file, line and import named (docs/architecture.md).
 """
 
 import ast
@@ -17,12 +15,6 @@ RANK = {"config": 0, "errors": 0, "utils": 0, "_helpers": 0, "kernels": 1, "para
         "checkpoint": 5, "training": 6, "posttrain": 7, "eval": 7, "hf": 7, "serve": 8}
 DATA_TOOLS_MAY_USE = {"data", "config", "errors", "utils", "_helpers"}
 
-# (importing module, imported megalite area) pairs that break the order today.
-KNOWN_ARROWS = {
-    ("megalite.training.reshard", "posttrain"),
-}
-# Modules on an import cycle today.
-KNOWN_CYCLIC = {"megalite.training.checkpointing", "megalite.training.reshard"}
 
 Edge = Tuple[str, str, str, int]  # importer module, imported module, file, line
 
@@ -81,7 +73,7 @@ def forbidden_arrows(edges: Iterable[Edge]) -> List[str]:
             wrong = to not in DATA_TOOLS_MAY_USE
         else:
             wrong = RANK[to] > RANK[area(me)]
-        if wrong and (me, to) not in KNOWN_ARROWS:
+        if wrong:
             bad.append(f"{os.path.relpath(path, REPO)}:{line}: {me} imports {target} ({area(me)} is below {to})")
     return bad
 
@@ -127,17 +119,12 @@ def test_no_import_goes_up_a_layer():
     assert forbidden_arrows(all_edges()) == []
 
 
-def test_no_new_import_cycle():
-    new = cyclic_modules(all_edges()) - KNOWN_CYCLIC
-    assert not new, f"modules newly on an import cycle: {sorted(new)}"
-
-
-def test_known_exceptions_still_exist():
-    """A fixed arrow or cycle leaves its KNOWN_* entry behind: delete the entry."""
+def test_no_import_cycle():
     edges = all_edges()
-    arrows = {(me, area(t)) for me, t, _, _ in edges if t.startswith("megalite.")}
-    assert KNOWN_ARROWS - arrows == set()
-    assert KNOWN_CYCLIC - cyclic_modules(edges) == set()
+    cyclic = cyclic_modules(edges)
+    imports = [f"{os.path.relpath(path, REPO)}:{line}: {me} imports {target}"
+               for me, target, path, line in edges if me in cyclic and target in cyclic]
+    assert not cyclic, "imports on a cycle:\n" + "\n".join(imports)
 
 
 def test_a_forbidden_import_is_named():
@@ -148,3 +135,18 @@ def test_a_forbidden_import_is_named():
     cycle = [("megalite.kernels.rope", "megalite.kernels.norm", path, 1),
              ("megalite.kernels.norm", "megalite.kernels.rope", path, 1)]
     assert cyclic_modules(cycle) == {"megalite.kernels.rope", "megalite.kernels.norm"}
+
+
+# Inside megalite/checkpoint: which siblings a module may import (issue 20).
+CHECKPOINT_SIBLINGS = {"layout": set(), "rng": set(), "reshard": {"layout"}, "save": {"layout", "rng"},
+                       "load": {"layout", "reshard", "rng"}, "rewrite": {"layout", "reshard", "save"}}
+
+
+def test_checkpoint_modules_import_only_the_siblings_below_them():
+    prefix = "megalite.checkpoint."
+    bad = [f"{os.path.relpath(path, REPO)}:{line}: {me} imports {target}" for me, target, path, line in all_edges()
+           if me.startswith(prefix) and target.startswith(prefix)
+           and target[len(prefix):] not in CHECKPOINT_SIBLINGS.get(me[len(prefix):], set())]
+    assert bad == []
+    folder = os.path.join(REPO, "megalite", "checkpoint")
+    assert {f[:-3] for f in os.listdir(folder) if f.endswith(".py")} - {"__init__"} == set(CHECKPOINT_SIBLINGS)

@@ -7,13 +7,13 @@ import os
 import pytest
 import torch
 
+from megalite.checkpoint.reshard import SavedCheckpoint, load_full_state
 from megalite.config import parse_config, validate
 from megalite.errors import MegaliteError
 from megalite.eval.loading import load_model
 from megalite.hf.convert import export_hf
 from megalite.posttrain.lora import lora_scale
 from megalite.posttrain.lora_io import export_peft
-from megalite.training.reshard import _SavedCheckpoint, load_full_state
 from megalite.training.trainer import pretrain
 from tests.conftest import read_metrics, run_tool, tiny_model_args
 from tests.dist_utils import run_distributed
@@ -98,7 +98,7 @@ def test_reshard_keeps_the_adapters(tmp_path, lora_run):
     ck, _ = lora_run
     run_tool("tools/convert_checkpoint.py", "--reshard", "--load", ck, "--save", str(tmp_path / "tp2"),
              "--target-tensor-parallel-size", "2")
-    before, after = _SavedCheckpoint(ck), _SavedCheckpoint(str(tmp_path / "tp2"))
+    before, after = SavedCheckpoint(ck), SavedCheckpoint(str(tmp_path / "tp2"))
     assert os.path.isfile(tmp_path / "tp2" / "iter_0000003" / "mp_rank_01" / "model_optim_rng.pt")
     assert set(after.weights) == set(before.weights) and all(".adapter." in n for n in after.weights)
     for name in before.weights:
@@ -129,10 +129,10 @@ def test_adapter_made_by_peft_with_rslora_and_some_targets(tmp_path, tiny_corpus
 def test_frozen_base_and_adapter_only_optimizer_state(tmp_path, tiny_corpus, base):
     """bf16 LoRA: base weights stay bf16 and bitwise unchanged; the optimizer holds fp32
     masters and Adam moments for the adapters only; checkpoints hold only the adapters."""
+    from megalite.checkpoint.layout import saved_settings
     from megalite.config import inherit_model_settings
     from megalite.parallel import state
     from megalite.posttrain.lora_io import inherit_lora_settings
-    from megalite.training.checkpointing import saved_settings
     from megalite.training.trainer import Trainer
 
     cfg = parse_config(lora_args(tiny_corpus, base, str(tmp_path / "ck"), bf16=True, train_iters=3))

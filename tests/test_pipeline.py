@@ -97,7 +97,7 @@ def test_pipeline_checkpoint_resumes_and_exports(tmp_path, tiny_corpus):
     """Save on 2 stages, resume there bitwise, and export the stages as one HF model."""
     import torch
 
-    from megalite.hf.convert import load_full_state
+    from megalite.checkpoint.reshard import load_full_state
 
     kw = dict(pipeline_model_parallel_size=2, train_iters=6, eval_iters=0)
     full, _ = run(tmp_path, tiny_corpus, "full", 2, save=str(tmp_path / "a"), save_interval=3, **kw)

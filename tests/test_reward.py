@@ -112,9 +112,9 @@ def test_bad_pairs_name_file_and_record(tmp_path, models, record, message):
 def test_loss_and_metrics_equal_trl(models, rm_run, hf_rm):
     """Our objective on our model and trl's RewardTrainer.compute_loss on our export, same 8 pairs
     (margins, centering): loss, accuracy, margin, min / mean / max reward."""
+    from megalite.checkpoint.layout import saved_settings
     from megalite.data.reward import build_reward_pairs, collate_reward_pairs
     from megalite.posttrain.reward import RewardStage
-    from megalite.training.checkpointing import saved_settings
     from megalite.training.trainer import Trainer
 
     pairs = with_margins(plain_pairs())[:8]
@@ -170,10 +170,10 @@ def test_export_scores_equal_ours(models, rm_run, hf_rm):
 
 
 def test_lora_trains_the_score_head_and_exports_merged(tmp_path, models, rm_file, rm_run):
+    from megalite.checkpoint.reshard import load_full_state
     from megalite.eval.reward_scores import RewardScorer
     from megalite.hf.convert import export_hf
     from megalite.parallel.init import name_seed
-    from megalite.training.reshard import load_full_state
 
     save = str(tmp_path / "lora_rm")
     rows = rm_train(models, rm_file, tmp_path, "lora", lora_rank=4, lora_alpha=8, lr=1e-2, train_iters=2, save=save)

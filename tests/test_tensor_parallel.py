@@ -5,10 +5,10 @@ import os
 import pytest
 import torch
 
+from megalite.checkpoint.reshard import gather_replicated_qkv
 from megalite.config import ModelConfig, parse_config
 from megalite.errors import MegaliteError
 from megalite.parallel.state import layout
-from megalite.training.reshard import gather_replicated_qkv
 from megalite.training.trainer import pretrain
 from tests.conftest import read_metrics, tiny_model_args
 from tests.dist_utils import run_distributed

@@ -207,7 +207,7 @@ def test_recomputation_gives_the_same_losses(tmp_path, tiny_corpus, granularity)
 
 
 def test_crash_during_save_keeps_the_previous_checkpoint(tmp_path, tiny_corpus, monkeypatch):
-    import megalite.training.checkpointing as ckpt
+    import megalite.checkpoint.save as ckpt
 
     train(tmp_path, tiny_corpus, "a", save=str(tmp_path / "ck"), train_iters=2)
     good = (tmp_path / "ck" / "iter_0000002" / "mp_rank_00" / "model_optim_rng.pt").read_bytes()
@@ -297,7 +297,7 @@ def test_nan_policy_rollback_restores_the_checkpoint_and_skips_its_data(tmp_path
 def test_async_save_tracks_the_checkpoint_only_once_written(tmp_path, tiny_corpus, monkeypatch):
     import threading
 
-    import megalite.training.checkpointing as ckpt
+    import megalite.checkpoint.save as ckpt
     from megalite.training.data import microbatches
 
     tr = make_trainer(tiny_corpus, save=str(tmp_path / "ck"), async_save=True)

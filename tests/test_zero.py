@@ -94,8 +94,8 @@ def test_sharded_checkpoint_resumes_bitwise_and_reshards(tmp_path, tiny_corpus, 
         import torch
         from transformers import AutoModelForCausalLM
 
+        from megalite.checkpoint.reshard import load_full_state
         from megalite.hf.convert import export_hf
-        from megalite.training.reshard import load_full_state
 
         export_hf(str(tmp_path / "a"), str(tmp_path / "hf"), dtype="fp32")
         hf = AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf"))

@@ -10,6 +10,9 @@ from typing import Optional, Tuple
 
 import torch
 
+from megalite.checkpoint.layout import find_checkpoint, read_checkpoint, saved_settings
+from megalite.checkpoint.load import load_model_state
+from megalite.checkpoint.reshard import load_full_state
 from megalite.config import Config
 from megalite.data.tokenizer import Tokenizer, build_tokenizer
 from megalite.errors import MegaliteError
@@ -18,8 +21,6 @@ from megalite.model.gpt import build_stage_model
 from megalite.parallel import state
 from megalite.parallel.bootstrap import setup_distributed
 from megalite.posttrain.lora_io import load_lora_weights
-from megalite.training.checkpointing import find_checkpoint, load_model_state, read_checkpoint, saved_settings
-from megalite.training.reshard import load_full_state
 
 
 def load_model(load: str, device: Optional[torch.device] = None) -> Tuple[torch.nn.Module, Config]:

@@ -17,6 +17,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from megalite.checkpoint.layout import find_checkpoint, saved_settings
+from megalite.checkpoint.load import load_model_state
 from megalite.config import Config
 from megalite.data.chat import resolve_template
 from megalite.data.preference import check_pair, sequence_ids
@@ -29,7 +31,6 @@ from megalite.model.heads import ScoreHead, ScoreModelWeights
 from megalite.parallel import state
 from megalite.posttrain.lora_io import full_model_state
 from megalite.posttrain.stage import is_hf_folder
-from megalite.training.checkpointing import find_checkpoint, load_model_state, saved_settings
 from megalite.training.data import build_tokenizer_from
 from megalite.utils.atomic import atomic_write
 

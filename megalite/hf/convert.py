@@ -11,6 +11,7 @@ from typing import Dict, Optional
 
 import torch
 
+from megalite.checkpoint.layout import FORMAT_VERSION, TRACKER, iteration_dir
 from megalite.config import Config, ModelConfig
 from megalite.data.reward import pad_id_of
 from megalite.data.tokenizer import Tokenizer, build_tokenizer
@@ -21,8 +22,6 @@ from megalite.hf.tokenizer import export_tokenizer
 from megalite.model import GPTModel
 from megalite.parallel import state as pstate
 from megalite.posttrain.lora_io import full_model_state
-from megalite.training.checkpointing import FORMAT_VERSION, TRACKER, iteration_dir
-from megalite.training.reshard import load_full_state  # noqa: F401 (callers import it from here)
 from megalite.utils.atomic import atomic_write
 from megalite.utils.folders import export_folder, refuse_foreign
 from megalite.utils.progress import Progress

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from megalite.checkpoint.load import load_checkpoint
 from megalite.config import Config
 from megalite.data.preference import PreferenceDataset, build_pairs, collate_pairs
 from megalite.errors import MegaliteError
@@ -33,7 +34,6 @@ from megalite.parallel.init import initialize
 from megalite.parallel.pipeline import forward_backward
 from megalite.posttrain.lora import adapters_disabled
 from megalite.posttrain.stage import PreferenceStage
-from megalite.training.checkpointing import load_checkpoint
 from megalite.utils.atomic import atomic_write
 
 LOSS_TYPES = ("sigmoid", "hinge", "ipo", "robust", "bco_pair", "nca_pair", "sppo_hard", "apo_zero", "apo_down",

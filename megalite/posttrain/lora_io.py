@@ -16,6 +16,9 @@ from typing import Dict, Tuple
 
 import torch
 
+from megalite.checkpoint.layout import find_checkpoint, iteration_dir, saved_settings
+from megalite.checkpoint.load import load_checkpoint, load_model_state
+from megalite.checkpoint.reshard import load_full_state
 from megalite.config import Config, LoraConfig, lora_targets
 from megalite.errors import MegaliteError
 from megalite.hf.config import hf_config, is_gpt2_style
@@ -33,14 +36,6 @@ from megalite.posttrain.lora import (
     lora_scale,
     peft_name,
 )
-from megalite.training.checkpointing import (
-    find_checkpoint,
-    iteration_dir,
-    load_checkpoint,
-    load_model_state,
-    saved_settings,
-)
-from megalite.training.reshard import load_full_state
 from megalite.utils.atomic import atomic_write
 from megalite.utils.folders import export_folder, refuse_foreign
 
@@ -55,12 +50,12 @@ def _base_folder(lo: Dict) -> str:
     return iteration_dir(lo["lora_base"], lo["lora_base_iteration"])
 
 
-def load_lora_run(cfg: Config, model, optimizer, fit_for=lambda part: None) -> Tuple[int, int, int]:
+def load_lora_run(cfg: Config, model, optimizer, fit_for=None) -> Tuple[int, int, int]:
     """What --load names for a LoRA run: a full checkpoint (with --finetune) becomes the frozen
     base; a LoRA checkpoint loads its base, then its adapters (and, unless --finetune, its
     optimizer state, random states and position); otherwise --load-adapter, if given, fills
-    the adapters. Records the base in ``cfg.lora``. ``fit_for(part)``: what the weights loaded into
-    a part of the model go through first (the stage's). Returns (iteration, consumed_samples, consumed_tokens)."""
+    the adapters. Records the base in ``cfg.lora``. ``fit_for``: as load_checkpoint's, given
+    each part. Returns (iteration, consumed_samples, consumed_tokens)."""
     c, lo = cfg.checkpoint, cfg.lora
     folder = find_checkpoint(c.load)
     if folder is None:
@@ -79,12 +74,11 @@ def load_lora_run(cfg: Config, model, optimizer, fit_for=lambda part: None) -> T
     base = os.path.normpath(base)
     lo.lora_base, lo.lora_base_iteration = os.path.abspath(os.path.dirname(base)), int(os.path.basename(base)[5:])
     weights_only = dataclasses.replace(c, load=base, finetune=True)
-    frozen = ParameterSubset(model, False)
-    load_checkpoint(dataclasses.replace(cfg, checkpoint=weights_only), frozen, optimizer, fit_for(frozen))
+    load_checkpoint(dataclasses.replace(cfg, checkpoint=weights_only), ParameterSubset(model, False), optimizer,
+                    fit_for)
     position = (0, 0, 0)
     if own:
-        trained = ParameterSubset(model, True)
-        position = load_checkpoint(cfg, trained, optimizer, fit_for(trained))
+        position = load_checkpoint(cfg, ParameterSubset(model, True), optimizer, fit_for)
     if lo.load_adapter and not own:  # a LoRA checkpoint (resume, rollback) brings its own adapters
         read_peft_adapter(lo.load_adapter, model)
         optimizer.masters_from_model()
@@ -92,6 +86,16 @@ def load_lora_run(cfg: Config, model, optimizer, fit_for=lambda part: None) -> T
         print(f"LoRA: frozen base {base}" + (f", adapters from {folder}" if own else "")
               + (f", adapters from {lo.load_adapter}" if lo.load_adapter and not own else ""), flush=True)
     return position
+
+
+def checkpointed_part(model, cfg: Config):
+    """The part of a freshly built stage ``model`` that a checkpoint of the run ``cfg`` holds: a
+    LoRA run's adapters (and a reward model's score head), else the whole model
+    (reshard_offline's ``adapt_model``)."""
+    if not cfg.lora.lora_rank:
+        return model
+    add_adapters(model, cfg)
+    return ParameterSubset(model, trainable=True)
 
 
 def inherit_lora_settings(cfg: Config, saved_args) -> None:

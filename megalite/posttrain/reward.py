@@ -73,6 +73,14 @@ class RewardObjective:
         return dict(self.sums)
 
 
+def score_head_fit(model):
+    """What a checkpoint's weights go through before they load into the reward model ``model``
+    (or a part of it): a language model's output layer left out, the score head it lacks kept
+    fresh (megalite.model.heads.ScoreModelWeights); load_checkpoint's ``fit_for``."""
+    current = model.state_dict()
+    return lambda weights: ScoreModelWeights(weights, current)
+
+
 class RewardStage(PreferenceStage):
     """``dpo_gpt.py --stage rm``: a reward model, the language model's output layer replaced by a
     score head (fresh when the weights are a language model's), trained on preference pairs."""
@@ -82,8 +90,7 @@ class RewardStage(PreferenceStage):
     build_items, dataset = build_reward_pairs, RewardPairs
 
     def weights_fit(self, model):
-        current = model.state_dict()
-        return lambda weights: ScoreModelWeights(weights, current)
+        return score_head_fit(model)
 
     def collate(self, cfg: Config):
         pad_to, multiple = self.padding(cfg)

@@ -14,13 +14,14 @@ import os
 import time
 from typing import Callable, Optional, Tuple
 
+from megalite.checkpoint.layout import TRACKER, find_checkpoint, saved_settings
+from megalite.checkpoint.load import load_checkpoint
 from megalite.config import Config
 from megalite.data.chat import resolve_template
 from megalite.errors import MegaliteError
 from megalite.hf.convert import import_hf
 from megalite.posttrain.lora import ParameterSubset, add_adapters
 from megalite.posttrain.lora_io import inherit_lora_settings, load_lora_run
-from megalite.training.checkpointing import TRACKER, find_checkpoint, load_checkpoint, saved_settings
 from megalite.training.data import build_tokenizer_from, row_padding
 from megalite.training.stage import Stage
 
@@ -113,9 +114,8 @@ class PostTrainStage(Stage):
         return ParameterSubset(model, trainable=True) if cfg.lora.lora_rank > 0 else model
 
     def load(self, cfg: Config, model, optimizer):
-        if cfg.lora.lora_rank > 0:
-            return load_lora_run(cfg, model, optimizer, self.weights_fit)
-        return load_checkpoint(cfg, model, optimizer, self.weights_fit(model))
+        load = load_lora_run if cfg.lora.lora_rank > 0 else load_checkpoint
+        return load(cfg, model, optimizer, fit_for=self.weights_fit)
 
     def weights_fit(self, model) -> Optional[Callable]:
         """What loaded weights go through before they fill ``model`` (None: nothing)."""

@@ -24,10 +24,10 @@ from typing import Callable, Optional, Tuple
 
 import torch
 
+from megalite.checkpoint.load import load_checkpoint
 from megalite.config import Config
 from megalite.data.tokenizer import Tokenizer
 from megalite.model.heads import LMHead
-from megalite.training.checkpointing import load_checkpoint
 from megalite.training.data import gpt_datasets
 from megalite.training.objectives import TokenMean
 

@@ -24,6 +24,8 @@ import torch
 import torch.distributed as dist
 
 from megalite import kernels
+from megalite.checkpoint.layout import find_checkpoint, saved_settings
+from megalite.checkpoint.save import refuse_later_checkpoints, save_checkpoint
 from megalite.config import Config, data_parallel_size, inherit_model_settings, validate
 from megalite.errors import MegaliteError
 from megalite.model.flops import peak_tflops, train_flops
@@ -36,7 +38,6 @@ from megalite.parallel.init import initialize
 from megalite.parallel.pipeline import forward_backward, model_chunks
 from megalite.parallel.random import seed_tp_rng
 from megalite.parallel.zero import FullyShardedBuffer
-from megalite.training.checkpointing import find_checkpoint, refuse_later_checkpoints, save_checkpoint, saved_settings
 from megalite.training.data import build_loader, build_tokenizer_from, microbatches, padded_vocab_size
 from megalite.training.metrics_log import MetricsLog
 from megalite.training.optimizer import ConstantLossScaler, DynamicLossScaler, Optimizer

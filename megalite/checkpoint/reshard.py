@@ -7,23 +7,19 @@ generation use it); ``load_resharded`` loads weights *and* optimizer state into 
 out in any other TP / PP / virtual-pipeline / DP / ZeRO arrangement: each saved rank's
 optimizer pieces are assembled into its local tensors, gathered across the saved tensor-
 parallel ranks like the weights, and cut again the way initialisation cuts a full tensor
-for this rank.
+for this rank. Of the package it imports only layout.
 """
 
-import glob
 import os
 from collections.abc import Mapping
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 import torch
 
-from megalite.config import Config, ModelConfig, validate
+from megalite.checkpoint.layout import TRACKER, find_checkpoint, load_file, model_files, optimizer_shards
+from megalite.config import Config, ModelConfig
 from megalite.errors import MegaliteError
-from megalite.parallel import state
 from megalite.parallel.init import shard_like
-from megalite.posttrain.lora import ParameterSubset, add_adapters
-from megalite.training.checkpointing import TRACKER, PendingSave, find_checkpoint, load_file, rank_file, split_metadata
-from megalite.utils.progress import Progress
 
 OPTIMIZER_KINDS = ("master", "exp_avg", "exp_avg_sq")
 
@@ -63,11 +59,8 @@ def _rank_files(load: str) -> Tuple[str, List[List[str]]]:
     folder = find_checkpoint(load)
     if folder is None:
         raise MegaliteError(f"{load}: no checkpoint found (no {TRACKER})")
-    files = sorted(glob.glob(os.path.join(folder, "mp_rank_*", "model_optim_rng.pt")))
-    if not files:
-        raise MegaliteError(f"{folder}: no mp_rank_*/model_optim_rng.pt files")
     stages: Dict[int, List[str]] = {}
-    for f in files:  # mp_rank_TT or mp_rank_TT_PPP
+    for f in model_files(folder):  # mp_rank_TT or mp_rank_TT_PPP
         parts = os.path.basename(os.path.dirname(f)).split("_")[2:]
         stages.setdefault(int(parts[1]) if len(parts) > 1 else 0, []).append(f)
     return folder, [stages[k] for k in sorted(stages)]
@@ -85,7 +78,7 @@ def _optimizer_tensors(model_file: str, payload: Dict) -> Tuple[Dict[str, Dict[s
     """({kind: {name: this saved rank's local tensor}}, Adam's step) from the pieces in its
     model file and in the distributed-optimizer shards beside it."""
     pieces = list(payload["optimizer"].get("pieces", []))
-    for shard in sorted(glob.glob(os.path.join(os.path.dirname(model_file), "distrib_optim_*.pt"))):
+    for shard in optimizer_shards(model_file):
         pieces += load_file(shard)["pieces"]
     out: Dict[str, Dict[str, torch.Tensor]] = {kind: {} for kind in OPTIMIZER_KINDS}
     step = 0.0
@@ -100,7 +93,7 @@ def _optimizer_tensors(model_file: str, payload: Dict) -> Tuple[Dict[str, Dict[s
     return shaped, step
 
 
-class _SavedCheckpoint:
+class SavedCheckpoint:
     """Every tensor of a checkpoint by global name, gathered over its tensor-parallel files on
     access: the weights, and each optimizer state (fp32 master, Adam moments)."""
 
@@ -144,8 +137,8 @@ def load_resharded(load: str, model, optimizer, load_optimizer: bool = True, fit
     """Load weights and (with ``load_optimizer``) optimizer state saved in any parallel layout
     into this rank's ``model`` / ``optimizer``; returns the first saved rank's payload
     (iteration, consumed samples, random states, settings). ``fit``: what the weights go through
-    first (checkpointing.load_model_state)."""
-    saved = _SavedCheckpoint(load, with_optimizer=load_optimizer)
+    first (as in megalite.checkpoint.load.load_model_state)."""
+    saved = SavedCheckpoint(load, with_optimizer=load_optimizer)
     if fit is not None:
         saved.weights = fit(saved.weights)
     weights, pieces = saved.cut_for(model, load)
@@ -158,46 +151,6 @@ def load_resharded(load: str, model, optimizer, load_optimizer: bool = True, fit
     return saved.first
 
 
-def reshard_offline(load: str, save: str, tp: int, pp: int, virtual_layers: Optional[int] = None) -> str:
-    """Write the checkpoint ``load`` names as one for tensor-parallel size ``tp`` and pipeline
-    size ``pp`` (with ``virtual_layers`` layers per virtual stage), weights and optimizer state,
-    one target rank at a time (nothing runs in parallel; the model is laid out on the meta
-    device, so memory stays near one gathered tensor plus one rank's state)."""
-    from megalite.model.gpt import build_stage_model
-
-    saved = _SavedCheckpoint(load)
-    cfg = Config.from_dict(saved.first["args"])
-    p = cfg.parallel
-    p.tensor_model_parallel_size, p.pipeline_model_parallel_size = tp, pp
-    p.num_layers_per_virtual_pipeline_stage = virtual_layers
-    p.decoder_first_pipeline_num_layers = p.decoder_last_pipeline_num_layers = None
-    p.sequence_parallel = p.sequence_parallel and tp > 1
-    validate(cfg, world_size=tp * pp)
-    if cfg.model.padded_vocab_size % tp:
-        raise MegaliteError(f"the padded vocabulary ({cfg.model.padded_vocab_size}) does not divide by "
-                            f"--target-tensor-parallel-size {tp}")
-    iteration = saved.first["iteration"]
-    pending = PendingSave(save, iteration, os.path.join(save, f".tmp_iter_{iteration:07d}"), None)
-    progress = Progress("reshard")
-    for pp_rank in range(pp):
-        for tp_rank in range(tp):
-            with state.planning(tp, pp, tp_rank, pp_rank), torch.device("meta"):
-                model = build_stage_model(cfg, None)
-                if cfg.lora.lora_rank:  # a LoRA run's checkpoint holds its adapters only
-                    add_adapters(model, cfg)
-                    model = ParameterSubset(model, trainable=True)
-                weights, pieces = saved.cut_for(model, load)
-                payload = {**saved.first, "args": cfg.to_dict(), "model": weights,
-                           "optimizer": {"scaler": saved.first["optimizer"]["scaler"], "pieces": pieces},
-                           "parallel": {"tp_size": tp, "pp_size": pp, "dp_size": 1},
-                           "tensor_parallel": split_metadata(model),
-                           "layers": sorted({int(k.split(".")[1]) for k in weights if k.startswith("layers.")})}
-                pending.write({rank_file(pending.tmp): payload})
-            progress.update(ranks=1)
-    progress.close()
-    return pending.finish()
-
-
 def gather_replicated_qkv(shards, cfg: ModelConfig) -> torch.Tensor:
     """The full fused QKV rows from TP ranks that each hold their own query heads followed by
     a copy of the key/value head they share with the next ``replicas - 1`` ranks."""
@@ -208,5 +161,3 @@ def gather_replicated_qkv(shards, cfg: ModelConfig) -> torch.Tensor:
         ranks = shards[g * replicas : (g + 1) * replicas]
         out += [r[: mine * d] for r in ranks] + [ranks[0][mine * d :]]
     return torch.cat(out)
-
-
