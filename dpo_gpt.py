@@ -14,7 +14,7 @@ from megalite.utils.cli import run_tool
 
 
 def main(argv=None):
-    cfg = parse_config(argv, __doc__)
+    cfg = parse_config(argv, __doc__, "dpo_gpt.py")
     pretrain(prepare(cfg, cfg.dpo.stage))
 
 

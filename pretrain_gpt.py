@@ -10,7 +10,7 @@ from megalite.utils.cli import run_tool
 
 
 def main(argv=None):
-    pretrain(parse_config(argv, __doc__))
+    pretrain(parse_config(argv, __doc__, "pretrain_gpt.py"))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from megalite.utils.cli import run_tool
 
 
 def main(argv=None):
-    pretrain(prepare(parse_config(argv, __doc__)))
+    pretrain(prepare(parse_config(argv, __doc__, "sft_gpt.py")))
 
 
 if __name__ == "__main__":

@@ -98,5 +98,5 @@ def prepare(cfg: Config, stage: str = "sft") -> Config:
         for name in ("tokenizer_type", "tokenizer_model", "vocab_file", "merge_file"):
             setattr(d, name, saved.get("data", {}).get(name))
     if d.tokenizer_type is not None:  # the template's text goes into every checkpoint's settings
-        cfg.sft.chat_template = resolve_template(cfg.sft.chat_template, build_tokenizer_from(cfg))
+        cfg.chat.chat_template = resolve_template(cfg.chat.chat_template, build_tokenizer_from(cfg))
     return cfg

@@ -45,16 +45,17 @@ def build_datasets(cfg: Config, tokenizer: Optional[Tokenizer], train_samples: i
         else:
             from megalite.data.preference import PreferenceDataset as Dataset
             from megalite.data.preference import build_pairs as build
-        items, stats = build(cfg.dpo, cfg.sft.chat_template, d.seq_length, tokenizer)
+        items, stats = build(cfg.dpo, cfg.chat.chat_template, d.seq_length, tokenizer)
         train, valid = items.split(cfg.dpo.pref_valid_fraction, t.seed)
         if cfg.dpo.pref_valid_data:
-            valid, _ = build(cfg.dpo, cfg.sft.chat_template, d.seq_length, tokenizer, cfg.dpo.pref_valid_data)
+            valid, _ = build(cfg.dpo, cfg.chat.chat_template, d.seq_length, tokenizer, cfg.dpo.pref_valid_data)
         return [Dataset(train, train_samples, t.seed, stats),
                 Dataset(valid, eval_samples, t.seed, held_out=True) if valid is not None else None, None]
     if cfg.sft.sft_data:
         from megalite.data.sft import build_sft_datasets
 
-        return [*build_sft_datasets(cfg.sft, d.seq_length, tokenizer, train_samples, eval_samples, t.seed), None]
+        return [*build_sft_datasets(cfg.sft, d.seq_length, tokenizer, train_samples, eval_samples, t.seed,
+                                    chat_template=cfg.chat.chat_template), None]
     wanted = [0 if t.skip_train else train_samples, eval_samples, eval_samples]  # --skip-train: no train split
     ds_cfg = GPTDatasetConfig(
         seq_length=d.seq_length, seed=t.seed, split=d.split, data_cache_path=d.data_cache_path,
