@@ -9,18 +9,15 @@ command resumes the run from --save.
 
 from megalite.config import parse_config
 from megalite.eval.during_training import evaluators
-from megalite.posttrain.dpo import DPOStage
-from megalite.posttrain.kto import KTOStage
-from megalite.posttrain.reward import RewardStage
+from megalite.posttrain.lora_io import LoRA
+from megalite.posttrain.runs import PREFERENCE_STAGES
 from megalite.training.trainer import pretrain
 from megalite.utils.cli import run_tool
 
-STAGES = {"dpo": DPOStage, "kto": KTOStage, "rm": RewardStage}
-
 
 def main(argv=None):
-    cfg = parse_config(argv, __doc__)
-    pretrain(cfg, STAGES[cfg.dpo.stage](), evaluators(cfg))
+    cfg = parse_config(argv, __doc__, "dpo_gpt.py")
+    pretrain(cfg, PREFERENCE_STAGES[cfg.dpo.stage]([LoRA()]), evaluators(cfg))
 
 
 if __name__ == "__main__":

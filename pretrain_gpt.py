@@ -6,14 +6,15 @@ may hold any of them. A single process without torchrun works too.
 
 from megalite.config import parse_config
 from megalite.eval.during_training import evaluators
+from megalite.posttrain.lora_io import LoRA
 from megalite.training.stage import Stage
 from megalite.training.trainer import pretrain
 from megalite.utils.cli import run_tool
 
 
 def main(argv=None):
-    cfg = parse_config(argv, __doc__)
-    pretrain(cfg, Stage(), evaluators(cfg))
+    cfg = parse_config(argv, __doc__, "pretrain_gpt.py")
+    pretrain(cfg, Stage([LoRA()]), evaluators(cfg))
 
 
 if __name__ == "__main__":

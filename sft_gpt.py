@@ -7,14 +7,15 @@ a local Hugging Face model folder; the same command resumes the run from --save.
 
 from megalite.config import parse_config
 from megalite.eval.during_training import evaluators
+from megalite.posttrain.lora_io import LoRA
 from megalite.posttrain.sft import SFTStage
 from megalite.training.trainer import pretrain
 from megalite.utils.cli import run_tool
 
 
 def main(argv=None):
-    cfg = parse_config(argv, __doc__)
-    pretrain(cfg, SFTStage(), evaluators(cfg))
+    cfg = parse_config(argv, __doc__, "sft_gpt.py")
+    pretrain(cfg, SFTStage([LoRA()]), evaluators(cfg))
 
 
 if __name__ == "__main__":

@@ -161,6 +161,7 @@ def megalite_side(a, variant: str, paths: dict, device):
     from megalite.checkpoint.layout import saved_settings
     from megalite.config import inherit_model_settings, parse_config, validate
     from megalite.posttrain.dpo import DPOStage
+    from megalite.posttrain.lora_io import LoRA
     from megalite.training.trainer import Trainer
 
     argv = ["--load", paths["checkpoint"], "--pref-data", paths["pairs"], "--tokenizer-type", "HuggingFaceTokenizer",
@@ -175,7 +176,7 @@ def megalite_side(a, variant: str, paths: dict, device):
     if device.type == "cuda":
         argv.append("--bf16")
     cfg = parse_config([str(x) for x in argv], dpo_doc)
-    stage = DPOStage()
+    stage = DPOStage([LoRA()])
     stage.prepare(cfg)
     inherit_model_settings(cfg, saved_settings(cfg.checkpoint.load))
     trainer = Trainer(validate(cfg), device, stage)

@@ -1,8 +1,11 @@
 """Every setting of a run, as dataclasses, with Megatron-LM's flag names.
 
 Each field becomes a flag: ``num_layers`` -> ``--num-layers`` (or the name in its metadata).
-``--config x.yaml`` may hold any flag (dashes or underscores); flags on the command line
-override it. ``validate`` rejects impossible combinations with one readable message.
+Each entrypoint takes the flags of its own sections (``TOOLS``); a flag of another entrypoint's
+section is an error naming the one that takes it. ``--config x.yaml`` may hold any of the
+entrypoint's flags (dashes or underscores); flags on the command line override it. Every
+section is in every ``Config`` (with its defaults), and in every checkpoint's settings.
+``validate`` rejects impossible combinations with one readable message.
 """
 
 import argparse
@@ -154,14 +157,20 @@ class CheckpointConfig:
 
 
 @dataclass
+class ChatConfig:
+    """How conversations become text: shared by SFT and the preference stages."""
+
+    chat_template: Optional[str] = opt(None, "chatml|qwen|llama3|llama2|mistral|alpaca|plain or a Jinja file "
+                                             "(default: the tokenizer's own, else chatml)")
+
+
+@dataclass
 class SFTConfig:
     sft_data: Optional[str] = opt(None, "SFT data: files or dataset_info.json names, comma/space separated, "
                                         "optionally weighted: 'a.jsonl,b.jsonl' or '0.7 a.jsonl 0.3 b.jsonl'")
     sft_dataset_dir: Optional[str] = opt(None, "folder with a LLaMA-Factory dataset_info.json (and the files)")
     sft_valid_data: Optional[str] = opt(None, "validation data, same syntax as --sft-data")
     sft_valid_fraction: float = opt(0.0, "hold out this fraction of each --sft-data source for validation")
-    chat_template: Optional[str] = opt(None, "chatml|qwen|llama3|llama2|mistral|alpaca|plain or a Jinja file "
-                                             "(default: the tokenizer's own, else chatml)")
     train_on_prompt: bool = opt(False, "loss on every token, not only the assistant turns")
     packing: bool = opt(False, "pack several examples into each --seq-length row")
     sft_cache_path: Optional[str] = opt(None, "where tokenized SFT examples are cached (default <data dir>/cache/sft)")
@@ -232,6 +241,7 @@ SECTIONS = {
     "training": TrainingConfig,
     "logging": LoggingConfig,
     "checkpoint": CheckpointConfig,
+    "chat": ChatConfig,
     "sft": SFTConfig,
     "lora": LoraConfig,
     "dpo": DPOConfig,
@@ -248,6 +258,7 @@ class Config:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    chat: ChatConfig = field(default_factory=ChatConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
@@ -259,23 +270,36 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Config":
-        return cls(**{name: SECTIONS[name](**d.get(name, {})) for name in SECTIONS})
+        """Every section, each field placed by its name: a checkpoint written before a field moved
+        to another section (``chat_template`` was in ``sft``) still loads."""
+        return config_from_values({name: value for section in d.values() for name, value in section.items()})
+
+
+# The sections each entrypoint takes (LoRA is a model transform: pretraining on --data-path takes it too).
+# A flag or --config key of another entrypoint's section is an error naming the one that takes it.
+_PRETRAINING = ("model", "parallel", "data", "training", "logging", "checkpoint", "lora")
+TOOLS = {
+    "pretrain_gpt.py": _PRETRAINING,
+    "sft_gpt.py": _PRETRAINING + ("chat", "sft"),
+    "dpo_gpt.py": _PRETRAINING + ("chat", "dpo", "kto", "reward"),
+}
 
 
 def _flag(f: dataclasses.Field) -> str:
     return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
 
 
-def build_parser(description: str = "") -> argparse.ArgumentParser:
+def build_parser(description: str = "", sections=tuple(SECTIONS)) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--config", help="YAML file with any of the flags below; command-line flags win")
-    for section, cls in SECTIONS.items():
-        add_section_args(p.add_argument_group(section), cls)
+    for section in sections:
+        add_section_args(p.add_argument_group(section), SECTIONS[section])
     return p
 
 
 def add_section_args(group, cls) -> None:
-    """One flag per field of a config section (absent flags stay absent from the namespace)."""
+    """One flag per field of a config section (absent flags stay absent from the namespace); its
+    help ends with the default where that says something (not None, not an on/off switch)."""
     for f in dataclasses.fields(cls):
         kw = {"dest": f.name, "help": f.metadata["help"], "default": argparse.SUPPRESS}
         if f.metadata.get("action"):
@@ -287,7 +311,19 @@ def add_section_args(group, cls) -> None:
             for k in ("choices", "nargs"):
                 if f.metadata.get(k):
                     kw[k] = f.metadata[k]
+            if f.default is not None:
+                kw["help"] += f" (default: {_shown(f.default)})"
         group.add_argument(_flag(f), **kw)
+
+
+def _shown(value) -> str:
+    """A default as a user would type it: 1e-4, not 0.0001 (argparse's %-formatting escaped)."""
+    if isinstance(value, float) and 0 < abs(value) < 1e-3:
+        mantissa, exponent = f"{value:e}".split("e")
+        text = f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+    else:
+        text = str(value)
+    return text.replace("%", "%%")
 
 
 def _scalar_type(f: dataclasses.Field):
@@ -298,15 +334,31 @@ def _scalar_type(f: dataclasses.Field):
     return str
 
 
-def parse_config(argv=None, description: str = "") -> Config:
-    """Flags (and an optional --config YAML) -> a Config; ``cfg.explicit`` names the settings given."""
-    ns = vars(build_parser(description).parse_args(argv))
-    values = _read_yaml(ns.pop("config")) if ns.get("config") else {}
+def parse_config(argv=None, description: str = "", tool: Optional[str] = None) -> Config:
+    """Flags (and an optional --config YAML) -> a Config; ``cfg.explicit`` names the settings given.
+    ``tool`` (a key of TOOLS) takes only that entrypoint's flags; without it, every section's."""
+    sections = TOOLS[tool] if tool else tuple(SECTIONS)
+    parser = build_parser(description, sections)
+    ns, unknown = parser.parse_known_args(argv)
+    for flag in (token.split("=")[0] for token in unknown if token.startswith("--")):
+        if _takers(flag, sections):
+            raise MegaliteError(f"{flag} is a setting of {_takers(flag, sections)}, not of {tool}")
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    ns = vars(ns)
+    values = _read_yaml(ns.pop("config"), tool, sections) if ns.get("config") else {}
     ns.pop("config", None)
     values.update(ns)
     cfg = config_from_values(values)
     cfg.explicit = set(values)
     return cfg
+
+
+def _takers(flag: str, sections) -> str:
+    """The tools that take ``flag`` when it belongs to none of ``sections`` ('' otherwise)."""
+    section = next((name for name in SECTIONS if name not in sections
+                    for f in dataclasses.fields(SECTIONS[name]) if _flag(f) == flag), None)
+    return " and ".join(t for t, taken in TOOLS.items() if section in taken) if section else ""
 
 
 def inherit_model_settings(cfg: Config, saved_args: dict) -> list:
@@ -338,7 +390,7 @@ def config_from_values(values: dict) -> Config:
     return cfg
 
 
-def _read_yaml(path: str) -> dict:
+def _read_yaml(path: str, tool: Optional[str] = None, sections=tuple(SECTIONS)) -> dict:
     import yaml
 
     try:
@@ -350,10 +402,12 @@ def _read_yaml(path: str) -> dict:
         raise MegaliteError(f"--config {path}: not valid YAML ({e})") from None
     if not isinstance(data, dict):
         raise MegaliteError(f"--config {path}: expected a mapping of flag names to values")
-    flags = {_flag(f).lstrip("-"): f for cls in SECTIONS.values() for f in dataclasses.fields(cls)}
+    flags = {_flag(f).lstrip("-"): f for name in sections for f in dataclasses.fields(SECTIONS[name])}
     out = {}
     for key, value in data.items():
         k = str(key).replace("_", "-")
+        if k not in flags and _takers(f"--{k}", sections):
+            raise MegaliteError(f"--config {path}: {key} is a setting of {_takers(f'--{k}', sections)}, not of {tool}")
         if k not in flags:
             raise MegaliteError(f"--config {path}: unknown setting {key!r}")
         out[flags[k].name] = _typed_value(path, key, flags[k], value)

@@ -275,7 +275,7 @@ def both_sides(models, chat_file):
     stage.prepare(cfg)
     inherit_model_settings(cfg, saved_settings(cfg.checkpoint.load))
     trainer = Trainer(validate(cfg), torch.device("cpu"), stage)
-    pairs, _ = build_pairs(cfg.dpo, cfg.sft.chat_template, 64, trainer.tokenizer)
+    pairs, _ = build_pairs(cfg.dpo, cfg.chat.chat_template, 64, trainer.tokenizer)
     batch = collate_pairs([PreferenceDataset(pairs).item(k) for k in range(8)])
     trainer.model.eval()
     with torch.no_grad():

@@ -14,7 +14,7 @@ from megalite.eval.loading import load_model
 from megalite.hf.convert import export_hf
 from megalite.posttrain.lora import lora_scale
 from megalite.posttrain.lora_io import export_peft
-from megalite.training.trainer import pretrain
+from pretrain_gpt import main as pretrain_gpt
 from tests.conftest import read_metrics, run_tool, tiny_model_args
 from tests.dist_utils import run_distributed
 
@@ -33,7 +33,7 @@ def lora_args(corpus, base, save, **kw):
 @pytest.fixture(scope="module")
 def base(tmp_path_factory, tiny_corpus):
     ck = str(tmp_path_factory.mktemp("base") / "ck")
-    pretrain(parse_config(tiny_model_args(*tiny_corpus, **MODEL, save=ck, train_iters=2, eval_iters=0)))
+    pretrain_gpt(tiny_model_args(*tiny_corpus, **MODEL, save=ck, train_iters=2, eval_iters=0))
     return ck
 
 
@@ -42,7 +42,7 @@ def lora_run(tmp_path_factory, tiny_corpus, base):
     """A 3-step LoRA run on every linear layer: (checkpoint, its peft export)."""
     out = tmp_path_factory.mktemp("lora")
     ck = str(out / "ck")
-    pretrain(parse_config(lora_args(tiny_corpus, base, ck, train_iters=3)))
+    pretrain_gpt(lora_args(tiny_corpus, base, ck, train_iters=3))
     peft_dir = str(out / "peft")
     run_tool("tools/convert_checkpoint.py", "--to-peft", "--load", ck, "--save", peft_dir)
     return ck, peft_dir
@@ -83,8 +83,8 @@ def load_adapter_logits(tmp_path, corpus, base, adapter_dir):
     """Our model after --load-adapter (rank, alpha, targets, rsLoRA from its adapter_config.json),
     saved as it was read (--train-iters 0)."""
     out = str(tmp_path / "from_adapter")
-    pretrain(parse_config(tiny_model_args(*corpus, **MODEL, load=base, finetune=True, save=out,
-                                          load_adapter=adapter_dir, train_iters=0, eval_iters=0)))
+    pretrain_gpt(tiny_model_args(*corpus, **MODEL, load=base, finetune=True, save=out,
+                                          load_adapter=adapter_dir, train_iters=0, eval_iters=0))
     return our_logits(out)
 
 
@@ -132,7 +132,8 @@ def test_frozen_base_and_adapter_only_optimizer_state(tmp_path, tiny_corpus, bas
     from megalite.checkpoint.layout import saved_settings
     from megalite.config import inherit_model_settings
     from megalite.parallel import state
-    from megalite.posttrain.lora_io import inherit_lora_settings
+    from megalite.posttrain.lora_io import LoRA, inherit_lora_settings
+    from megalite.training.stage import Stage
     from megalite.training.trainer import Trainer
 
     cfg = parse_config(lora_args(tiny_corpus, base, str(tmp_path / "ck"), bf16=True, train_iters=3))
@@ -140,7 +141,7 @@ def test_frozen_base_and_adapter_only_optimizer_state(tmp_path, tiny_corpus, bas
     inherit_model_settings(cfg, saved)
     inherit_lora_settings(cfg, saved)
     validate(cfg)
-    trainer = Trainer(cfg, torch.device("cpu"))
+    trainer = Trainer(cfg, torch.device("cpu"), Stage([LoRA()]))
     try:
         named = dict(trainer.model.named_parameters())
         frozen = {n: p.detach().clone() for n, p in named.items() if not p.requires_grad}
@@ -166,12 +167,12 @@ def test_frozen_base_and_adapter_only_optimizer_state(tmp_path, tiny_corpus, bas
 
 def test_resume_is_bit_exact(tmp_path, tiny_corpus, base):
     whole = str(tmp_path / "whole")
-    pretrain(parse_config(lora_args(tiny_corpus, base, whole, train_iters=8, lora_dropout=0.1)))
+    pretrain_gpt(lora_args(tiny_corpus, base, whole, train_iters=8, lora_dropout=0.1))
     parts = str(tmp_path / "parts")
-    pretrain(parse_config(lora_args(tiny_corpus, base, parts, train_iters=8, lora_dropout=0.1, exit_interval=4)))
+    pretrain_gpt(lora_args(tiny_corpus, base, parts, train_iters=8, lora_dropout=0.1, exit_interval=4))
     # resume: --load the LoRA run's checkpoint (its base and settings come from it)
-    pretrain(parse_config(tiny_model_args(*tiny_corpus, **MODEL, lr=1e-2, eval_iters=0, load=parts, save=parts,
-                                          train_iters=8)))
+    pretrain_gpt(tiny_model_args(*tiny_corpus, **MODEL, lr=1e-2, eval_iters=0, load=parts, save=parts,
+                                          train_iters=8))
     a, _ = read_metrics(os.path.join(whole, "metrics.jsonl"))
     b, _ = read_metrics(os.path.join(parts, "metrics.jsonl"))
     assert [r["iteration"] for r in b] == list(range(1, 9))
@@ -193,7 +194,7 @@ VARIANTS = {"tp2-gqa": ({}, {"tensor_model_parallel_size": 2}),
 def _two_rank_runs(rank, world, corpus, folders):
     for name, (model, layout) in VARIANTS.items():
         base, _, two = folders[name]
-        pretrain(parse_config(lora_args(corpus, base, two, train_iters=10, **model, **layout)))
+        pretrain_gpt(lora_args(corpus, base, two, train_iters=10, **model, **layout))
 
 
 @pytest.mark.dist
@@ -208,9 +209,9 @@ def test_two_ranks_match_one(tmp_path, tiny_corpus, base):
             own_base, one = base, str(tmp_path / name / "one")
             if model:
                 own_base = str(tmp_path / name / "base")
-                pretrain(parse_config(tiny_model_args(*tiny_corpus, **MODEL, save=own_base, train_iters=1,
-                                                      eval_iters=0, **model)))
-            pretrain(parse_config(lora_args(tiny_corpus, own_base, one, train_iters=10, **model)))
+                pretrain_gpt(tiny_model_args(*tiny_corpus, **MODEL, save=own_base, train_iters=1,
+                                                      eval_iters=0, **model))
+            pretrain_gpt(lora_args(tiny_corpus, own_base, one, train_iters=10, **model))
             references[key] = (own_base, one)
         folders[name] = (*references[key], str(tmp_path / name / "two"))
     run_distributed(_two_rank_runs, 2, tiny_corpus, folders)
@@ -249,6 +250,6 @@ def test_bad_settings_are_rejected(tiny_corpus, flags, message):
 def test_full_checkpoint_misuse_is_refused(tmp_path, tiny_corpus, base):
     argv = lora_args(tiny_corpus, base, str(tmp_path / "x"), finetune=None)
     with pytest.raises(MegaliteError, match="is a full checkpoint: with --lora-rank it is the frozen base"):
-        pretrain(parse_config(argv))
+        pretrain_gpt(argv)
     with pytest.raises(MegaliteError, match="not a LoRA checkpoint"):
         export_peft(base, str(tmp_path / "adapter"))

@@ -125,7 +125,7 @@ def test_loss_and_metrics_equal_trl(models, rm_run, hf_rm):
     stage.prepare(cfg)
     inherit_model_settings(cfg, saved_settings(cfg.checkpoint.load))
     trainer = Trainer(validate(cfg), torch.device("cpu"), stage)
-    fitted, _ = build_reward_pairs(cfg.dpo, cfg.sft.chat_template, 64, trainer.tokenizer)
+    fitted, _ = build_reward_pairs(cfg.dpo, cfg.chat.chat_template, 64, trainer.tokenizer)
     batch = collate_reward_pairs([fitted[k] for k in range(len(fitted))])
     trainer.model.eval()
     objective = trainer.objective

@@ -78,7 +78,8 @@ def test_packing_trains_like_padding_on_the_same_examples(tmp_path, tiny_corpus,
     cfg = parse_config(sft_args(tiny_corpus, sft_file, tmp_path, "x", packing=True, **kw))
     from megalite.training.data import build_tokenizer_from
 
-    rows, _ = build_sft_datasets(cfg.sft, 256, build_tokenizer_from(cfg), 1, 0, cfg.training.seed)
+    rows, _ = build_sft_datasets(cfg.sft, 256, build_tokenizer_from(cfg), 1, 0, cfg.training.seed,
+                                 chat_template=cfg.chat.chat_template)
     packed_rows = rows.num_rows
     assert packed_rows < n
     packed = train(tiny_corpus, sft_file, tmp_path, "packed", global_batch_size=packed_rows, packing=True, **kw)
@@ -112,7 +113,7 @@ def test_ids_equal_apply_chat_template_of_the_export(tmp_path, tiny_corpus, sft_
     SFTStage().prepare(cfg)
     tok, hf = build_tokenizer_from(cfg), AutoTokenizer.from_pretrained(exported[1])
     for _, _, messages in itertools.islice(load_conversations(SFTSource(sft_file)), 8):
-        ids, _ = tokenize_chat(tok, cfg.sft.chat_template, messages)
+        ids, _ = tokenize_chat(tok, cfg.chat.chat_template, messages)
         assert ids.tolist() == list(hf.apply_chat_template(messages, tokenize=True, return_dict=False))
         assert ids.tolist().count(tok.eod) == 1  # one assistant turn
 
@@ -132,7 +133,8 @@ def test_sft_loss_equals_transformers_with_masked_labels(tmp_path, tiny_corpus, 
     stage = SFTStage()
     stage.prepare(cfg)
     trainer = Trainer(validate(cfg), torch.device("cpu"), stage)
-    ds, _ = build_sft_datasets(cfg.sft, 64, build_tokenizer_from(cfg), 4, 0, cfg.training.seed)
+    ds, _ = build_sft_datasets(cfg.sft, 64, build_tokenizer_from(cfg), 4, 0, cfg.training.seed,
+                               chat_template=cfg.chat.chat_template)
     batch = collate_sft([ds[i] for i in range(4)])
     trainer.model.eval()
     with torch.no_grad():

@@ -198,7 +198,7 @@ def test_template_error_names_file_and_record(tmp_path, tok):
         {"from": "human", "value": "Hi"}, {"from": "function_call", "value": "f()"},
         {"from": "observation", "value": "42"}, {"from": "gpt", "value": "42"}]}])
     with pytest.raises(MegaliteError, match="tools.jsonl: record 1: chat template failed.*must alternate"):
-        build_sft_datasets(SFTConfig(sft_data=path, chat_template="llama2"), 64, tok, 4, None, 1)
+        build_sft_datasets(SFTConfig(sft_data=path), 64, tok, 4, None, 1, chat_template="llama2")
 
 
 # -- truncation ---------------------------------------------------------------------------------
@@ -221,7 +221,7 @@ def test_truncated_and_dropped_examples_are_counted(tmp_path, tok):
         {"instruction": "What is it?" * 20, "output": "Paris."},  # prompt cut, the short response kept
         # both long: the response's share of 65 ids, 65 * t / (s + t), rounds down to nothing
         {"instruction": "What is the capital of France?" * 600, "output": "Paris is the capital." * 10}])
-    train, _ = build_sft_datasets(SFTConfig(sft_data=path, chat_template="chatml"), 64, tok, 4, None, 1)
+    train, _ = build_sft_datasets(SFTConfig(sft_data=path), 64, tok, 4, None, 1, chat_template="chatml")
     assert {k: train.stats[k] for k in ("examples", "truncated", "dropped")} == \
         {"examples": 4, "truncated": 3, "dropped": 1}
     assert train.num_rows == 3 and sorted(len(train[i]["tokens"]) for i in range(3))[1:] == [64, 64]
@@ -344,7 +344,7 @@ def test_preprocess_sft_tool_fills_the_cache(tmp_path, tok_dir, tok):
                     "--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model", tok_dir,
                     "--chat-template", "qwen")
     assert "5 examples, 0 truncated, 0 dropped" in proc.stdout
-    train, _ = build_sft_datasets(SFTConfig(sft_data=path, chat_template="qwen"), 256, tok, 10, None, 1)
+    train, _ = build_sft_datasets(SFTConfig(sft_data=path), 256, tok, 10, None, 1, chat_template="qwen")
     assert not train.examples.stores[0].built
     bad = run_tool(os.path.join(REPO, "tools/preprocess_sft.py"), "--sft-data", str(tmp_path / "nope.jsonl"),
                    "--seq-length", "64", "--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model", tok_dir,

@@ -28,7 +28,8 @@ import argparse
 from megalite.checkpoint.rewrite import reshard_offline
 from megalite.data.chat import load_template
 from megalite.hf.convert import export_hf, import_hf
-from megalite.posttrain.lora_io import checkpointed_part, export_peft
+from megalite.posttrain.lora_io import export_peft
+from megalite.posttrain.runs import checkpointed_model
 from megalite.utils.cli import run_tool
 from megalite.utils.folders import require_empty
 
@@ -62,7 +63,7 @@ def main(argv=None):
         require_empty(a.save, "--save")
     if a.reshard:
         out = reshard_offline(a.load, a.save, a.target_tensor_parallel_size, a.target_pipeline_parallel_size,
-                              a.target_num_layers_per_virtual_pipeline_stage, adapt_model=checkpointed_part)
+                              a.target_num_layers_per_virtual_pipeline_stage, checkpointed_model=checkpointed_model)
         print(f"wrote {out}")
     elif a.to_peft:
         print(f"wrote {export_peft(a.load, a.save)}")

@@ -72,7 +72,7 @@ def run(model, cfg, prompts, a):
                         repetition_penalty=a.repetition_penalty, stop_ids=[tok.eod], stop_strings=a.stop,
                         seed=a.seed)
     if a.chat:
-        return chat(model, tok, sampling, a, cfg.sft.chat_template)
+        return chat(model, tok, sampling, a, cfg.chat.chat_template)
     outs = generate(model, [tok.encode(x) for x in prompts], a.max_new_tokens, sampling,
                     pad_id=tok.pad if tok.pad is not None else tok.eod, decode=tok.decode)
     for prompt, ids in zip(prompts, outs if _rank() == 0 else []):

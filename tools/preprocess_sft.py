@@ -10,7 +10,7 @@ training with the same flags would, so the run starts without tokenizing. See do
 import argparse
 import dataclasses
 
-from megalite.config import SFTConfig, add_section_args
+from megalite.config import ChatConfig, SFTConfig, add_section_args
 from megalite.data.sft_examples import load_sources
 from megalite.data.tokenizer import add_tokenizer_args, build_tokenizer
 from megalite.errors import MegaliteError
@@ -20,6 +20,7 @@ from megalite.utils.cli import run_tool
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_section_args(p.add_argument_group("sft data"), SFTConfig)
+    add_section_args(p.add_argument_group("chat"), ChatConfig)
     p.add_argument("--seq-length", type=int, required=True, help="tokens per training row (examples keep "
                                                                   "at most seq-length + 1 ids)")
     add_tokenizer_args(p)
@@ -37,7 +38,8 @@ def main(argv=None):
     tok = build_tokenizer(a.tokenizer_type, a.tokenizer_model, a.vocab_file, a.merge_file)
     for spec, flag in ((cfg.sft_data, "--sft-data"), (cfg.sft_valid_data, "--sft-valid-data")):
         if spec:
-            for store in load_sources(cfg, spec, flag, a.seq_length, tok, a.workers)[1]:
+            for store in load_sources(cfg, spec, flag, a.seq_length, tok, a.workers,
+                                      getattr(a, "chat_template", None))[1]:
                 s = store.stats
                 print(f"{store.name}: {s['examples']} examples, {s['truncated']} truncated, {s['dropped']} dropped "
                       f"(no trainable token), {store.tokens.num_tokens} tokens -> {store.prefix}"

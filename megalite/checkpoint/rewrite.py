@@ -17,13 +17,13 @@ from megalite.utils.progress import Progress
 
 
 def reshard_offline(load: str, save: str, tp: int, pp: int, virtual_layers: Optional[int] = None,
-                    adapt_model: Optional[Callable] = None) -> str:
+                    checkpointed_model: Optional[Callable] = None) -> str:
     """Write the checkpoint ``load`` names as one for tensor-parallel size ``tp`` and pipeline
     size ``pp`` (with ``virtual_layers`` layers per virtual stage), weights and optimizer state,
     one target rank at a time (nothing runs in parallel; the model is laid out on the meta
-    device, so memory stays near one gathered tensor plus one rank's state). ``adapt_model(model,
-    cfg)``: the part of a freshly built stage model that a checkpoint of the run ``cfg`` holds
-    (a LoRA run's: its adapters); without it, the whole model."""
+    device, so memory stays near one gathered tensor plus one rank's state). ``checkpointed_model(cfg)``:
+    what a checkpoint of the run ``cfg`` holds of a pipeline stage's model, built by the run's stage
+    (its head, its transforms: a LoRA run's adapters); without it, a language model."""
     saved = SavedCheckpoint(load)
     cfg = Config.from_dict(saved.first["args"])
     p = cfg.parallel
@@ -41,9 +41,7 @@ def reshard_offline(load: str, save: str, tp: int, pp: int, virtual_layers: Opti
     for pp_rank in range(pp):
         for tp_rank in range(tp):
             with state.planning(tp, pp, tp_rank, pp_rank), torch.device("meta"):
-                model = build_stage_model(cfg, None)
-                if adapt_model is not None:
-                    model = adapt_model(model, cfg)
+                model = checkpointed_model(cfg) if checkpointed_model else build_stage_model(cfg, None)
                 weights, pieces = saved.cut_for(model, load)
                 payload = {**saved.first, "args": cfg.to_dict(), "model": weights,
                            "optimizer": {"scaler": saved.first["optimizer"]["scaler"], "pieces": pieces},

@@ -203,19 +203,21 @@ def mix(stores: Sequence[ExampleStore], indices: Sequence[np.ndarray], weights: 
 
 
 def build_sft_datasets(sft_cfg, seq_length: int, tokenizer, train_samples: Optional[int],
-                       valid_samples: Optional[int], seed: int, workers: Optional[int] = None):
-    """(train SFTDataset, validation SFTDataset or None) from an ``SFTConfig``."""
+                       valid_samples: Optional[int], seed: int, workers: Optional[int] = None,
+                       chat_template: Optional[str] = None):
+    """(train SFTDataset, validation SFTDataset or None) from an ``SFTConfig`` and ``--chat-template``."""
     if not sft_cfg.sft_data:
         raise MegaliteError("--sft-data is required")
     if sft_cfg.sft_valid_data and sft_cfg.sft_valid_fraction:
         raise MegaliteError("give --sft-valid-data or --sft-valid-fraction, not both")
-    sources, stores = load_sources(sft_cfg, sft_cfg.sft_data, "--sft-data", seq_length, tokenizer, workers)
+    sources, stores = load_sources(sft_cfg, sft_cfg.sft_data, "--sft-data", seq_length, tokenizer, workers,
+                                   chat_template)
     train_idx, valid_idx = split_validation(stores, sft_cfg.sft_valid_fraction or 0.0, seed)
     train = SFTDataset(mix(stores, train_idx, [s.weight for s in sources], seed), seq_length, sft_cfg.packing,
                        train_samples, seed)
     if sft_cfg.sft_valid_data:
         vsources, vstores = load_sources(sft_cfg, sft_cfg.sft_valid_data, "--sft-valid-data", seq_length,
-                                         tokenizer, workers)
+                                         tokenizer, workers, chat_template)
         vset = mix(vstores, [np.arange(len(s)) for s in vstores], [s.weight for s in vsources], seed)
     elif any(len(ix) for ix in valid_idx):
         vset = mix(stores, valid_idx, [None] * len(stores), seed)

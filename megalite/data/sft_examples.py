@@ -253,9 +253,10 @@ def _build(prefix, description, source, tokenizer, template, max_len, train_on_p
             pool.join()
 
 
-def load_sources(sft_cfg, spec: str, flag: str, seq_length: int, tokenizer, workers: Optional[int] = None):
+def load_sources(sft_cfg, spec: str, flag: str, seq_length: int, tokenizer, workers: Optional[int] = None,
+                 chat_template: Optional[str] = None):
     """(sources, their example stores) for one data flag, tokenizing what is not cached yet."""
-    template = resolve_template(sft_cfg.chat_template, tokenizer)
+    template = resolve_template(chat_template, tokenizer)
     workers = workers or min(8, os.cpu_count() or 1)
     sources = resolve_sources(spec, sft_cfg.sft_dataset_dir, flag)
     return sources, [load_or_build_store(s, tokenizer, template, seq_length, sft_cfg.train_on_prompt,

@@ -59,7 +59,7 @@ class RewardScorer:
         load_model_state(model, {"model": weights}, folder, lambda w: ScoreModelWeights(w, current))
         self.model, self.hf = model.eval(), False
         self.tokenizer = build_tokenizer_from(cfg)
-        self.template = resolve_template(cfg.sft.chat_template, self.tokenizer)
+        self.template = resolve_template(cfg.chat.chat_template, self.tokenizer)
         self.pad_id = pad_id_of(self.tokenizer)
         learned = cfg.model.position_embedding_type == "learned_absolute"  # RoPE has no hard limit
         self.max_length = cfg.model.max_position_embeddings if learned else None

@@ -50,7 +50,7 @@ def export_hf(load: str, out_dir: str, dtype: str = "bf16", max_shard_bytes: int
         config = reward_model_config(config, pad_id_of(tokenizer))
     with export_folder(out_dir, load) as tmp:
         _write_export(tmp, state, cfg, dtype, max_shard_bytes, config, tokenizer,
-                      chat_template or run.sft.chat_template)
+                      chat_template or run.chat.chat_template)
     return out_dir
 
 

@@ -88,14 +88,24 @@ def load_lora_run(cfg: Config, model, optimizer, fit_for=None) -> Tuple[int, int
     return position
 
 
-def checkpointed_part(model, cfg: Config):
-    """The part of a freshly built stage ``model`` that a checkpoint of the run ``cfg`` holds: a
-    LoRA run's adapters (and a reward model's score head), else the whole model
-    (reshard_offline's ``adapt_model``)."""
-    if not cfg.lora.lora_rank:
-        return model
-    add_adapters(model, cfg)
-    return ParameterSubset(model, trainable=True)
+class LoRA:
+    """--lora-rank as a model transform (training.stage.ModelTransform): adapters added to the
+    freshly built model and trained, the base frozen; checkpoints hold the adapters (and what
+    else trains, a reward model's score head) and load over their base (``load_lora_run``)."""
+
+    def prepare(self, cfg: Config) -> None:
+        inherit_lora_settings(cfg, saved_settings(cfg.checkpoint.load) if cfg.checkpoint.load else None)
+
+    def active(self, cfg: Config) -> bool:
+        return cfg.lora.lora_rank > 0
+
+    def apply(self, model, cfg: Config) -> None:
+        add_adapters(model, cfg)
+
+    def checkpointed(self, model, cfg: Config):
+        return ParameterSubset(model, trainable=True)
+
+    load = staticmethod(load_lora_run)
 
 
 def inherit_lora_settings(cfg: Config, saved_args) -> None:

@@ -26,7 +26,8 @@ class SFTStage(PostTrainStage):
     def datasets(self, cfg: Config, tokenizer, train_samples: int) -> list:
         t = cfg.training
         return [*build_sft_datasets(cfg.sft, cfg.data.seq_length, tokenizer, train_samples,
-                                    t.eval_iters * t.global_batch_size, t.seed), None]
+                                    t.eval_iters * t.global_batch_size, t.seed, chat_template=cfg.chat.chat_template),
+                None]
 
     def collate(self, cfg: Config):
         pad_to, multiple = self.padding(cfg)

@@ -12,16 +12,13 @@ import hashlib
 import json
 import os
 import time
-from typing import Callable, Optional, Tuple
+from typing import Optional, Tuple
 
 from megalite.checkpoint.layout import TRACKER, find_checkpoint, saved_settings
-from megalite.checkpoint.load import load_checkpoint
 from megalite.config import Config
 from megalite.data.chat import resolve_template
 from megalite.errors import MegaliteError
 from megalite.hf.convert import import_hf
-from megalite.posttrain.lora import ParameterSubset, add_adapters
-from megalite.posttrain.lora_io import inherit_lora_settings, load_lora_run
 from megalite.training.data import build_tokenizer_from, row_padding
 from megalite.training.stage import Stage
 
@@ -100,26 +97,11 @@ class PostTrainStage(Stage):
             for name in ("tokenizer_type", "tokenizer_model", "vocab_file", "merge_file"):
                 setattr(d, name, saved.get("data", {}).get(name))
         if d.tokenizer_type is not None:  # the template's text goes into every checkpoint's settings
-            cfg.sft.chat_template = resolve_template(cfg.sft.chat_template, build_tokenizer_from(cfg))
-        inherit_lora_settings(cfg, saved)
+            cfg.chat.chat_template = resolve_template(cfg.chat.chat_template, build_tokenizer_from(cfg))
+        super().prepare(cfg)  # the model transforms' settings (a resumed LoRA run's)
 
     def prepare_reference(self, cfg: Config) -> None:
         """Settle the reference model's weights (stages that have one)."""
-
-    def transform(self, model, cfg: Config) -> None:
-        if cfg.lora.lora_rank > 0:  # adapters trained, the base frozen
-            add_adapters(model, cfg)
-
-    def checkpointed(self, model, cfg: Config):
-        return ParameterSubset(model, trainable=True) if cfg.lora.lora_rank > 0 else model
-
-    def load(self, cfg: Config, model, optimizer):
-        load = load_lora_run if cfg.lora.lora_rank > 0 else load_checkpoint
-        return load(cfg, model, optimizer, fit_for=self.weights_fit)
-
-    def weights_fit(self, model) -> Optional[Callable]:
-        """What loaded weights go through before they fill ``model`` (None: nothing)."""
-        return None
 
     def padding(self, cfg: Config) -> Tuple[Optional[int], int]:
         """(pad_to, multiple_of) of this stage's micro-batches (training.data.row_padding)."""
@@ -146,10 +128,10 @@ class PreferenceStage(PostTrainStage):
         if p.pref_valid_data and p.pref_valid_fraction:
             raise MegaliteError("give --pref-valid-data or --pref-valid-fraction, not both")
         build = type(self).build_items
-        items, stats = build(p, cfg.sft.chat_template, cfg.data.seq_length, tokenizer)
+        items, stats = build(p, cfg.chat.chat_template, cfg.data.seq_length, tokenizer)
         train, valid = items.split(p.pref_valid_fraction, t.seed)
         if p.pref_valid_data:
-            valid, _ = build(p, cfg.sft.chat_template, cfg.data.seq_length, tokenizer, p.pref_valid_data)
+            valid, _ = build(p, cfg.chat.chat_template, cfg.data.seq_length, tokenizer, p.pref_valid_data)
         eval_samples = t.eval_iters * t.global_batch_size
         return [self.dataset(train, train_samples, t.seed, stats),
                 self.dataset(valid, eval_samples, t.seed, held_out=True) if valid is not None else None, None]
