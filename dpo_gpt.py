@@ -17,7 +17,7 @@ from megalite.utils.cli import run_tool
 
 def main(argv=None):
     cfg = parse_config(argv, __doc__, "dpo_gpt.py")
-    pretrain(cfg, PREFERENCE_STAGES[cfg.dpo.stage]([LoRA()]), evaluators(cfg))
+    pretrain(cfg, PREFERENCE_STAGES[cfg.dpo.pref_method]([LoRA()]), evaluators(cfg))
 
 
 if __name__ == "__main__":

@@ -41,13 +41,13 @@ sys.exit(0 if after["loss"] < before["loss"] and after["rewards/accuracies"] >= 
 PY
 echo "$QUESTION" | run python tools/generate.py --load $W/dpo_lora --chat --max-new-tokens 48
 
-# Reward model on the same pairs (dpo_gpt.py --stage rm, trl's RewardTrainer loss): the SFT model with a
+# Reward model on the same pairs (dpo_gpt.py --pref-method rm, trl's RewardTrainer loss): the SFT model with a
 # fresh score head, fully fine-tuned with 2 data-parallel processes; prompt + completion are scored whole, so
 # pairs longer than --seq-length are dropped (counted). Then tools/score.py scores every held-out pair
 # (measured on 2 shared CPU cores, 3 minutes in all: held-out accuracy 0.87, 173 of 198 pairs; the run's
 # own evaluation, 64 held-out pairs within --seq-length: accuracy 0.86, loss 0.224).
 rm -rf $W/rm $W/rm_hf $W/rm_scored.jsonl
-run torchrun --nproc_per_node 2 dpo_gpt.py --stage rm --load $W/sft_hf \
+run torchrun --nproc_per_node 2 dpo_gpt.py --pref-method rm --load $W/sft_hf \
     --pref-data $W/dpo_data/train.jsonl --pref-valid-data $W/dpo_data/valid.jsonl --chat-template alpaca \
     --seq-length 256 --micro-batch-size 4 --global-batch-size 16 --eval-iters 4 --num-workers 1 \
     --train-iters 60 --lr 3e-4 --min-lr 3e-5 --lr-warmup-iters 6 --log-interval 10 --eval-interval 60 \

@@ -10,6 +10,7 @@ section is in every ``Config`` (with its defaults), and in every checkpoint's se
 
 import argparse
 import dataclasses
+import sys
 from dataclasses import dataclass, field
 from typing import List, Optional
 
@@ -193,9 +194,9 @@ class LoraConfig:
 
 @dataclass
 class DPOConfig:
-    stage: str = opt("dpo", "preference stage: dpo (a direct preference loss on pairs), kto (desirable and undesirable "
-                            "completions), rm (a reward model: scalar head, Bradley-Terry loss on pairs)",
-                     choices=["dpo", "kto", "rm"])
+    pref_method: str = opt("dpo", "what to learn from preference data: dpo (a direct preference loss on pairs), kto "
+                                  "(desirable and undesirable completions), rm (a reward model: scalar head, "
+                                  "Bradley-Terry loss on pairs)", choices=["dpo", "kto", "rm"])
     pref_data: Optional[str] = opt(None, "DPO preference pairs: files (prompt/chosen/rejected, text or messages) or "
                                          "dataset_info.json names with ranking: true, comma/space separated")
     pref_dataset_dir: Optional[str] = opt(None, "folder with a LLaMA-Factory dataset_info.json for --pref-data names")
@@ -221,7 +222,7 @@ class DPOConfig:
 
 @dataclass
 class KTOConfig:
-    kto_loss_type: str = opt("kto", "dpo_gpt.py --stage kto: trl's loss, kto (with the KL estimate) or "
+    kto_loss_type: str = opt("kto", "dpo_gpt.py --pref-method kto: trl's loss, kto (with the KL estimate) or "
                                     "apo_zero_unpaired", choices=["kto", "apo_zero_unpaired"])
     kto_desirable_weight: float = opt(1.0, "KTO: weight of the desirable examples' losses")
     kto_undesirable_weight: float = opt(1.0, "KTO: weight of the undesirable examples' losses")
@@ -229,9 +230,9 @@ class KTOConfig:
 
 @dataclass
 class RewardConfig:
-    center_rewards_coefficient: Optional[float] = opt(None, "reward model (--stage rm): add this times the mean of "
-                                                            "(chosen + rejected score)^2 to the loss, pulling scores "
-                                                            "towards 0 (trl's; 0.01 is the suggested value)")
+    center_rewards_coefficient: Optional[float] = opt(None, "reward model (--pref-method rm): add this times the mean "
+                                                            "of (chosen + rejected score)^2 to the loss, pulling "
+                                                            "scores towards 0 (trl's; 0.01 is the suggested value)")
 
 
 SECTIONS = {
@@ -271,8 +272,14 @@ class Config:
     @classmethod
     def from_dict(cls, d: dict) -> "Config":
         """Every section, each field placed by its name: a checkpoint written before a field moved
-        to another section (``chat_template`` was in ``sft``) still loads."""
-        return config_from_values({name: value for section in d.values() for name, value in section.items()})
+        to another section (``chat_template`` was in ``sft``) or was renamed (RENAMED) still loads."""
+        return config_from_values({RENAMED.get(name, name): value
+                                   for section in d.values() for name, value in section.items()})
+
+
+# Settings renamed, old name -> new: the old flag and --config key still work, with a warning,
+# until the release after the one that renamed them.
+RENAMED = {"stage": "pref_method"}  # dpo_gpt.py --stage chose DPO, KTO or reward models
 
 
 # The sections each entrypoint takes (LoRA is a model transform: pretraining on --data-path takes it too).
@@ -339,7 +346,7 @@ def parse_config(argv=None, description: str = "", tool: Optional[str] = None) -
     ``tool`` (a key of TOOLS) takes only that entrypoint's flags; without it, every section's."""
     sections = TOOLS[tool] if tool else tuple(SECTIONS)
     parser = build_parser(description, sections)
-    ns, unknown = parser.parse_known_args(argv)
+    ns, unknown = parser.parse_known_args(_renamed_flags(sys.argv[1:] if argv is None else list(argv)))
     for flag in (token.split("=")[0] for token in unknown if token.startswith("--")):
         if _takers(flag, sections):
             raise MegaliteError(f"{flag} is a setting of {_takers(flag, sections)}, not of {tool}")
@@ -352,6 +359,20 @@ def parse_config(argv=None, description: str = "", tool: Optional[str] = None) -
     cfg = config_from_values(values)
     cfg.explicit = set(values)
     return cfg
+
+
+def _renamed_flags(argv: list) -> list:
+    """``argv`` with renamed flags (RENAMED) spelled the new way, each with a warning."""
+    out = []
+    for token in argv:
+        flag, eq, value = token.partition("=")
+        old = flag[2:].replace("-", "_") if flag.startswith("--") else None
+        if old in RENAMED:
+            new = "--" + RENAMED[old].replace("_", "-")
+            print(f"warning: {flag} is deprecated and goes in the next release: use {new}", file=sys.stderr)
+            token = new + eq + value
+        out.append(token)
+    return out
 
 
 def _takers(flag: str, sections) -> str:
@@ -405,6 +426,11 @@ def _read_yaml(path: str, tool: Optional[str] = None, sections=tuple(SECTIONS)) 
     flags = {_flag(f).lstrip("-"): f for name in sections for f in dataclasses.fields(SECTIONS[name])}
     out = {}
     for key, value in data.items():
+        if str(key).replace("-", "_") in RENAMED:
+            new = RENAMED[str(key).replace("-", "_")].replace("_", "-")
+            print(f"warning: --config {path}: {key} is deprecated and goes in the next release: use {new}",
+                  file=sys.stderr)
+            key = new
         k = str(key).replace("_", "-")
         if k not in flags and _takers(f"--{k}", sections):
             raise MegaliteError(f"--config {path}: {key} is a setting of {_takers(f'--{k}', sections)}, not of {tool}")

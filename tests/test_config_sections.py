@@ -48,7 +48,7 @@ def test_sft_and_dpo_help_list_their_own_flags(helps):
     assert not sft & flags_of("dpo", "kto", "reward")
     assert {"--lora-rank", "--chat-template", "--packing", "--sft-data", "--train-on-prompt", "--lr"} <= sft
     assert not dpo & flags_of("sft")  # --packing, --sft-data, --train-on-prompt: nothing a preference stage reads
-    assert {"--dpo-beta", "--stage", "--chat-template", "--kto-loss-type", "--center-rewards-coefficient",
+    assert {"--dpo-beta", "--pref-method", "--chat-template", "--kto-loss-type", "--center-rewards-coefficient",
             "--lora-rank", "--lr"} <= dpo
 
 
@@ -71,7 +71,8 @@ def test_another_tools_flag_is_one_error_line():
             ("pretrain_gpt.py", ["--packing"], "--packing is a setting of sft_gpt.py, not of pretrain_gpt.py"),
             ("pretrain_gpt.py", ["--chat-template=qwen"],
              "--chat-template is a setting of sft_gpt.py and dpo_gpt.py, not of pretrain_gpt.py"),
-            ("sft_gpt.py", ["--lr", "1e-3", "--stage", "kto"], "--stage is a setting of dpo_gpt.py, not of sft_gpt.py"),
+            ("sft_gpt.py", ["--lr", "1e-3", "--pref-method", "kto"],
+             "--pref-method is a setting of dpo_gpt.py, not of sft_gpt.py"),
             ("dpo_gpt.py", ["--packing"], "--packing is a setting of sft_gpt.py, not of dpo_gpt.py")]:
         with pytest.raises(MegaliteError) as e:
             parse_config(argv, tool=tool)
@@ -95,7 +96,7 @@ def test_another_tools_yaml_key_is_one_error_line(tmp_path):
 def test_every_section_stays_in_the_config_and_its_settings():
     cfg = parse_config(["--lr", "3e-4"], tool="pretrain_gpt.py")
     assert cfg.dpo.dpo_beta == 0.1 and cfg.sft.packing is False and cfg.chat.chat_template is None
-    cfg = parse_config(["--stage", "kto", "--chat-template", "alpaca", "--kto-undesirable-weight", "2",
+    cfg = parse_config(["--pref-method", "kto", "--chat-template", "alpaca", "--kto-undesirable-weight", "2",
                         "--center-rewards-coefficient", "0.01", "--lora-rank", "8"], tool="dpo_gpt.py")
     again = Config.from_dict(cfg.to_dict())
     assert again == cfg and set(again.to_dict()) == set(SECTIONS)
@@ -105,3 +106,18 @@ def test_every_section_stays_in_the_config_and_its_settings():
     old["sft"].update(chat_template="llama3", sft_data="a.jsonl")
     loaded = Config.from_dict(old)
     assert (loaded.chat.chat_template, loaded.sft.sft_data) == ("llama3", "a.jsonl")
+
+
+def test_the_renamed_stage_selector_still_works_with_a_warning(tmp_path, capsys):
+    """dpo_gpt.py --stage (before it became --pref-method): the flag, a --config key and the
+    settings of a checkpoint saved before the rename all still select the stage."""
+    cfg = parse_config(["--stage", "kto"], tool="dpo_gpt.py")
+    assert cfg.dpo.pref_method == "kto" and "pref_method" in cfg.explicit
+    assert capsys.readouterr().err == "warning: --stage is deprecated and goes in the next release: use --pref-method\n"
+    (tmp_path / "c.yaml").write_text("stage: rm\n")
+    assert parse_config(["--config", str(tmp_path / "c.yaml")], tool="dpo_gpt.py").dpo.pref_method == "rm"
+    assert "stage is deprecated" in capsys.readouterr().err
+    old = Config().to_dict()
+    old["dpo"]["stage"] = old["dpo"].pop("pref_method")
+    old["dpo"]["stage"] = "rm"
+    assert Config.from_dict(old).dpo.pref_method == "rm"

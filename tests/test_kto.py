@@ -1,4 +1,4 @@
-"""dpo_gpt.py --stage kto on tiny models: examples tokenized, unpaired and KL rows built exactly as
+"""dpo_gpt.py --pref-method kto on tiny models: examples tokenized, unpaired and KL rows built exactly as
 trl's KTOTrainer does, the examples' cache, both loss types and their metrics equal to trl's on the
 HF model we train, data- / tensor-parallel invariance, bit-exact resume, the precomputed (and cached)
 and the LoRA reference, held-out metrics (--pref-valid-data, --pref-valid-fraction), and clear
@@ -31,7 +31,7 @@ def chat_examples(n=16):
 
 
 def kto(models, data, tmp_path, name, **kw):
-    return train(models, data, tmp_path, name, stage="kto", **kw)
+    return train(models, data, tmp_path, name, pref_method="kto", **kw)
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +110,7 @@ def test_kl_rows_equal_trl(tmp_path, models, zoo, make):
 
     examples = make(8)
     path = write_jsonl(tmp_path / "kto.jsonl", examples)
-    fitted, _ = build_examples(DPOConfig(pref_data=path, stage="kto"), zoo.template, 64, zoo.megalite)
+    fitted, _ = build_examples(DPOConfig(pref_data=path, pref_method="kto"), zoo.template, 64, zoo.megalite)
     batch = collate_unpaired([UnpairedDataset(fitted).item(k, k) for k in range(8)], 64)
     tr = trl_trainer(models, examples, tokenizer_dir=zoo.hf_dir)
     trl_batch = tr.data_collator([tr.train_dataset[i] for i in range(8)])
@@ -149,7 +149,7 @@ def test_examples_are_cached_with_their_labels_and_rebuilt_when_the_file_changes
 
     tok = HuggingFaceTokenizer(models["policy"])
     path = write_jsonl(tmp_path / "k.jsonl", plain_examples(6))
-    cfg = DPOConfig(pref_data=str(path), max_prompt_length=4, stage="kto")
+    cfg = DPOConfig(pref_data=str(path), max_prompt_length=4, pref_method="kto")
     first, stats = build_examples(cfg, TEMPLATE, 64, tok)
     again, _ = build_examples(cfg, TEMPLATE, 64, tok)
     assert first.stores[0].built and not again.stores[0].built
@@ -168,7 +168,7 @@ def test_valid_fraction_holds_out_a_seeded_share_of_the_examples(tmp_path, model
     from megalite.data.unpaired import build_examples
 
     path = write_jsonl(tmp_path / "k.jsonl", plain_examples(16))
-    examples, _ = build_examples(DPOConfig(pref_data=str(path), stage="kto"), TEMPLATE, 64,
+    examples, _ = build_examples(DPOConfig(pref_data=str(path), pref_method="kto"), TEMPLATE, 64,
                                  HuggingFaceTokenizer(models["policy"]))
     train_part, held_out = examples.split(0.25, seed=3)
     assert (len(train_part), len(held_out)) == (12, 4)
@@ -227,7 +227,7 @@ def both_sides(models, swapped):
 
     tmp = models["root"]
     data = write_jsonl(tmp / "kto_chat.jsonl", chat_examples())
-    cfg = parse_config(dpo_args(models, data, tmp, "kto_both", stage="kto", **swapped))
+    cfg = parse_config(dpo_args(models, data, tmp, "kto_both", pref_method="kto", **swapped))
     stage = KTOStage()
     stage.prepare(cfg)
     inherit_model_settings(cfg, saved_settings(cfg.checkpoint.load))

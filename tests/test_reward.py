@@ -1,4 +1,4 @@
-"""dpo_gpt.py --stage rm on tiny models: pairs tokenized exactly as trl's RewardTrainer does, the loss
+"""dpo_gpt.py --pref-method rm on tiny models: pairs tokenized exactly as trl's RewardTrainer does, the loss
 and metrics equal to trl's on our HF export, export scores equal to ours, tensor- (with sequence-) and
 data-parallel invariance, LoRA training the score head, tools/score.py, and clear errors."""
 
@@ -23,7 +23,7 @@ def with_margins(pairs):
 
 
 def rm_train(models, data, tmp_path, name, world=1, **kw):
-    return train(models, data, tmp_path, name, world, stage="rm", ref_load=None,
+    return train(models, data, tmp_path, name, world, pref_method="rm", ref_load=None,
                  center_rewards_coefficient=CENTER, **kw)
 
 
@@ -119,7 +119,7 @@ def test_loss_and_metrics_equal_trl(models, rm_run, hf_rm):
 
     pairs = with_margins(plain_pairs())[:8]
     data = write_jsonl(models["root"] / "eight.jsonl", pairs)
-    cfg = parse_config(dpo_args(models, data, models["root"], "both", load=rm_run[1], stage="rm", ref_load=None,
+    cfg = parse_config(dpo_args(models, data, models["root"], "both", load=rm_run[1], pref_method="rm", ref_load=None,
                                 center_rewards_coefficient=CENTER))
     stage = RewardStage()
     stage.prepare(cfg)

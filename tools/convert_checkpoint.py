@@ -12,7 +12,7 @@ reads a local Llama / Qwen2 / Mistral folder and writes an iteration-0 checkpoin
 On a LoRA checkpoint (--lora-rank), --to-hf writes the base with the adapters merged in and
 --to-peft writes the adapters alone as a peft adapter folder (adapter_config.json +
 adapter_model.safetensors) for the HF export of the base.
-A reward model (dpo_gpt.py --stage rm) exports as a ...ForSequenceClassification (score.weight, one
+A reward model (dpo_gpt.py --pref-method rm) exports as a ...ForSequenceClassification (score.weight, one
 label, pad_token_id), which AutoModelForSequenceClassification loads.
 --reshard writes the checkpoint (weights and optimizer state) for another tensor / pipeline
 layout, one target rank at a time; training also loads any layout directly (--load), so

@@ -2,7 +2,7 @@
 
     python tools/score.py --load rm_ckpt/ --input pairs.jsonl --output scored.jsonl [--batch-size 16]
 
---load: a megalite reward-model checkpoint (dpo_gpt.py --stage rm; a LoRA run's adapters are merged in)
+--load: a megalite reward-model checkpoint (dpo_gpt.py --pref-method rm; a LoRA run's adapters are merged in)
 or its Hugging Face export (a ...ForSequenceClassification folder). Records: ``prompt`` + ``completion``
 (strings or message lists) or ``text`` -> ``score``; preference pairs ``prompt`` / ``chosen`` /
 ``rejected`` -> ``score_chosen``, ``score_rejected``, ``chosen_wins``, and the pairs' accuracy is printed.

@@ -58,8 +58,8 @@ def build_reward_pairs(dpo_cfg, chat_template: Optional[str], seq_length: int, t
     """(ScoredPairs, counts) of every source of ``spec`` (default ``--pref-data``), each source's
     pairs cached under ``cache/rm``."""
     if dpo_cfg.max_prompt_length is not None:
-        raise MegaliteError("--max-prompt-length does not apply to reward models (--stage rm): prompt and completion "
-                            "are scored whole, and pairs longer than --seq-length are dropped")
+        raise MegaliteError("--max-prompt-length does not apply to reward models (--pref-method rm): prompt and "
+                            "completion are scored whole, and pairs longer than --seq-length are dropped")
     template, sources = pref_sources(dpo_cfg, chat_template, tokenizer, spec)
     pad = pad_id_of(tokenizer)
 

@@ -1,4 +1,4 @@
-"""Scoring text with a trained reward model: a megalite checkpoint (``dpo_gpt.py --stage rm``) or its
+"""Scoring text with a trained reward model: a megalite checkpoint (``dpo_gpt.py --pref-method rm``) or its
 Hugging Face export (a ``...ForSequenceClassification`` folder), in one process.
 
 Records are tokenized as training tokenized them (megalite.data.preference.sequence_ids: text with EOS
@@ -50,8 +50,8 @@ class RewardScorer:
         if folder is None:
             raise MegaliteError(f"--load {load}: neither a megalite checkpoint nor a Hugging Face model folder")
         cfg = Config.from_dict(saved_settings(folder))
-        if cfg.dpo.stage != "rm":
-            raise MegaliteError(f"--load {load}: not a reward model (train one with dpo_gpt.py --stage rm)")
+        if cfg.dpo.pref_method != "rm":
+            raise MegaliteError(f"--load {load}: not a reward model (train one with dpo_gpt.py --pref-method rm)")
         weights, _ = full_model_state(folder)  # a LoRA run's adapters merged in
         state.initialize()
         model = GPTModel(cfg.model, head=ScoreHead)

@@ -33,7 +33,7 @@ DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 def export_hf(load: str, out_dir: str, dtype: str = "bf16", max_shard_bytes: int = 5 * 2**30,
               tokenizer: Optional[Tokenizer] = None, chat_template: Optional[str] = None) -> str:
     """Write the HF folder; ``tokenizer`` defaults to the one the checkpoint was trained with.
-    A LoRA checkpoint exports its base with the adapters merged in; a reward model (``--stage rm``)
+    A LoRA checkpoint exports its base with the adapters merged in; a reward model (``--pref-method rm``)
     a ``...ForSequenceClassification`` with one label and the pad token its scores are read by.
     A non-empty ``out_dir`` is refused unless it is an earlier export (see megalite.utils.folders)."""
     refuse_foreign(out_dir)
@@ -44,7 +44,7 @@ def export_hf(load: str, out_dir: str, dtype: str = "bf16", max_shard_bytes: int
     if tokenizer is None and d.tokenizer_type:
         tokenizer = build_tokenizer(d.tokenizer_type, d.tokenizer_model, d.vocab_file, d.merge_file)
     config = hf_config(cfg, DTYPE_NAMES[dtype])
-    if run.dpo.stage == "rm":
+    if run.dpo.pref_method == "rm":
         if tokenizer is None:
             raise MegaliteError(f"{load}: a reward model's export needs its tokenizer (its pad token places the score)")
         config = reward_model_config(config, pad_id_of(tokenizer))

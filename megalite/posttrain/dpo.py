@@ -180,7 +180,7 @@ def reference_pass(model, activation_shape, dtype, key: str = "ref_logps"):
 
 
 class DPOStage(PreferenceStage):
-    """``dpo_gpt.py --stage dpo``: preference pairs, a trl DPO loss against a reference model."""
+    """``dpo_gpt.py --pref-method dpo``: preference pairs, a trl DPO loss against a reference model."""
 
     name = "dpo"
     build_items, dataset = build_pairs, PreferenceDataset
@@ -251,7 +251,7 @@ def live_reference(cfg, ctx):
 
         return base, ctx.model
     if not cfg.dpo.ref_load:
-        raise MegaliteError(f"{cfg.dpo.stage.upper()} needs a reference model: give --load (its weights are the "
+        raise MegaliteError(f"{cfg.dpo.pref_method.upper()} needs a reference model: give --load (its weights are the "
                             "reference) or --ref-load")
     model = build_stage_model(cfg, None)
     initialize(model, cfg.training.seed)

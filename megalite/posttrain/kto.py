@@ -1,4 +1,4 @@
-"""KTO (``dpo_gpt.py --stage kto``) as a train-step objective: trl 1.x's KTOTrainer loss on unpaired examples.
+"""KTO (``dpo_gpt.py --pref-method kto``) as a train-step objective: trl 1.x's KTOTrainer loss on unpaired examples.
 
 A micro-batch holds n examples (megalite.data.unpaired): their rows, a ``label`` (1 desirable)
 and, for the ``kto`` loss, n KL rows (prompt i with the completion of example i - 1 of the
@@ -128,7 +128,7 @@ class KTOObjective:
 
 
 class KTOStage(PreferenceStage):
-    """``dpo_gpt.py --stage kto``: single completions marked desirable or not, trl's KTO loss
+    """``dpo_gpt.py --pref-method kto``: single completions marked desirable or not, trl's KTO loss
     against a reference model."""
 
     name = "kto"

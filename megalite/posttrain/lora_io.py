@@ -253,7 +253,7 @@ def export_peft(load: str, out_dir: str) -> str:
     if not is_lora_run(args):
         raise MegaliteError(f"{load}: not a LoRA checkpoint (trained without --lora-rank); nothing to export as peft")
     cfg = Config.from_dict(args)
-    if cfg.dpo.stage == "rm":
+    if cfg.dpo.pref_method == "rm":
         raise MegaliteError(f"{load}: a reward model's LoRA run trains its score head in full; export it merged "
                             "with --to-hf (a SequenceClassification folder)")
     if is_gpt2_style(cfg.model):

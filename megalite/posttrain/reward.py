@@ -82,7 +82,7 @@ def score_head_fit(model):
 
 
 class RewardStage(PreferenceStage):
-    """``dpo_gpt.py --stage rm``: a reward model, the language model's output layer replaced by a
+    """``dpo_gpt.py --pref-method rm``: a reward model, the language model's output layer replaced by a
     score head (fresh when the weights are a language model's), trained on preference pairs."""
 
     name = "rm"
@@ -98,6 +98,6 @@ class RewardStage(PreferenceStage):
 
     def objective(self, cfg: Config, context):
         if cfg.dpo.ref_load or cfg.dpo.precompute_ref_log_probs:
-            raise MegaliteError("--ref-load / --precompute-ref-log-probs: a reward model (--stage rm) has no "
+            raise MegaliteError("--ref-load / --precompute-ref-log-probs: a reward model (--pref-method rm) has no "
                                 "reference model")
         return RewardObjective(cfg.reward)

@@ -17,7 +17,7 @@ def stage_of(cfg: Config) -> Stage:
     """The stage of the run ``cfg`` describes, with the model transforms its settings may turn on."""
     transforms = [LoRA()]
     if cfg.dpo.pref_data:
-        return PREFERENCE_STAGES[cfg.dpo.stage](transforms)
+        return PREFERENCE_STAGES[cfg.dpo.pref_method](transforms)
     if cfg.sft.sft_data:
         return SFTStage(transforms)
     return Stage(transforms)

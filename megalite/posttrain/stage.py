@@ -72,7 +72,8 @@ class PostTrainStage(Stage):
         """Whether a checkpoint's settings are a run of this stage (which --save then resumes)."""
         section, field, _ = self.data
         saved = (settings or {}).get(section, {})
-        return bool(saved.get(field)) and saved.get("stage", self.name) == self.name
+        method = saved.get("pref_method", saved.get("stage", self.name))  # "stage": before the rename
+        return bool(saved.get(field)) and method == self.name
 
     def prepare(self, cfg: Config) -> None:
         """Resolve where the weights come from and how (in place); see the module docstring."""
@@ -118,7 +119,7 @@ class PreferenceStage(PostTrainStage):
 
     @property
     def tool(self) -> str:
-        return f"dpo_gpt.py --stage {self.name}"
+        return f"dpo_gpt.py --pref-method {self.name}"
 
     def rows_per_sample(self, cfg: Config) -> int:
         return 2  # a pair: the chosen row, then the rejected one
