@@ -27,7 +27,6 @@ from megalite.utils.packages import installed
 _requested: Optional[bool] = None  # None: automatic
 
 
-@functools.lru_cache(maxsize=None)
 def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
 
