@@ -14,6 +14,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import List, Optional
 
+import yaml
+
 from megalite.errors import MegaliteError
 from megalite.utils.packages import installed
 
@@ -412,8 +414,6 @@ def config_from_values(values: dict) -> Config:
 
 
 def _read_yaml(path: str, tool: Optional[str] = None, sections=tuple(SECTIONS)) -> dict:
-    import yaml
-
     try:
         with open(path) as f:
             data = yaml.safe_load(f) or {}

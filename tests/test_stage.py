@@ -3,6 +3,7 @@
 objective are the ones the trainer uses, and its loss falls."""
 
 import inspect
+import os
 import re
 
 import torch
@@ -83,3 +84,27 @@ def test_a_new_stage_trains_through_pretrain(tmp_path, tiny_corpus):
     assert train[-1]["lm_loss"] < 0.8 * train[0]["lm_loss"]  # at least the 16-token alphabet is learnt
     assert [r["split"] for r in evals] == ["valid"] and evals[0]["loss"] < 0.8 * train[0]["lm_loss"]
     assert train[0]["tokens_per_sec"] > 0
+
+
+def test_an_hf_folder_is_imported_once_into_itself(tmp_path, monkeypatch):
+    """Without --save the import goes into <hf folder>/.megalite_base; writing it must not make
+    the folder look changed, or every run would convert the model again."""
+    from megalite.posttrain import stage
+
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text("{}")
+    calls = []
+
+    def fake_import(src, dest, dtype):
+        calls.append(src)
+        os.makedirs(dest, exist_ok=True)
+        (tmp_path / "hf" / stage.IMPORT_CACHE / "weights").write_text("w")
+
+    monkeypatch.setattr(stage, "import_hf", fake_import)
+    for _ in range(2):
+        stage.import_hf_once(str(hf), str(hf / stage.IMPORT_CACHE))
+    assert calls == [str(hf)]
+    (hf / "config.json").write_text('{"changed": 1}')
+    stage.import_hf_once(str(hf), str(hf / stage.IMPORT_CACHE))
+    assert len(calls) == 2

@@ -16,7 +16,11 @@ import json
 from datetime import datetime
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import jinja2
+import jinja2.ext
 import numpy as np
+from jinja2.exceptions import TemplateError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from megalite.errors import MegaliteError
 
@@ -115,11 +119,6 @@ BUILTIN = {"chatml": CHATML, "qwen": QWEN, "llama3": LLAMA3, "llama2": LLAMA2, "
 
 @functools.lru_cache(maxsize=32)
 def _compile(template: str):
-    import jinja2
-    import jinja2.ext
-    from jinja2.exceptions import TemplateError
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
     class GenerationTag(jinja2.ext.Extension):
         """``{% generation %}...{% endgeneration %}`` (transformers' assistant marker) renders its body."""
         tags = {"generation"}

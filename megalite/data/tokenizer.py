@@ -14,6 +14,12 @@ from abc import ABC, abstractmethod
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+import sentencepiece
+from google.protobuf.message import DecodeError
+from sentencepiece import sentencepiece_model_pb2 as pb
+from sentencepiece import sentencepiece_pb2  # serialized_proto: the one spelling every version has
+from tokenizers import AddedToken, ByteLevelBPETokenizer
+from tokenizers import Tokenizer as RustTokenizer
 
 from megalite.errors import MegaliteError
 
@@ -110,8 +116,6 @@ class SentencePieceTokenizer(Tokenizer):
     """
 
     def __init__(self, model_file: str):
-        import sentencepiece
-
         _require_file(model_file, "--tokenizer-model")
         self.model_file = model_file
         self.source_files = (model_file,)
@@ -160,8 +164,6 @@ class SentencePieceTokenizer(Tokenizer):
         return self._sp.decode([int(i) for i in ids])
 
     def encode_with_offsets(self, text):
-        from sentencepiece import sentencepiece_pb2  # serialized_proto: the one spelling every version has
-
         norm, offsets = self._normalizer.normalize(text, with_offsets=True)
         ids, spans = [], []
         for start, end, sid in self.split_special(norm):
@@ -190,9 +192,6 @@ SPM_WHOLE_TYPES = (2, 3, 4)  # ModelProto.SentencePiece types UNKNOWN, CONTROL, 
 
 def read_spm_proto(model_file: str):
     """The ``ModelProto`` of a sentencepiece model file (its pieces, trainer and normalizer specs)."""
-    from google.protobuf.message import DecodeError
-    from sentencepiece import sentencepiece_model_pb2 as pb
-
     proto = pb.ModelProto()
     with open(model_file, "rb") as f:
         try:
@@ -209,8 +208,6 @@ class _TokenizersLibTokenizer(Tokenizer):
 
     def _setup(self, tok, eod_token: Optional[str], bos_token=None, pad_token=None, where="", unk_token=None,
                more_special=()):
-        from tokenizers import AddedToken
-
         # transformers registers every special token its config names as an added token when it
         # loads a tokenizer; registering them here too makes their texts encode to one id alike.
         named = [t for t in (eod_token, bos_token, pad_token, unk_token, *more_special) if t]
@@ -249,8 +246,6 @@ class HuggingFaceTokenizer(_TokenizersLibTokenizer):
     """A Hugging Face tokenizer folder (with tokenizer.json) or a bare ``tokenizer.json``."""
 
     def __init__(self, path: str):
-        from tokenizers import Tokenizer as RustTokenizer
-
         folder = path if os.path.isdir(path) else os.path.dirname(path)
         file = os.path.join(path, "tokenizer.json") if os.path.isdir(path) else path
         _require_file(file, "--tokenizer-model")
@@ -278,8 +273,6 @@ class GPT2BPETokenizer(_TokenizersLibTokenizer):
     """GPT-2 byte-level BPE from ``vocab.json`` + ``merges.txt`` (Megatron's GPT2BPETokenizer)."""
 
     def __init__(self, vocab_file: str, merge_file: str):
-        from tokenizers import ByteLevelBPETokenizer
-
         _require_file(vocab_file, "--vocab-file")
         _require_file(merge_file, "--merge-file")
         tok = ByteLevelBPETokenizer(vocab_file, merge_file)._tokenizer  # the Rust tokenizer inside

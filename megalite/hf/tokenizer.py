@@ -17,6 +17,10 @@ import re
 import shutil
 from typing import Dict, Optional
 
+from tokenizers import AddedToken, Regex, decoders, normalizers
+from tokenizers import Tokenizer as RustTokenizer
+from tokenizers.models import BPE, Unigram
+
 from megalite.data.tokenizer import (
     SPACE_MARK,
     SPM_WHOLE_TYPES,
@@ -32,9 +36,6 @@ from megalite.utils.atomic import atomic_write
 
 def _spm_to_tokenizers(model_file: str):
     """A ``tokenizers`` Tokenizer that encodes like SentencePieceTokenizer on ``model_file``."""
-    from tokenizers import AddedToken, Regex, decoders, normalizers
-    from tokenizers import Tokenizer as RustTokenizer
-
     proto = read_spm_proto(model_file)
     trainer, spec = proto.trainer_spec, proto.normalizer_spec
     unsupported = [p.piece for p in proto.pieces if p.type == _UNUSED]
@@ -74,8 +75,6 @@ def _spm_model(proto, model_file: str):
     """sentencepiece's segmentation model as a ``tokenizers`` model: Unigram with the piece
     scores, or BPE with merges recovered from the vocabulary (a merge ranks as the score of the
     piece it makes, sentencepiece's order)."""
-    from tokenizers.models import BPE, Unigram
-
     trainer = proto.trainer_spec
     kind = trainer.model_type
     if kind == _UNIGRAM:

@@ -27,10 +27,14 @@ def is_hf_folder(path: str) -> bool:
     return os.path.isfile(os.path.join(path, "config.json")) and find_checkpoint(path) is None
 
 
+IMPORT_CACHE = ".megalite_base"  # where an HF folder's import goes without --save: inside the folder
+
+
 def _fingerprint(hf_dir: str) -> str:
-    """Changes when any file of the folder does (name, size, modification time)."""
+    """Changes when any file of the folder does (name, size, modification time); our own import
+    cache inside it does not count, or writing it would make the next run import again."""
     h = hashlib.sha1()
-    for name in sorted(os.listdir(hf_dir)):
+    for name in sorted(set(os.listdir(hf_dir)) - {IMPORT_CACHE}):
         st = os.stat(os.path.join(hf_dir, name))
         h.update(f"{name}:{st.st_size}:{st.st_mtime_ns};".encode())
     return h.hexdigest()
@@ -86,7 +90,7 @@ class PostTrainStage(Stage):
             hf_dir = c.load
             if d.tokenizer_type is None:  # the model's own tokenizer
                 d.tokenizer_type, d.tokenizer_model = "HuggingFaceTokenizer", hf_dir
-            dest = os.path.join(c.save, "hf_base") if c.save else os.path.join(hf_dir, ".megalite_base")
+            dest = os.path.join(c.save, "hf_base") if c.save else os.path.join(hf_dir, IMPORT_CACHE)
             c.load = import_hf_once(hf_dir, dest)
         self.prepare_reference(cfg)
         if c.save and os.path.isfile(os.path.join(c.save, TRACKER)) and self.is_run_of(saved_settings(c.save)):

@@ -4,6 +4,8 @@ import sys
 import time
 from typing import Dict, Optional
 
+from tqdm import tqdm
+
 
 def human(n: float) -> str:
     for unit in ("", "k", "M", "G", "T"):
@@ -24,8 +26,6 @@ class Progress:
         self.start = self._last_print = time.perf_counter()
         self._bar = None
         if hasattr(self.stream, "isatty") and self.stream.isatty():
-            from tqdm import tqdm
-
             self._bar = tqdm(total=total_bytes, desc=desc, unit="B", unit_scale=True, file=self.stream)
 
     def update(self, nbytes: int = 0, **counts: float) -> None:
