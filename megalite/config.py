@@ -18,6 +18,9 @@ def opt(default, help: str, flag: Optional[str] = None, **kw):
     return field(default=default, metadata={"help": help, "flag": flag, **kw})
 
 
+ROPE_TYPES = ("llama3", "linear", "dynamic", "yarn")
+
+
 @dataclass
 class ModelConfig:
     num_layers: Optional[int] = opt(None, "transformer layers")
@@ -33,6 +36,25 @@ class ModelConfig:
     position_embedding_type: str = opt("learned_absolute", "positions", choices=["learned_absolute", "rope"])
     rotary_base: int = opt(10000, "RoPE base")
     rotary_percent: float = opt(1.0, "fraction of each head's dimensions that RoPE rotates")
+    use_rope_scaling: bool = opt(False, "scale RoPE for contexts past the pretraining one: Llama 3.x's scaling unless "
+                                        "--rope-type names another")
+    rope_type: Optional[str] = opt(None, "RoPE scaling as transformers' rope_type names it (implies "
+                                         "--use-rope-scaling)", choices=list(ROPE_TYPES))
+    rope_scaling_factor: float = opt(8.0, "RoPE scaling factor (transformers' factor)")
+    original_max_position_embeddings: Optional[int] = opt(
+        None, "llama3 / yarn RoPE scaling: the context the model was pretrained with (default 8192 for llama3, "
+              "--max-position-embeddings for yarn)")
+    low_freq_factor: float = opt(1.0, "llama3 RoPE scaling: wavelengths above original context / this are divided "
+                                      "by the factor")
+    high_freq_factor: float = opt(4.0, "llama3 RoPE scaling: wavelengths below original context / this are kept")
+    beta_fast: float = opt(32.0, "yarn RoPE scaling: rotations over the original context above which a frequency "
+                                 "is kept")
+    beta_slow: float = opt(1.0, "yarn RoPE scaling: rotations below which a frequency is divided by the factor")
+    mscale: float = opt(1.0, "yarn RoPE scaling: numerator of the attention factor when --mscale-all-dim is set")
+    mscale_all_dim: float = opt(0.0, "yarn RoPE scaling: denominator of the attention factor (0: the factor is "
+                                     "0.1 ln(factor) + 1)")
+    attention_factor: Optional[float] = opt(None, "yarn RoPE scaling: multiplies cos and sin (default from "
+                                                  "--mscale / --mscale-all-dim)")
     max_position_embeddings: Optional[int] = opt(None, "longest sequence (default --seq-length)")
     swiglu: bool = opt(False, "SwiGLU MLP instead of GELU")
     add_bias_linear: bool = opt(True, "no bias in linear layers", flag="--disable-bias-linear", action="store_false")
@@ -466,6 +488,7 @@ def validate(cfg: Config, world_size: int = 1) -> Config:
                             f"{m.max_position_embeddings}")
     if not 0 < m.rotary_percent <= 1:
         raise MegaliteError("--rotary-percent must be in (0, 1]")
+    validate_rope_scaling(m)
     sft = cfg.sft.sft_data is not None
     if sum([d.data_path is not None, d.mock_data, sft, cfg.dpo.pref_data is not None]) != 1:
         raise MegaliteError("give one source of training data: --data-path, --mock-data (synthetic tokens), "
@@ -509,6 +532,27 @@ def validate(cfg: Config, world_size: int = 1) -> Config:
     if cfg.logging.metrics_file is None and c.save:
         cfg.logging.metrics_file = f"{c.save}/metrics.jsonl"
     return cfg
+
+
+def validate_rope_scaling(m: ModelConfig) -> None:
+    """Resolve --use-rope-scaling / --rope-type (either turns scaling on; Megatron's flag alone is
+    Llama 3.x's) and the original context each type defaults to, as transformers does."""
+    if m.rope_type is None and m.use_rope_scaling:
+        m.rope_type = "llama3"
+    m.use_rope_scaling = m.rope_type is not None
+    if not m.use_rope_scaling:
+        return
+    if m.position_embedding_type != "rope":
+        raise MegaliteError(f"--rope-type {m.rope_type} needs --position-embedding-type rope")
+    if m.rope_scaling_factor < 1:
+        raise MegaliteError(f"--rope-scaling-factor {m.rope_scaling_factor}: must be at least 1")
+    if m.original_max_position_embeddings is None and m.rope_type in ("llama3", "yarn"):
+        m.original_max_position_embeddings = 8192 if m.rope_type == "llama3" else m.max_position_embeddings
+    if m.rope_type == "llama3" and m.high_freq_factor <= m.low_freq_factor:
+        raise MegaliteError(f"--high-freq-factor {m.high_freq_factor} must exceed --low-freq-factor "
+                            f"{m.low_freq_factor}")
+    if m.rope_type == "dynamic" and m.max_position_embeddings is None:
+        raise MegaliteError("--rope-type dynamic needs --max-position-embeddings (the context it scales beyond)")
 
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")

@@ -76,7 +76,7 @@ def test_norms(kind, with_residual):
 def test_rotary_q_and_k(percent, per_token_positions):
     torch.manual_seed(0)
     seq, batch, dim = 13, 3, 24
-    rotary = RotaryEmbedding(dim, 10000, percent)
+    rotary = RotaryEmbedding(dim, ModelConfig(rotary_percent=percent))
     # packed sequences restart positions at each document: one position per (token, row)
     positions = torch.randint(0, 50, (seq, batch)) if per_token_positions else torch.arange(seq)
     cos, sin = (t.to(DEVICE) for t in rotary(positions, torch.float64))
@@ -152,7 +152,7 @@ def test_half_precision(op):
     """fp16 in and out, fp32 inside: within fp16's rounding of the float64 reference. (bf16 takes
     the same code; the interpreter's tl.dot cannot multiply bf16, a GPU's can.)"""
     torch.manual_seed(0)
-    cos, sin = (t.to(DEVICE) for t in RotaryEmbedding(32, 10000)(torch.arange(40), torch.float64))
+    cos, sin = (t.to(DEVICE) for t in RotaryEmbedding(32, ModelConfig())(torch.arange(40), torch.float64))
     x, w = torch.randn(40, 2, 4, 32), torch.randn(40, 2, 2, 32)
     fused, ref, inputs = {
         "rms_norm": (lambda x, w: norm.rms_norm(x, w, 1e-5), lambda x, w: reference.rms_norm(x, w, 1e-5),

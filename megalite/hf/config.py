@@ -50,10 +50,67 @@ def hf_config(cfg: ModelConfig, dtype: str) -> Dict:
         "torch_dtype": dtype,
         "use_cache": True,
     }
+    if cfg.use_rope_scaling:
+        out["rope_scaling"] = rope_scaling_dict(cfg)
     if model_type == "llama":
         out.update(attention_bias=False, mlp_bias=False)
     else:
         out.update(use_sliding_window=False)
+    return out
+
+
+# transformers' rope_scaling keys of each type, beside rope_type (their ModelConfig fields).
+ROPE_KEYS = {
+    "linear": {"factor": "rope_scaling_factor"},
+    "dynamic": {"factor": "rope_scaling_factor"},
+    "llama3": {"factor": "rope_scaling_factor", "original_max_position_embeddings": "original_max_position_embeddings",
+               "low_freq_factor": "low_freq_factor", "high_freq_factor": "high_freq_factor"},
+    "yarn": {"factor": "rope_scaling_factor", "original_max_position_embeddings": "original_max_position_embeddings",
+             "beta_fast": "beta_fast", "beta_slow": "beta_slow", "mscale": "mscale", "mscale_all_dim": "mscale_all_dim",
+             "attention_factor": "attention_factor"},
+}
+
+
+def rope_scaling_dict(cfg: ModelConfig) -> Dict:
+    """config.json's ``rope_scaling`` (read by transformers 4.x and 5.x alike) for our settings."""
+    out = {"rope_type": cfg.rope_type}
+    for key, name in ROPE_KEYS[cfg.rope_type].items():
+        if getattr(cfg, name) is not None:
+            out[key] = getattr(cfg, name)
+    return out
+
+
+def _rope_settings(hf: Dict) -> Dict:
+    """ModelConfig settings for the RoPE of a config.json (``rope_theta`` + ``rope_scaling``, or
+    transformers 5's ``rope_parameters``); a type or key we do not model is an error."""
+    params = dict(hf.get("rope_scaling") or hf.get("rope_parameters") or {})
+    theta = params.pop("rope_theta", None) or hf.get("rope_theta") or 10000.0
+    kind = params.pop("rope_type", None) or params.pop("type", None) or "default"
+    params.pop("type", None)
+    if params.get("partial_rotary_factor", 1.0) == 1.0:
+        params.pop("partial_rotary_factor", None)
+    out = {"rotary_base": theta}
+    if kind == "default":
+        keys = {}
+    elif kind in ROPE_KEYS:
+        keys = ROPE_KEYS[kind]
+        out.update(use_rope_scaling=True, rope_type=kind)
+    else:
+        raise MegaliteError(f"config.json: rope_type {kind!r} is not supported; megalite models "
+                            f"{', '.join(['default', *ROPE_KEYS])}")
+    if kind == "yarn" and params.pop("truncate", True) is not True:
+        raise MegaliteError("config.json: yarn with truncate: false is not supported")
+    unknown = sorted(set(params) - set(keys))
+    if unknown:
+        raise MegaliteError(f"config.json: rope_scaling key {unknown[0]!r} is not supported with rope_type {kind!r}")
+    for key, name in keys.items():
+        if params.get(key) is not None:
+            out[name] = params[key]
+    if kind in ("llama3", "yarn"):  # transformers' defaults: a top-level value wins, else max_position_embeddings
+        out["original_max_position_embeddings"] = hf.get("original_max_position_embeddings") or params.get(
+            "original_max_position_embeddings") or hf["max_position_embeddings"]
+    if kind == "yarn" and params.get("factor") is None:
+        out["rope_scaling_factor"] = hf["max_position_embeddings"] / out["original_max_position_embeddings"]
     return out
 
 
@@ -111,16 +168,13 @@ def model_config(hf: Dict) -> ModelConfig:
         raise MegaliteError(f"model_type {kind!r} is not supported; expected one of {', '.join(ARCHITECTURES)}")
     if kind == "gpt2":
         return _gpt2_model_config(hf)
-    if hf.get("rope_scaling") or (hf.get("rope_parameters") or {}).get("rope_type", "default") != "default":
-        raise MegaliteError("RoPE scaling is not supported yet")
     heads = hf["num_attention_heads"]
     groups = hf.get("num_key_value_heads") or heads
-    rope = hf.get("rope_theta") or (hf.get("rope_parameters") or {}).get("rope_theta", 10000.0)
-    return ModelConfig(
+    return ModelConfig(**_rope_settings(hf),
         num_layers=hf["num_hidden_layers"], hidden_size=hf["hidden_size"], num_attention_heads=heads,
         ffn_hidden_size=hf["intermediate_size"], kv_channels=hf.get("head_dim") or hf["hidden_size"] // heads,
         group_query_attention=groups != heads, num_query_groups=groups, normalization="RMSNorm",
-        norm_epsilon=hf.get("rms_norm_eps", 1e-6), position_embedding_type="rope", rotary_base=rope,
+        norm_epsilon=hf.get("rms_norm_eps", 1e-6), position_embedding_type="rope",
         max_position_embeddings=hf.get("max_position_embeddings", 4096), swiglu=True, add_bias_linear=False,
         add_qkv_bias=kind == "qwen2" or bool(hf.get("attention_bias")),
         untie_embeddings_and_output_weights=not hf.get("tie_word_embeddings", False),

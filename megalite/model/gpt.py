@@ -76,7 +76,7 @@ class GPTModel(nn.Module):
             self.embedding_dropout = SequenceDropout(cfg.hidden_dropout)
         self.rotary = None
         if cfg.position_embedding_type == "rope":
-            self.rotary = RotaryEmbedding(cfg.kv_channels, cfg.rotary_base, cfg.rotary_percent)
+            self.rotary = RotaryEmbedding(cfg.kv_channels, cfg)
         selective = recompute_granularity == "selective"
         self.layers = nn.ModuleDict({str(i): TransformerLayer(cfg, selective) for i in layers})
         if post_process:

@@ -1,0 +1,110 @@
+"""Published architectures with tiny random weights: after --from-hf our logits and greedy
+generation equal transformers', past the original context (scaled RoPE) and the window
+(sliding attention); export then re-import is bitwise."""
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from megalite.errors import MegaliteError
+from megalite.eval.generate import Sampling, generate, load_model
+from megalite.hf.convert import export_hf, import_hf, load_full_state
+from megalite.model import GPTModel
+
+transformers = pytest.importorskip("transformers")
+
+SMALL = dict(vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, initializer_range=0.1)
+
+
+def hf_model(tmp_path, config):
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config).float().eval()
+    model.save_pretrained(str(tmp_path / "orig"))
+    return model
+
+
+def fresh_hf(folder):
+    """A newly loaded transformers model (dynamic RoPE keeps state between calls)."""
+    return transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+
+
+def check_logits_generation_round_trip(tmp_path, config, length, prompt_length):
+    """Logits over ``length`` tokens, greedy generation from ``prompt_length`` to ``length``,
+    and the export's weights and config: all as transformers has them."""
+    hf_model(tmp_path, config)
+    orig = str(tmp_path / "orig")
+    import_hf(orig, str(tmp_path / "ck"))
+    ours, _ = load_model(str(tmp_path / "ck"))
+    tokens = torch.randint(0, config.vocab_size, (2, length), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(tokens), fresh_hf(orig)(tokens).logits, rtol=1e-5, atol=1e-5)
+    prompt = tokens[0, :prompt_length].tolist()
+    theirs = fresh_hf(orig).generate(torch.tensor([prompt]), max_new_tokens=length - prompt_length, do_sample=False,
+                                     min_new_tokens=length - prompt_length, pad_token_id=0)[0, prompt_length:].tolist()
+    assert generate(ours, [prompt], length - prompt_length, Sampling())[0] == theirs
+    if config.rope_parameters.get("rope_type") != "dynamic":  # (dynamic: cached keys keep the angles they had)
+        assert generate(ours, [prompt], length - prompt_length, Sampling(), use_cache=False)[0] == theirs
+    export_hf(str(tmp_path / "ck"), str(tmp_path / "hf"), dtype="fp32")
+    with torch.no_grad():
+        torch.testing.assert_close(fresh_hf(str(tmp_path / "hf"))(tokens).logits, ours(tokens), rtol=1e-5, atol=1e-5)
+    import_hf(str(tmp_path / "hf"), str(tmp_path / "back"))
+    (first, args), (back, back_args) = load_full_state(str(tmp_path / "ck")), load_full_state(str(tmp_path / "back"))
+    assert first.keys() == back.keys() and all(torch.equal(first[k], back[k]) for k in first)
+    assert back_args["model"] == args["model"]
+    return json.loads((tmp_path / "hf" / "config.json").read_text())
+
+
+ROPE_SCALINGS = {
+    # Llama 3.1+: wavelengths 6-20k with theta 100 and head_dim 16 span all three bands over 64 positions
+    "llama3": dict(rope_type="llama3", factor=4.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                   original_max_position_embeddings=64),
+    "linear": dict(rope_type="linear", factor=2.5),
+    "dynamic": dict(rope_type="dynamic", factor=2.0),
+    "yarn": dict(rope_type="yarn", factor=4.0, original_max_position_embeddings=64),
+    "yarn-mscale": dict(rope_type="yarn", factor=4.0, original_max_position_embeddings=64, beta_fast=16.0,
+                        beta_slow=2.0, mscale=0.8, mscale_all_dim=0.5),
+    "yarn-attention-factor": dict(rope_type="yarn", factor=3.0, original_max_position_embeddings=64,
+                                  attention_factor=1.25),
+}
+
+
+@pytest.mark.parametrize("name", list(ROPE_SCALINGS))
+def test_llama_rope_scaling_matches_transformers(tmp_path, name):
+    scaling = ROPE_SCALINGS[name]
+    config = transformers.LlamaConfig(**SMALL, rope_theta=100.0, max_position_embeddings=64,
+                                      rope_scaling=dict(scaling))
+    exported = check_logits_generation_round_trip(tmp_path, config, length=100, prompt_length=40)
+    assert exported["rope_scaling"].items() >= scaling.items()
+
+
+def test_rope_scaling_changes_the_logits_past_the_original_context(tmp_path):
+    """The scaled types are not the default RoPE in disguise: the test above can fail."""
+    config = transformers.LlamaConfig(**SMALL, rope_theta=100.0, max_position_embeddings=64,
+                                      rope_scaling=dict(ROPE_SCALINGS["llama3"]))
+    hf_model(tmp_path, config)
+    import_hf(str(tmp_path / "orig"), str(tmp_path / "ck"))
+    ours, cfg = load_model(str(tmp_path / "ck"))
+    plain = GPTModel(dataclasses.replace(cfg.model, use_rope_scaling=False, rope_type=None))
+    plain.load_state_dict(ours.state_dict())
+    tokens = torch.randint(0, 256, (1, 100), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert (plain(tokens) - ours(tokens)).abs().max() > 1e-2
+
+
+def test_unknown_rope_settings_are_refused(tmp_path):
+    config = transformers.LlamaConfig(**SMALL, max_position_embeddings=64).to_dict()
+    config.pop("rope_parameters")
+    for scaling, message in [
+        ({"rope_type": "longrope", "short_factor": [1.0] * 8, "long_factor": [2.0] * 8},
+         "rope_type 'longrope' is not supported"),
+        ({"rope_type": "linear", "factor": 2.0, "low_freq_factor": 1.0},
+         "rope_scaling key 'low_freq_factor' is not supported with rope_type 'linear'"),
+        ({"rope_type": "yarn", "factor": 2.0, "truncate": False}, "yarn with truncate: false"),
+    ]:
+        (tmp_path / "m").mkdir(exist_ok=True)
+        (tmp_path / "m" / "config.json").write_text(json.dumps({**config, "rope_scaling": scaling}))
+        with pytest.raises(MegaliteError, match=message):
+            import_hf(str(tmp_path / "m"), str(tmp_path / "ck"))
