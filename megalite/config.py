@@ -59,6 +59,8 @@ class ModelConfig:
     swiglu: bool = opt(False, "SwiGLU MLP instead of GELU")
     add_bias_linear: bool = opt(True, "no bias in linear layers", flag="--disable-bias-linear", action="store_false")
     add_qkv_bias: bool = opt(False, "bias in the QKV projection only (Qwen2 style)")
+    qk_layernorm: bool = opt(False, "normalize each head's queries and keys (--normalization, over the head "
+                                    "dimension) before RoPE (Qwen3 style)")
     untie_embeddings_and_output_weights: bool = opt(False, "separate output layer weights")
     hidden_dropout: float = opt(0.1, "dropout on the residual branches and embeddings")
     attention_dropout: float = opt(0.1, "dropout on attention probabilities")
@@ -603,5 +605,5 @@ def data_parallel_size(cfg: Config, world_size: int) -> int:
 ARCHITECTURE_FIELDS = (
     "num_layers", "hidden_size", "num_attention_heads", "ffn_hidden_size", "kv_channels", "num_query_groups",
     "normalization", "position_embedding_type", "rotary_percent", "swiglu", "add_bias_linear", "add_qkv_bias",
-    "untie_embeddings_and_output_weights", "padded_vocab_size",
+    "qk_layernorm", "untie_embeddings_and_output_weights", "padded_vocab_size",
 )

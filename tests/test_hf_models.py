@@ -22,6 +22,10 @@ SMALL = dict(vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_la
 def hf_model(tmp_path, config):
     torch.manual_seed(0)
     model = transformers.AutoModelForCausalLM.from_config(config).float().eval()
+    with torch.no_grad():  # norms start at one: make them count, so a misplaced one shows
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.normal_(1.0, 0.3)
     model.save_pretrained(str(tmp_path / "orig"))
     return model
 
@@ -108,3 +112,14 @@ def test_unknown_rope_settings_are_refused(tmp_path):
         (tmp_path / "m" / "config.json").write_text(json.dumps({**config, "rope_scaling": scaling}))
         with pytest.raises(MegaliteError, match=message):
             import_hf(str(tmp_path / "m"), str(tmp_path / "ck"))
+
+
+def test_qwen3_matches_transformers(tmp_path):
+    """Qwen3-0.6B's settings scaled down: per-head q/k RMSNorm, head_dim above hidden / heads, tied."""
+    config = transformers.Qwen3Config(**{**SMALL, "num_attention_heads": 4, "num_key_value_heads": 2}, head_dim=32,
+                                      tie_word_embeddings=True, rope_theta=1e6, max_position_embeddings=128,
+                                      rms_norm_eps=1e-6, use_sliding_window=False, attention_bias=False)
+    exported = check_logits_generation_round_trip(tmp_path, config, length=48, prompt_length=16)
+    assert exported["architectures"] == ["Qwen3ForCausalLM"] and exported["head_dim"] == 32
+    _, args = load_full_state(str(tmp_path / "ck"))
+    assert args["model"]["qk_layernorm"] and not args["model"]["add_qkv_bias"]

@@ -1,12 +1,12 @@
-"""Model settings <-> Hugging Face config.json: Llama, Qwen2, Mistral, and GPT-2."""
+"""Model settings <-> Hugging Face config.json: Llama, Qwen2, Qwen3, Mistral, and GPT-2."""
 
 from typing import Dict
 
 from megalite.config import ModelConfig
 from megalite.errors import MegaliteError
 
-ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "mistral": "MistralForCausalLM",
-                 "gpt2": "GPT2LMHeadModel"}
+ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
+                 "mistral": "MistralForCausalLM", "gpt2": "GPT2LMHeadModel"}
 
 
 def is_gpt2_style(cfg: ModelConfig) -> bool:
@@ -14,8 +14,8 @@ def is_gpt2_style(cfg: ModelConfig) -> bool:
 
 
 def hf_config(cfg: ModelConfig, dtype: str) -> Dict:
-    """config.json for our model: GPT-2 for LayerNorm + learned positions, else Qwen2 when
-    the QKV projection alone has a bias, else Llama."""
+    """config.json for our model: GPT-2 for LayerNorm + learned positions, else Qwen3 with
+    per-head query/key norms, Qwen2 when the QKV projection alone has a bias, else Llama."""
     if is_gpt2_style(cfg):
         return _gpt2_config(cfg, dtype)
     unsupported = []
@@ -27,9 +27,11 @@ def hf_config(cfg: ModelConfig, dtype: str) -> Dict:
         unsupported.append("a GELU MLP")
     if cfg.add_bias_linear:
         unsupported.append("biases in linear layers (use --disable-bias-linear)")
+    if cfg.qk_layernorm and cfg.add_qkv_bias:
+        unsupported.append("query/key norms with a QKV bias (Qwen3's bias is on the output projection too)")
     if unsupported:
         raise MegaliteError("this model has no Llama/Qwen2 equivalent: " + ", ".join(unsupported))
-    model_type = "qwen2" if cfg.add_qkv_bias else "llama"
+    model_type = "qwen3" if cfg.qk_layernorm else "qwen2" if cfg.add_qkv_bias else "llama"
     out = {
         "architectures": [ARCHITECTURES[model_type]],
         "model_type": model_type,
@@ -52,8 +54,10 @@ def hf_config(cfg: ModelConfig, dtype: str) -> Dict:
     }
     if cfg.use_rope_scaling:
         out["rope_scaling"] = rope_scaling_dict(cfg)
+    if model_type != "qwen2":
+        out.update(attention_bias=False)
     if model_type == "llama":
-        out.update(attention_bias=False, mlp_bias=False)
+        out.update(mlp_bias=False)
     else:
         out.update(use_sliding_window=False)
     return out
@@ -176,7 +180,7 @@ def model_config(hf: Dict) -> ModelConfig:
         group_query_attention=groups != heads, num_query_groups=groups, normalization="RMSNorm",
         norm_epsilon=hf.get("rms_norm_eps", 1e-6), position_embedding_type="rope",
         max_position_embeddings=hf.get("max_position_embeddings", 4096), swiglu=True, add_bias_linear=False,
-        add_qkv_bias=kind == "qwen2" or bool(hf.get("attention_bias")),
+        add_qkv_bias=kind == "qwen2" or bool(hf.get("attention_bias")), qk_layernorm=kind == "qwen3",
         untie_embeddings_and_output_weights=not hf.get("tie_word_embeddings", False),
         hidden_dropout=0.0, attention_dropout=hf.get("attention_dropout", 0.0),
         init_method_std=hf.get("initializer_range", 0.02), padded_vocab_size=hf["vocab_size"],
