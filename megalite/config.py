@@ -7,6 +7,7 @@ override it. ``validate`` rejects impossible combinations with one readable mess
 
 import argparse
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import List, Optional
 
@@ -16,6 +17,18 @@ from megalite.errors import MegaliteError
 def opt(default, help: str, flag: Optional[str] = None, **kw):
     """A dataclass field that is also a command-line flag."""
     return field(default=default, metadata={"help": help, "flag": flag, **kw})
+
+
+def window_size_type(text) -> List[int]:
+    """``--window-size LEFT,RIGHT`` (Megatron's tuple; brackets allowed) as [LEFT, RIGHT]."""
+    try:
+        values = [int(part) for part in str(text).strip("()[] ").split(",")]
+    except ValueError:
+        values = []
+    if len(values) != 2 or values[0] < 0 or values[1] != 0:
+        raise argparse.ArgumentTypeError(f"--window-size {text!r}: expected LEFT,0 (keys before each query, "
+                                         "none after: attention is causal)")
+    return values
 
 
 ROPE_TYPES = ("llama3", "linear", "dynamic", "yarn")
@@ -67,6 +80,12 @@ class ModelConfig:
     init_method_std: float = opt(0.02, "std of the normal initialisation")
     make_vocab_size_divisible_by: int = opt(128, "pad the vocabulary to a multiple of this (times TP)")
     vocab_size: Optional[int] = opt(None, "vocabulary size when no tokenizer is given (--mock-data)")
+    window_size: Optional[List[int]] = opt(
+        None, "sliding-window attention, Megatron's LEFT,RIGHT: each query sees itself and the LEFT keys before it "
+              "(a Hugging Face sliding_window W is W-1,0); RIGHT must be 0", type=window_size_type)
+    window_attn_skip_freq: Optional[str] = opt(
+        None, "which layers --window-size applies to (default all): N makes every Nth layer full attention; a "
+              "pattern like [1,1,1,0]*3 gives each layer, 1 windowed and 0 full")
     attention_backend: str = opt("sdpa", "attention implementation: torch SDPA, megalite's Triton flash attention, or "
                                  "the flash-attn package (falls back to triton, then sdpa, where unavailable)",
                                  choices=["sdpa", "triton", "flash_attn"])
@@ -491,6 +510,14 @@ def validate(cfg: Config, world_size: int = 1) -> Config:
     if not 0 < m.rotary_percent <= 1:
         raise MegaliteError("--rotary-percent must be in (0, 1]")
     validate_rope_scaling(m)
+    if m.window_size is not None:
+        try:  # a value from a checkpoint or a YAML list gets the command line's check
+            m.window_size = window_size_type(",".join(map(str, m.window_size)))
+        except argparse.ArgumentTypeError as e:
+            raise MegaliteError(str(e)) from None
+    elif m.window_attn_skip_freq is not None:
+        raise MegaliteError("--window-attn-skip-freq needs --window-size")
+    windowed_layers(m)
     sft = cfg.sft.sft_data is not None
     if sum([d.data_path is not None, d.mock_data, sft, cfg.dpo.pref_data is not None]) != 1:
         raise MegaliteError("give one source of training data: --data-path, --mock-data (synthetic tokens), "
@@ -534,6 +561,32 @@ def validate(cfg: Config, world_size: int = 1) -> Config:
     if cfg.logging.metrics_file is None and c.save:
         cfg.logging.metrics_file = f"{c.save}/metrics.jsonl"
     return cfg
+
+
+def windowed_layers(m: ModelConfig) -> List[bool]:
+    """Whether each layer uses --window-size, from --window-attn-skip-freq (Megatron's meaning: an
+    integer N makes layers N, 2N, ... (counted from 1) full attention; a pattern lists every layer)."""
+    if m.window_size is None:
+        return [False] * m.num_layers
+    freq = m.window_attn_skip_freq
+    if freq is None:
+        return [True] * m.num_layers
+    text = str(freq).replace(" ", "")
+    if text.isdigit() and int(text) > 0:
+        return [(i + 1) % int(text) != 0 for i in range(m.num_layers)]
+    match = re.fullmatch(r"\[([01](?:,[01])*)\](?:\*(\d+))?", text)
+    if match is None:
+        raise MegaliteError(f"--window-attn-skip-freq {freq!r}: expected an integer N or a pattern like [1,1,1,0]*3")
+    pattern = [bit == "1" for bit in match.group(1).split(",")] * int(match.group(2) or 1)
+    if len(pattern) != m.num_layers:
+        raise MegaliteError(f"--window-attn-skip-freq {freq!r} gives {len(pattern)} layers, not --num-layers "
+                            f"{m.num_layers}")
+    return pattern
+
+
+def attention_window(m: ModelConfig, layer: int) -> Optional[int]:
+    """The keys before each query that layer ``layer`` (from 0) attends to; None for full attention."""
+    return m.window_size[0] if windowed_layers(m)[layer] else None
 
 
 def validate_rope_scaling(m: ModelConfig) -> None:

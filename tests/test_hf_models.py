@@ -123,3 +123,28 @@ def test_qwen3_matches_transformers(tmp_path):
     assert exported["architectures"] == ["Qwen3ForCausalLM"] and exported["head_dim"] == 32
     _, args = load_full_state(str(tmp_path / "ck"))
     assert args["model"]["qk_layernorm"] and not args["model"]["add_qkv_bias"]
+
+
+def test_mistral_sliding_window_matches_transformers(tmp_path):
+    """Mistral-7B-v0.1's settings scaled down, with a window far shorter than the inputs."""
+    config = transformers.MistralConfig(**{**SMALL, "num_key_value_heads": 1}, sliding_window=4, rope_theta=1e4,
+                                        max_position_embeddings=64, tie_word_embeddings=False)
+    exported = check_logits_generation_round_trip(tmp_path, config, length=24, prompt_length=6)
+    assert exported["architectures"] == ["MistralForCausalLM"] and exported["sliding_window"] == 4
+    _, args = load_full_state(str(tmp_path / "ck"))
+    assert args["model"]["window_size"] == [3, 0] and args["model"]["window_attn_skip_freq"] is None
+
+
+@pytest.mark.parametrize("kind, windows", [
+    ("qwen2", dict(use_sliding_window=True, sliding_window=5, max_window_layers=1)),  # layer 0 full, 1 windowed
+    ("qwen3", dict(use_sliding_window=True, sliding_window=3, layer_types=["sliding_attention", "full_attention",
+                                                                          "sliding_attention"])),
+], ids=["qwen2-max-window-layers", "qwen3-layer-types"])
+def test_qwen_layer_windows_match_transformers(tmp_path, kind, windows):
+    cls = transformers.Qwen2Config if kind == "qwen2" else transformers.Qwen3Config
+    config = cls(**{**SMALL, "num_hidden_layers": len(windows.get("layer_types", [0, 0]))}, rope_theta=1e4,
+                 max_position_embeddings=64, tie_word_embeddings=True, **windows)
+    exported = check_logits_generation_round_trip(tmp_path, config, length=24, prompt_length=6)
+    assert exported["layer_types"] == config.layer_types and exported["sliding_window"] == windows["sliding_window"]
+    _, args = load_full_state(str(tmp_path / "ck"))
+    assert args["model"]["window_attn_skip_freq"] == ("[0,1]" if kind == "qwen2" else "[1,0,1]")

@@ -201,3 +201,21 @@ def test_rope_scaling_flags_resolve():
     assert m.use_rope_scaling and m.original_max_position_embeddings == 128
     with pytest.raises(MegaliteError, match="--rope-type linear needs --position-embedding-type rope"):
         validate(parse_config(base + ["--rope-type", "linear"]))
+
+
+def test_window_flags():
+    from megalite.config import parse_config, validate, windowed_layers
+    from megalite.errors import MegaliteError
+
+    base = ["--num-layers", "4", "--hidden-size", "64", "--num-attention-heads", "4", "--seq-length", "32",
+            "--mock-data", "--vocab-size", "128", "--train-iters", "1"]
+    m = validate(parse_config(base + ["--window-size", "(7, 0)", "--window-attn-skip-freq", "2"])).model
+    assert m.window_size == [7, 0] and windowed_layers(m) == [True, False, True, False]
+    m = validate(parse_config(base + ["--window-size", "7,0", "--window-attn-skip-freq", "[0,1]*2"])).model
+    assert windowed_layers(m) == [False, True, False, True]
+    with pytest.raises(MegaliteError, match=r"gives 3 layers, not --num-layers 4"):
+        validate(parse_config(base + ["--window-size", "7,0", "--window-attn-skip-freq", "[1,1,0]"]))
+    with pytest.raises(MegaliteError, match="--window-attn-skip-freq needs --window-size"):
+        validate(parse_config(base + ["--window-attn-skip-freq", "2"]))
+    with pytest.raises(SystemExit):  # argparse: "--window-size '8,8': expected LEFT,0"
+        parse_config(base + ["--window-size", "8,8"])

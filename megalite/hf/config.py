@@ -2,7 +2,7 @@
 
 from typing import Dict
 
-from megalite.config import ModelConfig
+from megalite.config import ModelConfig, windowed_layers
 from megalite.errors import MegaliteError
 
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
@@ -29,9 +29,14 @@ def hf_config(cfg: ModelConfig, dtype: str) -> Dict:
         unsupported.append("biases in linear layers (use --disable-bias-linear)")
     if cfg.qk_layernorm and cfg.add_qkv_bias:
         unsupported.append("query/key norms with a QKV bias (Qwen3's bias is on the output projection too)")
+    windows = windowed_layers(cfg)
+    model_type = ("qwen3" if cfg.qk_layernorm else "qwen2" if cfg.add_qkv_bias else "mistral" if any(windows)
+                  else "llama")
+    if model_type == "mistral" and not all(windows):
+        unsupported.append("sliding windows on some layers only, without a QKV bias or query/key norms (Mistral "
+                           "windows every layer)")
     if unsupported:
         raise MegaliteError("this model has no Llama/Qwen2 equivalent: " + ", ".join(unsupported))
-    model_type = "qwen3" if cfg.qk_layernorm else "qwen2" if cfg.add_qkv_bias else "llama"
     out = {
         "architectures": [ARCHITECTURES[model_type]],
         "model_type": model_type,
@@ -54,12 +59,47 @@ def hf_config(cfg: ModelConfig, dtype: str) -> Dict:
     }
     if cfg.use_rope_scaling:
         out["rope_scaling"] = rope_scaling_dict(cfg)
-    if model_type != "qwen2":
+    if model_type in ("llama", "qwen3"):
         out.update(attention_bias=False)
     if model_type == "llama":
         out.update(mlp_bias=False)
+    elif model_type == "mistral":
+        out.update(sliding_window=cfg.window_size[0] + 1)
+    elif any(windows):  # Qwen2/3: both the old key (windowed from layer max_window_layers on) and layer_types
+        out.update(use_sliding_window=True, sliding_window=cfg.window_size[0] + 1,
+                   max_window_layers=windows.index(True), layer_types=[LAYER_TYPES[w] for w in windows])
     else:
         out.update(use_sliding_window=False)
+    return out
+
+
+LAYER_TYPES = {False: "full_attention", True: "sliding_attention"}
+
+
+def _window_settings(hf: Dict, kind: str) -> Dict:
+    """--window-size / --window-attn-skip-freq for Mistral's sliding window (every layer) or
+    Qwen2/3's (with use_sliding_window: per layer_types, else from layer max_window_layers on)."""
+    n, window = hf["num_hidden_layers"], hf.get("sliding_window")
+    if kind == "mistral":
+        if "layer_types" in hf:
+            raise MegaliteError("config.json: layer_types is not supported on a Mistral model (transformers' "
+                                "Mistral windows every layer)")
+        windowed = [True] * n
+    else:
+        if not hf.get("use_sliding_window", False):
+            window = None
+        types = hf.get("layer_types") or [LAYER_TYPES[window is not None and i >= hf.get("max_window_layers", 28)]
+                                          for i in range(n)]
+        unknown = sorted(set(types) - set(LAYER_TYPES.values()))
+        if unknown or len(types) != n:
+            raise MegaliteError(f"config.json: layer_types must name {n} layers, each full_attention or "
+                                f"sliding_attention (got {unknown[0] if unknown else len(types)!r})")
+        windowed = [t == "sliding_attention" for t in types]
+    if window is None or not any(windowed):
+        return {}
+    out = {"window_size": [window - 1, 0]}
+    if not all(windowed):
+        out["window_attn_skip_freq"] = "[" + ",".join("1" if w else "0" for w in windowed) + "]"
     return out
 
 
@@ -174,7 +214,8 @@ def model_config(hf: Dict) -> ModelConfig:
         return _gpt2_model_config(hf)
     heads = hf["num_attention_heads"]
     groups = hf.get("num_key_value_heads") or heads
-    return ModelConfig(**_rope_settings(hf),
+    windows = _window_settings(hf, kind) if kind in ("mistral", "qwen2", "qwen3") else {}
+    return ModelConfig(**_rope_settings(hf), **windows,
         num_layers=hf["num_hidden_layers"], hidden_size=hf["hidden_size"], num_attention_heads=heads,
         ffn_hidden_size=hf["intermediate_size"], kv_channels=hf.get("head_dim") or hf["hidden_size"] // heads,
         group_query_attention=groups != heads, num_query_groups=groups, normalization="RMSNorm",

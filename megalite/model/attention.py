@@ -1,5 +1,6 @@
-"""Causal self-attention with fused QKV, grouped-query heads, optional RoPE and optional
-per-head query/key norms (``--qk-layernorm``, Qwen3).
+"""Causal self-attention with fused QKV, grouped-query heads, optional RoPE, optional
+per-head query/key norms (``--qk-layernorm``, Qwen3) and an optional sliding window (each
+query sees itself and the ``window`` keys before it; ``--window-size``, per layer).
 
 The fused QKV weight is laid out group by group, [q heads of group 0, k0, v0, q heads of
 group 1, k1, v1, ...], so a contiguous split of its rows gives each tensor-parallel rank
@@ -11,6 +12,7 @@ Activations are [seq, batch, hidden] throughout, as in Megatron.
 """
 
 import math
+from typing import Optional
 
 import torch
 from torch import nn
@@ -25,8 +27,9 @@ from megalite.parallel.random import recompute, tp_rng
 
 
 class SelfAttention(nn.Module):
-    def __init__(self, cfg: ModelConfig, recompute_core: bool = False):
+    def __init__(self, cfg: ModelConfig, recompute_core: bool = False, window: Optional[int] = None):
         super().__init__()
+        self.window = window
         tp = state.get().tp_size
         self.head_dim = cfg.kv_channels
         self.heads = cfg.num_attention_heads // tp
@@ -74,7 +77,7 @@ class SelfAttention(nn.Module):
             mask = cache.mask
         dropout = self.dropout if self.training else 0.0
         with tp_rng(dropout > 0):  # each rank's heads are its own: independent masks
-            out = kernels.attention(q, k, v, self.backend, cu_seqlens, dropout_p=dropout, mask=mask)
+            out = kernels.attention(q, k, v, self.backend, cu_seqlens, dropout_p=dropout, mask=mask, window=self.window)
         return out.reshape(*out.shape[:2], self.heads * self.head_dim)
 
 

@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from megalite.config import Config, ModelConfig
+from megalite.config import Config, ModelConfig, attention_window
 from megalite.model.attention import SelfAttention
 from megalite.model.heads import LMHead, build_head
 from megalite.model.mlp import MLP
@@ -30,10 +30,10 @@ from megalite.parallel.random import SequenceDropout, recompute
 class TransformerLayer(nn.Module):
     """Pre-norm block: x + attn(norm(x)), then x + mlp(norm(x)), dropout on both branches."""
 
-    def __init__(self, cfg: ModelConfig, recompute_core: bool = False):
+    def __init__(self, cfg: ModelConfig, recompute_core: bool = False, window: Optional[int] = None):
         super().__init__()
         self.input_norm = build_norm(cfg.normalization, cfg.hidden_size, cfg.norm_epsilon)
-        self.attention = SelfAttention(cfg, recompute_core)
+        self.attention = SelfAttention(cfg, recompute_core, window)
         self.post_attention_norm = build_norm(cfg.normalization, cfg.hidden_size, cfg.norm_epsilon)
         self.mlp = MLP(cfg)
         self.dropout = SequenceDropout(cfg.hidden_dropout)
@@ -78,7 +78,8 @@ class GPTModel(nn.Module):
         if cfg.position_embedding_type == "rope":
             self.rotary = RotaryEmbedding(cfg.kv_channels, cfg)
         selective = recompute_granularity == "selective"
-        self.layers = nn.ModuleDict({str(i): TransformerLayer(cfg, selective) for i in layers})
+        self.layers = nn.ModuleDict({str(i): TransformerLayer(cfg, selective, attention_window(cfg, i))
+                                     for i in layers})
         if post_process:
             self.final_norm = build_norm(cfg.normalization, cfg.hidden_size, cfg.norm_epsilon)
             self.head_name = head.name
