@@ -4,6 +4,7 @@ generation equal transformers', past the original context (scaled RoPE) and the 
 
 import dataclasses
 import json
+import re
 
 import pytest
 import torch
@@ -148,3 +149,43 @@ def test_qwen_layer_windows_match_transformers(tmp_path, kind, windows):
     assert exported["layer_types"] == config.layer_types and exported["sliding_window"] == windows["sliding_window"]
     _, args = load_full_state(str(tmp_path / "ck"))
     assert args["model"]["window_attn_skip_freq"] == ("[0,1]" if kind == "qwen2" else "[1,0,1]")
+
+
+@pytest.mark.parametrize("edit, message", [
+    ({"quantization_config": {"quant_method": "gptq"}}, "key 'quantization_config' ({'quant_method': 'gptq'}) is "
+                                                        "not modelled by megalite's llama import"),
+    ({"attention_bias": True}, "attention_bias: True is not supported"),
+    ({"hidden_act": "gelu"}, "hidden_act: 'gelu' is not supported"),
+    ({"rope_interleaved": True}, "rope_interleaved: True is not supported"),
+    ({"partial_rotary_factor": 0.5}, "key 'partial_rotary_factor'"),
+])
+def test_config_keys_we_do_not_model_are_refused(tmp_path, edit, message):
+    config = transformers.LlamaConfig(**SMALL, max_position_embeddings=64)
+    hf_model(tmp_path, config)
+    path = tmp_path / "orig" / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **edit}))
+    with pytest.raises(MegaliteError, match=re.escape(message)):
+        import_hf(str(tmp_path / "orig"), str(tmp_path / "ck"))
+
+
+def test_harmless_keys_of_published_configs_import(tmp_path):
+    """Keys found in published configs (SmolLM2, Llama 2, Qwen2.5) that change nothing are accepted."""
+    config = transformers.LlamaConfig(**SMALL, max_position_embeddings=64)
+    hf_model(tmp_path, config)
+    path = tmp_path / "orig" / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "is_llama_config": True, "rope_interleaved": False,
+                                "pretraining_tp": 1, "_name_or_path": "x", "torch_dtype": "bfloat16"}))
+    import_hf(str(tmp_path / "orig"), str(tmp_path / "ck"))
+
+
+def test_tensors_the_config_does_not_describe_are_refused(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    config = transformers.LlamaConfig(**SMALL, max_position_embeddings=64)
+    hf_model(tmp_path, config)
+    weights = load_file(str(tmp_path / "orig" / "model.safetensors"))
+    weights["model.layers.0.self_attn.o_proj.bias"] = torch.zeros(64)
+    save_file(weights, str(tmp_path / "orig" / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(MegaliteError, match="1 tensors are not part of the model config.json describes "
+                                            r"\(first: model.layers.0.self_attn.o_proj.bias\)"):
+        import_hf(str(tmp_path / "orig"), str(tmp_path / "ck"))

@@ -4,6 +4,7 @@ from typing import Dict
 
 from megalite.config import ModelConfig, windowed_layers
 from megalite.errors import MegaliteError
+from megalite.hf.keys import check_keys
 
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
                  "mistral": "MistralForCausalLM", "gpt2": "GPT2LMHeadModel"}
@@ -190,6 +191,8 @@ def _gpt2_config(cfg: ModelConfig, dtype: str) -> Dict:
 
 
 def _gpt2_model_config(hf: Dict) -> ModelConfig:
+    if not hf.get("tie_word_embeddings", True):
+        raise MegaliteError("config.json: tie_word_embeddings: false is not supported for GPT-2")
     if hf.get("activation_function", "gelu_new") != "gelu":
         raise MegaliteError(f"GPT-2 activation {hf.get('activation_function', 'gelu_new')!r} is not supported "
                             "(megalite's GELU is the exact 'gelu')")
@@ -210,8 +213,16 @@ def model_config(hf: Dict) -> ModelConfig:
     kind = hf.get("model_type")
     if kind not in ARCHITECTURES:
         raise MegaliteError(f"model_type {kind!r} is not supported; expected one of {', '.join(ARCHITECTURES)}")
+    check_keys(hf, kind)
     if kind == "gpt2":
         return _gpt2_model_config(hf)
+    for key, value, supported in (("hidden_act", hf.get("hidden_act", "silu"), "silu"),
+                                  ("mlp_bias", bool(hf.get("mlp_bias")), False),
+                                  ("attention_bias", bool(hf.get("attention_bias")) and kind != "qwen2", False)):
+        if value != supported:
+            raise MegaliteError(f"config.json: {key}: {hf[key]!r} is not supported (megalite models {supported!r}"
+                                + ("; biases on q/k/v and o_proj alike have no megalite equivalent)"
+                                   if key == "attention_bias" else ")"))
     heads = hf["num_attention_heads"]
     groups = hf.get("num_key_value_heads") or heads
     windows = _window_settings(hf, kind) if kind in ("mistral", "qwen2", "qwen3") else {}
@@ -221,7 +232,7 @@ def model_config(hf: Dict) -> ModelConfig:
         group_query_attention=groups != heads, num_query_groups=groups, normalization="RMSNorm",
         norm_epsilon=hf.get("rms_norm_eps", 1e-6), position_embedding_type="rope",
         max_position_embeddings=hf.get("max_position_embeddings", 4096), swiglu=True, add_bias_linear=False,
-        add_qkv_bias=kind == "qwen2" or bool(hf.get("attention_bias")), qk_layernorm=kind == "qwen3",
+        add_qkv_bias=kind == "qwen2", qk_layernorm=kind == "qwen3",
         untie_embeddings_and_output_weights=not hf.get("tie_word_embeddings", False),
         hidden_dropout=0.0, attention_dropout=hf.get("attention_dropout", 0.0),
         init_method_std=hf.get("initializer_range", 0.02), padded_vocab_size=hf["vocab_size"],

@@ -133,6 +133,15 @@ class _LazyTensors:
         self.used.add(name)
         return f.get_tensor(name)
 
+    def unused(self) -> list:
+        """The folder's tensors no one asked for (rotary buffers, which we recompute, aside)."""
+        if self.weight_map is None:
+            with self._safe_open(os.path.join(self.folder, "model.safetensors"), framework="pt") as f:
+                names = set(f.keys())
+        else:
+            names = set(self.weight_map)
+        return sorted(n for n in names - self.used if not n.endswith("rotary_emb.inv_freq"))
+
 
 def import_hf(hf_dir: str, save: str, dtype: str = "fp32") -> ModelConfig:
     """Write a megalite checkpoint (iteration 0) from a HF Llama / Qwen2 / Mistral folder."""
@@ -149,6 +158,10 @@ def import_hf(hf_dir: str, save: str, dtype: str = "fp32") -> ModelConfig:
         state[name] = t.to(DTYPES[dtype])
         progress.update(t.numel() * t.element_size(), tensors=1)
     progress.close()
+    unused = get.unused()
+    if unused:
+        raise MegaliteError(f"{hf_dir}: {len(unused)} tensors are not part of the model config.json describes "
+                            f"(first: {unused[0]})")
     _check_shapes(state, cfg, hf_dir)
     args = Config(model=cfg).to_dict()
     payload = {"format_version": FORMAT_VERSION, "iteration": 0, "consumed_samples": 0, "consumed_tokens": 0,
