@@ -189,3 +189,29 @@ def test_tensors_the_config_does_not_describe_are_refused(tmp_path):
     with pytest.raises(MegaliteError, match="1 tensors are not part of the model config.json describes "
                                             r"\(first: model.layers.0.self_attn.o_proj.bias\)"):
         import_hf(str(tmp_path / "orig"), str(tmp_path / "ck"))
+
+
+def test_imported_checkpoint_evaluates_and_generates_without_flags(tmp_path):
+    """The folder's tokenizer (copied: the download may go) and a default --seq-length travel with the import."""
+    import shutil
+
+    from tests.conftest import run_tool
+    from tests.tokenizers_zoo import bytelevel
+
+    config = transformers.LlamaConfig(**{**SMALL, "vocab_size": 384}, max_position_embeddings=131072,
+                                      rope_scaling=dict(ROPE_SCALINGS["llama3"], original_max_position_embeddings=8192))
+    hf_model(tmp_path, config)
+    bytelevel(tmp_path / "orig")
+    run_tool("tools/convert_checkpoint.py", "--from-hf", "--load", str(tmp_path / "orig"), "--save",
+             str(tmp_path / "ck"))
+    shutil.rmtree(tmp_path / "orig")
+    _, args = load_full_state(str(tmp_path / "ck"))
+    assert args["data"]["seq_length"] == 8192 and args["data"]["tokenizer_type"] == "HuggingFaceTokenizer"
+    (tmp_path / "text.txt").write_text("The quick brown fox jumps over the lazy dog.\n" * 20)
+    proc = run_tool("eval_gpt.py", "--load", str(tmp_path / "ck"), "--perplexity", "--text-file",
+                    str(tmp_path / "text.txt"), "--output-path", str(tmp_path / "ppl.json"))
+    result = json.loads((tmp_path / "ppl.json").read_text())
+    assert result["seq_length"] == 8192 and result["overall"]["perplexity"] > 1, proc.stdout
+    proc = run_tool("tools/generate.py", "--load", str(tmp_path / "ck"), "--prompt", "The quick",
+                    "--max-new-tokens", "4")
+    assert "--- 'The quick' ->" in proc.stdout
