@@ -21,6 +21,11 @@ SMALL = dict(vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_la
 
 
 def hf_model(tmp_path, config):
+    """A random transformers model saved to tmp_path/orig; ``config`` a config object or the
+    config.json dict of a published model (kept as the folder's config.json, old keys and all)."""
+    published = config if isinstance(config, dict) else None
+    if published is not None:
+        config = transformers.AutoConfig.for_model(**published)
     torch.manual_seed(0)
     model = transformers.AutoModelForCausalLM.from_config(config).float().eval()
     with torch.no_grad():  # norms start at one: make them count, so a misplaced one shows
@@ -28,6 +33,8 @@ def hf_model(tmp_path, config):
             if "norm" in name:
                 p.normal_(1.0, 0.3)
     model.save_pretrained(str(tmp_path / "orig"))
+    if published is not None:
+        (tmp_path / "orig" / "config.json").write_text(json.dumps(published))
     return model
 
 
@@ -43,14 +50,15 @@ def check_logits_generation_round_trip(tmp_path, config, length, prompt_length):
     orig = str(tmp_path / "orig")
     import_hf(orig, str(tmp_path / "ck"))
     ours, _ = load_model(str(tmp_path / "ck"))
-    tokens = torch.randint(0, config.vocab_size, (2, length), generator=torch.Generator().manual_seed(2))
+    vocab = config["vocab_size"] if isinstance(config, dict) else config.vocab_size
+    tokens = torch.randint(0, vocab, (2, length), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         torch.testing.assert_close(ours(tokens), fresh_hf(orig)(tokens).logits, rtol=1e-5, atol=1e-5)
     prompt = tokens[0, :prompt_length].tolist()
     theirs = fresh_hf(orig).generate(torch.tensor([prompt]), max_new_tokens=length - prompt_length, do_sample=False,
                                      min_new_tokens=length - prompt_length, pad_token_id=0)[0, prompt_length:].tolist()
     assert generate(ours, [prompt], length - prompt_length, Sampling())[0] == theirs
-    if config.rope_parameters.get("rope_type") != "dynamic":  # (dynamic: cached keys keep the angles they had)
+    if "dynamic" not in str(config):  # (dynamic: cached keys keep the angles they had)
         assert generate(ours, [prompt], length - prompt_length, Sampling(), use_cache=False)[0] == theirs
     export_hf(str(tmp_path / "ck"), str(tmp_path / "hf"), dtype="fp32")
     with torch.no_grad():
@@ -215,3 +223,52 @@ def test_imported_checkpoint_evaluates_and_generates_without_flags(tmp_path):
     proc = run_tool("tools/generate.py", "--load", str(tmp_path / "ck"), "--prompt", "The quick",
                     "--max-new-tokens", "4")
     assert "--- 'The quick' ->" in proc.stdout
+
+
+# config.json of published model cards, scaled down in width, depth, vocabulary and context (the
+# original context, the window) but keeping every RoPE, norm, bias, window and tying setting and
+# the keys their files carry.
+_TINY = {"hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2, "num_attention_heads": 4,
+         "vocab_size": 256, "initializer_range": 0.1, "torch_dtype": "bfloat16", "use_cache": True,
+         "attention_dropout": 0.0, "hidden_act": "silu"}
+PUBLISHED = {
+    "Llama-3.2-1B": ({**_TINY, "architectures": ["LlamaForCausalLM"], "model_type": "llama", "attention_bias": False,
+                      "bos_token_id": 128000, "eos_token_id": 128001, "head_dim": 16, "max_position_embeddings": 512,
+                      "mlp_bias": False, "num_key_value_heads": 1, "pretraining_tp": 1, "rms_norm_eps": 1e-05,
+                      "rope_scaling": {"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+                                       "original_max_position_embeddings": 32, "rope_type": "llama3"},
+                      "rope_theta": 500000.0, "tie_word_embeddings": True, "transformers_version": "4.45.0.dev0"},
+                     48),
+    "Llama-3.1-8B": ({**_TINY, "architectures": ["LlamaForCausalLM"], "model_type": "llama", "attention_bias": False,
+                      "bos_token_id": 128000, "eos_token_id": [128001, 128008, 128009], "max_position_embeddings": 512,
+                      "mlp_bias": False, "num_key_value_heads": 1, "pretraining_tp": 1, "rms_norm_eps": 1e-05,
+                      "rope_scaling": {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                       "original_max_position_embeddings": 32, "rope_type": "llama3"},
+                      "rope_theta": 500000.0, "tie_word_embeddings": False, "transformers_version": "4.43.0.dev0"},
+                     48),
+    "Qwen2.5-0.5B": ({**_TINY, "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "bos_token_id": 151643,
+                      "eos_token_id": 151643, "max_position_embeddings": 32768, "max_window_layers": 24,
+                      "num_key_value_heads": 2, "rms_norm_eps": 1e-06, "rope_theta": 1000000.0,
+                      "sliding_window": 32768, "tie_word_embeddings": True, "transformers_version": "4.40.1",
+                      "use_sliding_window": False, "use_mrope": False}, 24),
+    "Qwen3-0.6B": ({**_TINY, "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "attention_bias": False,
+                    "bos_token_id": 151643, "eos_token_id": 151645, "head_dim": 32, "max_position_embeddings": 40960,
+                    "max_window_layers": 28, "num_key_value_heads": 2, "rms_norm_eps": 1e-06, "rope_scaling": None,
+                    "rope_theta": 1000000, "sliding_window": None, "tie_word_embeddings": True,
+                    "transformers_version": "4.51.0", "use_sliding_window": False}, 24),
+    "Mistral-7B-v0.1": ({**_TINY, "architectures": ["MistralForCausalLM"], "model_type": "mistral", "bos_token_id": 1,
+                         "eos_token_id": 2, "max_position_embeddings": 32768, "num_key_value_heads": 1,
+                         "rms_norm_eps": 1e-05, "rope_theta": 10000.0, "sliding_window": 8,
+                         "tie_word_embeddings": False, "transformers_version": "4.34.0.dev0"}, 24),
+    "SmolLM2-135M": ({**_TINY, "architectures": ["LlamaForCausalLM"], "model_type": "llama", "attention_bias": False,
+                      "bos_token_id": 0, "eos_token_id": 0, "hidden_size": 48, "num_attention_heads": 3,
+                      "num_key_value_heads": 1, "is_llama_config": True, "max_position_embeddings": 8192,
+                      "pretraining_tp": 1, "rms_norm_eps": 1e-05, "rope_interleaved": False, "rope_scaling": None,
+                      "rope_theta": 100000, "tie_word_embeddings": True, "transformers_version": "4.42.3"}, 24),
+}
+
+
+@pytest.mark.parametrize("name", list(PUBLISHED))
+def test_published_configs_match_transformers(tmp_path, name):
+    config, length = PUBLISHED[name]
+    check_logits_generation_round_trip(tmp_path, config, length=length, prompt_length=length // 4)
