@@ -219,3 +219,11 @@ def test_window_flags():
         validate(parse_config(base + ["--window-attn-skip-freq", "2"]))
     with pytest.raises(SystemExit):  # argparse: "--window-size '8,8': expected LEFT,0"
         parse_config(base + ["--window-size", "8,8"])
+
+
+def test_flops_count_the_window():
+    cfg = model_config(num_layers=2)
+    full = forward_flops_per_sequence(cfg, 8)
+    windowed = forward_flops_per_sequence(model_config(num_layers=2, window_size=[2, 0], window_attn_skip_freq="2"), 8)
+    # layer 0 windowed: 1 + 2 + 3 * 6 = 21 query-key pairs instead of 36 (layer 1 full)
+    assert full - windowed == 2 * 2 * 16 * 4 * (36 - 21)
