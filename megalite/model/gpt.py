@@ -1,4 +1,4 @@
-"""A decoder-only transformer (GPT / Llama / Qwen2 families), one pipeline stage at a time.
+"""A decoder-only transformer (GPT / Llama / Mistral / Qwen2 / Qwen3 families), one pipeline stage at a time.
 
 ``GPTModel(cfg, pre_process, post_process, layers)`` builds the part of the model one
 pipeline stage owns: the embedding if ``pre_process``, the given range of layers (named by
