@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from megalite import kernels
+from megalite.config import ModelConfig
 from megalite.kernels import reference
 from megalite.model.rotary import RotaryEmbedding
 from megalite.parallel.cross_entropy import vocab_parallel_cross_entropy
@@ -81,7 +82,7 @@ def norm_case(kind):
 def rope_case(s, dt, dev):
     t, hq, hk, d = s["tokens"], s["heads"], s["kv_heads"], s["head_dim"]
     q, k = torch.randn(t, 1, hq, d, dtype=dt, device=dev), torch.randn(t, 1, hk, d, dtype=dt, device=dev)
-    cos, sin = RotaryEmbedding(d, 500000).to(dev)(torch.arange(t, device=dev), dt)
+    cos, sin = RotaryEmbedding(d, ModelConfig(rotary_base=500000)).to(dev)(torch.arange(t, device=dev), dt)
     case = Case("rope", f"q [{t}x{hq}x{d}], k [{t}x{hk}x{d}]", [q, k], {
         "megalite": lambda q, k: kernels.rotary_qk(q, k, cos, sin),
         "eager": lambda q, k: reference.rotary_qk(q, k, cos, sin)},
@@ -142,8 +143,24 @@ def attention_case(s, dt, dev):
     return case
 
 
+def attention_window_case(s, dt, dev):
+    """Sliding-window attention over an eighth of the sequence: the Triton kernel skips the key
+    blocks outside the window, so it should take well under the causal case's time."""
+    t, hq, hk, d = s["tokens"], s["heads"], s["kv_heads"], s["head_dim"]
+    w = max(t // 8, 1)
+    q = torch.randn(t, 1, hq, d, dtype=dt, device=dev)
+    k, v = torch.randn(t, 1, hk, d, dtype=dt, device=dev), torch.randn(t, 1, hk, d, dtype=dt, device=dev)
+    pairs = (w + 1) * (w + 2) // 2 + (t - w - 1) * (w + 1)  # query-key pairs inside the window
+    case = Case("attention_window", f"window {w}, seq {t}, {hq}/{hk} heads of {d}", [q, k, v], {
+        "megalite": lambda q, k, v: kernels.attention(q, k, v, "triton", window=w),
+        "eager": lambda q, k, v: reference.attention(q, k, v, window=w)}, teraflops=3.5 * 4 * hq * d * pairs / 1e12)
+    if dev == "cuda" and kernels.dispatch.flash_attn_installed():
+        case.impls["flash_attn"] = lambda q, k, v: kernels.attention(q, k, v, "flash_attn", window=w)
+    return case
+
+
 CASES = {"rms_norm": norm_case("rms"), "layer_norm": norm_case("layer"), "rope": rope_case, "swiglu": swiglu_case,
-         "cross_entropy": cross_entropy_case, "attention": attention_case}
+         "cross_entropy": cross_entropy_case, "attention": attention_case, "attention_window": attention_window_case}
 
 
 def fwd_bwd(fn, inputs, grads):
@@ -262,7 +279,7 @@ def run_kernel(name, shapes, dt, dev, dry_run, hbm):
     if name not in CASES:
         sys.exit(f"error: unknown kernel {name!r} (choose from {', '.join(CASES)})")
     case = CASES[name](shapes, dt, dev)
-    if dev == "cuda" and name != "attention":  # compiling SDPA gives SDPA
+    if dev == "cuda" and not name.startswith("attention"):  # compiling SDPA gives SDPA
         try:
             add_compiled(case)
         except Exception as e:

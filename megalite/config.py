@@ -10,6 +10,7 @@ section is in every ``Config`` (with its defaults), and in every checkpoint's se
 
 import argparse
 import dataclasses
+import re
 import sys
 from dataclasses import dataclass, field
 from typing import List, Optional
@@ -23,6 +24,21 @@ from megalite.utils.packages import installed
 def opt(default, help: str, flag: Optional[str] = None, **kw):
     """A dataclass field that is also a command-line flag."""
     return field(default=default, metadata={"help": help, "flag": flag, **kw})
+
+
+def window_size_type(text) -> List[int]:
+    """``--window-size LEFT,RIGHT`` (Megatron's tuple; brackets allowed) as [LEFT, RIGHT]."""
+    try:
+        values = [int(part) for part in str(text).strip("()[] ").split(",")]
+    except ValueError:
+        values = []
+    if len(values) != 2 or values[0] < 0 or values[1] != 0:
+        raise argparse.ArgumentTypeError(f"--window-size {text!r}: expected LEFT,0 (keys before each query, "
+                                         "none after: attention is causal)")
+    return values
+
+
+ROPE_TYPES = ("llama3", "linear", "dynamic", "yarn")
 
 
 @dataclass
@@ -40,16 +56,43 @@ class ModelConfig:
     position_embedding_type: str = opt("learned_absolute", "positions", choices=["learned_absolute", "rope"])
     rotary_base: int = opt(10000, "RoPE base")
     rotary_percent: float = opt(1.0, "fraction of each head's dimensions that RoPE rotates")
+    use_rope_scaling: bool = opt(False, "scale RoPE for contexts past the pretraining one: Llama 3.x's scaling unless "
+                                        "--rope-type names another")
+    rope_type: Optional[str] = opt(None, "RoPE scaling as transformers' rope_type names it (implies "
+                                         "--use-rope-scaling)", choices=list(ROPE_TYPES))
+    rope_scaling_factor: float = opt(8.0, "RoPE scaling factor (transformers' factor)")
+    original_max_position_embeddings: Optional[int] = opt(
+        None, "llama3 / yarn RoPE scaling: the context the model was pretrained with (default 8192 for llama3, "
+              "--max-position-embeddings for yarn)")
+    low_freq_factor: float = opt(1.0, "llama3 RoPE scaling: wavelengths above original context / this are divided "
+                                      "by the factor")
+    high_freq_factor: float = opt(4.0, "llama3 RoPE scaling: wavelengths below original context / this are kept")
+    beta_fast: float = opt(32.0, "yarn RoPE scaling: rotations over the original context above which a frequency "
+                                 "is kept")
+    beta_slow: float = opt(1.0, "yarn RoPE scaling: rotations below which a frequency is divided by the factor")
+    mscale: float = opt(1.0, "yarn RoPE scaling: numerator of the attention factor when --mscale-all-dim is set")
+    mscale_all_dim: float = opt(0.0, "yarn RoPE scaling: denominator of the attention factor (0: the factor is "
+                                     "0.1 ln(factor) + 1)")
+    attention_factor: Optional[float] = opt(None, "yarn RoPE scaling: multiplies cos and sin (default from "
+                                                  "--mscale / --mscale-all-dim)")
     max_position_embeddings: Optional[int] = opt(None, "longest sequence (default --seq-length)")
     swiglu: bool = opt(False, "SwiGLU MLP instead of GELU")
     add_bias_linear: bool = opt(True, "no bias in linear layers", flag="--disable-bias-linear", action="store_false")
     add_qkv_bias: bool = opt(False, "bias in the QKV projection only (Qwen2 style)")
+    qk_layernorm: bool = opt(False, "normalize each head's queries and keys (--normalization, over the head "
+                                    "dimension) before RoPE (Qwen3 style)")
     untie_embeddings_and_output_weights: bool = opt(False, "separate output layer weights")
     hidden_dropout: float = opt(0.1, "dropout on the residual branches and embeddings")
     attention_dropout: float = opt(0.1, "dropout on attention probabilities")
     init_method_std: float = opt(0.02, "std of the normal initialisation")
     make_vocab_size_divisible_by: int = opt(128, "pad the vocabulary to a multiple of this (times TP)")
     vocab_size: Optional[int] = opt(None, "vocabulary size when no tokenizer is given (--mock-data)")
+    window_size: Optional[List[int]] = opt(
+        None, "sliding-window attention, Megatron's LEFT,RIGHT: each query sees itself and the LEFT keys before it "
+              "(a Hugging Face sliding_window W is W-1,0); RIGHT must be 0", type=window_size_type)
+    window_attn_skip_freq: Optional[str] = opt(
+        None, "which layers --window-size applies to (default all): N makes every Nth layer full attention; a "
+              "pattern like [1,1,1,0]*3 gives each layer, 1 windowed and 0 full")
     attention_backend: str = opt("sdpa", "attention implementation: torch SDPA, megalite's Triton flash attention, or "
                                  "the flash-attn package (falls back to triton, then sdpa, where unavailable)",
                                  choices=["sdpa", "triton", "flash_attn"])
@@ -545,6 +588,15 @@ def validate(cfg: Config, world_size: int = 1) -> Config:
                             f"{m.max_position_embeddings}")
     if not 0 < m.rotary_percent <= 1:
         raise MegaliteError("--rotary-percent must be in (0, 1]")
+    validate_rope_scaling(m)
+    if m.window_size is not None:
+        try:  # a value from a checkpoint or a YAML list gets the command line's check
+            m.window_size = window_size_type(",".join(map(str, m.window_size)))
+        except argparse.ArgumentTypeError as e:
+            raise MegaliteError(str(e)) from None
+    elif m.window_attn_skip_freq is not None:
+        raise MegaliteError("--window-attn-skip-freq needs --window-size")
+    windowed_layers(m)
     sft = cfg.sft.sft_data is not None
     if sum([d.data_path is not None, d.mock_data, sft, cfg.dpo.pref_data is not None]) != 1:
         raise MegaliteError("give one source of training data: --data-path, --mock-data (synthetic tokens), "
@@ -586,6 +638,53 @@ def validate(cfg: Config, world_size: int = 1) -> Config:
     if cfg.logging.metrics_file is None and c.save:
         cfg.logging.metrics_file = f"{c.save}/metrics.jsonl"
     return cfg
+
+
+def windowed_layers(m: ModelConfig) -> List[bool]:
+    """Whether each layer uses --window-size, from --window-attn-skip-freq (Megatron's meaning: an
+    integer N makes layers N, 2N, ... (counted from 1) full attention; a pattern lists every layer)."""
+    if m.window_size is None:
+        return [False] * m.num_layers
+    freq = m.window_attn_skip_freq
+    if freq is None:
+        return [True] * m.num_layers
+    text = str(freq).replace(" ", "")
+    if text.isdigit() and int(text) > 0:
+        return [(i + 1) % int(text) != 0 for i in range(m.num_layers)]
+    match = re.fullmatch(r"\[([01](?:,[01])*)\](?:\*(\d+))?", text)
+    if match is None:
+        raise MegaliteError(f"--window-attn-skip-freq {freq!r}: expected an integer N or a pattern like [1,1,1,0]*3")
+    pattern = [bit == "1" for bit in match.group(1).split(",")] * int(match.group(2) or 1)
+    if len(pattern) != m.num_layers:
+        raise MegaliteError(f"--window-attn-skip-freq {freq!r} gives {len(pattern)} layers, not --num-layers "
+                            f"{m.num_layers}")
+    return pattern
+
+
+def attention_window(m: ModelConfig, layer: int) -> Optional[int]:
+    """The keys before each query that layer ``layer`` (from 0) attends to; None for full attention."""
+    return m.window_size[0] if windowed_layers(m)[layer] else None
+
+
+def validate_rope_scaling(m: ModelConfig) -> None:
+    """Resolve --use-rope-scaling / --rope-type (either turns scaling on; Megatron's flag alone is
+    Llama 3.x's) and the original context each type defaults to, as transformers does."""
+    if m.rope_type is None and m.use_rope_scaling:
+        m.rope_type = "llama3"
+    m.use_rope_scaling = m.rope_type is not None
+    if not m.use_rope_scaling:
+        return
+    if m.position_embedding_type != "rope":
+        raise MegaliteError(f"--rope-type {m.rope_type} needs --position-embedding-type rope")
+    if m.rope_scaling_factor < 1:
+        raise MegaliteError(f"--rope-scaling-factor {m.rope_scaling_factor}: must be at least 1")
+    if m.original_max_position_embeddings is None and m.rope_type in ("llama3", "yarn"):
+        m.original_max_position_embeddings = 8192 if m.rope_type == "llama3" else m.max_position_embeddings
+    if m.rope_type == "llama3" and m.high_freq_factor <= m.low_freq_factor:
+        raise MegaliteError(f"--high-freq-factor {m.high_freq_factor} must exceed --low-freq-factor "
+                            f"{m.low_freq_factor}")
+    if m.rope_type == "dynamic" and m.max_position_embeddings is None:
+        raise MegaliteError("--rope-type dynamic needs --max-position-embeddings (the context it scales beyond)")
 
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -636,7 +735,7 @@ def data_parallel_size(cfg: Config, world_size: int) -> int:
 ARCHITECTURE_FIELDS = (
     "num_layers", "hidden_size", "num_attention_heads", "ffn_hidden_size", "kv_channels", "num_query_groups",
     "normalization", "position_embedding_type", "rotary_percent", "swiglu", "add_bias_linear", "add_qkv_bias",
-    "untie_embeddings_and_output_weights", "padded_vocab_size",
+    "qk_layernorm", "untie_embeddings_and_output_weights", "padded_vocab_size",
 )
 
 

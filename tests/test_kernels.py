@@ -76,7 +76,7 @@ def test_norms(kind, with_residual):
 def test_rotary_q_and_k(percent, per_token_positions):
     torch.manual_seed(0)
     seq, batch, dim = 13, 3, 24
-    rotary = RotaryEmbedding(dim, 10000, percent)
+    rotary = RotaryEmbedding(dim, ModelConfig(rotary_percent=percent))
     # packed sequences restart positions at each document: one position per (token, row)
     positions = torch.randint(0, 50, (seq, batch)) if per_token_positions else torch.arange(seq)
     cos, sin = (t.to(DEVICE) for t in rotary(positions, torch.float64))
@@ -147,12 +147,29 @@ def test_flash_attention_document_masking():
         flash.attention(q, k, v, torch.tensor([0, 100, 300]))
 
 
+@pytest.mark.parametrize("window, documents", [
+    (1, False),  # each query sees itself and one key before
+    (5, False),  # shorter than a block: most key blocks skipped
+    (70, False),  # the window's edge inside a key block, query blocks straddling it
+    (40, True),  # windows and packed documents at once
+], ids=["one-back", "short", "block-edge", "with-documents"])
+def test_flash_attention_sliding_window(window, documents):
+    torch.manual_seed(0)
+    seq, batch = 150, 2
+    cu = torch.tensor([0, 40, 150, 151, 230, 300]).to(DEVICE) if documents else None
+    q, k, v = torch.randn(seq, batch, 4, 32), torch.randn(seq, batch, 2, 32), torch.randn(seq, batch, 2, 32)
+    compare(lambda q, k, v: flash.attention(q, k, v, cu, window),
+            lambda q, k, v: reference.attention(q, k, v, cu, window=window), q, k, v)
+    full, windowed = (reference.attention(q, k, v, cu, window=w) for w in (None, window))
+    assert torch.equal(full[: window + 1], windowed[: window + 1]) and not torch.allclose(full, windowed)
+
+
 @pytest.mark.parametrize("op", ["rms_norm", "rotary_qk", "swiglu", "attention"])
 def test_half_precision(op):
     """fp16 in and out, fp32 inside: within fp16's rounding of the float64 reference. (bf16 takes
     the same code; the interpreter's tl.dot cannot multiply bf16, a GPU's can.)"""
     torch.manual_seed(0)
-    cos, sin = (t.to(DEVICE) for t in RotaryEmbedding(32, 10000)(torch.arange(40), torch.float64))
+    cos, sin = (t.to(DEVICE) for t in RotaryEmbedding(32, ModelConfig())(torch.arange(40), torch.float64))
     x, w = torch.randn(40, 2, 4, 32), torch.randn(40, 2, 2, 32)
     fused, ref, inputs = {
         "rms_norm": (lambda x, w: norm.rms_norm(x, w, 1e-5), lambda x, w: reference.rms_norm(x, w, 1e-5),
@@ -173,7 +190,8 @@ def tiny_config(**kw):
     return ModelConfig(**{**base, **kw})
 
 
-@pytest.mark.parametrize("kw", [{}, dict(normalization="LayerNorm", rotary_percent=0.5)])
+@pytest.mark.parametrize("kw", [{}, dict(normalization="LayerNorm", rotary_percent=0.5),
+                                dict(window_size=[5, 0], window_attn_skip_freq="2", qk_layernorm=True)])
 def test_model_with_every_fused_kernel_matches_reference(kw):
     """Loss and every parameter gradient of a tiny model: all kernels in fp32 vs the torch path in float64."""
     tokens = torch.randint(0, 128, (2, 24))

@@ -137,7 +137,7 @@ def test_variants_train(kw):
 
 
 def test_partial_rotary_leaves_the_rest():
-    rot = RotaryEmbedding(16, 10000, 0.5)
+    rot = RotaryEmbedding(16, ModelConfig(rotary_percent=0.5))
     cos, sin = rot(torch.arange(4), torch.float32)
     x = torch.randn(4, 1, 2, 16)
     y = apply_rotary(x, cos, sin)
@@ -186,3 +186,44 @@ def check_packed_documents(cfg):
 @pytest.mark.parametrize("kw", [{}, {"position_embedding_type": "learned_absolute"}], ids=["rope", "learned"])
 def test_packed_documents_get_the_loss_they_get_alone(kw):
     check_packed_documents(model_config(**kw))
+
+
+def test_rope_scaling_flags_resolve():
+    from megalite.config import parse_config, validate
+    from megalite.errors import MegaliteError
+
+    base = ["--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "4", "--seq-length", "32",
+            "--mock-data", "--vocab-size", "128", "--train-iters", "1"]
+    m = validate(parse_config(base + ["--position-embedding-type", "rope", "--use-rope-scaling"])).model
+    assert (m.rope_type, m.rope_scaling_factor, m.original_max_position_embeddings) == ("llama3", 8.0, 8192)
+    m = validate(parse_config(base + ["--position-embedding-type", "rope", "--rope-type", "yarn",
+                                      "--rope-scaling-factor", "4", "--max-position-embeddings", "128"])).model
+    assert m.use_rope_scaling and m.original_max_position_embeddings == 128
+    with pytest.raises(MegaliteError, match="--rope-type linear needs --position-embedding-type rope"):
+        validate(parse_config(base + ["--rope-type", "linear"]))
+
+
+def test_window_flags():
+    from megalite.config import parse_config, validate, windowed_layers
+    from megalite.errors import MegaliteError
+
+    base = ["--num-layers", "4", "--hidden-size", "64", "--num-attention-heads", "4", "--seq-length", "32",
+            "--mock-data", "--vocab-size", "128", "--train-iters", "1"]
+    m = validate(parse_config(base + ["--window-size", "(7, 0)", "--window-attn-skip-freq", "2"])).model
+    assert m.window_size == [7, 0] and windowed_layers(m) == [True, False, True, False]
+    m = validate(parse_config(base + ["--window-size", "7,0", "--window-attn-skip-freq", "[0,1]*2"])).model
+    assert windowed_layers(m) == [False, True, False, True]
+    with pytest.raises(MegaliteError, match=r"gives 3 layers, not --num-layers 4"):
+        validate(parse_config(base + ["--window-size", "7,0", "--window-attn-skip-freq", "[1,1,0]"]))
+    with pytest.raises(MegaliteError, match="--window-attn-skip-freq needs --window-size"):
+        validate(parse_config(base + ["--window-attn-skip-freq", "2"]))
+    with pytest.raises(SystemExit):  # argparse: "--window-size '8,8': expected LEFT,0"
+        parse_config(base + ["--window-size", "8,8"])
+
+
+def test_flops_count_the_window():
+    cfg = model_config(num_layers=2)
+    full = forward_flops_per_sequence(cfg, 8)
+    windowed = forward_flops_per_sequence(model_config(num_layers=2, window_size=[2, 0], window_attn_skip_freq="2"), 8)
+    # layer 0 windowed: 1 + 2 + 3 * 6 = 21 query-key pairs instead of 36 (layer 1 full)
+    assert full - windowed == 2 * 2 * 16 * 4 * (36 - 21)

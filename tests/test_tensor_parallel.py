@@ -52,7 +52,7 @@ def reference(tmp_path_factory, tiny_corpus):
     return run_layout(tmp, tiny_corpus, "ref", 1), final_weights(str(tmp / "ref"), 1)[0]
 
 
-MODEL_SETTINGS = ("untie_embeddings_and_output_weights", "num_query_groups")
+MODEL_SETTINGS = ("untie_embeddings_and_output_weights", "num_query_groups", "qk_layernorm")
 
 
 @pytest.mark.dist
@@ -63,7 +63,8 @@ MODEL_SETTINGS = ("untie_embeddings_and_output_weights", "num_query_groups")
     (4, 2, {"sequence_parallel": True}),  # tp=2 x dp=2
     (2, 2, {"sequence_parallel": True, "num_query_groups": 1}),  # one key/value head, replicated
     (4, 4, {"num_query_groups": 2}),
-], ids=["tp2-mha", "tp2-sp", "tp4-sp-untied", "tp2xdp2-sp", "tp2-sp-mqa", "tp4-kv2"])
+    (2, 2, {"qk_layernorm": True, "num_query_groups": 1}),  # per-head norms shared by the ranks' heads
+], ids=["tp2-mha", "tp2-sp", "tp4-sp-untied", "tp2xdp2-sp", "tp2-sp-mqa", "tp4-kv2", "tp2-qk-norm-mqa"])
 def test_tensor_parallel_matches_one_process(tmp_path, tiny_corpus, reference, world, tp, extra):
     ref_rows, ref_weights = reference
     model_kw = {k: v for k, v in extra.items() if k in MODEL_SETTINGS}

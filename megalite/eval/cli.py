@@ -93,8 +93,10 @@ def _run(mode: str, model, cfg, tok: Tokenizer, a) -> Dict:
     pad = tok.pad if tok.pad is not None else tok.eod
     if mode == "perplexity":
         sources, weights = load_sources(tok, a.data_path, a.text_file, a.json_key, a.limit)
-        return perplexity(model, sources, a.seq_length or cfg.data.seq_length, a.eval_stride, a.batch_size,
-                          weights, pad)
+        seq_length = a.seq_length or cfg.data.seq_length
+        if seq_length is None:
+            raise MegaliteError(f"--load {a.load} records no --seq-length: pass --seq-length (the window length)")
+        return perplexity(model, sources, seq_length, a.eval_stride, a.batch_size, weights, pad)
     if mode == "tasks":
         from megalite.eval.harness import run_harness_tasks  # needs lm_eval, an optional dependency
 

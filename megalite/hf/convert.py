@@ -7,12 +7,13 @@ carry. See megalite/hf/layout.py for the name and layout mapping.
 
 import json
 import os
+import shutil
 from typing import Dict, Optional
 
 import torch
 
 from megalite.checkpoint.layout import FORMAT_VERSION, TRACKER, iteration_dir
-from megalite.config import Config, ModelConfig
+from megalite.config import Config, DataConfig, ModelConfig
 from megalite.data.reward import pad_id_of
 from megalite.data.tokenizer import Tokenizer, build_tokenizer
 from megalite.errors import MegaliteError
@@ -133,9 +134,19 @@ class _LazyTensors:
         self.used.add(name)
         return f.get_tensor(name)
 
+    def unused(self) -> list:
+        """The folder's tensors no one asked for (rotary buffers, which we recompute, aside)."""
+        if self.weight_map is None:
+            with self._safe_open(os.path.join(self.folder, "model.safetensors"), framework="pt") as f:
+                names = set(f.keys())
+        else:
+            names = set(self.weight_map)
+        return sorted(n for n in names - self.used if not n.endswith("rotary_emb.inv_freq"))
+
 
 def import_hf(hf_dir: str, save: str, dtype: str = "fp32") -> ModelConfig:
-    """Write a megalite checkpoint (iteration 0) from a HF Llama / Qwen2 / Mistral folder."""
+    """Write a megalite checkpoint (iteration 0) from a HF Llama / Qwen2 / Qwen3 / Mistral / GPT-2 folder,
+    with the folder's tokenizer and a default sequence length (``_data_settings``)."""
     config_path = os.path.join(hf_dir, "config.json")
     if not os.path.isfile(config_path):
         raise MegaliteError(f"{config_path}: no such file")
@@ -149,8 +160,12 @@ def import_hf(hf_dir: str, save: str, dtype: str = "fp32") -> ModelConfig:
         state[name] = t.to(DTYPES[dtype])
         progress.update(t.numel() * t.element_size(), tensors=1)
     progress.close()
+    unused = get.unused()
+    if unused:
+        raise MegaliteError(f"{hf_dir}: {len(unused)} tensors are not part of the model config.json describes "
+                            f"(first: {unused[0]})")
     _check_shapes(state, cfg, hf_dir)
-    args = Config(model=cfg).to_dict()
+    args = Config(model=cfg, data=DataConfig(**_data_settings(hf_dir, save, cfg))).to_dict()
     payload = {"format_version": FORMAT_VERSION, "iteration": 0, "consumed_samples": 0, "consumed_tokens": 0,
                "args": args, "model": state, "optimizer": None, "rng": [],
                "parallel": {"tp_size": 1, "pp_size": 1, "dp_size": 1}, "tensor_parallel": {}}
@@ -161,6 +176,28 @@ def import_hf(hf_dir: str, save: str, dtype: str = "fp32") -> ModelConfig:
     with atomic_write(os.path.join(save, TRACKER), "w") as f:
         f.write("0")
     return cfg
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
+DEFAULT_SEQ_LENGTH_CAP = 8192
+
+
+def _data_settings(hf_dir: str, save: str, cfg: ModelConfig) -> Dict:
+    """What an imported checkpoint records so that evaluation and generation need no flags: the
+    folder's tokenizer, copied to ``<save>/tokenizer`` (so the checkpoint outlives the download),
+    and as --seq-length the context the model was pretrained with, at most 8192 tokens (a long-context
+    model's 128k positions would make every default perplexity window that long)."""
+    out = {"seq_length": min(cfg.original_max_position_embeddings or cfg.max_position_embeddings,
+                             DEFAULT_SEQ_LENGTH_CAP)}
+    if os.path.isfile(os.path.join(hf_dir, "tokenizer.json")):
+        dest = os.path.join(save, "tokenizer")
+        os.makedirs(dest, exist_ok=True)
+        for name in TOKENIZER_FILES:
+            if os.path.isfile(os.path.join(hf_dir, name)):
+                with open(os.path.join(hf_dir, name), "rb") as src, atomic_write(os.path.join(dest, name)) as f:
+                    shutil.copyfileobj(src, f)
+        out.update(tokenizer_type="HuggingFaceTokenizer", tokenizer_model=os.path.abspath(dest))
+    return out
 
 
 def _check_shapes(state: Dict[str, torch.Tensor], cfg: ModelConfig, where: str) -> None:

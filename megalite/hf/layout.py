@@ -1,4 +1,4 @@
-"""How our parameters map onto Hugging Face's Llama / Qwen2 / Mistral names, both ways.
+"""How our parameters map onto Hugging Face's Llama / Qwen2 / Qwen3 / Mistral names, both ways.
 
 Every difference is an explicit function here:
 - our fused QKV holds, for each key/value group, its query heads then its key and value
@@ -39,7 +39,7 @@ def fuse_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cfg: ModelConfig
 
 
 def to_hf(sd: Dict[str, torch.Tensor], cfg: ModelConfig) -> Iterator[Tuple[str, torch.Tensor]]:
-    """Our state dict -> (HF name, tensor) for LlamaForCausalLM / Qwen2ForCausalLM."""
+    """Our state dict -> (HF name, tensor) for LlamaForCausalLM / Qwen2ForCausalLM / Qwen3ForCausalLM."""
     yield "model.embed_tokens.weight", sd["embedding.weight"]
     for i in range(cfg.num_layers):
         ours, hf = f"layers.{i}.", f"model.layers.{i}."
@@ -50,6 +50,9 @@ def to_hf(sd: Dict[str, torch.Tensor], cfg: ModelConfig) -> Iterator[Tuple[str, 
                 yield hf + f"self_attn.q_proj.{kind}", q
                 yield hf + f"self_attn.k_proj.{kind}", k
                 yield hf + f"self_attn.v_proj.{kind}", v
+        for norm in ("q_norm", "k_norm"):  # Qwen3's per-head query/key norms
+            if ours + f"attention.{norm}.weight" in sd:
+                yield hf + f"self_attn.{norm}.weight", sd[ours + f"attention.{norm}.weight"]
         yield hf + "self_attn.o_proj.weight", sd[ours + "attention.proj.weight"]
         yield hf + "post_attention_layernorm.weight", sd[ours + "post_attention_norm.weight"]
         yield hf + "mlp.gate_proj.weight", sd[ours + "mlp.gate.weight"]
@@ -73,6 +76,9 @@ def from_hf(get, cfg: ModelConfig) -> Iterator[Tuple[str, torch.Tensor]]:
             if q is not None:
                 yield ours + f"attention.qkv.{kind}", fuse_qkv(q, get(hf + f"self_attn.k_proj.{kind}"),
                                                                get(hf + f"self_attn.v_proj.{kind}"), cfg)
+        if cfg.qk_layernorm:
+            yield ours + "attention.q_norm.weight", get(hf + "self_attn.q_norm.weight")
+            yield ours + "attention.k_norm.weight", get(hf + "self_attn.k_norm.weight")
         yield ours + "attention.proj.weight", get(hf + "self_attn.o_proj.weight")
         yield ours + "post_attention_norm.weight", get(hf + "post_attention_layernorm.weight")
         yield ours + "mlp.gate.weight", get(hf + "mlp.gate_proj.weight")

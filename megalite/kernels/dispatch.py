@@ -113,28 +113,32 @@ def attention_implementation(backend: str, q: torch.Tensor, dropout_p: float = 0
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str = "sdpa",
               cu_seqlens: Optional[torch.Tensor] = None, dropout_p: float = 0.0,
-              mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+              mask: Optional[torch.Tensor] = None, window: Optional[int] = None) -> torch.Tensor:
     """Causal attention, [seq, batch, heads, dim] in and out, by ``backend`` (see
     ``attention_implementation``); arguments as in ``reference.attention``."""
     impl = attention_implementation(backend, q, dropout_p, mask)
     if impl == "triton":
-        return triton_module("flash_attention").attention(q, k, v, cu_seqlens)
+        return triton_module("flash_attention").attention(q, k, v, cu_seqlens, window)
     if impl == "flash_attn":
-        return _flash_attn(q, k, v, cu_seqlens, dropout_p)
-    return reference.attention(q, k, v, cu_seqlens, dropout_p, mask)
+        return _flash_attn(q, k, v, cu_seqlens, dropout_p, window)
+    return reference.attention(q, k, v, cu_seqlens, dropout_p, mask, window)
 
 
-def _flash_attn(q, k, v, cu_seqlens, dropout_p):
-    """The flash-attn package's kernels; its layout is [batch, seq, heads, dim] (varlen: [tokens, heads, dim])."""
+def _flash_attn(q, k, v, cu_seqlens, dropout_p, window):
+    """The flash-attn package's kernels; its layout is [batch, seq, heads, dim] (varlen: [tokens, heads, dim]).
+    Its ``window_size`` is (keys before, keys after), -1 for unlimited."""
     import flash_attn
 
     s, b = q.shape[:2]
+    window_size = (-1, -1) if window is None else (window, 0)
     if cu_seqlens is None:
-        out = flash_attn.flash_attn_func(*(t.transpose(0, 1) for t in (q, k, v)), dropout_p=dropout_p, causal=True)
+        out = flash_attn.flash_attn_func(*(t.transpose(0, 1) for t in (q, k, v)), dropout_p=dropout_p, causal=True,
+                                         window_size=window_size)
         return out.transpose(0, 1)
     reference.document_bounds(cu_seqlens, s, b)  # the same validation as the other backends
     cu = cu_seqlens.to(device=q.device, dtype=torch.int32)
     longest = int((cu[1:] - cu[:-1]).max())
     flat = [t.transpose(0, 1).reshape(s * b, *t.shape[2:]) for t in (q, k, v)]
-    out = flash_attn.flash_attn_varlen_func(*flat, cu, cu, longest, longest, dropout_p=dropout_p, causal=True)
+    out = flash_attn.flash_attn_varlen_func(*flat, cu, cu, longest, longest, dropout_p=dropout_p, causal=True,
+                                            window_size=window_size)
     return out.view(b, s, *q.shape[2:]).transpose(0, 1)

@@ -108,16 +108,24 @@ def document_bounds(cu_seqlens: torch.Tensor, seq: int, batch: int):
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: Optional[torch.Tensor] = None,
-              dropout_p: float = 0.0, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+              dropout_p: float = 0.0, mask: Optional[torch.Tensor] = None,
+              window: Optional[int] = None) -> torch.Tensor:
     """Causal attention over q [seq, batch, heads, dim], k/v [seq, batch, kv_heads, dim]
     (grouped-query when kv_heads < heads) -> [seq, batch, heads, dim]. ``cu_seqlens`` keeps
     attention inside documents; an explicit bool ``mask`` [batch, 1, q_len, k_len] replaces
-    the causal one (decoding with a cache)."""
+    the causal one (decoding with a cache: the queries are the last q_len keys). A ``window``
+    lets each query see only itself and the ``window`` keys before it (sliding-window attention)."""
     s, b = q.shape[:2]
     if cu_seqlens is not None:
         start, _ = document_bounds(cu_seqlens, s, b)
         keys = torch.arange(s, device=q.device)
         mask = ((keys[None, None, :] <= keys[None, :, None]) & (keys[None, None, :] >= start[:, :, None]))[:, None]
+    if window is not None:
+        k_len = k.shape[0]
+        queries = torch.arange(k_len - s, k_len, device=q.device)[:, None]
+        keys = torch.arange(k_len, device=q.device)[None, :]
+        band = (keys <= queries) & (keys >= queries - window)
+        mask = band if mask is None else mask & band
     qh, kh, vh = (t.permute(1, 2, 0, 3) for t in (q, k, v))  # [batch, heads, seq, dim]
     out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, is_causal=mask is None, dropout_p=dropout_p,
                                          enable_gqa=q.shape[2] != k.shape[2])

@@ -1,19 +1,25 @@
-"""Causal self-attention with fused QKV, grouped-query heads and optional RoPE.
+"""Causal self-attention with fused QKV, grouped-query heads, optional RoPE, optional
+per-head query/key norms (``--qk-layernorm``, Qwen3) and an optional sliding window (each
+query sees itself and the ``window`` keys before it; ``--window-size``, per layer).
 
 The fused QKV weight is laid out group by group, [q heads of group 0, k0, v0, q heads of
 group 1, k1, v1, ...], so a contiguous split of its rows gives each tensor-parallel rank
 whole groups. With more tensor-parallel ranks than key/value heads, each rank keeps its
 query heads plus a copy of the one key/value head they share, whose gradient is summed
-over the ranks holding it. Activations are [seq, batch, hidden] throughout, as in Megatron.
+over the ranks holding it. The query/key norms are shared by every head, so each rank's
+gradient for them covers only its own heads and is summed over the tensor-parallel ranks.
+Activations are [seq, batch, hidden] throughout, as in Megatron.
 """
 
 import math
+from typing import Optional
 
 import torch
 from torch import nn
 
 from megalite import kernels
 from megalite.config import ModelConfig
+from megalite.model.norms import build_norm
 from megalite.parallel import state
 from megalite.parallel.init import mark
 from megalite.parallel.layers import ColumnParallelLinear, RowParallelLinear
@@ -21,8 +27,9 @@ from megalite.parallel.random import recompute, tp_rng
 
 
 class SelfAttention(nn.Module):
-    def __init__(self, cfg: ModelConfig, recompute_core: bool = False):
+    def __init__(self, cfg: ModelConfig, recompute_core: bool = False, window: Optional[int] = None):
         super().__init__()
+        self.window = window
         tp = state.get().tp_size
         self.head_dim = cfg.kv_channels
         self.heads = cfg.num_attention_heads // tp
@@ -36,6 +43,12 @@ class SelfAttention(nn.Module):
                                         init_std=cfg.init_method_std)
         if replicas > 1:
             _replicate_kv_head(self.qkv, cfg, replicas)
+        self.q_norm = self.k_norm = None
+        if cfg.qk_layernorm:
+            self.q_norm = build_norm(cfg.normalization, self.head_dim, cfg.norm_epsilon)
+            self.k_norm = build_norm(cfg.normalization, self.head_dim, cfg.norm_epsilon)
+            for p in (*self.q_norm.parameters(), *self.k_norm.parameters()):
+                p.sequence_parallel = tp > 1  # this rank's heads only: summed over the ranks
         self.proj = RowParallelLinear(cfg.num_attention_heads * self.head_dim, cfg.hidden_size,
                                       bias=cfg.add_bias_linear,
                                       init_std=cfg.init_method_std / math.sqrt(2.0 * cfg.num_layers))
@@ -54,6 +67,8 @@ class SelfAttention(nn.Module):
         return self.proj(out)
 
     def _core(self, q, k, v, rope, cache=None, cu_seqlens=None):
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = kernels.rotary_qk(q, k, *rope)
         mask = None
@@ -62,7 +77,7 @@ class SelfAttention(nn.Module):
             mask = cache.mask
         dropout = self.dropout if self.training else 0.0
         with tp_rng(dropout > 0):  # each rank's heads are its own: independent masks
-            out = kernels.attention(q, k, v, self.backend, cu_seqlens, dropout_p=dropout, mask=mask)
+            out = kernels.attention(q, k, v, self.backend, cu_seqlens, dropout_p=dropout, mask=mask, window=self.window)
         return out.reshape(*out.shape[:2], self.heads * self.head_dim)
 
 

@@ -1,4 +1,4 @@
-"""A decoder-only transformer (GPT / Llama / Qwen2 families), one pipeline stage at a time.
+"""A decoder-only transformer (GPT / Llama / Mistral / Qwen2 / Qwen3 families), one pipeline stage at a time.
 
 ``GPTModel(cfg, pre_process, post_process, layers)`` builds the part of the model one
 pipeline stage owns: the embedding if ``pre_process``, the given range of layers (named by
@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from megalite.config import Config, ModelConfig, stage_layers
+from megalite.config import Config, ModelConfig, attention_window, stage_layers
 from megalite.model.attention import SelfAttention
 from megalite.model.heads import LMHead
 from megalite.model.mlp import MLP
@@ -29,10 +29,10 @@ from megalite.parallel.random import SequenceDropout, recompute
 class TransformerLayer(nn.Module):
     """Pre-norm block: x + attn(norm(x)), then x + mlp(norm(x)), dropout on both branches."""
 
-    def __init__(self, cfg: ModelConfig, recompute_core: bool = False):
+    def __init__(self, cfg: ModelConfig, recompute_core: bool = False, window: Optional[int] = None):
         super().__init__()
         self.input_norm = build_norm(cfg.normalization, cfg.hidden_size, cfg.norm_epsilon)
-        self.attention = SelfAttention(cfg, recompute_core)
+        self.attention = SelfAttention(cfg, recompute_core, window)
         self.post_attention_norm = build_norm(cfg.normalization, cfg.hidden_size, cfg.norm_epsilon)
         self.mlp = MLP(cfg)
         self.dropout = SequenceDropout(cfg.hidden_dropout)
@@ -75,9 +75,10 @@ class GPTModel(nn.Module):
             self.embedding_dropout = SequenceDropout(cfg.hidden_dropout)
         self.rotary = None
         if cfg.position_embedding_type == "rope":
-            self.rotary = RotaryEmbedding(cfg.kv_channels, cfg.rotary_base, cfg.rotary_percent)
+            self.rotary = RotaryEmbedding(cfg.kv_channels, cfg)
         selective = recompute_granularity == "selective"
-        self.layers = nn.ModuleDict({str(i): TransformerLayer(cfg, selective) for i in layers})
+        self.layers = nn.ModuleDict({str(i): TransformerLayer(cfg, selective, attention_window(cfg, i))
+                                     for i in layers})
         if post_process:
             self.final_norm = build_norm(cfg.normalization, cfg.hidden_size, cfg.norm_epsilon)
             self.head_name = head.name

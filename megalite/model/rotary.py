@@ -2,23 +2,116 @@
 
 With rotary_percent < 1 only the first part of each head's dimensions is rotated. The
 rotation itself is ``megalite.kernels.rotary_qk``.
+
+RoPE scaling (``--rope-type``) changes the inverse frequencies as transformers'
+``ROPE_INIT_FUNCTIONS`` do, operation for operation in float32, so an imported model
+computes the same angles: ``linear`` divides every frequency by the factor, ``llama3``
+(Llama 3.1+) divides the low frequencies and blends the middle band, ``yarn`` blends
+interpolated and original frequencies by a ramp over dimensions and scales cos and sin by
+its attention factor, ``dynamic`` (NTK) raises the base once a sequence outgrows
+``max_position_embeddings``, from the largest position in each call (transformers keeps the
+longest length seen until a call falls back inside the original context; one generation
+sees the same angles either way).
 """
+
+import math
+from typing import Tuple
 
 import torch
 from torch import nn
 
+from megalite.config import ModelConfig
+
+
+def _default_inv_freq(dim: int, base) -> torch.Tensor:
+    return 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+
+
+def _llama3(inv_freq: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
+    factor, low, high = cfg.rope_scaling_factor, cfg.low_freq_factor, cfg.high_freq_factor
+    old_context = cfg.original_max_position_embeddings
+    low_wavelen, high_wavelen = old_context / low, old_context / high
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
+    smooth = (old_context / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = ~(wavelen < high_wavelen) * ~(wavelen > low_wavelen)
+    return torch.where(medium, smoothed, scaled)
+
+
+def yarn_attention_factor(cfg: ModelConfig) -> float:
+    def mscale(scale, m=1.0):
+        return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+
+    if cfg.attention_factor is not None:
+        return cfg.attention_factor
+    if cfg.mscale and cfg.mscale_all_dim:
+        return float(mscale(cfg.rope_scaling_factor, cfg.mscale) / mscale(cfg.rope_scaling_factor, cfg.mscale_all_dim))
+    return mscale(cfg.rope_scaling_factor)
+
+
+def _yarn(dim: int, cfg: ModelConfig) -> torch.Tensor:
+    base, factor, original = cfg.rotary_base, cfg.rope_scaling_factor, cfg.original_max_position_embeddings
+
+    def correction_dim(rotations):  # the dimension that turns ``rotations`` times over the original context
+        return (dim * math.log(original / (rotations * 2 * math.pi))) / (2 * math.log(base))
+
+    low = max(math.floor(correction_dim(cfg.beta_fast)), 0)
+    high = min(math.ceil(correction_dim(cfg.beta_slow)), dim - 1)
+    if low == high:
+        high += 0.001
+    ramp = torch.clamp((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low), 0, 1)
+    pos_freqs = base ** (torch.arange(0, dim, 2).float() / dim)
+    extrapolated, interpolated = 1.0 / pos_freqs, 1.0 / (factor * pos_freqs)
+    keep = 1 - ramp  # share of the original frequency
+    return interpolated * (1 - keep) + extrapolated * keep
+
+
+def _dynamic_inv_freq(dim: int, cfg: ModelConfig, seq_len: torch.Tensor) -> torch.Tensor:
+    """NTK: the base grows with the sequence past max_position_embeddings (float32 tensors, as transformers)."""
+    factor, longest = cfg.rope_scaling_factor, cfg.max_position_embeddings
+    base = cfg.rotary_base * ((factor * seq_len / longest) - (factor - 1)) ** (dim / (dim - 2))
+    return 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64).to(seq_len.device).float() / dim))
+
+
+def inverse_frequencies(dim: int, cfg: ModelConfig) -> Tuple[torch.Tensor, float]:
+    """(inverse frequencies [dim / 2], factor on cos and sin) for the static RoPE types."""
+    kind = cfg.rope_type if cfg.use_rope_scaling else None
+    if kind == "yarn":
+        return _yarn(dim, cfg), yarn_attention_factor(cfg)
+    inv_freq = _default_inv_freq(dim, cfg.rotary_base)
+    if kind == "linear":
+        inv_freq = inv_freq / cfg.rope_scaling_factor
+    elif kind == "llama3":
+        inv_freq = _llama3(inv_freq, cfg)
+    return inv_freq, 1.0
+
 
 class RotaryEmbedding(nn.Module):
-    def __init__(self, head_dim: int, base: float, percent: float = 1.0):
+    def __init__(self, head_dim: int, cfg: ModelConfig):
         super().__init__()
-        self.rot_dim = int(head_dim * percent)
-        exponent = torch.arange(0, self.rot_dim, 2, dtype=torch.int64).float() / self.rot_dim
-        self.register_buffer("inv_freq", 1.0 / (base ** exponent), persistent=False)
+        self.rot_dim = int(head_dim * cfg.rotary_percent)
+        self.cfg = cfg
+        self.dynamic = cfg.use_rope_scaling and cfg.rope_type == "dynamic"
+        if self.cfg.use_rope_scaling and cfg.rope_type in ("llama3", "yarn"):
+            assert cfg.original_max_position_embeddings, "validate_rope_scaling sets the original context"
+        inv_freq, self.attention_factor = inverse_frequencies(self.rot_dim, cfg)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def _inv_freq(self, positions: torch.Tensor) -> torch.Tensor:
+        if self.dynamic:
+            seq_len = positions.max() + 1
+            if seq_len > self.cfg.max_position_embeddings:
+                return _dynamic_inv_freq(self.rot_dim, self.cfg, seq_len)
+        return self.inv_freq
 
     def forward(self, positions: torch.Tensor, dtype: torch.dtype):
         """cos, sin for ``positions`` [seq] (shape [seq, 1, 1, rot_dim]) or [seq, batch]
         (shape [seq, batch, 1, rot_dim]), ready to broadcast over [seq, batch, heads, dim]."""
-        freqs = positions.float()[..., None] * self.inv_freq.float()
+        freqs = positions.float()[..., None] * self._inv_freq(positions).float()
         emb = torch.cat((freqs, freqs), dim=-1)
         emb = emb[:, None, None, :] if positions.dim() == 1 else emb[:, :, None, :]
-        return emb.cos().to(dtype), emb.sin().to(dtype)
+        cos, sin = emb.cos(), emb.sin()
+        if self.attention_factor != 1.0:
+            cos, sin = cos * self.attention_factor, sin * self.attention_factor
+        return cos.to(dtype), sin.to(dtype)
