@@ -12,6 +12,8 @@ extras = {
              "tldextract>=5.4", "warcio>=1.7"],
     "hf": ["transformers>=4.40", "safetensors>=0.4"],
     "post": ["trl>=0.9", "peft>=0.10"],
+    # --wandb-project: Weights & Biases logging (offline without an API key or network).
+    "wandb": ["wandb>=0.22"],
     # eval_gpt.py: lm-evaluation-harness tasks, BLEU and ROUGE of generations (rouge-chinese
     # and jieba for Chinese text are optional).
     "eval": ["lm-eval>=0.4.5", "sacrebleu>=2", "rouge-score>=0.1.2"],
@@ -26,7 +28,7 @@ extras = {
     # Python 3.10, and those tests are skipped without them).
     "dev": ["pytest>=7", "pytest-timeout>=2", "triton>=3.0", "peft>=0.10", "lm-eval>=0.4.5", "sacrebleu>=2",
             "rouge-score>=0.1.2", "trl>=1.0", "datatrove>=0.10,<0.11; python_version>='3.10'",
-            "spacy>=3.8,<3.9; python_version>='3.10'", "ruff>=0.15,<0.18"],
+            "spacy>=3.8,<3.9; python_version>='3.10'", "ruff>=0.15,<0.18", "wandb>=0.22"],
 }
 
 setup(

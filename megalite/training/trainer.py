@@ -144,7 +144,7 @@ class Trainer:
         self.train_iter = (iter(build_loader(self.train_ds, self.consumed_samples, cfg, train_samples))
                            if self.train_ds is not None else None)
         self.objective = build_objective(cfg, self)
-        self.log = MetricsLog(s.rank == 0, cfg.logging.metrics_file, cfg.logging.tensorboard_dir, self.iteration)
+        self.log = MetricsLog(s.rank == 0, cfg, self.iteration)
         self.peak = cfg.logging.peak_tflops or (peak_tflops(torch.cuda.get_device_name(device))
                                                 if device.type == "cuda" else None)
         self.exit_requested = False
