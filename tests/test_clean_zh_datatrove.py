@@ -23,8 +23,8 @@ CMN_HANI = dict(  # FineWeb-2 configs/cmn_Hani.yml, as fineweb-2-pipeline.py pas
     dup_n_grams=[(5, 0.198), (6, 0.182), (7, 0.167), (8, 0.154), (9, 0.14), (10, 0.127)],
     line_punct_thr=0.106, new_line_ratio=0.178, max_avg_word_length=5, min_avg_word_length=1,
     max_non_alpha_words_ratio=0.735,
-    stopwords=["的", "年", "在", "月", "是", "和", "日", "了", "於", "·", "為", "有", "被", "人", "中", "为", "他", "與",
-               "後", "也", "而", "由"])
+    stopwords=["的", "年", "在", "月", "是", "和", "日", "了", "於", "·", "為", "有", "被", "人", "中", "为",
+               "他", "與", "後", "也", "而", "由"])
 
 
 def datatrove_filters():
