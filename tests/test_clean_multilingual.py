@@ -14,9 +14,7 @@ from data_tools.clean.executor import run_pipeline
 from data_tools.clean.languages import RULES, rules_for
 from data_tools.clean.steps import build_step
 from data_tools.clean.steps.pii import valid_cn_id
-from tests.conftest import write_jsonl
-from tests.test_clean_dedup import removed_ids
-from tests.zh_text import (
+from data_tools.sample_corpus_zh import (
     JAPANESE,
     mojibake,
     navigation_page,
@@ -25,6 +23,8 @@ from tests.zh_text import (
     repeated_lines_page,
     spam_page,
 )
+from tests.conftest import write_jsonl
+from tests.test_clean_dedup import removed_ids
 
 jieba = pytest.importorskip("jieba")
 QUALITY = ("gopher_repetition", "gopher_quality", "c4", "fineweb")

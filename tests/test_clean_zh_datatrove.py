@@ -16,7 +16,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tests.zh_text import peoples_daily  # noqa: E402
+from data_tools.sample_corpus_zh import peoples_daily  # noqa: E402
 
 CMN_HANI = dict(  # FineWeb-2 configs/cmn_Hani.yml, as fineweb-2-pipeline.py passes it to datatrove
     dup_line_frac=0.287, top_n_grams=[(2, 0.256), (3, 0.201), (4, 0.171)],

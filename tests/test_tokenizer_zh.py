@@ -7,9 +7,9 @@ import random
 import pytest
 
 from data_tools.sample_corpus import english_sentences
+from data_tools.sample_corpus_zh import JAPANESE, news_article
 from data_tools.train_tokenizer import script_language
 from tests.conftest import run_tool, write_jsonl
-from tests.zh_text import JAPANESE, news_article
 
 spm = pytest.importorskip("sentencepiece")
 

