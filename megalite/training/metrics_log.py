@@ -100,9 +100,12 @@ class WandbSink:
         mode, why = _wandb_mode()
         if save_dir:
             os.makedirs(save_dir, exist_ok=True)
+        try:
+            settings = wandb.Settings(init_timeout=60, finish_timeout=60)
+        except Exception:  # a wandb without finish_timeout
+            settings = wandb.Settings(init_timeout=60)
         kwargs = dict(project=lg.wandb_project, entity=lg.wandb_entity, name=lg.wandb_exp_name, dir=save_dir,
-                      config=cfg.to_dict(), id=run_id, resume="allow" if run_id else None,
-                      settings=wandb.Settings(init_timeout=60, finish_timeout=60))
+                      config=cfg.to_dict(), id=run_id, resume="allow" if run_id else None, settings=settings)
         run = None
         for attempt in ([mode, "offline"] if mode == "online" else [mode]):
             try:
