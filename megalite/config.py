@@ -186,6 +186,11 @@ class LoggingConfig:
     tensorboard_dir: Optional[str] = opt(None, "TensorBoard event files")
     metrics_file: Optional[str] = opt(None, "JSON lines of metrics (default <save>/metrics.jsonl)")
     peak_tflops: Optional[float] = opt(None, "device peak TFLOP/s for MFU (default from a table of GPUs)")
+    wandb_project: Optional[str] = opt(None, "log to Weights & Biases in this project (offline when there is no API "
+                                             "key or no network; `wandb sync` uploads it later)")
+    wandb_exp_name: Optional[str] = opt(None, "W&B run name (default: W&B's)")
+    wandb_save_dir: Optional[str] = opt(None, "W&B keeps its run files in <this>/wandb/ (default <save>/wandb/)")
+    wandb_entity: Optional[str] = opt(None, "W&B user or team (default: the API key's)")
 
 
 @dataclass

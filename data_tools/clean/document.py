@@ -10,16 +10,18 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from data_tools.clean.words import VOCAB
+from data_tools.clean.words import vocabulary
 
 
 class TextView:
     """The splits of one text that filters share, computed once when first asked: ``lines``
     (``str.splitlines``), per-line counts of whitespace-separated words, and per-token
-    properties in token order with the line of each token. Tokens never cross a line break."""
+    properties in token order with the line of each token. Tokens never cross a line break.
+    ``splitter`` names the word splitter (``words.vocabulary``) a language's rules chose."""
 
-    def __init__(self, text: str):
-        self.text = text
+    def __init__(self, text: str, splitter: str = "english"):
+        self.text, self.splitter = text, splitter
+        self.vocab = vocabulary(splitter)
         self._lines: Optional[List[str]] = None
         self._line_chunks: Optional[List[List[str]]] = None
         self._props: Optional[Dict[str, np.ndarray]] = None
@@ -41,7 +43,7 @@ class TextView:
     def prop(self, name: str) -> np.ndarray:
         """A per-token array: a ``Vocabulary`` property (see ``Vocabulary.prop``), ``id`` (token ids),
         ``line`` (line index of each token) or, per line, ``line_chunks`` (whitespace words)."""
-        if self._generation != VOCAB.generation:
+        if self._generation != self.vocab.generation:
             self._analyse()
         return self._props[name]
 
@@ -52,18 +54,19 @@ class TextView:
 
     def _analyse(self) -> None:
         line_chunks = self.line_chunks
-        ids, tokens_per_chunk = VOCAB.token_ids(self.text, list(chain.from_iterable(line_chunks)))
+        vocab = self.vocab
+        ids, tokens_per_chunk = vocab.token_ids(self.text, list(chain.from_iterable(line_chunks)))
         chunks_per_line = np.fromiter(map(len, line_chunks), np.int64, len(line_chunks))
         line_of_chunk = np.repeat(np.arange(len(line_chunks)), chunks_per_line)
-        self._props = {k: VOCAB.prop(k)[ids] for k in VOCAB.PROPS}
+        self._props = {k: vocab.prop(k)[ids] for k in vocab.PROPS}
         self._props.update(id=ids, line=np.repeat(line_of_chunk, tokens_per_chunk), line_chunks=chunks_per_line)
-        self._generation = VOCAB.generation
+        self._generation = vocab.generation
 
     def keep_lines(self, keep: np.ndarray, lines: List[str]) -> "TextView":
         """The view of the text made of the lines ``keep`` (a mask over ``self.lines``), which
         are ``lines`` after stripping (stripping changes no token)."""
         tokens = keep[self.prop("line")]
-        view = TextView("\n".join(lines))
+        view = TextView("\n".join(lines), self.splitter)
         view._lines = lines
         view._props = {k: v[tokens] for k, v in self._props.items() if k not in ("line", "line_chunks")}
         view._props["line"] = (np.cumsum(keep) - 1)[self._props["line"][tokens]]
@@ -94,6 +97,12 @@ class Document:
 
     @property
     def view(self) -> TextView:
-        if self._view is None or self._view.text is not self.text:
-            self._view = TextView(self.text)
-        return self._view
+        """The text's splits with English words."""
+        return self.view_for("english")
+
+    def view_for(self, splitter: str) -> TextView:
+        """The text's splits with the words of ``splitter`` (one kept at a time)."""
+        view = self._view
+        if view is None or view.text is not self.text or view.splitter != splitter:
+            view = self._view = TextView(self.text, splitter)
+        return view

@@ -1,5 +1,9 @@
 """Word splitting shared by the quality filters, and per-token properties as numpy arrays.
 
+One ``Vocabulary`` per word splitter: ``english`` (below), ``jieba`` for Chinese and
+``japanese`` (``data_tools.clean.cjk``); a language's rules (``data_tools.clean.languages``)
+name the splitter its documents get.
+
 FineWeb's filters (datatrove) split words with spaCy's English tokenizer, which is what
 makes them slow. ``english_tokenizer`` applies the same rules without spaCy, on each
 whitespace-separated chunk (spaCy also works chunk by chunk): punctuation, currency and
@@ -14,7 +18,7 @@ document with one numpy indexing operation instead of a Python loop over its wor
 """
 
 import unicodedata
-from typing import List, Tuple
+from typing import Dict, List, Tuple
 
 import numpy as np
 
@@ -63,6 +67,16 @@ def _is_punct(token: str) -> bool:
     return all(unicodedata.category(c)[0] == "P" for c in token)
 
 
+class _Unsegmented:
+    """A splitter whose tokens depend on each chunk alone (``split(chunk)``)."""
+
+    def __init__(self, split):
+        self.split = split
+
+    def needs_context(self, text: str, chunks: List[str]) -> bool:
+        return False
+
+
 class _ChunkIds(dict):
     """Whitespace-separated chunk -> chunk id, tokenising each new chunk once (its token ids
     go to the vocabulary's chunk table)."""
@@ -73,7 +87,7 @@ class _ChunkIds(dict):
 
     def __missing__(self, chunk: str) -> int:
         i = self[chunk] = len(self)
-        self.vocab._new_chunks.append(tuple(map(self.vocab.token_id, split_chunk(chunk))))
+        self.vocab._new_chunks.append(tuple(map(self.vocab.token_id, self.vocab.splitter.split(chunk))))
         return i
 
 
@@ -97,8 +111,8 @@ class Vocabulary:
 
     PROPS = ("is_word", "has_alpha", "length", "is_punct", "ends_sentence", "random")
 
-    def __init__(self, max_size: int = 1 << 19):
-        self.max_size = max_size
+    def __init__(self, max_size: int = 1 << 19, splitter=_ENGLISH):
+        self.max_size, self.splitter = max_size, splitter
         self.generation = -1  # bumped at each reset: ids from an older generation are void
         self._reset()
 
@@ -121,9 +135,9 @@ class Vocabulary:
         if len(self.chunks) > self.max_size or len(self.index) > self.max_size:
             self._reset()
         chunk_ids = np.fromiter(map(self.chunks.__getitem__, chunks), np.int64, len(chunks))
-        if _ENGLISH.needs_context(text, chunks):
+        if self.splitter.needs_context(text, chunks):
             # rare: a chunk's tokens depend on its neighbours (EnglishTokenizer.split_in_context)
-            tokens = _ENGLISH.split_in_context(text, chunks)
+            tokens = self.splitter.split_in_context(text, chunks)
             return (np.fromiter((self.token_id(t) for ts in tokens for t in ts), np.int64),
                     np.fromiter(map(len, tokens), np.int64, len(tokens)))
         if self._new_chunks:
@@ -182,3 +196,13 @@ class Vocabulary:
 
 
 VOCAB = Vocabulary()
+_VOCABS: Dict[str, Vocabulary] = {"english": VOCAB}
+
+
+def vocabulary(splitter: str) -> Vocabulary:
+    """The process's vocabulary for a word splitter named by a language's rules."""
+    if splitter not in _VOCABS:
+        from data_tools.clean import cjk
+
+        _VOCABS[splitter] = Vocabulary(splitter=_Unsegmented(cjk.SPLITTERS[splitter]()))
+    return _VOCABS[splitter]

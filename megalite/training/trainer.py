@@ -123,7 +123,7 @@ class Trainer:
                            if self.train_ds is not None else None)
         self.objective = self.stage.objective(cfg, StepContext(self.model, self.activation_shape, self.dtype, device,
                                                                self.train_ds, self.valid_ds, self.collate))
-        self.log = MetricsLog(s.rank == 0, cfg.logging.metrics_file, cfg.logging.tensorboard_dir, self.iteration)
+        self.log = MetricsLog(s.rank == 0, cfg, self.iteration)
         self.peak = cfg.logging.peak_tflops or (peak_tflops(torch.cuda.get_device_name(device))
                                                 if device.type == "cuda" else None)
         self.exit_requested = False
