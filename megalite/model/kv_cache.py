@@ -31,3 +31,42 @@ class KVCache:
 
     def advance(self, new_tokens: int) -> None:
         self.length += new_tokens
+
+
+class SlotKVCache(KVCache):
+    """A pool of ``batch`` slots whose rows advance separately: each holds one request, and a
+    step runs on any subset of them (continuous batching in megalite.serve).
+
+    ``select(rows, new)`` names the slots of the next step; ``update`` writes each row at its own
+    length and returns those rows' keys/values up to the longest of them (the mask hides the rest);
+    ``advance`` moves only the selected rows; ``free`` empties a slot for the next request.
+    """
+
+    def __init__(self, layers: Iterable[str], batch: int, max_len: int, kv_heads: int, head_dim: int,
+                 dtype: torch.dtype, device: torch.device):
+        super().__init__(layers, batch, max_len, kv_heads, head_dim, dtype, device)
+        for buffer in (*self.k.values(), *self.v.values()):
+            buffer.zero_()  # rows read past their length must hold numbers: masked NaN still poisons 0 * v
+        self.lengths = torch.zeros(batch, dtype=torch.long, device=device)
+        self.rows = torch.arange(batch, device=device)
+        self.end = 0
+
+    def select(self, rows: torch.Tensor, new: int) -> torch.Tensor:
+        """Step the slots ``rows`` by ``new`` tokens next; returns their lengths so far [rows]."""
+        self.rows = rows
+        before = self.lengths[rows]
+        self.end = int(before.max()) + new
+        return before
+
+    def update(self, k: torch.Tensor, v: torch.Tensor):
+        at = self.lengths[self.rows][None, :] + torch.arange(k.shape[0], device=k.device)[:, None]
+        rows = self.rows[None, :].expand_as(at)
+        self.k[self.layer][at, rows] = k
+        self.v[self.layer][at, rows] = v
+        return self.k[self.layer][: self.end, self.rows], self.v[self.layer][: self.end, self.rows]
+
+    def advance(self, new_tokens: int) -> None:
+        self.lengths[self.rows] += new_tokens
+
+    def free(self, row: int) -> None:
+        self.lengths[row] = 0
