@@ -18,7 +18,8 @@ extras = {
     # flash-attn is used when present but never required: it needs CUDA to build.
     # liger-kernel only for bench/bench_kernels.py's comparison.
     "gpu": ["triton>=3.0", "liger-kernel>=0.5"],
-    # tools/serve.py: the OpenAI-compatible server; its tests speak to it with the openai client.
+    # tools/serve.py: the OpenAI-compatible server; its tests speak to it with the openai client
+    # (and drive the chat page in Debian's headless chromium with selenium, a dev requirement).
     "serve": ["fastapi>=0.110", "uvicorn>=0.29", "openai>=1.30", "httpx>=0.27"],
     # triton also on CPU: the kernel tests run it under TRITON_INTERPRET=1; peft: the LoRA
     # tests load our adapters with it; the eval tests need the eval extra; trl: the DPO tests
@@ -29,7 +30,7 @@ extras = {
     "dev": ["pytest>=7", "pytest-timeout>=2", "triton>=3.0", "peft>=0.10", "lm-eval>=0.4.5", "sacrebleu>=2",
             "rouge-score>=0.1.2", "trl>=1.0", "datatrove>=0.10,<0.11; python_version>='3.10'",
             "spacy>=3.8,<3.9; python_version>='3.10'", "ruff>=0.15,<0.18", "fastapi>=0.110", "uvicorn>=0.29",
-            "openai>=1.30", "httpx>=0.27"],
+            "openai>=1.30", "httpx>=0.27", "selenium>=4.10"],
 }
 
 setup(

@@ -291,3 +291,61 @@ def test_slot_cache_rows_decode_like_alone(server):
         logits = decode_step(model, torch.tensor([[7], [8]]), before[:, None], cache, slot_mask(cache, before, 1))
         for row, (p, nxt) in enumerate(zip(prompts.values(), (7, 8))):
             torch.testing.assert_close(logits[row], model(torch.tensor([p + [nxt]]))[0, -1], rtol=1e-4, atol=1e-4)
+
+
+def test_load_mixed_good_bad_and_disconnecting_clients(server):
+    """~300 requests, 24 at a time, a third malformed and a sixth dropped mid-stream: the server
+    stays up, every good request gets its greedy answer, and every slot comes back."""
+    import asyncio
+
+    tok, model = server.served.tokenizer, server.served.engine.model
+    cases = [(f"Case {k}: the value of", 3 + 2 * k) for k in range(8)]
+    stop = Sampling(stop_ids=[tok.eod])
+    expected = [tok.decode([t for t in generate(model, [tok.encode(p)], n, stop)[0] if t != tok.eod])
+                for p, n in cases]
+    bad = ['{"prompt": ', {"prompt": "x", "max_tokens": -1}, {"model": "other", "prompt": "x"},
+           {"prompt": "word " * LEN}, {"prompt": 5}]
+    outcomes = {"good": 0, "bad": 0, "dropped": 0}
+    cancelled = server.served.engine.finished["cancelled"]
+
+    async def one(i, http, gate):
+        async with gate:
+            if i % 3 == 1:
+                body = bad[i % len(bad)]
+                r = await http.post("/v1/completions", content=body if isinstance(body, str) else json.dumps(body),
+                                    headers={"Content-Type": "application/json"})
+                assert r.status_code in (400, 404, 413) and r.json()["error"]["message"]
+                outcomes["bad"] += 1
+            elif i % 6 == 2:
+                body = {"prompt": PROMPT, "max_tokens": LEN - 20, "stream": True, "temperature": 0}
+                async with http.stream("POST", "/v1/completions", json=body) as r:
+                    async for line in r.aiter_lines():
+                        if line.startswith("data: "):
+                            break  # hang up after the first chunk
+                outcomes["dropped"] += 1
+            else:
+                k = i % len(cases)
+                r = await http.post("/v1/completions", json={"prompt": cases[k][0], "max_tokens": cases[k][1],
+                                                             "temperature": 0, "stream": i % 2 == 0})
+                assert r.status_code == 200
+                if i % 2 == 0:
+                    chunks = [json.loads(x[6:]) for x in r.text.split("\n\n") if x.startswith("data: {")]
+                    text = "".join(c["choices"][0]["text"] for c in chunks if c["choices"])
+                else:
+                    text = r.json()["choices"][0]["text"]
+                assert text == expected[k]
+                outcomes["good"] += 1
+
+    async def main():
+        gate = asyncio.Semaphore(24)
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as http:
+            await asyncio.gather(*(one(i, http, gate) for i in range(300)))
+
+    asyncio.run(asyncio.wait_for(main(), 120))
+    assert outcomes == {"good": 150, "bad": 100, "dropped": 50}
+    deadline = time.time() + 10
+    while (server.served.engine.open_slots or server.served.engine.waiting) and time.time() < deadline:
+        time.sleep(0.02)
+    assert server.served.engine.open_slots == 0 and server.served.engine.waiting == 0
+    assert server.served.engine.finished["cancelled"] - cancelled == 50  # every hang-up freed its slot early
+    assert httpx.get(server.url + "/health", timeout=10).json()["status"] == "ok"

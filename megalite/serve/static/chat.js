@@ -10,7 +10,10 @@ let controller = null;
 function show(role, text) {
   const div = document.createElement("div");
   div.className = "msg " + role;
-  div.textContent = text;
+  const content = document.createElement("span");
+  content.className = "content";
+  content.textContent = text;
+  div.appendChild(content);
   $("log").appendChild(div);
   $("log").scrollTop = $("log").scrollHeight;
   return div;
@@ -80,7 +83,7 @@ async function send(text) {
           if (choice.delta && choice.delta.content) reply += choice.delta.content;
           if (choice.finish_reason) finish = choice.finish_reason;
         }
-        bubble.textContent = reply;
+        bubble.firstChild.textContent = reply;
         $("log").scrollTop = $("log").scrollHeight;
       }
     }
