@@ -349,3 +349,37 @@ def test_load_mixed_good_bad_and_disconnecting_clients(server):
     assert server.served.engine.open_slots == 0 and server.served.engine.waiting == 0
     assert server.served.engine.finished["cancelled"] - cancelled == 50  # every hang-up freed its slot early
     assert httpx.get(server.url + "/health", timeout=10).json()["status"] == "ok"
+
+
+def test_hf_folder_with_peft_adapter(checkpoint, tmp_path):
+    """--load HF_DIR --load-adapter DIR: the folder is imported as sft_gpt.py imports one, and the
+    greedy answers are those of transformers + peft on the same folder and adapter."""
+    transformers = pytest.importorskip("transformers")
+    peft = pytest.importorskip("peft")
+    from megalite.hf.convert import export_hf
+
+    hf_dir, adapter = str(tmp_path / "hf"), str(tmp_path / "my_adapter")
+    export_hf(checkpoint, hf_dir, dtype="fp32")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
+    config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"],
+                             init_lora_weights=False, task_type="CAUSAL_LM")
+    torch.manual_seed(0)
+    theirs = peft.get_peft_model(hf, config).eval()
+    theirs.save_pretrained(adapter)
+    srv = Server(load_served(hf_dir, adapter, max_batch_size=2, max_model_len=64))
+    try:
+        assert httpx.get(srv.url + "/v1/models", timeout=10).json()["data"][0]["id"] == "my_adapter"
+        tok = srv.served.tokenizer
+        for prompt in ([5, 17, 300, 42, 9], [88, 12]):
+            with torch.no_grad():
+                ids = theirs.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False,
+                                      eos_token_id=tok.eod, pad_token_id=tok.eod)[0, len(prompt):].tolist()
+            r = httpx.post(srv.url + "/v1/completions", json={"prompt": prompt, "max_tokens": 12, "temperature": 0},
+                           timeout=30).json()
+            assert r["choices"][0]["text"] == tok.decode([i for i in ids if i != tok.eod])
+            with torch.no_grad(), theirs.disable_adapter():
+                base = theirs.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False,
+                                       eos_token_id=tok.eod, pad_token_id=tok.eod)[0, len(prompt):].tolist()
+            assert base != ids  # the adapter changes the answer, so the test would see it missing
+    finally:
+        srv.close()
