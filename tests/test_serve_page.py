@@ -62,7 +62,7 @@ def test_page_streams_the_greedy_reply_and_keeps_the_conversation(server, browse
                                          max_tokens=20, temperature=0).choices[0].message.content
     assert first.text == api.strip() and api.strip()  # the page shows the reply as text (edges trimmed)
     second = reply_after(browser, "And then?")
-    history = [{"role": "user", "content": "Hello there"}, {"role": "assistant", "content": api},
+    history = [{"role": "user", "content": "Hello there"}, {"role": "assistant", "content": api.strip()},
                {"role": "user", "content": "And then?"}]
     api2 = client.chat.completions.create(model="ck", messages=history, max_tokens=20, temperature=0)
     assert second.text == api2.choices[0].message.content.strip()  # the conversation was kept

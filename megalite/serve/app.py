@@ -15,7 +15,7 @@ import uuid
 from dataclasses import dataclass
 from typing import AsyncIterator, List, Optional
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
@@ -58,7 +58,8 @@ def build_app(served: Served) -> FastAPI:
 
     @app.exception_handler(ApiError)
     async def api_error(_, e: ApiError):
-        kind = {429: "rate_limit_exceeded", 404: "not_found_error"}.get(e.status, "invalid_request_error")
+        kind = {429: "rate_limit_exceeded", 404: "not_found_error", 500: "server_error"}.get(
+            e.status, "invalid_request_error")
         return JSONResponse(_error_body(e.message, kind, e.param, e.code), e.status, headers=e.headers)
 
     @app.exception_handler(RequestValidationError)
@@ -80,14 +81,14 @@ def build_app(served: Served) -> FastAPI:
         return {"status": "ok", "open_slots": served.engine.open_slots, "waiting": served.engine.waiting}
 
     @app.post("/v1/completions")
-    async def completions(body: CompletionRequest, http: Request):
+    async def completions(body: CompletionRequest):
         _check_model(served, body.model)
         prompts = _completion_prompts(served.tokenizer, body.prompt)
-        return await _serve(served, body, prompts, http, chat=False, max_tokens=body.max_tokens,
+        return await _serve(served, body, prompts, chat=False, max_tokens=body.max_tokens,
                             logprobs=body.logprobs, stops=body.stop_strings(), default_max=16)
 
     @app.post("/v1/chat/completions")
-    async def chat_completions(body: ChatRequest, http: Request):
+    async def chat_completions(body: ChatRequest):
         _check_model(served, body.model)
         if served.chat_template is None:
             raise ApiError(400, f"this model has no chat template ({served.no_template}); use /v1/completions")
@@ -95,7 +96,7 @@ def build_app(served: Served) -> FastAPI:
         text = render_chat(served.chat_template, [{"role": m.role, "content": m.text()} for m in body.messages],
                            add_generation_prompt=True, **tok.special_tokens)
         k = (body.top_logprobs or 0) if body.logprobs else None
-        return await _serve(served, body, [tok.encode(text)], http, chat=True,
+        return await _serve(served, body, [tok.encode(text)], chat=True,
                             max_tokens=body.max_completion_tokens or body.max_tokens, logprobs=k,
                             stops=body.stop_strings() + list(served.chat_stops), default_max=served.max_model_len)
 
@@ -123,7 +124,7 @@ def _completion_prompts(tok: Tokenizer, prompt) -> List[List[int]]:
     return [tok.encode(p) for p in prompts]
 
 
-async def _serve(served: Served, body, prompts: List[List[int]], http: Request, chat: bool,
+async def _serve(served: Served, body, prompts: List[List[int]], chat: bool,
                  max_tokens: Optional[int], logprobs: Optional[int], stops: List[str], default_max: int):
     """``default_max``: new tokens at most when max_tokens is not given (as many as fit, up to it)."""
     tok, limit = served.tokenizer, served.max_model_len

@@ -83,7 +83,7 @@ async function send(text) {
           if (choice.delta && choice.delta.content) reply += choice.delta.content;
           if (choice.finish_reason) finish = choice.finish_reason;
         }
-        bubble.firstChild.textContent = reply;
+        bubble.firstChild.textContent = reply.trimStart();
         $("log").scrollTop = $("log").scrollHeight;
       }
     }
@@ -105,7 +105,7 @@ async function send(text) {
     bubble.remove();
     return;
   }
-  messages.push({role: "assistant", content: reply});
+  messages.push({role: "assistant", content: reply.trim()});  // as tools/generate.py --chat keeps it
   bubble.dataset.finish = finish || "";
   if (finish === "stopped" || finish === "length") {
     const note = document.createElement("span");
@@ -139,5 +139,8 @@ $("temperature").addEventListener("input", () => { $("temperature-value").textCo
 
 fetch("/v1/models").then((r) => r.json()).then((list) => {
   model = list.data[0].id;
-  $("model").textContent = model + " · " + list.data[0].max_model_len + " tokens";
+  const room = list.data[0].max_model_len;
+  $("model").textContent = model + " · " + room + " tokens";
+  $("max-tokens").max = room - 1;
+  if (parseInt($("max-tokens").value, 10) >= room) $("max-tokens").value = Math.floor(room / 2);
 }).catch(() => showError("Error: the server does not answer /v1/models"));
