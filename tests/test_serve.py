@@ -351,7 +351,7 @@ def test_load_mixed_good_bad_and_disconnecting_clients(server):
     assert httpx.get(server.url + "/health", timeout=10).json()["status"] == "ok"
 
 
-def test_hf_folder_with_peft_adapter(checkpoint, tmp_path):
+def test_hf_folder_with_peft_adapter(checkpoint, tmp_path, capsys):
     """--load HF_DIR --load-adapter DIR: the folder is imported as sft_gpt.py imports one, and the
     greedy answers are those of transformers + peft on the same folder and adapter."""
     transformers = pytest.importorskip("transformers")
@@ -383,3 +383,6 @@ def test_hf_folder_with_peft_adapter(checkpoint, tmp_path):
             assert base != ids  # the adapter changes the answer, so the test would see it missing
     finally:
         srv.close()
+    capsys.readouterr()
+    load_served(hf_dir, max_batch_size=1, max_model_len=8).engine.stop()
+    assert "importing" not in capsys.readouterr().out  # a restart reuses the import

@@ -30,9 +30,10 @@ def is_hf_folder(path: str) -> bool:
 
 
 def _fingerprint(hf_dir: str) -> str:
-    """Changes when any file of the folder does (name, size, modification time)."""
+    """Changes when any file of the folder does (name, size, modification time); hidden entries
+    are not the model's (the import itself may live in ``<hf_dir>/.megalite_base``)."""
     h = hashlib.sha1()
-    for name in sorted(os.listdir(hf_dir)):
+    for name in sorted(n for n in os.listdir(hf_dir) if not n.startswith(".")):
         st = os.stat(os.path.join(hf_dir, name))
         h.update(f"{name}:{st.st_size}:{st.st_mtime_ns};".encode())
     return h.hexdigest()
