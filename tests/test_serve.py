@@ -284,10 +284,10 @@ def test_slot_cache_rows_decode_like_alone(server):
     prompts = {0: [5, 17, 300, 42], 2: [88, 12, 400, 9, 9, 31, 2]}
     with torch.no_grad():
         for slot, p in prompts.items():
-            before = cache.select(torch.tensor([slot]), len(p))
+            before = cache.select([slot], len(p))
             decode_step(model, torch.tensor([p]), before[:, None] + torch.arange(len(p)), cache,
                         slot_mask(cache, before, len(p)))
-        before = cache.select(torch.tensor([0, 2]), 1)
+        before = cache.select([0, 2], 1)
         logits = decode_step(model, torch.tensor([[7], [8]]), before[:, None], cache, slot_mask(cache, before, 1))
         for row, (p, nxt) in enumerate(zip(prompts.values(), (7, 8))):
             torch.testing.assert_close(logits[row], model(torch.tensor([p + [nxt]]))[0, -1], rtol=1e-4, atol=1e-4)

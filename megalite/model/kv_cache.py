@@ -1,6 +1,6 @@
 """Keys and values kept between decoding steps, and the attention mask of the current step."""
 
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Sequence
 
 import torch
 
@@ -38,8 +38,9 @@ class SlotKVCache(KVCache):
     step runs on any subset of them (continuous batching in megalite.serve).
 
     ``select(rows, new)`` names the slots of the next step; ``update`` writes each row at its own
-    length and returns those rows' keys/values up to the longest of them (the mask hides the rest);
-    ``advance`` moves only the selected rows; ``free`` empties a slot for the next request.
+    length and returns those rows' keys/values up to the longest of them (the mask hides the rest:
+    a view when the rows are neighbours, else a gathered copy); ``advance`` moves only the selected
+    rows; ``free`` empties a slot for the next request.
     """
 
     def __init__(self, layers: Iterable[str], batch: int, max_len: int, kv_heads: int, head_dim: int,
@@ -48,22 +49,26 @@ class SlotKVCache(KVCache):
         for buffer in (*self.k.values(), *self.v.values()):
             buffer.zero_()  # rows read past their length must hold numbers: masked NaN still poisons 0 * v
         self.lengths = torch.zeros(batch, dtype=torch.long, device=device)
-        self.rows = torch.arange(batch, device=device)
         self.end = 0
 
-    def select(self, rows: torch.Tensor, new: int) -> torch.Tensor:
-        """Step the slots ``rows`` by ``new`` tokens next; returns their lengths so far [rows]."""
-        self.rows = rows
-        before = self.lengths[rows]
+    def select(self, rows: Sequence[int], new: int) -> torch.Tensor:
+        """Step the slots ``rows`` (ascending) by ``new`` tokens next; returns their lengths so far."""
+        device = self.lengths.device
+        self.rows = torch.tensor(rows, device=device)
+        self.span = slice(rows[0], rows[-1] + 1) if rows[-1] - rows[0] + 1 == len(rows) else None
+        before = self.lengths[self.rows]
         self.end = int(before.max()) + new
+        self.at = before[None, :] + torch.arange(new, device=device)[:, None]  # [new, rows]: where each goes
+        self.at_rows = self.rows[None, :].expand_as(self.at)
         return before
 
     def update(self, k: torch.Tensor, v: torch.Tensor):
-        at = self.lengths[self.rows][None, :] + torch.arange(k.shape[0], device=k.device)[:, None]
-        rows = self.rows[None, :].expand_as(at)
-        self.k[self.layer][at, rows] = k
-        self.v[self.layer][at, rows] = v
-        return self.k[self.layer][: self.end, self.rows], self.v[self.layer][: self.end, self.rows]
+        keys, values = self.k[self.layer], self.v[self.layer]
+        keys[self.at, self.at_rows] = k
+        values[self.at, self.at_rows] = v
+        if self.span is not None:
+            return keys[: self.end, self.span], values[: self.end, self.span]
+        return keys[: self.end, self.rows], values[: self.end, self.rows]
 
     def advance(self, new_tokens: int) -> None:
         self.lengths[self.rows] += new_tokens

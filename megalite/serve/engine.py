@@ -11,6 +11,7 @@ together) with megalite.eval.sampling, and handed to the request's ``emit`` call
 loop's thread: Token for each new token, then one Finished.
 """
 
+import heapq
 import threading
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -64,7 +65,8 @@ class Engine:
         self.vocab = model_chunks(model)[0].cfg.padded_vocab_size  # token ids a prompt may hold
         self.max_model_len, self.max_queue = max_model_len, max_queue
         self.cache: SlotKVCache = new_cache(model, max_batch_size, max_model_len, self.device, kind=SlotKVCache)
-        self.free: List[int] = list(range(max_batch_size - 1, -1, -1))
+        self.free: List[int] = list(range(max_batch_size))  # a heap: the lowest slot first keeps the batch
+        # in neighbouring slots, whose cache rows a step reads without copying
         self.active: Dict[int, Request] = {}
         self.pending: Deque[Request] = deque()
         self.batch_sizes: Counter = Counter()  # decode steps run at each batch size
@@ -115,7 +117,7 @@ class Engine:
                         break
                     admitted = []
                     while self.pending and self.free:
-                        admitted.append((self.pending.popleft(), self.free.pop()))
+                        admitted.append((self.pending.popleft(), heapq.heappop(self.free)))
                 for request, slot in admitted:
                     self.active[slot] = request
                     self._guard([slot], self._prefill, request, slot)
@@ -152,7 +154,7 @@ class Engine:
     def _run(self, slots: List[int], tokens: torch.Tensor) -> None:
         """One forward of ``tokens`` [slots, new] on those slots, then the next token of each."""
         new = tokens.shape[1]
-        before = self.cache.select(torch.tensor(slots, device=self.device), new)
+        before = self.cache.select(slots, new)
         positions = before[:, None] + torch.arange(new, device=self.device)[None, :]
         logits = decode_step(self.model, tokens, positions, self.cache, slot_mask(self.cache, before, new)).float()
         if self.vocab_size is not None:
@@ -199,5 +201,5 @@ class Engine:
         self.cache.free(slot)
         self.finished[event.reason] += 1
         with self._wake:
-            self.free.append(slot)
+            heapq.heappush(self.free, slot)
         r.emit(event)
