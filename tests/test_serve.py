@@ -386,3 +386,18 @@ def test_hf_folder_with_peft_adapter(checkpoint, tmp_path, capsys):
     capsys.readouterr()
     load_served(hf_dir, max_batch_size=1, max_model_len=8).engine.stop()
     assert "importing" not in capsys.readouterr().out  # a restart reuses the import
+
+
+def test_without_a_chat_template_chat_says_so_and_completions_work(server, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from tests.conftest import run_tool
+
+    bare = Served(server.served.engine, server.served.tokenizer, "ck", LEN, None,
+                  "the tokenizer has no chat template; pass --chat-template chatml (or a file)")
+    http = TestClient(build_app(bare))
+    r = http.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 400 and "--chat-template" in r.json()["error"]["message"]
+    assert http.post("/v1/completions", json={"prompt": PROMPT, "max_tokens": 3}).json()["usage"]["completion_tokens"]
+    proc = run_tool("tools/serve.py", "--load", str(tmp_path / "nothing"), check=False)
+    assert proc.returncode == 1 and proc.stderr.strip().startswith("error: --load") and "Traceback" not in proc.stderr

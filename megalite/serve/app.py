@@ -148,7 +148,10 @@ async def _serve(served: Served, body, prompts: List[List[int]], chat: bool,
             index = p * body.n + j
 
             def emit(event, index=index):
-                loop.call_soon_threadsafe(events.put_nowait, (index, event))
+                try:
+                    loop.call_soon_threadsafe(events.put_nowait, (index, event))
+                except RuntimeError:  # the event loop is gone (the server is shutting down)
+                    pass
 
             seed = None if body.seed is None else body.seed + j
             sampling = Sampling(temperature=body.temperature, top_p=body.top_p, stop_ids=[tok.eod],
