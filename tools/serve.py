@@ -12,6 +12,7 @@ beyond that requests get HTTP 429 with Retry-After. See docs/serving.md.
 """
 
 import argparse
+import os
 
 from megalite.errors import MegaliteError
 from megalite.serve.app import build_app
@@ -33,6 +34,9 @@ def main(argv=None):
     p.add_argument("--chat-template", help="a built-in name or a Jinja template file (default: the one the "
                                            "checkpoint was fine-tuned with, else the tokenizer's)")
     a = p.parse_args(argv)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise MegaliteError("tools/serve.py runs in one process (tensor-parallel serving is not built yet); "
+                            "start it without torchrun")
     try:
         import uvicorn
     except ImportError:
