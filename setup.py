@@ -20,6 +20,9 @@ extras = {
     # flash-attn is used when present but never required: it needs CUDA to build.
     # liger-kernel only for bench/bench_kernels.py's comparison.
     "gpu": ["triton>=3.0", "liger-kernel>=0.5"],
+    # tools/serve.py: the OpenAI-compatible server; its tests speak to it with the openai client
+    # (and drive the chat page in Debian's headless chromium with selenium, a dev requirement).
+    "serve": ["fastapi>=0.110", "uvicorn>=0.29", "openai>=1.30", "httpx>=0.27"],
     # triton also on CPU: the kernel tests run it under TRITON_INTERPRET=1; peft: the LoRA
     # tests load our adapters with it; the eval tests need the eval extra; trl: the DPO tests
     # compare our tokenization and losses with its DPOTrainer; datatrove and spaCy: the cleaning
@@ -30,7 +33,7 @@ extras = {
     "dev": ["pytest>=7", "pytest-timeout>=2", "triton>=3.0", "peft>=0.10", "lm-eval>=0.4.5", "sacrebleu>=2",
             "rouge-score>=0.1.2", "trl>=1.0", "datatrove>=0.10,<0.11; python_version>='3.10'",
             "spacy>=3.8,<3.9; python_version>='3.10'", "ruff>=0.15,<0.18", "wandb>=0.22",
-            "snownlp>=0.12"],
+            "snownlp>=0.12", "fastapi>=0.110", "uvicorn>=0.29", "openai>=1.30", "httpx>=0.27", "selenium>=4.10"],
 }
 
 setup(
@@ -41,6 +44,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
     packages=find_packages(include=["megalite", "megalite.*", "data_tools", "data_tools.*"]),
+    package_data={"megalite.serve": ["static/*"]},  # the chat page
     ext_modules=[Pybind11Extension("megalite._helpers", ["csrc/helpers.cpp"], cxx_std=17)],
     cmdclass={"build_ext": build_ext},
     install_requires=[

@@ -26,3 +26,10 @@ if [ "$(cat $stamp 2>/dev/null)" != "$want" ]; then
     pip install -q --no-build-isolation -e ".[data,hf,dev]"
     echo "$want" > $stamp
 fi
+
+# The chat page's browser test (tests/test_serve_page.py): Debian's headless Chromium and its driver.
+if ! { command -v chromium && command -v chromedriver; } >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 \
+        && [ "$(id -u)" = 0 ]; then
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; } \
+        >/dev/null 2>&1 || echo "warning: chromium not installed; tests/test_serve_page.py will be skipped" >&2
+fi

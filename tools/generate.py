@@ -22,7 +22,7 @@ import sys
 
 import torch.distributed as dist
 
-from megalite.data.chat import load_template, render_chat
+from megalite.data.chat import chat_template_for, render_chat, turn_end_strings
 from megalite.data.tokenizer import TOKENIZER_TYPES, build_tokenizer
 from megalite.errors import MegaliteError
 from megalite.eval.generate import generate
@@ -83,11 +83,8 @@ def run(model, cfg, prompts, a):
 
 def chat(model, tok, sampling: Sampling, a, trained_template=None) -> int:
     """``trained_template``: the one a fine-tuning run stored (sft_gpt.py), else the tokenizer's."""
-    template = load_template(a.chat_template) if a.chat_template else trained_template or tok.chat_template
-    if template is None:
-        raise MegaliteError("the tokenizer has no chat template; pass --chat-template chatml (or a file)")
-    if "<|im_end|>" in template:
-        sampling.stop_strings = list(sampling.stop_strings) + ["<|im_end|>"]
+    template = chat_template_for(a.chat_template, trained_template, tok)
+    sampling.stop_strings = list(sampling.stop_strings) + turn_end_strings(template)
     pad = tok.pad if tok.pad is not None else tok.eod
     messages = []
     interactive = sys.stdin.isatty()

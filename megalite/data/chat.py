@@ -172,6 +172,21 @@ def resolve_template(spec: Optional[str], tokenizer) -> str:
     return getattr(tokenizer, "chat_template", None) or CHATML
 
 
+def chat_template_for(override: Optional[str], trained: Optional[str], tokenizer) -> str:
+    """What decoding chats with (tools/generate.py --chat, the server): ``override`` (a
+    --chat-template) if given, else the template a fine-tuning run stored, else the tokenizer's."""
+    template = load_template(override) if override else trained or getattr(tokenizer, "chat_template", None)
+    if template is None:
+        raise MegaliteError("the tokenizer has no chat template; pass --chat-template chatml (or a file)")
+    return template
+
+
+def turn_end_strings(template: str) -> List[str]:
+    """Strings that end an assistant turn of ``template`` and so stop decoding (ChatML's
+    <|im_end|>, which is not the tokenizer's end-of-document token)."""
+    return ["<|im_end|>"] if "<|im_end|>" in template else []
+
+
 def assistant_spans(template: str, messages: List[Dict[str, str]], **tokens) -> Tuple[str, List[Tuple[int, int]]]:
     """The rendered conversation and the character span of every assistant turn in it.
 

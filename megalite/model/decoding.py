@@ -18,17 +18,18 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
-from megalite.model.kv_cache import KVCache
+from megalite.model.kv_cache import KVCache, SlotKVCache
 from megalite.parallel import state
 from megalite.parallel.pipeline import model_chunks
 
 
-def new_cache(model, batch: int, max_len: int, device: torch.device) -> KVCache:
-    """An empty cache for ``batch`` rows of up to ``max_len`` tokens, for the layers this rank holds."""
+def new_cache(model, batch: int, max_len: int, device: torch.device, kind=KVCache) -> KVCache:
+    """An empty cache for ``batch`` rows of up to ``max_len`` tokens, for the layers this rank holds
+    (``kind=SlotKVCache``: a pool of slots that advance separately)."""
     chunks = model_chunks(model)
     layers = [name for chunk in chunks for name in chunk.layers.keys()]
     heads = next(iter(chunks[0].layers.values())).attention.groups
-    return KVCache(layers, batch, max_len, heads, chunks[0].cfg.kv_channels, _dtype(model), device)
+    return kind(layers, batch, max_len, heads, chunks[0].cfg.kv_channels, _dtype(model), device)
 
 
 def attention_mask(valid: torch.Tensor, start: int = 0) -> torch.Tensor:
@@ -41,6 +42,14 @@ def attention_mask(valid: torch.Tensor, start: int = 0) -> torch.Tensor:
     allowed = (k <= q)[None] & valid[:, None, :]
     allowed |= (k == q)[None]
     return allowed[:, None]
+
+
+def slot_mask(cache: SlotKVCache, before: torch.Tensor, new: int) -> torch.Tensor:
+    """[rows, 1, new, cache.end] for a step of ``new`` tokens on slots holding ``before`` tokens
+    each (SlotKVCache.select): a query attends to its slot's tokens up to its own position."""
+    q = before[:, None] + torch.arange(new, device=before.device)[None, :]
+    k = torch.arange(cache.end, device=before.device)
+    return (k[None, None, :] <= q[:, :, None])[:, None]
 
 
 def token_positions(valid: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """Keys and values kept between decoding steps, and the attention mask of the current step."""
 
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Sequence
 
 import torch
 
@@ -31,3 +31,47 @@ class KVCache:
 
     def advance(self, new_tokens: int) -> None:
         self.length += new_tokens
+
+
+class SlotKVCache(KVCache):
+    """A pool of ``batch`` slots whose rows advance separately: each holds one request, and a
+    step runs on any subset of them (continuous batching in megalite.serve).
+
+    ``select(rows, new)`` names the slots of the next step; ``update`` writes each row at its own
+    length and returns those rows' keys/values up to the longest of them (the mask hides the rest:
+    a view when the rows are neighbours, else a gathered copy); ``advance`` moves only the selected
+    rows; ``free`` empties a slot for the next request.
+    """
+
+    def __init__(self, layers: Iterable[str], batch: int, max_len: int, kv_heads: int, head_dim: int,
+                 dtype: torch.dtype, device: torch.device):
+        super().__init__(layers, batch, max_len, kv_heads, head_dim, dtype, device)
+        for buffer in (*self.k.values(), *self.v.values()):
+            buffer.zero_()  # rows read past their length must hold numbers: masked NaN still poisons 0 * v
+        self.lengths = torch.zeros(batch, dtype=torch.long, device=device)
+        self.end = 0
+
+    def select(self, rows: Sequence[int], new: int) -> torch.Tensor:
+        """Step the slots ``rows`` (ascending) by ``new`` tokens next; returns their lengths so far."""
+        device = self.lengths.device
+        self.rows = torch.tensor(rows, device=device)
+        self.span = slice(rows[0], rows[-1] + 1) if rows[-1] - rows[0] + 1 == len(rows) else None
+        before = self.lengths[self.rows]
+        self.end = int(before.max()) + new
+        self.at = before[None, :] + torch.arange(new, device=device)[:, None]  # [new, rows]: where each goes
+        self.at_rows = self.rows[None, :].expand_as(self.at)
+        return before
+
+    def update(self, k: torch.Tensor, v: torch.Tensor):
+        keys, values = self.k[self.layer], self.v[self.layer]
+        keys[self.at, self.at_rows] = k
+        values[self.at, self.at_rows] = v
+        if self.span is not None:
+            return keys[: self.end, self.span], values[: self.end, self.span]
+        return keys[: self.end, self.rows], values[: self.end, self.rows]
+
+    def advance(self, new_tokens: int) -> None:
+        self.lengths[self.rows] += new_tokens
+
+    def free(self, row: int) -> None:
+        self.lengths[row] = 0
