@@ -9,9 +9,12 @@ import re
 import pytest
 import torch
 
+from megalite.checkpoint.reshard import load_full_state
 from megalite.errors import MegaliteError
-from megalite.eval.generate import Sampling, generate, load_model
-from megalite.hf.convert import export_hf, import_hf, load_full_state
+from megalite.eval.generate import generate
+from megalite.eval.loading import load_model
+from megalite.eval.sampling import Sampling
+from megalite.hf.convert import export_hf, import_hf
 from megalite.model import GPTModel
 
 transformers = pytest.importorskip("transformers")
