@@ -43,7 +43,7 @@ def load_served(load: str, adapter: Optional[str] = None, max_batch_size: int = 
     if max_batch_size < 1 or max_model_len < 2:
         raise MegaliteError("--max-batch-size must be at least 1 and --max-model-len at least 2")
     try:
-        template, why_not = chat_template_for(chat_template, cfg.sft.chat_template, tok), ""
+        template, why_not = chat_template_for(chat_template, cfg.chat.chat_template, tok), ""
     except MegaliteError as e:
         if chat_template:
             raise
