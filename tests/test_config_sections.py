@@ -117,7 +117,12 @@ def test_the_renamed_stage_selector_still_works_with_a_warning(tmp_path, capsys)
     (tmp_path / "c.yaml").write_text("stage: rm\n")
     assert parse_config(["--config", str(tmp_path / "c.yaml")], tool="dpo_gpt.py").dpo.pref_method == "rm"
     assert "stage is deprecated" in capsys.readouterr().err
-    old = Config().to_dict()
-    old["dpo"]["stage"] = old["dpo"].pop("pref_method")
-    old["dpo"]["stage"] = "rm"
-    assert Config.from_dict(old).dpo.pref_method == "rm"
+    old = Config().to_dict()  # the settings of a KTO run saved before the rename
+    del old["dpo"]["pref_method"]
+    old["dpo"].update(stage="kto", pref_data="kto.jsonl")
+    assert Config.from_dict(old).dpo.pref_method == "kto"
+    # its --save is resumed by a KTO run only (posttrain.stage.PostTrainStage.is_run_of)
+    from megalite.posttrain.dpo import DPOStage
+    from megalite.posttrain.kto import KTOStage
+
+    assert KTOStage().is_run_of(old) and not DPOStage().is_run_of(old)

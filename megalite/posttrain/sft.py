@@ -23,6 +23,9 @@ def collate_rows(rows, pad_to, multiple_of, keep_positions):
 class SFTStage(PostTrainStage):
     name = "sft"
 
+    def packed(self, cfg: Config) -> bool:
+        return cfg.sft.packing
+
     def datasets(self, cfg: Config, tokenizer, train_samples: int) -> list:
         t = cfg.training
         return [*build_sft_datasets(cfg.sft, cfg.data.seq_length, tokenizer, train_samples,
@@ -31,4 +34,4 @@ class SFTStage(PostTrainStage):
 
     def collate(self, cfg: Config):
         pad_to, multiple = self.padding(cfg)
-        return functools.partial(collate_rows, pad_to=pad_to, multiple_of=multiple, keep_positions=cfg.sft.packing)
+        return functools.partial(collate_rows, pad_to=pad_to, multiple_of=multiple, keep_positions=self.packed(cfg))

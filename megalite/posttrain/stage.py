@@ -108,9 +108,13 @@ class PostTrainStage(Stage):
     def prepare_reference(self, cfg: Config) -> None:
         """Settle the reference model's weights (stages that have one)."""
 
+    def packed(self, cfg: Config) -> bool:
+        """Whether rows are packed to --seq-length (SFT's --packing; preference rows never are)."""
+        return False
+
     def padding(self, cfg: Config) -> Tuple[Optional[int], int]:
         """(pad_to, multiple_of) of this stage's micro-batches (training.data.row_padding)."""
-        return row_padding(cfg, cfg.sft.packing)
+        return row_padding(cfg, self.packed(cfg))
 
 
 class PreferenceStage(PostTrainStage):
