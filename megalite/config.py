@@ -265,9 +265,50 @@ class DPOConfig:
     dpo_label_smoothing: float = opt(0.0, "robust DPO and SimPO: assumed share of flipped preference labels, "
                                           "in [0, 0.5)")
     simpo_gamma: float = opt(0.5, "SimPO: the target reward margin (trl CPO's simpo_gamma)")
-    ref_load: Optional[str] = opt(None, "reference model checkpoint (default: the starting weights of the run)")
     precompute_ref_log_probs: bool = opt(False, "score every pair with the reference once before training, "
                                                 "so training holds a single model")
+
+
+@dataclass
+class ReferenceConfig:
+    ref_load: Optional[str] = opt(None, "reference model checkpoint (default: the starting weights of the run; with "
+                                        "--lora-rank: the policy with its adapters disabled)")
+
+
+@dataclass
+class RLConfig:
+    prompt_data: Optional[str] = opt(None, "prompts: files (a 'prompt' column: text or messages; every other column "
+                                           "goes to the reward functions) or dataset_info.json names, comma separated")
+    prompt_dataset_dir: Optional[str] = opt(None, "folder with a LLaMA-Factory dataset_info.json for --prompt-data")
+    prompt_valid_fraction: float = opt(0.0, "hold out this seeded share of the prompts: the held-out mean reward "
+                                            "every --eval-interval")
+    algorithm: str = opt("grpo", "grpo (trl's GRPOTrainer), rloo (trl's RLOOTrainer) or ppo (a critic and GAE)",
+                         choices=["grpo", "rloo", "ppo"])
+    num_generations: int = opt(8, "completions per prompt (G); --global-batch-size counts completions")
+    max_completion_length: int = opt(256, "most tokens generated per completion; prompts longer than --seq-length "
+                                          "minus this are dropped (counted)")
+    temperature: float = opt(1.0, "sampling temperature of the rollouts (0: greedy); training scores the tokens at "
+                                  "the same temperature, as trl does")
+    top_p: float = opt(1.0, "nucleus sampling of the rollouts")
+    top_k: int = opt(0, "top-k sampling of the rollouts (0: off)")
+    reward_funcs: Optional[List[str]] = opt(None, "reward functions: pkg.module:fn or file.py:fn (trl's signature), "
+                                                  "or the built-ins accuracy (math-verify against a 'solution' "
+                                                  "column) and format (--format-pattern)", nargs="+")
+    reward_weights: Optional[List[float]] = opt(None, "one weight per reward (functions, then --reward-model)",
+                                                nargs="+", type=float)
+    format_pattern: Optional[str] = opt(None, "the regular expression the built-in format reward matches")
+    reward_model: Optional[str] = opt(None, "a reward model scored in the job: a dpo_gpt.py --pref-method rm "
+                                            "checkpoint or a local HF ...ForSequenceClassification folder")
+    loss_type: str = opt("dapo", "GRPO loss normalisation (trl's): grpo, bnpo, dr_grpo, dapo or cispo",
+                         choices=["grpo", "bnpo", "dr_grpo", "dapo", "cispo"])
+    scale_rewards: str = opt("group", "GRPO: divide advantages by the group's reward std, the batch's, or none",
+                             choices=["group", "batch", "none"])
+    epsilon: float = opt(0.2, "clipping range of the probability ratio (lower side)")
+    epsilon_high: Optional[float] = opt(None, "upper clipping range (default --epsilon; DAPO uses 0.28)")
+    beta: float = opt(0.0, "KL coefficient to the reference model (0: no reference model is held)")
+    num_iterations: int = opt(1, "optimizer steps on each batch of rollouts (trl's num_iterations)")
+    normalize_advantages: bool = opt(False, "RLOO: whiten the advantages over the batch")
+    mask_truncated_completions: bool = opt(False, "completions cut at --max-completion-length get no loss")
 
 
 @dataclass
@@ -298,6 +339,8 @@ SECTIONS = {
     "dpo": DPOConfig,
     "kto": KTOConfig,
     "reward": RewardConfig,
+    "reference": ReferenceConfig,
+    "rl": RLConfig,
 }
 
 
@@ -315,6 +358,8 @@ class Config:
     dpo: DPOConfig = field(default_factory=DPOConfig)
     kto: KTOConfig = field(default_factory=KTOConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
+    reference: ReferenceConfig = field(default_factory=ReferenceConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -338,7 +383,8 @@ _PRETRAINING = ("model", "parallel", "data", "training", "logging", "checkpoint"
 TOOLS = {
     "pretrain_gpt.py": _PRETRAINING,
     "sft_gpt.py": _PRETRAINING + ("chat", "sft"),
-    "dpo_gpt.py": _PRETRAINING + ("chat", "dpo", "kto", "reward"),
+    "dpo_gpt.py": _PRETRAINING + ("chat", "dpo", "kto", "reward", "reference"),
+    "rl_gpt.py": _PRETRAINING + ("chat", "reference", "rl"),
 }
 
 
@@ -603,12 +649,14 @@ def validate(cfg: Config, world_size: int = 1) -> Config:
         raise MegaliteError("--window-attn-skip-freq needs --window-size")
     windowed_layers(m)
     sft = cfg.sft.sft_data is not None
-    if sum([d.data_path is not None, d.mock_data, sft, cfg.dpo.pref_data is not None]) != 1:
+    posttrain = sft or cfg.dpo.pref_data is not None or cfg.rl.prompt_data is not None
+    if sum([d.data_path is not None, d.mock_data, sft, cfg.dpo.pref_data is not None,
+            cfg.rl.prompt_data is not None]) != 1:
         raise MegaliteError("give one source of training data: --data-path, --mock-data (synthetic tokens), "
-                            "--sft-data (sft_gpt.py) or --pref-data (dpo_gpt.py)")
+                            "--sft-data (sft_gpt.py), --pref-data (dpo_gpt.py) or --prompt-data (rl_gpt.py)")
     if d.mock_data and d.tokenizer_type is None:
         need(m.vocab_size, "--vocab-size (needed by --mock-data without a tokenizer)")
-    if (d.data_path is not None or sft or cfg.dpo.pref_data) and d.tokenizer_type is None:
+    if (d.data_path is not None or posttrain) and d.tokenizer_type is None:
         raise MegaliteError(f"--tokenizer-type is required with {'--sft-data' if sft else '--data-path'}")
     if t.fused_kernels and not installed("triton"):
         raise MegaliteError("--fused-kernels needs triton (pip install triton)")

@@ -136,10 +136,10 @@ class Trainer:
     def train_step(self, batch: List[Dict[str, torch.Tensor]]) -> Dict:
         s = state.get()
         self.grads.zero()
+        started = time.perf_counter()
+        self.objective.prepare(batch)  # may rewrite the micro-batches (online RL generates into them)
         counts = self._global_counts(batch)
         tokens = all_reduce_scalar(float(sum(mb["loss_mask"].sum().item() for mb in batch)), s.dp_group)
-        started = time.perf_counter()
-        self.objective.prepare(batch)
         self.objective.begin_step(counts)
         self.model.train()
         loss_sum = forward_backward(
@@ -191,8 +191,8 @@ class Trainer:
         try:
             for _ in range(t.eval_iters):
                 batch = microbatches(loader, n_micro, self.device)
-                counts = self._global_counts(batch)
                 self.objective.prepare(batch)
+                counts = self._global_counts(batch)
                 self.objective.begin_step(counts)
                 total += counts[weight_key] * forward_backward(self.model, batch, self.objective,
                                                                self.activation_shape, self.dtype, forward_only=True)
