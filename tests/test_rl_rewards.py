@@ -118,6 +118,8 @@ def test_accuracy_without_a_solution_column_says_so():
 
 
 def test_format_matches_the_whole_completion():
+    from trl.rewards import think_format_reward
+
     completions = ["<think>first\nthen</think>\n<answer>4</answer>",  # DOTALL: the reasoning spans lines
                    "<think>x</think><answer>4</answer> and more",  # fullmatch: nothing after the answer
                    "<answer>4</answer>"]
@@ -125,6 +127,11 @@ def test_format_matches_the_whole_completion():
     assert got[:, 0].tolist() == [1.0, 0.0, 0.0]
     chat = [[{"role": "assistant", "content": c}] for c in completions]
     assert Rewards(["format"], None, format_pattern=THINK)(["q"] * 3, chat, [[1]] * 3, {}).equal(got)
+    # trl's think-format pattern (re.match, ^...$, MULTILINE) answers the same under fullmatch
+    trl_pattern = r"^<think>(?!.*<think>)(.*?)</think>.*$"
+    cases = completions + ["<think>a</think>b\nc\n", "x<think>a</think>", "<think>a</think><think>b</think>", ""]
+    ours = Rewards(["format"], None, format_pattern=trl_pattern)(["q"] * 7, cases, [[1]] * 7, {})[:, 0].tolist()
+    assert ours == think_format_reward([[{"content": c}] for c in cases]) == [1, 1, 0, 1, 0, 0, 0]
     with pytest.raises(MegaliteError, match="--reward-funcs format: give .* --format-pattern"):
         Rewards(["format"], None)
     with pytest.raises(MegaliteError, match=r"--format-pattern '\(unclosed': not a regular expression"):
