@@ -28,7 +28,9 @@ def tagged(prompts, completions, completion_ids, answer, level, **kwargs):
     return [None if lv == 0 else float(a in c) * lv for c, a, lv in zip(completions, answer, level)]
 
 async def judged(completions, **kwargs):
-    return [0.5] * len(completions)
+    import torch
+
+    return [torch.tensor(0.5)] * len(completions)
 
 def broken(completions, **kwargs):
     raise ValueError("no judge\\nreachable")

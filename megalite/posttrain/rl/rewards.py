@@ -134,6 +134,7 @@ def _column(spec: str, out, n: int) -> List[float]:
         raise MegaliteError(f"--reward-funcs {spec}: returned {type(out).__name__}, not a list of rewards")
     if len(out) != n:
         raise MegaliteError(f"--reward-funcs {spec}: returned {len(out)} rewards for {n} completions (one each)")
+    out = [r.item() if isinstance(r, torch.Tensor) and r.numel() == 1 else r for r in out]  # trl takes these too
     bad = [r for r in out if r is not None and not isinstance(r, numbers.Real)]
     if bad:
         raise MegaliteError(f"--reward-funcs {spec}: returned {bad[0]!r} ({type(bad[0]).__name__}); a reward is a "
