@@ -17,7 +17,7 @@ import torch.distributed as dist
 from megalite.parallel import state
 from megalite.posttrain.rl import advantages as adv
 from megalite.posttrain.rl.prompts import Prompt
-from megalite.posttrain.rl.rollout import rollout_seed, training_rows
+from megalite.posttrain.rl.rollout import row_seeds, training_rows
 
 MAX, MIN = dist.ReduceOp.MAX, dist.ReduceOp.MIN
 
@@ -62,14 +62,14 @@ class PolicyGradient:
                                     for mb in batch])
 
     def _generate(self, batch, held_out: bool, rollout: int) -> None:
-        s, t = state.get(), self.cfg.training
+        t = self.cfg.training
         device = batch[0]["prompt_index"].device
         pool = self.prompts[held_out]
         mine = [pool[int(i)] for mb in batch for i in mb["prompt_index"]]
         samples = torch.cat([mb["sample"] for mb in batch])
         ids = [p.ids for p in mine]
-        seed = rollout_seed(t.seed + (1 if held_out else 0), rollout, s.dp_rank)
-        completions = self.sample(self.model, ids, seed)
+        seeds = row_seeds(t.seed + (1 if held_out else 0), samples.tolist())  # held-out: the same each time
+        completions = self.sample(self.model, ids, seeds)
         rows = training_rows(ids, completions, self.cfg.data.seq_length, self.pad)
         stops = {self.tokenizer.eod, self.pad}
         truncated = torch.tensor([len(c) == 0 or c[-1] not in stops for c in completions])
@@ -119,7 +119,8 @@ class PolicyGradient:
             conversational = not isinstance(mine[0].prompt, str)
             shown = [[{"role": "assistant", "content": x}] for x in texts] if conversational else texts
             columns = {k: [p.columns.get(k) for p in mine] for k in sorted({k for p in mine for k in p.columns})}
-            scores = self.rewards([p.prompt for p in mine], shown, [list(c) for c in completions], columns).float()
+            scores = self.rewards([p.prompt for p in mine], shown, [list(c) for c in completions], columns)
+            scores = scores.float().cpu()
         else:
             scores = torch.zeros(n, f)
         if s.model_parallel_group is not None and dist.get_world_size(s.model_parallel_group) > 1:

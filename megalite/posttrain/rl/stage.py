@@ -20,7 +20,7 @@ DEFAULT_BETA = {"grpo": 0.0, "rloo": 0.05}  # trl's GRPOConfig and RLOOConfig de
 
 class RLStage(PostTrainStage):
     """GRPO and RLOO (``--algorithm``); ``sample`` replaces generation (a test feeding both megalite
-    and trl the same completions): ``sample(model, prompt ids, seed) -> completion ids``."""
+    and trl the same completions): ``sample(model, prompt ids, row seeds) -> completion ids``."""
 
     name = "rl"
     data = ("rl", "prompt_data", "--prompt-data")
@@ -89,8 +89,8 @@ class RLStage(PostTrainStage):
         return PolicyGradient(cfg, ctx, rewards, prompts, tok, sample, reference, old)
 
 
-def _sample(model, prompts, seed, rl_cfg, stop_ids, pad_id):
-    return sample_completions(model, prompts, rl_cfg, stop_ids, pad_id, seed)
+def _sample(model, prompts, seeds, rl_cfg, stop_ids, pad_id):
+    return sample_completions(model, prompts, rl_cfg, stop_ids, pad_id, seeds)
 
 
 def scored_like_sampled(model, temperature: float) -> None:
