@@ -305,7 +305,11 @@ class RLConfig:
                              choices=["group", "batch", "none"])
     epsilon: float = opt(0.2, "clipping range of the probability ratio (lower side)")
     epsilon_high: Optional[float] = opt(None, "upper clipping range (default --epsilon; DAPO uses 0.28)")
-    beta: float = opt(0.0, "KL coefficient to the reference model (0: no reference model is held)")
+    beta: Optional[float] = opt(None, "KL coefficient to the reference model (0: no reference model is held; "
+                                      "default: trl's, 0 for grpo, 0.05 for rloo)")
+    kl_bias_correction: bool = opt(True, "GRPO: do not multiply the KL term by the probability ratio (trl's "
+                                         "use_bias_correction_kl=False)", flag="--no-kl-bias-correction",
+                                   action="store_false")
     num_iterations: int = opt(1, "optimizer steps on each batch of rollouts (trl's num_iterations)")
     normalize_advantages: bool = opt(False, "RLOO: whiten the advantages over the batch")
     mask_truncated_completions: bool = opt(False, "completions cut at --max-completion-length get no loss")

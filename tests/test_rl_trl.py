@@ -3,7 +3,7 @@ trl's GRPOTrainer and RLOOTrainer on the same HF model, prompts, completions and
 loss, the gradient norm and every metric trl logs, step by step, to 1e-5.
 
 Both sides are fed fixed completions: megalite through RLStage's ``sample`` hook, trl through
-its ``rollout_func``; each returns, for the k-th of the G rows of a prompt, the completion
+its trainers' ``_generate_single_turn``; each returns, for the k-th of the G rows of a prompt, the completion
 ``COMPLETIONS[(prompt ids, k, call)]`` (some end with EOS, some are cut at the length limit).
 The four prompts have equal token lengths (trl left-pads prompts and numbers positions from the
 padding; ours start at 0) and every step holds all four, so the sides' different prompt orders
@@ -41,15 +41,24 @@ def completion_for(prompt_ids, k, call):
     return ids
 
 
-def fixed_rollouts(prompt_lists):
-    """Completions for a rollout batch (groups of G equal prompts, consecutive)."""
-    out, seen = [], {}
-    for ids in prompt_lists:
-        key = tuple(ids)
-        k = seen.get(key, 0)
-        seen[key] = k + 1
-        out.append(completion_for(list(ids), k % G, k // G))
-    return out
+class FixedCompletions:
+    """Completions for rollout batches (groups of G equal prompts, consecutive); each batch asking
+    for a prompt again gets new ones."""
+
+    def __init__(self):
+        self.calls = {}
+
+    def __call__(self, prompt_ids):
+        seen = {}
+        for ids in prompt_ids:
+            self.calls[tuple(ids)] = self.calls.get(tuple(ids), 0) + 1
+        out = []
+        for ids in prompt_ids:
+            key = tuple(ids)
+            k = seen.get(key, 0)
+            seen[key] = k + 1
+            out.append(completion_for(list(ids), k % G, (self.calls[key] - 1) // G))
+        return out
 
 
 @pytest.fixture(scope="module")
@@ -77,20 +86,10 @@ def ours(setup, name, algorithm, loss_type, beta, iterations, steps, **extra):
     from megalite.training.trainer import pretrain
 
     root = setup["root"]
-    calls = {}
+    fixed = FixedCompletions()
 
-    def sample(model, prompt_ids, seed):
-        out = []
-        for ids in prompt_ids:  # the call counter makes each rollout batch's completions new
-            key = tuple(ids)
-            calls[key] = calls.get(key, 0) + 1
-        n = {}
-        for ids in prompt_ids:
-            key = tuple(ids)
-            k = n.get(key, 0)
-            n[key] = k + 1
-            out.append(completion_for(list(ids), k % G, (calls[key] - 1) // G))
-        return out
+    def sample(model, prompt_ids, seeds):
+        return fixed(prompt_ids)
 
     argv = ["--load", setup["folder"], "--prompt-data", setup["data"], "--reward-funcs",
             f"{root / 'rewards.py'}:reward_fn", "--algorithm", algorithm, "--loss-type", loss_type,
@@ -111,19 +110,7 @@ def theirs(setup, algorithm, loss_type, beta, iterations, steps, **extra):
     from datasets import Dataset
 
     tok = setup["tok"]
-    calls = {}
-
-    def rollout(prompts, trainer):
-        prompt_ids = [tok(p)["input_ids"] for p in prompts]
-        for ids in prompt_ids:
-            calls[tuple(ids)] = calls.get(tuple(ids), 0) + 1
-        n, completions = {}, []
-        for ids in prompt_ids:
-            key = tuple(ids)
-            k = n.get(key, 0)
-            n[key] = k + 1
-            completions.append(completion_for(ids, k % G, (calls[key] - 1) // G))
-        return {"prompt_ids": prompt_ids, "completion_ids": completions, "logprobs": None}
+    fixed = FixedCompletions()
 
     losses = []
     common = dict(output_dir=str(setup["root"] / "trl"), report_to=[], use_cpu=True, bf16=False,
@@ -137,6 +124,12 @@ def theirs(setup, algorithm, loss_type, beta, iterations, steps, **extra):
         config, trainer_cls = trl.RLOOConfig(**common), trl.RLOOTrainer
 
     class Recording(trainer_cls):
+        """trl's trainer with our fixed completions in place of its generation."""
+
+        def _generate_single_turn(self, prompt_ids, *args):
+            completions = fixed(prompt_ids)
+            return completions if algorithm == "rloo" else (completions, None)
+
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             losses.append(loss.item())
@@ -145,7 +138,7 @@ def theirs(setup, algorithm, loss_type, beta, iterations, steps, **extra):
     model = transformers.AutoModelForCausalLM.from_pretrained(setup["folder"], dtype=torch.float32)
     trainer = Recording(model=model, reward_funcs=[reward_fn], args=config,
                         train_dataset=Dataset.from_list([{"prompt": p} for p in setup["prompts"]]),
-                        processing_class=tok, rollout_func=rollout)
+                        processing_class=tok)
     trainer.train()
     logs = [h for h in trainer.state.log_history if "loss" in h]
     return logs, losses

@@ -30,7 +30,7 @@ def token_logps(per_token: torch.Tensor, mb) -> torch.Tensor:
 class PolicyGradient:
     """``loss_fn`` of the train step for GRPO (``algorithm='grpo'``) and RLOO; see the module docstring."""
 
-    count_keys = ("loss_mask", "sequences")
+    count_keys = ("sequences", "loss_mask")  # held-out metrics are means over completions
 
     def __init__(self, cfg, ctx, rewards, prompts: Dict[bool, List[Prompt]], tokenizer, sample: Callable,
                  reference: Optional[Callable], old: Callable):
@@ -199,6 +199,8 @@ class PolicyGradient:
         if rl.beta:
             d = mb["ref_logps"] - logp
             kl = torch.exp(d) - d - 1
+            if rl.kl_bias_correction:  # trl's default: the unbiased reverse-KL gradient
+                kl = kl * coef_1
             per_token = per_token + rl.beta * kl
             stats["kl"] = float((kl.detach() * mask).sum()) / tokens
         if rl.loss_type == "grpo":

@@ -34,7 +34,7 @@ class RLStage(PostTrainStage):
         rl = cfg.rl
         if rl.algorithm == "ppo":
             raise MegaliteError("rl_gpt.py --algorithm ppo is not built yet; use grpo or rloo")
-        if "beta" not in getattr(cfg, "explicit", set()):
+        if rl.beta is None:
             rl.beta = DEFAULT_BETA[rl.algorithm]
         super().prepare(cfg)
 
