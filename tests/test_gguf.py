@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from megalite.config import parse_config, validate
+from megalite.data.chat import render_chat
 from megalite.data.tokenizer import build_tokenizer
 from megalite.errors import MegaliteError
 from megalite.eval.generate import generate
@@ -120,6 +121,10 @@ def exported(request, tmp_path_factory, tokenizers):
             notes.append(err.getvalue())
         else:
             notes += export_gguf(str(out / "ck"), path, kind_)["notes"]
+    files["chat"] = files["f16"]
+    if kind == "spm":  # what a chat model's sentencepiece export needs (docs/serving.md)
+        files["chat"] = str(out / "model-chat.gguf")
+        export_gguf(str(out / "ck"), files["chat"], "f16", space_prefix=False)
     model, _ = load_model(str(out / "ck"))
     return {"name": request.param, "ck": str(out / "ck"), "tok": tok, "model": model, "files": files, "cfg": cfg,
             "notes": " ".join(notes)}
@@ -179,7 +184,8 @@ def test_llama_cpp_tokenizes_like_us(exported):
 
 
 # Measured (docs/serving.md): f16 0.0019-0.0035, q8_0 0.048-0.066, q4_0 0.54-0.85; a wrong layout gives ~4.
-@pytest.mark.parametrize("qtype, agree, tol", [("f16", NEW_TOKENS, 0.01), ("q8_0", 3, 0.15), ("q4_0", 0, 1.2)])
+# q8_0 agreed for 3 to 12 tokens; the third token of one prompt is a near tie (margin 0.016, error 0.016).
+@pytest.mark.parametrize("qtype, agree, tol", [("f16", NEW_TOKENS, 0.01), ("q8_0", 2, 0.15), ("q4_0", 0, 1.2)])
 def test_llama_cpp_greedy_equals_generate(exported, qtype, agree, tol):
     """Greedy ids equal ours for `agree` tokens (all of them for f16), and llama.cpp's logits along
     its own continuation stay within `tol` of ours relative to the logits' spread (max abs diff / std)."""
@@ -203,6 +209,23 @@ def test_export_refuses_what_llama_cpp_cannot_reproduce(tmp_path):
         gguf_vocab(build_tokenizer("SentencePieceTokenizer", str(tmp_path / "u.model")), 512)
     with pytest.raises(MegaliteError, match="is a folder"):
         export_gguf(str(tmp_path), str(tmp_path))
+
+
+def test_llama_cpp_chat_equals_ours(exported):
+    """llama-cpp-python's chat completion, with the template stored in the file, tokenizes the ChatML
+    prompt as we do and its greedy reply equals ours (a sentencepiece model exported with
+    --gguf-no-space-prefix)."""
+    tok, model, llm = exported["tok"], exported["model"], llama(exported["files"]["chat"])
+    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "the quick brown 我们 🦙"}]
+    prompt = render_chat(CHATML, messages, **tok.special_tokens)
+    ids = tok.encode(prompt)
+    assert llm.tokenize(prompt.encode(), add_bos=False, special=True) == ids
+    ours = generate(model, [ids], 8, Sampling(stop_ids=[tok.eod]), pad_id=tok.eod)[0]
+    reply = llm.create_chat_completion(messages, temperature=0, max_tokens=8)
+    assert reply["usage"]["prompt_tokens"] == len(ids)
+    # the reply is our ids, as llama-cpp-python spells a continuation (after the prompt, bytes of a split
+    # character dropped)
+    assert reply["choices"][0]["message"]["content"] == llm.detokenize(ours, prev_tokens=ids).decode(errors="ignore")
 
 
 def test_hf_folder_exports_the_same_gguf(exported, tmp_path):

@@ -62,6 +62,10 @@ def main(argv=None):
                    help="weights dtype (default bf16 for --to-hf, fp32 for --from-hf)")
     p.add_argument("--max-shard-size", default="5GB")
     p.add_argument("--gguf-type", choices=GGUF_TYPES, default="f16", help="--to-gguf: how matrices are stored")
+    p.add_argument("--gguf-no-space-prefix", dest="gguf_space_prefix", action="store_false",
+                   help="--to-gguf of a sentencepiece tokenizer: llama.cpp adds no dummy prefix, so prompts that "
+                        "start with a special token (chat templates) tokenize as in megalite; plain prompts lose "
+                        "the prefix of their first word")
     p.add_argument("--chat-template", help="'chatml' or a file with a Jinja chat template for the exported tokenizer")
     p.add_argument("--target-tensor-parallel-size", type=int, default=1)
     p.add_argument("--target-pipeline-parallel-size", type=int, default=1)
@@ -74,8 +78,8 @@ def main(argv=None):
                               a.target_num_layers_per_virtual_pipeline_stage, checkpointed_model=checkpointed_model)
         print(f"wrote {out}")
     elif a.to_gguf:
-        out = export_gguf(a.load, a.save, a.gguf_type,
-                          chat_template=load_template(a.chat_template) if a.chat_template else None)
+        out = export_gguf(a.load, a.save, a.gguf_type, load_template(a.chat_template) if a.chat_template else None,
+                          a.gguf_space_prefix)
         for note in out["notes"]:
             print(f"note: {note}", file=sys.stderr)
         print(f"wrote {a.save}")

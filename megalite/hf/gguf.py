@@ -39,8 +39,10 @@ def _gguf():
     return gguf
 
 
-def export_gguf(load: str, out_path: str, gguf_type: str = "f16", chat_template: Optional[str] = None) -> Dict:
-    """Write ``out_path``; returns what the tokenizer export had to say (``vocab.notes``)."""
+def export_gguf(load: str, out_path: str, gguf_type: str = "f16", chat_template: Optional[str] = None,
+                space_prefix: bool = True) -> Dict:
+    """Write ``out_path``; returns what the tokenizer export had to say (``notes``). ``space_prefix``:
+    see megalite/hf/gguf_vocab.py."""
     gguf = _gguf()
     if gguf_type not in GGUF_TYPES:
         raise MegaliteError(f"--gguf-type {gguf_type!r}: choose one of {', '.join(GGUF_TYPES)}")
@@ -50,7 +52,7 @@ def export_gguf(load: str, out_path: str, gguf_type: str = "f16", chat_template:
     _check_llama(cfg, state, load)
     if tokenizer is None:
         raise MegaliteError(f"{load}: no tokenizer recorded; a GGUF file carries its tokenizer")
-    vocab = gguf_vocab(tokenizer, cfg.padded_vocab_size)
+    vocab = gguf_vocab(tokenizer, cfg.padded_vocab_size, space_prefix)
     tmp = temp_name(out_path)
     try:
         with writing(out_path, tmp):

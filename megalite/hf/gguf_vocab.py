@@ -13,8 +13,10 @@ Special tokens: bos / eos (our end-of-document) / pad / unk ids; control and add
 their text, so llama.cpp finds them in text as we do; no BOS is added on encode (megalite's
 convention). Ids past the tokenizer (the padded vocabulary) become unused ``[PAD<id>]`` tokens.
 One difference cannot be written down: llama.cpp puts the sentencepiece dummy prefix after
-every special token, where we (and transformers) add it only at the start of a text; ``notes``
-says so on export.
+every special token, where we (and transformers) add it only at the start of a text that does
+not begin with one. ``space_prefix=False`` turns llama.cpp's off: prompts that begin with a
+special token (ChatML-style chat templates) then tokenize exactly as ours, plain text loses the
+prefix of its first word. ``notes`` says which difference the file keeps.
 """
 
 import json
@@ -67,12 +69,12 @@ class GGUFVocab:
                 add(ident)
 
 
-def gguf_vocab(tok: Tokenizer, vocab_size: int) -> GGUFVocab:
+def gguf_vocab(tok: Tokenizer, vocab_size: int, space_prefix: bool = True) -> GGUFVocab:
     """The GGUF vocabulary of ``tok``, padded to the model's ``vocab_size`` rows."""
     if tok.vocab_size > vocab_size:
         raise MegaliteError(f"the tokenizer has {tok.vocab_size} tokens, the model only {vocab_size} rows")
     if isinstance(tok, SentencePieceTokenizer):
-        vocab = _sentencepiece(tok)
+        vocab = _sentencepiece(tok, space_prefix)
     elif isinstance(tok, (GPT2BPETokenizer, HuggingFaceTokenizer)):
         vocab = _byte_level_bpe(tok)
     else:
@@ -85,7 +87,7 @@ def gguf_vocab(tok: Tokenizer, vocab_size: int) -> GGUFVocab:
     return vocab
 
 
-def _sentencepiece(tok: SentencePieceTokenizer) -> GGUFVocab:
+def _sentencepiece(tok: SentencePieceTokenizer, space_prefix: bool) -> GGUFVocab:
     where = tok.model_file
     proto = read_spm_proto(where)
     trainer, spec = proto.trainer_spec, proto.normalizer_spec
@@ -104,12 +106,17 @@ def _sentencepiece(tok: SentencePieceTokenizer) -> GGUFVocab:
         raise MegaliteError(f"{where}: llama.cpp cannot tokenize as this sentencepiece model does: "
                             + "; ".join(problems))
     notes = []
-    if spec.add_dummy_prefix and tok.special_texts:
+    if spec.add_dummy_prefix and space_prefix and tok.special_texts:
         notes.append("llama.cpp adds the sentencepiece dummy prefix after every special token in a text "
                      "(megalite and transformers only at its start): prompts with special tokens (chat "
-                     "templates) can tokenize differently right after them")
+                     "templates) can tokenize differently right after them; --gguf-no-space-prefix makes "
+                     "prompts that start with a special token tokenize as megalite does")
+    elif spec.add_dummy_prefix:
+        notes.append("--gguf-no-space-prefix: llama.cpp adds no dummy prefix, so a prompt that does not start "
+                     "with a special token loses the '\u2581' of its first word (megalite adds it)")
     return GGUFVocab("llama", "default", [p.piece for p in proto.pieces], [p.type for p in proto.pieces], tok,
-                     scores=[p.score for p in proto.pieces], add_space_prefix=spec.add_dummy_prefix, notes=notes)
+                     scores=[p.score for p in proto.pieces], add_space_prefix=spec.add_dummy_prefix and space_prefix,
+                     notes=notes)
 
 
 def _byte_level_bpe(tok) -> GGUFVocab:
