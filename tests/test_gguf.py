@@ -94,12 +94,8 @@ CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['con
           "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
 
 
-@pytest.fixture(scope="module", params=list(VARIANTS))
-def exported(request, tmp_path_factory, tokenizers):
-    """A random tiny checkpoint and its f16 / q8_0 / q4_0 exports."""
-    kind, model_kw = VARIANTS[request.param]
-    tok_flags = tokenizers[kind]
-    out = tmp_path_factory.mktemp(request.param)
+def random_checkpoint(save, tok_flags, **model_kw):
+    """A tiny random checkpoint with the tokenizer of ``tok_flags`` and the ChatML template: (tokenizer, config)."""
     flags = {k: v for k, v in tok_flags.items() if k != "tokenizer_model"}
     args = tiny_model_args("unused", tok_flags.get("tokenizer_model"), init_method_std=0.05,
                            max_position_embeddings=128, **model_kw, **flags)
@@ -110,7 +106,16 @@ def exported(request, tmp_path_factory, tokenizers):
     pstate.initialize()
     model = GPTModel(cfg.model)
     initialize(model, seed=0)
-    write_iteration0(str(out / "ck"), model.state_dict(), cfg)
+    write_iteration0(save, model.state_dict(), cfg)
+    return tok, cfg
+
+
+@pytest.fixture(scope="module", params=list(VARIANTS))
+def exported(request, tmp_path_factory, tokenizers):
+    """A random tiny checkpoint and its f16 / q8_0 / q4_0 exports."""
+    kind, model_kw = VARIANTS[request.param]
+    out = tmp_path_factory.mktemp(request.param)
+    tok, cfg = random_checkpoint(str(out / "ck"), tokenizers[kind], **model_kw)
     files = {kind_: str(out / f"model-{kind_}.gguf") for kind_ in ("f16", "q8_0", "q4_0")}
     notes = []
     for kind_, path in files.items():
@@ -200,7 +205,7 @@ def test_llama_cpp_greedy_equals_generate(exported, qtype, agree, tol):
         assert err < tol, (qtype, prompt, err)
 
 
-def test_export_refuses_what_llama_cpp_cannot_reproduce(tmp_path):
+def test_export_refuses_what_llama_cpp_cannot_reproduce(tmp_path, tokenizers):
     import sentencepiece as spm
 
     spm.SentencePieceTrainer.train(sentence_iterator=iter(corpus_lines(200)), model_prefix=str(tmp_path / "u"),
@@ -209,6 +214,13 @@ def test_export_refuses_what_llama_cpp_cannot_reproduce(tmp_path):
         gguf_vocab(build_tokenizer("SentencePieceTokenizer", str(tmp_path / "u.model")), 512)
     with pytest.raises(MegaliteError, match="is a folder"):
         export_gguf(str(tmp_path), str(tmp_path))
+    random_checkpoint(str(tmp_path / "qwen2"), tokenizers["bpe"], add_qkv_bias=True)
+    with pytest.raises(MegaliteError, match="llama architecture; this model is a qwen2"):
+        export_gguf(str(tmp_path / "qwen2"), str(tmp_path / "q.gguf"))
+    random_checkpoint(str(tmp_path / "yarn"), tokenizers["bpe"], rope_type="yarn")
+    with pytest.raises(MegaliteError, match="--rope-type yarn is not exported"):
+        export_gguf(str(tmp_path / "yarn"), str(tmp_path / "y.gguf"))
+    assert not list(tmp_path.glob("*.gguf*"))  # nothing half-written
 
 
 def test_llama_cpp_chat_equals_ours(exported):

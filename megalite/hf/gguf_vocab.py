@@ -35,7 +35,6 @@ from megalite.errors import MegaliteError
 # GGUF token types (the same numbers as sentencepiece's piece types).
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 _SPM_BPE = 2  # TrainerSpec.model_type
-GPT2_SPLIT = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
 
 
 @dataclass
@@ -111,7 +110,7 @@ def _sentencepiece(tok: SentencePieceTokenizer, space_prefix: bool) -> GGUFVocab
                      "(megalite and transformers only at its start): prompts with special tokens (chat "
                      "templates) can tokenize differently right after them; --gguf-no-space-prefix makes "
                      "prompts that start with a special token tokenize as megalite does")
-    elif spec.add_dummy_prefix:
+    elif spec.add_dummy_prefix and not space_prefix:
         notes.append("--gguf-no-space-prefix: llama.cpp adds no dummy prefix, so a prompt that does not start "
                      "with a special token loses the '\u2581' of its first word (megalite adds it)")
     return GGUFVocab("llama", "default", [p.piece for p in proto.pieces], [p.type for p in proto.pieces], tok,
@@ -142,8 +141,7 @@ def _byte_level_bpe(tok) -> GGUFVocab:
     types = [NORMAL] * size
     for text, i in model["vocab"].items():
         tokens[i] = text
-    for added in tok._tok.get_added_tokens_decoder().items():
-        i, t = added
+    for i, t in tok._tok.get_added_tokens_decoder().items():
         tokens[i], types[i] = t.content, CONTROL if t.special else USER_DEFINED
     for i, t in enumerate(tokens):
         if t is None:
