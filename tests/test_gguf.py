@@ -240,6 +240,25 @@ def test_llama_cpp_chat_equals_ours(exported):
     assert reply["choices"][0]["message"]["content"] == llm.detokenize(ours, prev_tokens=ids).decode(errors="ignore")
 
 
+def test_foreign_hf_tokenizers(tmp_path):
+    """A users' byte-level BPE tokenizer.json (GPT-2 pre-tokenizer, ChatML special tokens) tokenizes in
+    llama.cpp as ours, special tokens included; a Llama-2-style one (Metaspace, byte fallback) is refused."""
+    from tests.tokenizers_zoo import bytelevel
+    from tests.tokenizers_zoo import llama as llama_style
+
+    zoo = bytelevel(tmp_path / "bytelevel")
+    tok, _ = random_checkpoint(str(tmp_path / "ck"), {"tokenizer_type": "HuggingFaceTokenizer",
+                                                      "tokenizer_model": zoo.tokenizer_model})
+    export_gguf(str(tmp_path / "ck"), str(tmp_path / "m.gguf"), "q8_0")
+    llm = llama(str(tmp_path / "m.gguf"))
+    chat = render_chat(zoo.template, [{"role": "user", "content": "Hi, how are you? 🦙"}], **tok.special_tokens)
+    for text in PROBES + [chat, "</s><s>Hello there</s>"]:
+        assert llm.tokenize(text.encode(), add_bos=False, special=True) == tok.encode(text), text
+    other = llama_style(tmp_path / "llama")
+    with pytest.raises(MegaliteError, match="pre-tokenizer Metaspace"):
+        gguf_vocab(build_tokenizer("HuggingFaceTokenizer", other.tokenizer_model), 512)
+
+
 def test_hf_folder_exports_the_same_gguf(exported, tmp_path):
     """--load of the model's --to-hf folder writes the same tensors and vocabulary as the checkpoint."""
     export_hf(exported["ck"], str(tmp_path / "hf"), "fp32")
