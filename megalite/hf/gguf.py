@@ -101,8 +101,8 @@ def _read(load: str) -> Tuple[Dict[str, torch.Tensor], ModelConfig, Optional[Tok
 def _check_llama(cfg: ModelConfig, state, load: str) -> None:
     kind = hf_config(cfg, "float16")["model_type"]  # refuses what has no HF equivalent at all
     if kind != "llama":
-        raise MegaliteError(f"{load}: GGUF export writes llama.cpp's llama architecture; this model is a {kind} "
-                            "(QKV bias, query/key norms or sliding windows)")
+        raise MegaliteError(f"{load}: GGUF export writes llama.cpp's llama architecture (RMSNorm, RoPE, SwiGLU, "
+                            f"no biases, no sliding window); this model is a {kind}")
     if "score.weight" in state:
         raise MegaliteError(f"{load}: a reward model (score head) has no GGUF export")
     if cfg.use_rope_scaling and cfg.rope_type not in ("linear", "llama3"):
