@@ -33,3 +33,14 @@ if ! { command -v chromium && command -v chromedriver; } >/dev/null 2>&1 && comm
     { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; } \
         >/dev/null 2>&1 || echo "warning: chromium not installed; tests/test_serve_page.py will be skipped" >&2
 fi
+
+# GGUF export's test (tests/test_gguf.py) runs our exports in llama.cpp itself: llama-cpp-python
+# compiles llama.cpp from source, once, into .venv (pip caches the wheel). Only what the Python
+# package loads is built: the CPU library, without the multimodal library, tools, tests,
+# examples, server or TLS.
+if ! python -c "import llama_cpp" 2>/dev/null; then
+    echo "building llama-cpp-python (llama.cpp from source, once: about 8 CPU-minutes)" >&2
+    CMAKE_ARGS="-DLLAVA_BUILD=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+-DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF" CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
+        pip install -q "llama-cpp-python==0.3.36"
+fi
