@@ -30,9 +30,10 @@ extras = {
     # English rules (pinned to the minor versions whose rules data_tools/clean carries; both need
     # Python 3.10, and those tests are skipped without them). The Chinese cleaning tests' real
     # text is no Python package: scripts/setup_env.sh unpacks Debian's libreoffice-help-zh-cn.
+    # wandb 0.31: tests/test_wandb.py reads its offline runs with `wandb leet inspect --json`.
     "dev": ["pytest>=7", "pytest-timeout>=2", "triton>=3.0", "peft>=0.10", "lm-eval>=0.4.5", "sacrebleu>=2",
             "rouge-score>=0.1.2", "trl>=1.0", "datatrove>=0.10,<0.11; python_version>='3.10'",
-            "spacy>=3.8,<3.9; python_version>='3.10'", "ruff>=0.15,<0.18", "wandb>=0.22",
+            "spacy>=3.8,<3.9; python_version>='3.10'", "ruff>=0.15,<0.18", "wandb>=0.31",
             "fastapi>=0.110", "uvicorn>=0.29", "openai>=1.30", "httpx>=0.27", "selenium>=4.10"],
 }
 

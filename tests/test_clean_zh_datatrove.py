@@ -111,11 +111,18 @@ def test_chinese_decisions_equal_datatroves(corpus):
 
 
 def test_cjk_sentence_ends_keep_quoted_endings(corpus):
-    """With CJK sentence ends, documents whose lines end in 。” are no longer taken for lists."""
-    plain, _ = decisions(our_steps(False), corpus, datatrove=False)
-    cjk, _ = decisions(our_steps(True), corpus, datatrove=False)
-    changed = [i for i in range(len(corpus)) if plain["fineweb"][i] != cjk["fineweb"][i]]
-    assert all(plain["fineweb"][i] == "line_punct_ratio" and cjk["fineweb"][i] is None for i in changed)
+    """With CJK sentence ends, documents whose lines end in 。” are no longer taken for lists.
+    Help pages quote no one, so their sentences are made quoted speech, as in news or fiction."""
+    quoted = ["\n".join(f"“{line}”" if line.endswith("。") else line for line in text.split("\n")) for text in corpus]
+    fineweb = {name: {"fineweb": steps["fineweb"]} for name, steps in (("plain", our_steps(False)),
+                                                                      ("cjk", our_steps(True)))}
+    plain = decisions(fineweb["plain"], quoted, datatrove=False)[0]["fineweb"]
+    cjk = decisions(fineweb["cjk"], quoted, datatrove=False)[0]["fineweb"]
+    changed = [i for i in range(len(corpus)) if plain[i] != cjk[i]]
+    assert len(changed) >= 500 and all(plain[i] == "line_punct_ratio" != cjk[i] for i in changed)
+    unquoted = decisions(fineweb["cjk"], corpus, datatrove=False)[0]["fineweb"]
+    line_rule = [[i for i, r in enumerate(d) if r == "line_punct_ratio"] for d in (cjk, unquoted)]
+    assert line_rule[0] == line_rule[1]  # the line rule sees the quoted pages as the plain ones
 
 
 def main(n) -> None:
