@@ -12,7 +12,7 @@ from data_tools.clean.config import parse_config
 from data_tools.clean.document import Document, TextView
 from data_tools.clean.executor import run_pipeline
 from data_tools.clean.languages import RULES, rules_for
-from data_tools.clean.steps import build_step
+from data_tools.clean.steps import build_step, language
 from data_tools.clean.steps.pii import valid_cn_id
 from data_tools.sample_corpus_zh import (
     JAPANESE,
@@ -23,6 +23,7 @@ from data_tools.sample_corpus_zh import (
     repeated_lines_page,
     spam_page,
 )
+from megalite.errors import MegaliteError
 from tests.conftest import write_jsonl
 from tests.test_clean_dedup import removed_ids
 
@@ -83,6 +84,29 @@ def test_per_language_thresholds_are_fineweb2s():
     assert rules_for("fr") is RULES["en"] and rules_for(None) is RULES["en"]
     with pytest.raises(Exception, match="below every dup_n_grams"):
         build_step("gopher_repetition", {"top_n_grams": {5: 0.1}})
+
+
+def test_per_language_language_id_minimums(monkeypatch):
+    """``threshold: per_language``: each detected language must score above its own minimum
+    (FineWeb-2's 0.692 for Chinese, 0.886 for Japanese; FineWeb's 0.65 for English)."""
+    assert (RULES["zh"].language_score, RULES["ja"].language_score, RULES["en"].language_score) == (0.692, 0.886, 0.65)
+
+    class Scores:  # the language-ID model's answer is the document's text: "zh 0.67"
+        def scores(self, text, k):
+            lang, score = text.split()
+            return [(lang, float(score))][:k]
+
+    monkeypatch.setitem(language.BACKENDS, "stub", Scores)
+    language.load_backend.cache_clear()
+    per_language = build_step("language", {"languages": None, "threshold": "per_language", "backend": "stub"})
+    fixed = build_step("language", {"languages": None, "threshold": 0.65, "backend": "stub"})
+    for text, want in [("zh 0.67", "low_language_score"), ("zh 0.70", None), ("ja 0.85", "low_language_score"),
+                       ("ja 0.9", None), ("en 0.66", None), ("fr 0.66", None), ("en 0.6", "low_language_score")]:
+        assert per_language.process(Document({"text": text}, "text", "t")) == want, text
+        assert fixed.process(Document({"text": text}, "text", "t")) == (None if float(text[3:]) > 0.65 else want)
+    language.load_backend.cache_clear()
+    with pytest.raises(MegaliteError, match=r"threshold must be in \[0, 1\) or .per_language."):
+        build_step("language", {"threshold": "fineweb"})
 
 
 def test_chinese_words_are_jiebas():
