@@ -1,10 +1,10 @@
 """Real modern Chinese prose, openly licensed: the Simplified Chinese LibreOffice help, as
-Debian's ``libreoffice-help-zh-cn`` ships it (MPL-2.0; about 2,600 HTML pages, 1.4 MB of Chinese
-text). scripts/setup_env.sh unpacks the package into .cache/ (apt-get download, not installed,
-so none of LibreOffice comes with it); a system-wide install is read as well. Never copied
-into the repository.
+Debian's ``libreoffice-help-zh-cn`` ships it (MPL-2.0; about 2,600 HTML pages, 2.3 million
+characters of text, most of it Chinese). scripts/setup_env.sh unpacks the package into
+.cache/ (apt-get download, not installed, so none of LibreOffice comes with it); a system-wide
+install is read as well. Never copied into the repository.
 
-Each help page becomes one document: its title and paragraphs, one per line, as a browser
+Each help page becomes one document: its headings and paragraphs, one per line, as a browser
 shows them (the hidden per-platform alternatives of key names left out, the default kept).
 """
 
