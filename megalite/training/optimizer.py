@@ -113,7 +113,8 @@ class Optimizer:
         self.norm_groups = [model_parallel_group] + ([grad_buffer.dp_group] if grad_buffer.distributed else [])
         kinds = [(own, d, wd) for own in ((False, True) if decoupled else (False,))
                  for d, wd in ((True, weight_decay), (False, 0.0))]
-        groups = [{"params": [x.master for x in self.pieces if x.decay == d and is_decoupled(x.name) == own],
+        groups = [{"params": [x.master for x in self.pieces
+                              if x.decay == d and (decoupled and is_decoupled(x.name)) == own],
                    "weight_decay": wd, "decoupled": own} for own, d, wd in kinds]
         # a rank whose share holds only bucket padding still keeps a (no-op) param group for its lr
         groups = [g for g in groups if g["params"]] or [{"params": [torch.zeros(0)], "weight_decay": 0.0}]
