@@ -11,7 +11,7 @@ written from this table by tools/megatron_flags_doc.py (a test keeps it up to da
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 
 @dataclass(frozen=True)
@@ -20,6 +20,7 @@ class Flag:
     note: str = ""
     takes: Optional[str] = None  # flags this module parses: "switch", "value" or "values"; None: megalite.config's
     sets: Dict[str, object] = field(default_factory=dict)  # settings a mapped flag gives (when not given otherwise)
+    choices: Optional[Tuple[str, ...]] = None  # the values that keep the note true
 
 
 def _implemented(flags: str, note: str = "") -> Dict[str, Flag]:
@@ -51,7 +52,8 @@ FLAGS: Dict[str, Flag] = {
     "--use-flash-attn": Flag("mapped", "= --attention-backend flash_attn", "switch",
                              {"attention_backend": "flash_attn"}),
     "--use-mcore-models": Flag("accepted", "megalite has one model, laid out as Megatron Core's", "switch"),
-    "--transformer-impl": Flag("accepted", "megalite's own layers are used (no Transformer Engine)", "value"),
+    "--transformer-impl": Flag("accepted", "megalite's own layers are used (no Transformer Engine)", "value",
+                               choices=("local", "transformer_engine")),
     **_accepted("--no-masked-softmax-fusion --no-bias-gelu-fusion --no-bias-swiglu-fusion --no-bias-dropout-fusion "
                 "--no-rope-fusion --no-persist-layer-norm --no-gradient-accumulation-fusion", _FUSIONS),
     "--cross-entropy-loss-fusion": Flag("mapped", "megalite's fused (Triton) cross entropy runs with --fused-kernels, "
@@ -86,7 +88,7 @@ FLAGS: Dict[str, Flag] = {
     "--num-dataset-builder-threads": Flag("accepted", "sample indices are built by one C++ helper per dataset",
                                           "value"),
     "--dataloader-type": Flag("accepted", "megalite's loader is Megatron's 'single' (each sample once, in the seeded "
-                                          "order, resumable)", "value"),
+                                          "order, resumable); 'cyclic' is refused", "value", choices=("single",)),
     # batch, iterations, learning rate, optimizer
     **_implemented("--micro-batch-size --global-batch-size --rampup-batch-size --train-iters --train-samples --seed "
                    "--lr --min-lr --lr-decay-iters --lr-decay-samples --lr-warmup-iters --lr-warmup-samples "
@@ -127,7 +129,7 @@ FLAGS: Dict[str, Flag] = {
                    "--exit-duration-in-mins --async-save"),
     "--ckpt-format": Flag("mapped", "megalite writes one format, Megatron's torch layout (iter_NNNNNNN/mp_rank_XX/"
                                     "model_optim_rng.pt) that loads at any TP / PP / DP size as torch_dist does",
-                          "value"),
+                          "value", choices=("torch", "torch_dist", "torch_dcp", "fsdp_dtensor", "zarr")),
     **_accepted("--auto-detect-ckpt-format --use-checkpoint-args", "megalite reads its one format, and takes the "
                                                                    "model settings from the checkpoint unless given"),
     **_accepted("--exit-signal-handler", "SIGTERM always saves a checkpoint and exits"),

@@ -122,6 +122,16 @@ def test_table_agrees_with_the_parser():
         assert f.note and set(f.sets) <= fields, flag
 
 
+def test_mapped_flags_in_yaml_and_choices(tmp_path, capsys):
+    (tmp_path / "m.yaml").write_text("use-flash-attn: true\nmanual-gc: true\nrecompute_activations: true\n")
+    cfg = parse_config(["--config", str(tmp_path / "m.yaml")], tool="pretrain_gpt.py")
+    assert (cfg.model.attention_backend, cfg.training.recompute_granularity) == ("flash_attn", "selective")
+    assert "note: --manual-gc (accepted)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a value that would make the note untrue
+        parse_config(["--dataloader-type", "cyclic"], tool="pretrain_gpt.py")
+    assert "invalid choice: 'cyclic'" in capsys.readouterr().err
+
+
 def test_unknown_flag_is_one_line_with_the_closest_names(capsys):
     with pytest.raises(SystemExit) as e:
         parse_config(["--num-layers", "2", "--lr-warmup-fractoin", "0.01"], tool="pretrain_gpt.py")
