@@ -170,7 +170,9 @@ def markdown(helps: Dict[str, str]) -> str:
              "Every Megatron-LM flag that its GPT / Llama pretraining scripts use, with what megalite does:", "",
              "- **implemented**: megalite's flag of that name, with Megatron's meaning;",
              "- **mapped**: Megatron's name or value for something megalite does its own way (the note says how);",
-             "- **accepted**: parsed and ignored with one `note:` line at start; it does not change the math.", "",
+             "- **accepted**: parsed and ignored; it does not change the math.", "",
+             "A mapped or accepted flag that is not also one of megalite's own prints its note as one `note:` line "
+             "at start.", "",
              "Any other flag is an error naming the closest known flags. `examples/megatron/` holds scaled-down "
              "copies of Megatron-LM's GPT-3 and Llama-3 launch scripts that run unchanged otherwise.", "",
              "| flag | status | what megalite does |", "|---|---|---|"]
