@@ -185,23 +185,25 @@ def tiny(*extra):
 
 def test_one_iteration_moves_the_weights_and_decoupled_lr():
     """--train-iters 1 trains (its only step runs at --lr, not at lr 0); --decoupled-lr gives the input
-    embedding and output layer their own lr; --apply-layernorm-1p norms start at 0 and compute the same."""
+    embedding and output layer their own lr; --apply-layernorm-1p norms are stored as scale - 1, from 0."""
     from megalite.parallel import state
     from megalite.training.trainer import Trainer
 
     trainer = Trainer(tiny("--train-iters", "1", "--decoupled-lr", "3e-2", "--untie-embeddings-and-output-weights",
                            "--apply-layernorm-1p"), torch.device("cpu"))
-    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
-    assert not before["final_norm.weight"].any()
-    trainer.train()
-    moved = {n for n, p in trainer.model.named_parameters() if not torch.equal(p, before[n])}
-    assert moved == set(before)
-    lrs = {g["lr"] for g in trainer.optimizer.adam.param_groups if g["decoupled"]}, \
-        {g["lr"] for g in trainer.optimizer.adam.param_groups if not g["decoupled"]}
-    assert lrs == ({3e-2}, {1e-2})
-    decoupled = {id(p) for g in trainer.optimizer.adam.param_groups if g["decoupled"] for p in g["params"]}
-    assert len(decoupled) == 2  # embedding.weight and output_layer.weight (their fp32 masters)
-    state.destroy()
+    try:
+        before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+        assert not before["final_norm.weight"].any()
+        trainer.train()
+        moved = {n for n, p in trainer.model.named_parameters() if not torch.equal(p, before[n])}
+        assert moved == set(before)
+        lrs = {g["lr"] for g in trainer.optimizer.adam.param_groups if g["decoupled"]}, \
+            {g["lr"] for g in trainer.optimizer.adam.param_groups if not g["decoupled"]}
+        assert lrs == ({3e-2}, {1e-2})
+        decoupled = {id(p) for g in trainer.optimizer.adam.param_groups if g["decoupled"] for p in g["params"]}
+        assert len(decoupled) == 2  # embedding.weight and output_layer.weight (their fp32 masters)
+    finally:
+        state.destroy()
 
 
 def test_grad_reduce_in_bf16_rounds_the_sum(tmp_path):
