@@ -383,8 +383,8 @@ class _Parser(argparse.ArgumentParser):
 def build_parser(description: str = "", sections=tuple(SECTIONS)) -> argparse.ArgumentParser:
     """The entrypoint's sections, plus the Megatron-LM flags megalite maps or accepts
     (megalite.megatron_flags; left out of --help, listed in docs/megatron_flags.md)."""
-    p = _Parser(description=description, epilog="Megatron-LM flags that megalite maps or accepts: "
-                                                "docs/megatron_flags.md")
+    p = _Parser(description=description, allow_abbrev=False,  # as Megatron: --num-layer is no --num-layers
+                epilog="Megatron-LM flags that megalite maps or accepts: docs/megatron_flags.md")
     p.add_argument("--config", help="YAML file with any of the flags below; command-line flags win")
     for section in sections:
         add_section_args(p.add_argument_group(section), SECTIONS[section])

@@ -139,6 +139,9 @@ def test_unknown_flag_is_one_line_with_the_closest_names(capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "usage" not in err
     assert "unrecognized argument --lr-warmup-fractoin; did you mean --lr-warmup-fraction" in err
+    with pytest.raises(SystemExit):  # no abbreviations (Megatron allows none)
+        parse_config(["--num-layer", "2"], tool="pretrain_gpt.py")
+    assert "unrecognized argument --num-layer; did you mean --num-layers" in capsys.readouterr().err
 
 
 def test_sample_flags_need_train_samples():
