@@ -41,6 +41,8 @@ def export_hf(load: str, out_dir: str, dtype: str = "bf16", max_shard_bytes: int
     state, args = full_model_state(load)
     run = Config.from_dict(args)
     cfg = run.model
+    if cfg.apply_layernorm_1p:  # zero-centred norm weights (scale - 1): HF stores the scale, 1 + w in fp32 (bf16 is
+        state = {k: v.float() + 1 if k.endswith("norm.weight") else v for k, v in state.items()}  # too coarse near 1)
     d = run.data
     if tokenizer is None and d.tokenizer_type:
         tokenizer = build_tokenizer(d.tokenizer_type, d.tokenizer_model, d.vocab_file, d.merge_file)
