@@ -77,7 +77,7 @@ def train(models, tmp_path, name, world=1, **kw):
         _rl(0, 1, argv)
     else:
         run_distributed(_rl, world, argv)
-    return [r for r in read_metrics(str(tmp_path / f"{name}.jsonl"))[0] if "lm_loss" in r]
+    return read_metrics(str(tmp_path / f"{name}.jsonl"))[0]
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +127,7 @@ def test_lora_policy_with_held_out_rewards(tmp_path, models):
     run = train(models, tmp_path, "lora", lora_rank=4, lora_alpha=8, ref_load=None, train_iters=2,
                 prompt_valid_fraction=0.25, eval_iters=1, eval_interval=2)
     assert run[0]["kl"] == 0.0  # adapters start at zero: the policy is its reference
-    valid = [r for r in read_metrics(str(tmp_path / "lora.jsonl"))[0] if r.get("split") == "valid"]
+    valid = [r for r in read_metrics(str(tmp_path / "lora.jsonl"))[1] if r["split"] == "valid"]
     assert valid and "reward" in valid[-1]
 
 

@@ -103,7 +103,7 @@ def ours(setup, name, algorithm, loss_type, beta, iterations, steps, **extra):
         argv += [f"--{k.replace('_', '-')}"] + ([] if v is True else [str(v)])
     cfg = parse_config(argv, tool="rl_gpt.py")
     pretrain(cfg, RLStage(sample=sample))
-    return [r for r in read_metrics(str(root / f"{name}.jsonl"))[0] if "lm_loss" in r]
+    return read_metrics(str(root / f"{name}.jsonl"))[0]
 
 
 def theirs(setup, algorithm, loss_type, beta, iterations, steps, **extra):

@@ -18,6 +18,7 @@ from megalite.parallel import state
 from megalite.posttrain.rl import advantages as adv
 from megalite.posttrain.rl.prompts import Prompt
 from megalite.posttrain.rl.rollout import row_seeds, training_rows
+from megalite.training.data import row_padding
 
 MAX, MIN = dist.ReduceOp.MAX, dist.ReduceOp.MIN
 
@@ -70,7 +71,7 @@ class PolicyGradient:
         ids = [p.ids for p in mine]
         seeds = row_seeds(t.seed + (1 if held_out else 0), samples.tolist())  # held-out: the same each time
         completions = self.sample(self.model, ids, seeds)
-        rows = training_rows(ids, completions, self.cfg.data.seq_length, self.pad)
+        rows = training_rows(ids, completions, self.cfg.data.seq_length, self.pad, *row_padding(self.cfg))
         stops = {self.tokenizer.eod, self.pad}
         truncated = torch.tensor([len(c) == 0 or c[-1] not in stops for c in completions])
         if self.rl.mask_truncated_completions:

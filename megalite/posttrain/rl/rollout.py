@@ -9,7 +9,7 @@ the row's sample index: every layout samples the same completions, and a resumed
 what the uninterrupted one did without storing generator state.
 """
 
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 
@@ -40,15 +40,18 @@ def row_seeds(seed: int, samples: Sequence[int]) -> List[int]:
     return [(seed * 1_000_003 + int(j) * 7919 + 17) % 2**63 for j in samples]
 
 
-def training_rows(prompts: List[List[int]], completions: List[List[int]], seq_length: int,
-                  pad_id: int) -> Dict[str, torch.Tensor]:
-    """Rows of prompt + completion (right-padded to ``seq_length``): next-token labels, and a loss
-    mask over the positions that predict completion tokens."""
+def training_rows(prompts: List[List[int]], completions: List[List[int]], seq_length: int, pad_id: int,
+                  pad_to: Optional[int] = None, multiple_of: int = 1) -> Dict[str, torch.Tensor]:
+    """Rows of prompt + completion, right-padded to ``pad_to`` (pipeline stages exchange fixed
+    shapes) or else to the longest row, rounded up to ``multiple_of`` (training.data.row_padding):
+    next-token labels, and a loss mask over the positions that predict completion tokens."""
     n = len(prompts)
-    tokens = torch.full((n, seq_length + 1), pad_id, dtype=torch.long)
-    mask = torch.zeros((n, seq_length), dtype=torch.float32)
+    longest = max(len(p) + len(c) - 1 for p, c in zip(prompts, completions))
+    width = pad_to or min(-(-longest // multiple_of) * multiple_of, seq_length)
+    tokens = torch.full((n, width + 1), pad_id, dtype=torch.long)
+    mask = torch.zeros((n, width), dtype=torch.float32)
     for i, (p, c) in enumerate(zip(prompts, completions)):
-        row = (list(p) + list(c))[: seq_length + 1]
+        row = (list(p) + list(c))[: width + 1]
         tokens[i, : len(row)] = torch.tensor(row)
         mask[i, len(p) - 1 : len(row) - 1] = 1.0
     return {"tokens": tokens[:, :-1].contiguous(), "labels": tokens[:, 1:].contiguous(), "loss_mask": mask}
