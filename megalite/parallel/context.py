@@ -1,0 +1,215 @@
+"""Context parallelism: every sequence split over the context-parallel (CP) ranks, attention
+computed as a ring.
+
+Load balancing for causal masks, as Megatron does: a sequence of S tokens is cut into 2C
+chunks and CP rank i holds chunks i and 2C-1-i (tokens, labels, loss mask and positions), so
+every rank gets the same share of the causal triangle. Positions keep their global values,
+so RoPE follows the chunks; packed documents keep theirs too (restarting at 0 where a
+document begins), and a token's document starts at ``its global index - its position``,
+which holds across chunk borders.
+
+Ring attention: each rank keeps its queries and passes its key/value block round the ring
+(rank r sends to r+1 and receives from r-1), posting the next exchange before computing on
+the block it holds, so the transfer overlaps the computation. Each block's partial result
+comes with its log-sum-exp and the partials are merged exactly (online softmax). The
+backward is written by hand: it recomputes each block's probabilities from the final
+log-sum-exp, keeps dQ local and sends the key/value gradients round the ring with their
+block, one step behind it, so they arrive back at their owner. A block is computed only on
+the rows and columns its mask allows (with the load balancing, half of every off-diagonal
+block; with a sliding window, blocks wholly outside the window are skipped). The per-block
+math is plain torch (matmuls in fp32 at least); the fused kernels take only square causal blocks.
+"""
+
+from typing import Dict, Optional
+
+import torch
+import torch.distributed as dist
+
+from megalite.parallel import state
+
+
+def chunk_indices(seq: int, cp_size: int, cp_rank: int, device=None) -> torch.Tensor:
+    """Global indices of the tokens CP rank ``cp_rank`` holds: chunks cp_rank and 2C-1-cp_rank of 2C."""
+    c = seq // (2 * cp_size)
+    first, second = cp_rank * c, (2 * cp_size - 1 - cp_rank) * c
+    return torch.cat([torch.arange(first, first + c, device=device), torch.arange(second, second + c, device=device)])
+
+
+def split_batch(mb: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """This CP rank's part of a micro-batch: every [batch, seq, ...] tensor cut to its chunks,
+    with ``position_ids`` (the global positions, when the batch had none) cut the same way."""
+    s = state.get()
+    if s.cp_size == 1:
+        return mb
+    b, seq = mb["tokens"].shape
+    rows = chunk_indices(seq, s.cp_size, s.cp_rank, mb["tokens"].device)
+    out = {k: v.index_select(1, rows) if v.dim() >= 2 and v.shape[1] == seq else v for k, v in mb.items()}
+    if "position_ids" not in mb:
+        out["position_ids"] = rows.expand(b, -1)
+    return out
+
+
+def document_starts(positions: torch.Tensor) -> Optional[torch.Tensor]:
+    """[batch, local seq] global index where each token's document begins (positions restart at
+    0 at every document start); None when every row is one document (plain causal)."""
+    s = state.get()
+    mine = chunk_indices(positions.shape[1] * s.cp_size, s.cp_size, s.cp_rank, positions.device)
+    starts = mine[None, :] - positions
+    return None if not bool(starts.any()) else starts
+
+
+def _allowed(q_idx, k_idx, doc_start, window):
+    """[1 or batch, queries, keys] which query may see which key, by global index."""
+    ok = k_idx[None, :] <= q_idx[:, None]
+    if window is not None:
+        ok = ok & (k_idx[None, :] >= q_idx[:, None] - window)
+    ok = ok[None]
+    if doc_start is not None:
+        ok = ok & (k_idx[None, None, :] >= doc_start[:, :, None])
+    return ok
+
+
+def _crop(ok):
+    """(query rows, key columns) that have at least one allowed pair; None when the block is empty."""
+    rows, cols = ok.any(0).any(1), ok.any(0).any(0)
+    if not bool(rows.any()):
+        return None
+    return rows.nonzero().squeeze(1), cols.nonzero().squeeze(1)
+
+
+def _heads(t, h):
+    """[batch, kv heads, n, d] -> [batch, h, n, d], each key/value head serving its query heads."""
+    return t if t.shape[1] == h else t.repeat_interleave(h // t.shape[1], dim=1)
+
+
+def _scores(q, k, ok, scale):
+    s = torch.matmul(q, _heads(k, q.shape[1]).transpose(-1, -2)) * scale
+    return s.masked_fill(~ok[:, None], float("-inf"))
+
+
+def _block_forward(q, k, v, ok, scale):
+    """Attention of queries q [b, h, m, d] over one key block: (output [b, h, m, d], lse [b, h, m])."""
+    s = _scores(q, k, ok, scale)
+    lse = torch.logsumexp(s, dim=-1)
+    p = torch.exp(s - lse.masked_fill(lse == float("-inf"), 0.0)[..., None])
+    return torch.matmul(p, _heads(v, q.shape[1])), lse
+
+
+def _group_sum(t, hk):
+    """Per query head [b, h, n, d] -> per key/value head [b, hk, n, d]."""
+    b, h = t.shape[:2]
+    return t if h == hk else t.view(b, hk, h // hk, *t.shape[2:]).sum(2)
+
+
+class _Ring:
+    """Point-to-point exchange with the ring neighbours (every CP rank calls it alike)."""
+
+    def __init__(self):
+        s = state.get()
+        self.rank, self.size, self.group = s.cp_rank, s.cp_size, s.cp_group
+        self.next, self.prev = s.cp_ranks[(s.cp_rank + 1) % s.cp_size], s.cp_ranks[(s.cp_rank - 1) % s.cp_size]
+
+    def source(self, step: int) -> int:
+        """The CP rank whose key/value block this rank holds at ``step``."""
+        return (self.rank - step) % self.size
+
+    def start(self, t: torch.Tensor, tag: int):
+        """Send ``t`` on, receive the previous rank's into a new tensor: (requests, buffer)."""
+        buf = torch.empty_like(t)
+        ops = [dist.P2POp(dist.isend, t, self.next, self.group, tag),
+               dist.P2POp(dist.irecv, buf, self.prev, self.group, tag)]
+        return dist.batch_isend_irecv(ops), buf
+
+
+def _finish(pending) -> torch.Tensor:
+    reqs, buf = pending
+    for r in reqs:
+        r.wait()
+    return buf
+
+
+KV_TAG, GRAD_TAG = 1, 2
+
+
+class _RingAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, doc_start, window):
+        ring = _Ring()
+        seq = q.shape[0] * ring.size
+        scale = q.shape[-1] ** -0.5
+        mine = chunk_indices(seq, ring.size, ring.rank, q.device)
+        dt = torch.promote_types(q.dtype, torch.float32)  # fp32 at least (fp64 stays, for the tests)
+        qh = q.permute(1, 2, 0, 3).to(dt)  # [b, h, L, d]
+        kv = torch.stack([k, v]).permute(0, 2, 3, 1, 4).contiguous()  # [2, b, hk, L, d], travels the ring
+        out = lse = None
+        for step in range(ring.size):
+            pending = ring.start(kv, KV_TAG) if step < ring.size - 1 else None
+            theirs = chunk_indices(seq, ring.size, ring.source(step), q.device)
+            ok = _allowed(mine, theirs, doc_start, window)
+            crop = _crop(ok)
+            if crop is not None:
+                rows, cols = crop
+                o, l_ = _block_forward(qh[:, :, rows], kv[0][:, :, cols].to(dt), kv[1][:, :, cols].to(dt),
+                                       ok[:, rows][:, :, cols], scale)
+                if out is None:  # step 0, the rank's own block: every query sees at least itself
+                    out, lse = o, l_
+                else:
+                    merged = torch.logaddexp(lse[:, :, rows], l_)
+                    out[:, :, rows] = (out[:, :, rows] * torch.exp(lse[:, :, rows] - merged)[..., None]
+                                       + o * torch.exp(l_ - merged)[..., None])
+                    lse[:, :, rows] = merged
+            if pending is not None:
+                kv = _finish(pending)
+        ctx.save_for_backward(q, k, v, out, lse, doc_start)
+        ctx.window = window
+        return out.permute(2, 0, 1, 3).to(q.dtype)
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, k, v, out, lse, doc_start = ctx.saved_tensors
+        ring = _Ring()
+        seq, hk = q.shape[0] * ring.size, k.shape[2]
+        scale = q.shape[-1] ** -0.5
+        mine = chunk_indices(seq, ring.size, ring.rank, q.device)
+        qh = q.permute(1, 2, 0, 3).to(out.dtype)
+        do = dout.permute(1, 2, 0, 3).to(out.dtype)
+        delta = (do * out).sum(-1)  # [b, h, L]
+        dq = torch.zeros_like(qh)
+        kv = torch.stack([k, v]).permute(0, 2, 3, 1, 4).contiguous()
+        dkv = torch.zeros(kv.shape, dtype=out.dtype, device=kv.device)  # travels with its block, one step behind
+        grads_pending = None
+        for step in range(ring.size):
+            kv_pending = ring.start(kv, KV_TAG) if step < ring.size - 1 else None
+            theirs = chunk_indices(seq, ring.size, ring.source(step), q.device)
+            ok = _allowed(mine, theirs, doc_start, ctx.window)
+            crop = _crop(ok)
+            block = torch.zeros_like(dkv)
+            if crop is not None:
+                rows, cols = crop
+                kb, vb = kv[0][:, :, cols].to(out.dtype), kv[1][:, :, cols].to(out.dtype)
+                qb, dob = qh[:, :, rows], do[:, :, rows]
+                s = _scores(qb, kb, ok[:, rows][:, :, cols], scale)
+                p = torch.exp(s - lse[:, :, rows, None])
+                dp = torch.matmul(dob, _heads(vb, qb.shape[1]).transpose(-1, -2))
+                ds = p * (dp - delta[:, :, rows, None]) * scale
+                dq[:, :, rows] += torch.matmul(ds, _heads(kb, qb.shape[1]))
+                block[0][:, :, cols] = _group_sum(torch.matmul(ds.transpose(-1, -2), qb), hk)
+                block[1][:, :, cols] = _group_sum(torch.matmul(p.transpose(-1, -2), dob), hk)
+            if grads_pending is not None:
+                dkv = _finish(grads_pending)
+            dkv = dkv + block
+            grads_pending = ring.start(dkv, GRAD_TAG)  # on to the next holder of this block (its owner, at the end)
+            if kv_pending is not None:
+                kv = _finish(kv_pending)
+        dkv = _finish(grads_pending).permute(0, 3, 1, 2, 4)  # [2, L, b, hk, d]
+        return dq.permute(2, 0, 1, 3).to(q.dtype), dkv[0].to(k.dtype), dkv[1].to(v.dtype), None, None
+
+
+def ring_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, doc_start: Optional[torch.Tensor] = None,
+                   window: Optional[int] = None) -> torch.Tensor:
+    """Causal attention of this CP rank's queries over the whole sequence. q [L, b, h, d] and
+    k/v [L, b, kv heads, d] hold the rank's two chunks (``chunk_indices``); ``doc_start`` [b, L]
+    from ``document_starts`` keeps attention inside documents; ``window`` as in
+    ``reference.attention``. Returns [L, b, h, d]."""
+    return _RingAttention.apply(q, k, v, doc_start, window)
+
