@@ -563,7 +563,7 @@ def validate(cfg: Config, world_size: int = 1) -> Config:
     if world_size % mp:
         raise MegaliteError(f"world size {world_size} is not divisible by tensor x pipeline parallel size {mp}")
     validate_context_parallel(cfg, world_size)
-    dp = world_size // mp
+    dp = world_size // (mp * p.context_parallel_size)  # context-parallel ranks share their samples
     if m.kv_channels is None:
         if m.hidden_size % m.num_attention_heads:
             raise MegaliteError(f"--hidden-size {m.hidden_size} is not divisible by --num-attention-heads "

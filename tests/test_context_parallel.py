@@ -1,0 +1,116 @@
+"""Context parallelism on gloo: CP=2 and CP=4, alone (dropout on, sliding window) and with
+TP=2 + SP, PP=2 and DP=2 + ZeRO-1, and on packed SFT documents, reproduce the one-process
+losses and gradient norms over 20 steps. Several layouts share one process launch."""
+
+import os
+
+import pytest
+import torch
+
+from megalite.config import parse_config
+from megalite.errors import MegaliteError
+from megalite.parallel.context import chunk_indices
+from megalite.parallel.state import layout
+from megalite.training.trainer import pretrain
+from sft_gpt import main as sft_main
+from tests.conftest import read_metrics, tiny_model_args, write_jsonl
+from tests.dist_utils import run_distributed
+
+ITERS = 20
+# the sequence (32 tokens) crosses chunk borders with a window of 5 and documents of any length
+DROPOUT_WINDOW = {"hidden_dropout": 0.1, "window_size": "5,0"}
+
+
+def test_rank_layout_is_megatrons_tp_cp_dp_pp():
+    g = layout(16, tp=2, pp=2, cp=2)
+    assert g["tp"][:2] == [[0, 1], [2, 3]]
+    assert g["cp"][:2] == [[0, 2], [1, 3]]
+    assert g["dp"][:2] == [[0, 4], [1, 5]]
+    assert g["dp_cp"][:2] == [[0, 2, 4, 6], [1, 3, 5, 7]]
+    assert g["pp"][0] == [0, 8]
+    with pytest.raises(MegaliteError, match="x context \\(2\\)"):
+        layout(12, tp=2, pp=2, cp=2)
+
+
+def test_chunks_balance_the_causal_mask():
+    assert [chunk_indices(16, 2, r).tolist() for r in range(2)] == [[0, 1, 2, 3, 12, 13, 14, 15],
+                                                                    [4, 5, 6, 7, 8, 9, 10, 11]]
+
+
+def test_sequence_must_split_into_two_chunks_per_rank(tiny_corpus):
+    from megalite.config import validate
+
+    cfg = parse_config(tiny_model_args(*tiny_corpus, context_parallel_size=2, seq_length=30))
+    with pytest.raises(MegaliteError, match="--seq-length 30 is not divisible by 4"):
+        validate(cfg, 2)
+
+
+def _pretrain_args(corpus, folder, name, **kw):
+    kw = {"train_iters": ITERS, "lr": 1e-3, "min_lr": 1e-4, "hidden_size": 64, "num_attention_heads": 8,
+          "num_query_groups": 4, "ffn_hidden_size": 128, "eval_iters": 0, "micro_batch_size": 2,
+          "global_batch_size": 4, "metrics_file": os.path.join(folder, f"{name}.jsonl"),
+          "save": os.path.join(folder, name), **kw}
+    return tiny_model_args(*corpus, **kw)
+
+
+def _sft_args(corpus, data, folder, name, **kw):
+    kw = {"sft_data": data, "data_path": None, "split": None, "seq_length": 32, "train_iters": ITERS,
+          "micro_batch_size": 2, "global_batch_size": 4, "chat_template": "alpaca", "eval_iters": 0,
+          "packing": True, "metrics_file": os.path.join(folder, f"{name}.jsonl"), "lr_warmup_iters": 0, **kw}
+    return tiny_model_args(*corpus, **kw)
+
+
+def _runs(rank, world, runs):
+    torch.set_num_threads(1)
+    for entry, argv in runs:
+        (sft_main if entry == "sft" else lambda a: pretrain(parse_config(a)))(argv)
+
+
+@pytest.fixture(scope="module")
+def sft_file(tmp_path_factory):
+    from megalite.data.demo_sft import instruction_pairs
+
+    return write_jsonl(tmp_path_factory.mktemp("cp_sft") / "train.jsonl", instruction_pairs()[:96])
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_corpus, sft_file):
+    """Every layout's metrics, by name: the one-process references here, the CP layouts in one
+    launch of two and one of four processes."""
+    folder = str(tmp_path_factory.mktemp("cp"))
+    torch.set_num_threads(1)
+    try:
+        pretrain(parse_config(_pretrain_args(tiny_corpus, folder, "one", **DROPOUT_WINDOW)))
+        pretrain(parse_config(_pretrain_args(tiny_corpus, folder, "one_plain")))
+        sft_main(_sft_args(tiny_corpus, sft_file, folder, "one_packed"))
+    finally:
+        torch.set_num_threads(2)
+    run_distributed(_runs, 2, [
+        ("pretrain", _pretrain_args(tiny_corpus, folder, "cp2", context_parallel_size=2, **DROPOUT_WINDOW)),
+        ("sft", _sft_args(tiny_corpus, sft_file, folder, "cp2_packed", context_parallel_size=2)),
+    ])
+    run_distributed(_runs, 4, [
+        ("pretrain", _pretrain_args(tiny_corpus, folder, "cp4", context_parallel_size=4, **DROPOUT_WINDOW)),
+        ("pretrain", _pretrain_args(tiny_corpus, folder, "cp2_dp2_zero1", context_parallel_size=2,
+                                    use_distributed_optimizer=True)),
+        ("pretrain", _pretrain_args(tiny_corpus, folder, "cp2_tp2_sp", context_parallel_size=2,
+                                    tensor_model_parallel_size=2, sequence_parallel=True)),
+        ("pretrain", _pretrain_args(tiny_corpus, folder, "cp2_pp2", context_parallel_size=2,
+                                    pipeline_model_parallel_size=2)),
+    ])
+    return folder, {f[:-6]: read_metrics(os.path.join(folder, f))[0] for f in os.listdir(folder)
+                    if f.endswith(".jsonl")}
+
+
+@pytest.mark.dist
+@pytest.mark.parametrize("name, reference", [
+    ("cp2", "one"), ("cp4", "one"),  # hidden dropout on, sliding window
+    ("cp2_packed", "one_packed"),  # SFT --packing: documents restart inside the chunks
+    ("cp2_dp2_zero1", "one_plain"), ("cp2_tp2_sp", "one_plain"), ("cp2_pp2", "one_plain"),
+])
+def test_context_parallel_matches_one_process(runs, name, reference):
+    rows, ref = runs[1][name], runs[1][reference]
+    assert len(rows) == len(ref) == ITERS
+    for a, b in zip(ref, rows):
+        assert b["lm_loss"] == pytest.approx(a["lm_loss"], rel=1e-5), a["iteration"]
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-5), a["iteration"]
