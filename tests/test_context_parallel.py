@@ -1,6 +1,7 @@
 """Context parallelism on gloo: CP=2 and CP=4, alone (dropout on, sliding window) and with
 TP=2 + SP, PP=2 and DP=2 + ZeRO-1, and on packed SFT documents, reproduce the one-process
-losses and gradient norms over 20 steps. Several layouts share one process launch."""
+losses and gradient norms over 20 steps; a CP=2 x DP=2 ZeRO-1 checkpoint resumes at CP=2
+alone. Several layouts share one process launch."""
 
 import os
 
@@ -47,15 +48,15 @@ def test_sequence_must_split_into_two_chunks_per_rank(tiny_corpus):
 
 def _pretrain_args(corpus, folder, name, **kw):
     kw = {"train_iters": ITERS, "lr": 1e-3, "min_lr": 1e-4, "hidden_size": 64, "num_attention_heads": 8,
-          "num_query_groups": 4, "ffn_hidden_size": 128, "eval_iters": 0, "micro_batch_size": 2,
-          "global_batch_size": 4, "metrics_file": os.path.join(folder, f"{name}.jsonl"),
-          "save": os.path.join(folder, name), **kw}
+          "num_query_groups": 4, "ffn_hidden_size": 128, "eval_iters": 0, "micro_batch_size": 4,
+          "global_batch_size": 4, "lr_decay_iters": ITERS, "metrics_file": os.path.join(folder, f"{name}.jsonl"),
+          **kw}
     return tiny_model_args(*corpus, **kw)
 
 
 def _sft_args(corpus, data, folder, name, **kw):
     kw = {"sft_data": data, "data_path": None, "split": None, "seq_length": 32, "train_iters": ITERS,
-          "micro_batch_size": 2, "global_batch_size": 4, "chat_template": "alpaca", "eval_iters": 0,
+          "micro_batch_size": 4, "global_batch_size": 4, "chat_template": "alpaca", "eval_iters": 0,
           "packing": True, "metrics_file": os.path.join(folder, f"{name}.jsonl"), "lr_warmup_iters": 0, **kw}
     return tiny_model_args(*corpus, **kw)
 
@@ -85,18 +86,21 @@ def runs(tmp_path_factory, tiny_corpus, sft_file):
         sft_main(_sft_args(tiny_corpus, sft_file, folder, "one_packed"))
     finally:
         torch.set_num_threads(2)
-    run_distributed(_runs, 2, [
-        ("pretrain", _pretrain_args(tiny_corpus, folder, "cp2", context_parallel_size=2, **DROPOUT_WINDOW)),
-        ("sft", _sft_args(tiny_corpus, sft_file, folder, "cp2_packed", context_parallel_size=2)),
-    ])
+    zero1 = os.path.join(folder, "cp2_dp2_zero1")
     run_distributed(_runs, 4, [
         ("pretrain", _pretrain_args(tiny_corpus, folder, "cp4", context_parallel_size=4, **DROPOUT_WINDOW)),
         ("pretrain", _pretrain_args(tiny_corpus, folder, "cp2_dp2_zero1", context_parallel_size=2,
-                                    use_distributed_optimizer=True)),
+                                    use_distributed_optimizer=True, micro_batch_size=2, train_iters=ITERS // 2,
+                                    save=zero1)),
         ("pretrain", _pretrain_args(tiny_corpus, folder, "cp2_tp2_sp", context_parallel_size=2,
                                     tensor_model_parallel_size=2, sequence_parallel=True)),
         ("pretrain", _pretrain_args(tiny_corpus, folder, "cp2_pp2", context_parallel_size=2,
                                     pipeline_model_parallel_size=2)),
+    ])
+    run_distributed(_runs, 2, [
+        ("pretrain", _pretrain_args(tiny_corpus, folder, "cp2", context_parallel_size=2, **DROPOUT_WINDOW)),
+        ("sft", _sft_args(tiny_corpus, sft_file, folder, "cp2_packed", context_parallel_size=2)),
+        ("pretrain", _pretrain_args(tiny_corpus, folder, "cp2_resumed", context_parallel_size=2, load=zero1)),
     ])
     return folder, {f[:-6]: read_metrics(os.path.join(folder, f))[0] for f in os.listdir(folder)
                     if f.endswith(".jsonl")}
@@ -106,10 +110,13 @@ def runs(tmp_path_factory, tiny_corpus, sft_file):
 @pytest.mark.parametrize("name, reference", [
     ("cp2", "one"), ("cp4", "one"),  # hidden dropout on, sliding window
     ("cp2_packed", "one_packed"),  # SFT --packing: documents restart inside the chunks
-    ("cp2_dp2_zero1", "one_plain"), ("cp2_tp2_sp", "one_plain"), ("cp2_pp2", "one_plain"),
+    ("cp2_dp2_zero1", "one_plain"),  # iterations 1-10, then 11-20 resumed from its checkpoint at CP=2
+    ("cp2_tp2_sp", "one_plain"), ("cp2_pp2", "one_plain"),
 ])
 def test_context_parallel_matches_one_process(runs, name, reference):
     rows, ref = runs[1][name], runs[1][reference]
+    if name == "cp2_dp2_zero1":  # trained half way, saved, resumed at CP=2 alone (no ZeRO)
+        rows = rows + runs[1]["cp2_resumed"]
     assert len(rows) == len(ref) == ITERS
     for a, b in zip(ref, rows):
         assert b["lm_loss"] == pytest.approx(a["lm_loss"], rel=1e-5), a["iteration"]
