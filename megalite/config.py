@@ -750,9 +750,6 @@ def validate_context_parallel(cfg: Config, world_size: int) -> None:
         raise MegaliteError(f"--seq-length {d.seq_length} is not divisible by {chunks} (2 x --context-parallel-size "
                             + ("x --tensor-model-parallel-size, with --sequence-parallel)" if p.sequence_parallel
                                else "chunks, for the causal load balancing)"))
-    if m.attention_dropout > 0:
-        raise MegaliteError("--attention-dropout with --context-parallel-size > 1 is not supported yet (ring attention "
-                            "draws no dropout); use --attention-dropout 0")
     if m.rope_type == "dynamic":
         raise MegaliteError("--rope-type dynamic with --context-parallel-size > 1: each rank would scale by the "
                             "positions it holds; use another --rope-type")

@@ -79,10 +79,10 @@ class SelfAttention(nn.Module):
             k, v = cache.update(k, v)
             mask = cache.mask
         dropout = self.dropout if self.training else 0.0
-        if state.get().cp_size > 1 and cache is None:  # a split sequence: ring attention (cu_seqlens: doc starts)
-            out = ring_attention(q, k, v, cu_seqlens, self.window)
-        else:
-            with tp_rng(dropout > 0):  # each rank's heads are its own: independent masks
+        with tp_rng(dropout > 0):  # each rank's heads (and, under CP, queries) are its own: independent masks
+            if state.get().cp_size > 1 and cache is None:  # a split sequence: ring attention (cu_seqlens: doc starts)
+                out = ring_attention(q, k, v, cu_seqlens, self.window, dropout)
+            else:
                 out = kernels.attention(q, k, v, self.backend, cu_seqlens, dropout_p=dropout, mask=mask,
                                         window=self.window)
         return out.reshape(*out.shape[:2], self.heads * self.head_dim)

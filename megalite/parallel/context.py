@@ -87,12 +87,20 @@ def _scores(q, k, ok, scale):
     return s.masked_fill(~ok[:, None], float("-inf"))
 
 
-def _block_forward(q, k, v, ok, scale):
-    """Attention of queries q [b, h, m, d] over one key block: (output [b, h, m, d], lse [b, h, m])."""
+def _kept(p, dropout_p):
+    """Dropout's keep mask for probabilities ``p``, scaled by 1 / (1 - dropout_p); None without dropout."""
+    return None if dropout_p == 0 else (torch.rand_like(p) >= dropout_p).to(p.dtype) / (1 - dropout_p)
+
+
+def _block_forward(q, k, v, ok, scale, dropout_p):
+    """Attention of queries q [b, h, m, d] over one key block: (output [b, h, m, d], lse [b, h, m]).
+    Dropout acts on the probabilities, after the block's own normalisation: merging rescales
+    rows only, so the result is dropout on the whole row's probabilities."""
     s = _scores(q, k, ok, scale)
     lse = torch.logsumexp(s, dim=-1)
     p = torch.exp(s - lse.masked_fill(lse == float("-inf"), 0.0)[..., None])
-    return torch.matmul(p, _heads(v, q.shape[1])), lse
+    keep = _kept(p, dropout_p)
+    return torch.matmul(p if keep is None else p * keep, _heads(v, q.shape[1])), lse
 
 
 def _group_sum(t, hk):
@@ -107,14 +115,18 @@ class _Ring:
     def __init__(self):
         s = state.get()
         self.rank, self.size, self.group = s.cp_rank, s.cp_size, s.cp_group
-        self.next, self.prev = s.cp_ranks[(s.cp_rank + 1) % s.cp_size], s.cp_ranks[(s.cp_rank - 1) % s.cp_size]
+        if self.size > 1:
+            self.next, self.prev = s.cp_ranks[(s.cp_rank + 1) % s.cp_size], s.cp_ranks[(s.cp_rank - 1) % s.cp_size]
 
     def source(self, step: int) -> int:
         """The CP rank whose key/value block this rank holds at ``step``."""
         return (self.rank - step) % self.size
 
     def start(self, t: torch.Tensor, tag: int):
-        """Send ``t`` on, receive the previous rank's into a new tensor: (requests, buffer)."""
+        """Send ``t`` on, receive the previous rank's into a new tensor: (requests, buffer).
+        A ring of one passes ``t`` to itself."""
+        if self.size == 1:
+            return [], t
         buf = torch.empty_like(t)
         ops = [dist.P2POp(dist.isend, t, self.next, self.group, tag),
                dist.P2POp(dist.irecv, buf, self.prev, self.group, tag)]
@@ -131,10 +143,22 @@ def _finish(pending) -> torch.Tensor:
 KV_TAG, GRAD_TAG = 1, 2
 
 
+def _generator_state(device):
+    return torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
+
+
+def _set_generator_state(device, saved) -> None:
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(saved, device)
+    else:
+        torch.set_rng_state(saved)
+
+
 class _RingAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, doc_start, window):
+    def forward(ctx, q, k, v, doc_start, window, dropout_p):
         ring = _Ring()
+        ctx.rng = _generator_state(q.device) if dropout_p > 0 else None  # the backward redraws the same masks
         seq = q.shape[0] * ring.size
         scale = q.shape[-1] ** -0.5
         mine = chunk_indices(seq, ring.size, ring.rank, q.device)
@@ -150,7 +174,7 @@ class _RingAttention(torch.autograd.Function):
             if crop is not None:
                 rows, cols = crop
                 o, l_ = _block_forward(qh[:, :, rows], kv[0][:, :, cols].to(dt), kv[1][:, :, cols].to(dt),
-                                       ok[:, rows][:, :, cols], scale)
+                                       ok[:, rows][:, :, cols], scale, dropout_p)
                 if out is None:  # step 0, the rank's own block: every query sees at least itself
                     out, lse = o, l_
                 else:
@@ -161,11 +185,19 @@ class _RingAttention(torch.autograd.Function):
             if pending is not None:
                 kv = _finish(pending)
         ctx.save_for_backward(q, k, v, out, lse, doc_start)
-        ctx.window = window
+        ctx.window, ctx.dropout_p = window, dropout_p
         return out.permute(2, 0, 1, 3).to(q.dtype)
 
     @staticmethod
     def backward(ctx, dout):
+        devices = [dout.device] if dout.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices, enabled=ctx.rng is not None):
+            if ctx.rng is not None:
+                _set_generator_state(dout.device, ctx.rng)
+            return _RingAttention._backward(ctx, dout)
+
+    @staticmethod
+    def _backward(ctx, dout):
         q, k, v, out, lse, doc_start = ctx.saved_tensors
         ring = _Ring()
         seq, hk = q.shape[0] * ring.size, k.shape[2]
@@ -190,11 +222,15 @@ class _RingAttention(torch.autograd.Function):
                 qb, dob = qh[:, :, rows], do[:, :, rows]
                 s = _scores(qb, kb, ok[:, rows][:, :, cols], scale)
                 p = torch.exp(s - lse[:, :, rows, None])
+                keep = _kept(p, ctx.dropout_p)  # the forward's mask: same generator state, same draws
                 dp = torch.matmul(dob, _heads(vb, qb.shape[1]).transpose(-1, -2))
+                if keep is not None:
+                    dp = dp * keep
                 ds = p * (dp - delta[:, :, rows, None]) * scale
                 dq[:, :, rows] += torch.matmul(ds, _heads(kb, qb.shape[1]))
                 block[0][:, :, cols] = _group_sum(torch.matmul(ds.transpose(-1, -2), qb), hk)
-                block[1][:, :, cols] = _group_sum(torch.matmul(p.transpose(-1, -2), dob), hk)
+                block[1][:, :, cols] = _group_sum(torch.matmul((p if keep is None else p * keep).transpose(-1, -2),
+                                                               dob), hk)
             if grads_pending is not None:
                 dkv = _finish(grads_pending)
             dkv = dkv + block
@@ -202,14 +238,15 @@ class _RingAttention(torch.autograd.Function):
             if kv_pending is not None:
                 kv = _finish(kv_pending)
         dkv = _finish(grads_pending).permute(0, 3, 1, 2, 4)  # [2, L, b, hk, d]
-        return dq.permute(2, 0, 1, 3).to(q.dtype), dkv[0].to(k.dtype), dkv[1].to(v.dtype), None, None
+        return dq.permute(2, 0, 1, 3).to(q.dtype), dkv[0].to(k.dtype), dkv[1].to(v.dtype), None, None, None
 
 
 def ring_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, doc_start: Optional[torch.Tensor] = None,
-                   window: Optional[int] = None) -> torch.Tensor:
+                   window: Optional[int] = None, dropout_p: float = 0.0) -> torch.Tensor:
     """Causal attention of this CP rank's queries over the whole sequence. q [L, b, h, d] and
     k/v [L, b, kv heads, d] hold the rank's two chunks (``chunk_indices``); ``doc_start`` [b, L]
     from ``document_starts`` keeps attention inside documents; ``window`` as in
-    ``reference.attention``. Returns [L, b, h, d]."""
-    return _RingAttention.apply(q, k, v, doc_start, window)
+    ``reference.attention``; ``dropout_p`` drops attention probabilities with masks drawn from
+    the current generator (the caller's per-rank stream). Returns [L, b, h, d]."""
+    return _RingAttention.apply(q, k, v, doc_start, window, dropout_p)
 

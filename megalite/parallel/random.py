@@ -79,9 +79,10 @@ def set_tp_rng_state(s: Optional[Dict]) -> None:
 
 
 def tp_rng(per_rank: bool = True):
-    """Context for random draws that must differ across tensor-parallel ranks (a no-op
-    when there is only one rank, or when ``per_rank`` is False)."""
-    if per_rank and state.get().tp_size > 1:
+    """Context for random draws that must differ across tensor- and context-parallel ranks (a
+    no-op when there is only one rank, or when ``per_rank`` is False)."""
+    s = state.get()
+    if per_rank and s.tp_size * s.cp_size > 1:
         return _stream.fork()
     return contextlib.nullcontext()
 
