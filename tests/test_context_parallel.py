@@ -54,13 +54,17 @@ def _packed_positions(seq, batch):
     return positions
 
 
-def test_ring_block_math_and_backward_equal_attention(one_thread):
-    """One rank's ring (the per-block math, the log-sum-exp merge, the hand-written backward)
-    against the reference attention, in fp64, with documents, a window and grouped heads; with
-    dropout, the backward is the gradient of the forward (masks redrawn from the saved state)."""
+def test_ring_block_math_and_backward_equal_attention(one_thread, monkeypatch):
+    """One rank's ring (the per-block math in tiles of query rows, the log-sum-exp merge, the
+    hand-written backward) against the reference attention, in fp64, with documents, a window
+    and grouped heads; with dropout, the backward is the gradient of the forward (masks redrawn
+    from the saved state). The multi-rank rings are the training runs below."""
     from megalite.kernels.reference import attention
     from megalite.model.gpt import document_boundaries
+    from megalite.parallel import context
     from megalite.parallel.context import document_starts, ring_attention
+
+    monkeypatch.setattr(context, "TILE_ELEMENTS", 300)  # tiles of two or three query rows
 
     torch.manual_seed(0)
     seq, batch = 16, 2

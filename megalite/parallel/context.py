@@ -17,7 +17,8 @@ log-sum-exp, keeps dQ local and sends the key/value gradients round the ring wit
 block, one step behind it, so they arrive back at their owner. A block is computed only on
 the rows and columns its mask allows (with the load balancing, half of every off-diagonal
 block; with a sliding window, blocks wholly outside the window are skipped). The per-block
-math is plain torch (matmuls in fp32 at least); the fused kernels take only square causal blocks.
+math is plain torch (matmuls in fp32 at least), over tiles of query rows that bound its
+working memory; the fused kernels take only square causal blocks.
 """
 
 from typing import Dict, Optional
@@ -75,6 +76,15 @@ def _crop(ok):
     if not bool(rows.any()):
         return None
     return rows.nonzero().squeeze(1), cols.nonzero().squeeze(1)
+
+
+TILE_ELEMENTS = 2**27  # scores of one tile of query rows (batch x heads x rows x keys): bounds the working memory
+
+
+def _row_tiles(rows, cols, qh):
+    """``rows`` in tiles whose score matrices hold at most TILE_ELEMENTS (long sequences on a GPU)."""
+    per_row = qh.shape[0] * qh.shape[1] * len(cols)
+    return rows.split(max(1, TILE_ELEMENTS // per_row))
 
 
 def _heads(t, h):
@@ -165,7 +175,8 @@ class _RingAttention(torch.autograd.Function):
         dt = torch.promote_types(q.dtype, torch.float32)  # fp32 at least (fp64 stays, for the tests)
         qh = q.permute(1, 2, 0, 3).to(dt)  # [b, h, L, d]
         kv = torch.stack([k, v]).permute(0, 2, 3, 1, 4).contiguous()  # [2, b, hk, L, d], travels the ring
-        out = lse = None
+        out = torch.zeros_like(qh)
+        lse = torch.full(qh.shape[:3], float("-inf"), dtype=dt, device=q.device)
         for step in range(ring.size):
             pending = ring.start(kv, KV_TAG) if step < ring.size - 1 else None
             theirs = chunk_indices(seq, ring.size, ring.source(step), q.device)
@@ -173,15 +184,14 @@ class _RingAttention(torch.autograd.Function):
             crop = _crop(ok)
             if crop is not None:
                 rows, cols = crop
-                o, l_ = _block_forward(qh[:, :, rows], kv[0][:, :, cols].to(dt), kv[1][:, :, cols].to(dt),
-                                       ok[:, rows][:, :, cols], scale, dropout_p)
-                if out is None:  # step 0, the rank's own block: every query sees at least itself
-                    out, lse = o, l_
-                else:
-                    merged = torch.logaddexp(lse[:, :, rows], l_)
-                    out[:, :, rows] = (out[:, :, rows] * torch.exp(lse[:, :, rows] - merged)[..., None]
+                kb, vb = kv[0][:, :, cols].to(dt), kv[1][:, :, cols].to(dt)
+                for part in _row_tiles(rows, cols, qh):
+                    o, l_ = _block_forward(qh[:, :, part], kb, vb, ok[:, part][:, :, cols], scale, dropout_p)
+                    # never -inf on both sides: step 0 is the rank's own block, where every query sees itself
+                    merged = torch.logaddexp(lse[:, :, part], l_)
+                    out[:, :, part] = (out[:, :, part] * torch.exp(lse[:, :, part] - merged)[..., None]
                                        + o * torch.exp(l_ - merged)[..., None])
-                    lse[:, :, rows] = merged
+                    lse[:, :, part] = merged
             if pending is not None:
                 kv = _finish(pending)
         ctx.save_for_backward(q, k, v, out, lse, doc_start)
@@ -219,18 +229,19 @@ class _RingAttention(torch.autograd.Function):
             if crop is not None:
                 rows, cols = crop
                 kb, vb = kv[0][:, :, cols].to(out.dtype), kv[1][:, :, cols].to(out.dtype)
-                qb, dob = qh[:, :, rows], do[:, :, rows]
-                s = _scores(qb, kb, ok[:, rows][:, :, cols], scale)
-                p = torch.exp(s - lse[:, :, rows, None])
-                keep = _kept(p, ctx.dropout_p)  # the forward's mask: same generator state, same draws
-                dp = torch.matmul(dob, _heads(vb, qb.shape[1]).transpose(-1, -2))
-                if keep is not None:
-                    dp = dp * keep
-                ds = p * (dp - delta[:, :, rows, None]) * scale
-                dq[:, :, rows] += torch.matmul(ds, _heads(kb, qb.shape[1]))
-                block[0][:, :, cols] = _group_sum(torch.matmul(ds.transpose(-1, -2), qb), hk)
-                block[1][:, :, cols] = _group_sum(torch.matmul((p if keep is None else p * keep).transpose(-1, -2),
-                                                               dob), hk)
+                for part in _row_tiles(rows, cols, qh):
+                    qb, dob = qh[:, :, part], do[:, :, part]
+                    s = _scores(qb, kb, ok[:, part][:, :, cols], scale)
+                    p = torch.exp(s - lse[:, :, part, None])
+                    keep = _kept(p, ctx.dropout_p)  # the forward's mask: same generator state, same draws
+                    dp = torch.matmul(dob, _heads(vb, qb.shape[1]).transpose(-1, -2))
+                    if keep is not None:
+                        dp, p_kept = dp * keep, p * keep
+                    ds = p * (dp - delta[:, :, part, None]) * scale
+                    dq[:, :, part] += torch.matmul(ds, _heads(kb, qb.shape[1]))
+                    block[0][:, :, cols] += _group_sum(torch.matmul(ds.transpose(-1, -2), qb), hk)
+                    block[1][:, :, cols] += _group_sum(torch.matmul((p if keep is None else p_kept).transpose(-1, -2),
+                                                                    dob), hk)
             if grads_pending is not None:
                 dkv = _finish(grads_pending)
             dkv = dkv + block
