@@ -170,3 +170,19 @@ def test_context_parallel_matches_one_process(runs, name, reference):
     for a, b in zip(ref, rows):
         assert b["lm_loss"] == pytest.approx(a["lm_loss"], rel=1e-5), a["iteration"]
         assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-5), a["iteration"]
+
+
+@pytest.mark.dist
+def test_context_parallel_checkpoint_reshards_offline(runs, tmp_path):
+    """The CP=2 x DP=2 checkpoint holds one whole model (CP does not shard weights): resharded
+    offline to TP=2, its two files hold the halves of the saved weights."""
+    from megalite.checkpoint.rewrite import reshard_offline
+
+    saved = os.path.join(runs[0], "cp2_dp2_zero1")
+    reshard_offline(saved, str(tmp_path / "tp2"), tp=2, pp=1)
+    one = torch.load(os.path.join(saved, "iter_0000010", "mp_rank_00", "model_optim_rng.pt"), weights_only=True)
+    assert one["parallel"]["cp_size"] == 2
+    halves = [torch.load(tmp_path / "tp2" / "iter_0000010" / f"mp_rank_{r:02d}" / "model_optim_rng.pt",
+                         weights_only=True)["model"] for r in range(2)]
+    name = "layers.1.mlp.fc2.weight"  # row-parallel: split along its input dimension
+    torch.testing.assert_close(torch.cat([h[name] for h in halves], dim=1), one["model"][name], rtol=0, atol=0)
