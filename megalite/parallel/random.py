@@ -5,11 +5,13 @@ without sequence parallelism) must draw the same mask on every rank, so it uses 
 global generator, seeded alike. Dropout on what a rank holds alone (its attention heads,
 its slice of the sequence) must draw independent masks: it runs inside ``tp_rng()``, which
 swaps in a generator seeded by (seed, tensor-parallel rank, context-parallel rank).
+``recompute`` is activation checkpointing that replays both streams, so recomputed masks
+equal the original ones.
+
 With context parallelism and no sequence parallelism, residual-stream dropout draws the whole
 sequence's mask from the global stream, as one process would, and keeps the rows of the rank's
 chunks: the masks, and so the losses, equal one process's (at the cost of one transient
-full-sequence mask per dropout). ``recompute`` is activation
-checkpointing that replays both streams, so recomputed masks equal the original ones.
+full-sequence mask per dropout).
 """
 
 import contextlib
