@@ -70,12 +70,23 @@ def _allowed(q_idx, k_idx, doc_start, window):
     return ok
 
 
-def _crop(ok):
-    """(query rows, key columns) that have at least one allowed pair; None when the block is empty."""
-    rows, cols = ok.any(0).any(1), ok.any(0).any(0)
+def _crop(q_idx, k_idx, window):
+    """(query rows, key columns) of a block with at least one pair causality and the window
+    allow (documents only mask more, pair by pair); None when there is none. Found by binary
+    search on the ascending global indices, so no block-sized mask is built."""
+    keys_to = torch.searchsorted(k_idx, q_idx, right=True)  # keys at or before each query
+    keys_from = torch.searchsorted(k_idx, q_idx - window) if window is not None else torch.zeros_like(keys_to)
+    queries_from = torch.searchsorted(q_idx, k_idx)  # queries at or after each key
+    queries_to = (torch.searchsorted(q_idx, k_idx + window, right=True) if window is not None
+                  else torch.full_like(queries_from, len(q_idx)))
+    rows, cols = keys_to > keys_from, queries_to > queries_from
     if not bool(rows.any()):
         return None
     return rows.nonzero().squeeze(1), cols.nonzero().squeeze(1)
+
+
+def _tile_mask(mine, theirs, doc_start, window, part, cols):
+    return _allowed(mine[part], theirs[cols], None if doc_start is None else doc_start[:, part], window)
 
 
 TILE_ELEMENTS = 2**27  # scores of one tile of query rows (batch x heads x rows x keys): bounds the working memory
@@ -180,13 +191,13 @@ class _RingAttention(torch.autograd.Function):
         for step in range(ring.size):
             pending = ring.start(kv, KV_TAG) if step < ring.size - 1 else None
             theirs = chunk_indices(seq, ring.size, ring.source(step), q.device)
-            ok = _allowed(mine, theirs, doc_start, window)
-            crop = _crop(ok)
+            crop = _crop(mine, theirs, window)
             if crop is not None:
                 rows, cols = crop
                 kb, vb = kv[0][:, :, cols].to(dt), kv[1][:, :, cols].to(dt)
                 for part in _row_tiles(rows, cols, qh):
-                    o, l_ = _block_forward(qh[:, :, part], kb, vb, ok[:, part][:, :, cols], scale, dropout_p)
+                    ok = _tile_mask(mine, theirs, doc_start, window, part, cols)
+                    o, l_ = _block_forward(qh[:, :, part], kb, vb, ok, scale, dropout_p)
                     # never -inf on both sides: step 0 is the rank's own block, where every query sees itself
                     merged = torch.logaddexp(lse[:, :, part], l_)
                     out[:, :, part] = (out[:, :, part] * torch.exp(lse[:, :, part] - merged)[..., None]
@@ -223,15 +234,14 @@ class _RingAttention(torch.autograd.Function):
         for step in range(ring.size):
             kv_pending = ring.start(kv, KV_TAG) if step < ring.size - 1 else None
             theirs = chunk_indices(seq, ring.size, ring.source(step), q.device)
-            ok = _allowed(mine, theirs, doc_start, ctx.window)
-            crop = _crop(ok)
+            crop = _crop(mine, theirs, ctx.window)
             block = torch.zeros_like(dkv)
             if crop is not None:
                 rows, cols = crop
                 kb, vb = kv[0][:, :, cols].to(out.dtype), kv[1][:, :, cols].to(out.dtype)
                 for part in _row_tiles(rows, cols, qh):
                     qb, dob = qh[:, :, part], do[:, :, part]
-                    s = _scores(qb, kb, ok[:, part][:, :, cols], scale)
+                    s = _scores(qb, kb, _tile_mask(mine, theirs, doc_start, ctx.window, part, cols), scale)
                     p = torch.exp(s - lse[:, :, part, None])
                     keep = _kept(p, ctx.dropout_p)  # the forward's mask: same generator state, same draws
                     dp = torch.matmul(dob, _heads(vb, qb.shape[1]).transpose(-1, -2))
