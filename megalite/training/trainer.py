@@ -40,7 +40,6 @@ from megalite.parallel.random import seed_tp_rng
 from megalite.parallel.zero import FullyShardedBuffer
 from megalite.training.data import build_loader, build_tokenizer_from, microbatches, padded_vocab_size
 from megalite.training.metrics_log import MetricsLog
-from megalite.training.objectives import TokenMean
 from megalite.training.optimizer import ConstantLossScaler, DynamicLossScaler, Optimizer
 from megalite.training.schedules import BatchSchedule, LRSchedule
 from megalite.training.stage import Stage, StepContext
@@ -71,6 +70,9 @@ class Trainer:
         m, p, t = cfg.model, cfg.parallel, cfg.training
         s = state.initialize(p.tensor_model_parallel_size, p.pipeline_model_parallel_size, p.sequence_parallel,
                              p.context_parallel_size)
+        if s.cp_size > 1 and not self.stage.per_token_loss:
+            raise MegaliteError(f"--context-parallel-size > 1 needs a per-token loss (pretraining, SFT); "
+                                f"{self.stage.name} scores whole sequences")
         kernels.set_fused_kernels(t.fused_kernels)
         set_seeds(t.seed + 100 * s.pp_rank)
         seed_tp_rng(t.seed + 100 * s.pp_rank)  # per tensor- and context-parallel rank
@@ -125,9 +127,6 @@ class Trainer:
                            if self.train_ds is not None else None)
         self.objective = self.stage.objective(cfg, StepContext(self.model, self.activation_shape, self.dtype, device,
                                                                self.train_ds, self.valid_ds, self.collate))
-        if s.cp_size > 1 and not isinstance(self.objective, TokenMean):
-            raise MegaliteError(f"--context-parallel-size > 1 needs a per-token loss (pretraining, SFT); "
-                                f"{self.stage.name} reduces whole sequences")
         self.log = MetricsLog(s.rank == 0, cfg, self.iteration)
         self.peak = cfg.logging.peak_tflops or (peak_tflops(torch.cuda.get_device_name(device))
                                                 if device.type == "cuda" else None)
