@@ -114,6 +114,8 @@ class ParallelConfig:
     tensor_model_parallel_size: int = opt(1, "tensor-parallel ranks")
     context_parallel_size: int = opt(1, "context-parallel ranks: each holds a slice of every sequence")
     pipeline_model_parallel_size: int = opt(1, "pipeline stages")
+    context_parallel_size: int = opt(1, "context-parallel ranks: each sequence split over them, ring attention "
+                                        "(docs/parallelism.md)")
     sequence_parallel: bool = opt(False, "split activations outside attention/MLP along the sequence (needs TP > 1)")
     decoder_first_pipeline_num_layers: Optional[int] = opt(None, "layers on the first pipeline stage (uneven split)")
     decoder_last_pipeline_num_layers: Optional[int] = opt(None, "layers on the last pipeline stage (uneven split)")
@@ -677,7 +679,8 @@ def validate(cfg: Config, world_size: int = 1) -> Config:
     mp = tp * p.pipeline_model_parallel_size
     if world_size % mp:
         raise MegaliteError(f"world size {world_size} is not divisible by tensor x pipeline parallel size {mp}")
-    dp = world_size // mp
+    validate_context_parallel(cfg, world_size)
+    dp = world_size // (mp * p.context_parallel_size)  # context-parallel ranks share their samples
     if m.kv_channels is None:
         if m.hidden_size % m.num_attention_heads:
             raise MegaliteError(f"--hidden-size {m.hidden_size} is not divisible by --num-attention-heads "
@@ -940,8 +943,29 @@ def validate_lora(cfg: Config) -> None:
                             "LoRA checkpoint to resume)")
 
 
+def validate_context_parallel(cfg: Config, world_size: int) -> None:
+    m, p, d = cfg.model, cfg.parallel, cfg.data
+    cp, tp = p.context_parallel_size, p.tensor_model_parallel_size
+    if cp < 1:
+        raise MegaliteError(f"--context-parallel-size {cp}: must be at least 1")
+    if cp == 1:
+        return
+    if world_size % (tp * p.pipeline_model_parallel_size * cp):
+        raise MegaliteError(f"world size {world_size} is not divisible by tensor x pipeline x context parallel size "
+                            f"{tp * p.pipeline_model_parallel_size * cp}")
+    chunks = 2 * cp * (tp if p.sequence_parallel else 1)
+    if d.seq_length is not None and d.seq_length % chunks:
+        raise MegaliteError(f"--seq-length {d.seq_length} is not divisible by {chunks} (2 x --context-parallel-size "
+                            + ("x --tensor-model-parallel-size, with --sequence-parallel)" if p.sequence_parallel
+                               else "chunks, for the causal load balancing)"))
+    if m.rope_type == "dynamic":
+        raise MegaliteError("--rope-type dynamic with --context-parallel-size > 1: each rank would scale by the "
+                            "positions it holds; use another --rope-type")
+
+
 def data_parallel_size(cfg: Config, world_size: int) -> int:
-    return world_size // (cfg.parallel.tensor_model_parallel_size * cfg.parallel.pipeline_model_parallel_size)
+    p = cfg.parallel
+    return world_size // (p.tensor_model_parallel_size * p.pipeline_model_parallel_size * p.context_parallel_size)
 
 
 # Model settings that must match a checkpoint for its weights to load.

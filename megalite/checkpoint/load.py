@@ -82,7 +82,7 @@ def load_checkpoint(cfg: Config, model, optimizer, fit_for: Optional[Callable] =
     if not c.no_load_rng:
         rngs = sd["rng"]
         s = state.get()
-        set_rng_state(rngs[s.dp_rank] if s.dp_rank < len(rngs) else rngs[0])
+        set_rng_state(rngs[s.dp_cp_rank] if s.dp_cp_rank < len(rngs) else rngs[0])
     if state.get().rank == 0:
         print(f"loaded {folder} (iteration {sd['iteration']})", flush=True)
     return sd["iteration"], sd["consumed_samples"], sd["consumed_tokens"]

@@ -31,6 +31,7 @@ def reshard_offline(load: str, save: str, tp: int, pp: int, virtual_layers: Opti
     p.num_layers_per_virtual_pipeline_stage = virtual_layers
     p.decoder_first_pipeline_num_layers = p.decoder_last_pipeline_num_layers = None
     p.sequence_parallel = p.sequence_parallel and tp > 1
+    p.context_parallel_size = 1  # weights do not depend on it: the run that loads the files picks its own
     validate(cfg, world_size=tp * pp)
     if cfg.model.padded_vocab_size % tp:
         raise MegaliteError(f"the padded vocabulary ({cfg.model.padded_vocab_size}) does not divide by "

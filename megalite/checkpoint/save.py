@@ -77,19 +77,19 @@ def save_checkpoint(root: str, iteration: int, model, optimizer, cfg: Config, co
         with writing(tmp):
             os.makedirs(tmp)
     _barrier()
-    rngs = [None] * s.dp_size
-    if s.dp_group is not None:
-        dist.all_gather_object(rngs, rng_state(), group=s.dp_group)
+    rngs = [None] * s.dp_cp_size  # context-parallel ranks' own streams differ, their weights do not
+    if s.dp_cp_group is not None:
+        dist.all_gather_object(rngs, rng_state(), group=s.dp_cp_group)
     else:
         rngs = [rng_state()]
     path = rank_file(tmp)
     files = {}
     optim = optimizer.state_dict()
     if optimizer.buffer.distributed:  # every rank's own pieces, in a file of its own
-        own = os.path.join(os.path.dirname(path), f"distrib_optim_{s.dp_rank:03d}.pt")
+        own = os.path.join(os.path.dirname(path), f"distrib_optim_{s.dp_cp_rank:03d}.pt")
         files[own] = {"pieces": optim.pop("pieces")}
         optim["pieces"] = []
-    if s.dp_rank == 0:
+    if s.dp_cp_rank == 0:
         weights = model.state_dict()
         files[path] = {
             "format_version": FORMAT_VERSION,
@@ -100,7 +100,7 @@ def save_checkpoint(root: str, iteration: int, model, optimizer, cfg: Config, co
             "model": weights,
             "optimizer": optim,
             "rng": rngs,
-            "parallel": {"tp_size": s.tp_size, "pp_size": s.pp_size, "dp_size": s.dp_size},
+            "parallel": {"tp_size": s.tp_size, "pp_size": s.pp_size, "dp_size": s.dp_size, "cp_size": s.cp_size},
             "tensor_parallel": split_metadata(model),
             "layers": saved_layers(weights),
         }

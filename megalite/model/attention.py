@@ -8,7 +8,9 @@ whole groups. With more tensor-parallel ranks than key/value heads, each rank ke
 query heads plus a copy of the one key/value head they share, whose gradient is summed
 over the ranks holding it. The query/key norms are shared by every head, so each rank's
 gradient for them covers only its own heads and is summed over the tensor-parallel ranks.
-Activations are [seq, batch, hidden] throughout, as in Megatron.
+Activations are [seq, batch, hidden] throughout, as in Megatron. With context parallelism
+the rank's chunks of the sequence attend to the whole of it through ring attention
+(megalite.parallel.context).
 """
 
 import math
@@ -21,6 +23,7 @@ from megalite import kernels
 from megalite.config import ModelConfig
 from megalite.model.norms import build_norm
 from megalite.parallel import state
+from megalite.parallel.context import ring_attention
 from megalite.parallel.init import mark
 from megalite.parallel.layers import ColumnParallelLinear, RowParallelLinear
 from megalite.parallel.random import recompute, tp_rng
@@ -76,8 +79,12 @@ class SelfAttention(nn.Module):
             k, v = cache.update(k, v)
             mask = cache.mask
         dropout = self.dropout if self.training else 0.0
-        with tp_rng(dropout > 0):  # each rank's heads are its own: independent masks
-            out = kernels.attention(q, k, v, self.backend, cu_seqlens, dropout_p=dropout, mask=mask, window=self.window)
+        with tp_rng(dropout > 0):  # each rank's heads (and, under CP, queries) are its own: independent masks
+            if state.get().cp_size > 1 and cache is None:  # a split sequence: ring attention (cu_seqlens: doc starts)
+                out = ring_attention(q, k, v, cu_seqlens, self.window, dropout)
+            else:
+                out = kernels.attention(q, k, v, self.backend, cu_seqlens, dropout_p=dropout, mask=mask,
+                                        window=self.window)
         return out.reshape(*out.shape[:2], self.heads * self.head_dim)
 
 

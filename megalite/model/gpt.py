@@ -20,6 +20,7 @@ from megalite.model.mlp import MLP
 from megalite.model.norms import build_norm
 from megalite.model.rotary import RotaryEmbedding
 from megalite.parallel import state
+from megalite.parallel.context import document_starts
 from megalite.parallel.init import mark
 from megalite.parallel.layers import VocabParallelEmbedding
 from megalite.parallel.mappings import gather_from_tp, scatter_to_sequence
@@ -113,8 +114,8 @@ class GPTModel(nn.Module):
         attends only to itself."""
         x = self.embed(tokens, positions) if self.pre_process else hidden
         rope, cu_seqlens = None, None
-        if positions is not None:
-            cu_seqlens = document_boundaries(positions)
+        if positions is not None:  # context parallelism: where each token's document starts (ring attention's mask)
+            cu_seqlens = document_starts(positions) if state.get().cp_size > 1 else document_boundaries(positions)
         if self.rotary is not None:
             s = state.get()
             seq = x.shape[0] * (s.tp_size if s.sequence_parallel else 1)

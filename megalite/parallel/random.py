@@ -1,11 +1,17 @@
-"""A second random stream for dropout that must differ across tensor-parallel ranks.
+"""A second random stream for dropout that must differ across tensor- and context-parallel ranks.
 
 Dropout on activations every tensor-parallel rank holds in full (the residual stream
 without sequence parallelism) must draw the same mask on every rank, so it uses the usual
 global generator, seeded alike. Dropout on what a rank holds alone (its attention heads,
 its slice of the sequence) must draw independent masks: it runs inside ``tp_rng()``, which
-swaps in a generator seeded by (seed, tensor-parallel rank). ``recompute`` is activation
-checkpointing that replays both streams, so recomputed masks equal the original ones.
+swaps in a generator seeded by (seed, tensor-parallel rank, context-parallel rank).
+``recompute`` is activation checkpointing that replays both streams, so recomputed masks
+equal the original ones.
+
+With context parallelism and no sequence parallelism, residual-stream dropout draws the whole
+sequence's mask from the global stream, as one process would, and keeps the rows of the rank's
+chunks: the masks, and so the losses, equal one process's (at the cost of one transient
+full-sequence mask per dropout).
 """
 
 import contextlib
@@ -17,6 +23,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from megalite.parallel import state
+from megalite.parallel.context import chunk_indices
 
 TP_SEED_OFFSET = 2718  # as Megatron, so the stream never coincides with the global one
 
@@ -40,7 +47,8 @@ class _TPStream:
 
     def seed(self, seed: int) -> None:
         saved = _get_global()
-        torch.manual_seed(seed + TP_SEED_OFFSET + state.get().tp_rank)
+        s = state.get()
+        torch.manual_seed(seed + TP_SEED_OFFSET + s.tp_rank + s.tp_size * s.cp_rank)
         self.state = _get_global()
         _set_global(saved)
 
@@ -73,21 +81,36 @@ def set_tp_rng_state(s: Optional[Dict]) -> None:
 
 
 def tp_rng(per_rank: bool = True):
-    """Context for random draws that must differ across tensor-parallel ranks (a no-op
-    when there is only one rank, or when ``per_rank`` is False)."""
-    if per_rank and state.get().tp_size > 1:
+    """Context for random draws that must differ across tensor- and context-parallel ranks (a
+    no-op when there is only one rank, or when ``per_rank`` is False)."""
+    s = state.get()
+    if per_rank and s.tp_size * s.cp_size > 1:
         return _stream.fork()
     return contextlib.nullcontext()
 
 
 class SequenceDropout(nn.Dropout):
-    """Dropout on the residual stream: per-rank masks only when the sequence is split."""
+    """Dropout on the residual stream: per-rank masks only when the sequence is split over
+    tensor-parallel ranks; split over context-parallel ranks, the rows of one process's mask."""
 
     def forward(self, x):
         if not self.training or self.p == 0:
             return x
-        with tp_rng(state.get().sequence_parallel):
+        s = state.get()
+        if s.cp_size > 1 and not s.sequence_parallel:
+            return _chunk_rows_dropout(x, self.p)
+        with tp_rng(s.sequence_parallel):
             return F.dropout(x, self.p, True)
+
+
+def _chunk_rows_dropout(x, p: float):
+    """Dropout of this context-parallel rank's rows of the sequence with the mask one process
+    draws for the whole sequence (``F.dropout``'s own draw on CPU: bernoulli, then scale)."""
+    s = state.get()
+    seq = x.shape[0] * s.cp_size
+    noise = torch.empty((seq, *x.shape[1:]), dtype=x.dtype, device=x.device).bernoulli_(1 - p)
+    rows = chunk_indices(seq, s.cp_size, s.cp_rank, x.device)
+    return x * noise.index_select(0, rows).div_(1 - p)
 
 
 def recompute(fn, *args):

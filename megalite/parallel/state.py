@@ -1,9 +1,13 @@
-"""Who talks to whom: the tensor-, pipeline- and data-parallel process groups.
+"""Who talks to whom: the tensor-, context-, pipeline- and data-parallel process groups.
 
-Ranks are laid out as Megatron does, tensor-parallel fastest, then data-parallel, then
-pipeline: ``rank = tp_rank + tp * (dp_rank + dp * pp_rank)``. Every module asks this one
-place for its ranks and groups; with every size at 1 (or no torch.distributed at all) the
-groups are None and every collective in megalite is a no-op.
+Ranks are laid out as Megatron-core's default order "tp-cp-dp-pp": tensor-parallel fastest,
+then context-parallel, then data-parallel, then pipeline:
+``rank = tp_rank + tp * (cp_rank + cp * (dp_rank + dp * pp_rank))``. Context-parallel ranks
+hold the same weights and different parts of each sequence, so gradients are reduced (and
+ZeRO shards) over the data x context group (``dp_cp_group``), as Megatron does; the data
+loader deals samples over the data-parallel ranks only. Every module asks this one place for
+its ranks and groups; with every size at 1 (or no torch.distributed at all) the groups are
+None and every collective in megalite is a no-op.
 """
 
 import contextlib
@@ -22,16 +26,26 @@ class ParallelState:
     tp_size: int = 1
     pp_size: int = 1
     dp_size: int = 1
+    cp_size: int = 1
     tp_rank: int = 0
     pp_rank: int = 0
     dp_rank: int = 0
+    cp_rank: int = 0
+    dp_cp_rank: int = 0
     tp_group: Optional[object] = None
     pp_group: Optional[object] = None
     dp_group: Optional[object] = None
+    cp_group: Optional[object] = None
+    dp_cp_group: Optional[object] = None  # ranks holding the same weights: gradients summed, ZeRO sharded
+    cp_ranks: Optional[List[int]] = None  # the context-parallel ring, in cp_rank order
     model_parallel_group: Optional[object] = None  # tp x pp: ranks holding one model replica
     pp_ranks: Optional[List[int]] = None
     embedding_group: Optional[object] = None  # first + last pipeline stage: tied embedding copies
     sequence_parallel: bool = False  # activations outside attention/MLP split along the sequence
+
+    @property
+    def dp_cp_size(self) -> int:
+        return self.dp_size * self.cp_size
 
     @property
     def is_first_stage(self) -> bool:
@@ -49,36 +63,42 @@ def get() -> ParallelState:
     return _state
 
 
-def layout(world_size: int, tp: int, pp: int):
-    """Rank lists of every tp, dp, pp and model-parallel group, Megatron's order."""
-    if tp < 1 or pp < 1 or world_size % (tp * pp):
+def layout(world_size: int, tp: int, pp: int, cp: int = 1):
+    """Rank lists of every tp, cp, dp, dp x cp, pp and model-parallel group, Megatron's order."""
+    if tp < 1 or pp < 1 or cp < 1 or world_size % (tp * pp * cp):
         raise MegaliteError(
-            f"world size {world_size} is not divisible by tensor ({tp}) x pipeline ({pp}) parallel size"
+            f"world size {world_size} is not divisible by tensor ({tp}) x pipeline ({pp})"
+            + (f" x context ({cp})" if cp > 1 else "") + " parallel size"
         )
-    dp = world_size // (tp * pp)
+    dp = world_size // (tp * pp * cp)
 
-    def rank(t, d, p):
-        return t + tp * (d + dp * p)
+    def rank(t, c, d, p):
+        return t + tp * (c + cp * (d + dp * p))
 
+    T, C, D, P = range(tp), range(cp), range(dp), range(pp)
     return {
-        "tp": [[rank(t, d, p) for t in range(tp)] for p in range(pp) for d in range(dp)],
-        "dp": [[rank(t, d, p) for d in range(dp)] for p in range(pp) for t in range(tp)],
-        "pp": [[rank(t, d, p) for p in range(pp)] for d in range(dp) for t in range(tp)],
-        "mp": [[rank(t, d, p) for p in range(pp) for t in range(tp)] for d in range(dp)],
+        "tp": [[rank(t, c, d, p) for t in T] for p in P for d in D for c in C],
+        "cp": [[rank(t, c, d, p) for c in C] for p in P for d in D for t in T],
+        "dp": [[rank(t, c, d, p) for d in D] for p in P for c in C for t in T],
+        "dp_cp": [[rank(t, c, d, p) for d in D for c in C] for p in P for t in T],
+        "pp": [[rank(t, c, d, p) for p in P] for d in D for c in C for t in T],
+        "mp": [[rank(t, c, d, p) for p in P for t in T] for d in D for c in C],
     }
 
 
-def initialize(tp: int = 1, pp: int = 1, sequence_parallel: bool = False) -> ParallelState:
+def initialize(tp: int = 1, pp: int = 1, sequence_parallel: bool = False, cp: int = 1) -> ParallelState:
     """Create the groups for the running torch.distributed world (or a single process)."""
     global _state
     if not (dist.is_available() and dist.is_initialized()):
-        layout(1, tp, pp)
+        layout(1, tp, pp, cp)
         _state = ParallelState()
         return _state
     world, me = dist.get_world_size(), dist.get_rank()
-    groups = layout(world, tp, pp)
-    s = ParallelState(world_size=world, rank=me, tp_size=tp, pp_size=pp, dp_size=world // (tp * pp),
-                      sequence_parallel=sequence_parallel and tp > 1)
+    groups = layout(world, tp, pp, cp)
+    s = ParallelState(world_size=world, rank=me, tp_size=tp, pp_size=pp, cp_size=cp,
+                      dp_size=world // (tp * pp * cp), sequence_parallel=sequence_parallel and tp > 1)
+    if cp == 1:  # the same ranks as the data-parallel group: no group of its own
+        del groups["dp_cp"]
     for kind, lists in groups.items():
         for ranks in lists:
             group = dist.new_group(ranks) if len(ranks) > 1 else None  # every rank must call new_group
@@ -86,12 +106,18 @@ def initialize(tp: int = 1, pp: int = 1, sequence_parallel: bool = False) -> Par
                 idx = ranks.index(me)
                 if kind == "tp":
                     s.tp_group, s.tp_rank = group, idx
+                elif kind == "cp":
+                    s.cp_group, s.cp_rank, s.cp_ranks = group, idx, ranks
                 elif kind == "dp":
                     s.dp_group, s.dp_rank = group, idx
+                elif kind == "dp_cp":
+                    s.dp_cp_group, s.dp_cp_rank = group, idx
                 elif kind == "pp":
                     s.pp_group, s.pp_rank, s.pp_ranks = group, idx, ranks
                 else:
                     s.model_parallel_group = group
+    if cp == 1:
+        s.dp_cp_group, s.dp_cp_rank = s.dp_group, s.dp_rank
     if pp > 1:  # the ranks holding the two copies of a tied embedding (every rank creates every group)
         for ranks in groups["pp"]:
             group = dist.new_group([ranks[0], ranks[-1]])
@@ -112,7 +138,7 @@ def tp_subgroup(size: int):
         return None, 0
     if size not in _subgroups:
         mine = None
-        for tp_ranks in layout(s.world_size, s.tp_size, s.pp_size)["tp"]:
+        for tp_ranks in layout(s.world_size, s.tp_size, s.pp_size, s.cp_size)["tp"]:
             for i in range(0, len(tp_ranks), size):
                 ranks = tp_ranks[i : i + size]
                 group = dist.new_group(ranks)

@@ -124,6 +124,7 @@ class PreferenceStage(PostTrainStage):
     data = ("dpo", "pref_data", "--pref-data")
     build_items = None  # (dpo_cfg, chat template, seq length, tokenizer[, spec]) -> (StoreItems, stats)
     dataset = None  # the ItemDataset serving them
+    per_token_loss = False  # a loss per pair or example: no context parallelism
 
     @property
     def tool(self) -> str:

@@ -13,6 +13,7 @@ from megalite.data.sampler import PretrainingSampler
 from megalite.data.tokenizer import Tokenizer, build_tokenizer
 from megalite.errors import MegaliteError
 from megalite.parallel import state
+from megalite.parallel.context import split_batch
 
 
 def build_tokenizer_from(cfg: Config) -> Optional[Tokenizer]:
@@ -60,22 +61,23 @@ def build_loader(dataset, consumed_samples: int, cfg: Config, total: Optional[in
 
 def row_padding(cfg: Config, packing: bool = False) -> Tuple[Optional[int], int]:
     """(pad_to, multiple_of) for rows of their own lengths (SFT examples, preference pairs): a
-    micro-batch is padded to its longest row (a multiple of 8, and of TP with sequence
-    parallelism), or to --seq-length when packing or pipelining (stages exchange fixed shapes)."""
+    micro-batch is padded to its longest row (a multiple of 8, of TP with sequence parallelism and
+    of 2 x CP with context parallelism), or to --seq-length when packing or pipelining (stages
+    exchange fixed shapes)."""
     s = state.get()
     pad_to = cfg.data.seq_length if packing or s.pp_size > 1 else None
-    return pad_to, 8 * (s.tp_size if s.sequence_parallel else 1)
+    return pad_to, 8 * (s.tp_size if s.sequence_parallel else 1) * (2 * s.cp_size if s.cp_size > 1 else 1)
 
 
 def microbatches(it: Iterator, n: int, device) -> List[dict]:
-    """The next ``n`` micro-batches, on ``device``."""
+    """The next ``n`` micro-batches, on ``device``: with context parallelism, this rank's chunks of them."""
     out = []
     for _ in range(n):
         try:
             mb = next(it)
         except MegaliteError as e:
             raise _own_line(e) from None
-        out.append({k: v.to(device, non_blocking=True) for k, v in mb.items()})
+        out.append(split_batch({k: v.to(device, non_blocking=True) for k, v in mb.items()}))
     return out
 
 

@@ -72,6 +72,7 @@ class Stage:
     name = "pretrain"
     head = LMHead
     counts_loss_tokens = False  # tokens/s counts every token (post-training: only those with a loss)
+    per_token_loss = True  # context parallelism may split sequences (not for losses over whole sequences)
 
     def __init__(self, transforms: Sequence[ModelTransform] = ()):
         self.transforms = list(transforms)

@@ -68,10 +68,14 @@ class Trainer:
         self.cfg, self.device = cfg, device
         self.stage, self.evaluators = stage or Stage(), list(evaluators)
         m, p, t = cfg.model, cfg.parallel, cfg.training
-        s = state.initialize(p.tensor_model_parallel_size, p.pipeline_model_parallel_size, p.sequence_parallel)
+        s = state.initialize(p.tensor_model_parallel_size, p.pipeline_model_parallel_size, p.sequence_parallel,
+                             p.context_parallel_size)
+        if s.cp_size > 1 and not self.stage.per_token_loss:
+            raise MegaliteError(f"--context-parallel-size > 1 needs a per-token loss (pretraining, SFT); "
+                                f"{self.stage.name} scores whole sequences")
         kernels.set_fused_kernels(t.fused_kernels)
         set_seeds(t.seed + 100 * s.pp_rank)
-        seed_tp_rng(t.seed + 100 * s.pp_rank)
+        seed_tp_rng(t.seed + 100 * s.pp_rank)  # per tensor- and context-parallel rank
         self.tokenizer = build_tokenizer_from(cfg)
         vocab = self.tokenizer.vocab_size if self.tokenizer else m.vocab_size
         if not (m.padded_vocab_size and m.padded_vocab_size >= vocab and m.padded_vocab_size % s.tp_size == 0):
@@ -81,18 +85,18 @@ class Trainer:
         self.model = build_stage_model(cfg, t.recompute_granularity, self.stage.head)
         self.stage.transform(self.model, cfg)
         self.checkpointed = self.stage.checkpointed(self.model, cfg)
-        seq = cfg.data.seq_length // (s.tp_size if s.sequence_parallel else 1)
+        seq = cfg.data.seq_length // s.cp_size // (s.tp_size if s.sequence_parallel else 1)
         rows = t.micro_batch_size * self.stage.rows_per_sample(cfg)
         self.activation_shape = (seq, rows, m.hidden_size)  # what stages pass on
         initialize(self.model, t.seed)
         self.model.to(device=device, dtype=self.dtype)
         chunks = model_chunks(self.model)
         layers = [layer for c in chunks for layer in c.layers.values()]
-        if p.zero_stage >= 2 and s.dp_group is not None:
-            self.grads = FullyShardedBuffer(chunks, layers, s.dp_group, _sync_model_parallel,
+        if p.zero_stage >= 2 and s.dp_cp_group is not None:  # context-parallel ranks hold the same weights
+            self.grads = FullyShardedBuffer(chunks, layers, s.dp_cp_group, _sync_model_parallel,
                                             shard_params=p.zero_stage == 3)
         else:
-            self.grads = GradBuffer(list(self.model.parameters()), s.dp_group, p.ddp_bucket_size,
+            self.grads = GradBuffer(list(self.model.parameters()), s.dp_cp_group, p.ddp_bucket_size,
                                     p.overlap_grad_reduce, p.use_distributed_optimizer, p.overlap_param_gather,
                                     _sync_model_parallel,
                                     reduce_dtype=torch.bfloat16 if p.grad_reduce_in_bf16 else torch.float32)
@@ -140,7 +144,7 @@ class Trainer:
         started = time.perf_counter()
         self.objective.prepare(batch)  # may rewrite the micro-batches (online RL generates into them)
         counts = self._global_counts(batch)
-        tokens = all_reduce_scalar(float(sum(mb["loss_mask"].sum().item() for mb in batch)), s.dp_group)
+        tokens = all_reduce_scalar(float(sum(mb["loss_mask"].sum().item() for mb in batch)), s.dp_cp_group)
         self.objective.begin_step(counts)
         self.model.train()
         loss_sum = forward_backward(
@@ -151,7 +155,7 @@ class Trainer:
         self.compute_seconds += time.perf_counter() - started  # before waiting for other ranks' gradients
         self.grads.finish_sync()
         # the loss lives on the last pipeline stage; summing over stages hands it to every rank
-        lm_loss = all_reduce_scalar(all_reduce_scalar(loss_sum, s.pp_group), s.dp_group)
+        lm_loss = all_reduce_scalar(all_reduce_scalar(loss_sum, s.pp_group), s.dp_cp_group)
         extra = self._objective_metrics()
         stepped, grad_norm = False, float("nan")
         if math.isfinite(lm_loss) or self.cfg.training.fp16:  # fp16: the loss scaler skips and rescales
@@ -174,8 +178,9 @@ class Trainer:
         return self.lr(done, gbs), decoupled
 
     def _global_counts(self, batch: List[Dict[str, torch.Tensor]]) -> Dict[str, float]:
-        """What the objective normalises by (loss tokens, DPO pairs), summed over the global batch."""
-        dp = state.get().dp_group
+        """What the objective normalises by (loss tokens, DPO pairs), summed over the global batch
+        (over the data- and context-parallel ranks: each holds part of it)."""
+        dp = state.get().dp_cp_group
         return {k: all_reduce_scalar(float(sum(mb[k].sum().item() for mb in batch)), dp)
                 for k in self.objective.count_keys}
 
@@ -183,7 +188,7 @@ class Trainer:
         """The objective's metrics of the step: its ranks' shares summed over pipeline stages and
         data-parallel ranks (min / max for those it names in ``metric_ops``)."""
         s, ops = state.get(), getattr(self.objective, "metric_ops", {})
-        return {k: all_reduce_scalar(all_reduce_scalar(v, s.pp_group, ops.get(k)), s.dp_group, ops.get(k))
+        return {k: all_reduce_scalar(all_reduce_scalar(v, s.pp_group, ops.get(k)), s.dp_cp_group, ops.get(k))
                 for k, v in self.objective.metrics().items()}
 
     @torch.no_grad()
@@ -210,7 +215,7 @@ class Trainer:
                 count += counts[weight_key]
         except StopIteration:
             pass
-        total = all_reduce_scalar(all_reduce_scalar(total, s.pp_group), s.dp_group)
+        total = all_reduce_scalar(all_reduce_scalar(total, s.pp_group), s.dp_cp_group)
         if count == 0:
             return None
         loss = total / count

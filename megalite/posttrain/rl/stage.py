@@ -23,6 +23,7 @@ class RLStage(PostTrainStage):
     and trl the same completions): ``sample(model, prompt ids, row seeds) -> completion ids``."""
 
     name = "rl"
+    per_token_loss = False  # its rows are generated inside the step, after context parallelism would cut them
     data = ("rl", "prompt_data", "--prompt-data")
     tool = "rl_gpt.py"
 

@@ -1,0 +1,273 @@
+"""Context parallelism: every sequence split over the context-parallel (CP) ranks, attention
+computed as a ring.
+
+Load balancing for causal masks, as Megatron does: a sequence of S tokens is cut into 2C
+chunks and CP rank i holds chunks i and 2C-1-i (tokens, labels, loss mask and positions), so
+every rank gets the same share of the causal triangle. Positions keep their global values,
+so RoPE follows the chunks; packed documents keep theirs too (restarting at 0 where a
+document begins), and a token's document starts at ``its global index - its position``,
+which holds across chunk borders.
+
+Ring attention: each rank keeps its queries and passes its key/value block round the ring
+(rank r sends to r+1 and receives from r-1), posting the next exchange before computing on
+the block it holds, so the transfer overlaps the computation. Each block's partial result
+comes with its log-sum-exp and the partials are merged exactly (online softmax). The
+backward is written by hand: it recomputes each block's probabilities from the final
+log-sum-exp, keeps dQ local and sends the key/value gradients round the ring with their
+block, one step behind it, so they arrive back at their owner. A block is computed only on
+the rows and columns its mask allows (with the load balancing, half of every off-diagonal
+block; with a sliding window, blocks wholly outside the window are skipped). The per-block
+math is plain torch (matmuls in fp32 at least), over tiles of query rows that bound its
+working memory; the fused kernels take only square causal blocks.
+"""
+
+from typing import Dict, Optional
+
+import torch
+import torch.distributed as dist
+
+from megalite.parallel import state
+
+
+def chunk_indices(seq: int, cp_size: int, cp_rank: int, device=None) -> torch.Tensor:
+    """Global indices of the tokens CP rank ``cp_rank`` holds: chunks cp_rank and 2C-1-cp_rank of 2C."""
+    c = seq // (2 * cp_size)
+    first, second = cp_rank * c, (2 * cp_size - 1 - cp_rank) * c
+    return torch.cat([torch.arange(first, first + c, device=device), torch.arange(second, second + c, device=device)])
+
+
+def split_batch(mb: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """This CP rank's part of a micro-batch: every [batch, seq, ...] tensor cut to its chunks,
+    with ``position_ids`` (the global positions, when the batch had none) cut the same way."""
+    s = state.get()
+    if s.cp_size == 1:
+        return mb
+    b, seq = mb["tokens"].shape
+    rows = chunk_indices(seq, s.cp_size, s.cp_rank, mb["tokens"].device)
+    out = {k: v.index_select(1, rows) if v.dim() >= 2 and v.shape[1] == seq else v for k, v in mb.items()}
+    if "position_ids" not in mb:
+        out["position_ids"] = rows.expand(b, -1)
+    return out
+
+
+def document_starts(positions: torch.Tensor) -> Optional[torch.Tensor]:
+    """[batch, local seq] global index where each token's document begins (positions restart at
+    0 at every document start); None when every row is one document (plain causal)."""
+    s = state.get()
+    mine = chunk_indices(positions.shape[1] * s.cp_size, s.cp_size, s.cp_rank, positions.device)
+    starts = mine[None, :] - positions
+    return None if not bool(starts.any()) else starts
+
+
+def _allowed(q_idx, k_idx, doc_start, window):
+    """[1 or batch, queries, keys] which query may see which key, by global index."""
+    ok = k_idx[None, :] <= q_idx[:, None]
+    if window is not None:
+        ok = ok & (k_idx[None, :] >= q_idx[:, None] - window)
+    ok = ok[None]
+    if doc_start is not None:
+        ok = ok & (k_idx[None, None, :] >= doc_start[:, :, None])
+    return ok
+
+
+def _crop(q_idx, k_idx, window):
+    """(query rows, key columns) of a block with at least one pair causality and the window
+    allow (documents only mask more, pair by pair); None when there is none. Found by binary
+    search on the ascending global indices, so no block-sized mask is built."""
+    keys_to = torch.searchsorted(k_idx, q_idx, right=True)  # keys at or before each query
+    keys_from = torch.searchsorted(k_idx, q_idx - window) if window is not None else torch.zeros_like(keys_to)
+    queries_from = torch.searchsorted(q_idx, k_idx)  # queries at or after each key
+    queries_to = (torch.searchsorted(q_idx, k_idx + window, right=True) if window is not None
+                  else torch.full_like(queries_from, len(q_idx)))
+    rows, cols = keys_to > keys_from, queries_to > queries_from
+    if not bool(rows.any()):
+        return None
+    return rows.nonzero().squeeze(1), cols.nonzero().squeeze(1)
+
+
+def _tile_mask(mine, theirs, doc_start, window, part, cols):
+    return _allowed(mine[part], theirs[cols], None if doc_start is None else doc_start[:, part], window)
+
+
+TILE_ELEMENTS = 2**27  # scores of one tile of query rows (batch x heads x rows x keys): bounds the working memory
+
+
+def _row_tiles(rows, cols, qh):
+    """``rows`` in tiles whose score matrices hold at most TILE_ELEMENTS (long sequences on a GPU)."""
+    per_row = qh.shape[0] * qh.shape[1] * len(cols)
+    return rows.split(max(1, TILE_ELEMENTS // per_row))
+
+
+def _heads(t, h):
+    """[batch, kv heads, n, d] -> [batch, h, n, d], each key/value head serving its query heads."""
+    return t if t.shape[1] == h else t.repeat_interleave(h // t.shape[1], dim=1)
+
+
+def _scores(q, k, ok, scale):
+    s = torch.matmul(q, _heads(k, q.shape[1]).transpose(-1, -2)) * scale
+    return s.masked_fill(~ok[:, None], float("-inf"))
+
+
+def _kept(p, dropout_p):
+    """Dropout's keep mask for probabilities ``p``, scaled by 1 / (1 - dropout_p); None without dropout."""
+    return None if dropout_p == 0 else (torch.rand_like(p) >= dropout_p).to(p.dtype) / (1 - dropout_p)
+
+
+def _block_forward(q, k, v, ok, scale, dropout_p):
+    """Attention of queries q [b, h, m, d] over one key block: (output [b, h, m, d], lse [b, h, m]).
+    Dropout acts on the probabilities, after the block's own normalisation: merging rescales
+    rows only, so the result is dropout on the whole row's probabilities."""
+    s = _scores(q, k, ok, scale)
+    lse = torch.logsumexp(s, dim=-1)
+    p = torch.exp(s - lse.masked_fill(lse == float("-inf"), 0.0)[..., None])
+    keep = _kept(p, dropout_p)
+    return torch.matmul(p if keep is None else p * keep, _heads(v, q.shape[1])), lse
+
+
+def _group_sum(t, hk):
+    """Per query head [b, h, n, d] -> per key/value head [b, hk, n, d]."""
+    b, h = t.shape[:2]
+    return t if h == hk else t.view(b, hk, h // hk, *t.shape[2:]).sum(2)
+
+
+class _Ring:
+    """Point-to-point exchange with the ring neighbours (every CP rank calls it alike)."""
+
+    def __init__(self):
+        s = state.get()
+        self.rank, self.size, self.group = s.cp_rank, s.cp_size, s.cp_group
+        if self.size > 1:
+            self.next, self.prev = s.cp_ranks[(s.cp_rank + 1) % s.cp_size], s.cp_ranks[(s.cp_rank - 1) % s.cp_size]
+
+    def source(self, step: int) -> int:
+        """The CP rank whose key/value block this rank holds at ``step``."""
+        return (self.rank - step) % self.size
+
+    def start(self, t: torch.Tensor, tag: int):
+        """Send ``t`` on, receive the previous rank's into a new tensor: (requests, buffer).
+        A ring of one passes ``t`` to itself."""
+        if self.size == 1:
+            return [], t
+        buf = torch.empty_like(t)
+        ops = [dist.P2POp(dist.isend, t, self.next, self.group, tag),
+               dist.P2POp(dist.irecv, buf, self.prev, self.group, tag)]
+        return dist.batch_isend_irecv(ops), buf
+
+
+def _finish(pending) -> torch.Tensor:
+    reqs, buf = pending
+    for r in reqs:
+        r.wait()
+    return buf
+
+
+KV_TAG, GRAD_TAG = 1, 2
+
+
+def _generator_state(device):
+    return torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
+
+
+def _set_generator_state(device, saved) -> None:
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(saved, device)
+    else:
+        torch.set_rng_state(saved)
+
+
+class _RingAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, doc_start, window, dropout_p):
+        ring = _Ring()
+        ctx.rng = _generator_state(q.device) if dropout_p > 0 else None  # the backward redraws the same masks
+        seq = q.shape[0] * ring.size
+        scale = q.shape[-1] ** -0.5
+        mine = chunk_indices(seq, ring.size, ring.rank, q.device)
+        dt = torch.promote_types(q.dtype, torch.float32)  # fp32 at least (fp64 stays, for the tests)
+        qh = q.permute(1, 2, 0, 3).to(dt)  # [b, h, L, d]
+        kv = torch.stack([k, v]).permute(0, 2, 3, 1, 4).contiguous()  # [2, b, hk, L, d], travels the ring
+        out = torch.zeros_like(qh)
+        lse = torch.full(qh.shape[:3], float("-inf"), dtype=dt, device=q.device)
+        for step in range(ring.size):
+            pending = ring.start(kv, KV_TAG) if step < ring.size - 1 else None
+            theirs = chunk_indices(seq, ring.size, ring.source(step), q.device)
+            crop = _crop(mine, theirs, window)
+            if crop is not None:
+                rows, cols = crop
+                kb, vb = kv[0][:, :, cols].to(dt), kv[1][:, :, cols].to(dt)
+                for part in _row_tiles(rows, cols, qh):
+                    ok = _tile_mask(mine, theirs, doc_start, window, part, cols)
+                    o, l_ = _block_forward(qh[:, :, part], kb, vb, ok, scale, dropout_p)
+                    # never -inf on both sides: step 0 is the rank's own block, where every query sees itself
+                    merged = torch.logaddexp(lse[:, :, part], l_)
+                    out[:, :, part] = (out[:, :, part] * torch.exp(lse[:, :, part] - merged)[..., None]
+                                       + o * torch.exp(l_ - merged)[..., None])
+                    lse[:, :, part] = merged
+            if pending is not None:
+                kv = _finish(pending)
+        ctx.save_for_backward(q, k, v, out, lse, doc_start)
+        ctx.window, ctx.dropout_p = window, dropout_p
+        return out.permute(2, 0, 1, 3).to(q.dtype)
+
+    @staticmethod
+    def backward(ctx, dout):
+        devices = [dout.device] if dout.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices, enabled=ctx.rng is not None):
+            if ctx.rng is not None:
+                _set_generator_state(dout.device, ctx.rng)
+            return _RingAttention._backward(ctx, dout)
+
+    @staticmethod
+    def _backward(ctx, dout):
+        q, k, v, out, lse, doc_start = ctx.saved_tensors
+        ring = _Ring()
+        seq, hk = q.shape[0] * ring.size, k.shape[2]
+        scale = q.shape[-1] ** -0.5
+        mine = chunk_indices(seq, ring.size, ring.rank, q.device)
+        qh = q.permute(1, 2, 0, 3).to(out.dtype)
+        do = dout.permute(1, 2, 0, 3).to(out.dtype)
+        delta = (do * out).sum(-1)  # [b, h, L]
+        dq = torch.zeros_like(qh)
+        kv = torch.stack([k, v]).permute(0, 2, 3, 1, 4).contiguous()
+        dkv = torch.zeros(kv.shape, dtype=out.dtype, device=kv.device)  # travels with its block, one step behind
+        grads_pending = None
+        for step in range(ring.size):
+            kv_pending = ring.start(kv, KV_TAG) if step < ring.size - 1 else None
+            theirs = chunk_indices(seq, ring.size, ring.source(step), q.device)
+            crop = _crop(mine, theirs, ctx.window)
+            block = torch.zeros_like(dkv)
+            if crop is not None:
+                rows, cols = crop
+                kb, vb = kv[0][:, :, cols].to(out.dtype), kv[1][:, :, cols].to(out.dtype)
+                for part in _row_tiles(rows, cols, qh):
+                    qb, dob = qh[:, :, part], do[:, :, part]
+                    s = _scores(qb, kb, _tile_mask(mine, theirs, doc_start, ctx.window, part, cols), scale)
+                    p = torch.exp(s - lse[:, :, part, None])
+                    keep = _kept(p, ctx.dropout_p)  # the forward's mask: same generator state, same draws
+                    dp = torch.matmul(dob, _heads(vb, qb.shape[1]).transpose(-1, -2))
+                    if keep is not None:
+                        dp, p_kept = dp * keep, p * keep
+                    ds = p * (dp - delta[:, :, part, None]) * scale
+                    dq[:, :, part] += torch.matmul(ds, _heads(kb, qb.shape[1]))
+                    block[0][:, :, cols] += _group_sum(torch.matmul(ds.transpose(-1, -2), qb), hk)
+                    block[1][:, :, cols] += _group_sum(torch.matmul((p if keep is None else p_kept).transpose(-1, -2),
+                                                                    dob), hk)
+            if grads_pending is not None:
+                dkv = _finish(grads_pending)
+            dkv = dkv + block
+            grads_pending = ring.start(dkv, GRAD_TAG)  # on to the next holder of this block (its owner, at the end)
+            if kv_pending is not None:
+                kv = _finish(kv_pending)
+        dkv = _finish(grads_pending).permute(0, 3, 1, 2, 4)  # [2, L, b, hk, d]
+        return dq.permute(2, 0, 1, 3).to(q.dtype), dkv[0].to(k.dtype), dkv[1].to(v.dtype), None, None, None
+
+
+def ring_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, doc_start: Optional[torch.Tensor] = None,
+                   window: Optional[int] = None, dropout_p: float = 0.0) -> torch.Tensor:
+    """Causal attention of this CP rank's queries over the whole sequence. q [L, b, h, d] and
+    k/v [L, b, kv heads, d] hold the rank's two chunks (``chunk_indices``); ``doc_start`` [b, L]
+    from ``document_starts`` keeps attention inside documents; ``window`` as in
+    ``reference.attention``; ``dropout_p`` drops attention probabilities with masks drawn from
+    the current generator (the caller's per-rank stream). Returns [L, b, h, d]."""
+    return _RingAttention.apply(q, k, v, doc_start, window, dropout_p)
+
