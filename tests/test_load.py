@@ -125,3 +125,27 @@ def test_post_training_without_save_says_nothing_is_kept(loads, capsys):
     sft_main(["--load", str(loads["root"] / "base"), "--sft-data", loads["sft"], *SHORT])
     err = capsys.readouterr().err
     assert "warning: sft_gpt.py without --save: the trained weights will not be kept\n" in err
+
+
+def test_a_stock_task_without_network_is_one_line(loads, tmp_path):
+    """No hub (an unreachable proxy, an empty datasets cache): one line naming the task and the way to
+    local files, at once (no retries)."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import REPO
+
+    dead = "http://127.0.0.1:9"
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith(("HF_", "NO_PROXY"))}
+    env.update(HTTPS_PROXY=dead, HTTP_PROXY=dead, ALL_PROXY=dead, https_proxy=dead, http_proxy=dead,
+               HF_HOME=str(tmp_path / "hf_home"), HF_HUB_ETAG_TIMEOUT="2", HF_HUB_DOWNLOAD_TIMEOUT="2")
+    start = time.time()
+    proc = subprocess.run([sys.executable, "eval_gpt.py", "--load", str(loads["root"] / "base"), "--tasks",
+                           "hellaswag", "--limit", "2"], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith("error: lm-eval task hellaswag: its data is not in the local datasets cache")
+    assert "--include-path" in proc.stderr and time.time() - start < 60
