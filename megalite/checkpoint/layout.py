@@ -149,7 +149,8 @@ def load_kind(load: str, save: Optional[str] = None, finetune: bool = False) -> 
     if resume_or_start and not os.path.isfile(load):
         return "empty"
     if not os.path.exists(load):
-        raise MegaliteError(f"--load {load}: no checkpoint found: no such file or folder")
+        raise MegaliteError(f"--load {load}: no checkpoint found: no such file or folder (expected a megalite "
+                            f"checkpoint, or a Hugging Face model folder with {HF_CONFIG})")
     raise MegaliteError(f"--load {load}: no checkpoint found: neither a megalite checkpoint (no {TRACKER}) nor a "
                         f"Hugging Face model folder (no {HF_CONFIG}); a folder without a checkpoint starts a run "
                         "from scratch only when it is also --save")
