@@ -1,5 +1,6 @@
-"""Evaluate a megalite checkpoint: perplexity / bits per byte, lm-evaluation-harness tasks,
-MMLU-style exams, generation metrics. `python eval_gpt.py --help`; torchrun works too."""
+"""Evaluate a megalite checkpoint (or a Hugging Face model folder): perplexity / bits per byte,
+lm-evaluation-harness tasks, MMLU-style exams, generation metrics. `python eval_gpt.py --help`;
+torchrun works too."""
 
 from megalite.eval.cli import main
 from megalite.utils.cli import run_tool

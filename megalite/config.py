@@ -545,18 +545,29 @@ def _takers(flag: str, sections) -> str:
     return " and ".join(t for t, taken in TOOLS.items() if section in taken) if section else ""
 
 
+TOKENIZER_FIELDS = ("tokenizer_type", "tokenizer_model", "vocab_file", "merge_file")
+
+
 def inherit_model_settings(cfg: Config, saved_args: dict) -> list:
-    """Take every model setting the user did not give from a checkpoint's stored settings
-    (so ``--load ckpt --finetune`` needs no model flags). Returns the names taken."""
+    """Take every model setting, the tokenizer (as a whole, unless a tokenizer flag is given) and
+    --seq-length the user did not give from a checkpoint's stored settings (so ``--load ckpt
+    --finetune`` needs no model, tokenizer or sequence flags). Returns the names taken."""
     given = getattr(cfg, "explicit", None)
     if given is None:
         return []
-    saved = saved_args.get("model", {})
     taken = []
-    for f in dataclasses.fields(ModelConfig):
-        if f.name not in given and f.name in saved and saved[f.name] is not None:
-            setattr(cfg.model, f.name, saved[f.name])
-            taken.append(f.name)
+
+    def take(section, names):
+        saved = saved_args.get(section, {})
+        for name in names:
+            if saved.get(name) is not None:
+                setattr(getattr(cfg, section), name, saved[name])
+                taken.append(name)
+
+    take("model", [f.name for f in dataclasses.fields(ModelConfig) if f.name not in given])
+    if not given & set(TOKENIZER_FIELDS) and cfg.data.tokenizer_type is None:
+        take("data", TOKENIZER_FIELDS)
+    take("data", [] if "seq_length" in given else ["seq_length"])
     return taken
 
 

@@ -89,7 +89,7 @@ def test_a_new_stage_trains_through_pretrain(tmp_path, tiny_corpus):
 def test_an_hf_folder_is_imported_once_into_itself(tmp_path, monkeypatch):
     """Without --save the import goes into <hf folder>/.megalite_base; writing it must not make
     the folder look changed, or every run would convert the model again."""
-    from megalite.posttrain import stage
+    from megalite.hf import source as stage
 
     hf = tmp_path / "hf"
     hf.mkdir()

@@ -9,7 +9,8 @@
 
 --to-hf writes config.json and safetensors (sharded above --max-shard-size) that
 transformers' AutoModelForCausalLM loads as Llama (or Qwen2 with a QKV bias). --from-hf
-reads a local Llama / Qwen2 / Mistral folder and writes an iteration-0 checkpoint.
+reads a local Llama / Qwen2 / Qwen3 / Mistral / GPT-2 folder and writes an iteration-0 checkpoint.
+The other ways also take such a folder as --load (imported once into <folder>/.megalite_base).
 On a LoRA checkpoint (--lora-rank), --to-hf writes the base with the adapters merged in and
 --to-peft writes the adapters alone as a peft adapter folder (adapter_config.json +
 adapter_model.safetensors) for the HF export of the base.
@@ -30,10 +31,13 @@ this is for moving checkpoints around, not a required step.
 import argparse
 import sys
 
+from megalite.checkpoint.layout import load_kind
 from megalite.checkpoint.rewrite import reshard_offline
 from megalite.data.chat import load_template
+from megalite.errors import MegaliteError
 from megalite.hf.convert import export_hf, import_hf
 from megalite.hf.gguf import GGUF_TYPES, export_gguf
+from megalite.hf.source import megalite_checkpoint
 from megalite.posttrain.lora_io import export_peft
 from megalite.posttrain.runs import checkpointed_model
 from megalite.utils.cli import run_tool
@@ -56,7 +60,8 @@ def main(argv=None):
     way.add_argument("--to-peft", action="store_true")
     way.add_argument("--reshard", action="store_true")
     way.add_argument("--to-gguf", action="store_true")
-    p.add_argument("--load", required=True, help="checkpoint folder (or iter_ folder), or the HF folder")
+    p.add_argument("--load", required=True, help="megalite checkpoint folder (or iter_ folder), or a Hugging Face "
+                   "model folder (Llama, Qwen2, Qwen3, Mistral, GPT-2)")
     p.add_argument("--save", required=True)
     p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default=None,
                    help="weights dtype (default bf16 for --to-hf, fp32 for --from-hf)")
@@ -71,10 +76,14 @@ def main(argv=None):
     p.add_argument("--target-pipeline-parallel-size", type=int, default=1)
     p.add_argument("--target-num-layers-per-virtual-pipeline-stage", type=int, default=None)
     a = p.parse_args(argv)
+    if a.from_hf and load_kind(a.load) != "hf":
+        raise MegaliteError(f"--from-hf --load {a.load}: a megalite checkpoint, not a Hugging Face folder "
+                            "(--to-hf exports one)")
+    load = a.load if a.from_hf else megalite_checkpoint(a.load)  # a HF folder: its import, for the other ways
     if a.from_hf or a.reshard:
         require_empty(a.save, "--save")
     if a.reshard:
-        out = reshard_offline(a.load, a.save, a.target_tensor_parallel_size, a.target_pipeline_parallel_size,
+        out = reshard_offline(load, a.save, a.target_tensor_parallel_size, a.target_pipeline_parallel_size,
                               a.target_num_layers_per_virtual_pipeline_stage, checkpointed_model=checkpointed_model)
         print(f"wrote {out}")
     elif a.to_gguf:
@@ -84,9 +93,9 @@ def main(argv=None):
             print(f"note: {note}", file=sys.stderr)
         print(f"wrote {a.save}")
     elif a.to_peft:
-        print(f"wrote {export_peft(a.load, a.save)}")
+        print(f"wrote {export_peft(load, a.save)}")
     elif a.to_hf:
-        out = export_hf(a.load, a.save, a.dtype or "bf16", parse_size(a.max_shard_size),
+        out = export_hf(load, a.save, a.dtype or "bf16", parse_size(a.max_shard_size),
                         chat_template=load_template(a.chat_template) if a.chat_template else None)
         print(f"wrote {out}")
     else:

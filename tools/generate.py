@@ -33,7 +33,8 @@ from megalite.utils.cli import run_tool
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--load", required=True, help="checkpoint folder (or one iter_XXXXXXX folder)")
+    p.add_argument("--load", required=True, help="megalite checkpoint folder (or one iter_XXXXXXX folder), or a "
+                   "Hugging Face model folder")
     p.add_argument("--prompt", action="append", default=[], help="may be given several times")
     p.add_argument("--prompt-file", help="one prompt per line")
     p.add_argument("--max-new-tokens", type=int, default=50)

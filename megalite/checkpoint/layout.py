@@ -129,6 +129,33 @@ def find_checkpoint(load: str) -> Optional[str]:
     return folder
 
 
+HF_CONFIG = "config.json"  # what marks a Hugging Face model folder
+
+
+def load_kind(load: str, save: Optional[str] = None, finetune: bool = False) -> str:
+    """What ``--load`` names, decided in one place for every tool: ``"megalite"`` (a checkpoint, or one
+    iteration folder of one), ``"hf"`` (a Hugging Face model folder: config.json and weights) or
+    ``"empty"`` (no checkpoint yet in the folder that is also ``save``: Megatron's resume-or-start
+    ``--save D --load D``, whose first launch starts from scratch). Anything else is an error naming
+    the path: one that does not exist (a typo), a folder holding neither, and with ``finetune`` a
+    folder with nothing to fine-tune from."""
+    if find_checkpoint(load) is not None:
+        return "megalite"
+    if os.path.isfile(os.path.join(load, HF_CONFIG)):
+        return "hf"
+    resume_or_start = save is not None and os.path.abspath(load) == os.path.abspath(save)
+    if finetune and (resume_or_start or os.path.isdir(load)):
+        raise MegaliteError(f"--load {load} --finetune: no checkpoint to fine-tune from (no {TRACKER}, no {HF_CONFIG})")
+    if resume_or_start and not os.path.isfile(load):
+        return "empty"
+    if not os.path.exists(load):
+        raise MegaliteError(f"--load {load}: no checkpoint found: no such file or folder (expected a megalite "
+                            f"checkpoint, or a Hugging Face model folder with {HF_CONFIG})")
+    raise MegaliteError(f"--load {load}: no checkpoint found: neither a megalite checkpoint (no {TRACKER}) nor a "
+                        f"Hugging Face model folder (no {HF_CONFIG}); a folder without a checkpoint starts a run "
+                        "from scratch only when it is also --save")
+
+
 def saved_settings(load: str) -> Optional[Dict]:
     """The settings stored in the checkpoint ``load`` names (None when there is none yet)."""
     folder = find_checkpoint(load)

@@ -61,10 +61,8 @@ def load_checkpoint(cfg: Config, model, optimizer, fit_for: Optional[Callable] =
     model (LoRA's frozen base, then its adapters) gets each part's own."""
     c = cfg.checkpoint
     folder = find_checkpoint(c.load)
-    if folder is None:
-        if state.get().rank == 0:
-            print(f"no checkpoint in {c.load}; starting from scratch", flush=True)
-        return 0, 0, 0
+    if folder is None:  # the trainer has settled --load first (megalite.checkpoint.layout.load_kind)
+        raise MegaliteError(f"--load {c.load}: no checkpoint found")
     saved = saved_settings(folder)
     check_architecture(saved, cfg, folder)
     load_optim = not (c.finetune or c.no_load_optim)

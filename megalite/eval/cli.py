@@ -29,7 +29,8 @@ from megalite.utils.atomic import atomic_write
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--load", required=True, help="checkpoint folder (or one iter_XXXXXXX folder)")
+    p.add_argument("--load", required=True, help="megalite checkpoint folder (or one iter_XXXXXXX folder), or a "
+                   "Hugging Face model folder")
     p.add_argument("--output-path", help="folder for the results (or a .json file for one result)")
     p.add_argument("--batch-size", type=int, default=8, help="windows / requests per forward pass")
     p.add_argument("--limit", type=int, help="at most this many documents / examples per dataset or task")

@@ -33,6 +33,7 @@ from megalite.eval.generate import generate
 from megalite.eval.loading import checkpoint_tokenizer, default_device, load_model
 from megalite.eval.sampling import Sampling, trim_stop_string
 from megalite.eval.scoring import model_positions, token_logprobs
+from megalite.eval.task_data import load_task, stock_task_folders, use_hub_or_cache
 
 
 @register_model("megalite")
@@ -184,7 +185,8 @@ def run_harness_tasks(model_or_ckpt, tasks: Union[str, Sequence[str]], num_fewsh
         lm = MegaliteLM(model=model_or_ckpt, tokenizer=tokenizer, batch_size=batch_size, seed=seed, **model_args)
     names = [t.strip() for t in tasks.split(",") if t.strip()] if isinstance(tasks, str) else list(tasks)
     manager = task_manager(names, include_path)
-    return simple_evaluate(model=lm, tasks=names, num_fewshot=num_fewshot, limit=limit, task_manager=manager,
+    tasks = [task for name in names for task in load_task(manager, name)]
+    return simple_evaluate(model=lm, tasks=tasks, num_fewshot=num_fewshot, limit=limit, task_manager=manager,
                            log_samples=log_samples, bootstrap_iters=bootstrap_iters, random_seed=seed,
                            numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
                            apply_chat_template=apply_chat_template, fewshot_as_multiturn=apply_chat_template)
@@ -192,20 +194,29 @@ def run_harness_tasks(model_or_ckpt, tasks: Union[str, Sequence[str]], num_fewsh
 
 def task_manager(names: Sequence[str], include_path: Optional[str] = None):
     """lm-eval's task index holding ``names``. Indexing lm-eval's own ~14k task files takes
-    half a minute, so when --include-path holds every task asked for, only it is indexed."""
+    half a minute, so only --include-path is indexed when it holds every task asked for, and
+    only the stock tasks' own folders when a quick scan finds each. Before a stock task can
+    download its data, the hub is tried once (task_data.use_hub_or_cache)."""
     from lm_eval.tasks import TaskManager  # optional dependency; a second to import, only when tasks are looked up
 
+    local = None
     if include_path:
         check_task_files(include_path)
         local = TaskManager(include_path=include_path, include_defaults=False)
         if names and all(n in local.all_tasks for n in names):
             return local
-    manager = TaskManager(include_path=include_path)
+    stock = [n for n in names if local is None or n not in local.all_tasks]
+    folders = stock_task_folders(stock)
+    if folders is None:
+        manager = TaskManager(include_path=include_path)
+    else:
+        manager = TaskManager(include_path=folders + ([include_path] if include_path else []), include_defaults=False)
     unknown = [n for n in names if n not in manager.all_tasks]
     if unknown or not names:
         where = f" or in {include_path}" if include_path else " (add --include-path DIR for local task YAMLs)"
         raise MegaliteError(f"unknown lm-eval task {', '.join(unknown) or '(none given)'}: not among lm-eval's "
                             f"tasks{where}")
+    use_hub_or_cache()
     return manager
 
 

@@ -1,7 +1,7 @@
 """lm-eval's own command line with the ``megalite`` model registered, for scripts written
 against lm-eval:
 
-    python -m megalite.eval.lm_eval --model megalite --model_args load=CKPT --batch_size 8 \
+    python -m megalite.eval.lm_eval run --model megalite --model_args load=CKPT --batch_size 8 \
         --tasks hellaswag --num_fewshot 0 --output_path out/
 
 Every flag is lm-eval's (``--include_path``, ``--limit``, ``--log_samples``, ...).

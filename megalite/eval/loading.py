@@ -1,4 +1,5 @@
-"""Loading a checkpoint for inference: its model, the tokenizer it was trained with, the device.
+"""Loading a checkpoint (or a Hugging Face folder) for inference: its model, the tokenizer it was
+trained with, the device.
 
 A checkpoint saved with tensor / pipeline parallelism loads either in one process (its shards
 gathered) or across T x P ranks under torchrun, each rank holding its shard and stage.
@@ -16,6 +17,7 @@ from megalite.checkpoint.reshard import load_full_state
 from megalite.config import Config
 from megalite.data.tokenizer import Tokenizer, build_tokenizer
 from megalite.errors import MegaliteError
+from megalite.hf.source import megalite_checkpoint
 from megalite.model import GPTModel
 from megalite.model.gpt import build_stage_model
 from megalite.parallel import state
@@ -26,10 +28,9 @@ from megalite.posttrain.lora_io import load_lora_weights
 def load_model(load: str, device: Optional[torch.device] = None) -> Tuple[torch.nn.Module, Config]:
     """The model a checkpoint holds, for inference. In one process the whole model (tensor- and
     pipeline-parallel files gathered); under torchrun with T x P ranks (the checkpoint's own
-    layout) this rank's shard of its pipeline stage."""
-    folder = find_checkpoint(load)
-    if folder is None:
-        raise MegaliteError(f"--load {load}: no checkpoint found (no latest_checkpointed_iteration.txt)")
+    layout) this rank's shard of its pipeline stage. ``load`` may be a Hugging Face model folder
+    (imported once: megalite.hf.source)."""
+    folder = find_checkpoint(megalite_checkpoint(load))
     cfg = Config.from_dict(saved_settings(folder))
     p = cfg.parallel
     tp, pp = p.tensor_model_parallel_size, p.pipeline_model_parallel_size

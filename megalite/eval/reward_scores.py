@@ -14,12 +14,11 @@ is read at its last non-pad token. A record is one of
 """
 
 import json
-import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from megalite.checkpoint.layout import find_checkpoint, saved_settings
+from megalite.checkpoint.layout import find_checkpoint, load_kind, saved_settings
 from megalite.checkpoint.load import load_model_state
 from megalite.config import Config
 from megalite.data.chat import resolve_template
@@ -32,7 +31,6 @@ from megalite.model import GPTModel
 from megalite.model.heads import ScoreHead, ScoreModelWeights
 from megalite.parallel import state
 from megalite.posttrain.lora_io import full_model_state
-from megalite.posttrain.stage import is_hf_folder
 from megalite.training.data import build_tokenizer_from
 from megalite.utils.atomic import atomic_write
 
@@ -48,7 +46,7 @@ class RewardScorer:
 
     def __init__(self, load: str, batch_size: int = 16, device=None):
         self.batch_size, self.device = batch_size, torch.device(device or "cpu")
-        if os.path.isdir(load) and is_hf_folder(load):
+        if load_kind(load) == "hf":  # its ...ForSequenceClassification export, read by transformers
             self._load_hf(load)
         else:
             with one_process():
@@ -57,8 +55,6 @@ class RewardScorer:
 
     def _load_megalite(self, load: str) -> None:
         folder = find_checkpoint(load)
-        if folder is None:
-            raise MegaliteError(f"--load {load}: neither a megalite checkpoint nor a Hugging Face model folder")
         cfg = Config.from_dict(saved_settings(folder))
         if cfg.dpo.pref_method != "rm":
             raise MegaliteError(f"--load {load}: not a reward model (train one with dpo_gpt.py --pref-method rm)")

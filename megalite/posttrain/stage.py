@@ -8,61 +8,17 @@ model is transformed (adapters added, the base frozen) and checkpoints hold the 
 Subclasses (SFT, DPO, KTO, reward models) say which data they read and what they minimise.
 """
 
-import hashlib
-import json
 import os
-import time
+import sys
 from typing import Optional, Tuple
 
-from megalite.checkpoint.layout import TRACKER, find_checkpoint, saved_settings
-from megalite.config import Config
+from megalite.checkpoint.layout import TRACKER, saved_settings
+from megalite.config import Config, inherit_model_settings
 from megalite.data.chat import resolve_template
 from megalite.errors import MegaliteError
-from megalite.hf.convert import import_hf
+from megalite.hf.source import import_load
 from megalite.training.data import build_tokenizer_from, row_padding
 from megalite.training.stage import Stage
-
-
-def is_hf_folder(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, "config.json")) and find_checkpoint(path) is None
-
-
-IMPORT_CACHE = ".megalite_base"  # where an HF folder's import goes without --save: inside the folder
-
-
-def _fingerprint(hf_dir: str) -> str:
-    """Changes when any file of the folder does (name, size, modification time); our own import
-    cache inside it does not count, or writing it would make the next run import again."""
-    h = hashlib.sha1()
-    for name in sorted(set(os.listdir(hf_dir)) - {IMPORT_CACHE}):
-        st = os.stat(os.path.join(hf_dir, name))
-        h.update(f"{name}:{st.st_size}:{st.st_mtime_ns};".encode())
-    return h.hexdigest()
-
-
-def import_hf_once(hf_dir: str, dest: str, timeout_s: float = 3600.0) -> str:
-    """A megalite checkpoint of the HF folder at ``dest``, converted by rank 0 the first time
-    (and again if the folder changed); the other ranks wait for it."""
-    marker = os.path.join(dest, "source.json")
-    want = {"hf_dir": os.path.abspath(hf_dir), "fingerprint": _fingerprint(hf_dir)}
-
-    def ready():
-        return os.path.isfile(marker) and json.load(open(marker)) == want
-
-    if int(os.environ.get("RANK", "0")) == 0 and not ready():
-        if os.path.isfile(marker):
-            os.remove(marker)
-        print(f"importing the Hugging Face model {hf_dir} into {dest}", flush=True)
-        import_hf(hf_dir, dest, dtype="fp32")
-        with open(marker + ".tmp", "w") as f:
-            json.dump(want, f)
-        os.replace(marker + ".tmp", marker)
-    deadline = time.time() + timeout_s
-    while not ready():
-        if time.time() > deadline:
-            raise MegaliteError(f"{dest}: rank 0 did not finish importing {hf_dir} within {timeout_s:.0f} s")
-        time.sleep(1.0)
-    return dest
 
 
 class PostTrainStage(Stage):
@@ -86,21 +42,18 @@ class PostTrainStage(Stage):
         if not getattr(getattr(cfg, section), field):
             raise MegaliteError(f"{self.tool} needs {flag} (files, or names registered in {flag[:-5]}-dataset-dir)")
         explicit = getattr(cfg, "explicit", set())
-        if c.load and os.path.isdir(c.load) and is_hf_folder(c.load):
-            hf_dir = c.load
-            if d.tokenizer_type is None:  # the model's own tokenizer
-                d.tokenizer_type, d.tokenizer_model = "HuggingFaceTokenizer", hf_dir
-            dest = os.path.join(c.save, "hf_base") if c.save else os.path.join(hf_dir, IMPORT_CACHE)
-            c.load = import_hf_once(hf_dir, dest)
+        import_load(cfg)
         self.prepare_reference(cfg)
         if c.save and os.path.isfile(os.path.join(c.save, TRACKER)) and self.is_run_of(saved_settings(c.save)):
             c.load, c.finetune = c.save, False  # the same command line resumes the run it started
         elif c.load and "finetune" not in explicit:
             c.finetune = True  # a new run from those weights (a run resumes from its --save)
         saved = saved_settings(c.load) if c.load else None
-        if saved and d.tokenizer_type is None:  # the tokenizer the base model was trained with
-            for name in ("tokenizer_type", "tokenizer_model", "vocab_file", "merge_file"):
-                setattr(d, name, saved.get("data", {}).get(name))
+        if saved:  # the base model's tokenizer and sequence length, unless given
+            inherit_model_settings(cfg, saved)
+        if not c.save and not cfg.training.skip_train and int(os.environ.get("RANK", "0")) == 0:
+            print(f"warning: {self.tool} without --save: the trained weights will not be kept", file=sys.stderr,
+                  flush=True)
         if d.tokenizer_type is not None:  # the template's text goes into every checkpoint's settings
             cfg.chat.chat_template = resolve_template(cfg.chat.chat_template, build_tokenizer_from(cfg))
         super().prepare(cfg)  # the model transforms' settings (a resumed LoRA run's)

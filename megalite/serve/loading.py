@@ -1,8 +1,7 @@
 """What tools/serve.py serves: a megalite checkpoint, or a Hugging Face folder imported once the
-way sft_gpt.py imports one (megalite.posttrain.stage), optionally with a peft LoRA adapter on
+way every tool imports one (megalite.hf.source), optionally with a peft LoRA adapter on
 top, with the tokenizer and chat template it was trained with."""
 
-import argparse
 import os
 from typing import Optional
 
@@ -13,7 +12,6 @@ from megalite.errors import MegaliteError
 from megalite.eval.loading import checkpoint_tokenizer, default_device, load_model
 from megalite.posttrain.lora import add_adapters
 from megalite.posttrain.lora_io import read_adapter_config, read_peft_adapter
-from megalite.posttrain.stage import IMPORT_CACHE, import_hf_once, is_hf_folder
 from megalite.serve.app import Served
 from megalite.serve.engine import Engine
 
@@ -23,10 +21,6 @@ def load_served(load: str, adapter: Optional[str] = None, max_batch_size: int = 
                 device: Optional[torch.device] = None) -> Served:
     """The model behind ``load`` with a started Engine (stop it with ``served.engine.stop()``)."""
     name = name or os.path.basename(os.path.normpath(adapter or load))
-    tokenizer_flags = argparse.Namespace()
-    if os.path.isdir(load) and is_hf_folder(load):
-        tokenizer_flags = argparse.Namespace(tokenizer_type="HuggingFaceTokenizer", tokenizer_model=load)
-        load = import_hf_once(load, os.path.join(load, IMPORT_CACHE))
     model, cfg = load_model(load)
     if adapter:
         for key, value in read_adapter_config(adapter).items():
@@ -34,7 +28,7 @@ def load_served(load: str, adapter: Optional[str] = None, max_batch_size: int = 
         add_adapters(model, cfg)
         read_peft_adapter(adapter, model)
     model = model.to(device or default_device() or torch.device("cpu")).eval()
-    tok = checkpoint_tokenizer(cfg, tokenizer_flags)
+    tok = checkpoint_tokenizer(cfg)
     positions = cfg.model.max_position_embeddings
     if max_model_len is None:
         max_model_len = positions

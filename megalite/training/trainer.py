@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 
 from megalite import kernels
-from megalite.checkpoint.layout import find_checkpoint, saved_settings
+from megalite.checkpoint.layout import find_checkpoint, load_kind, saved_settings
 from megalite.checkpoint.save import refuse_later_checkpoints, save_checkpoint
 from megalite.config import Config, data_parallel_size, inherit_model_settings, step_batch_sizes, validate
 from megalite.errors import MegaliteError
@@ -442,12 +442,29 @@ def _memory_gb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
+def start_from(c) -> None:
+    """Check what --load names (megalite.checkpoint.layout.load_kind); the resume-or-start folder
+    without a checkpoint yet (--save D --load D, a first launch) starts from scratch, saying so."""
+    if not c.load:
+        return
+    kind = load_kind(c.load, c.save, c.finetune)
+    if kind == "hf":
+        raise MegaliteError(f"--load {c.load}: a Hugging Face folder; pretrain() takes megalite checkpoints (the "
+                            "entrypoints import such a folder first: megalite.hf.source.import_load)")
+    if kind == "empty":
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"--load {c.load}: no checkpoint yet; starting from scratch (it is also --save: the same command "
+                  "resumes from it)", flush=True)
+        c.load = None
+
+
 def pretrain(cfg: Config, stage: Optional[Stage] = None, evaluators: Sequence[Evaluator] = ()) -> Dict:
     """Let ``stage`` (default: pretraining) settle ``cfg``, validate it, join the process group,
     train, evaluate. Returns the final metrics."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     stage = stage or Stage()
     stage.prepare(cfg)
+    start_from(cfg.checkpoint)
     saved = saved_settings(cfg.checkpoint.load) if cfg.checkpoint.load else None
     if saved is not None:
         inherit_model_settings(cfg, saved)
