@@ -405,3 +405,45 @@ def test_without_a_chat_template_chat_says_so_and_completions_work(server, tmp_p
     assert http.post("/v1/completions", json={"prompt": PROMPT, "max_tokens": 3}).json()["usage"]["completion_tokens"]
     proc = run_tool("tools/serve.py", "--load", str(tmp_path / "nothing"), check=False)
     assert proc.returncode == 1 and proc.stderr.strip().startswith("error: --load") and "Traceback" not in proc.stderr
+
+
+
+def test_ragged_and_chunked_prefill_decode_like_alone(server):
+    """Prompts of different lengths prefilled in one step (rows padded to the longest, the padding
+    never stored), two of them in two chunks, then decoded together: each row's logits are its
+    solo ones; and an engine that prefills in small chunks answers as generate does."""
+    from megalite.model.decoding import new_cache
+    from megalite.model.kv_cache import SlotKVCache
+    from megalite.serve.engine import forward_slots
+
+    model, tok = server.served.engine.model, server.served.tokenizer
+    prompts = [[5, 17, 300, 42, 7, 9], [88, 12], [400, 9, 31, 2, 6]]
+    cache = new_cache(model, 4, 16, torch.device("cpu"), kind=SlotKVCache)
+    with torch.no_grad():
+        first = forward_slots(model, cache, [0, 1, 3], torch.tensor([[5, 17, 300], [88, 12, 0], [400, 9, 31]]),
+                              [3, 2, 3])
+        rest = forward_slots(model, cache, [0, 3], torch.tensor([[42, 7, 9], [2, 6, 0]]), [3, 2])
+        step = forward_slots(model, cache, [0, 1, 3], torch.tensor([[7], [8], [9]]), 1)
+        torch.testing.assert_close(first[1], model(torch.tensor([prompts[1]]))[0, -1], rtol=1e-4, atol=1e-4)
+        for row, p in enumerate((prompts[0], prompts[2])):
+            torch.testing.assert_close(rest[row], model(torch.tensor([p]))[0, -1], rtol=1e-4, atol=1e-4)
+        for row, (p, nxt) in enumerate(zip(prompts, (7, 8, 9))):
+            torch.testing.assert_close(step[row], model(torch.tensor([p + [nxt]]))[0, -1], rtol=1e-4, atol=1e-4)
+    assert cache.lengths.tolist() == [7, 3, 0, 6]
+    small = eng.Engine(model, tok.decode, 4, LEN, max_prefill_tokens=6).start()
+    texts = [f"Case {k}: the value of the function is" for k in range(3)]
+    done = threading.Semaphore(0)
+
+    def emit(event):
+        if isinstance(event, eng.Finished):
+            done.release()
+
+    requests = [eng.Request(tok.encode(t), 6, emit, Sampling(stop_ids=[tok.eod])) for t in texts]
+    small.submit(requests)
+    for _ in requests:
+        assert done.acquire(timeout=30)
+    small.stop()
+    for r, t in zip(requests, texts):
+        assert r.tokens == [i for i in generate(model, [tok.encode(t)], 6, Sampling(stop_ids=[tok.eod]))[0]
+                            if i != tok.eod]
+    assert max(len(tok.encode(t)) for t in texts) > 6  # the prompts needed several chunks
