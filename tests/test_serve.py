@@ -447,3 +447,69 @@ def test_ragged_and_chunked_prefill_decode_like_alone(server):
         assert r.tokens == [i for i in generate(model, [tok.encode(t)], 6, Sampling(stop_ids=[tok.eod]))[0]
                             if i != tok.eod]
     assert max(len(tok.encode(t)) for t in texts) > 6  # the prompts needed several chunks
+
+
+@pytest.mark.dist
+def test_tensor_parallel_server_answers_as_one_process(client, checkpoint):
+    """tools/serve.py on 2 tensor-parallel ranks, started as torchrun starts them, the TP=1
+    checkpoint cut again for them: concurrent greedy requests (more than its 4 slots; completions,
+    streamed, chat) get the one-process server's answers, and Ctrl-C (SIGINT to the process group,
+    as a terminal sends it) stops both ranks cleanly."""
+    import os
+    import signal
+    import subprocess
+
+    from tests.conftest import REPO
+    from tests.dist_utils import free_port
+
+    port, master = free_port(), free_port()
+    procs = []
+    for rank in (0, 1):
+        env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(master), RANK=str(rank),
+                   LOCAL_RANK=str(rank), WORLD_SIZE="2", OMP_NUM_THREADS="1")
+        procs.append(subprocess.Popen(
+            [sys.executable, "tools/serve.py", "--load", checkpoint, "--tensor-model-parallel-size", "2", "--port",
+             str(port), "--max-batch-size", "4", "--max-model-len", str(LEN), "--chat-template", "chatml"],
+            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            process_group=0 if rank == 0 else procs[0].pid))
+    try:
+        tp = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0)
+        deadline = time.time() + 90
+        while True:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
+                break
+            except httpx.TransportError:
+                assert all(p.poll() is None for p in procs), procs[0].stderr.read() + procs[1].stderr.read()
+                assert time.time() < deadline, "the tensor-parallel server did not start"
+                time.sleep(0.2)
+        asks = [dict(prompt=f"Case {k}: the value of" + " the function" * (k % 3), max_tokens=4 + 2 * k)
+                for k in range(5)]
+        asks.append(dict(prompt=PROMPT, max_tokens=12, stream=True))
+        chat = dict(messages=[{"role": "user", "content": "Hello there"}], max_tokens=8)
+        answers = {}
+
+        def ask(name, c, k):
+            if k == "chat":
+                reply = c.chat.completions.create(model="ck", temperature=0, **chat)
+                answers[name, k] = reply.choices[0].message.content
+            elif asks[k].get("stream"):
+                chunks = c.completions.create(model="ck", temperature=0, **asks[k])
+                answers[name, k] = "".join(x.choices[0].text for x in chunks)
+            else:
+                answers[name, k] = c.completions.create(model="ck", temperature=0, **asks[k]).choices[0].text
+
+        threads = [threading.Thread(target=ask, args=(name, c, k)) for name, c in (("tp", tp), ("one", client))
+                   for k in [*range(len(asks)), "chat"]]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        for k in [*range(len(asks)), "chat"]:
+            assert answers["tp", k] == answers["one", k] and answers["one", k], k
+    finally:
+        os.killpg(procs[0].pid, signal.SIGINT)
+        outs = [p.communicate(timeout=60) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert not any("Traceback" in err for _, err in outs), outs
+    assert "tensor-parallel over 2 ranks" in outs[0][0]

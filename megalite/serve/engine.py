@@ -183,29 +183,27 @@ class Engine:
         for i, (r, n) in enumerate(zip(requests, counts)):
             tokens[i, :n] = torch.tensor(r.prompt[r.prefilled : r.prefilled + n])
             r.prefilled += n
-        logits = self._forward(slots, tokens, counts)
         done = [i for i, r in enumerate(requests) if r.prefilled == len(r.prompt)]
         for i in done:
             self.prefilling.remove(slots[i])
-        if done:
-            ready = [slots[i] for i in done]
-            for slot, chosen in zip(ready, self._choose(ready, logits[done])):
-                self._deliver(slot, chosen)
+        self._run(slots, tokens, counts, done)
 
     def _step(self, slots: List[int]) -> None:
         self.batch_sizes[len(slots)] += 1
-        logits = self._forward(slots, torch.tensor([[self.active[s].tokens[-1]] for s in slots]), 1)
-        for slot, chosen in zip(slots, self._choose(slots, logits)):
-            self._deliver(slot, chosen)
+        self._run(slots, torch.tensor([[self.active[s].tokens[-1]] for s in slots]), 1)
 
-    def _forward(self, slots: List[int], tokens: torch.Tensor, counts) -> torch.Tensor:
-        """Logits [rows, vocab] after each row's last real token (the other ranks run the same step)."""
+    def _run(self, slots: List[int], tokens: torch.Tensor, counts, ready: Optional[List[int]] = None) -> None:
+        """One forward of ``tokens`` on those slots (the other ranks run the same one), then the next
+        token of the rows ``ready`` (default: all)."""
         if self.followers is not None:
             self.followers.send(slots, tokens, counts, self.cache.lengths[slots].tolist())
         logits = forward_slots(self.model, self.cache, slots, tokens.to(self.device), counts).float()
+        if ready is not None:
+            logits, slots = logits[ready], [slots[i] for i in ready]
         if self.vocab_size is not None:
             logits[:, self.vocab_size:] = float("-inf")
-        return logits
+        for slot, chosen in zip(slots, self._choose(slots, logits)):
+            self._deliver(slot, chosen)
 
     def _choose(self, slots: List[int], logits: torch.Tensor) -> List[Token]:
         requests = [self.active[s] for s in slots]
