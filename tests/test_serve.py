@@ -507,6 +507,7 @@ def test_tensor_parallel_server_answers_as_one_process(client, checkpoint):
             t.join(120)
         for k in [*range(len(asks)), "chat"]:
             assert answers["tp", k] == answers["one", k] and answers["one", k], k
+        tp.close()
     finally:
         os.killpg(procs[0].pid, signal.SIGINT)
         outs = [p.communicate(timeout=60) for p in procs]
