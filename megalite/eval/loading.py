@@ -91,6 +91,10 @@ def _check_tensor_parallel(cfg: Config, folder: str, n: int, world: int) -> None
                         ("FFN width", m.ffn_hidden_size)):
         if count % n:
             raise MegaliteError(f"--tensor-model-parallel-size {n}: {folder} has {count} {what}, not divisible by {n}")
+    groups = m.num_query_groups or m.num_attention_heads
+    if groups % n and n % groups:
+        raise MegaliteError(f"--tensor-model-parallel-size {n}: {folder} has {groups} key/value heads, which neither "
+                            f"divide by {n} nor divide {n}")
 
 
 def checkpoint_tokenizer(cfg, a: Optional[argparse.Namespace] = None) -> Tokenizer:
