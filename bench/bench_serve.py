@@ -10,8 +10,10 @@ each send their requests one after another, streamed, greedy. transformers answe
 requests with ``generate`` behind a lock (one at a time; first-token time from a streamer).
 The modes take turns for --rounds rounds (a busy spell of a shared machine then hits every
 mode, not one) and each keeps its best round. Prints, per mode and number of clients, the
-aggregate generated tokens/s and the p50 / p95 time to first token and request latency, and
-checks every mode gave the same greedy tokens. On CUDA when present.
+aggregate generated tokens/s, the p50 / p95 time to first token and request latency, and the
+CPU time the decoding process spent per generated token (the server's, all its threads; on a
+shared machine it varies less than wall-clock rates do), and checks every mode gave the same
+greedy tokens. On CUDA when present.
 """
 
 import argparse
@@ -117,26 +119,37 @@ def ask_transformers(hf, max_tokens: int, device):
     return ask
 
 
-def run(ask, prompts, clients: int):
-    """``clients`` threads share the prompts, each sending its requests one after another."""
+def cpu_seconds(pid=None) -> float:
+    """User + system CPU seconds of process ``pid`` so far (this process when None; Linux)."""
+    if pid is None:
+        t = os.times()
+        return t.user + t.system
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run(ask, prompts, clients: int, pid=None):
+    """``clients`` threads share the prompts, each sending its requests one after another; ``pid``:
+    the process that decodes (this one when None), whose CPU time per generated token is counted."""
     results = [None] * len(prompts)
 
     def client(c):
         for i in range(c, len(prompts), clients):
             results[i] = ask(" ".join(f"w{t}" for t in prompts[i]))
 
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), cpu_seconds(pid)
     threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, cpu_seconds(pid) - cpu0
     tokens = sum(len(r[2]) for r in results)
     ttft, latency = sorted(r[0] for r in results), sorted(r[1] for r in results)
     p = lambda xs, q: xs[min(len(xs) - 1, int(q * len(xs)))]  # noqa: E731
     stats = {"tok/s": tokens / wall, "ttft_p50": statistics.median(ttft), "ttft_p95": p(ttft, 0.95),
-             "lat_p50": statistics.median(latency), "lat_p95": p(latency, 0.95)}
+             "lat_p50": statistics.median(latency), "lat_p95": p(latency, 0.95), "cpu_ms/tok": cpu * 1e3 / tokens}
     return stats, [r[2] for r in results]
 
 
@@ -156,16 +169,16 @@ def main():
         servers = {name: serve(folder, batch, a.threads) for name, batch in (("megalite batched", 16),
                                                                              ("megalite 1-at-a-time", 1))}
         try:
-            modes = {name: ask_server(url, a.max_tokens) for name, (_, url) in servers.items()}
-            modes["transformers 1-at-a-time"] = ask_transformers(hf, a.max_tokens, device)
-            for ask in modes.values():
+            modes = {name: (ask_server(url, a.max_tokens), proc.pid) for name, (proc, url) in servers.items()}
+            modes["transformers 1-at-a-time"] = (ask_transformers(hf, a.max_tokens, device), None)
+            for ask, _ in modes.values():
                 ask(" ".join(f"w{t}" for t in prompts_for(1)[0]))  # warm-up
             best, answers = {}, {}
             for _ in range(a.rounds):  # modes alternate, so a busy spell of the machine hits all of them
                 for clients in a.clients:
                     prompts = prompts_for(clients * a.requests_per_client)
-                    for name, ask in modes.items():
-                        stats, out = run(ask, prompts, clients)
+                    for name, (ask, pid) in modes.items():
+                        stats, out = run(ask, prompts, clients, pid)
                         if (name, clients) not in best or stats["tok/s"] > best[name, clients]["tok/s"]:
                             best[name, clients] = stats
                         answers.setdefault(clients, {}).setdefault(name, out)
@@ -180,13 +193,17 @@ def main():
             stats = best[name, clients]
             print(f"{name:26s} clients {clients:2d}: {stats['tok/s']:7.1f} tok/s | TTFT p50 "
                   f"{stats['ttft_p50'] * 1e3:6.0f} ms p95 {stats['ttft_p95'] * 1e3:6.0f} ms | latency p50 "
-                  f"{stats['lat_p50'] * 1e3:6.0f} ms p95 {stats['lat_p95'] * 1e3:6.0f} ms", flush=True)
+                  f"{stats['lat_p50'] * 1e3:6.0f} ms p95 {stats['lat_p95'] * 1e3:6.0f} ms | decoding process CPU "
+                  f"{stats['cpu_ms/tok']:5.1f} ms/token", flush=True)
     same = all(len({json.dumps(v) for v in per.values()}) == 1 for per in answers.values())
     top = max(a.clients)
     batched = best["megalite batched", top]["tok/s"]
     print(f"at {top} clients continuous batching is {batched / best['megalite 1-at-a-time', top]['tok/s']:.2f}x "
           f"megalite one at a time and {batched / best['transformers 1-at-a-time', top]['tok/s']:.2f}x transformers "
           f"one at a time (best of {a.rounds} alternating rounds); same greedy tokens in every mode and round: {same}")
+    one = best["megalite 1-at-a-time", top]["cpu_ms/tok"]
+    print(f"server CPU per generated token at {top} clients: {best['megalite batched', top]['cpu_ms/tok']:.1f} ms "
+          f"batched, {one:.1f} ms one at a time")
 
 if __name__ == "__main__":
     main()
