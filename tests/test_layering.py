@@ -10,8 +10,10 @@ from typing import Dict, Iterable, List, Set, Tuple
 
 from tests.conftest import REPO
 
-# Lower may not import higher. config, errors, utils and the C++ helpers sit below everything.
-RANK = {"config": 0, "errors": 0, "utils": 0, "_helpers": 0, "kernels": 1, "parallel": 2, "model": 3, "data": 4,
+# Lower may not import higher. config (with its Megatron flag table), errors, utils and the C++ helpers sit below
+# everything.
+RANK = {"config": 0, "megatron_flags": 0, "errors": 0, "utils": 0, "_helpers": 0, "kernels": 1, "parallel": 2,
+        "model": 3, "data": 4,
         "checkpoint": 5, "training": 6, "posttrain": 7, "eval": 7, "hf": 7, "serve": 8}
 DATA_TOOLS_MAY_USE = {"data", "config", "errors", "utils", "_helpers"}
 

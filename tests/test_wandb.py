@@ -4,7 +4,8 @@ config; a restart continues the same W&B run; an unreachable server changes noth
 import glob
 import json
 import os
-import struct
+import subprocess
+import sys
 
 import pytest
 
@@ -13,47 +14,29 @@ from megalite.training.metrics_log import WANDB_ID_FILE, scalars
 from megalite.training.trainer import pretrain
 from tests.conftest import tiny_model_args
 
-wandb_pb = pytest.importorskip("wandb.proto.wandb_internal_pb2")
+pytest.importorskip("wandb")
 
 
-def wandb_records(path):
-    """The records of a run's .wandb file, decoded with wandb's own protobuf messages (wandb
-    >= 0.20 ships no Python reader for its LevelDB-log framing: 32 KiB blocks, a 7-byte header
-    per chunk, chunks FULL=1 / FIRST=2 / MIDDLE=3 / LAST=4)."""
-    data = open(path, "rb").read()
-    assert data[:4] == b":W&B", path
-    pos, pending, block = 7, b"", 32768
-    while pos + 7 <= len(data):
-        left = block - pos % block
-        if left < 7:
-            pos += left
-            continue
-        _crc, n, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        if n == 0 and kind == 0:  # zero padding to the end of a block
-            pos += left
-            continue
-        pending += data[pos + 7:pos + 7 + n]
-        pos += 7 + n
-        if kind in (1, 4):
-            record = wandb_pb.Record()
-            record.ParseFromString(pending)
-            pending = b""
-            yield record
+def wandb_records(run_dir):
+    """The records of a run's .wandb transaction log, as wandb's own reader decodes them
+    (`wandb leet inspect --json`: one JSON object per record)."""
+    out = subprocess.run([sys.executable, "-m", "wandb", "leet", "inspect", "--json", run_dir],
+                         capture_output=True, text=True, timeout=120, env={**os.environ, "WANDB_SILENT": "true"})
+    assert out.returncode == 0, out.stderr
+    return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
 
 
 def read_run(run_dir):
     """(run id, config, history rows) of one offline run folder."""
-    (path,) = glob.glob(os.path.join(run_dir, "run-*.wandb"))
     run_id, config, rows = None, {}, []
-    for r in wandb_records(path):
-        kind = r.WhichOneof("record_type")
-        if kind == "run":
-            run_id = r.run.run_id
-            config.update({i.key: json.loads(i.value_json) for i in r.run.config.update})
-        elif kind == "config":
-            config.update({i.key: json.loads(i.value_json) for i in r.config.update})
-        elif kind == "history":
-            rows.append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item})
+    for r in wandb_records(run_dir):
+        if r["type"] == "run":
+            run_id = r["run"]["run_id"]
+            config.update(r["run"].get("config", {}).get("update", {}))
+        elif r["type"] == "config":
+            config.update(r["config"].get("update", {}))
+        elif r["type"] == "history":
+            rows.append(r["history"]["item"])
     config.pop("_wandb", None)
     return run_id, config, rows
 

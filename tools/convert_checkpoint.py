@@ -3,6 +3,7 @@
     python tools/convert_checkpoint.py --to-hf --load ckpt/ --save hf_model/ [--dtype bf16]
     python tools/convert_checkpoint.py --from-hf --load hf_model/ --save ckpt/
     python tools/convert_checkpoint.py --to-peft --load lora_ckpt/ --save adapter/
+    python tools/convert_checkpoint.py --to-gguf --load ckpt_or_hf_dir/ --save model.gguf [--gguf-type q8_0]
     python tools/convert_checkpoint.py --reshard --load ckpt/ --save ckpt_tp4/ --target-tensor-parallel-size 4 \
         [--target-pipeline-parallel-size 2 --target-num-layers-per-virtual-pipeline-stage 2]
 
@@ -14,6 +15,9 @@ On a LoRA checkpoint (--lora-rank), --to-hf writes the base with the adapters me
 adapter_model.safetensors) for the HF export of the base.
 A reward model (dpo_gpt.py --pref-method rm) exports as a ...ForSequenceClassification (score.weight, one
 label, pad_token_id), which AutoModelForSequenceClassification loads.
+--to-gguf writes one GGUF file that llama.cpp (llama-cli, llama-server, llama-cpp-python) runs:
+llama architecture, the tokenizer (sentencepiece BPE or byte-level BPE) with its special tokens
+and chat template, weights as f16, q8_0 or q4_0 (--gguf-type); see docs/serving.md.
 --reshard writes the checkpoint (weights and optimizer state) for another tensor / pipeline
 layout, one target rank at a time; training also loads any layout directly (--load), so
 this is for moving checkpoints around, not a required step.
@@ -24,10 +28,12 @@ this is for moving checkpoints around, not a required step.
 """
 
 import argparse
+import sys
 
 from megalite.checkpoint.rewrite import reshard_offline
 from megalite.data.chat import load_template
 from megalite.hf.convert import export_hf, import_hf
+from megalite.hf.gguf import GGUF_TYPES, export_gguf
 from megalite.posttrain.lora_io import export_peft
 from megalite.posttrain.runs import checkpointed_model
 from megalite.utils.cli import run_tool
@@ -49,11 +55,17 @@ def main(argv=None):
     way.add_argument("--from-hf", action="store_true")
     way.add_argument("--to-peft", action="store_true")
     way.add_argument("--reshard", action="store_true")
+    way.add_argument("--to-gguf", action="store_true")
     p.add_argument("--load", required=True, help="checkpoint folder (or iter_ folder), or the HF folder")
     p.add_argument("--save", required=True)
     p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default=None,
                    help="weights dtype (default bf16 for --to-hf, fp32 for --from-hf)")
     p.add_argument("--max-shard-size", default="5GB")
+    p.add_argument("--gguf-type", choices=GGUF_TYPES, default="f16", help="--to-gguf: how matrices are stored")
+    p.add_argument("--gguf-no-space-prefix", dest="gguf_space_prefix", action="store_false",
+                   help="--to-gguf of a sentencepiece tokenizer: llama.cpp adds no dummy prefix, so prompts that "
+                        "start with a special token (chat templates) tokenize as in megalite; plain prompts lose "
+                        "the prefix of their first word")
     p.add_argument("--chat-template", help="'chatml' or a file with a Jinja chat template for the exported tokenizer")
     p.add_argument("--target-tensor-parallel-size", type=int, default=1)
     p.add_argument("--target-pipeline-parallel-size", type=int, default=1)
@@ -65,6 +77,12 @@ def main(argv=None):
         out = reshard_offline(a.load, a.save, a.target_tensor_parallel_size, a.target_pipeline_parallel_size,
                               a.target_num_layers_per_virtual_pipeline_stage, checkpointed_model=checkpointed_model)
         print(f"wrote {out}")
+    elif a.to_gguf:
+        out = export_gguf(a.load, a.save, a.gguf_type, load_template(a.chat_template) if a.chat_template else None,
+                          a.gguf_space_prefix)
+        for note in out["notes"]:
+            print(f"note: {note}", file=sys.stderr)
+        print(f"wrote {a.save}")
     elif a.to_peft:
         print(f"wrote {export_peft(a.load, a.save)}")
     elif a.to_hf:

@@ -13,6 +13,9 @@ pipeline (fineweb-2-pipeline.py) applies to every language: paragraph and charac
 repetition rules off, the short-line rule off, at most 10% of characters in repeated lines
 instead of 1%, and no C4 step. FineWeb-2 did not run C4; here a Chinese or Japanese document
 through ``c4`` counts words, not whitespace chunks, per line, with CJK sentence ends.
+Each language's minimum language-ID score (``language_score``: the yml's, 0.65 for English as
+FineWeb) is what the ``language`` step applies with ``threshold: per_language``. FineWeb-2's
+scores are GlotLID's, and the step runs fastText's lid.176, so that is a choice, not the default.
 """
 
 from dataclasses import dataclass, field
@@ -30,6 +33,7 @@ class LanguageRules:
     gopher_repetition: Mapping[str, Any] = field(default_factory=dict)
     fineweb: Mapping[str, Any] = field(default_factory=dict)
     c4: Mapping[str, Any] = field(default_factory=dict)
+    language_score: float = 0.65  # the language step's minimum with ``threshold: per_language``
 
 
 ENGLISH = LanguageRules(
@@ -43,6 +47,7 @@ ENGLISH = LanguageRules(
     fineweb=dict(line_punct_thr=0.12, short_line_thr=0.67, char_duplicates_ratio=0.01, new_line_ratio=0.3,
                  cjk_sentence_ends=False),
     c4=dict(cjk_sentence_ends=False),
+    language_score=0.65,  # FineWeb's LanguageFilter threshold, with the same lid.176 model
 )
 
 # What fineweb-2-pipeline.py sets for every language.
@@ -62,6 +67,7 @@ def _fineweb2(code: str, config: str, splitter: str, c: Dict[str, Any]) -> Langu
         fineweb=dict(_FINEWEB2_FINEWEB, line_punct_thr=c["line_punct_thr"], new_line_ratio=c["new_line_ratio"],
                      cjk_sentence_ends=True),
         c4=dict(cjk_sentence_ends=True),
+        language_score=c["language_score"],
     )
 
 
@@ -70,15 +76,15 @@ RULES: Dict[str, LanguageRules] = {
     # configs/cmn_Hani.yml (FineWeb-2 uses it for Chinese in both scripts)
     "zh": _fineweb2("zh", "cmn_Hani", "jieba", dict(
         dup_line_frac=0.287, dup_n_grams=[(5, 0.198), (6, 0.182), (7, 0.167), (8, 0.154), (9, 0.14), (10, 0.127)],
-        line_punct_thr=0.106, max_avg_word_length=5, max_non_alpha_words_ratio=0.735, min_avg_word_length=1,
-        new_line_ratio=0.178, top_n_grams=[(2, 0.256), (3, 0.201), (4, 0.171)],
+        language_score=0.692, line_punct_thr=0.106, max_avg_word_length=5, max_non_alpha_words_ratio=0.735,
+        min_avg_word_length=1, new_line_ratio=0.178, top_n_grams=[(2, 0.256), (3, 0.201), (4, 0.171)],
         stopwords=["的", "年", "在", "月", "是", "和", "日", "了", "於", "·", "為", "有", "被", "人", "中", "为", "他",
                    "與", "後", "也", "而", "由"])),
     # configs/jpn_Jpan.yml
     "ja": _fineweb2("ja", "jpn_Jpan", "japanese", dict(
         dup_line_frac=0.375, dup_n_grams=[(5, 0.307), (6, 0.283), (7, 0.264), (8, 0.248), (9, 0.234), (10, 0.223)],
-        line_punct_thr=0.167, max_avg_word_length=5, max_non_alpha_words_ratio=0.759, min_avg_word_length=1,
-        new_line_ratio=0.162, top_n_grams=[(2, 0.121), (3, 0.129), (4, 0.145)],
+        language_score=0.886, line_punct_thr=0.167, max_avg_word_length=5, max_non_alpha_words_ratio=0.759,
+        min_avg_word_length=1, new_line_ratio=0.162, top_n_grams=[(2, 0.121), (3, 0.129), (4, 0.145)],
         stopwords=["の", "に", "を", "は", "た", "て", "が", "と", "で", "年", "し", "・", "月", "れ", "さ"])),
 }
 

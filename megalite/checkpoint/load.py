@@ -4,6 +4,7 @@ one of another layout goes through megalite.checkpoint.reshard. Weights the call
 variant must adapt first (a reward model started from a language model's) pass through the
 ``fit`` the caller gives."""
 
+import dataclasses
 from typing import Callable, Dict, Optional
 
 from megalite.checkpoint.layout import (
@@ -16,7 +17,7 @@ from megalite.checkpoint.layout import (
 )
 from megalite.checkpoint.reshard import load_resharded
 from megalite.checkpoint.rng import set_rng_state
-from megalite.config import ARCHITECTURE_FIELDS, Config
+from megalite.config import ARCHITECTURE_FIELDS, Config, ModelConfig
 from megalite.errors import MegaliteError
 from megalite.parallel import state
 
@@ -25,7 +26,7 @@ LAYOUT_FIELDS = ("tensor_model_parallel_size", "pipeline_model_parallel_size", "
 
 
 def check_architecture(saved_args: Dict, cfg: Config, where: str) -> None:
-    saved = saved_args.get("model", {})
+    saved = {**dataclasses.asdict(ModelConfig()), **saved_args.get("model", {})}  # a setting added later: its default
     diffs = [f"--{k.replace('_', '-')} {saved.get(k)!r} in the checkpoint vs {getattr(cfg.model, k)!r}"
              for k in ARCHITECTURE_FIELDS if saved.get(k) != getattr(cfg.model, k)]
     if diffs:

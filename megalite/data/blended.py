@@ -68,7 +68,7 @@ def build_gpt_datasets(
 ) -> List[Optional[object]]:
     """[train, valid, test] datasets (None where a split is empty or asked for no samples)."""
     prefixes, weights = parse_data_path(data_path)
-    indexed = [IndexedDataset(p) for p in prefixes]
+    indexed = [IndexedDataset(p, mmap=config.mmap_bin_files) for p in prefixes]
     for p, ds in zip(prefixes, indexed):
         if ds.num_tokens == 0:
             raise MegaliteError(f"--data-path {p}: the dataset is empty ({ds.num_documents} documents, 0 tokens)")

@@ -46,12 +46,14 @@ class GPTDatasetConfig:
     pad_id: int = 0  # fills a partial last sample (when it is kept); masked from the loss
     eod_mask_loss: bool = False
     vocab_size: Optional[int] = None  # ids must be below it (the model's side passes it in); None: unchecked
+    mmap_bin_files: bool = True  # False: each .bin is read into memory (--no-mmap-bin-files)
 
 
 def parse_split(split: str) -> List[float]:
     """'969,30,1' -> [0.969, 0.03, 0.001]; fewer than three parts leave later splits empty."""
     try:
-        parts = [float(s) for s in split.replace("/", ",").split(",") if s.strip()]
+        # quotes a launch script passed through literally ("--split '99,1,0'") are no part of it
+        parts = [float(s) for s in split.strip("'\"").replace("/", ",").split(",") if s.strip()]
     except ValueError:
         raise MegaliteError(f"--split {split!r}: expected up to three comma-separated numbers") from None
     if not 1 <= len(parts) <= 3 or any(p < 0 for p in parts) or sum(parts) <= 0:

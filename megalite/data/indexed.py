@@ -62,10 +62,11 @@ def exists(prefix: str) -> bool:
 
 
 class IndexedDataset:
-    """Random access to the sequences of a ``.bin/.idx`` pair without reading it whole."""
+    """Random access to the sequences of a ``.bin/.idx`` pair without reading it whole; with
+    ``mmap=False`` the ``.bin`` is read into memory when opened (in each data-loader worker too)."""
 
-    def __init__(self, path_prefix: str):
-        self.path_prefix = path_prefix
+    def __init__(self, path_prefix: str, mmap: bool = True):
+        self.path_prefix, self.mmap = path_prefix, mmap
         self._open()
 
     def _open(self) -> None:
@@ -86,17 +87,18 @@ class IndexedDataset:
                 "truncated or the .bin/.idx pair comes from different runs"
             )
         # np.memmap cannot map an empty file; an empty dataset simply has no tokens.
-        self._bin = (
-            np.memmap(bpath, dtype=self.dtype, mode="r")
-            if actual
-            else np.empty(0, dtype=self.dtype)
-        )
+        if not actual:
+            self._bin = np.empty(0, dtype=self.dtype)
+        elif self.mmap:
+            self._bin = np.memmap(bpath, dtype=self.dtype, mode="r")
+        else:
+            self._bin = np.fromfile(bpath, dtype=self.dtype)
 
     def __getstate__(self):
-        return self.path_prefix
+        return self.path_prefix, self.mmap
 
-    def __setstate__(self, path_prefix):
-        self.path_prefix = path_prefix
+    def __setstate__(self, state):
+        self.path_prefix, self.mmap = state if isinstance(state, tuple) else (state, True)
         self._open()
 
     def __len__(self) -> int:

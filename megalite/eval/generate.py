@@ -18,8 +18,11 @@ from megalite.parallel.pipeline import model_chunks
 
 @torch.no_grad()
 def generate(model, prompts: List[List[int]], max_new_tokens: int, sampling: Sampling = Sampling(),
-             pad_id: int = 0, use_cache: bool = True, decode: Optional[Callable] = None) -> List[List[int]]:
-    """The new tokens for each prompt (each stops at a stop token/string, or max_new_tokens)."""
+             pad_id: int = 0, use_cache: bool = True, decode: Optional[Callable] = None,
+             row_seeds: Optional[List[int]] = None) -> List[List[int]]:
+    """The new tokens for each prompt (each stops at a stop token/string, or max_new_tokens).
+    ``row_seeds``: each row samples from its own generator (what a row draws then does not depend
+    on which rows share its batch), instead of one generator seeded by ``sampling.seed``."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise MegaliteError("every prompt needs at least one token")
     device, cfg = next(model.parameters()).device, model_chunks(model)[0].cfg
@@ -34,6 +37,7 @@ def generate(model, prompts: List[List[int]], max_new_tokens: int, sampling: Sam
         tokens[i, longest - len(p) : longest] = torch.tensor(p, device=device)
         valid[i, longest - len(p) : longest] = True
     gen = torch.Generator(device=device).manual_seed(sampling.seed) if sampling.seed is not None else None
+    rows = [torch.Generator(device=device).manual_seed(r) for r in row_seeds] if row_seeds is not None else None
     done = torch.zeros(b, dtype=torch.bool, device=device)
     out: List[List[int]] = [[] for _ in range(b)]
     cache, start = None, 0
@@ -43,7 +47,13 @@ def generate(model, prompts: List[List[int]], max_new_tokens: int, sampling: Sam
         new = slice(start, end)
         positions = token_positions(valid[:, :end])[:, new]
         logits = decode_step(model, tokens[:, new], positions, cache, attention_mask(valid[:, :end], start))
-        nxt = next_tokens(logits, tokens[:, :end], sampling, gen) if logits is not None else None
+        if logits is None:
+            nxt = None
+        elif rows is None:
+            nxt = next_tokens(logits, tokens[:, :end], sampling, gen)
+        else:
+            nxt = torch.cat([next_tokens(logits[i:i + 1], tokens[i:i + 1, :end], sampling, g)
+                             for i, g in enumerate(rows)])
         nxt = share_tokens(nxt, b, device)
         nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
         tokens[:, end], valid[:, end], start = nxt, ~done, end

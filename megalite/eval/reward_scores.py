@@ -1,7 +1,9 @@
 """Scoring text with a trained reward model: a megalite checkpoint (``dpo_gpt.py --pref-method rm``) or its
 Hugging Face export (a ``...ForSequenceClassification`` folder), in one process.
 
-Records are tokenized as training tokenized them (megalite.data.preference.sequence_ids: text with EOS
+The model is built and run in a one-process layout held only while it works (megalite.parallel.state.planning),
+so a training job with its own layout (rl_gpt.py's reward model) keeps its parallel state. Records are
+tokenized as training tokenized them (megalite.data.preference.sequence_ids: text with EOS
 appended to the completion, messages through the chat template the run stored) and each sequence's score
 is read at its last non-pad token. A record is one of
 
@@ -35,15 +37,23 @@ from megalite.training.data import build_tokenizer_from
 from megalite.utils.atomic import atomic_write
 
 
-class RewardScorer:
-    """``score(sequences)``: one float per token-id sequence, from a megalite checkpoint or an HF folder."""
+def one_process():
+    """The single-process parallel layout, for as long as the context lasts."""
+    return state.planning(tp=1, pp=1, tp_rank=0, pp_rank=0)
 
-    def __init__(self, load: str, batch_size: int = 16):
-        self.batch_size = batch_size
+
+class RewardScorer:
+    """``score(sequences)``: one float per token-id sequence, from a megalite checkpoint or an HF folder,
+    on ``device`` (the CPU when None)."""
+
+    def __init__(self, load: str, batch_size: int = 16, device=None):
+        self.batch_size, self.device = batch_size, torch.device(device or "cpu")
         if os.path.isdir(load) and is_hf_folder(load):
             self._load_hf(load)
         else:
-            self._load_megalite(load)
+            with one_process():
+                self._load_megalite(load)
+        self.model.to(self.device)
 
     def _load_megalite(self, load: str) -> None:
         folder = find_checkpoint(load)
@@ -53,7 +63,6 @@ class RewardScorer:
         if cfg.dpo.pref_method != "rm":
             raise MegaliteError(f"--load {load}: not a reward model (train one with dpo_gpt.py --pref-method rm)")
         weights, _ = full_model_state(folder)  # a LoRA run's adapters merged in
-        state.initialize()
         model = GPTModel(cfg.model, head=ScoreHead)
         current = model.state_dict()
         load_model_state(model, {"model": weights}, folder, lambda w: ScoreModelWeights(w, current))
@@ -86,11 +95,14 @@ class RewardScorer:
             mask = torch.zeros_like(tokens)
             for b, ids in enumerate(part):
                 tokens[b, :len(ids)], mask[b, :len(ids)] = torch.as_tensor(ids), 1
+            tokens, mask = tokens.to(self.device), mask.to(self.device)
             if self.hf:  # HF finds each row's last non-pad token itself
                 out += self.model(tokens, attention_mask=mask).logits[:, 0].tolist()
             else:
-                where = torch.tensor([score_index(ids, self.pad_id) for ids in part])
-                out += self.model(tokens)[torch.arange(len(part)), where].float().tolist()
+                where = torch.tensor([score_index(ids, self.pad_id) for ids in part], device=self.device)
+                with one_process():
+                    scores = self.model(tokens)
+                out += scores[torch.arange(len(part), device=self.device), where].float().tolist()
         return out
 
     def ids(self, prompt, completion) -> List[int]:

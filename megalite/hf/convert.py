@@ -8,7 +8,7 @@ carry. See megalite/hf/layout.py for the name and layout mapping.
 import json
 import os
 import shutil
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import torch
 
@@ -41,6 +41,8 @@ def export_hf(load: str, out_dir: str, dtype: str = "bf16", max_shard_bytes: int
     state, args = full_model_state(load)
     run = Config.from_dict(args)
     cfg = run.model
+    if cfg.apply_layernorm_1p:  # zero-centred norm weights (scale - 1): HF stores the scale, 1 + w in fp32 (bf16 is
+        state = {k: v.float() + 1 if k.endswith("norm.weight") else v for k, v in state.items()}  # too coarse near 1)
     d = run.data
     if tokenizer is None and d.tokenizer_type:
         tokenizer = build_tokenizer(d.tokenizer_type, d.tokenizer_model, d.vocab_file, d.merge_file)
@@ -147,6 +149,30 @@ class _LazyTensors:
 def import_hf(hf_dir: str, save: str, dtype: str = "fp32") -> ModelConfig:
     """Write a megalite checkpoint (iteration 0) from a HF Llama / Qwen2 / Qwen3 / Mistral / GPT-2 folder,
     with the folder's tokenizer and a default sequence length (``_data_settings``)."""
+    state, cfg = read_hf(hf_dir, dtype)
+    write_iteration0(save, state, Config(model=cfg, data=DataConfig(**_data_settings(hf_dir, save, cfg))))
+    return cfg
+
+
+def write_iteration0(save: str, state: Dict[str, torch.Tensor], run: Config) -> None:
+    """A one-process checkpoint of ``state`` (iteration 0, no optimizer) that every tool loads."""
+    payload = {"format_version": FORMAT_VERSION, "iteration": 0, "consumed_samples": 0, "consumed_tokens": 0,
+               "args": run.to_dict(), "model": state, "optimizer": None, "rng": [],
+               "parallel": {"tp_size": 1, "pp_size": 1, "dp_size": 1}, "tensor_parallel": {}}
+    folder = iteration_dir(save, 0)
+    os.makedirs(os.path.join(folder, "mp_rank_00"), exist_ok=True)
+    with atomic_write(os.path.join(folder, "mp_rank_00", "model_optim_rng.pt")) as f:
+        torch.save(payload, f)
+    with atomic_write(os.path.join(save, TRACKER), "w") as f:
+        f.write("0")
+
+
+def is_hf_folder(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, "config.json"))
+
+
+def read_hf(hf_dir: str, dtype: str = "fp32") -> Tuple[Dict[str, torch.Tensor], ModelConfig]:
+    """(our state dict, our model settings) of a HF Llama / Qwen2 / Qwen3 / Mistral / GPT-2 folder."""
     config_path = os.path.join(hf_dir, "config.json")
     if not os.path.isfile(config_path):
         raise MegaliteError(f"{config_path}: no such file")
@@ -165,17 +191,7 @@ def import_hf(hf_dir: str, save: str, dtype: str = "fp32") -> ModelConfig:
         raise MegaliteError(f"{hf_dir}: {len(unused)} tensors are not part of the model config.json describes "
                             f"(first: {unused[0]})")
     _check_shapes(state, cfg, hf_dir)
-    args = Config(model=cfg, data=DataConfig(**_data_settings(hf_dir, save, cfg))).to_dict()
-    payload = {"format_version": FORMAT_VERSION, "iteration": 0, "consumed_samples": 0, "consumed_tokens": 0,
-               "args": args, "model": state, "optimizer": None, "rng": [],
-               "parallel": {"tp_size": 1, "pp_size": 1, "dp_size": 1}, "tensor_parallel": {}}
-    folder = iteration_dir(save, 0)
-    os.makedirs(os.path.join(folder, "mp_rank_00"), exist_ok=True)
-    with atomic_write(os.path.join(folder, "mp_rank_00", "model_optim_rng.pt")) as f:
-        torch.save(payload, f)
-    with atomic_write(os.path.join(save, TRACKER), "w") as f:
-        f.write("0")
-    return cfg
+    return state, cfg
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")

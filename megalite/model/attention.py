@@ -45,8 +45,8 @@ class SelfAttention(nn.Module):
             _replicate_kv_head(self.qkv, cfg, replicas)
         self.q_norm = self.k_norm = None
         if cfg.qk_layernorm:
-            self.q_norm = build_norm(cfg.normalization, self.head_dim, cfg.norm_epsilon)
-            self.k_norm = build_norm(cfg.normalization, self.head_dim, cfg.norm_epsilon)
+            self.q_norm = build_norm(cfg, self.head_dim)
+            self.k_norm = build_norm(cfg, self.head_dim)
             for p in (*self.q_norm.parameters(), *self.k_norm.parameters()):
                 p.sequence_parallel = tp > 1  # this rank's heads only: summed over the ranks
         self.proj = RowParallelLinear(cfg.num_attention_heads * self.head_dim, cfg.hidden_size,

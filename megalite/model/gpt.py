@@ -31,9 +31,9 @@ class TransformerLayer(nn.Module):
 
     def __init__(self, cfg: ModelConfig, recompute_core: bool = False, window: Optional[int] = None):
         super().__init__()
-        self.input_norm = build_norm(cfg.normalization, cfg.hidden_size, cfg.norm_epsilon)
+        self.input_norm = build_norm(cfg, cfg.hidden_size)
         self.attention = SelfAttention(cfg, recompute_core, window)
-        self.post_attention_norm = build_norm(cfg.normalization, cfg.hidden_size, cfg.norm_epsilon)
+        self.post_attention_norm = build_norm(cfg, cfg.hidden_size)
         self.mlp = MLP(cfg)
         self.dropout = SequenceDropout(cfg.hidden_dropout)
 
@@ -80,7 +80,7 @@ class GPTModel(nn.Module):
         self.layers = nn.ModuleDict({str(i): TransformerLayer(cfg, selective, attention_window(cfg, i))
                                      for i in layers})
         if post_process:
-            self.final_norm = build_norm(cfg.normalization, cfg.hidden_size, cfg.norm_epsilon)
+            self.final_norm = build_norm(cfg, cfg.hidden_size)
             self.head_name = head.name
             self.add_module(head.name, head(cfg, self.embedding if tied else None))
 

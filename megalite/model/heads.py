@@ -2,8 +2,9 @@
 
 - ``LMHead`` (registered as ``output_layer``): logits over this rank's vocabulary shard, or with labels the
   per-token losses (vocab-parallel cross entropy, no vocabulary gather; with ``mean_logits`` also each
-  token's mean logit, for trl's ``logits/*`` metrics). Its weight is the output layer's own, or with tied
-  embeddings the embedding's (which the model owns).
+  token's mean logit, for trl's ``logits/*`` metrics; with ``entropy`` each position's entropy, for online
+  RL's; logits divided by ``temperature`` first, as sampled tokens are scored). Its weight is the output
+  layer's own, or with tied embeddings the embedding's (which the model owns).
 - ``ScoreHead`` (registered as ``score``, Hugging Face's name in ``...ForSequenceClassification``): one
   scalar per token, hidden -> 1 without bias, [batch, seq]. A reward model reads it at each row's last
   non-pad token (megalite.posttrain.reward). The weight is replicated over tensor-parallel ranks; with
@@ -22,7 +23,7 @@ from torch import nn
 
 from megalite.config import ModelConfig
 from megalite.parallel import state
-from megalite.parallel.cross_entropy import vocab_parallel_cross_entropy
+from megalite.parallel.cross_entropy import vocab_parallel_cross_entropy, vocab_parallel_entropy
 from megalite.parallel.init import mark
 from megalite.parallel.layers import column_parallel_linear
 from megalite.parallel.mappings import gather_sequence_for_all
@@ -35,6 +36,8 @@ class LMHead(nn.Module):
     def __init__(self, cfg: ModelConfig, embedding: Optional[nn.Module] = None):
         super().__init__()
         self.mean_logits = False  # with labels: [batch, seq, 2] = per-token loss and mean logit
+        self.entropy = False  # with labels: [batch, seq, 2] = per-token loss and entropy (online RL's metric)
+        self.temperature = 1.0  # logits are divided by it (online RL scores tokens as they were sampled)
         self._tied = (embedding,) if embedding is not None else ()  # a tuple: not registered (the model owns it)
         if embedding is None:
             tp = state.get().tp_size
@@ -47,11 +50,16 @@ class LMHead(nn.Module):
 
     def forward(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
         logits = self.logits(x)
+        if self.temperature != 1.0:
+            logits = logits / self.temperature
         if labels is None:
             return logits.transpose(0, 1)
         if self.mean_logits:
             return torch.stack(vocab_parallel_cross_entropy(logits, labels.t(), mean_logits=True), -1).transpose(0, 1)
-        return vocab_parallel_cross_entropy(logits, labels.t()).t()
+        losses = vocab_parallel_cross_entropy(logits, labels.t())
+        if self.entropy:
+            return torch.stack([losses, vocab_parallel_entropy(logits)], -1).transpose(0, 1)
+        return losses.t()
 
 
 class ScoreHead(nn.Module):

@@ -58,3 +58,21 @@ def vocab_parallel_cross_entropy(logits: torch.Tensor, target: torch.Tensor, ign
     loss, mean_logit = _VocabParallelCrossEntropy.apply(logits, target, state.get().tp_group, ignore_index,
                                                         label_smoothing, z_loss)
     return (loss, mean_logit) if mean_logits else loss
+
+
+@torch.no_grad()
+def vocab_parallel_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of the softmax over the whole vocabulary (fp32, no gradient) from this rank's slice
+    of the logits [..., vocab / tp]: H = lse - sum(p * logit), from per-rank sums rescaled to the
+    global maximum, like the cross entropy's statistics."""
+    group = state.get().tp_group
+    logits = logits.float()
+    row_max = logits.amax(-1)
+    if group is not None:
+        dist.all_reduce(row_max, op=dist.ReduceOp.MAX, group=group)
+    e = torch.exp(logits - row_max[..., None])
+    sums = torch.stack([e.sum(-1), (e * logits).sum(-1)])
+    if group is not None:
+        dist.all_reduce(sums, group=group)
+    sum_exp, weighted = sums
+    return row_max + torch.log(sum_exp) - weighted / sum_exp

@@ -58,7 +58,7 @@ class GradBuffer:
     def __init__(self, params: List[torch.nn.Parameter], dp_group=None, bucket_size: int = 40_000_000,
                  overlap: bool = True, distributed: bool = False, overlap_param_gather: bool = False,
                  sync_model_parallel: Optional[Callable[[List[torch.nn.Parameter]], None]] = None,
-                 bucket_ends: Sequence[torch.nn.Parameter] = ()):
+                 bucket_ends: Sequence[torch.nn.Parameter] = (), reduce_dtype: torch.dtype = torch.float32):
         self.params = [p for p in params if p.requires_grad]
         self.dp_group = dp_group
         self.dp_size = dist.get_world_size(dp_group) if dp_group is not None else 1
@@ -68,6 +68,7 @@ class GradBuffer:
         self.overlap_param_gather = overlap_param_gather and self.distributed
         self.in_place = self.distributed and _has_in_place_collectives(dp_group)
         self.sync_model_parallel = sync_model_parallel or (lambda params: None)
+        self.reduce_dtype = reduce_dtype  # bf16: Megatron's --grad-reduce-in-bf16
         order = list(reversed(self.params))
         closing = {id(p) for p in bucket_ends}
         ends = {i for i, p in enumerate(order) if id(p) in closing}
@@ -126,9 +127,12 @@ class GradBuffer:
 
     def _reduce(self, b: _Bucket):
         grads = self.buffer[b.start : b.end]
-        if self.in_place and not b.reduce_whole:  # this rank's part of the bucket receives everyone's sum
-            return dist.reduce_scatter_tensor(self.buffer[b.owned[0] : b.owned[1]], grads, group=self.dp_group,
-                                              async_op=True)
+        scatter = self.in_place and not b.reduce_whole  # this rank's part of the bucket receives everyone's sum
+        out = self.buffer[b.owned[0] : b.owned[1]] if scatter else grads
+        if self.reduce_dtype != grads.dtype:
+            return _CastBack(out, grads.to(self.reduce_dtype), scatter, self.dp_group)
+        if scatter:
+            return dist.reduce_scatter_tensor(out, grads, group=self.dp_group, async_op=True)
         return dist.all_reduce(grads, group=self.dp_group, async_op=True)
 
     def finish_sync(self) -> None:
@@ -212,6 +216,24 @@ class GradBuffer:
         for module, params in unit_params(roots, units):
             buckets = tuple({self._bucket_of[p] for p in params})
             module.register_forward_pre_hook(lambda m, args, bs=buckets: self.wait_params(bs))
+
+
+class _CastBack:
+    """A reduction in a lower precision (``low``, a copy of the gradients) whose result is copied
+    back into the fp32 gradients ``out`` when waited for."""
+
+    def __init__(self, out: torch.Tensor, low: torch.Tensor, scatter: bool, group):
+        self.out, self.low = out, low
+        if scatter:
+            self.result = torch.empty(out.numel(), dtype=low.dtype, device=low.device)
+            self.handle = dist.reduce_scatter_tensor(self.result, low, group=group, async_op=True)
+        else:
+            self.result = low
+            self.handle = dist.all_reduce(low, group=group, async_op=True)
+
+    def wait(self) -> None:
+        self.handle.wait()
+        self.out.copy_(self.result)
 
 
 def unit_params(roots: Sequence[torch.nn.Module], units: Sequence[torch.nn.Module]

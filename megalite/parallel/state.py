@@ -139,3 +139,15 @@ def destroy() -> None:
     global _state
     _state = ParallelState()
     _subgroups.clear()
+
+
+@contextlib.contextmanager
+def sequence_parallel_off():
+    """Run the model without sequence parallelism (decoding steps of one token cannot be split
+    along the sequence); the weights and their sharding are the same either way."""
+    was = _state.sequence_parallel
+    _state.sequence_parallel = False
+    try:
+        yield
+    finally:
+        _state.sequence_parallel = was

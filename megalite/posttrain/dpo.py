@@ -161,12 +161,13 @@ class DPOObjective:
         return dict(self.sums)
 
 
-def reference_pass(model, activation_shape, dtype, key: str = "ref_logps"):
+def reference_pass(model, activation_shape, dtype, key: str = "ref_logps", score=completion_logps):
     """A ``reference`` for DPOObjective: a forward-only pass of ``model`` over the step's micro-batches
-    storing each row's summed completion log-prob in ``mb[key]`` (on the last pipeline stage,
-    where the loss is computed). KTO also runs the policy this way over its KL rows."""
+    storing ``score`` of each row (its summed completion log-prob) in ``mb[key]`` (on the last pipeline
+    stage, where the loss is computed). KTO also runs the policy this way over its KL rows; online RL
+    stores per-token log-probs."""
     def store(losses, mb):
-        mb[key] = completion_logps(losses, mb).detach()
+        mb[key] = score(losses, mb).detach()
         return losses.new_zeros(())
 
     def run(batch):
@@ -199,8 +200,8 @@ class DPOStage(PreferenceStage):
 def needs_reference(cfg: Config) -> None:
     """A run with a reference model scores it with the starting weights unless --ref-load names
     others (with LoRA: the policy with its adapters disabled)."""
-    if not reference_free(cfg.dpo) and not cfg.dpo.ref_load and cfg.lora.lora_rank == 0:
-        cfg.dpo.ref_load = cfg.checkpoint.load
+    if not reference_free(cfg.dpo) and not cfg.reference.ref_load and cfg.lora.lora_rank == 0:
+        cfg.reference.ref_load = cfg.checkpoint.load
 
 
 class _NoOptimizer:
@@ -228,7 +229,7 @@ def build_reference(cfg, ctx):
     """DPO's reference: none for SimPO; else the live pass of ``live_reference``, or its
     precomputed scores."""
     if reference_free(cfg.dpo):
-        if cfg.dpo.ref_load or cfg.dpo.precompute_ref_log_probs:
+        if cfg.reference.ref_load or cfg.dpo.precompute_ref_log_probs:
             raise MegaliteError("--dpo-loss-type simpo uses no reference model: drop --ref-load and "
                                 "--precompute-ref-log-probs")
         return None
@@ -236,31 +237,31 @@ def build_reference(cfg, ctx):
     return precomputed(cfg, ctx, run, weights) if cfg.dpo.precompute_ref_log_probs else run
 
 
-def live_reference(cfg, ctx):
+def live_reference(cfg, ctx, score=completion_logps):
     """(the reference pass of a run, the model holding its frozen weights): with LoRA (and no
     --ref-load) the policy itself with its adapters disabled; otherwise a frozen copy built and
     sharded like the policy, loaded from --ref-load (``prepare`` sets it to the run's starting
     weights when not given)."""
     shape, dtype = ctx.activation_shape, ctx.dtype
-    if cfg.lora.lora_rank > 0 and not cfg.dpo.ref_load:
-        run = reference_pass(ctx.model, shape, dtype)
+    if cfg.lora.lora_rank > 0 and not cfg.reference.ref_load:
+        run = reference_pass(ctx.model, shape, dtype, score=score)
 
         def base(batch):
             with adapters_disabled(ctx.model):
                 run(batch)
 
         return base, ctx.model
-    if not cfg.dpo.ref_load:
-        raise MegaliteError(f"{cfg.dpo.pref_method.upper()} needs a reference model: give --load (its weights are the "
-                            "reference) or --ref-load")
+    if not cfg.reference.ref_load:
+        raise MegaliteError("this run needs a reference model: give --load (its weights are the reference) or "
+                            "--ref-load")
     model = build_stage_model(cfg, None)
     initialize(model, cfg.training.seed)
     model.to(device=ctx.device, dtype=dtype)
-    ckpt = dataclasses.replace(cfg.checkpoint, load=cfg.dpo.ref_load, finetune=True, no_load_optim=True)
+    ckpt = dataclasses.replace(cfg.checkpoint, load=cfg.reference.ref_load, finetune=True, no_load_optim=True)
     load_checkpoint(dataclasses.replace(cfg, checkpoint=ckpt), model, _NoOptimizer())
     for p in model.parameters():
         p.requires_grad_(False)
-    return reference_pass(model, shape, dtype), model
+    return reference_pass(model, shape, dtype, score=score), model
 
 
 def score_once(reference, batch, index_key: str, rows: int, size: int, device) -> torch.Tensor:

@@ -138,8 +138,8 @@ class KTOStage(PreferenceStage):
         return 1
 
     def prepare_reference(self, cfg: Config) -> None:
-        if not cfg.dpo.ref_load and cfg.lora.lora_rank == 0:  # LoRA: the adapters disabled
-            cfg.dpo.ref_load = cfg.checkpoint.load
+        if not cfg.reference.ref_load and cfg.lora.lora_rank == 0:  # LoRA: the adapters disabled
+            cfg.reference.ref_load = cfg.checkpoint.load
 
     def collate(self, cfg: Config):
         pad_to, multiple = self.padding(cfg)

@@ -97,7 +97,7 @@ class RewardStage(PreferenceStage):
         return functools.partial(collate_reward_pairs, pad_to=pad_to, multiple_of=multiple)
 
     def objective(self, cfg: Config, context):
-        if cfg.dpo.ref_load or cfg.dpo.precompute_ref_log_probs:
+        if cfg.reference.ref_load or cfg.dpo.precompute_ref_log_probs:
             raise MegaliteError("--ref-load / --precompute-ref-log-probs: a reward model (--pref-method rm) has no "
                                 "reference model")
         return RewardObjective(cfg.reward)

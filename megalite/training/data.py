@@ -36,7 +36,7 @@ def gpt_datasets(cfg: Config, tokenizer: Optional[Tokenizer], train_samples: int
     ds_cfg = GPTDatasetConfig(
         seq_length=d.seq_length, seed=t.seed, split=d.split, data_cache_path=d.data_cache_path,
         eod_id=tokenizer.eod if tokenizer else None, pad_id=(tokenizer.pad or 0) if tokenizer else 0,
-        eod_mask_loss=d.eod_mask_loss,
+        eod_mask_loss=d.eod_mask_loss, mmap_bin_files=d.mmap_bin_files,
         vocab_size=tokenizer.vocab_size if tokenizer else cfg.model.padded_vocab_size,  # what the ids may reach
     )
     if d.mock_data:

@@ -4,9 +4,10 @@ it is normalised by. A stage builds its objective (training.stage); this is pret
 An objective names the batch keys whose global sums it needs (``count_keys``); the trainer
 all-reduces them over data-parallel ranks before the step and hands them to ``begin_step``,
 so every micro-batch's loss is already its share of the global-batch mean and the step does
-not depend on micro-batch or data-parallel sizes. ``prepare`` runs before the step (the DPO
-reference pass); ``metrics`` are this rank's shares of extra per-step metrics, summed over ranks
-(or reduced with the ``torch.distributed.ReduceOp`` an objective names in ``metric_ops``).
+not depend on micro-batch or data-parallel sizes. ``prepare`` runs first and may rewrite the
+micro-batches (the DPO reference pass adds to them; online RL generates the rows they hold);
+``metrics`` are this rank's shares of extra per-step metrics, summed over ranks (or reduced with
+the ``torch.distributed.ReduceOp`` an objective names in ``metric_ops``).
 """
 
 from typing import Dict

@@ -15,7 +15,7 @@ one data-parallel size or sharding loads into any other.
 
 import math
 from dataclasses import dataclass
-from typing import Dict, Iterable, List
+from typing import Dict, Iterable, List, Optional
 
 import torch
 
@@ -85,9 +85,17 @@ class _Piece:
     decay: bool
 
 
+def is_decoupled(name: str) -> bool:
+    """The input embedding (not the position embedding) and the output layer: what Megatron's
+    --decoupled-lr applies to."""
+    return name.split(".")[-2:] in (["embedding", "weight"], ["output_layer", "weight"])
+
+
 class Optimizer:
     def __init__(self, named_params, grad_buffer, weight_decay: float, betas=(0.9, 0.999), eps: float = 1e-8,
-                 clip_grad: float = 0.0, scaler=None, model_parallel_group=None):
+                 clip_grad: float = 0.0, scaler=None, model_parallel_group=None, decoupled: bool = False):
+        """``decoupled``: the input embedding and output layer get their own param groups, whose
+        lr ``set_lr`` sets apart (Megatron's --decoupled-lr)."""
         named = [(n, p) for n, p in named_params if p.requires_grad]
         self.buffer = grad_buffer
         self.device = named[0][1].device if named else None
@@ -103,8 +111,11 @@ class Optimizer:
             self.pieces.append(_Piece(name, lo, hi, p, model, grad_buffer.grad_view(p, lo, hi), master, p.ndim >= 2))
         self.norm_grads = grad_buffer.owned_grads(counted_ranges([p for _, p in named]))
         self.norm_groups = [model_parallel_group] + ([grad_buffer.dp_group] if grad_buffer.distributed else [])
-        groups = [{"params": [x.master for x in self.pieces if x.decay == d], "weight_decay": wd}
-                  for d, wd in ((True, weight_decay), (False, 0.0))]
+        kinds = [(own, d, wd) for own in ((False, True) if decoupled else (False,))
+                 for d, wd in ((True, weight_decay), (False, 0.0))]
+        groups = [{"params": [x.master for x in self.pieces
+                              if x.decay == d and (decoupled and is_decoupled(x.name)) == own],
+                   "weight_decay": wd, "decoupled": own} for own, d, wd in kinds]
         # a rank whose share holds only bucket padding still keeps a (no-op) param group for its lr
         groups = [g for g in groups if g["params"]] or [{"params": [torch.zeros(0)], "weight_decay": 0.0}]
         self.adam = _make_adamw(groups, lr=0.0, betas=betas, eps=eps)
@@ -114,9 +125,9 @@ class Optimizer:
     def loss_scale(self) -> float:
         return self.scaler.scale
 
-    def set_lr(self, lr: float) -> None:
+    def set_lr(self, lr: float, decoupled_lr: Optional[float] = None) -> None:
         for g in self.adam.param_groups:
-            g["lr"] = lr
+            g["lr"] = decoupled_lr if g.get("decoupled") and decoupled_lr is not None else lr
 
     @torch.no_grad()
     def step(self):

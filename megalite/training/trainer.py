@@ -26,7 +26,7 @@ import torch.distributed as dist
 from megalite import kernels
 from megalite.checkpoint.layout import find_checkpoint, saved_settings
 from megalite.checkpoint.save import refuse_later_checkpoints, save_checkpoint
-from megalite.config import Config, data_parallel_size, inherit_model_settings, validate
+from megalite.config import Config, data_parallel_size, inherit_model_settings, step_batch_sizes, validate
 from megalite.errors import MegaliteError
 from megalite.model.flops import peak_tflops, train_flops
 from megalite.model.gpt import build_stage_model
@@ -41,7 +41,7 @@ from megalite.parallel.zero import FullyShardedBuffer
 from megalite.training.data import build_loader, build_tokenizer_from, microbatches, padded_vocab_size
 from megalite.training.metrics_log import MetricsLog
 from megalite.training.optimizer import ConstantLossScaler, DynamicLossScaler, Optimizer
-from megalite.training.schedules import BatchSchedule, LRSchedule
+from megalite.training.schedules import BatchSchedule, lr_schedule
 from megalite.training.stage import Stage, StepContext
 from megalite.training.watchdog import StepWatchdog
 from megalite.utils.lock import FolderLock
@@ -94,7 +94,8 @@ class Trainer:
         else:
             self.grads = GradBuffer(list(self.model.parameters()), s.dp_group, p.ddp_bucket_size,
                                     p.overlap_grad_reduce, p.use_distributed_optimizer, p.overlap_param_gather,
-                                    _sync_model_parallel)
+                                    _sync_model_parallel,
+                                    reduce_dtype=torch.bfloat16 if p.grad_reduce_in_bf16 else torch.float32)
             self.grads.attach_param_waits(chunks, layers)
         if t.fp16:
             scaler = (ConstantLossScaler(t.loss_scale) if t.loss_scale else
@@ -103,13 +104,13 @@ class Trainer:
             scaler = ConstantLossScaler(1.0)
         self.optimizer = Optimizer(list(self.model.named_parameters()), self.grads, t.weight_decay,
                                    (t.adam_beta1, t.adam_beta2), t.adam_eps, t.clip_grad, scaler,
-                                   s.model_parallel_group)
+                                   s.model_parallel_group, decoupled=t.decoupled_lr is not None)
 
-        self.batches = BatchSchedule(t.global_batch_size, t.micro_batch_size, s.dp_size, t.rampup_batch_size)
+        self.batches = BatchSchedule(t.global_batch_size, t.micro_batch_size, s.dp_size, t.rampup_batch_size,
+                                     step_batch_sizes(cfg) if t.step_batch_size_schedule else None)
         self.train_iters = (t.train_iters if t.train_iters is not None
                             else self.batches.iterations_for(t.train_samples or 0))
-        self.lr = LRSchedule(t.lr, t.min_lr, t.lr_warmup_iters, t.lr_decay_iters or self.train_iters,
-                             t.lr_decay_style, t.lr_wsd_decay_iters, t.lr_wsd_decay_style)
+        self.lr = lr_schedule(t, self.train_iters)
         self.iteration = self.consumed_samples = self.consumed_tokens = 0
         if cfg.checkpoint.load:
             with self.grads.full_params(write_back=True):
@@ -136,10 +137,10 @@ class Trainer:
     def train_step(self, batch: List[Dict[str, torch.Tensor]]) -> Dict:
         s = state.get()
         self.grads.zero()
+        started = time.perf_counter()
+        self.objective.prepare(batch)  # may rewrite the micro-batches (online RL generates into them)
         counts = self._global_counts(batch)
         tokens = all_reduce_scalar(float(sum(mb["loss_mask"].sum().item() for mb in batch)), s.dp_group)
-        started = time.perf_counter()
-        self.objective.prepare(batch)
         self.objective.begin_step(counts)
         self.model.train()
         loss_sum = forward_backward(
@@ -154,7 +155,7 @@ class Trainer:
         extra = self._objective_metrics()
         stepped, grad_norm = False, float("nan")
         if math.isfinite(lm_loss) or self.cfg.training.fp16:  # fp16: the loss scaler skips and rescales
-            self.optimizer.set_lr(self.lr(self.iteration + 1))
+            self.optimizer.set_lr(*self._lrs())
             stepped, grad_norm = self.optimizer.step()  # no update when the gradient is not finite
         bad = not self.cfg.training.fp16 and not (math.isfinite(lm_loss) and stepped)
         if bad and self.cfg.training.nan_policy == "stop":
@@ -164,6 +165,13 @@ class Trainer:
                 f"untouched). Lower --lr, enable --clip-grad, or see --nan-policy")
         return {"lm_loss": lm_loss, "grad_norm": grad_norm, "skipped": not stepped, "tokens": tokens,
                 "non_finite": bad, "extra": extra}
+
+    def _lrs(self) -> Tuple[float, Optional[float]]:
+        """The step's learning rate, and --decoupled-lr's (embedding and output layer) when given."""
+        t, done = self.cfg.training, self.consumed_samples
+        gbs = self.batches.global_batch_size(done)
+        decoupled = None if t.decoupled_lr is None else self.lr(done, gbs, t.decoupled_lr, t.decoupled_min_lr)
+        return self.lr(done, gbs), decoupled
 
     def _global_counts(self, batch: List[Dict[str, torch.Tensor]]) -> Dict[str, float]:
         """What the objective normalises by (loss tokens, DPO pairs), summed over the global batch."""
@@ -191,8 +199,8 @@ class Trainer:
         try:
             for _ in range(t.eval_iters):
                 batch = microbatches(loader, n_micro, self.device)
-                counts = self._global_counts(batch)
                 self.objective.prepare(batch)
+                counts = self._global_counts(batch)
                 self.objective.begin_step(counts)
                 total += counts[weight_key] * forward_backward(self.model, batch, self.objective,
                                                                self.activation_shape, self.dtype, forward_only=True)
