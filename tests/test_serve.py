@@ -405,3 +405,112 @@ def test_without_a_chat_template_chat_says_so_and_completions_work(server, tmp_p
     assert http.post("/v1/completions", json={"prompt": PROMPT, "max_tokens": 3}).json()["usage"]["completion_tokens"]
     proc = run_tool("tools/serve.py", "--load", str(tmp_path / "nothing"), check=False)
     assert proc.returncode == 1 and proc.stderr.strip().startswith("error: --load") and "Traceback" not in proc.stderr
+
+
+
+def test_ragged_and_chunked_prefill_decode_like_alone(server):
+    """Prompts of different lengths prefilled in one step (rows padded to the longest, the padding
+    never stored), two of them in two chunks, then decoded together: each row's logits are its
+    solo ones; and an engine that prefills in small chunks answers as generate does."""
+    from megalite.model.decoding import new_cache
+    from megalite.model.kv_cache import SlotKVCache
+    from megalite.serve.engine import forward_slots
+
+    model, tok = server.served.engine.model, server.served.tokenizer
+    prompts = [[5, 17, 300, 42, 7, 9], [88, 12], [400, 9, 31, 2, 6]]
+    cache = new_cache(model, 4, 16, torch.device("cpu"), kind=SlotKVCache)
+    with torch.no_grad():
+        first = forward_slots(model, cache, [0, 1, 3], torch.tensor([[5, 17, 300], [88, 12, 0], [400, 9, 31]]),
+                              [3, 2, 3])
+        rest = forward_slots(model, cache, [0, 3], torch.tensor([[42, 7, 9], [2, 6, 0]]), [3, 2])
+        step = forward_slots(model, cache, [0, 1, 3], torch.tensor([[7], [8], [9]]), 1)
+        torch.testing.assert_close(first[1], model(torch.tensor([prompts[1]]))[0, -1], rtol=1e-4, atol=1e-4)
+        for row, p in enumerate((prompts[0], prompts[2])):
+            torch.testing.assert_close(rest[row], model(torch.tensor([p]))[0, -1], rtol=1e-4, atol=1e-4)
+        for row, (p, nxt) in enumerate(zip(prompts, (7, 8, 9))):
+            torch.testing.assert_close(step[row], model(torch.tensor([p + [nxt]]))[0, -1], rtol=1e-4, atol=1e-4)
+    assert cache.lengths.tolist() == [7, 3, 0, 6]
+    small = eng.Engine(model, tok.decode, 4, LEN, max_prefill_tokens=6).start()
+    texts = [f"Case {k}: the value of the function is" for k in range(3)]
+    done = threading.Semaphore(0)
+
+    def emit(event):
+        if isinstance(event, eng.Finished):
+            done.release()
+
+    requests = [eng.Request(tok.encode(t), 6, emit, Sampling(stop_ids=[tok.eod])) for t in texts]
+    small.submit(requests)
+    for _ in requests:
+        assert done.acquire(timeout=30)
+    small.stop()
+    for r, t in zip(requests, texts):
+        assert r.tokens == [i for i in generate(model, [tok.encode(t)], 6, Sampling(stop_ids=[tok.eod]))[0]
+                            if i != tok.eod]
+    assert max(len(tok.encode(t)) for t in texts) > 6  # the prompts needed several chunks
+
+
+@pytest.mark.dist
+def test_tensor_parallel_server_answers_as_one_process(client, checkpoint):
+    """tools/serve.py on 2 tensor-parallel ranks, started as torchrun starts them, the TP=1
+    checkpoint cut again for them: concurrent greedy requests (more than its 4 slots; completions,
+    streamed, chat) get the one-process server's answers, and Ctrl-C (SIGINT to the process group,
+    as a terminal sends it) stops both ranks cleanly."""
+    import os
+    import signal
+    import subprocess
+
+    from tests.conftest import REPO
+    from tests.dist_utils import free_port
+
+    port, master = free_port(), free_port()
+    procs = []
+    for rank in (0, 1):
+        env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(master), RANK=str(rank),
+                   LOCAL_RANK=str(rank), WORLD_SIZE="2", OMP_NUM_THREADS="1")
+        procs.append(subprocess.Popen(
+            [sys.executable, "tools/serve.py", "--load", checkpoint, "--tensor-model-parallel-size", "2", "--port",
+             str(port), "--max-batch-size", "4", "--max-model-len", str(LEN), "--chat-template", "chatml"],
+            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            process_group=0 if rank == 0 else procs[0].pid))
+    try:
+        tp = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0)
+        deadline = time.time() + 90
+        while True:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
+                break
+            except httpx.TransportError:
+                assert all(p.poll() is None for p in procs), procs[0].stderr.read() + procs[1].stderr.read()
+                assert time.time() < deadline, "the tensor-parallel server did not start"
+                time.sleep(0.2)
+        asks = [dict(prompt=f"Case {k}: the value of" + " the function" * (k % 3), max_tokens=4 + 2 * k)
+                for k in range(5)]
+        asks.append(dict(prompt=PROMPT, max_tokens=12, stream=True))
+        chat = dict(messages=[{"role": "user", "content": "Hello there"}], max_tokens=8)
+        answers = {}
+
+        def ask(name, c, k):
+            if k == "chat":
+                reply = c.chat.completions.create(model="ck", temperature=0, **chat)
+                answers[name, k] = reply.choices[0].message.content
+            elif asks[k].get("stream"):
+                chunks = c.completions.create(model="ck", temperature=0, **asks[k])
+                answers[name, k] = "".join(x.choices[0].text for x in chunks)
+            else:
+                answers[name, k] = c.completions.create(model="ck", temperature=0, **asks[k]).choices[0].text
+
+        threads = [threading.Thread(target=ask, args=(name, c, k)) for name, c in (("tp", tp), ("one", client))
+                   for k in [*range(len(asks)), "chat"]]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        for k in [*range(len(asks)), "chat"]:
+            assert answers["tp", k] == answers["one", k] and answers["one", k], k
+        tp.close()
+    finally:
+        os.killpg(procs[0].pid, signal.SIGINT)
+        outs = [p.communicate(timeout=60) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert not any("Traceback" in err for _, err in outs), outs
+    assert "tensor-parallel over 2 ranks" in outs[0][0]

@@ -9,10 +9,17 @@ Open http://127.0.0.1:8000/ for the chat page. Every open request shares one dec
 (continuous batching): --max-batch-size requests decode together, each in its own KV-cache
 slot of --max-model-len tokens (prompt and reply); up to --max-queue more wait for a slot, and
 beyond that requests get HTTP 429 with Retry-After. See docs/serving.md.
+
+A model too large for one device is split over N tensor-parallel ranks (a checkpoint saved in
+any layout is re-cut for them); rank 0 speaks HTTP and schedules, every rank decodes:
+
+    torchrun --nproc-per-node 2 tools/serve.py --load ckpt/ --tensor-model-parallel-size 2
 """
 
 import argparse
 import os
+
+import torch.distributed as dist
 
 from megalite.errors import MegaliteError
 from megalite.serve.app import build_app
@@ -33,23 +40,38 @@ def main(argv=None):
     p.add_argument("--served-model-name", help="the model id clients name (default: the folder's name)")
     p.add_argument("--chat-template", help="a built-in name or a Jinja template file (default: the one the "
                                            "checkpoint was fine-tuned with, else the tokenizer's)")
+    p.add_argument("--max-prefill-tokens", type=int, default=512,
+                   help="prompt tokens prefilled per step (rows x the longest chunk; longer prompts go in chunks)")
+    p.add_argument("--tensor-model-parallel-size", type=int, default=1,
+                   help="split the model over this many ranks (torchrun --nproc-per-node N); rank 0 speaks HTTP")
     a = p.parse_args(argv)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise MegaliteError("tools/serve.py runs in one process (tensor-parallel serving is not built yet); "
-                            "start it without torchrun")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world != a.tensor_model_parallel_size:
+        raise MegaliteError(f"--tensor-model-parallel-size {a.tensor_model_parallel_size} needs as many ranks: "
+                            f"torchrun --nproc-per-node {a.tensor_model_parallel_size} tools/serve.py ... "
+                            f"(this is {world})")
+    if a.max_prefill_tokens < 1:
+        raise MegaliteError("--max-prefill-tokens must be at least 1")
     try:
         import uvicorn
     except ImportError:
         raise MegaliteError("tools/serve.py needs FastAPI and uvicorn: pip install -e '.[serve]'") from None
-    served = load_served(a.load, a.load_adapter, a.max_batch_size, a.max_model_len, a.max_queue,
-                         a.served_model_name, a.chat_template)
-    print(f"serving {served.name} on http://{a.host}:{a.port}/ (batch {a.max_batch_size}, "
-          f"{served.max_model_len} tokens per request)", flush=True)
     try:
-        uvicorn.run(build_app(served), host=a.host, port=a.port, log_level="warning")
+        served = load_served(a.load, a.load_adapter, a.max_batch_size, a.max_model_len, a.max_queue,
+                             a.served_model_name, a.chat_template, tensor_parallel=a.tensor_model_parallel_size,
+                             max_prefill_tokens=a.max_prefill_tokens)
+        if served is None:  # a tensor-parallel rank other than 0: rank 0 has stopped
+            return 0
+        tp = f", tensor-parallel over {world} ranks" if world > 1 else ""
+        print(f"serving {served.name} on http://{a.host}:{a.port}/ (batch {a.max_batch_size}, "
+              f"{served.max_model_len} tokens per request{tp})", flush=True)
+        try:
+            uvicorn.run(build_app(served), host=a.host, port=a.port, log_level="warning")
+        finally:
+            served.engine.stop()  # under tensor parallelism this also stops the other ranks
     finally:
-        served.engine.stop()
-
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 if __name__ == "__main__":
     run_tool(main)

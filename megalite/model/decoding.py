@@ -59,27 +59,30 @@ def token_positions(valid: torch.Tensor) -> torch.Tensor:
 
 
 def decode_step(model, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache, mask: torch.Tensor,
-                every_position: bool = False) -> Optional[torch.Tensor]:
+                every_position: bool = False, last: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
     """Run ``tokens`` [batch, new] at ``positions`` [batch, new] under ``mask`` (attention_mask)
     against what ``cache`` holds, and add them to it. Returns this rank's share: on the last
     pipeline stage the full-vocabulary logits of the last position [batch, vocab] (with
-    ``every_position``, of all of them: [batch, new, vocab]), None on the other stages."""
+    ``last`` [batch], of each row's position ``last``; with ``every_position``, of all of them:
+    [batch, new, vocab]), None on the other stages."""
     s = state.get()
     cache.mask = mask
+    if not every_position and last is None:
+        last = torch.full((tokens.shape[0],), tokens.shape[1] - 1, device=tokens.device)
     x = None
     for chunk in model_chunks(model):
         if not chunk.pre_process:
             x = torch.empty(tokens.shape[1], tokens.shape[0], chunk.cfg.hidden_size, dtype=_dtype(model),
                             device=tokens.device)
             dist.recv(x, src=s.pp_ranks[(s.pp_rank - 1) % s.pp_size])
-        x = chunk.decode_step(tokens, positions, cache, hidden=x)
+        x = chunk.decode_step(tokens, positions, cache, hidden=x, at=None if every_position else last)
         if not chunk.post_process:
             dist.send(x.contiguous(), dst=s.pp_ranks[(s.pp_rank + 1) % s.pp_size])
             x = None
     cache.advance(tokens.shape[1])
     if x is None:
         return None
-    return x if every_position else x[:, -1]
+    return x if every_position else x[:, 0]
 
 
 def share_tokens(tokens: Optional[torch.Tensor], batch: int, device: torch.device) -> torch.Tensor:

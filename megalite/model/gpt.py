@@ -130,11 +130,12 @@ class GPTModel(nn.Module):
         return self.head(self.final_norm(x), labels)
 
     def decode_step(self, tokens: torch.Tensor, positions: torch.Tensor, cache,
-                    hidden: Optional[torch.Tensor] = None) -> torch.Tensor:
+                    hidden: Optional[torch.Tensor] = None, at: Optional[torch.Tensor] = None) -> torch.Tensor:
         """One incremental step for ``tokens`` [batch, new] at ``positions`` [batch, new], attending
         to what ``cache`` holds (its mask set by the caller) and adding to it: full-vocabulary
-        logits [batch, new, vocab] on the last stage, else this stage's hidden states. The
-        caller advances the cache once every stage has run."""
+        logits [batch, new, vocab] on the last stage (with ``at`` [batch], only those of each
+        row's position ``at``: [batch, 1, vocab], so a prefill skips the output layer elsewhere),
+        else this stage's hidden states. The caller advances the cache once every stage has run."""
         x = self.embed(tokens, positions) if self.pre_process else hidden
         rope = self.rotary(positions.t(), x.dtype) if self.rotary is not None else None
         for name, layer in self.layers.items():
@@ -142,6 +143,8 @@ class GPTModel(nn.Module):
             x = layer(x, rope, cache)
         if not self.post_process:
             return x
+        if at is not None:
+            x = x[at, torch.arange(x.shape[1], device=x.device)][None]
         return gather_from_tp(self.logits(x)).transpose(0, 1)
 
 
