@@ -133,8 +133,8 @@ def test_lora_policy_with_held_out_rewards(tmp_path, models):
 
 def test_bad_input(tmp_path, models, capsys):
     long = tmp_path / "long.jsonl"
-    long.write_text(json.dumps({"prompt": " ".join(WORDS * 2)}) + "\n"
-                    + "".join(json.dumps({"prompt": w}) + "\n" for w in WORDS[:8]))
+    long.write_text(json.dumps({"prompt": " ".join(WORDS * 2), "bonus": 0}) + "\n"
+                    + "".join(json.dumps({"prompt": w, "bonus": 1}) + "\n" for w in WORDS[:8]))
     train(models, tmp_path, "long", prompt_data=str(long), train_iters=1)
     assert "1 prompts longer than 10 tokens" in capsys.readouterr().out
     with pytest.raises(MegaliteError, match="broken"):
