@@ -89,10 +89,11 @@ def share_tokens(tokens: Optional[torch.Tensor], batch: int, device: torch.devic
     """The [batch] token ids chosen on the last stage's first tensor-parallel rank, on every rank
     (the other ranks pass None or their own copy), so all of them feed the same next step."""
     s = state.get()
-    if s.world_size == 1:
+    group = s.model_parallel_group  # one model replica: its data-parallel peers decode other rows
+    if group is None or dist.get_world_size(group) == 1:
         return tokens
     mine = tokens if tokens is not None and s.tp_rank == 0 else torch.zeros(batch, dtype=torch.long, device=device)
-    dist.all_reduce(mine)  # exactly one rank contributes
+    dist.all_reduce(mine, group=group)  # exactly one rank of the replica contributes
     return mine
 
 
