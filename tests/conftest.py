@@ -43,6 +43,30 @@ def run_tool(*args, check=True):
     return proc
 
 
+def run_main(script, *args, check=True):
+    """Run a repo script's main() in this process as its command line does (run_tool: the
+    ``error:`` line and exit status), without the seconds a new Python spends importing torch
+    and transformers; returns a CompletedProcess. Keep a real run_tool() launch of each script
+    too: only that sees what a fresh interpreter prints."""
+    import contextlib
+    import importlib
+    import io
+
+    from megalite.utils.cli import run_tool as top
+
+    main = importlib.import_module(script[: -len(".py")].replace("/", ".")).main
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            top(main, list(args))
+        except SystemExit as e:
+            code = e.code
+    proc = subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+    if check and code != 0:
+        raise AssertionError(f"{args} failed ({code}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
 @pytest.fixture(scope="session")
 def english_jsonl(tmp_path_factory):
     return write_jsonl(tmp_path_factory.mktemp("corpus") / "english.jsonl",
