@@ -14,6 +14,12 @@ if not torch.cuda.is_available():
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# Torch on one thread in the test process and the scripts it launches: the tests' tiny models
+# gain nothing from a second thread, and on a shared 2-core machine it mostly waits for the
+# other users (20 steps of tiny_model_args: 1 s on one thread, 10 s on two, at load 12).
+torch.set_num_threads(1)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 from tests.tokenizers_zoo import zoo  # noqa: E402, F401 (a fixture: the tokenizers equality tests run with)
 
 
@@ -123,8 +129,7 @@ def read_metrics(path):
 
 @pytest.fixture(scope="module")
 def one_thread():
-    """Torch on one thread for a module: tiny models gain nothing from more, and on a shared
-    2-core machine a second thread mostly waits for the other users (2x slower under load)."""
+    """Torch on one thread for a module, whatever the session's setting (see the top of this file)."""
     import torch
 
     before = torch.get_num_threads()
