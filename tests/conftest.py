@@ -14,6 +14,12 @@ if not torch.cuda.is_available():
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# Torch on one thread in the test process and the scripts it launches: the tests' tiny models
+# gain nothing from a second thread, and on a shared 2-core machine it mostly waits for the
+# other users (20 steps of tiny_model_args: 1 s on one thread, 10 s on two, at load 12).
+torch.set_num_threads(1)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 from tests.tokenizers_zoo import zoo  # noqa: E402, F401 (a fixture: the tokenizers equality tests run with)
 
 
@@ -40,6 +46,30 @@ def run_tool(*args, check=True):
     proc = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True)
     if check and proc.returncode != 0:
         raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def run_main(script, *args, check=True):
+    """Run a repo script's main() in this process as its command line does (run_tool: the
+    ``error:`` line and exit status), without the seconds a new Python spends importing torch
+    and transformers; returns a CompletedProcess. Keep a real run_tool() launch of each script
+    too: only that sees what a fresh interpreter prints."""
+    import contextlib
+    import importlib
+    import io
+
+    from megalite.utils.cli import run_tool as top
+
+    main = importlib.import_module(script[: -len(".py")].replace("/", ".")).main
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            top(main, list(args))
+        except SystemExit as e:
+            code = e.code
+    proc = subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+    if check and code != 0:
+        raise AssertionError(f"{args} failed ({code}):\n{proc.stdout}\n{proc.stderr}")
     return proc
 
 
@@ -99,8 +129,7 @@ def read_metrics(path):
 
 @pytest.fixture(scope="module")
 def one_thread():
-    """Torch on one thread for a module: tiny models gain nothing from more, and on a shared
-    2-core machine a second thread mostly waits for the other users (2x slower under load)."""
+    """Torch on one thread for a module, whatever the session's setting (see the top of this file)."""
     import torch
 
     before = torch.get_num_threads()

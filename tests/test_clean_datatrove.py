@@ -10,6 +10,7 @@ some filter).
     python tests/test_clean_datatrove.py --write-tables   # rewrite english_tokenizer_tables.py from spaCy
 """
 
+import functools
 import json
 import os
 import random
@@ -59,6 +60,21 @@ REASONS = {
 def corpus():
     pytest.importorskip("spacy")
     return realworld_corpus(3000)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def datatrove_splits_each_text_once():
+    """datatrove memoizes its spaCy splits (lru_cache(5) on split_into_parts); with room for
+    the whole corpus each document is tokenized once for all the filters and tests here
+    instead of once per filter: spaCy is most of this module's time."""
+    try:
+        from datatrove.utils import text
+    except ImportError:
+        yield
+        return
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(text, "split_into_parts", functools.lru_cache(maxsize=None)(text.split_into_parts.__wrapped__))
+        yield
 
 
 def _ranges(cls: str):

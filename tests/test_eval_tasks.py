@@ -9,7 +9,7 @@ from megalite.config import parse_config
 from megalite.eval.exams import Question, exam_prompt
 from megalite.hf.convert import export_hf
 from megalite.training.trainer import pretrain
-from tests.conftest import REPO, run_tool, tiny_model_args
+from tests.conftest import REPO, run_main, tiny_model_args
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -48,7 +48,7 @@ def test_mmlu_layout_exam_accuracy_counted_by_hand(trained):
             with open(task_dir / split / f"{subject}_{split}.csv", "w", newline="") as f:
                 csv.writer(f).writerows(rows)
     (task_dir / "mapping.json").write_text(json.dumps({"python_types": {"name": "Python types", "category": "STEM"}}))
-    run_tool("eval_gpt.py", "--load", str(trained / "ck"), "--task", "mmlu_test", "--task-dir", str(task_dir),
+    run_main("eval_gpt.py", "--load", str(trained / "ck"), "--task", "mmlu_test", "--task-dir", str(task_dir),
              "--n-shot", "2", "--output-path", str(trained / "exam_out"))
     result = json.loads((trained / "exam_out" / "mmlu.json").read_text())
 
@@ -120,7 +120,7 @@ def test_predict_with_generate_writes_predictions_and_their_scores(trained):
                              {"role": "assistant", "content": "The null object."}]}]
     sft = trained / "sft.jsonl"
     sft.write_text("".join(json.dumps(r) + "\n" for r in records))
-    run_tool("eval_gpt.py", "--load", str(trained / "ck"), "--predict-with-generate", "--text-file", str(sft),
+    run_main("eval_gpt.py", "--load", str(trained / "ck"), "--predict-with-generate", "--text-file", str(sft),
              "--chat-template", "chatml", "--max-new-tokens", "8", "--output-path", str(trained / "pred"))
     rows = [json.loads(line) for line in open(trained / "pred" / "generated_predictions.jsonl")]
     assert [r["label"] for r in rows] == ["The keyword is def.", "some value.", "The null object."]
@@ -133,7 +133,7 @@ def test_bad_input_gives_one_clear_error(trained, tmp_path):
     from megalite.errors import MegaliteError
     from megalite.eval.cli import main
 
-    proc = run_tool("eval_gpt.py", "--load", str(tmp_path / "nothing"), "--perplexity", "--text-file", "x.txt",
+    proc = run_main("eval_gpt.py", "--load", str(tmp_path / "nothing"), "--perplexity", "--text-file", "x.txt",
                     check=False)
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1
     assert proc.stderr.startswith(f"error: --load {tmp_path / 'nothing'}: no checkpoint found")

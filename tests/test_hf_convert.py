@@ -9,7 +9,7 @@ from megalite.errors import MegaliteError
 from megalite.eval.loading import load_model
 from megalite.hf.convert import export_hf, import_hf
 from megalite.training.trainer import pretrain
-from tests.conftest import run_tool, tiny_model_args
+from tests.conftest import run_main, run_tool, tiny_model_args
 
 transformers = pytest.importorskip("transformers")
 
@@ -30,7 +30,8 @@ def trained_checkpoint(tmp_path, corpus, **kw):
 ], ids=["llama-gqa-tied", "llama-mqa-untied", "qwen2", "gpt2"])
 def test_export_matches_transformers_and_round_trips(tmp_path, tiny_corpus, kw, arch):
     ck = trained_checkpoint(tmp_path, tiny_corpus, **kw)
-    run_tool("tools/convert_checkpoint.py", "--to-hf", "--load", ck, "--save", str(tmp_path / "hf"), "--dtype", "fp32")
+    run = run_tool if not kw else run_main  # the default model converts on the real command line
+    run("tools/convert_checkpoint.py", "--to-hf", "--load", ck, "--save", str(tmp_path / "hf"), "--dtype", "fp32")
     config = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert config["architectures"] == [arch]
     hf = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf"), torch_dtype=torch.float32).eval()
@@ -40,8 +41,7 @@ def test_export_matches_transformers_and_round_trips(tmp_path, tiny_corpus, kw, 
         torch.testing.assert_close(hf(tokens).logits, ours(tokens), rtol=1e-5, atol=1e-5)
     assert json.loads((tmp_path / "hf" / "generation_config.json").read_text())["eos_token_id"] == 2
     # megalite -> HF -> megalite is bitwise
-    run_tool("tools/convert_checkpoint.py", "--from-hf", "--load", str(tmp_path / "hf"),
-             "--save", str(tmp_path / "back"))
+    run("tools/convert_checkpoint.py", "--from-hf", "--load", str(tmp_path / "hf"), "--save", str(tmp_path / "back"))
     original, _ = load_full_state(ck)
     back, _ = load_full_state(str(tmp_path / "back"))
     assert original.keys() == back.keys()
@@ -72,13 +72,13 @@ def test_import_then_export_reproduces_hf_safetensors(tmp_path):
 
 def test_unsupported_and_bad_input(tmp_path, tiny_corpus):
     ck = trained_checkpoint(tmp_path, tiny_corpus, normalization="LayerNorm", swiglu=False)
-    proc = run_tool("tools/convert_checkpoint.py", "--to-hf", "--load", ck, "--save", str(tmp_path / "hf"), check=False)
+    proc = run_main("tools/convert_checkpoint.py", "--to-hf", "--load", ck, "--save", str(tmp_path / "hf"), check=False)
     assert proc.returncode == 1 and "no Llama/Qwen2 equivalent" in proc.stderr and proc.stderr.count("\n") == 1
     ck = trained_checkpoint(tmp_path / "g", tiny_corpus, normalization="LayerNorm",
                             position_embedding_type="learned_absolute", max_position_embeddings=64)
-    proc = run_tool("tools/convert_checkpoint.py", "--to-hf", "--load", ck, "--save", str(tmp_path / "hf"), check=False)
+    proc = run_main("tools/convert_checkpoint.py", "--to-hf", "--load", ck, "--save", str(tmp_path / "hf"), check=False)
     assert proc.returncode == 1 and "no GPT-2 equivalent: a SwiGLU MLP, linear layers without biases" in proc.stderr
-    proc = run_tool("tools/convert_checkpoint.py", "--from-hf", "--load", str(tmp_path / "nothing"),
+    proc = run_main("tools/convert_checkpoint.py", "--from-hf", "--load", str(tmp_path / "nothing"),
                     "--save", str(tmp_path / "x"), check=False)
     assert proc.returncode == 1 and proc.stderr.startswith("error: ") and "config.json" in proc.stderr
     (tmp_path / "gpt").mkdir()

@@ -206,14 +206,14 @@ def test_imported_checkpoint_evaluates_and_generates_without_flags(tmp_path):
     """The folder's tokenizer (copied: the download may go) and a default --seq-length travel with the import."""
     import shutil
 
-    from tests.conftest import run_tool
+    from tests.conftest import run_main, run_tool
     from tests.tokenizers_zoo import bytelevel
 
     config = transformers.LlamaConfig(**{**SMALL, "vocab_size": 384}, max_position_embeddings=131072,
                                       rope_scaling=dict(ROPE_SCALINGS["llama3"], original_max_position_embeddings=8192))
     hf_model(tmp_path, config)
     bytelevel(tmp_path / "orig")
-    run_tool("tools/convert_checkpoint.py", "--from-hf", "--load", str(tmp_path / "orig"), "--save",
+    run_main("tools/convert_checkpoint.py", "--from-hf", "--load", str(tmp_path / "orig"), "--save",
              str(tmp_path / "ck"))
     shutil.rmtree(tmp_path / "orig")
     _, args = load_full_state(str(tmp_path / "ck"))

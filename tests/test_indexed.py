@@ -6,7 +6,7 @@ import pytest
 
 from megalite.data.indexed import IndexedDataset, IndexedDatasetBuilder, best_dtype
 from megalite.errors import MegaliteError
-from tests.conftest import run_tool
+from tests.conftest import run_main, run_tool
 
 # Written by Megatron-LM's own IndexedDatasetBuilder (uint16) for the documents
 # [1, 2, 3], [4, 5], [6]: our writer must produce exactly these bytes.
@@ -97,7 +97,7 @@ def test_merge_tool(tmp_path):
 def test_merge_rejects_mixed_dtypes(tmp_path):
     write(tmp_path / "a", [[1, 2]], np.uint16)
     write(tmp_path / "b", [[1, 2]], np.int32)
-    proc = run_tool("tools/merge_datasets.py", "--prefixes", str(tmp_path / "a"), str(tmp_path / "b"),
+    proc = run_main("tools/merge_datasets.py", "--prefixes", str(tmp_path / "a"), str(tmp_path / "b"),
                     "--output-prefix", str(tmp_path / "out"), check=False)
     assert proc.returncode == 1 and proc.stderr.startswith("error: ") and "b.idx" in proc.stderr
     assert not (tmp_path / "out.bin").exists() and not list(tmp_path.glob("out*tmp*"))

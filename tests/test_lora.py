@@ -15,7 +15,7 @@ from megalite.hf.convert import export_hf
 from megalite.posttrain.lora import lora_scale
 from megalite.posttrain.lora_io import export_peft
 from pretrain_gpt import main as pretrain_gpt
-from tests.conftest import read_metrics, run_tool, tiny_model_args
+from tests.conftest import read_metrics, run_main, tiny_model_args
 from tests.dist_utils import run_distributed
 
 transformers = pytest.importorskip("transformers")
@@ -44,7 +44,7 @@ def lora_run(tmp_path_factory, tiny_corpus, base):
     ck = str(out / "ck")
     pretrain_gpt(lora_args(tiny_corpus, base, ck, train_iters=3))
     peft_dir = str(out / "peft")
-    run_tool("tools/convert_checkpoint.py", "--to-peft", "--load", ck, "--save", peft_dir)
+    run_main("tools/convert_checkpoint.py", "--to-peft", "--load", ck, "--save", peft_dir)
     return ck, peft_dir
 
 
@@ -72,7 +72,7 @@ def test_peft_reads_our_adapter_and_merged_export_matches(tmp_path, base, lora_r
         theirs = with_adapter(TOKENS).logits
     assert (ours - before).abs().max() > 1e-3  # the adapters changed the model
     torch.testing.assert_close(theirs, ours, rtol=1e-5, atol=1e-5)
-    run_tool("tools/convert_checkpoint.py", "--to-hf", "--load", ck, "--save", str(tmp_path / "merged"),
+    run_main("tools/convert_checkpoint.py", "--to-hf", "--load", ck, "--save", str(tmp_path / "merged"),
              "--dtype", "fp32")
     merged = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "merged"), dtype=torch.float32)
     with torch.no_grad():
@@ -96,7 +96,7 @@ def test_load_adapter_round_trip(tmp_path, tiny_corpus, base, lora_run):
 def test_reshard_keeps_the_adapters(tmp_path, lora_run):
     """--reshard of a LoRA checkpoint to TP=2: the same adapters and optimizer state, gathered."""
     ck, _ = lora_run
-    run_tool("tools/convert_checkpoint.py", "--reshard", "--load", ck, "--save", str(tmp_path / "tp2"),
+    run_main("tools/convert_checkpoint.py", "--reshard", "--load", ck, "--save", str(tmp_path / "tp2"),
              "--target-tensor-parallel-size", "2")
     before, after = SavedCheckpoint(ck), SavedCheckpoint(str(tmp_path / "tp2"))
     assert os.path.isfile(tmp_path / "tp2" / "iter_0000003" / "mp_rank_01" / "model_optim_rng.pt")

@@ -34,6 +34,20 @@ def run(tmp_path, corpus, name, world, **kw):
     return read_metrics(metrics)
 
 
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, tiny_corpus):
+    """One-process (train, eval) records, by model settings (run once each)."""
+    runs = {}
+
+    def get(**model):
+        key = tuple(sorted(model.items()))
+        if key not in runs:
+            runs[key] = run(tmp_path_factory.mktemp("ref"), tiny_corpus, "ref", 1, **model)
+        return runs[key]
+
+    return get
+
+
 @pytest.mark.dist
 @pytest.mark.parametrize("world, extra", [
     (2, {"pipeline_model_parallel_size": 2}),  # tied embeddings shared by first and last stage
@@ -43,9 +57,9 @@ def run(tmp_path, corpus, name, world, **kw):
     (2, {"pipeline_model_parallel_size": 2, "recompute_granularity": "full"}),
     (8, {"pipeline_model_parallel_size": 2, "tensor_model_parallel_size": 2, "sequence_parallel": True}),  # 3D, dp=2
 ], ids=["pp2-tied", "pp4-untied", "pp2xtp2-sp", "pp2-uneven", "pp2-recompute", "3d-tp2-pp2-dp2"])
-def test_pipeline_matches_one_process(tmp_path, tiny_corpus, world, extra):
+def test_pipeline_matches_one_process(tmp_path, tiny_corpus, reference, world, extra):
     model_kw = {k: v for k, v in extra.items() if k == "untie_embeddings_and_output_weights"}
-    ref, ref_evals = run(tmp_path, tiny_corpus, "ref", 1, **model_kw)
+    ref, ref_evals = reference(**model_kw)
     rows, evals = run(tmp_path, tiny_corpus, "pp", world, **extra)
     assert len(rows) == len(ref) == 20
     for a, b in zip(ref, rows):
@@ -121,8 +135,8 @@ def test_pipeline_checkpoint_resumes_and_exports(tmp_path, tiny_corpus):
          "sequence_parallel": True}),
     (4, {"pipeline_model_parallel_size": 4, "num_layers_per_virtual_pipeline_stage": 1, "num_layers": 8}),
 ], ids=["pp2-v2", "pp2-v2-tp2-sp", "pp4-v2"])
-def test_interleaved_pipeline_matches_one_process(tmp_path, tiny_corpus, world, extra):
-    ref, _ = run(tmp_path, tiny_corpus, "ref", 1, num_layers=extra.get("num_layers", 4))
+def test_interleaved_pipeline_matches_one_process(tmp_path, tiny_corpus, reference, world, extra):
+    ref, _ = reference(**{k: v for k, v in extra.items() if k == "num_layers"})
     rows, _ = run(tmp_path, tiny_corpus, "vpp", world, save=str(tmp_path / "ck"), **extra)
     for a, b in zip(ref, rows):
         assert b["lm_loss"] == pytest.approx(a["lm_loss"], rel=1e-5), a["iteration"]

@@ -7,7 +7,7 @@ import pytest
 from megalite.data.indexed import IndexedDataset
 from megalite.data.preprocess import PreprocessConfig, TokenizerSpec, preprocess
 from megalite.data.tokenizer import build_tokenizer
-from tests.conftest import english_documents, run_tool, write_jsonl
+from tests.conftest import english_documents, run_main, run_tool, write_jsonl
 
 DOCS = english_documents()[:400]
 BAD = {  # line number (1-based) -> malformed record
@@ -61,7 +61,7 @@ def test_cli_reports_malformed_lines(tmp_path, spm_model):
 def test_strict_stops_at_first_bad_line(tmp_path, spm_model):
     records, _ = corpus_records()
     src = write_jsonl(tmp_path / "c.jsonl", records)
-    proc = run_tool("tools/preprocess_data.py", "--input", src, "--output-prefix", str(tmp_path / "out"),
+    proc = run_main("tools/preprocess_data.py", "--input", src, "--output-prefix", str(tmp_path / "out"),
                     "--tokenizer-type", "SentencePieceTokenizer", "--tokenizer-model", spm_model,
                     "--strict", check=False)
     assert proc.returncode == 1
@@ -110,12 +110,12 @@ def test_rank_split_and_merge(tmp_path, spm_model):
     src = write_jsonl(tmp_path / "c.jsonl", [{"text": d} for d in DOCS[:101]])
     parts = tmp_path / "parts"
     for rank in range(3):
-        run_tool("tools/preprocess_data.py", "--input", src, "--output-prefix", str(parts / "shard"),
+        run_main("tools/preprocess_data.py", "--input", src, "--output-prefix", str(parts / "shard"),
                  "--tokenizer-type", "SentencePieceTokenizer", "--tokenizer-model", spm_model,
                  "--rank", str(rank), "--world-size", "3")
     names = sorted(p.name for p in parts.iterdir())
     assert names[0] == "shard_00000-of-00003_text_document.bin" and len(names) == 6
-    run_tool("tools/merge_datasets.py", "--input", str(parts), "--output-prefix", str(tmp_path / "all"))
+    run_main("tools/merge_datasets.py", "--input", str(parts), "--output-prefix", str(tmp_path / "all"))
     merged = IndexedDataset(str(tmp_path / "all"))
     tok = build_tokenizer("SentencePieceTokenizer", spm_model)
     # Rank r holds documents r, r+3, ...; the merge lists rank 0's, then rank 1's, ...
@@ -126,7 +126,7 @@ def test_rank_split_and_merge(tmp_path, spm_model):
 
 
 def test_missing_input_is_one_line_error(tmp_path, spm_model):
-    proc = run_tool("tools/preprocess_data.py", "--input", str(tmp_path / "missing*.jsonl"),
+    proc = run_main("tools/preprocess_data.py", "--input", str(tmp_path / "missing*.jsonl"),
                     "--output-prefix", str(tmp_path / "o"), "--tokenizer-type", "SentencePieceTokenizer",
                     "--tokenizer-model", spm_model, check=False)
     assert proc.returncode == 1

@@ -56,10 +56,10 @@ def test_offline_reshard_writes_a_checkpoint_for_another_layout(tmp_path, tiny_c
     stage's plain tensors, and training from them continues with the uninterrupted losses."""
     import torch
 
-    from tests.conftest import run_tool
+    from tests.conftest import run_main
 
     full, ck = saved
-    run_tool("tools/convert_checkpoint.py", "--reshard", "--load", ck, "--save", str(tmp_path / "pp2"),
+    run_main("tools/convert_checkpoint.py", "--reshard", "--load", ck, "--save", str(tmp_path / "pp2"),
              "--target-pipeline-parallel-size", "2")
     folder = tmp_path / "pp2" / "iter_0000004"
     assert sorted(p.name for p in folder.iterdir()) == ["checksums.json", "mp_rank_00_000", "mp_rank_00_001"]

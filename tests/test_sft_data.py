@@ -17,7 +17,7 @@ from megalite.data.sft_examples import truncate
 from megalite.data.sft_formats import SFTSource, load_conversations, parse_data_spec, resolve_sources
 from megalite.data.tokenizer import HuggingFaceTokenizer
 from megalite.errors import MegaliteError
-from tests.conftest import REPO, run_tool, write_jsonl
+from tests.conftest import run_main, write_jsonl
 from tests.tokenizers_zoo import bytelevel
 
 CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello there"},
@@ -340,13 +340,13 @@ def test_cache_is_reused_and_keyed(tmp_path, tok, monkeypatch):
 
 def test_preprocess_sft_tool_fills_the_cache(tmp_path, tok_dir, tok):
     path = write_jsonl(tmp_path / "chat.jsonl", _chat_records(5, "t"))
-    proc = run_tool(os.path.join(REPO, "tools/preprocess_sft.py"), "--sft-data", path, "--seq-length", "256",
+    proc = run_main("tools/preprocess_sft.py", "--sft-data", path, "--seq-length", "256",
                     "--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model", tok_dir,
                     "--chat-template", "qwen")
     assert "5 examples, 0 truncated, 0 dropped" in proc.stdout
     train, _ = build_sft_datasets(SFTConfig(sft_data=path), 256, tok, 10, None, 1, chat_template="qwen")
     assert not train.examples.stores[0].built
-    bad = run_tool(os.path.join(REPO, "tools/preprocess_sft.py"), "--sft-data", str(tmp_path / "nope.jsonl"),
+    bad = run_main("tools/preprocess_sft.py", "--sft-data", str(tmp_path / "nope.jsonl"),
                    "--seq-length", "64", "--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model", tok_dir,
                    check=False)
     assert bad.returncode == 1 and bad.stderr.startswith("error: --sft-data: '") \

@@ -4,7 +4,7 @@ import pytest
 
 from megalite.data.tokenizer import build_tokenizer
 from megalite.errors import MegaliteError
-from tests.conftest import english_documents, run_tool
+from tests.conftest import english_documents, run_main, run_tool
 
 SAMPLE = "In 1987, the café served 12345 croissants — naïve 日本語 text 🙂 stays\nexact.  Two  spaces."
 
@@ -30,7 +30,7 @@ def test_train_tokenizer_cli(tmp_path, english_jsonl):
 
 
 def test_train_tokenizer_cli_error(tmp_path):
-    proc = run_tool("data_tools/train_tokenizer.py", "--input", str(tmp_path / "nope.jsonl"),
+    proc = run_main("data_tools/train_tokenizer.py", "--input", str(tmp_path / "nope.jsonl"),
                     "--vocab-size", "600", "--output-dir", str(tmp_path), check=False)
     assert proc.returncode == 1 and proc.stderr.strip().startswith("error:") and "nope.jsonl" in proc.stderr
 

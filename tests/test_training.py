@@ -13,7 +13,7 @@ import torch
 from megalite.config import parse_config, validate
 from megalite.errors import MegaliteError
 from megalite.training.trainer import Trainer, pretrain
-from tests.conftest import REPO, read_metrics, run_tool, tiny_model_args
+from tests.conftest import REPO, read_metrics, run_main, run_tool, tiny_model_args
 
 
 def train(tmp_path, corpus, name="run", **kw):
@@ -119,7 +119,8 @@ def test_bf16_finetune_continues_from_the_loaded_weights(tmp_path, tiny_corpus):
     (dict(bf16=True, fp16=True), "mutually exclusive"),
 ])
 def test_config_errors_are_one_clear_line(tiny_corpus, overrides, message):
-    proc = run_tool("pretrain_gpt.py", *tiny_model_args(*tiny_corpus, **overrides), check=False)
+    """In-process: the command line's own start-up is test_missing_data_file_is_one_clear_line's."""
+    proc = run_main("pretrain_gpt.py", *tiny_model_args(*tiny_corpus, **overrides), check=False)
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and message in proc.stderr
     assert proc.stderr.startswith("error: ")
@@ -191,7 +192,7 @@ def test_generate_from_checkpoint(tmp_path, tiny_corpus):
                     "--max-new-tokens", "8")
     lines = proc.stdout.splitlines()
     assert lines[0] == "--- 'The class' ->" and lines[1].startswith("The class") and len(proc.stdout) > 30
-    proc = run_tool("tools/generate.py", "--load", str(tmp_path / "nothing"), "--prompt", "x", check=False)
+    proc = run_main("tools/generate.py", "--load", str(tmp_path / "nothing"), "--prompt", "x", check=False)
     assert proc.returncode == 1 and proc.stderr.startswith("error: --load") and "no checkpoint" in proc.stderr
 
 
