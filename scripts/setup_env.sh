@@ -54,5 +54,6 @@ if ! python -c "import llama_cpp" 2>/dev/null; then
     echo "building llama-cpp-python (llama.cpp from source, once: about 8 CPU-minutes)" >&2
     CMAKE_ARGS="-DLLAVA_BUILD=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
 -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF" CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
-        pip install -q "llama-cpp-python==0.3.36"
+        pip install -q "llama-cpp-python==0.3.36" \
+        || echo "warning: llama-cpp-python did not build; tests/test_gguf.py will be skipped" >&2
 fi
