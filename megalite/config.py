@@ -542,7 +542,8 @@ def _takers(flag: str, sections) -> str:
     """The tools that take ``flag`` when it belongs to none of ``sections`` ('' otherwise)."""
     section = next((name for name in SECTIONS if name not in sections
                     for f in dataclasses.fields(SECTIONS[name]) if _flag(f) == flag), None)
-    return " and ".join(t for t, taken in TOOLS.items() if section in taken) if section else ""
+    tools = [t for t, taken in TOOLS.items() if section in taken] if section else []
+    return " and ".join([", ".join(tools[:-1]), tools[-1]] if len(tools) > 2 else tools)
 
 
 TOKENIZER_FIELDS = ("tokenizer_type", "tokenizer_model", "vocab_file", "merge_file")

@@ -70,7 +70,9 @@ def test_another_tools_flag_is_one_error_line():
     for tool, argv, line in [
             ("pretrain_gpt.py", ["--packing"], "--packing is a setting of sft_gpt.py, not of pretrain_gpt.py"),
             ("pretrain_gpt.py", ["--chat-template=qwen"],
-             "--chat-template is a setting of sft_gpt.py and dpo_gpt.py, not of pretrain_gpt.py"),
+             "--chat-template is a setting of sft_gpt.py, dpo_gpt.py and rl_gpt.py, not of pretrain_gpt.py"),
+            ("dpo_gpt.py", ["--num-generations", "4"],
+             "--num-generations is a setting of rl_gpt.py, not of dpo_gpt.py"),
             ("sft_gpt.py", ["--lr", "1e-3", "--pref-method", "kto"],
              "--pref-method is a setting of dpo_gpt.py, not of sft_gpt.py"),
             ("dpo_gpt.py", ["--packing"], "--packing is a setting of sft_gpt.py, not of dpo_gpt.py")]:
