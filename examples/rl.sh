@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Online RL (GRPO) on a CPU, after the demo and sft_lora.sh: the SFT model (.demo/sft_hf) learns a
-# verifiable task, a lipogram in E: a completion's reward is the share of its words without the
-# letter "e" (examples/rewards/lipogram.py, a checker, nothing learned). The prompts are the SFT
+# verifiable task, a lipogram in E: a completion's reward is its number of distinct words without
+# the letter "e" over its number of words (examples/rewards/lipogram.py, a checker, nothing learned;
+# "distinct" stops the policy from repeating one e-free word, which a plain share rewards). The prompts are the SFT
 # set's questions as chat prompts; 5% of them are held out. The held-out mean reward is measured
 # before and after 30 GRPO steps (G = 8 completions per prompt, 64 completions a step), and the
 # script fails unless it rose by at least 0.05: over the 128 held-out completions (same seeds on
-# both sides) the mean's standard error is about 0.015, so 0.05 is more than three of them.
+# both sides, reward std about 0.17) the mean's standard error is about 0.015, so 0.05 is more
+# than three of them. Measured: 0.507 before, 0.787 after, 1m20s alone on 2 CPU cores.
 # Output in .demo/rl.
 . "$(dirname "$0")/after_demo.sh"
 if [ ! -f $W/sft_hf/config.json ]; then
@@ -34,7 +36,8 @@ import json, sys
 def held_out_reward(path):
     return [r for r in map(json.loads, open(path)) if r.get("split") == "valid"][-1]["reward"]
 before, after = held_out_reward(sys.argv[1]), held_out_reward(sys.argv[2])
-print(f"\nheld-out mean reward (share of words without an e): {before:.3f} before GRPO, {after:.3f} after")
+print(f"\nheld-out mean reward (distinct e-free words per word): {before:.3f} before GRPO, {after:.3f} after")
 sys.exit(0 if after >= before + 0.05 else "error: the held-out reward did not rise by 0.05")
 PY
-echo "Explain The \"assert\" statement." | run python tools/generate.py --load $W/rl/grpo --chat --max-new-tokens 24
+echo "Explain The \"assert\" statement." | run python tools/generate.py --load $W/rl/grpo --chat --max-new-tokens 24 \
+    --temperature 1 --seed 1
