@@ -121,6 +121,19 @@ def tiny_model_args(data_prefix, tokenizer_model, **overrides):
     return argv
 
 
+def to_argv(settings: dict) -> list:
+    """Command-line flags from {setting: value}: True is a bare switch, None / False are left out,
+    a list gives one flag with several values."""
+    argv = []
+    for k, v in settings.items():
+        if v is None or v is False:
+            continue
+        argv.append("--" + k.replace("_", "-"))
+        if v is not True:
+            argv += [str(x) for x in v] if isinstance(v, (list, tuple)) else [str(v)]
+    return argv
+
+
 def read_metrics(path):
     """(train records, eval records) from a --metrics-file."""
     rows = [json.loads(line) for line in open(path)]

@@ -9,7 +9,7 @@ import torch
 
 from megalite.config import inherit_model_settings, parse_config, validate
 from megalite.errors import MegaliteError
-from tests.conftest import read_metrics, write_jsonl
+from tests.conftest import read_metrics, to_argv, write_jsonl
 from tests.dist_utils import run_distributed
 from tests.tokenizers_zoo import CHATML, WORDS, bytelevel
 
@@ -73,14 +73,7 @@ def dpo_args(models, data, tmp_path, name, **kw):
           "train_iters": 3, "micro_batch_size": 4, "global_batch_size": 8, "lr": 1e-3, "lr_warmup_iters": 0,
           "eval_iters": 0, "log_interval": 1, "num_workers": 0, "seed": 7,
           "metrics_file": str(tmp_path / f"{name}.jsonl"), **kw}
-    argv = []
-    for k, v in kw.items():
-        if v is None or v is False:
-            continue
-        argv.append("--" + k.replace("_", "-"))
-        if v is not True:
-            argv.append(str(v))
-    return argv
+    return to_argv(kw)
 
 
 def _dpo(rank, world, argv):

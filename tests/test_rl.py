@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from megalite.errors import MegaliteError
-from tests.conftest import read_metrics
+from tests.conftest import read_metrics, to_argv
 from tests.dist_utils import run_distributed
 from tests.tokenizers_zoo import WORDS, bytelevel
 
@@ -50,19 +50,12 @@ def models(tmp_path_factory):
 
 def rl_args(models, tmp_path, name, **kw):
     kw = {"load": models["policy_ck"], "prompt_data": models["prompts"],
-          "reward_funcs": f"{models['rewards']}:shape", "tokenizer_type": "HuggingFaceTokenizer",
+          "reward_funcs": [f"{models['rewards']}:shape"], "tokenizer_type": "HuggingFaceTokenizer",
           "tokenizer_model": models["policy"], "seq_length": 16, "max_completion_length": 6,
           "num_generations": 4, "global_batch_size": 8, "micro_batch_size": 4, "train_iters": 5, "lr": 1e-2,
           "lr_warmup_iters": 0, "eval_iters": 0, "log_interval": 1, "num_workers": 0, "seed": 5,
           "ref_load": models["reference_ck"], "beta": 0.1, "metrics_file": str(tmp_path / f"{name}.jsonl"), **kw}
-    argv = []
-    for k, v in kw.items():
-        if v is None or v is False:
-            continue
-        argv.append("--" + k.replace("_", "-"))
-        if v is not True:
-            argv += str(v).split(" ") if k == "reward_funcs" else [str(v)]
-    return argv
+    return to_argv(kw)
 
 
 def _rl(rank, world, argv):
@@ -138,6 +131,6 @@ def test_bad_input(tmp_path, models, capsys):
     train(models, tmp_path, "long", prompt_data=str(long), train_iters=1)
     assert "1 prompts longer than 10 tokens" in capsys.readouterr().out
     with pytest.raises(MegaliteError, match="broken"):
-        train(models, tmp_path, "broken", reward_funcs=f"{models['rewards']}:broken", train_iters=1)
+        train(models, tmp_path, "broken", reward_funcs=[f"{models['rewards']}:broken"], train_iters=1)
     with pytest.raises(MegaliteError, match="multiple of --num-generations"):
         train(models, tmp_path, "groups", global_batch_size=6, micro_batch_size=6, train_iters=1)

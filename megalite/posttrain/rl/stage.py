@@ -5,6 +5,8 @@ parallel layout, checkpoints and logging are pretraining's."""
 import functools
 from typing import Callable, Optional, Sequence
 
+import numpy as np
+
 from megalite.config import Config
 from megalite.errors import MegaliteError
 from megalite.model.heads import LMHead
@@ -63,8 +65,6 @@ class RLStage(PostTrainStage):
         self.tokenizer = tokenizer
         valid = []
         if rl.prompt_valid_fraction:
-            import numpy as np
-
             order = np.random.default_rng(t.seed).permutation(len(prompts))
             cut = max(1, int(round(rl.prompt_valid_fraction * len(prompts))))
             valid = [prompts[i] for i in sorted(order[:cut])]
