@@ -312,9 +312,11 @@ class RLConfig:
     prompt_dataset_dir: Optional[str] = opt(None, "folder with a LLaMA-Factory dataset_info.json for --prompt-data")
     prompt_valid_fraction: float = opt(0.0, "hold out this seeded share of the prompts: the held-out mean reward "
                                             "every --eval-interval")
-    algorithm: str = opt("grpo", "grpo (trl's GRPOTrainer), rloo (trl's RLOOTrainer) or ppo (a critic and GAE)",
+    algorithm: str = opt("grpo", "grpo (trl's GRPOTrainer), rloo (trl's RLOOTrainer) or ppo (a critic, GAE, the "
+                                 "KL in the reward)",
                          choices=["grpo", "rloo", "ppo"])
-    num_generations: int = opt(8, "completions per prompt (G); --global-batch-size counts completions")
+    num_generations: Optional[int] = opt(None, "completions per prompt (G; default 8, PPO 1); --global-batch-size "
+                                               "counts completions")
     max_completion_length: int = opt(256, "most tokens generated per completion; prompts longer than --seq-length "
                                           "minus this are dropped (counted)")
     temperature: float = opt(1.0, "sampling temperature of the rollouts (0: greedy); training scores the tokens at "
@@ -336,13 +338,22 @@ class RLConfig:
     epsilon: float = opt(0.2, "clipping range of the probability ratio (lower side)")
     epsilon_high: Optional[float] = opt(None, "upper clipping range (default --epsilon; DAPO uses 0.28)")
     beta: Optional[float] = opt(None, "KL coefficient to the reference model (0: no reference model is held; "
-                                      "default: trl's, 0 for grpo, 0.05 for rloo)")
+                                      "default: trl's, 0 for grpo, 0.05 for rloo and ppo; PPO puts it in the "
+                                      "per-token reward)")
     kl_bias_correction: bool = opt(True, "GRPO: do not multiply the KL term by the probability ratio (trl's "
                                          "use_bias_correction_kl=False)", flag="--no-kl-bias-correction",
                                    action="store_false")
-    num_iterations: int = opt(1, "optimizer steps on each batch of rollouts (trl's num_iterations)")
+    num_iterations: int = opt(1, "optimizer steps on each batch of rollouts (trl's num_iterations; PPO's epochs)")
     normalize_advantages: bool = opt(False, "RLOO: whiten the advantages over the batch")
     mask_truncated_completions: bool = opt(False, "completions cut at --max-completion-length get no loss")
+    critic_load: Optional[str] = opt(None, "PPO: the critic's starting weights, a megalite checkpoint (default: "
+                                           "--reward-model when it is a megalite reward model of the policy's "
+                                           "architecture, else the policy's starting weights)")
+    critic_lr: Optional[float] = opt(None, "PPO: the critic's learning rate, on the policy's schedule (default --lr)")
+    gamma: float = opt(1.0, "PPO: discount of the per-token rewards in GAE")
+    lam: float = opt(0.95, "PPO: GAE's lambda")
+    cliprange_value: float = opt(0.2, "PPO: how far a value may move from its rollout value before the value loss "
+                                      "clips it")
 
 
 @dataclass

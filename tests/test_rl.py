@@ -1,7 +1,9 @@
 """rl_gpt.py end to end on tiny models: data-parallel (sampled rollouts), tensor-parallel with
 sequence parallelism and pipeline-parallel (greedy rollouts) runs equal one process over 5 steps,
 a resumed run equals an uninterrupted one bit for bit (sampling included), LoRA policies, held-out
-rewards, and bad input (prompts over the budget, a broken reward function, PPO not built yet).
+rewards, and bad input (prompts over the budget, a broken reward function). PPO (critic started from a
+reward model that is also a reward) trains its critic, equals one process under DP=2, TP=2 + SP and PP=2,
+resumes bit for bit (the critic included) and exports its critic as an HF reward model.
 
 The reference model differs from the policy, so with --beta the KL term moves the weights even
 where greedy rollouts give every completion of a group the same reward.
@@ -134,3 +136,84 @@ def test_bad_input(tmp_path, models, capsys):
         train(models, tmp_path, "broken", reward_funcs=[f"{models['rewards']}:broken"], train_iters=1)
     with pytest.raises(MegaliteError, match="multiple of --num-generations"):
         train(models, tmp_path, "groups", global_batch_size=6, micro_batch_size=6, train_iters=1)
+
+
+
+# -- PPO -------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def reward_model(models):
+    """A megalite reward model of the policy's architecture (one dpo_gpt.py --pref-method rm step)."""
+    from dpo_gpt import main
+
+    root = models["root"]
+    pairs = root / "pairs.jsonl"
+    rows = [{"prompt": WORDS[i], "chosen": " " + WORDS[i + 1], "rejected": " " + WORDS[i + 2]} for i in range(8)]
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    main(to_argv({"load": models["policy_ck"], "pref_data": str(pairs), "pref_method": "rm",
+                  "tokenizer_type": "HuggingFaceTokenizer", "tokenizer_model": models["policy"], "seq_length": 16,
+                  "train_iters": 1, "micro_batch_size": 4, "global_batch_size": 8, "lr": 1e-2, "lr_warmup_iters": 0,
+                  "eval_iters": 0, "num_workers": 0, "save": str(root / "rm")}))
+    return str(root / "rm")
+
+
+def ppo_args(reward_model, **kw):
+    """PPO with a reward function and the reward model (which the critic then starts from), two epochs."""
+    return {"algorithm": "ppo", "num_generations": 1, "num_iterations": 2, "reward_model": reward_model,
+            "critic_lr": 5e-3, **kw}
+
+
+@pytest.fixture(scope="module")
+def ppo_greedy(models, reward_model):
+    return train(models, models["root"], "ppo_greedy", **ppo_args(reward_model, temperature=0))
+
+
+PPO_KEYS = KEYS + ("loss/value_avg", "val/clipfrac_avg", "policy/approxkl_avg", "objective/kl",
+                   "objective/rlhf_reward", "clip_ratio/region_mean")
+
+
+def test_ppo_trains_the_policy_and_its_critic(models, ppo_greedy, capsys):
+    run = ppo_greedy
+    assert run[0]["lm_loss"] == pytest.approx(0.0, abs=1e-5)  # ratio 1, whitened advantages: mean 0
+    assert run[1]["lm_loss"] != pytest.approx(0.0, abs=1e-4)  # the second epoch: the ratio has moved
+    assert run[-1]["loss/value_avg"] < run[0]["loss/value_avg"]  # the critic learns the returns
+    assert "reward" in run[0] and "reward" not in run[1] and "rewards/rm/mean" in run[0]
+    assert run[0]["objective/kl"] != 0.0  # the reference (another model) is not the policy
+    assert "frac_reward_zero_std" not in run[0]
+
+
+@pytest.mark.dist
+@pytest.mark.parametrize("layout", [{"world": 2, "micro_batch_size": 2},
+                                    {"world": 2, "tensor_model_parallel_size": 2, "sequence_parallel": True},
+                                    {"world": 2, "pipeline_model_parallel_size": 2, "micro_batch_size": 2}],
+                         ids=["dp2", "tp2_sp", "pp2"])
+def test_ppo_layouts_equal_one_process(tmp_path, models, reward_model, ppo_greedy, layout):
+    other = train(models, tmp_path, "other", **ppo_args(reward_model, temperature=0), **layout)
+    assert len(other) == len(ppo_greedy) == 5
+    for a, b in zip(ppo_greedy, other):
+        for key in PPO_KEYS:
+            if key in a:
+                assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), (key, a["iteration"])
+
+
+def test_ppo_resume_is_bit_exact_and_the_critic_exports(tmp_path, models, reward_model):
+    from megalite.checkpoint.layout import saved_settings
+    from megalite.hf.convert import export_hf
+
+    save = str(tmp_path / "run")
+    full = train(models, tmp_path, "full", **ppo_args(reward_model, num_iterations=1))
+    train(models, tmp_path, "first", exit_interval=3, save=save, **ppo_args(reward_model, num_iterations=1))
+    resumed = train(models, tmp_path, "second", save=save, **ppo_args(reward_model, num_iterations=1))
+    assert [r["iteration"] for r in resumed] == [4, 5]
+    for a, b in zip(full[3:], resumed):
+        for key in PPO_KEYS:
+            assert a.get(key) == b.get(key), (key, a["iteration"])
+    assert saved_settings(str(tmp_path / "run" / "critic"))["dpo"]["pref_method"] == "rm"
+    out = export_hf(str(tmp_path / "run" / "critic"), str(tmp_path / "critic_hf"))
+    assert json.load(open(f"{out}/config.json"))["architectures"] == ["LlamaForSequenceClassification"]
+
+
+def test_ppo_bad_input(tmp_path, models):
+    with pytest.raises(MegaliteError, match="zero-stage 2/3"):
+        train(models, tmp_path, "z", algorithm="ppo", zero_stage=2)
+    with pytest.raises(MegaliteError, match="--critic-load is only used with --algorithm ppo"):
+        train(models, tmp_path, "c", critic_load=models["policy_ck"])

@@ -7,7 +7,9 @@ so every micro-batch's loss is already its share of the global-batch mean and th
 not depend on micro-batch or data-parallel sizes. ``prepare`` runs first and may rewrite the
 micro-batches (the DPO reference pass adds to them; online RL generates the rows they hold);
 ``metrics`` are this rank's shares of extra per-step metrics, summed over ranks (or reduced with
-the ``torch.distributed.ReduceOp`` an objective names in ``metric_ops``).
+the ``torch.distributed.ReduceOp`` an objective names in ``metric_ops``). An objective that trains
+a model of its own (PPO's critic) has ``save(root, iteration, consumed samples, consumed tokens)``,
+which the trainer calls before each checkpoint of the run.
 """
 
 from typing import Dict

@@ -45,6 +45,8 @@ class StepContext:
     train_ds: object  # the training and held-out datasets the stage built (or None)
     valid_ds: object
     collate: Optional[Callable]  # the stage's collate function (None: torch's default)
+    iteration: int = 0  # the iteration the run starts from (a resumed run's)
+    lr: Optional[Callable[[], float]] = None  # the learning rate of the step being taken
 
 
 class ModelTransform(Protocol):

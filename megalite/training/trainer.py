@@ -90,25 +90,7 @@ class Trainer:
         self.activation_shape = (seq, rows, m.hidden_size)  # what stages pass on
         initialize(self.model, t.seed)
         self.model.to(device=device, dtype=self.dtype)
-        chunks = model_chunks(self.model)
-        layers = [layer for c in chunks for layer in c.layers.values()]
-        if p.zero_stage >= 2 and s.dp_cp_group is not None:  # context-parallel ranks hold the same weights
-            self.grads = FullyShardedBuffer(chunks, layers, s.dp_cp_group, _sync_model_parallel,
-                                            shard_params=p.zero_stage == 3)
-        else:
-            self.grads = GradBuffer(list(self.model.parameters()), s.dp_cp_group, p.ddp_bucket_size,
-                                    p.overlap_grad_reduce, p.use_distributed_optimizer, p.overlap_param_gather,
-                                    _sync_model_parallel,
-                                    reduce_dtype=torch.bfloat16 if p.grad_reduce_in_bf16 else torch.float32)
-            self.grads.attach_param_waits(chunks, layers)
-        if t.fp16:
-            scaler = (ConstantLossScaler(t.loss_scale) if t.loss_scale else
-                      DynamicLossScaler(t.initial_loss_scale, t.min_loss_scale, t.loss_scale_window, t.hysteresis))
-        else:
-            scaler = ConstantLossScaler(1.0)
-        self.optimizer = Optimizer(list(self.model.named_parameters()), self.grads, t.weight_decay,
-                                   (t.adam_beta1, t.adam_beta2), t.adam_eps, t.clip_grad, scaler,
-                                   s.model_parallel_group, decoupled=t.decoupled_lr is not None)
+        self.grads, self.optimizer = gradients_and_optimizer(cfg, self.model)
 
         self.batches = BatchSchedule(t.global_batch_size, t.micro_batch_size, s.dp_size, t.rampup_batch_size,
                                      step_batch_sizes(cfg) if t.step_batch_size_schedule else None)
@@ -127,7 +109,8 @@ class Trainer:
         self.train_iter = (iter(build_loader(self.train_ds, self.consumed_samples, cfg, train_samples, self.collate))
                            if self.train_ds is not None else None)
         self.objective = self.stage.objective(cfg, StepContext(self.model, self.activation_shape, self.dtype, device,
-                                                               self.train_ds, self.valid_ds, self.collate))
+                                                               self.train_ds, self.valid_ds, self.collate,
+                                                               self.iteration, lambda: self._lrs()[0]))
         self.log = MetricsLog(s.rank == 0, cfg, self.iteration)
         self.peak = cfg.logging.peak_tflops or (peak_tflops(torch.cuda.get_device_name(device))
                                                 if device.type == "cuda" else None)
@@ -316,6 +299,8 @@ class Trainer:
         c = self.cfg.checkpoint
         self.grads.wait_params()
         self.finish_save()
+        if hasattr(self.objective, "save"):  # a model it trains itself (PPO's critic), saved first
+            self.objective.save(c.save, self.iteration, self.consumed_samples, self.consumed_tokens)
         with self.grads.full_params():
             self.pending_save = save_checkpoint(c.save, self.iteration, self.checkpointed, self.optimizer, self.cfg,
                                                 self.consumed_samples, self.consumed_tokens, c.keep_last,
@@ -429,6 +414,30 @@ class Trainer:
         mean = sum(times) / len(times)
         return {"compute_spread": (max(times) - min(times)) / mean if mean > 0 else 0.0,
                 "slowest_rank": max(range(len(times)), key=times.__getitem__)}
+
+
+def gradients_and_optimizer(cfg: Config, model: torch.nn.Module):
+    """(the fp32 gradient buffer, the optimizer) of ``model``, this rank's stage of a model being
+    trained (the run's; PPO's critic): data-parallel reduction, ZeRO and loss scaling as configured."""
+    p, t, s = cfg.parallel, cfg.training, state.get()
+    chunks = model_chunks(model)
+    layers = [layer for c in chunks for layer in c.layers.values()]
+    if p.zero_stage >= 2 and s.dp_cp_group is not None:  # context-parallel ranks hold the same weights
+        grads = FullyShardedBuffer(chunks, layers, s.dp_cp_group, _sync_model_parallel,
+                                   shard_params=p.zero_stage == 3)
+    else:
+        grads = GradBuffer(list(model.parameters()), s.dp_cp_group, p.ddp_bucket_size, p.overlap_grad_reduce,
+                           p.use_distributed_optimizer, p.overlap_param_gather, _sync_model_parallel,
+                           reduce_dtype=torch.bfloat16 if p.grad_reduce_in_bf16 else torch.float32)
+        grads.attach_param_waits(chunks, layers)
+    if t.fp16:
+        scaler = (ConstantLossScaler(t.loss_scale) if t.loss_scale else
+                  DynamicLossScaler(t.initial_loss_scale, t.min_loss_scale, t.loss_scale_window, t.hysteresis))
+    else:
+        scaler = ConstantLossScaler(1.0)
+    optimizer = Optimizer(list(model.named_parameters()), grads, t.weight_decay, (t.adam_beta1, t.adam_beta2),
+                          t.adam_eps, t.clip_grad, scaler, s.model_parallel_group, decoupled=t.decoupled_lr is not None)
+    return grads, optimizer
 
 
 def _sync_model_parallel(params) -> None:

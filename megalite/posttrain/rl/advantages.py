@@ -6,7 +6,7 @@ prompt consecutive; NaN where a function returned None. A completion every funct
 unscored gets advantage 0 and is left out of its group's baseline, as in trl.
 """
 
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
@@ -65,8 +65,8 @@ def rloo(rewards: torch.Tensor, weights: torch.Tensor, g: int, normalize: bool,
 
 
 def reward_metrics(rewards: torch.Tensor, weights: torch.Tensor, names: List[str],
-                   zero_std: torch.Tensor) -> Dict[str, float]:
-    """trl's reward metrics of a rollout batch."""
+                   zero_std: Optional[torch.Tensor]) -> Dict[str, float]:
+    """trl's reward metrics of a rollout batch (``frac_reward_zero_std`` only for group methods)."""
     out = {}
     for i, name in enumerate(names):
         out[f"rewards/{name}/mean"] = torch.nanmean(rewards[:, i]).item()
@@ -74,7 +74,8 @@ def reward_metrics(rewards: torch.Tensor, weights: torch.Tensor, names: List[str
     r = weighted(rewards, weights)
     out["reward"] = torch.nanmean(r).item()
     out["reward_std"] = nanstd(r).item()
-    out["frac_reward_zero_std"] = zero_std.float().mean().item()
+    if zero_std is not None:
+        out["frac_reward_zero_std"] = zero_std.float().mean().item()
     return out
 
 

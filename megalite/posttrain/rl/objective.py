@@ -1,6 +1,7 @@
-"""GRPO and RLOO as a train-step objective: ``prepare`` turns the step's prompt samples into
-rollout rows (generation, rewards, advantages, old and reference log-probs), ``__call__`` is the
-policy loss of one micro-batch. Formulas (trl 1.16's GRPOTrainer and RLOOTrainer): docs/rl.md.
+"""GRPO, RLOO and PPO as a train-step objective: ``prepare`` turns the step's prompt samples into
+rollout rows (generation, rewards, advantages, old and reference log-probs; PPO's values and GAE)
+and, for PPO, takes the critic's step; ``__call__`` is the policy loss of one micro-batch.
+Formulas (trl 1.16's GRPOTrainer and RLOOTrainer; PPO's from the RLHF recipe): docs/rl.md.
 
 Every loss is normalised over the global batch (the trainer hands ``begin_step`` the global
 counts of completion tokens and completions), so it does not depend on the micro-batch or
@@ -15,7 +16,9 @@ import torch
 import torch.distributed as dist
 
 from megalite.parallel import state
+from megalite.parallel.data_parallel import all_reduce_scalar
 from megalite.posttrain.rl import advantages as adv
+from megalite.posttrain.rl import ppo
 from megalite.posttrain.rl.prompts import Prompt
 from megalite.posttrain.rl.rollout import row_seeds, training_rows
 from megalite.training.data import row_padding
@@ -29,16 +32,20 @@ def token_logps(per_token: torch.Tensor, mb) -> torch.Tensor:
 
 
 class PolicyGradient:
-    """``loss_fn`` of the train step for GRPO (``algorithm='grpo'``) and RLOO; see the module docstring."""
+    """``loss_fn`` of the train step for GRPO, RLOO and PPO (``--algorithm``); see the module docstring.
+    ``critic``: PPO's (megalite.posttrain.rl.critic.Critic)."""
 
     count_keys = ("sequences", "loss_mask")  # held-out metrics are means over completions
 
     def __init__(self, cfg, ctx, rewards, prompts: Dict[bool, List[Prompt]], tokenizer, sample: Callable,
-                 reference: Optional[Callable], old: Callable):
+                 reference: Optional[Callable], old: Callable, critic=None):
         self.rl, self.cfg, self.model = cfg.rl, cfg, ctx.model
         self.rewards, self.prompts, self.tokenizer = rewards, prompts, tokenizer
-        self.sample, self.reference, self.old = sample, reference, old
-        self.grpo = cfg.rl.algorithm == "grpo"
+        self.sample, self.reference, self.old, self.critic = sample, reference, old, critic
+        self.grpo, self.ppo = cfg.rl.algorithm == "grpo", cfg.rl.algorithm == "ppo"
+        self.loss_type = "bnpo" if self.ppo else cfg.rl.loss_type  # PPO: the mean over the batch's tokens
+        self.lr = ctx.lr
+        self.critic_metrics: Dict[str, float] = {}
         self.eps_low = cfg.rl.epsilon
         self.eps_high = cfg.rl.epsilon_high if cfg.rl.epsilon_high is not None else cfg.rl.epsilon
         self.gbs, self.g, self.k = cfg.training.global_batch_size, cfg.rl.num_generations, cfg.rl.num_iterations
@@ -56,11 +63,15 @@ class PolicyGradient:
             for mb, rows in zip(batch, self.cache[1]):
                 mb.update(rows)
             self.rollout_metrics = {}
-            return
-        self._generate(batch, held_out, rollout)
-        if not held_out:
-            self.cache = (rollout, [{k: v for k, v in mb.items() if k not in ("prompt_index", "sample", "held_out")}
-                                    for mb in batch])
+        else:
+            self._generate(batch, held_out, rollout)
+            if not held_out:
+                self.cache = (rollout, [{k: v for k, v in mb.items()
+                                         if k not in ("prompt_index", "sample", "held_out")} for mb in batch])
+        self.critic_metrics = {}
+        if self.critic is not None and not held_out:  # the critic's step on the values' rollout targets
+            tokens = all_reduce_scalar(float(sum(mb["loss_mask"].sum().item() for mb in batch)), state.get().dp_group)
+            self.critic_metrics = self.critic.train_step(batch, self.lr(), max(tokens, 1.0))
 
     def _generate(self, batch, held_out: bool, rollout: int) -> None:
         t = self.cfg.training
@@ -86,29 +97,68 @@ class PolicyGradient:
             self.old(batch)
         if self.reference is not None:
             self.reference(batch)
+        if self.critic is not None:
+            self.critic.values(batch)
         scores = self._my_rewards(mine, completions, device)
         lengths = torch.tensor([float(len(c)) for c in completions])
-        kl = self._sequence_kl(batch) if not self.grpo and self.rl.beta else torch.zeros(len(mine))
+        kl = self._sequence_kl(batch) if self.rl.algorithm == "rloo" and self.rl.beta else torch.zeros(len(mine))
         positions = samples.cpu() % self.gbs  # each row's place in the global batch
         table = _gather_rows(torch.cat([scores, lengths[:, None], truncated[:, None].float(), kl[:, None]], 1),
                              positions, self.gbs, device)
         nf = scores.shape[1]
         rewards, lengths_all, trunc_all, kl_all = table[:, :nf], table[:, nf], table[:, nf + 1].bool(), table[:, nf + 2]
         w = self.rewards.weights
-        if self.grpo:
-            a, zero_std = adv.grpo(rewards, w, self.g, self.rl.scale_rewards)
+        if self.ppo:
+            ppo_metrics, zero_std = self._ppo_advantages(batch, adv.weighted(scores, w), device), None
         else:
-            a, zero_std = adv.rloo(rewards, w, self.g, self.rl.normalize_advantages, kl_all, self.rl.beta)
-        n = 0
-        for mb in batch:
-            m = mb["prompt_index"].numel()
-            mb["advantages"] = a[positions[n:n + m]].to(device)
-            n += m
+            if self.grpo:
+                a, zero_std = adv.grpo(rewards, w, self.g, self.rl.scale_rewards)
+            else:
+                a, zero_std = adv.rloo(rewards, w, self.g, self.rl.normalize_advantages, kl_all, self.rl.beta)
+            n = 0
+            for mb in batch:
+                m = mb["prompt_index"].numel()
+                mb["advantages"] = a[positions[n:n + m]].to(device)
+                n += m
         metrics = adv.reward_metrics(rewards, w, self.rewards.names, zero_std)
         metrics.update(adv.length_metrics(lengths_all, trunc_all))
-        if not self.grpo and self.rl.beta:
+        if self.ppo:
+            metrics.update(ppo_metrics)
+        elif not self.grpo and self.rl.beta:
             metrics["kl"] = self._rloo_kl(batch, device)
         self.rollout_metrics = metrics
+
+    def _ppo_advantages(self, batch, scores: torch.Tensor, device) -> Dict[str, float]:
+        """PPO: each micro-batch's whitened GAE advantages and returns [rows, seq] from the per-token
+        rewards (the KL to the reference, the score at the last token) and the critic's values, on the
+        last pipeline stage (where the log-probs and values are); trl's ``objective/`` metrics."""
+        rl, s = self.rl, state.get()
+        scores = torch.nan_to_num(scores, nan=0.0)
+        sums = torch.zeros(2, dtype=torch.float64, device=device)  # summed KL, summed non-score reward
+        n, mine = 0, []
+        for mb in batch:
+            m = mb["prompt_index"].numel()
+            score, n = scores[n:n + m].to(device), n + m
+            if "values" not in mb:  # not the last pipeline stage
+                continue
+            mask = mb["loss_mask"]
+            kl = (mb["old_logps"] - mb["ref_logps"]) * mask if rl.beta else torch.zeros_like(mask)
+            rewards = ppo.token_rewards(score, kl, mask, rl.beta)
+            mb["advantages"], mb["returns"] = ppo.gae(rewards, mb["values"], mask, rl.gamma, rl.lam)
+            sums += torch.stack([kl.sum(), (-rl.beta * kl).sum()]).double()
+            mine.append(mb)
+        if mine:
+            whitened = ppo.whiten(torch.cat([mb["advantages"].flatten() for mb in mine]),
+                                  torch.cat([mb["loss_mask"].flatten() for mb in mine]), s.dp_group)
+            for mb, a in zip(mine, whitened.split([mb["loss_mask"].numel() for mb in mine])):
+                mb["advantages"] = a.view_as(mb["loss_mask"])
+        for group in (s.pp_group, s.dp_group):
+            if group is not None:
+                dist.all_reduce(sums, group=group)
+        total = all_reduce_scalar(float(scores.sum()), s.dp_group)
+        kl, non_score = (sums / self.gbs).tolist()
+        return {"objective/kl": kl, "objective/non_score_reward": non_score,
+                "objective/rlhf_reward": total / self.gbs + non_score}
 
     def _my_rewards(self, mine: List[Prompt], completions: List[List[int]], device) -> torch.Tensor:
         """[rows, reward functions], computed on the first rank of this model replica and shared
@@ -156,13 +206,16 @@ class PolicyGradient:
     def begin_step(self, counts: Dict[str, float]) -> None:
         self.counts = counts
         self.sums = {"entropy": 0.0}
-        if self.grpo and self.rl.loss_type == "cispo":
+        if self.loss_type == "cispo":
             self.sums["cispo_clip_ratio"] = 0.0
         else:
             self.sums.update({"clip_ratio/low_mean": 0.0, "clip_ratio/high_mean": 0.0, "clip_ratio/region_mean": 0.0,
                               "clip_ratio/low_min": float("inf"), "clip_ratio/high_max": float("-inf")})
         if self.grpo and self.rl.beta:
             self.sums["kl"] = 0.0
+        if self.ppo:
+            self.sums["policy/approxkl_avg"] = 0.0
+            self.sums.update(self.critic_metrics)
         self.metric_ops = {k: MAX for k in self.rollout_metrics}
         self.metric_ops.update({"clip_ratio/low_min": MIN, "clip_ratio/high_max": MAX})
 
@@ -171,8 +224,8 @@ class PolicyGradient:
         logp = -per_token[..., 0]
         a = mb["advantages"].float()
         tokens, sequences = max(self.counts["loss_mask"], 1.0), self.counts["sequences"]
-        if self.grpo:
-            loss, stats = self._grpo(logp, mask, a, mb, tokens, sequences)
+        if self.grpo or self.ppo:
+            loss, stats = self._clipped(logp, mask, a, mb, tokens, sequences)
         else:
             loss, stats = self._rloo(logp, mask, a, mb, sequences)
         with torch.no_grad():
@@ -186,31 +239,33 @@ class PolicyGradient:
                     self.sums[k] += v
         return loss
 
-    def _grpo(self, logp, mask, a, mb, tokens: float, sequences: float):
+    def _clipped(self, logp, mask, a, mb, tokens: float, sequences: float):
+        """GRPO's per-token clipped loss (advantages per completion), and PPO's (per token)."""
         rl = self.rl
         old = mb["old_logps"] if "old_logps" in mb else logp.detach()
         coef_1 = torch.exp(logp - old)
-        a = a[:, None]
-        if rl.loss_type == "cispo":
+        a = a[:, None] if a.dim() == 1 else a
+        if self.loss_type == "cispo":
             per_token = -torch.clamp(coef_1, max=self.eps_high).detach() * a * logp
         else:
-            coef_2 = torch.clamp(coef_1, 1 - self.eps_low, 1 + self.eps_high)
-            per_token = -torch.min(coef_1 * a, coef_2 * a)
+            per_token = clipped_surrogate(coef_1, a, self.eps_low, self.eps_high)
         stats = {}
-        if rl.beta:
+        if self.ppo:  # its KL is in the rewards
+            stats["policy/approxkl_avg"] = float((0.5 * (logp - old).detach() ** 2 * mask).sum()) / tokens
+        elif rl.beta:
             d = mb["ref_logps"] - logp
             kl = torch.exp(d) - d - 1
             if rl.kl_bias_correction:  # trl's default: the unbiased reverse-KL gradient
                 kl = kl * coef_1
             per_token = per_token + rl.beta * kl
             stats["kl"] = float((kl.detach() * mask).sum()) / tokens
-        if rl.loss_type == "grpo":
+        if self.loss_type == "grpo":
             loss = ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).sum() / sequences
-        elif rl.loss_type == "dr_grpo":
+        elif self.loss_type == "dr_grpo":
             loss = (per_token * mask).sum() / (sequences * rl.max_completion_length)
         else:  # bnpo, dapo, cispo: the mean over the global batch's completion tokens
             loss = (per_token * mask).sum() / tokens
-        if rl.loss_type != "cispo":
+        if self.loss_type != "cispo":
             low = ((coef_1 < 1 - self.eps_low) & (a < 0)).float()
             high = ((coef_1 > 1 + self.eps_high) & (a > 0)).float()
             per_seq = mask.sum(-1)
@@ -226,14 +281,18 @@ class PolicyGradient:
     def _rloo(self, logp, mask, a, mb, sequences: float):
         logps = (logp * mask).sum(1)
         ratio = torch.exp(logps - mb["old_logps"].sum(1))
-        clipped = torch.clamp(ratio, 1 - self.eps_low, 1 + self.eps_high)
-        loss = -torch.min(ratio * a, clipped * a).sum() / sequences
+        loss = clipped_surrogate(ratio, a, self.eps_low, self.eps_high).sum() / sequences
         low = ((ratio < 1 - self.eps_low) & (a < 0)).float()
         high = ((ratio > 1 + self.eps_high) & (a > 0)).float()
         return loss, {"clip_ratio/low_mean": float(low.sum()) / sequences,
                       "clip_ratio/high_mean": float(high.sum()) / sequences,
                       "clip_ratio/region_mean": float((low + high).clamp(max=1).sum()) / sequences,
                       "clip_ratio/low_min": float(low.min()), "clip_ratio/high_max": float(high.max())}
+
+    def save(self, root: str, iteration: int, consumed_samples: int, consumed_tokens: int) -> None:
+        """PPO: the critic, next to the policy's checkpoint (the trainer saves the policy)."""
+        if self.critic is not None:
+            self.critic.save(root, iteration, consumed_samples, consumed_tokens)
 
     def metrics(self) -> Dict[str, float]:
         """This rank's shares of the step's metrics; a rollout's metrics (the same on every rank) only
@@ -244,6 +303,11 @@ class PolicyGradient:
                    for k in out}
         out.update(self.rollout_metrics)
         return out
+
+
+def clipped_surrogate(ratio: torch.Tensor, a: torch.Tensor, eps_low: float, eps_high: float) -> torch.Tensor:
+    """PPO's clipped objective, negated: ``max(-A r, -A clip(r, 1 - eps_low, 1 + eps_high))``."""
+    return -torch.min(ratio * a, torch.clamp(ratio, 1 - eps_low, 1 + eps_high) * a)
 
 
 def _share_from_first(x: torch.Tensor, group) -> torch.Tensor:

@@ -155,9 +155,9 @@ def _say(line: str) -> None:
 class Rewards:
     """The run's reward functions and their weights."""
 
-    def __init__(self, specs: List[str], weights: Optional[List[float]], format_pattern: Optional[str] = None,
+    def __init__(self, specs: Optional[List[str]], weights: Optional[List[float]], format_pattern: Optional[str] = None,
                  reward_model: Optional[str] = None, policy_tokenizer=None, device=None):
-        self.specs = list(specs)
+        self.specs = list(specs or [])
         named = [load_function(spec, format_pattern) for spec in self.specs]
         self.names: List[str] = [name for name, _ in named]
         self._funcs = [fn for _, fn in named]
