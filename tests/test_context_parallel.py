@@ -95,6 +95,57 @@ def test_ring_block_math_and_backward_equal_attention(one_thread, monkeypatch):
     assert float(sum((g * d).sum() for g, d in zip(analytic, direction))) == pytest.approx(float(numeric), rel=1e-6)
 
 
+@pytest.mark.parametrize("rank, source, window, documents", [
+    (0, 0, None, False),  # a diagonal block: two causal chunk pairs and one wholly visible
+    (1, 0, None, False),  # an earlier rank's block: half of it masked (this rank's chunks over its first)
+    (0, 1, None, True),  # a later rank's block (this rank's second chunk over it), documents across chunk borders
+    (0, 0, 30, True),  # the window and documents together
+    (1, 0, 5, False),  # a window that skips one chunk pair of the half left
+], ids=["diagonal", "off-diagonal", "later-with-documents", "window-with-documents", "short-window"])
+def test_kernel_block_equals_torch_block(monkeypatch, rank, source, window, documents):
+    """One ring block (CP=2, 96 tokens: chunks of 24) through the Triton kernel in fp32 and the
+    torch tiles in fp64: output and log-sum-exp forward; dq, dk, dv from a final log-sum-exp
+    and delta, as the ring's backward gives them. Tiles of 16 keep several kernel blocks and
+    chunk offsets off the block edges."""
+    pytest.importorskip("triton")
+    from megalite.kernels import dispatch
+    from megalite.parallel.context import _Block, _merge
+
+    flash = dispatch.triton_module("flash_attention")
+    for table in ("FORWARD", "BACKWARD_DKDV", "BACKWARD_DQ"):
+        monkeypatch.setattr(flash, table, {64: (16, 16, 1)})
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.manual_seed(0)
+    seq, size, batch, length = 96, 2, 2, 48
+    q, dout = torch.randn(length, batch, 2, 16), torch.randn(length, batch, 2, 16)
+    kv = torch.randn(2, batch, 1, length, 16)
+    doc_start = None
+    if documents:  # row 0: documents from 0, 10, 30, 50 and 70 (over the chunk borders 24, 48 and 72); row 1: 0, 90
+        starts = torch.tensor([[0, 10, 30, 50, 70], [0, 90, 90, 90, 90]])
+        everywhere = starts.gather(1, torch.searchsorted(starts, torch.arange(seq).repeat(batch, 1), right=True) - 1)
+        doc_start = everywhere[:, chunk_indices(seq, size, rank)].to(device)
+    other_blocks, delta_all = torch.randn(batch, 2, length), torch.randn(batch, 2, length)
+    block = _Block(seq, size, rank, source, window, device)
+    results = []
+    for fused, dtype in ((True, torch.float32), (False, torch.float64)):
+        qd, doutd, kvd = (t.to(device, dtype) for t in (q, dout, kv))
+        out = torch.zeros(batch, 2, length, 16, dtype=dtype, device=device)
+        lse = torch.full(out.shape[:3], float("-inf"), dtype=dtype, device=device)
+        for part, o, block_lse in block.forward(qd, kvd, doc_start, 0.0, fused):
+            _merge(out, lse, part, o, block_lse)
+        final = torch.logaddexp(lse, other_blocks.to(device, dtype))  # as if merged with the other blocks
+        delta = delta_all.to(device, dtype)
+        dq, dkv = torch.zeros_like(out), torch.zeros_like(kvd)
+        block.backward(qd, kvd, doutd, final, delta, doc_start, 0.0, fused, dq, dkv)
+        results.append((out, lse, dq, dkv[0], dkv[1]))
+    (out, lse, *grads), (out_ref, lse_ref, *grads_ref) = results
+    assert torch.equal(lse.isinf(), lse_ref.isinf())  # rows that see no key of the block
+    seen = ~lse_ref.isinf()
+    assert float((lse - lse_ref)[seen].abs().max()) < 1e-5
+    for name, got, want in zip(["out", "dq", "dk", "dv"], [out, *grads], [out_ref, *grads_ref]):
+        assert float((got.double() - want).abs().max() / want.abs().max()) < 1e-5, name
+
+
 def _pretrain_args(corpus, folder, name, **kw):
     kw = {"train_iters": ITERS, "lr": 1e-3, "min_lr": 1e-4, "hidden_size": 64, "num_attention_heads": 8,
           "num_query_groups": 4, "ffn_hidden_size": 128, "eval_iters": 0, "micro_batch_size": 4,
