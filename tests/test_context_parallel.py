@@ -1,7 +1,8 @@
 """Context parallelism on gloo: CP=2 and CP=4, alone (dropout on, sliding window) and with
 TP=2 + SP, PP=2 and DP=2 + ZeRO-1, and on packed SFT documents, reproduce the one-process
 losses and gradient norms over 20 steps; a CP=2 x DP=2 ZeRO-1 checkpoint resumes at CP=2
-alone. Several layouts share one process launch."""
+alone; CP=2 with the ring's blocks in the Triton kernel matches too (3 steps). Several
+layouts share one process launch."""
 
 import os
 
@@ -20,6 +21,8 @@ from tests.dist_utils import run_distributed
 ITERS = 20
 # the sequence (32 tokens) crosses chunk borders with a window of 5 and documents of any length
 DROPOUT_WINDOW = {"hidden_dropout": 0.1, "window_size": "5,0"}
+# the ring's blocks through the Triton kernel: under the interpreter, so a few steps of one sequence
+FUSED_SHORT = {"train_iters": 3, "micro_batch_size": 1, "global_batch_size": 1, **DROPOUT_WINDOW}
 
 
 def test_rank_layout_is_megatrons_tp_cp_dp_pp():
@@ -183,6 +186,7 @@ def runs(tmp_path_factory, tiny_corpus, sft_file):
     try:
         pretrain(parse_config(_pretrain_args(tiny_corpus, folder, "one", **DROPOUT_WINDOW)))
         pretrain(parse_config(_pretrain_args(tiny_corpus, folder, "one_plain")))
+        pretrain(parse_config(_pretrain_args(tiny_corpus, folder, "one_short", **FUSED_SHORT)))
         sft_main(_sft_args(tiny_corpus, sft_file, folder, "one_packed"))
     finally:
         torch.set_num_threads(2)
@@ -201,6 +205,8 @@ def runs(tmp_path_factory, tiny_corpus, sft_file):
         ("pretrain", _pretrain_args(tiny_corpus, folder, "cp2", context_parallel_size=2, **DROPOUT_WINDOW)),
         ("sft", _sft_args(tiny_corpus, sft_file, folder, "cp2_packed", context_parallel_size=2)),
         ("pretrain", _pretrain_args(tiny_corpus, folder, "cp2_resumed", context_parallel_size=2, load=zero1)),
+        ("pretrain", _pretrain_args(tiny_corpus, folder, "cp2_fused", context_parallel_size=2, fused_kernels=True,
+                                    **FUSED_SHORT)),
     ])
     return folder, {f[:-6]: read_metrics(os.path.join(folder, f))[0] for f in os.listdir(folder)
                     if f.endswith(".jsonl")}
@@ -218,6 +224,18 @@ def test_context_parallel_matches_one_process(runs, name, reference):
     if name == "cp2_dp2_zero1":  # trained half way, saved, resumed at CP=2 alone (no ZeRO)
         rows = rows + runs[1]["cp2_resumed"]
     assert len(rows) == len(ref) == ITERS
+    for a, b in zip(ref, rows):
+        assert b["lm_loss"] == pytest.approx(a["lm_loss"], rel=1e-5), a["iteration"]
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-5), a["iteration"]
+
+
+@pytest.mark.dist
+def test_fused_ring_blocks_match_one_process(runs):
+    """CP=2 with --fused-kernels (the ring's blocks through the Triton kernel, a window of 5
+    across chunks of 8 tokens, hidden dropout) gives the losses and gradient norms of one
+    process without fused kernels."""
+    rows, ref = runs[1]["cp2_fused"], runs[1]["one_short"]
+    assert len(rows) == len(ref) == FUSED_SHORT["train_iters"]
     for a, b in zip(ref, rows):
         assert b["lm_loss"] == pytest.approx(a["lm_loss"], rel=1e-5), a["iteration"]
         assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-5), a["iteration"]
