@@ -16,9 +16,13 @@ backward is written by hand: it recomputes each block's probabilities from the f
 log-sum-exp, keeps dQ local and sends the key/value gradients round the ring with their
 block, one step behind it, so they arrive back at their owner. A block is computed only on
 the rows and columns its mask allows (with the load balancing, half of every off-diagonal
-block; with a sliding window, blocks wholly outside the window are skipped). The per-block
-math is plain torch (matmuls in fp32 at least), over tiles of query rows that bound its
-working memory; the fused kernels take only square causal blocks.
+block; with a sliding window, blocks wholly outside the window are skipped). With fused
+kernels on (and Triton running on the tensors, no attention dropout) each block runs the
+Triton flash-attention kernel once per pair of a query chunk and a key chunk that causality
+and the window allow, the masks decided inside by global token index; its backward
+recomputes the probabilities from the final log-sum-exp too. Otherwise the per-block math
+is plain torch (matmuls in fp32 at least), over tiles of query rows that bound its working
+memory. The flash-attn package is not used per block (nothing here can run it).
 """
 
 from typing import Dict, Optional
