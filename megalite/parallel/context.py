@@ -235,6 +235,7 @@ class _Block:
 
 
 def _rows(doc_start, rows):
+    """The document starts of the query rows ``rows`` (None without documents)."""
     return None if doc_start is None else doc_start[:, rows]
 
 
