@@ -197,8 +197,9 @@ class TrainingConfig:
     loss_scale_window: int = opt(1000, "good steps before the loss scale doubles")
     hysteresis: int = opt(2, "overflows tolerated before the loss scale halves")
     recompute_granularity: Optional[str] = opt(None, "activation recomputation", choices=["full", "selective"])
-    fused_kernels: Optional[bool] = opt(None, "Triton kernels for norms, RoPE, SwiGLU and cross entropy (default: on "
-                                        "when CUDA and triton are present); --no-fused-kernels uses the torch code",
+    fused_kernels: Optional[bool] = opt(None, "Triton kernels for norms, RoPE, SwiGLU, cross entropy and the blocks of "
+                                        "context-parallel ring attention (default: on when CUDA and triton are "
+                                        "present); --no-fused-kernels uses the torch code",
                                         action=argparse.BooleanOptionalAction)
     eval_interval: int = opt(1000, "iterations between evaluations")
     eval_iters: int = opt(100, "global batches per evaluation")

@@ -1,7 +1,8 @@
 """Context parallelism on gloo: CP=2 and CP=4, alone (dropout on, sliding window) and with
 TP=2 + SP, PP=2 and DP=2 + ZeRO-1, and on packed SFT documents, reproduce the one-process
 losses and gradient norms over 20 steps; a CP=2 x DP=2 ZeRO-1 checkpoint resumes at CP=2
-alone. Several layouts share one process launch."""
+alone; CP=2 with the ring's blocks in the Triton kernel matches too (3 steps). Several
+layouts share one process launch."""
 
 import os
 
@@ -20,6 +21,8 @@ from tests.dist_utils import run_distributed
 ITERS = 20
 # the sequence (32 tokens) crosses chunk borders with a window of 5 and documents of any length
 DROPOUT_WINDOW = {"hidden_dropout": 0.1, "window_size": "5,0"}
+# the ring's blocks through the Triton kernel: under the interpreter, so a few steps of one sequence
+FUSED_SHORT = {"train_iters": 3, "micro_batch_size": 1, "global_batch_size": 1, **DROPOUT_WINDOW}
 
 
 def test_rank_layout_is_megatrons_tp_cp_dp_pp():
@@ -95,6 +98,57 @@ def test_ring_block_math_and_backward_equal_attention(one_thread, monkeypatch):
     assert float(sum((g * d).sum() for g, d in zip(analytic, direction))) == pytest.approx(float(numeric), rel=1e-6)
 
 
+@pytest.mark.parametrize("rank, source, window, documents", [
+    (0, 0, None, False),  # a diagonal block: two causal chunk pairs and one wholly visible
+    (1, 0, None, False),  # an earlier rank's block: half of it masked (this rank's chunks over its first)
+    (0, 1, None, True),  # a later rank's block (this rank's second chunk over it), documents across chunk borders
+    (0, 0, 30, True),  # the window and documents together
+    (1, 0, 5, False),  # a window that skips one chunk pair of the half left
+], ids=["diagonal", "off-diagonal", "later-with-documents", "window-with-documents", "short-window"])
+def test_kernel_block_equals_torch_block(monkeypatch, rank, source, window, documents):
+    """One ring block (CP=2, 96 tokens: chunks of 24) through the Triton kernel in fp32 and the
+    torch tiles in fp64: output and log-sum-exp forward; dq, dk, dv from a final log-sum-exp
+    and delta, as the ring's backward gives them. Tiles of 16 keep several kernel blocks and
+    chunk offsets off the block edges."""
+    pytest.importorskip("triton")
+    from megalite.kernels import dispatch
+    from megalite.parallel.context import _Block, _merge
+
+    flash = dispatch.triton_module("flash_attention")
+    for table in ("FORWARD", "BACKWARD_DKDV", "BACKWARD_DQ"):
+        monkeypatch.setattr(flash, table, {64: (16, 16, 1)})
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.manual_seed(0)
+    seq, size, batch, length = 96, 2, 2, 48
+    q, dout = torch.randn(length, batch, 2, 16), torch.randn(length, batch, 2, 16)
+    kv = torch.randn(2, batch, 1, length, 16)
+    doc_start = None
+    if documents:  # row 0: documents from 0, 10, 30, 50 and 70 (over the chunk borders 24, 48 and 72); row 1: 0, 90
+        starts = torch.tensor([[0, 10, 30, 50, 70], [0, 90, 90, 90, 90]])
+        everywhere = starts.gather(1, torch.searchsorted(starts, torch.arange(seq).repeat(batch, 1), right=True) - 1)
+        doc_start = everywhere[:, chunk_indices(seq, size, rank)].to(device)
+    other_blocks, delta_all = torch.randn(batch, 2, length), torch.randn(batch, 2, length)
+    block = _Block(seq, size, rank, source, window, device)
+    results = []
+    for fused, dtype in ((True, torch.float32), (False, torch.float64)):
+        qd, doutd, kvd = (t.to(device, dtype) for t in (q, dout, kv))
+        out = torch.zeros(batch, 2, length, 16, dtype=dtype, device=device)
+        lse = torch.full(out.shape[:3], float("-inf"), dtype=dtype, device=device)
+        for part, o, block_lse in block.forward(qd, kvd, doc_start, 0.0, fused):
+            _merge(out, lse, part, o, block_lse)
+        final = torch.logaddexp(lse, other_blocks.to(device, dtype))  # as if merged with the other blocks
+        delta = delta_all.to(device, dtype)
+        dq, dkv = torch.zeros_like(out), torch.zeros_like(kvd)
+        block.backward(qd, kvd, doutd, final, delta, doc_start, 0.0, fused, dq, dkv)
+        results.append((out, lse, dq, dkv[0], dkv[1]))
+    (out, lse, *grads), (out_ref, lse_ref, *grads_ref) = results
+    assert torch.equal(lse.isinf(), lse_ref.isinf())  # rows that see no key of the block
+    seen = ~lse_ref.isinf()
+    assert float((lse - lse_ref)[seen].abs().max()) < 1e-5
+    for name, got, want in zip(["out", "dq", "dk", "dv"], [out, *grads], [out_ref, *grads_ref]):
+        assert float((got.double() - want).abs().max() / want.abs().max()) < 1e-5, name
+
+
 def _pretrain_args(corpus, folder, name, **kw):
     kw = {"train_iters": ITERS, "lr": 1e-3, "min_lr": 1e-4, "hidden_size": 64, "num_attention_heads": 8,
           "num_query_groups": 4, "ffn_hidden_size": 128, "eval_iters": 0, "micro_batch_size": 4,
@@ -132,6 +186,7 @@ def runs(tmp_path_factory, tiny_corpus, sft_file):
     try:
         pretrain(parse_config(_pretrain_args(tiny_corpus, folder, "one", **DROPOUT_WINDOW)))
         pretrain(parse_config(_pretrain_args(tiny_corpus, folder, "one_plain")))
+        pretrain(parse_config(_pretrain_args(tiny_corpus, folder, "one_short", **FUSED_SHORT)))
         sft_main(_sft_args(tiny_corpus, sft_file, folder, "one_packed"))
     finally:
         torch.set_num_threads(2)
@@ -150,6 +205,8 @@ def runs(tmp_path_factory, tiny_corpus, sft_file):
         ("pretrain", _pretrain_args(tiny_corpus, folder, "cp2", context_parallel_size=2, **DROPOUT_WINDOW)),
         ("sft", _sft_args(tiny_corpus, sft_file, folder, "cp2_packed", context_parallel_size=2)),
         ("pretrain", _pretrain_args(tiny_corpus, folder, "cp2_resumed", context_parallel_size=2, load=zero1)),
+        ("pretrain", _pretrain_args(tiny_corpus, folder, "cp2_fused", context_parallel_size=2, fused_kernels=True,
+                                    **FUSED_SHORT)),
     ])
     return folder, {f[:-6]: read_metrics(os.path.join(folder, f))[0] for f in os.listdir(folder)
                     if f.endswith(".jsonl")}
@@ -167,6 +224,18 @@ def test_context_parallel_matches_one_process(runs, name, reference):
     if name == "cp2_dp2_zero1":  # trained half way, saved, resumed at CP=2 alone (no ZeRO)
         rows = rows + runs[1]["cp2_resumed"]
     assert len(rows) == len(ref) == ITERS
+    for a, b in zip(ref, rows):
+        assert b["lm_loss"] == pytest.approx(a["lm_loss"], rel=1e-5), a["iteration"]
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-5), a["iteration"]
+
+
+@pytest.mark.dist
+def test_fused_ring_blocks_match_one_process(runs):
+    """CP=2 with --fused-kernels (the ring's blocks through the Triton kernel, a window of 5
+    across chunks of 8 tokens, hidden dropout) gives the losses and gradient norms of one
+    process without fused kernels."""
+    rows, ref = runs[1]["cp2_fused"], runs[1]["one_short"]
+    assert len(rows) == len(ref) == FUSED_SHORT["train_iters"]
     for a, b in zip(ref, rows):
         assert b["lm_loss"] == pytest.approx(a["lm_loss"], rel=1e-5), a["iteration"]
         assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-5), a["iteration"]

@@ -135,7 +135,7 @@ def _flash_attn(q, k, v, cu_seqlens, dropout_p, window):
         out = flash_attn.flash_attn_func(*(t.transpose(0, 1) for t in (q, k, v)), dropout_p=dropout_p, causal=True,
                                          window_size=window_size)
         return out.transpose(0, 1)
-    reference.document_bounds(cu_seqlens, s, b)  # the same validation as the other backends
+    reference.document_starts(cu_seqlens, s, b)  # the same validation as the other backends
     cu = cu_seqlens.to(device=q.device, dtype=torch.int32)
     longest = int((cu[1:] - cu[:-1]).max())
     flat = [t.transpose(0, 1).reshape(s * b, *t.shape[2:]) for t in (q, k, v)]

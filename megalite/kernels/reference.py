@@ -91,10 +91,10 @@ def cross_entropy_gradient(logits: torch.Tensor, local_target: torch.Tensor, lse
     return grad.mul_(grad_loss.unsqueeze(-1)).to(logits.dtype)
 
 
-def document_bounds(cu_seqlens: torch.Tensor, seq: int, batch: int):
-    """(start, end) [batch, seq] int32: where the document holding each token begins and ends
-    (exclusive) within its row. ``cu_seqlens`` [docs + 1] are the boundaries over the batch rows
-    laid end to end, flash-attn's varlen convention; every row must start a document."""
+def document_starts(cu_seqlens: torch.Tensor, seq: int, batch: int) -> torch.Tensor:
+    """[batch, seq] int32: where the document holding each token begins within its row.
+    ``cu_seqlens`` [docs + 1] are the boundaries over the batch rows laid end to end,
+    flash-attn's varlen convention; every row must start a document."""
     cu = cu_seqlens.to(torch.int64)
     total = seq * batch
     row_starts = torch.arange(0, total, seq, device=cu.device)
@@ -102,9 +102,8 @@ def document_bounds(cu_seqlens: torch.Tensor, seq: int, batch: int):
         raise ValueError(f"cu_seqlens must rise strictly from 0 to seq x batch = {total} and include every row "
                          f"start (multiples of {seq}); got {cu.tolist()}")
     doc = torch.searchsorted(cu, torch.arange(total, device=cu.device), right=True) - 1
-    offset = row_starts.repeat_interleave(seq)
-    start, end = cu[doc] - offset, cu[doc + 1] - offset
-    return start.view(batch, seq).to(torch.int32), end.view(batch, seq).to(torch.int32)
+    start = cu[doc] - row_starts.repeat_interleave(seq)
+    return start.view(batch, seq).to(torch.int32)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: Optional[torch.Tensor] = None,
@@ -117,7 +116,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: Opt
     lets each query see only itself and the ``window`` keys before it (sliding-window attention)."""
     s, b = q.shape[:2]
     if cu_seqlens is not None:
-        start, _ = document_bounds(cu_seqlens, s, b)
+        start = document_starts(cu_seqlens, s, b)
         keys = torch.arange(s, device=q.device)
         mask = ((keys[None, None, :] <= keys[None, :, None]) & (keys[None, None, :] >= start[:, :, None]))[:, None]
     if window is not None:

@@ -16,9 +16,13 @@ backward is written by hand: it recomputes each block's probabilities from the f
 log-sum-exp, keeps dQ local and sends the key/value gradients round the ring with their
 block, one step behind it, so they arrive back at their owner. A block is computed only on
 the rows and columns its mask allows (with the load balancing, half of every off-diagonal
-block; with a sliding window, blocks wholly outside the window are skipped). The per-block
-math is plain torch (matmuls in fp32 at least), over tiles of query rows that bound its
-working memory; the fused kernels take only square causal blocks.
+block; with a sliding window, blocks wholly outside the window are skipped). With fused
+kernels on (and Triton running on the tensors, no attention dropout) each block runs the
+Triton flash-attention kernel once per pair of a query chunk and a key chunk that causality
+and the window allow, the masks decided inside by global token index; its backward
+recomputes the probabilities from the final log-sum-exp too. Otherwise the per-block math
+is plain torch (matmuls in fp32 at least), over tiles of query rows that bound its working
+memory. The flash-attn package is not used per block (nothing here can run it).
 """
 
 from typing import Dict, Optional
@@ -26,14 +30,21 @@ from typing import Dict, Optional
 import torch
 import torch.distributed as dist
 
+from megalite.kernels import dispatch
 from megalite.parallel import state
 
 
-def chunk_indices(seq: int, cp_size: int, cp_rank: int, device=None) -> torch.Tensor:
-    """Global indices of the tokens CP rank ``cp_rank`` holds: chunks cp_rank and 2C-1-cp_rank of 2C."""
+def _chunks(seq: int, cp_size: int, cp_rank: int):
+    """The two chunks CP rank ``cp_rank`` holds, cp_rank and 2C-1-cp_rank of 2C: (local slice,
+    global index of the first token) each."""
     c = seq // (2 * cp_size)
-    first, second = cp_rank * c, (2 * cp_size - 1 - cp_rank) * c
-    return torch.cat([torch.arange(first, first + c, device=device), torch.arange(second, second + c, device=device)])
+    return [(slice(0, c), cp_rank * c), (slice(c, 2 * c), (2 * cp_size - 1 - cp_rank) * c)]
+
+
+def chunk_indices(seq: int, cp_size: int, cp_rank: int, device=None) -> torch.Tensor:
+    """Global indices of the tokens CP rank ``cp_rank`` holds, in the order it holds them."""
+    c = seq // (2 * cp_size)
+    return torch.cat([torch.arange(first, first + c, device=device) for _, first in _chunks(seq, cp_size, cp_rank)])
 
 
 def split_batch(mb: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -92,9 +103,9 @@ def _tile_mask(mine, theirs, doc_start, window, part, cols):
 TILE_ELEMENTS = 2**27  # scores of one tile of query rows (batch x heads x rows x keys): bounds the working memory
 
 
-def _row_tiles(rows, cols, qh):
+def _row_tiles(rows, cols, q):
     """``rows`` in tiles whose score matrices hold at most TILE_ELEMENTS (long sequences on a GPU)."""
-    per_row = qh.shape[0] * qh.shape[1] * len(cols)
+    per_row = q.shape[1] * q.shape[2] * len(cols)
     return rows.split(max(1, TILE_ELEMENTS // per_row))
 
 
@@ -124,10 +135,108 @@ def _block_forward(q, k, v, ok, scale, dropout_p):
     return torch.matmul(p if keep is None else p * keep, _heads(v, q.shape[1])), lse
 
 
+def _block_backward(q, k, v, do, ok, lse, delta, scale, dropout_p):
+    """Gradients of one key block's share of attention: (dq [b, h, m, d], dk and dv per query head
+    [b, h, n, d]), the probabilities recomputed from the rows' final log-sum-exp ``lse`` [b, h, m],
+    with ``delta`` = rowsum(dO * O) of the merged output."""
+    p = torch.exp(_scores(q, k, ok, scale) - lse[..., None])
+    keep = _kept(p, dropout_p)  # the forward's mask: same generator state, same draws
+    dp = torch.matmul(do, _heads(v, q.shape[1]).transpose(-1, -2))
+    if keep is not None:
+        dp = dp * keep
+    ds = p * (dp - delta[..., None]) * scale
+    dv = torch.matmul((p if keep is None else p * keep).transpose(-1, -2), do)
+    return torch.matmul(ds, _heads(k, q.shape[1])), torch.matmul(ds.transpose(-1, -2), q), dv
+
+
 def _group_sum(t, hk):
     """Per query head [b, h, n, d] -> per key/value head [b, hk, n, d]."""
     b, h = t.shape[:2]
     return t if h == hk else t.view(b, hk, h // hk, *t.shape[2:]).sum(2)
+
+
+def _merge(out, lse, part, o, block_lse):
+    """Fold one block's output and log-sum-exp for the query rows ``part`` into the running ones
+    (online softmax); a row that no key has reached yet on either side stays 0 and -inf."""
+    merged = torch.logaddexp(lse[:, :, part], block_lse)
+    base = merged.masked_fill(merged == float("-inf"), 0.0)
+    out[:, :, part] = (out[:, :, part] * torch.exp(lse[:, :, part] - base)[..., None]
+                       + o * torch.exp(block_lse - base)[..., None])
+    lse[:, :, part] = merged
+
+
+def _kernel_runs(q: torch.Tensor, dropout_p: float) -> bool:
+    """Whether the blocks run the Triton attention kernel: fused kernels on, Triton running on
+    ``q``, no dropout (the kernel has none) and a head dim it takes; else the torch tiles."""
+    return (dropout_p == 0 and dispatch.fused_kernels_on() and dispatch.triton_runs_on(q)
+            and q.shape[-1] <= dispatch.triton_module("flash_attention").MAX_HEAD_DIM)
+
+
+class _Block:
+    """This rank's queries against the key/value block of CP rank ``source`` (of a ring of
+    ``size``, sequence ``seq``): the torch tiles crop it by global index (``mine``, ``theirs``);
+    the kernel runs on each pair of a query chunk and a key chunk with a token pair causality
+    and the window allow (the masks inside decided by global index too)."""
+
+    def __init__(self, seq, size, rank, source, window, device):
+        self.window = window
+        self.mine, self.theirs = chunk_indices(seq, size, rank, device), chunk_indices(seq, size, source, device)
+        c = seq // (2 * size)
+        self.pairs = [(rows, cols, q0, k0) for rows, q0 in _chunks(seq, size, rank)
+                      for cols, k0 in _chunks(seq, size, source)
+                      if k0 < q0 + c and (window is None or k0 + c - 1 >= q0 - window)]
+
+    def forward(self, q, kv, doc_start, dropout_p, fused):
+        """(query rows, output [b, h, rows, d], log-sum-exp [b, h, rows]) of each part of the block,
+        in fp32 at least; q [L, b, h, d], kv [2, b, kv heads, L, d]."""
+        if fused:
+            flash, (k, v) = dispatch.triton_module("flash_attention"), kv.permute(0, 3, 1, 2, 4)
+            for rows, cols, q0, k0 in self.pairs:
+                o, lse = flash.block_attention(q[rows], k[cols], v[cols], q0, k0, _rows(doc_start, rows), self.window)
+                yield rows, o.permute(1, 2, 0, 3), lse
+            return
+        crop = _crop(self.mine, self.theirs, self.window)
+        if crop is None:
+            return
+        rows, cols = crop
+        dt = torch.promote_types(q.dtype, torch.float32)  # fp32 at least (fp64 stays, for the tests)
+        kb, vb = kv[0][:, :, cols].to(dt), kv[1][:, :, cols].to(dt)
+        for part in _row_tiles(rows, cols, q):
+            ok = _tile_mask(self.mine, self.theirs, doc_start, self.window, part, cols)
+            yield (part, *_block_forward(q[part].permute(1, 2, 0, 3).to(dt), kb, vb, ok, q.shape[-1] ** -0.5,
+                                         dropout_p))
+
+    def backward(self, q, kv, dout, lse, delta, doc_start, dropout_p, fused, dq, dkv):
+        """Add the block's share of the gradients to ``dq`` [b, h, L, d] and ``dkv`` [2, b, kv heads,
+        L, d] (fp32 at least), given ``dout`` [L, b, h, d] and the merged output's log-sum-exp and
+        delta = rowsum(dO * O) [b, h, L]."""
+        if fused:
+            flash, (k, v) = dispatch.triton_module("flash_attention"), kv.permute(0, 3, 1, 2, 4)
+            for rows, cols, q0, k0 in self.pairs:
+                grads = flash.block_attention_backward(q[rows], k[cols], v[cols], dout[rows], lse[:, :, rows],
+                                                       delta[:, :, rows], q0, k0, _rows(doc_start, rows), self.window)
+                for acc, g, index in zip((dq, dkv[0], dkv[1]), grads, (rows, cols, cols)):
+                    acc[:, :, index] += g.permute(1, 2, 0, 3)
+            return
+        crop = _crop(self.mine, self.theirs, self.window)
+        if crop is None:
+            return
+        rows, cols = crop
+        dt, hk = dq.dtype, kv.shape[2]
+        kb, vb = kv[0][:, :, cols].to(dt), kv[1][:, :, cols].to(dt)
+        for part in _row_tiles(rows, cols, q):
+            ok = _tile_mask(self.mine, self.theirs, doc_start, self.window, part, cols)
+            dqb, dkb, dvb = _block_backward(q[part].permute(1, 2, 0, 3).to(dt), kb, vb,
+                                            dout[part].permute(1, 2, 0, 3).to(dt), ok, lse[:, :, part],
+                                            delta[:, :, part], q.shape[-1] ** -0.5, dropout_p)
+            dq[:, :, part] += dqb
+            dkv[0][:, :, cols] += _group_sum(dkb, hk)
+            dkv[1][:, :, cols] += _group_sum(dvb, hk)
+
+
+def _rows(doc_start, rows):
+    """The document starts of the query rows ``rows`` (None without documents)."""
+    return None if doc_start is None else doc_start[:, rows]
 
 
 class _Ring:
@@ -180,29 +289,17 @@ class _RingAttention(torch.autograd.Function):
     def forward(ctx, q, k, v, doc_start, window, dropout_p):
         ring = _Ring()
         ctx.rng = _generator_state(q.device) if dropout_p > 0 else None  # the backward redraws the same masks
+        ctx.fused = _kernel_runs(q, dropout_p)
         seq = q.shape[0] * ring.size
-        scale = q.shape[-1] ** -0.5
-        mine = chunk_indices(seq, ring.size, ring.rank, q.device)
-        dt = torch.promote_types(q.dtype, torch.float32)  # fp32 at least (fp64 stays, for the tests)
-        qh = q.permute(1, 2, 0, 3).to(dt)  # [b, h, L, d]
+        dt = torch.promote_types(q.dtype, torch.float32)
         kv = torch.stack([k, v]).permute(0, 2, 3, 1, 4).contiguous()  # [2, b, hk, L, d], travels the ring
-        out = torch.zeros_like(qh)
-        lse = torch.full(qh.shape[:3], float("-inf"), dtype=dt, device=q.device)
+        out = torch.zeros(q.permute(1, 2, 0, 3).shape, dtype=dt, device=q.device)  # [b, h, L, d]
+        lse = torch.full(out.shape[:3], float("-inf"), dtype=dt, device=q.device)
         for step in range(ring.size):
             pending = ring.start(kv, KV_TAG) if step < ring.size - 1 else None
-            theirs = chunk_indices(seq, ring.size, ring.source(step), q.device)
-            crop = _crop(mine, theirs, window)
-            if crop is not None:
-                rows, cols = crop
-                kb, vb = kv[0][:, :, cols].to(dt), kv[1][:, :, cols].to(dt)
-                for part in _row_tiles(rows, cols, qh):
-                    ok = _tile_mask(mine, theirs, doc_start, window, part, cols)
-                    o, l_ = _block_forward(qh[:, :, part], kb, vb, ok, scale, dropout_p)
-                    # never -inf on both sides: step 0 is the rank's own block, where every query sees itself
-                    merged = torch.logaddexp(lse[:, :, part], l_)
-                    out[:, :, part] = (out[:, :, part] * torch.exp(lse[:, :, part] - merged)[..., None]
-                                       + o * torch.exp(l_ - merged)[..., None])
-                    lse[:, :, part] = merged
+            block = _Block(seq, ring.size, ring.rank, ring.source(step), window, q.device)
+            for part, o, block_lse in block.forward(q, kv, doc_start, dropout_p, ctx.fused):
+                _merge(out, lse, part, o, block_lse)
             if pending is not None:
                 kv = _finish(pending)
         ctx.save_for_backward(q, k, v, out, lse, doc_start)
@@ -221,37 +318,17 @@ class _RingAttention(torch.autograd.Function):
     def _backward(ctx, dout):
         q, k, v, out, lse, doc_start = ctx.saved_tensors
         ring = _Ring()
-        seq, hk = q.shape[0] * ring.size, k.shape[2]
-        scale = q.shape[-1] ** -0.5
-        mine = chunk_indices(seq, ring.size, ring.rank, q.device)
-        qh = q.permute(1, 2, 0, 3).to(out.dtype)
-        do = dout.permute(1, 2, 0, 3).to(out.dtype)
-        delta = (do * out).sum(-1)  # [b, h, L]
-        dq = torch.zeros_like(qh)
+        seq = q.shape[0] * ring.size
+        delta = (dout.permute(1, 2, 0, 3).to(out.dtype) * out).sum(-1)  # [b, h, L]
+        dq = torch.zeros_like(out)
         kv = torch.stack([k, v]).permute(0, 2, 3, 1, 4).contiguous()
         dkv = torch.zeros(kv.shape, dtype=out.dtype, device=kv.device)  # travels with its block, one step behind
         grads_pending = None
         for step in range(ring.size):
             kv_pending = ring.start(kv, KV_TAG) if step < ring.size - 1 else None
-            theirs = chunk_indices(seq, ring.size, ring.source(step), q.device)
-            crop = _crop(mine, theirs, ctx.window)
             block = torch.zeros_like(dkv)
-            if crop is not None:
-                rows, cols = crop
-                kb, vb = kv[0][:, :, cols].to(out.dtype), kv[1][:, :, cols].to(out.dtype)
-                for part in _row_tiles(rows, cols, qh):
-                    qb, dob = qh[:, :, part], do[:, :, part]
-                    s = _scores(qb, kb, _tile_mask(mine, theirs, doc_start, ctx.window, part, cols), scale)
-                    p = torch.exp(s - lse[:, :, part, None])
-                    keep = _kept(p, ctx.dropout_p)  # the forward's mask: same generator state, same draws
-                    dp = torch.matmul(dob, _heads(vb, qb.shape[1]).transpose(-1, -2))
-                    if keep is not None:
-                        dp, p_kept = dp * keep, p * keep
-                    ds = p * (dp - delta[:, :, part, None]) * scale
-                    dq[:, :, part] += torch.matmul(ds, _heads(kb, qb.shape[1]))
-                    block[0][:, :, cols] += _group_sum(torch.matmul(ds.transpose(-1, -2), qb), hk)
-                    block[1][:, :, cols] += _group_sum(torch.matmul((p if keep is None else p_kept).transpose(-1, -2),
-                                                                    dob), hk)
+            _Block(seq, ring.size, ring.rank, ring.source(step), ctx.window, q.device).backward(
+                q, kv, dout, lse, delta, doc_start, ctx.dropout_p, ctx.fused, dq, block)
             if grads_pending is not None:
                 dkv = _finish(grads_pending)
             dkv = dkv + block
