@@ -120,13 +120,21 @@ def test_resume_is_bit_exact_with_sampling(tmp_path, models, sampled):
 
 @pytest.mark.parametrize("algorithm", ["grpo", "ppo"])
 def test_lora_policy_with_held_out_rewards(tmp_path, models, algorithm):
-    run = train(models, tmp_path, "lora", lora_rank=4, lora_alpha=8, ref_load=None, train_iters=2,
-                prompt_valid_fraction=0.25, eval_iters=1, eval_interval=2, algorithm=algorithm)
+    """PPO: the critic is a LoRA run too (adapters and score head saved), and resumes."""
+    kw = dict(lora_rank=4, lora_alpha=8, ref_load=None, prompt_valid_fraction=0.25, eval_iters=1, eval_interval=2,
+              algorithm=algorithm, save=str(tmp_path / "run"))
+    run = train(models, tmp_path, "lora", train_iters=2, **kw)
     kl = "kl" if algorithm == "grpo" else "objective/kl"
     assert run[0][kl] == 0.0  # adapters start at zero: the policy is its reference
     assert run[1][kl] != 0.0
     valid = [r for r in read_metrics(str(tmp_path / "lora.jsonl"))[1] if r["split"] == "valid"]
     assert valid and "reward" in valid[-1]
+    if algorithm == "ppo":
+        from megalite.checkpoint.layout import read_checkpoint
+
+        saved = read_checkpoint(str(tmp_path / "run" / "critic" / "iter_0000002"))["model"]
+        assert "score.weight" in saved and all("lora" in k or k == "score.weight" for k in saved)
+        assert [r["iteration"] for r in train(models, tmp_path, "more", train_iters=3, **kw)] == [3]
 
 
 def test_bad_input(tmp_path, models, capsys):

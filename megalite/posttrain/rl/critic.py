@@ -7,6 +7,8 @@ language model, whose output layer is then replaced by a fresh score head), has 
 buffer and optimizer (the run's settings; ``--critic-lr`` or the policy's learning rate, on the
 policy's schedule) and is checkpointed as a reward-model checkpoint in ``SAVE/critic`` at the
 policy's iterations, so the same command resumes both and the critic exports like any reward model.
+With --lora-rank the critic is a LoRA run too (the --lora-* settings; its score head trains in full),
+its frozen base the weights it started from.
 """
 
 import copy
@@ -25,6 +27,7 @@ from megalite.model.heads import ScoreHead
 from megalite.parallel import state
 from megalite.parallel.init import initialize
 from megalite.parallel.pipeline import forward_backward
+from megalite.posttrain.lora_io import LoRA, load_lora_run
 from megalite.posttrain.reward import score_head_fit
 from megalite.posttrain.rl import ppo
 from megalite.training.trainer import gradients_and_optimizer
@@ -40,10 +43,16 @@ class Critic:
         t, c = cfg.training, cfg.checkpoint
         self.cfg = copy.deepcopy(cfg)
         self.cfg.dpo.pref_method = "rm"  # its checkpoints are reward models' (tools/convert_checkpoint.py)
+        self.cfg.lora.load_adapter = None  # the policy's adapters are not the critic's
+        lora = LoRA() if cfg.lora.lora_rank > 0 else None
         self.shape, self.dtype = ctx.activation_shape, ctx.dtype
         self.clip = cfg.rl.cliprange_value
         self.lr_scale = (cfg.rl.critic_lr / t.lr) if cfg.rl.critic_lr is not None and t.lr else 1.0
         self.model = build_stage_model(self.cfg, t.recompute_granularity, ScoreHead)
+        if lora is not None:
+            lora.apply(self.model, self.cfg)
+        self.saved = lora.checkpointed(self.model, self.cfg) if lora is not None else self.model
+        self.load = load_lora_run if lora is not None else load_checkpoint
         initialize(self.model, t.seed)
         self.model.to(device=ctx.device, dtype=ctx.dtype)
         self.grads, self.optimizer = gradients_and_optimizer(self.cfg, self.model)
@@ -59,8 +68,7 @@ class Critic:
     def _load(self, load: str, finetune: bool) -> None:
         ckpt = dataclasses.replace(self.cfg.checkpoint, load=load, finetune=finetune, no_load_optim=finetune,
                                    no_load_rng=True)  # the sampling and dropout streams are the policy's
-        load_checkpoint(dataclasses.replace(self.cfg, checkpoint=ckpt), self.model, self.optimizer,
-                        fit_for=score_head_fit)
+        self.load(dataclasses.replace(self.cfg, checkpoint=ckpt), self.model, self.optimizer, fit_for=score_head_fit)
 
     @torch.no_grad()
     def values(self, batch) -> None:
@@ -99,5 +107,5 @@ class Critic:
 
     def save(self, root: str, iteration: int, consumed_samples: int, consumed_tokens: int) -> None:
         keep = self.cfg.checkpoint.keep_last
-        save_checkpoint(os.path.join(root, FOLDER), iteration, self.model, self.optimizer, self.cfg,
+        save_checkpoint(os.path.join(root, FOLDER), iteration, self.saved, self.optimizer, self.cfg,
                         consumed_samples, consumed_tokens, keep + 1 if keep else keep)
