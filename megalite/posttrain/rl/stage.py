@@ -106,13 +106,16 @@ def critic_start(cfg: Config) -> str:
     """PPO's critic starts from the reward model when it is a megalite one of the policy's
     architecture (InstructGPT's choice), else from the policy's starting weights."""
     rm = cfg.rl.reward_model
-    folder = find_checkpoint(rm) if rm and os.path.isdir(rm) else None
-    if folder is not None:
+    if rm:
         try:
+            folder = find_checkpoint(rm) if os.path.isdir(rm) else None
+            if folder is None:
+                raise MegaliteError("not a megalite checkpoint")
             check_architecture(saved_settings(folder), cfg, folder)
             return rm
-        except MegaliteError:
-            pass
+        except MegaliteError as e:
+            if int(os.environ.get("RANK", "0")) == 0:
+                print(f"note: PPO's critic starts from the policy's weights (--reward-model {rm}: {e})", flush=True)
     return cfg.checkpoint.load
 
 
