@@ -41,7 +41,7 @@ def window_size_type(text) -> List[int]:
     return values
 
 
-ROPE_TYPES = ("llama3", "linear", "dynamic", "yarn")
+ROPE_TYPES = ("llama3", "linear", "dynamic", "yarn", "longrope")
 # Megatron-LM's --attention-backend choices, and the backend each is here (the math is the same).
 MEGATRON_ATTENTION_BACKENDS = {"auto": "flash_attn", "flash": "flash_attn", "fused": "sdpa", "unfused": "sdpa",
                                "local": "sdpa"}
@@ -68,8 +68,8 @@ class ModelConfig:
                                          "--use-rope-scaling)", choices=list(ROPE_TYPES))
     rope_scaling_factor: float = opt(8.0, "RoPE scaling factor (transformers' factor)")
     original_max_position_embeddings: Optional[int] = opt(
-        None, "llama3 / yarn RoPE scaling: the context the model was pretrained with (default 8192 for llama3, "
-              "--max-position-embeddings for yarn)")
+        None, "llama3 / yarn / longrope RoPE scaling: the context the model was pretrained with (default 8192 for "
+              "llama3, --max-position-embeddings for yarn and longrope)")
     low_freq_factor: float = opt(1.0, "llama3 RoPE scaling: wavelengths above original context / this are divided "
                                       "by the factor")
     high_freq_factor: float = opt(4.0, "llama3 RoPE scaling: wavelengths below original context / this are kept")
@@ -79,8 +79,15 @@ class ModelConfig:
     mscale: float = opt(1.0, "yarn RoPE scaling: numerator of the attention factor when --mscale-all-dim is set")
     mscale_all_dim: float = opt(0.0, "yarn RoPE scaling: denominator of the attention factor (0: the factor is "
                                      "0.1 ln(factor) + 1)")
-    attention_factor: Optional[float] = opt(None, "yarn RoPE scaling: multiplies cos and sin (default from "
-                                                  "--mscale / --mscale-all-dim)")
+    attention_factor: Optional[float] = opt(None, "yarn / longrope RoPE scaling: multiplies cos and sin (default: "
+                                                  "yarn from --mscale / --mscale-all-dim, longrope sqrt(1 + "
+                                                  "ln(factor) / ln(--original-max-position-embeddings)))")
+    short_factor: Optional[List[float]] = opt(
+        None, "longrope RoPE scaling: what each frequency is divided by (one per pair of rotated dimensions) in a "
+              "sequence no longer than --original-max-position-embeddings", nargs="+", type=float)
+    long_factor: Optional[List[float]] = opt(
+        None, "longrope RoPE scaling: what each frequency is divided by in a sequence longer than "
+              "--original-max-position-embeddings", nargs="+", type=float)
     max_position_embeddings: Optional[int] = opt(None, "longest sequence (default --seq-length)")
     swiglu: bool = opt(False, "SwiGLU MLP instead of GELU")
     add_bias_linear: bool = opt(True, "no bias in linear layers", flag="--disable-bias-linear", action="store_false")
@@ -918,8 +925,14 @@ def validate_rope_scaling(m: ModelConfig) -> None:
         raise MegaliteError(f"--rope-type {m.rope_type} needs --position-embedding-type rope")
     if m.rope_scaling_factor < 1:
         raise MegaliteError(f"--rope-scaling-factor {m.rope_scaling_factor}: must be at least 1")
-    if m.original_max_position_embeddings is None and m.rope_type in ("llama3", "yarn"):
+    if m.original_max_position_embeddings is None and m.rope_type in ("llama3", "yarn", "longrope"):
         m.original_max_position_embeddings = 8192 if m.rope_type == "llama3" else m.max_position_embeddings
+    if m.rope_type == "longrope":
+        pairs = int(m.kv_channels * m.rotary_percent) // 2
+        for flag, factors in (("--short-factor", m.short_factor), ("--long-factor", m.long_factor)):
+            if factors is None or len(factors) != pairs:
+                raise MegaliteError(f"--rope-type longrope needs {flag} with {pairs} values (one per pair of rotated "
+                                    f"dimensions), got {'none' if factors is None else len(factors)}")
     if m.rope_type == "llama3" and m.high_freq_factor <= m.low_freq_factor:
         raise MegaliteError(f"--high-freq-factor {m.high_freq_factor} must exceed --low-freq-factor "
                             f"{m.low_freq_factor}")
@@ -982,9 +995,9 @@ def validate_context_parallel(cfg: Config, world_size: int) -> None:
         raise MegaliteError(f"--seq-length {d.seq_length} is not divisible by {chunks} (2 x --context-parallel-size "
                             + ("x --tensor-model-parallel-size, with --sequence-parallel)" if p.sequence_parallel
                                else "chunks, for the causal load balancing)"))
-    if m.rope_type == "dynamic":
-        raise MegaliteError("--rope-type dynamic with --context-parallel-size > 1: each rank would scale by the "
-                            "positions it holds; use another --rope-type")
+    if m.rope_type in ("dynamic", "longrope"):
+        raise MegaliteError(f"--rope-type {m.rope_type} with --context-parallel-size > 1: each rank would scale by "
+                            "the positions it holds; use another --rope-type")
 
 
 def data_parallel_size(cfg: Config, world_size: int) -> int:

@@ -220,6 +220,10 @@ def test_export_refuses_what_llama_cpp_cannot_reproduce(tmp_path, tokenizers):
     random_checkpoint(str(tmp_path / "yarn"), tokenizers["bpe"], rope_type="yarn")
     with pytest.raises(MegaliteError, match="--rope-type yarn is not exported"):
         export_gguf(str(tmp_path / "yarn"), str(tmp_path / "y.gguf"))
+    random_checkpoint(str(tmp_path / "longrope"), tokenizers["bpe"], rope_type="longrope", short_factor=[1.0] * 8,
+                      long_factor=[4.0] * 8)
+    with pytest.raises(MegaliteError, match="--rope-type longrope is not exported"):
+        export_gguf(str(tmp_path / "longrope"), str(tmp_path / "l.gguf"))
     assert not list(tmp_path.glob("*.gguf*"))  # nothing half-written
 
 

@@ -61,7 +61,7 @@ def check_logits_generation_round_trip(tmp_path, config, length, prompt_length):
     theirs = fresh_hf(orig).generate(torch.tensor([prompt]), max_new_tokens=length - prompt_length, do_sample=False,
                                      min_new_tokens=length - prompt_length, pad_token_id=0)[0, prompt_length:].tolist()
     assert generate(ours, [prompt], length - prompt_length, Sampling())[0] == theirs
-    if "dynamic" not in str(config):  # (dynamic: cached keys keep the angles they had)
+    if not any(kind in str(config) for kind in ("dynamic", "longrope")):  # (cached keys keep the angles they had)
         assert generate(ours, [prompt], length - prompt_length, Sampling(), use_cache=False)[0] == theirs
     export_hf(str(tmp_path / "ck"), str(tmp_path / "hf"), dtype="fp32")
     with torch.no_grad():
@@ -84,6 +84,11 @@ ROPE_SCALINGS = {
                         beta_slow=2.0, mscale=0.8, mscale_all_dim=0.5),
     "yarn-attention-factor": dict(rope_type="yarn", factor=3.0, original_max_position_embeddings=64,
                                   attention_factor=1.25),
+    # Phi-3 style: per-frequency divisors (head_dim 16: 8 of each), the long set once a sequence outgrows 64
+    # positions (generation crosses it: keys cached before keep the short set); default attention factor from factor
+    "longrope": dict(rope_type="longrope", factor=4.0, original_max_position_embeddings=64,
+                     short_factor=[1.0, 1.1, 1.3, 1.2, 1.6, 1.4, 1.9, 1.7],
+                     long_factor=[1.0, 1.5, 2.5, 4.0, 6.5, 9.0, 14.0, 20.0]),
 }
 
 
@@ -114,8 +119,7 @@ def test_unknown_rope_settings_are_refused(tmp_path):
     config = transformers.LlamaConfig(**SMALL, max_position_embeddings=64).to_dict()
     config.pop("rope_parameters")
     for scaling, message in [
-        ({"rope_type": "longrope", "short_factor": [1.0] * 8, "long_factor": [2.0] * 8},
-         "rope_type 'longrope' is not supported"),
+        ({"rope_type": "proportional", "factor": 2.0}, "rope_type 'proportional' is not supported"),
         ({"rope_type": "linear", "factor": 2.0, "low_freq_factor": 1.0},
          "rope_scaling key 'low_freq_factor' is not supported with rope_type 'linear'"),
         ({"rope_type": "yarn", "factor": 2.0, "truncate": False}, "yarn with truncate: false"),
@@ -124,6 +128,26 @@ def test_unknown_rope_settings_are_refused(tmp_path):
         (tmp_path / "m" / "config.json").write_text(json.dumps({**config, "rope_scaling": scaling}))
         with pytest.raises(MegaliteError, match=message):
             import_hf(str(tmp_path / "m"), str(tmp_path / "ck"))
+
+
+@pytest.mark.parametrize("kind, extra", [("qwen2", {}), ("qwen3", {"attention_factor": 1.3})])
+def test_longrope_on_qwen_matches_transformers(tmp_path, kind, extra):
+    """Qwen2/3 carry longrope too (Mistral's RoPE is Llama's, here and in transformers); no factor:
+    max_position_embeddings / original_max_position_embeddings sets the attention factor. Logits
+    below the original context too (the short set), and a generation that crosses it (its
+    cached keys keep the short set: recomputing without the cache gives other tokens)."""
+    cls = transformers.Qwen2Config if kind == "qwen2" else transformers.Qwen3Config
+    scaling = dict(ROPE_SCALINGS["longrope"], original_max_position_embeddings=24, **extra)
+    del scaling["factor"]
+    config = cls(**SMALL, head_dim=16, rope_theta=100.0, max_position_embeddings=96, rope_scaling=dict(scaling),
+                 tie_word_embeddings=True)
+    exported = check_logits_generation_round_trip(tmp_path, config, length=40, prompt_length=16)
+    assert exported["rope_scaling"].items() >= scaling.items() and exported["rope_scaling"]["factor"] == 4.0
+    ours, _ = load_model(str(tmp_path / "ck"))
+    tokens = torch.randint(0, 256, (2, 20), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(tokens), fresh_hf(str(tmp_path / "orig"))(tokens).logits, rtol=1e-5,
+                                   atol=1e-5)
 
 
 def test_qwen3_matches_transformers(tmp_path):

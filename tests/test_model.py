@@ -183,7 +183,15 @@ def check_packed_documents(cfg):
         assert (p.grad - grads[n]).abs().max() <= 1e-5 * grads[n].abs().max(), n
 
 
-@pytest.mark.parametrize("kw", [{}, {"position_embedding_type": "learned_absolute"}], ids=["rope", "learned"])
+# longrope over an original context of 8: the documents of 9 and 11 tokens take the long set, their
+# row-mates the short one (as each does alone)
+LONGROPE = dict(use_rope_scaling=True, rope_type="longrope", rope_scaling_factor=4.0,
+                original_max_position_embeddings=8, short_factor=[1.0, 1.2, 1.1, 1.5, 1.3, 1.8, 1.6, 2.0],
+                long_factor=[1.0, 2.0, 3.0, 5.0, 7.0, 9.0, 12.0, 16.0])
+
+
+@pytest.mark.parametrize("kw", [{}, {"position_embedding_type": "learned_absolute"}, LONGROPE],
+                         ids=["rope", "learned", "longrope"])
 def test_packed_documents_get_the_loss_they_get_alone(kw):
     check_packed_documents(model_config(**kw))
 
@@ -199,6 +207,13 @@ def test_rope_scaling_flags_resolve():
     m = validate(parse_config(base + ["--position-embedding-type", "rope", "--rope-type", "yarn",
                                       "--rope-scaling-factor", "4", "--max-position-embeddings", "128"])).model
     assert m.use_rope_scaling and m.original_max_position_embeddings == 128
+    longrope = base + ["--position-embedding-type", "rope", "--rope-type", "longrope", "--max-position-embeddings",
+                       "128", "--short-factor", *["1"] * 8, "--long-factor", *["2.5"] * 8]
+    m = validate(parse_config(longrope)).model
+    assert m.original_max_position_embeddings == 128 and m.long_factor == [2.5] * 8
+    with pytest.raises(MegaliteError, match=r"--rope-type longrope needs --long-factor with 8 values \(one per pair "
+                                            r"of rotated dimensions\), got 7"):
+        validate(parse_config(longrope[:-1]))
     with pytest.raises(MegaliteError, match="--rope-type linear needs --position-embedding-type rope"):
         validate(parse_config(base + ["--rope-type", "linear"]))
 

@@ -113,6 +113,9 @@ ROPE_KEYS = {
     "yarn": {"factor": "rope_scaling_factor", "original_max_position_embeddings": "original_max_position_embeddings",
              "beta_fast": "beta_fast", "beta_slow": "beta_slow", "mscale": "mscale", "mscale_all_dim": "mscale_all_dim",
              "attention_factor": "attention_factor"},
+    "longrope": {"factor": "rope_scaling_factor",
+                 "original_max_position_embeddings": "original_max_position_embeddings", "short_factor": "short_factor",
+                 "long_factor": "long_factor", "attention_factor": "attention_factor"},
 }
 
 
@@ -151,10 +154,10 @@ def _rope_settings(hf: Dict) -> Dict:
     for key, name in keys.items():
         if params.get(key) is not None:
             out[name] = params[key]
-    if kind in ("llama3", "yarn"):  # transformers' defaults: a top-level value wins, else max_position_embeddings
+    if kind in ("llama3", "yarn", "longrope"):  # transformers: a top-level value wins, else max_position_embeddings
         out["original_max_position_embeddings"] = hf.get("original_max_position_embeddings") or params.get(
             "original_max_position_embeddings") or hf["max_position_embeddings"]
-    if kind == "yarn" and params.get("factor") is None:
+    if kind in ("yarn", "longrope") and params.get("factor") is None:
         out["rope_scaling_factor"] = hf["max_position_embeddings"] / out["original_max_position_embeddings"]
     return out
 

@@ -5,8 +5,10 @@ The model goes out as llama.cpp's ``llama`` architecture: our tensors take the H
 names (megalite/hf/layout.py) and from there llama.cpp's (gguf's own name table); q and k rows
 are permuted from the rotate-half RoPE layout we share with HF to the interleaved pairs
 llama.cpp's llama rope rotates (what llama.cpp's convert_hf_to_gguf.py does for LlamaModel).
-RoPE scaling: linear as metadata, llama3 as the ``rope_freqs`` tensor; yarn and dynamic are
-refused. The tokenizer goes along (megalite/hf/gguf_vocab.py); 2-D weights are stored as f16,
+RoPE scaling: linear as metadata, llama3 as the ``rope_freqs`` tensor; yarn, dynamic and longrope
+are refused (longrope: llama.cpp's llama architecture has no short / long factor tensors, and
+where llama.cpp has them, Phi-3, it picks the set by its context size, not by each sequence's
+length as transformers does). The tokenizer goes along (megalite/hf/gguf_vocab.py); 2-D weights are stored as f16,
 q8_0 or q4_0 (rows whose length is not a multiple of the 32-value block stay f16), norms f32.
 """
 

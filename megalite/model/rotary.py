@@ -11,7 +11,14 @@ interpolated and original frequencies by a ramp over dimensions and scales cos a
 its attention factor, ``dynamic`` (NTK) raises the base once a sequence outgrows
 ``max_position_embeddings``, from the largest position in each call (transformers keeps the
 longest length seen until a call falls back inside the original context; one generation
-sees the same angles either way).
+sees the same angles either way). ``longrope`` (Phi-3 style) divides each frequency by its
+entry of ``short_factor``, or of ``long_factor`` for a sequence longer than the original
+context, and scales cos and sin by its attention factor. As in transformers, the choice goes
+by the largest position a call sees of each sequence (a packed document, a batch row), so
+keys already in a KV cache keep the short-factor angles they were written with when a
+generation crosses the original context; transformers takes the largest position of the
+whole batch, which is the same for one sequence, and we keep each sequence's choice its
+own so a batched or packed sequence gets what it gets alone.
 """
 
 import math
@@ -67,6 +74,31 @@ def _yarn(dim: int, cfg: ModelConfig) -> torch.Tensor:
     return interpolated * (1 - keep) + extrapolated * keep
 
 
+def longrope_attention_factor(cfg: ModelConfig) -> float:
+    if cfg.attention_factor is not None:
+        return cfg.attention_factor
+    factor, original = cfg.rope_scaling_factor, cfg.original_max_position_embeddings
+    return 1.0 if factor <= 1 else math.sqrt(1 + math.log(factor) / math.log(original))
+
+
+def _longrope(dim: int, cfg: ModelConfig, factors) -> torch.Tensor:
+    """The default frequencies, each divided by its factor (longrope's short or long set)."""
+    exponents = torch.arange(0, dim, 2, dtype=torch.int64).float() / dim
+    return 1.0 / (torch.tensor(factors, dtype=torch.float32) * cfg.rotary_base ** exponents)
+
+
+def sequence_lengths(positions: torch.Tensor) -> torch.Tensor:
+    """How long the sequence each token belongs to is, as far as this call sees it (its largest
+    position + 1): a scalar for ``positions`` [seq], else [seq, batch] for each column's packed
+    documents (each restart at 0 begins one)."""
+    if positions.dim() == 1:
+        return positions.max() + 1
+    document = (positions == 0).cumsum(0)
+    ends = torch.zeros(positions.shape[0] + 1, positions.shape[1], dtype=positions.dtype, device=positions.device)
+    ends = ends.scatter_reduce(0, document, positions, "amax")
+    return ends.gather(0, document) + 1
+
+
 def _dynamic_inv_freq(dim: int, cfg: ModelConfig, seq_len: torch.Tensor) -> torch.Tensor:
     """NTK: the base grows with the sequence past max_position_embeddings (float32 tensors, as transformers)."""
     factor, longest = cfg.rope_scaling_factor, cfg.max_position_embeddings
@@ -79,6 +111,8 @@ def inverse_frequencies(dim: int, cfg: ModelConfig) -> Tuple[torch.Tensor, float
     kind = cfg.rope_type if cfg.use_rope_scaling else None
     if kind == "yarn":
         return _yarn(dim, cfg), yarn_attention_factor(cfg)
+    if kind == "longrope":
+        return _longrope(dim, cfg, cfg.short_factor), longrope_attention_factor(cfg)
     inv_freq = _default_inv_freq(dim, cfg.rotary_base)
     if kind == "linear":
         inv_freq = inv_freq / cfg.rope_scaling_factor
@@ -93,12 +127,19 @@ class RotaryEmbedding(nn.Module):
         self.rot_dim = int(head_dim * cfg.rotary_percent)
         self.cfg = cfg
         self.dynamic = cfg.use_rope_scaling and cfg.rope_type == "dynamic"
-        if self.cfg.use_rope_scaling and cfg.rope_type in ("llama3", "yarn"):
+        self.longrope = cfg.use_rope_scaling and cfg.rope_type == "longrope"
+        if self.cfg.use_rope_scaling and cfg.rope_type in ("llama3", "yarn", "longrope"):
             assert cfg.original_max_position_embeddings, "validate_rope_scaling sets the original context"
         inv_freq, self.attention_factor = inverse_frequencies(self.rot_dim, cfg)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
+        if self.longrope:
+            self.register_buffer("long_inv_freq", _longrope(self.rot_dim, cfg, cfg.long_factor), persistent=False)
 
     def _inv_freq(self, positions: torch.Tensor) -> torch.Tensor:
+        """[rot_dim / 2], or with longrope [seq, batch, rot_dim / 2]: each token its sequence's set."""
+        if self.longrope:
+            longer = sequence_lengths(positions) > self.cfg.original_max_position_embeddings
+            return torch.where(longer[..., None], self.long_inv_freq, self.inv_freq)
         if self.dynamic:
             seq_len = positions.max() + 1
             if seq_len > self.cfg.max_position_embeddings:
