@@ -190,8 +190,11 @@ LONGROPE = dict(use_rope_scaling=True, rope_type="longrope", rope_scaling_factor
                 long_factor=[1.0, 2.0, 3.0, 5.0, 7.0, 9.0, 12.0, 16.0])
 
 
-@pytest.mark.parametrize("kw", [{}, {"position_embedding_type": "learned_absolute"}, LONGROPE],
-                         ids=["rope", "learned", "longrope"])
+DYNAMIC = dict(use_rope_scaling=True, rope_type="dynamic", rope_scaling_factor=2.0, max_position_embeddings=8)
+
+
+@pytest.mark.parametrize("kw", [{}, {"position_embedding_type": "learned_absolute"}, LONGROPE, DYNAMIC],
+                         ids=["rope", "learned", "longrope", "dynamic"])
 def test_packed_documents_get_the_loss_they_get_alone(kw):
     check_packed_documents(model_config(**kw))
 

@@ -9,16 +9,15 @@ computes the same angles: ``linear`` divides every frequency by the factor, ``ll
 (Llama 3.1+) divides the low frequencies and blends the middle band, ``yarn`` blends
 interpolated and original frequencies by a ramp over dimensions and scales cos and sin by
 its attention factor, ``dynamic`` (NTK) raises the base once a sequence outgrows
-``max_position_embeddings``, from the largest position in each call (transformers keeps the
-longest length seen until a call falls back inside the original context; one generation
-sees the same angles either way). ``longrope`` (Phi-3 style) divides each frequency by its
-entry of ``short_factor``, or of ``long_factor`` for a sequence longer than the original
-context, and scales cos and sin by its attention factor. As in transformers, the choice goes
-by the largest position a call sees of each sequence (a packed document, a batch row), so
-keys already in a KV cache keep the short-factor angles they were written with when a
-generation crosses the original context; transformers takes the largest position of the
-whole batch, which is the same for one sequence, and we keep each sequence's choice its
-own so a batched or packed sequence gets what it gets alone.
+``max_position_embeddings`` (transformers keeps the longest length seen until a call falls back
+inside the original context; one generation sees the same angles either way). ``longrope``
+(Phi-3 style) divides each frequency by its entry of ``short_factor``, or of ``long_factor`` for
+a sequence longer than the original context, and scales cos and sin by its attention factor.
+For both the choice goes by the largest position a call sees of each sequence (a packed
+document, a batch row), so keys already in a KV cache keep the angles they were written with
+when a generation crosses the original context; transformers takes the largest position of the
+whole batch, which is the same for one sequence, and we keep each sequence's choice its own
+so a batched or packed sequence (a request served beside others) gets what it gets alone.
 """
 
 import math
@@ -100,10 +99,11 @@ def sequence_lengths(positions: torch.Tensor) -> torch.Tensor:
 
 
 def _dynamic_inv_freq(dim: int, cfg: ModelConfig, seq_len: torch.Tensor) -> torch.Tensor:
-    """NTK: the base grows with the sequence past max_position_embeddings (float32 tensors, as transformers)."""
+    """NTK: the base grows with the sequence past max_position_embeddings (float32 tensors, as
+    transformers); [..., dim / 2] for sequence lengths of any shape."""
     factor, longest = cfg.rope_scaling_factor, cfg.max_position_embeddings
     base = cfg.rotary_base * ((factor * seq_len / longest) - (factor - 1)) ** (dim / (dim - 2))
-    return 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64).to(seq_len.device).float() / dim))
+    return 1.0 / (base[..., None] ** (torch.arange(0, dim, 2, dtype=torch.int64).to(seq_len.device).float() / dim))
 
 
 def inverse_frequencies(dim: int, cfg: ModelConfig) -> Tuple[torch.Tensor, float]:
@@ -136,14 +136,17 @@ class RotaryEmbedding(nn.Module):
             self.register_buffer("long_inv_freq", _longrope(self.rot_dim, cfg, cfg.long_factor), persistent=False)
 
     def _inv_freq(self, positions: torch.Tensor) -> torch.Tensor:
-        """[rot_dim / 2], or with longrope [seq, batch, rot_dim / 2]: each token its sequence's set."""
+        """[rot_dim / 2], or with longrope and dynamic [seq, batch, rot_dim / 2]: each token its
+        sequence's frequencies."""
         if self.longrope:
             longer = sequence_lengths(positions) > self.cfg.original_max_position_embeddings
             return torch.where(longer[..., None], self.long_inv_freq, self.inv_freq)
         if self.dynamic:
-            seq_len = positions.max() + 1
-            if seq_len > self.cfg.max_position_embeddings:
-                return _dynamic_inv_freq(self.rot_dim, self.cfg, seq_len)
+            seq_len = sequence_lengths(positions)
+            longer = seq_len > self.cfg.max_position_embeddings
+            if bool(longer.any()):
+                grown = _dynamic_inv_freq(self.rot_dim, self.cfg, seq_len.clamp(min=self.cfg.max_position_embeddings))
+                return torch.where(longer[..., None], grown, self.inv_freq)
         return self.inv_freq
 
     def forward(self, positions: torch.Tensor, dtype: torch.dtype):
