@@ -1,5 +1,6 @@
-"""What several benchmarks share: a tokenizer trained on text that ships with CPython, and
-the flags of a Llama-shaped megalite model.
+"""What several benchmarks share: a tokenizer trained on text that ships with CPython, the
+flags of a Llama-shaped megalite model, and how a side of a comparison reads its clocks and its
+peak memory.
 
 Benchmarks run as scripts (`python bench/bench_x.py`); they put the repository root on
 sys.path and import this module as `bench.common`.
