@@ -117,7 +117,8 @@ def build_model(a, work: str) -> dict:
 
 # -- one side in its own process -------------------------------------------------------------------------
 class Phases:
-    """Wall time and results of a phase's calls (one a step on both sides)."""
+    """The wall time of every generation and scoring call (one of each a step on both sides), and the
+    prompt and completion tokens of every generation."""
 
     def __init__(self):
         self.seconds = {"generation": [], "scoring": []}
@@ -164,7 +165,7 @@ def megalite_side(a, paths: dict, phases: Phases) -> list:
             "--eval-iters", 0, "--num-workers", 0, "--seed", a.seed]
     cfg = parse_config([str(x) for x in argv], tool="rl_gpt.py")
 
-    def sample(model, prompt_ids, seeds):  # every completion full length: no stop ids
+    def sample(model, prompt_ids, seeds):  # every completion full length: no stop ids (pad_id: set below)
         return sample_completions(model, prompt_ids, cfg.rl, (), pad_id, seeds)
 
     stage = RLStage(sample=phases.generation(sample))
