@@ -1,7 +1,8 @@
 """bench/bench_rl.py on a tiny model, both sides in this process: megalite's GRPO step and trl's
 GRPOTrainer generate the same number of tokens (every completion full length) from prompts of the
 same token counts every step (the proof the benchmark compares the same work), and the report
-holds the step-rate and memory ratios."""
+holds the step-rate and memory ratios. The model's weights are edited so that it predicts EOS
+almost surely: a side that stopped at EOS would generate one token a completion."""
 
 import importlib.util
 import os
@@ -23,10 +24,27 @@ def load_bench():
     return bench
 
 
+def eos_everywhere(folder: str) -> None:
+    """Make the model put nearly all probability on EOS after any prefix: a large constant in the
+    first hidden dimension of every embedding dominates the normalised final hidden state, and
+    the output layer maps that dimension onto EOS."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model, tok = AutoModelForCausalLM.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
+    with torch.no_grad():
+        model.model.embed_tokens.weight[:, 0] = 100.0
+        model.lm_head.weight[tok.eos_token_id, 0] = 5.0
+        probs = model(torch.tensor([tok("In the beginning")["input_ids"]])).logits[0, -1].softmax(-1)
+    assert probs[tok.eos_token_id] > 0.99
+    model.save_pretrained(folder)
+
+
 def test_both_sides_generate_the_same_tokens(tmp_path, capsys):
     bench = load_bench()
     a = bench.parse_args(TINY)
     paths = bench.build_model(a, str(tmp_path))
+    eos_everywhere(paths["hf"])
     assert paths["num_prompts"] == 4  # (warm-up + timed steps) x prompts a step
     results = {}
     for side in bench.SIDES:
