@@ -44,7 +44,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.common import llama_flags, pydoc_hf_tokenizer  # noqa: E402
+from bench.common import Memory, clock, llama_flags, pydoc_hf_tokenizer  # noqa: E402
 
 SIDES = ("megalite", "trl")
 VARIANTS = ("full", "lora", "precomputed")
@@ -113,45 +113,6 @@ def build_model(a, work: str) -> dict:
 
 
 # -- one side in its own process -------------------------------------------------------------------------
-def clock():
-    """(wall seconds, this process's CPU seconds over all its threads): on a shared machine the CPU
-    time of a step varies less than its wall time."""
-    return time.perf_counter(), time.process_time()
-
-
-class Memory:
-    """Peak memory of this process from now on: CUDA peak allocated bytes, or on CPU the
-    resident-set high-water mark (reset here through /proc/self/clear_refs) minus the resident
-    set now."""
-
-    def __init__(self, device):
-        import gc
-
-        import torch
-
-        gc.collect()
-        self.cuda = device.type == "cuda"
-        if self.cuda:
-            torch.cuda.reset_peak_memory_stats()
-            self.base = torch.cuda.memory_allocated()
-        else:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")
-            self.base = self._status("VmRSS")
-
-    @staticmethod
-    def _status(key: str) -> int:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1]) * 1024
-
-    def peak(self) -> int:
-        import torch
-
-        return (torch.cuda.max_memory_allocated() if self.cuda else self._status("VmHWM")) - self.base
-
-
 def megalite_side(a, variant: str, paths: dict, device):
     """megalite's Trainer.train_step on the pairs in file order; per step (wall and CPU seconds at
     its end, trained tokens), and the first step's checked values."""

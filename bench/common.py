@@ -1,5 +1,6 @@
-"""What several benchmarks share: a tokenizer trained on text that ships with CPython, and
-the flags of a Llama-shaped megalite model.
+"""What several benchmarks share: a tokenizer trained on text that ships with CPython, the
+flags of a Llama-shaped megalite model, and how a side of a comparison reads its clocks and its
+peak memory.
 
 Benchmarks run as scripts (`python bench/bench_x.py`); they put the repository root on
 sys.path and import this module as `bench.common`.
@@ -7,6 +8,7 @@ sys.path and import this module as `bench.common`.
 
 import os
 import sys
+import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
@@ -40,3 +42,42 @@ def llama_flags(layers: int, hidden: int, heads: int, kv_heads: int, vocab_size:
     if ffn is not None:
         flags += ["--ffn-hidden-size", ffn]
     return flags
+
+
+def clock():
+    """(wall seconds, this process's CPU seconds over all its threads): on a shared machine the CPU
+    time of a step varies less than its wall time."""
+    return time.perf_counter(), time.process_time()
+
+
+class Memory:
+    """Peak memory of this process from now on: CUDA peak allocated bytes, or on CPU the
+    resident-set high-water mark (reset here through /proc/self/clear_refs) minus the resident
+    set now."""
+
+    def __init__(self, device):
+        import gc
+
+        import torch
+
+        gc.collect()
+        self.cuda = device.type == "cuda"
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+        else:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            self.base = self._status("VmRSS")
+
+    @staticmethod
+    def _status(key: str) -> int:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+
+    def peak(self) -> int:
+        import torch
+
+        return (torch.cuda.max_memory_allocated() if self.cuda else self._status("VmHWM")) - self.base
