@@ -104,3 +104,18 @@ def test_interactive_chat(tmp_path, trained):
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("assistant> ") == 2
+
+
+def test_draw_samples_the_distribution_with_one_generator_per_row():
+    """The inverse-CDF draw: frequencies follow the probabilities (zero-probability tokens never
+    come), and with a generator per row a row's draws do not depend on its batch-mates."""
+    from megalite.eval.sampling import draw
+
+    probs = torch.tensor([[0.0, 0.5, 0.0, 0.3, 0.2, 0.0]]).expand(20000, -1)
+    counts = torch.bincount(draw(probs, torch.Generator().manual_seed(0)), minlength=6).float() / 20000
+    assert counts[[0, 2, 5]].sum() == 0
+    assert counts.tolist() == pytest.approx(probs[0].tolist(), abs=0.015)  # 3 standard errors at p = 0.5
+    mixed = torch.softmax(torch.randn(3, 50, generator=torch.Generator().manual_seed(1)), -1)
+    together = draw(mixed, [torch.Generator().manual_seed(s) for s in (7, 8, 9)])
+    alone = torch.cat([draw(mixed[i:i + 1], [torch.Generator().manual_seed(s)]) for i, s in enumerate((7, 8, 9))])
+    assert together.tolist() == alone.tolist()

@@ -49,11 +49,8 @@ def generate(model, prompts: List[List[int]], max_new_tokens: int, sampling: Sam
         logits = decode_step(model, tokens[:, new], positions, cache, attention_mask(valid[:, :end], start))
         if logits is None:
             nxt = None
-        elif rows is None:
-            nxt = next_tokens(logits, tokens[:, :end], sampling, gen)
         else:
-            nxt = torch.cat([next_tokens(logits[i:i + 1], tokens[i:i + 1, :end], sampling, g)
-                             for i, g in enumerate(rows)])
+            nxt = next_tokens(logits, tokens[:, :end], sampling, gen if rows is None else rows)
         nxt = share_tokens(nxt, b, device)
         nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
         tokens[:, end], valid[:, end], start = nxt, ~done, end
