@@ -119,3 +119,24 @@ def test_draw_samples_the_distribution_with_one_generator_per_row():
     together = draw(mixed, [torch.Generator().manual_seed(s) for s in (7, 8, 9)])
     alone = torch.cat([draw(mixed[i:i + 1], [torch.Generator().manual_seed(s)]) for i, s in enumerate((7, 8, 9))])
     assert together.tolist() == alone.tolist()
+
+
+def test_repeated_prompts_are_prefilled_once_and_decode_as_alone():
+    """Copies of a prompt (online RL's G completions of each) share one prefill; every row still
+    decodes as it does alone, greedy or sampled from its own seed, with the cache or without."""
+    from megalite.model import GPTModel
+    from megalite.parallel.init import initialize
+    from tests.test_model import model_config
+
+    # random weights, large: every token depends on its context (a trained tiny model repeats one token)
+    model = GPTModel(model_config(init_method_std=0.5, padded_vocab_size=512, max_position_embeddings=64)).eval()
+    initialize(model, 0)
+    prompts = [PROMPTS[0], PROMPTS[1], PROMPTS[0], [3] + PROMPTS[1], PROMPTS[0]]  # [3, ...]: starts with the pad id
+    seeds = [11, 12, 13, 14, 15]
+    for sampling in (Sampling(), Sampling(temperature=1.0, top_k=20)):
+        together = generate(model, prompts, 10, sampling, pad_id=3, row_seeds=seeds)
+        alone = [generate(model, [p], 10, sampling, pad_id=3, row_seeds=[s])[0] for p, s in zip(prompts, seeds)]
+        assert together == alone
+        assert generate(model, prompts, 10, sampling, pad_id=3, row_seeds=seeds, use_cache=False) == together
+        assert len({tuple(t) for t in together}) > 1 + (sampling.temperature == 0)  # context matters
+    assert together[0] != together[2]  # the copies sampled their own completions

@@ -44,9 +44,8 @@ def generate(model, prompts: List[List[int]], max_new_tokens: int, sampling: Sam
     for end in range(longest, total):
         if cache is None or not use_cache:
             cache, start = new_cache(model, b, total, device), 0
-        new = slice(start, end)
-        positions = token_positions(valid[:, :end])[:, new]
-        logits = decode_step(model, tokens[:, new], positions, cache, attention_mask(valid[:, :end], start))
+        logits = (_first_step(model, tokens, valid, end, cache, total) if start == 0
+                  else _step(model, tokens, valid, start, end, cache))
         if logits is None:
             nxt = None
         else:
@@ -64,3 +63,28 @@ def generate(model, prompts: List[List[int]], max_new_tokens: int, sampling: Sam
         if bool(done.all()):
             break
     return out
+
+
+def _step(model, tokens, valid, start: int, end: int, cache):
+    """The logits after the tokens at [start, end) of every row (None off the last pipeline stage)."""
+    positions = token_positions(valid[:, :end])[:, start:end]
+    return decode_step(model, tokens[:, start:end], positions, cache, attention_mask(valid[:, :end], start))
+
+
+def _first_step(model, tokens, valid, end: int, cache, total: int):
+    """``_step`` from an empty cache with each distinct row computed once (the G copies of a prompt
+    that online RL samples), its keys and values then copied to every row that holds it."""
+    rows = torch.cat([tokens[:, :end], valid[:, :end].long()], 1)
+    distinct, index = torch.unique(rows, dim=0, return_inverse=True)
+    if distinct.shape[0] == rows.shape[0]:
+        return _step(model, tokens, valid, 0, end, cache)
+    one = torch.empty(distinct.shape[0], dtype=torch.long, device=tokens.device)
+    one.scatter_(0, index, torch.arange(rows.shape[0], device=tokens.device))  # a row holding each
+    small = new_cache(model, distinct.shape[0], total, tokens.device)
+    logits = _step(model, tokens[one], valid[one], 0, end, small)
+    for name in small.k:
+        cache.k[name][:end] = small.k[name][:end, index]
+        cache.v[name][:end] = small.v[name][:end, index]
+    cache.advance(small.length)
+    return None if logits is None else logits[index]
+
