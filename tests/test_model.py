@@ -245,3 +245,28 @@ def test_flops_count_the_window():
     windowed = forward_flops_per_sequence(model_config(num_layers=2, window_size=[2, 0], window_attn_skip_freq="2"), 8)
     # layer 0 windowed: 1 + 2 + 3 * 6 = 21 query-key pairs instead of 36 (layer 1 full)
     assert full - windowed == 2 * 2 * 16 * 4 * (36 - 21)
+
+
+def test_ignored_labels_skip_the_output_layer_with_the_same_numbers():
+    """Positions labelled IGNORE_INDEX (online RL's prompts and padding) skip the output layer: the
+    other positions' losses and entropies, and every gradient, are those of the full computation."""
+    from megalite.model.heads import LMHead
+    from megalite.parallel.cross_entropy import IGNORE_INDEX
+
+    torch.manual_seed(0)
+    head = LMHead(model_config())
+    head.weight.data.normal_()
+    head.entropy, head.temperature = True, 0.7
+    x = torch.randn(6, 3, 64, requires_grad=True)  # [seq, batch, hidden]
+    labels = torch.randint(0, 128, (3, 6))
+    keep = torch.rand(3, 6) > 0.4
+    out = head(x, labels.masked_fill(~keep, IGNORE_INDEX))  # [batch, seq, 2]
+    out[..., 0].sum().backward()
+    grads = x.grad.clone(), head.weight.grad.clone()
+    x.grad, head.weight.grad = None, None
+    full = head(x, labels) * keep[..., None]
+    full[..., 0].sum().backward()
+    torch.testing.assert_close(out, full)
+    torch.testing.assert_close(grads[0], x.grad)
+    torch.testing.assert_close(grads[1], head.weight.grad)
+    assert (out[~keep] == 0).all() and (out[keep] != 0).all()

@@ -3,7 +3,8 @@
 - ``LMHead`` (registered as ``output_layer``): logits over this rank's vocabulary shard, or with labels the
   per-token losses (vocab-parallel cross entropy, no vocabulary gather; with ``mean_logits`` also each
   token's mean logit, for trl's ``logits/*`` metrics; with ``entropy`` each position's entropy, for online
-  RL's; logits divided by ``temperature`` first, as sampled tokens are scored). Its weight is the output
+  RL's; logits divided by ``temperature`` first, as sampled tokens are scored; positions labelled
+  ``IGNORE_INDEX`` skip the output layer and get zeros). Its weight is the output
   layer's own, or with tied embeddings the embedding's (which the model owns).
 - ``ScoreHead`` (registered as ``score``, Hugging Face's name in ``...ForSequenceClassification``): one
   scalar per token, hidden -> 1 without bias, [batch, seq]. A reward model reads it at each row's last
@@ -23,10 +24,10 @@ from torch import nn
 
 from megalite.config import ModelConfig
 from megalite.parallel import state
-from megalite.parallel.cross_entropy import vocab_parallel_cross_entropy, vocab_parallel_entropy
+from megalite.parallel.cross_entropy import IGNORE_INDEX, vocab_parallel_cross_entropy, vocab_parallel_entropy
 from megalite.parallel.init import mark
 from megalite.parallel.layers import column_parallel_linear
-from megalite.parallel.mappings import gather_sequence_for_all
+from megalite.parallel.mappings import copy_to_tp, gather_from_sequence, gather_sequence_for_all
 
 
 class LMHead(nn.Module):
@@ -49,17 +50,37 @@ class LMHead(nn.Module):
         return column_parallel_linear(x, self._tied[0].weight if self._tied else self.weight)
 
     def forward(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
-        logits = self.logits(x)
-        if self.temperature != 1.0:
-            logits = logits / self.temperature
+        if labels is not None:
+            labelled = labels.t() != IGNORE_INDEX
+            if not bool(labelled.all()):
+                return self._labelled_only(x, labels.t(), labelled).transpose(0, 1)
+        logits = self._scaled(self.logits(x))
         if labels is None:
             return logits.transpose(0, 1)
+        return self._per_token(logits, labels.t()).transpose(0, 1)
+
+    def _scaled(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits / self.temperature if self.temperature != 1.0 else logits
+
+    def _per_token(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Each position's loss (and mean logit or entropy: [..., 2]) from its logits [..., vocab / tp]."""
         if self.mean_logits:
-            return torch.stack(vocab_parallel_cross_entropy(logits, labels.t(), mean_logits=True), -1).transpose(0, 1)
-        losses = vocab_parallel_cross_entropy(logits, labels.t())
+            return torch.stack(vocab_parallel_cross_entropy(logits, labels, mean_logits=True), -1)
+        losses = vocab_parallel_cross_entropy(logits, labels)
         if self.entropy:
-            return torch.stack([losses, vocab_parallel_entropy(logits)], -1).transpose(0, 1)
-        return losses.t()
+            return torch.stack([losses, vocab_parallel_entropy(logits)], -1)
+        return losses
+
+    def _labelled_only(self, x: torch.Tensor, labels: torch.Tensor, labelled: torch.Tensor) -> torch.Tensor:
+        """``_per_token`` [seq, batch(, 2)] computed at the labelled positions only (zeros elsewhere):
+        online RL labels only the completions, so prompts and padding skip the output layer."""
+        x = gather_from_sequence(x) if state.get().sequence_parallel else copy_to_tp(x)
+        rows = labelled.flatten().nonzero().squeeze(1)
+        hidden = x.reshape(-1, x.shape[-1]).index_select(0, rows)
+        logits = self._scaled(F.linear(hidden, self._tied[0].weight if self._tied else self.weight))
+        scores = self._per_token(logits, labels.reshape(-1).index_select(0, rows))
+        full = scores.new_zeros((labelled.numel(), *scores.shape[1:])).index_copy(0, rows, scores)
+        return full.view(*labelled.shape, *scores.shape[1:])
 
 
 class ScoreHead(nn.Module):

@@ -16,6 +16,8 @@ import torch.distributed as dist
 from megalite import kernels
 from megalite.parallel import state
 
+IGNORE_INDEX = -100  # a label with no loss (PyTorch's and HF's convention)
+
 
 class _VocabParallelCrossEntropy(torch.autograd.Function):
     @staticmethod
@@ -51,7 +53,7 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         return grad, None, None, None, None, None
 
 
-def vocab_parallel_cross_entropy(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = -100,
+def vocab_parallel_cross_entropy(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNORE_INDEX,
                                  label_smoothing: float = 0.0, z_loss: float = 0.0, mean_logits: bool = False):
     """Per-token loss (fp32, shape of ``target``) from this rank's slice of the logits; with
     ``mean_logits`` also each token's mean logit over the whole vocabulary (no gradient)."""

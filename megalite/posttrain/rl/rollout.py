@@ -16,6 +16,7 @@ import torch
 from megalite.eval.generate import generate
 from megalite.eval.sampling import Sampling
 from megalite.parallel import state
+from megalite.parallel.cross_entropy import IGNORE_INDEX
 
 
 @torch.no_grad()
@@ -44,7 +45,8 @@ def training_rows(prompts: List[List[int]], completions: List[List[int]], seq_le
                   pad_to: Optional[int] = None, multiple_of: int = 1) -> Dict[str, torch.Tensor]:
     """Rows of prompt + completion, right-padded to ``pad_to`` (pipeline stages exchange fixed
     shapes) or else to the longest row, rounded up to ``multiple_of`` (training.data.row_padding):
-    next-token labels, and a loss mask over the positions that predict completion tokens."""
+    next-token labels at the positions that predict completion tokens (IGNORE_INDEX elsewhere: the
+    output layer skips prompts and padding) and the loss mask over those positions."""
     n = len(prompts)
     longest = max(len(p) + len(c) - 1 for p, c in zip(prompts, completions))
     width = pad_to or min(-(-longest // multiple_of) * multiple_of, seq_length)
@@ -54,4 +56,5 @@ def training_rows(prompts: List[List[int]], completions: List[List[int]], seq_le
         row = (list(p) + list(c))[: width + 1]
         tokens[i, : len(row)] = torch.tensor(row)
         mask[i, len(p) - 1 : len(row) - 1] = 1.0
-    return {"tokens": tokens[:, :-1].contiguous(), "labels": tokens[:, 1:].contiguous(), "loss_mask": mask}
+    labels = tokens[:, 1:].masked_fill(mask == 0, IGNORE_INDEX)
+    return {"tokens": tokens[:, :-1].contiguous(), "labels": labels.contiguous(), "loss_mask": mask}
