@@ -43,6 +43,27 @@ def test_cached_uncached_alone_and_transformers_agree(trained):
     assert max(map(len, batched)) > 10
 
 
+def test_greedy_generation_equals_transformers_where_every_token_depends_on_its_context(tmp_path):
+    """The trained tiny models above settle on repeating one token; a random Llama with large weights
+    changes its next token with its context, so batched, padded KV-cache decoding is compared with
+    transformers' generate where a wrong position, mask or cache entry changes the tokens."""
+    from megalite.hf.convert import import_hf
+
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                   initializer_range=0.3, tie_word_embeddings=False)
+    hf = transformers.LlamaForCausalLM(cfg).eval()
+    hf.save_pretrained(str(tmp_path / "hf"))
+    import_hf(str(tmp_path / "hf"), str(tmp_path / "ck"))
+    model, _ = load_model(str(tmp_path / "ck"))
+    ours = generate(model, PROMPTS, 20, Sampling(), pad_id=0)
+    for prompt, row in zip(PROMPTS, ours):
+        theirs = hf.generate(torch.tensor([prompt]), max_new_tokens=20, do_sample=False, pad_token_id=0)
+        assert row == theirs[0, len(prompt):].tolist()
+        assert len(set(row)) > 5  # not one repeated token
+
+
 def test_sampling_options(trained):
     model, _ = trained
     a = generate(model, PROMPTS, 12, Sampling(temperature=1.0, top_p=0.9, seed=3))
