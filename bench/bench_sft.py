@@ -26,6 +26,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.common import llama_flags  # noqa: E402
 from megalite.config import parse_config, validate  # noqa: E402
 from megalite.data.sft import SFTDataset, collate_sft  # noqa: E402
+from megalite.posttrain.lora_io import LoRA  # noqa: E402
+from megalite.training.stage import Stage  # noqa: E402
 from megalite.training.trainer import Trainer  # noqa: E402
 
 ARCH = llama_flags(layers=4, hidden=256, heads=8, kv_heads=4, vocab_size=8192)
@@ -38,7 +40,8 @@ def trainer(seq_length, micro_batch, extra=()):
     if torch.cuda.is_available() and "--bf16" not in extra:
         argv.append("--bf16")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return Trainer(validate(parse_config([str(x) for x in argv])), device)
+    stage = Stage([LoRA()])  # as the entrypoints give it: --lora-rank adds adapters
+    return Trainer(validate(parse_config([str(x) for x in argv])), device, stage)
 
 
 def examples(n, seq_length, median, sigma, seed=0):
@@ -115,6 +118,8 @@ def main():
             tr.train_step([{k: v.to(tr.device) for k, v in batch.items()}])
         n = sum(p.numel() for p in full.model.parameters())
         trainable = sum(p.numel() for p in lora.model.parameters() if p.requires_grad)
+        if trainable == n:
+            raise SystemExit("error: --lora-rank added no adapters; the memory comparison would measure nothing")
         f, l = state_bytes(full), state_bytes(lora)
         print(f"training state per rank ({n / 1e6:.2f}M parameters, {next(full.model.parameters()).dtype}): full "
               f"fine-tuning {f / 2**20:.1f} MiB | LoRA rank {a.lora_rank} ({trainable / 1e6:.3f}M trainable) "

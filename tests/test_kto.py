@@ -117,7 +117,8 @@ def test_kl_rows_equal_trl(tmp_path, models, zoo, make):
     for ours, theirs in (("", ""), ("kl_", "KL_")):
         for b in range(8):
             m = int(trl_batch[f"{theirs}attention_mask"][b].sum())
-            ids = torch.cat([batch[f"{ours}tokens"][b, :1], batch[f"{ours}labels"][b, :m - 1]])
+            # the last label is a completion token's (unscored positions are labelled -100)
+            ids = torch.cat([batch[f"{ours}tokens"][b, :m - 1], batch[f"{ours}labels"][b, m - 2:m - 1]])
             assert ids.tolist() == trl_batch[f"{theirs}input_ids"][b, :m].tolist()
             mask = trl_batch[f"{theirs}completion_mask"][b]
             assert batch[f"{ours}loss_mask"][b, :m - 1].tolist() == mask[1:m].float().tolist()

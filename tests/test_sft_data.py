@@ -17,6 +17,7 @@ from megalite.data.sft_examples import truncate
 from megalite.data.sft_formats import SFTSource, load_conversations, parse_data_spec, resolve_sources
 from megalite.data.tokenizer import HuggingFaceTokenizer
 from megalite.errors import MegaliteError
+from megalite.parallel.cross_entropy import IGNORE_INDEX
 from tests.conftest import run_main, write_jsonl
 from tests.tokenizers_zoo import bytelevel
 
@@ -284,8 +285,11 @@ def test_collate_pads_with_new_documents():
     width = -(-max(lengths) // 8) * 8
     assert {k: tuple(v.shape) for k, v in batch.items()} == {k: (3, width) for k in batch}
     for b, n in enumerate(lengths):
-        assert batch["tokens"][b, n:].eq(5).all() and batch["labels"][b, n:].eq(5).all()
+        assert batch["tokens"][b, n:].eq(5).all() and batch["labels"][b, n:].eq(IGNORE_INDEX).all()
         assert batch["loss_mask"][b, n:].eq(0).all()
+        unscored = batch["loss_mask"][b] == 0  # prompts and padding: no label, the output layer skips them
+        assert batch["labels"][b][unscored].eq(IGNORE_INDEX).all()
+        assert batch["labels"][b, :n][~unscored[:n]].tolist() == rows[b]["labels"][~unscored[:n]].tolist()
         assert batch["position_ids"][b].tolist() == list(range(n)) + list(range(width - n))
         assert batch["loss_mask"][b, :n].tolist() == rows[b]["loss_mask"].tolist()
     assert collate_sft(rows, pad_to=32)["tokens"].shape == (3, 32)

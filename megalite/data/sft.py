@@ -18,6 +18,7 @@ import torch
 
 from megalite.data.sft_examples import ExampleStore, load_sources
 from megalite.errors import MegaliteError
+from megalite.parallel.cross_entropy import IGNORE_INDEX
 
 COUNTS = ("examples", "truncated", "dropped")
 
@@ -149,8 +150,9 @@ class SFTDataset(torch.utils.data.Dataset):
 def collate_sft(rows: Sequence[Dict[str, torch.Tensor]], pad_to: Optional[int] = None, multiple_of: int = 1,
                 pad_id: int = 0) -> Dict[str, torch.Tensor]:
     """[batch, L] tensors, right-padded to the longest row rounded up to ``multiple_of`` (or to
-    exactly ``pad_to``). Padding has tokens and labels ``pad_id``, loss_mask 0 and positions
-    0, 1, 2, ...: it starts a document of its own, so ``position_ids == 0`` marks every start."""
+    exactly ``pad_to``). Padding has tokens ``pad_id``, loss_mask 0 and positions 0, 1, 2, ...: it
+    starts a document of its own, so ``position_ids == 0`` marks every start. Positions without a
+    loss (prompts, padding) are labelled IGNORE_INDEX: the output layer skips them."""
     longest = max(len(r["tokens"]) for r in rows)
     width = pad_to if pad_to is not None else -(-longest // multiple_of) * multiple_of
     if longest > width:
@@ -166,6 +168,7 @@ def collate_sft(rows: Sequence[Dict[str, torch.Tensor]], pad_to: Optional[int] =
         for key in ("tokens", "labels", "loss_mask", "position_ids"):
             batch[key][b, :n] = row[key]
         batch["position_ids"][b, n:] -= n
+    batch["labels"].masked_fill_(batch["loss_mask"] == 0, IGNORE_INDEX)  # the output layer skips them
     return batch
 
 
