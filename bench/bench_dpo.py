@@ -38,13 +38,11 @@ import importlib
 import json
 import os
 import random
-import subprocess
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.common import Memory, clock, llama_flags, pydoc_hf_tokenizer  # noqa: E402
+from bench.common import Memory, add_size_flags, clock, keep_fastest, llama_flags, pydoc_hf_tokenizer, run_worker  # noqa: E402
 
 SIDES = ("megalite", "trl")
 VARIANTS = ("full", "lora", "precomputed")
@@ -230,19 +228,13 @@ def measure(a, side: str, variant: str, paths: dict) -> dict:
             "peak_bytes": memory.peak(), "first_step": first, "device": device.type}
 
 
-def run_worker(a, side: str, variant: str, paths: dict) -> dict:
-    """``measure`` in a fresh process (its own memory high-water mark); plus the process's wall time."""
+def worker_flags(a, side: str, variant: str, paths: dict) -> list:
     flags = ["--worker", side, "--variant", variant, "--work", paths["work"], "--checkpoint", paths["checkpoint"],
              "--hf", paths["hf"], "--pairs", paths["pairs"]]
     for name in ("seq_length", "micro_batch_size", "steps", "warmup", "threads", "lora_rank", "lora_alpha", "lr",
                  "seed"):
         flags += ["--" + name.replace("_", "-"), str(getattr(a, name))]
-    started = time.perf_counter()
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__), *flags], capture_output=True, text=True)
-    lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        raise SystemExit(f"error: the {side} {variant} worker failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    return {**json.loads(lines[-1][len("RESULT "):]), "process_s": time.perf_counter() - started}
+    return flags
 
 
 # -- report ---------------------------------------------------------------------------------------------
@@ -281,12 +273,7 @@ def report(a, paths: dict, results: dict) -> dict:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--layers", type=int, default=6)
-    p.add_argument("--hidden-size", type=int, default=512)
-    p.add_argument("--heads", type=int, default=8)
-    p.add_argument("--kv-heads", type=int, default=4)
-    p.add_argument("--ffn-hidden-size", type=int, default=1408)
-    p.add_argument("--vocab-size", type=int, default=4000, help="sentencepiece pieces trained on the pydoc topics")
+    add_size_flags(p, layers=6, hidden=512, heads=8, kv_heads=4, ffn=1408)
     p.add_argument("--seq-length", type=int, default=256, help="row length (pairs that fit whole are drawn)")
     p.add_argument("--micro-batch-size", type=int, default=4, help="pairs a step (2x rows)")
     p.add_argument("--steps", type=int, default=4, help="timed steps")
@@ -326,11 +313,8 @@ def main(argv=None) -> dict:
         for r in range(a.rounds):  # alternating sides, so that a burst of load does not hit one side only
             for v in variants:
                 for side in SIDES if r % 2 == 0 else SIDES[::-1]:
-                    run = run_worker(a, side, v, paths)
-                    best = results[v].setdefault(side, {**run, "rounds_tokens_per_s": []})
-                    best["rounds_tokens_per_s"].append(run["tokens_per_s"])
-                    if run["tokens_per_s"] > best["tokens_per_s"]:
-                        best.update(run)
+                    run = run_worker(__file__, worker_flags(a, side, v, paths), f"{side} {v}")
+                    keep_fastest(results[v], side, run, "tokens_per_s")
     out = report(a, paths, results)
     if a.json:
         with open(a.json, "w") as f:

@@ -42,13 +42,12 @@ import importlib
 import json
 import os
 import re
-import subprocess
 import sys
 import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.common import Memory, clock, pydoc_hf_tokenizer  # noqa: E402
+from bench.common import Memory, add_size_flags, clock, keep_fastest, pydoc_hf_tokenizer, run_worker  # noqa: E402
 
 SIDES = ("megalite", "trl")
 BASELINE_IMPORTS = ("torch._dynamo", "datasets", "transformers", "trl", "megalite.posttrain.rl.stage",
@@ -245,24 +244,11 @@ def measure(a, side: str, paths: dict) -> dict:
             "peak_bytes": memory.peak()}
 
 
-def run_worker(a, side: str, paths: dict) -> dict:
-    """``measure`` in a fresh process (its own memory high-water mark)."""
+def worker_flags(a, side: str, paths: dict) -> list:
     flags = ["--worker", side, "--work", paths["work"], "--hf", paths["hf"], "--prompts", paths["prompts"]]
     for name in SIZES:
         flags += ["--" + name.replace("_", "-"), str(getattr(a, name))]
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__), *flags], capture_output=True, text=True)
-    lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        raise SystemExit(f"error: the {side} worker failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    return json.loads(lines[-1][len("RESULT "):])
-
-
-def keep_fastest(results: dict, side: str, run: dict) -> None:
-    """``results[side]``: the fastest of the side's runs so far, with every run's step rate."""
-    best = results.setdefault(side, {**run, "rounds_steps_per_s": []})
-    best["rounds_steps_per_s"].append(run["steps_per_s"])
-    if run["steps_per_s"] > best["steps_per_s"]:
-        best.update(run)
+    return flags
 
 
 # -- report ---------------------------------------------------------------------------------------------
@@ -298,12 +284,7 @@ def report(a, paths: dict, results: dict) -> dict:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--hidden-size", type=int, default=256)
-    p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--kv-heads", type=int, default=2)
-    p.add_argument("--ffn-hidden-size", type=int, default=704)
-    p.add_argument("--vocab-size", type=int, default=4000, help="sentencepiece pieces trained on the pydoc topics")
+    add_size_flags(p, layers=4, hidden=256, heads=4, kv_heads=2, ffn=704)
     p.add_argument("--prompts-per-step", type=int, default=4)
     p.add_argument("--num-generations", type=int, default=8, help="G: completions per prompt")
     p.add_argument("--prompt-length", type=int, default=32, help="tokens of every prompt")
@@ -336,7 +317,7 @@ def main(argv=None) -> dict:
         results = {}
         for r in range(a.rounds):  # alternating sides, so that a burst of load does not hit one side only
             for side in SIDES if r % 2 == 0 else SIDES[::-1]:
-                keep_fastest(results, side, run_worker(a, side, paths))
+                keep_fastest(results, side, run_worker(__file__, worker_flags(a, side, paths), side), "steps_per_s")
     out = report(a, paths, results)
     if a.json:
         with open(a.json, "w") as f:

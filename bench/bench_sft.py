@@ -26,6 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.common import llama_flags  # noqa: E402
 from megalite.config import parse_config, validate  # noqa: E402
 from megalite.data.sft import SFTDataset, collate_sft  # noqa: E402
+from megalite.model.heads import skip_unlabelled  # noqa: E402
 from megalite.posttrain.lora_io import LoRA  # noqa: E402
 from megalite.training.stage import Stage  # noqa: E402
 from megalite.training.trainer import Trainer  # noqa: E402
@@ -41,7 +42,9 @@ def trainer(seq_length, micro_batch, extra=()):
         argv.append("--bf16")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     stage = Stage([LoRA()])  # as the entrypoints give it: --lora-rank adds adapters
-    return Trainer(validate(parse_config([str(x) for x in argv])), device, stage)
+    tr = Trainer(validate(parse_config([str(x) for x in argv])), device, stage)
+    skip_unlabelled(tr.model)  # as SFTStage does: the rows' prompts and padding skip the output layer
+    return tr
 
 
 def examples(n, seq_length, median, sigma, seed=0):

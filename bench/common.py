@@ -1,6 +1,7 @@
 """What several benchmarks share: a tokenizer trained on text that ships with CPython, the
-flags of a Llama-shaped megalite model, and how a side of a comparison reads its clocks and its
-peak memory.
+flags of a Llama-shaped megalite model, and for comparisons against another library (bench_dpo,
+bench_rl): the model-size flags, each side run in a fresh process, the fastest of its rounds, and how
+a side reads its clocks and its peak memory.
 
 Benchmarks run as scripts (`python bench/bench_x.py`); they put the repository root on
 sys.path and import this module as `bench.common`.
@@ -81,3 +82,36 @@ class Memory:
         import torch
 
         return (torch.cuda.max_memory_allocated() if self.cuda else self._status("VmHWM")) - self.base
+
+
+def add_size_flags(p, layers: int, hidden: int, heads: int, kv_heads: int, ffn: int, vocab_size: int = 4000) -> None:
+    """The model-size flags of a comparison's random Llama (argparse parser ``p``)."""
+    p.add_argument("--layers", type=int, default=layers)
+    p.add_argument("--hidden-size", type=int, default=hidden)
+    p.add_argument("--heads", type=int, default=heads)
+    p.add_argument("--kv-heads", type=int, default=kv_heads)
+    p.add_argument("--ffn-hidden-size", type=int, default=ffn)
+    p.add_argument("--vocab-size", type=int, default=vocab_size, help="sentencepiece pieces (pydoc topics)")
+
+
+def run_worker(script: str, flags: list, what: str) -> dict:
+    """Run ``script`` with ``flags`` in a fresh Python (its own memory high-water mark) and return the
+    JSON it printed on its last ``RESULT `` line."""
+    import json
+    import subprocess
+
+    proc = subprocess.run([sys.executable, os.path.abspath(script), *flags], capture_output=True, text=True)
+    lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        raise SystemExit(f"error: the {what} worker failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def keep_fastest(results: dict, side: str, run: dict, rate: str) -> None:
+    """``results[side]``: the run of ``side`` with the highest ``rate`` so far, with every run's rate in
+    ``rounds_<rate>``."""
+    best = results.setdefault(side, {**run, f"rounds_{rate}": []})
+    best[f"rounds_{rate}"].append(run[rate])
+    if run[rate] > best[rate]:
+        best.update(run)
+

@@ -149,3 +149,32 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def assert_runs_match(expected, got, keys, rel=1e-5, abs=1e-6):
+    """Two runs' per-iteration metrics (read_metrics rows) agree on ``keys`` within the tolerances; a
+    key missing from an expected row (a metric logged on some steps only) must be missing from ``got``'s."""
+    import pytest
+
+    assert len(got) == len(expected)
+    for a, b in zip(expected, got):
+        for key in keys:
+            if key in a:
+                assert b[key] == pytest.approx(a[key], rel=rel, abs=abs), (key, a["iteration"])
+            else:
+                assert key not in b, (key, a["iteration"])
+
+
+def once_per_settings(make):
+    """``get(**settings)``: ``make(**settings)``, computed once per distinct settings (a module's
+    one-process references, shared by the layouts compared with them)."""
+    runs = {}
+
+    def get(**settings):
+        key = tuple(sorted(settings.items()))
+        if key not in runs:
+            runs[key] = make(**settings)
+        return runs[key]
+
+    return get
+

@@ -130,9 +130,19 @@ def _close_pool():
 atexit.register(_close_pool)
 
 
+TWO_RANKS = {  # the layouts a stage's training is compared with one process in (``parametrize("layout", ...)``)
+    "dp2": {"world": 2, "micro_batch_size": 2},
+    "tp2_sp": {"world": 2, "tensor_model_parallel_size": 2, "sequence_parallel": True},
+    "pp2": {"world": 2, "pipeline_model_parallel_size": 2, "micro_batch_size": 2},
+}
+
+
 def run_distributed(fn, world_size: int, *args):
-    """Call ``fn(rank, world_size, *args)`` on every rank; re-raise the first failure."""
+    """Call ``fn(rank, world_size, *args)`` on every rank; re-raise the first failure. One rank runs
+    in this process (the one-process reference a layout is compared with)."""
     global _pool
+    if world_size == 1:
+        return fn(0, 1, *args)
     if _pool is None:
         _pool = _Pool()
     try:

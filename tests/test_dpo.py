@@ -9,7 +9,7 @@ import torch
 
 from megalite.config import inherit_model_settings, parse_config, validate
 from megalite.errors import MegaliteError
-from tests.conftest import read_metrics, to_argv, write_jsonl
+from tests.conftest import assert_runs_match, read_metrics, to_argv, write_jsonl
 from tests.dist_utils import run_distributed
 from tests.tokenizers_zoo import CHATML, WORDS, bytelevel
 
@@ -84,10 +84,7 @@ def _dpo(rank, world, argv):
 
 def train(models, data, tmp_path, name, world=1, **kw):
     argv = dpo_args(models, data, tmp_path, name, **kw)
-    if world == 1:
-        _dpo(0, 1, argv)
-    else:
-        run_distributed(_dpo, world, argv)
+    run_distributed(_dpo, world, argv)
     return read_metrics(str(tmp_path / f"{name}.jsonl"))[0]
 
 
@@ -347,9 +344,7 @@ def test_loss_does_not_depend_on_how_the_batch_is_cut(tmp_path, models, plain_fi
     one = train(models, plain_file, tmp_path, "mb8", micro_batch_size=8)
     assert len(one) == 3 and one[0]["rewards/accuracies"] is not None
     assert one[-1]["lm_loss"] < one[0]["lm_loss"]
-    for a, b in zip(one, baseline):
-        for key in ("lm_loss", "grad_norm", "rewards/margins", "logps/chosen"):
-            assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-5), (key, a["iteration"])
+    assert_runs_match(one, baseline, ("lm_loss", "grad_norm", "rewards/margins", "logps/chosen"), rel=1e-5, abs=1e-5)
 
 
 @pytest.mark.dist
@@ -361,9 +356,8 @@ def test_parallel_layouts_train_like_one_process(tmp_path, models, plain_file, t
     """Ten steps in each layout equal ten steps of one process (1e-5)."""
     other = train(models, plain_file, tmp_path, "other", train_iters=10, **layout)
     assert len(other) == 10
-    for a, b in zip(ten_steps, other):
-        for key in ("lm_loss", "grad_norm", "rewards/chosen", "rewards/accuracies", "logits/rejected"):
-            assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), (key, a["iteration"])
+    assert_runs_match(ten_steps, other,
+                      ("lm_loss", "grad_norm", "rewards/chosen", "rewards/accuracies", "logits/rejected"))
 
 
 def test_resume_is_bit_exact_with_the_same_command(tmp_path, models, plain_file):
@@ -390,9 +384,7 @@ def test_lora_reference_is_the_base_with_adapters_disabled(tmp_path, models, pla
     disabled = train(models, plain_file, tmp_path, "disabled", ref_load=None, **kw)
     copy = train(models, plain_file, tmp_path, "copy", ref_load=models["policy_ck"], **kw)
     assert disabled[0]["rewards/margins"] == 0.0  # adapters start at zero: policy == reference
-    for a, b in zip(copy, disabled):
-        for key in ("lm_loss", "rewards/chosen", "rewards/rejected"):
-            assert b[key] == pytest.approx(a[key], rel=1e-6, abs=1e-7), (key, a["iteration"])
+    assert_runs_match(copy, disabled, ("lm_loss", "rewards/chosen", "rewards/rejected"), rel=1e-6, abs=1e-7)
 
 
 @pytest.mark.parametrize("kw", [{}, {"lora_rank": 4, "lora_alpha": 8, "lr": 1e-2, "ref_load": None}],
@@ -405,9 +397,7 @@ def test_precomputed_reference_gives_the_same_training(tmp_path, models, plain_f
     data = write_jsonl(tmp_path / "pairs.jsonl", plain_pairs())  # its own cache folder
     live = train(models, data, tmp_path, "live", **kw) if kw else baseline
     cached = train(models, data, tmp_path, "cached", precompute_ref_log_probs=True, **kw)
-    for a, b in zip(live, cached):
-        for key in ("lm_loss", "grad_norm", "rewards/chosen", "rewards/rejected"):
-            assert b[key] == pytest.approx(a[key], rel=1e-6, abs=1e-7), (key, a["iteration"])
+    assert_runs_match(live, cached, ("lm_loss", "grad_norm", "rewards/chosen", "rewards/rejected"), rel=1e-6, abs=1e-7)
     assert len(list((tmp_path / "cache" / "pref").glob("*-ref_logps.pt"))) == 1
     scored = dpo.score_items
     monkeypatch.setattr(dpo, "score_items", lambda *a: pytest.fail("scored again despite the cache"))

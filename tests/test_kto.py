@@ -11,7 +11,7 @@ import torch
 
 from megalite.config import KTOConfig, inherit_model_settings, parse_config, validate
 from megalite.errors import MegaliteError
-from tests.conftest import read_metrics, write_jsonl
+from tests.conftest import assert_runs_match, read_metrics, write_jsonl
 from tests.test_dpo import TEMPLATE, dpo_args, models, plain_pairs, train  # noqa: F401 (models: a fixture)
 
 transformers = pytest.importorskip("transformers")
@@ -364,9 +364,7 @@ def test_lora_reference_is_the_base_with_adapters_disabled(tmp_path, models, pla
     disabled = kto(models, plain_file, tmp_path, "disabled", ref_load=None, **kw)
     copy = kto(models, plain_file, tmp_path, "copy", ref_load=models["policy_ck"], **kw)
     assert disabled[0]["kl"] == 0.0 and disabled[0]["rewards/chosen"] == 0.0  # adapters start at zero
-    for a, b in zip(copy, disabled):
-        for key in ("lm_loss", "kl", "rewards/chosen", "rewards/rejected"):
-            assert b[key] == pytest.approx(a[key], rel=1e-6, abs=1e-7), (key, a["iteration"])
+    assert_runs_match(copy, disabled, ("lm_loss", "kl", "rewards/chosen", "rewards/rejected"), rel=1e-6, abs=1e-7)
 
 
 def test_apo_zero_unpaired_trains_without_kl_rows(tmp_path, models, plain_file, swapped):
@@ -374,6 +372,4 @@ def test_apo_zero_unpaired_trains_without_kl_rows(tmp_path, models, plain_file, 
     cached = kto(models, plain_file, tmp_path, "apo_cached", kto_loss_type="apo_zero_unpaired",
                  precompute_ref_log_probs=True, **swapped)
     assert all(r["kl"] == 0.0 for r in live) and live[-1]["lm_loss"] < live[0]["lm_loss"]
-    for a, b in zip(live, cached):
-        for key in ("lm_loss", "grad_norm", "rewards/chosen", "rewards/rejected"):
-            assert b[key] == pytest.approx(a[key], rel=1e-6, abs=1e-7), (key, a["iteration"])
+    assert_runs_match(live, cached, ("lm_loss", "grad_norm", "rewards/chosen", "rewards/rejected"), rel=1e-6, abs=1e-7)

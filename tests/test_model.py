@@ -256,7 +256,7 @@ def test_ignored_labels_skip_the_output_layer_with_the_same_numbers():
     torch.manual_seed(0)
     head = LMHead(model_config())
     head.weight.data.normal_()
-    head.entropy, head.temperature = True, 0.7
+    head.entropy, head.temperature, head.labelled_only = True, 0.7, True
     x = torch.randn(6, 3, 64, requires_grad=True)  # [seq, batch, hidden]
     labels = torch.randint(0, 128, (3, 6))
     keep = torch.rand(3, 6) > 0.4

@@ -9,7 +9,8 @@ import torch
 
 from megalite.config import inherit_model_settings, parse_config, validate
 from megalite.errors import MegaliteError
-from tests.conftest import write_jsonl
+from tests.conftest import assert_runs_match, write_jsonl
+from tests.dist_utils import TWO_RANKS
 from tests.test_dpo import TEMPLATE, chat_pairs, dpo_args, messy_pairs, models, plain_pairs, train  # noqa: F401 (models: a fixture)
 
 transformers = pytest.importorskip("transformers")
@@ -146,17 +147,13 @@ def test_loss_and_metrics_equal_trl(models, rm_run, hf_rm):
 
 # -- training --------------------------------------------------------------------------------------
 @pytest.mark.dist
-@pytest.mark.parametrize("layout", [{"world": 2, "micro_batch_size": 2},
-                                    {"world": 2, "tensor_model_parallel_size": 2, "sequence_parallel": True},
-                                    {"world": 2, "pipeline_model_parallel_size": 2, "micro_batch_size": 2}],
-                         ids=["dp2", "tp2_sp", "pp2"])
+@pytest.mark.parametrize("layout", list(TWO_RANKS.values()), ids=list(TWO_RANKS))
 def test_parallel_layouts_train_like_one_process(tmp_path, models, rm_file, rm_run, layout):
     baseline = rm_run[0]
     other = rm_train(models, rm_file, tmp_path, "other", **layout)
     assert len(other) == len(baseline) == 3 and baseline[-1]["lm_loss"] < baseline[0]["lm_loss"]
-    for a, b in zip(baseline, other):
-        for key in ("lm_loss", "grad_norm", "accuracy", "margin", "min_reward", "mean_reward", "max_reward"):
-            assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-5), (key, a["iteration"])
+    assert_runs_match(baseline, other, ("lm_loss", "grad_norm", "accuracy", "margin", "min_reward", "mean_reward",
+                                        "max_reward"), rel=1e-5, abs=1e-5)
 
 
 def test_export_scores_equal_ours(models, rm_run, hf_rm):

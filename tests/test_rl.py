@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from megalite.errors import MegaliteError
-from tests.conftest import read_metrics, to_argv
-from tests.dist_utils import run_distributed
+from tests.conftest import assert_runs_match, read_metrics, to_argv
+from tests.dist_utils import TWO_RANKS, run_distributed
 from tests.tokenizers_zoo import WORDS, bytelevel
 
 transformers = pytest.importorskip("transformers")
@@ -68,10 +68,7 @@ def _rl(rank, world, argv):
 
 def train(models, tmp_path, name, world=1, **kw):
     argv = rl_args(models, tmp_path, name, **kw)
-    if world == 1:
-        _rl(0, 1, argv)
-    else:
-        run_distributed(_rl, world, argv)
+    run_distributed(_rl, world, argv)
     return read_metrics(str(tmp_path / f"{name}.jsonl"))[0]
 
 
@@ -99,10 +96,7 @@ def test_parallel_layouts_equal_one_process(tmp_path, models, greedy, sampled, l
     other = train(models, tmp_path, "other", **layout)
     assert len(other) == len(one) == 5
     assert one[-1]["grad_norm"] > 0 and one[0]["lm_loss"] != one[-1]["lm_loss"]  # the steps train
-    for a, b in zip(one, other):
-        for key in KEYS:
-            if key in a:
-                assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), (key, a["iteration"])
+    assert_runs_match(one, other, KEYS)
 
 
 def test_resume_is_bit_exact_with_sampling(tmp_path, models, sampled):
@@ -112,9 +106,7 @@ def test_resume_is_bit_exact_with_sampling(tmp_path, models, sampled):
     train(models, tmp_path, "first", exit_interval=2, **kw)
     resumed = train(models, tmp_path, "second", **kw)
     assert [r["iteration"] for r in resumed] == [3, 4, 5]
-    for a, b in zip(full[2:], resumed):
-        for key in KEYS:
-            assert a.get(key) == b.get(key), (key, a["iteration"])
+    assert_runs_match(full[2:], resumed, KEYS, rel=0, abs=0)
     assert "reward" in full[2] and "reward" not in full[1]  # K=2: step 2 reuses step 1's rollouts
 
 
@@ -193,17 +185,11 @@ def test_ppo_trains_the_policy_and_its_critic(models, ppo_greedy, capsys):
 
 
 @pytest.mark.dist
-@pytest.mark.parametrize("layout", [{"world": 2, "micro_batch_size": 2},
-                                    {"world": 2, "tensor_model_parallel_size": 2, "sequence_parallel": True},
-                                    {"world": 2, "pipeline_model_parallel_size": 2, "micro_batch_size": 2}],
-                         ids=["dp2", "tp2_sp", "pp2"])
+@pytest.mark.parametrize("layout", list(TWO_RANKS.values()), ids=list(TWO_RANKS))
 def test_ppo_layouts_equal_one_process(tmp_path, models, reward_model, ppo_greedy, layout):
     other = train(models, tmp_path, "other", **ppo_args(reward_model, temperature=0), **layout)
     assert len(other) == len(ppo_greedy) == 5
-    for a, b in zip(ppo_greedy, other):
-        for key in PPO_KEYS:
-            if key in a:
-                assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), (key, a["iteration"])
+    assert_runs_match(ppo_greedy, other, PPO_KEYS)
 
 
 def test_ppo_resume_is_bit_exact_and_the_critic_exports(tmp_path, models, reward_model):
@@ -215,9 +201,7 @@ def test_ppo_resume_is_bit_exact_and_the_critic_exports(tmp_path, models, reward
     train(models, tmp_path, "first", exit_interval=3, save=save, **ppo_args(reward_model, num_iterations=1))
     resumed = train(models, tmp_path, "second", save=save, **ppo_args(reward_model, num_iterations=1))
     assert [r["iteration"] for r in resumed] == [4, 5]
-    for a, b in zip(full[3:], resumed):
-        for key in PPO_KEYS:
-            assert a.get(key) == b.get(key), (key, a["iteration"])
+    assert_runs_match(full[3:], resumed, PPO_KEYS, rel=0, abs=0)
     assert saved_settings(str(tmp_path / "run" / "critic"))["dpo"]["pref_method"] == "rm"
     out = export_hf(str(tmp_path / "run" / "critic"), str(tmp_path / "critic_hf"))
     assert json.load(open(f"{out}/config.json"))["architectures"] == ["LlamaForSequenceClassification"]
@@ -228,3 +212,18 @@ def test_ppo_bad_input(tmp_path, models):
         train(models, tmp_path, "z", algorithm="ppo", zero_stage=2)
     with pytest.raises(MegaliteError, match="--critic-load is only used with --algorithm ppo"):
         train(models, tmp_path, "c", critic_load=models["policy_ck"])
+
+
+def test_ppo_with_a_transformers_reward_model_starts_its_critic_from_the_policy(tmp_path, models, capsys):
+    """A reward model saved by transformers (LlamaForSequenceClassification), as a user brings one: it
+    scores the completions, and the critic, which cannot load an HF folder, starts from the policy."""
+    torch.manual_seed(2)
+    cfg = transformers.LlamaConfig(vocab_size=384, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                   num_labels=1, bos_token_id=0, eos_token_id=1, pad_token_id=1)
+    transformers.LlamaForSequenceClassification(cfg).save_pretrained(str(tmp_path / "hf_rm"))
+    bytelevel(tmp_path / "hf_rm")
+    run = train(models, tmp_path, "hf_rm", algorithm="ppo", num_generations=1, reward_funcs=None,
+                reward_model=str(tmp_path / "hf_rm"), train_iters=2)
+    assert "critic starts from the policy's weights" in capsys.readouterr().out
+    assert run[0]["rewards/hf_rm/std"] > 0 and run[-1]["loss/value_avg"] > 0

@@ -33,10 +33,7 @@ def _sft(rank, world, argv):
 
 def train(corpus, data, tmp_path, name, world=1, **kw):
     argv = sft_args(corpus, data, tmp_path, name, **kw)
-    if world == 1:
-        sft_main(argv)
-    else:
-        run_distributed(_sft, world, argv)
+    run_distributed(_sft, world, argv)
     return read_metrics(str(tmp_path / f"{name}.jsonl"))[0]
 
 

@@ -32,10 +32,7 @@ def run_layout(tmp_path, corpus, name, world, **kw):
     kw = {"train_iters": 20, "lr": 1e-3, "min_lr": 1e-4, "hidden_size": 64, "num_attention_heads": 8,
           "num_query_groups": 4, "ffn_hidden_size": 128, **kw}
     argv = tiny_model_args(*corpus, metrics_file=metrics, save=str(tmp_path / name), **kw)
-    if world == 1:
-        pretrain(parse_config(argv))
-    else:
-        run_distributed(_pretrain, world, argv)
+    run_distributed(_pretrain, world, argv)
     return read_metrics(metrics)[0]
 
 

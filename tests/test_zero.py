@@ -6,7 +6,7 @@ import pytest
 
 from megalite.config import parse_config
 from megalite.training.trainer import pretrain
-from tests.conftest import read_metrics, tiny_model_args
+from tests.conftest import once_per_settings, read_metrics, tiny_model_args
 from tests.dist_utils import run_distributed
 
 pytestmark = pytest.mark.dist
@@ -23,25 +23,14 @@ def run(tmp_path, corpus, name, world, **kw):
     kw = {"train_iters": 20, "lr": 1e-3, "min_lr": 1e-4, "num_layers": 2, "micro_batch_size": 2,
           "global_batch_size": 16, "eval_iters": 0, **kw}
     argv = tiny_model_args(*corpus, metrics_file=metrics, **kw)
-    if world == 1:
-        pretrain(parse_config(argv))
-    else:
-        run_distributed(_pretrain, world, argv)
+    run_distributed(_pretrain, world, argv)
     return read_metrics(metrics)[0]
 
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, tiny_corpus):
     """One-process losses, by model settings (run once each)."""
-    runs = {}
-
-    def get(**model):
-        key = tuple(sorted(model.items()))
-        if key not in runs:
-            runs[key] = run(tmp_path_factory.mktemp("ref"), tiny_corpus, "ref", 1, **model)
-        return runs[key]
-
-    return get
+    return once_per_settings(lambda **model: run(tmp_path_factory.mktemp("ref"), tiny_corpus, "ref", 1, **model))
 
 
 ZERO3 = {"zero_stage": 3}

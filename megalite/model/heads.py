@@ -3,8 +3,8 @@
 - ``LMHead`` (registered as ``output_layer``): logits over this rank's vocabulary shard, or with labels the
   per-token losses (vocab-parallel cross entropy, no vocabulary gather; with ``mean_logits`` also each
   token's mean logit, for trl's ``logits/*`` metrics; with ``entropy`` each position's entropy, for online
-  RL's; logits divided by ``temperature`` first, as sampled tokens are scored; positions labelled
-  ``IGNORE_INDEX`` skip the output layer and get zeros). Its weight is the output
+  RL's; logits divided by ``temperature`` first, as sampled tokens are scored; with ``labelled_only``,
+  positions labelled ``IGNORE_INDEX`` skip the output layer and get zeros). Its weight is the output
   layer's own, or with tied embeddings the embedding's (which the model owns).
 - ``ScoreHead`` (registered as ``score``, Hugging Face's name in ``...ForSequenceClassification``): one
   scalar per token, hidden -> 1 without bias, [batch, seq]. A reward model reads it at each row's last
@@ -39,6 +39,7 @@ class LMHead(nn.Module):
         self.mean_logits = False  # with labels: [batch, seq, 2] = per-token loss and mean logit
         self.entropy = False  # with labels: [batch, seq, 2] = per-token loss and entropy (online RL's metric)
         self.temperature = 1.0  # logits are divided by it (online RL scores tokens as they were sampled)
+        self.labelled_only = False  # skip positions labelled IGNORE_INDEX (stages whose rows mark them: SFT, RL)
         self._tied = (embedding,) if embedding is not None else ()  # a tuple: not registered (the model owns it)
         if embedding is None:
             tp = state.get().tp_size
@@ -50,7 +51,7 @@ class LMHead(nn.Module):
         return column_parallel_linear(x, self._tied[0].weight if self._tied else self.weight)
 
     def forward(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
-        if labels is not None:
+        if labels is not None and self.labelled_only:  # opt-in: finding the labelled rows waits for the device
             labelled = labels.t() != IGNORE_INDEX
             if not bool(labelled.all()):
                 return self._labelled_only(x, labels.t(), labelled).transpose(0, 1)
@@ -81,6 +82,15 @@ class LMHead(nn.Module):
         scores = self._per_token(logits, labels.reshape(-1).index_select(0, rows))
         full = scores.new_zeros((labelled.numel(), *scores.shape[1:])).index_copy(0, rows, scores)
         return full.view(*labelled.shape, *scores.shape[1:])
+
+
+def skip_unlabelled(model: nn.Module) -> None:
+    """Let ``model``'s LM head skip the positions labelled IGNORE_INDEX (SFT's prompts and padding,
+    online RL's): a stage whose rows mark them calls it (pretraining's never do, and its forward
+    then never waits for the device to find them)."""
+    for m in model.modules():
+        if isinstance(m, LMHead):
+            m.labelled_only = True
 
 
 class ScoreHead(nn.Module):

@@ -10,6 +10,7 @@ import functools
 
 from megalite.config import Config
 from megalite.data.sft import build_sft_datasets, collate_sft
+from megalite.model.heads import skip_unlabelled
 from megalite.posttrain.stage import PostTrainStage
 
 
@@ -35,3 +36,7 @@ class SFTStage(PostTrainStage):
     def collate(self, cfg: Config):
         pad_to, multiple = self.padding(cfg)
         return functools.partial(collate_rows, pad_to=pad_to, multiple_of=multiple, keep_positions=self.packed(cfg))
+
+    def objective(self, cfg: Config, context):
+        skip_unlabelled(context.model)  # collate_sft labels prompts and padding IGNORE_INDEX
+        return super().objective(cfg, context)

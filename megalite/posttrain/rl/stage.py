@@ -12,7 +12,7 @@ from megalite.checkpoint.layout import find_checkpoint, saved_settings
 from megalite.checkpoint.load import check_architecture
 from megalite.config import Config
 from megalite.errors import MegaliteError
-from megalite.model.heads import LMHead
+from megalite.model.heads import LMHead, skip_unlabelled
 from megalite.posttrain.dpo import live_reference, reference_pass
 from megalite.posttrain.rl.critic import Critic
 from megalite.posttrain.rl.objective import PolicyGradient, token_logps
@@ -126,6 +126,7 @@ def _sample(model, prompts, seeds, rl_cfg, stop_ids, pad_id):
 def scored_like_sampled(model, temperature: float) -> None:
     """Make ``model``'s forward(labels) return each token's loss and entropy [rows, seq, 2] from the
     logits divided by the sampling temperature (greedy rollouts: 1), as trl scores completions."""
+    skip_unlabelled(model)  # training_rows label only the completions
     for m in model.modules():
         if isinstance(m, LMHead):
             m.entropy = True
