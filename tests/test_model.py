@@ -5,11 +5,12 @@ import torch
 import torch.nn.functional as F
 
 from megalite.config import ModelConfig
+from megalite.kernels import reference
 from megalite.kernels.reference import apply_rotary
 from megalite.model import GPTModel
 from megalite.model.flops import forward_flops_per_sequence, peak_tflops, train_flops
 from megalite.model.rotary import RotaryEmbedding
-from megalite.parallel.cross_entropy import vocab_parallel_cross_entropy
+from megalite.parallel.cross_entropy import vocab_parallel_cross_entropy, vocab_parallel_entropy
 from megalite.parallel.init import initialize
 
 
@@ -22,8 +23,13 @@ def model_config(**kw):
     return ModelConfig(**base)
 
 
+@pytest.mark.parametrize("chunk", [None, 120], ids=["whole", "chunked"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_cross_entropy_matches_torch(dtype):
+def test_cross_entropy_matches_torch(dtype, chunk, monkeypatch):
+    """Loss, gradient and entropy against torch's; ``chunked``: the CPU reference walks the 15 rows
+    2 at a time (the last chunk a single row), as it walks a long batch's logits."""
+    if chunk:
+        monkeypatch.setattr(reference, "CPU_CHUNK_ELEMENTS", chunk)
     torch.manual_seed(0)
     logits = (torch.randn(5, 3, 50) * 3).to(dtype).requires_grad_(True)
     target = torch.randint(0, 50, (5, 3))
@@ -36,6 +42,10 @@ def test_cross_entropy_matches_torch(dtype):
     (got * w).sum().backward()
     (ref * w).sum().backward()
     torch.testing.assert_close(logits.grad.float(), ref_logits.grad, atol=tol, rtol=tol)
+    p = ref_logits.detach().log_softmax(-1)
+    entropy_tol = max(tol, 1e-5)  # lse - sum(p x) / sum(p) cancels more digits than -sum(p log p)
+    torch.testing.assert_close(vocab_parallel_entropy(logits.detach()), -(p.exp() * p).sum(-1), atol=entropy_tol,
+                               rtol=entropy_tol)
 
 
 def test_initialisation_depends_on_seed_and_name_only():

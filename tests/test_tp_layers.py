@@ -37,7 +37,7 @@ def _twins(make, seed):
 
 def _check_layers(rank, world, sequence_parallel):
     from megalite.parallel import mappings, state
-    from megalite.parallel.cross_entropy import vocab_parallel_cross_entropy
+    from megalite.parallel.cross_entropy import vocab_parallel_cross_entropy, vocab_parallel_entropy
     from megalite.parallel.layers import ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding
 
     state.initialize(tp=world, sequence_parallel=sequence_parallel)
@@ -109,6 +109,8 @@ def _check_layers(rank, world, sequence_parallel):
     (ref_loss * w).sum().backward()
     (loss * w).sum().backward()
     torch.testing.assert_close(ll.grad, mine(lr.grad, -1))
+    p = logits.log_softmax(-1)
+    torch.testing.assert_close(vocab_parallel_entropy(mine(logits, -1)), -(p.exp() * p).sum(-1))
 
     # The mappings on their own: forward result and what backward does to a gradient of ones.
     x = torch.randn(seq, batch, hin)

@@ -53,13 +53,15 @@ def generate(model, prompts: List[List[int]], max_new_tokens: int, sampling: Sam
         nxt = share_tokens(nxt, b, device)
         nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
         tokens[:, end], valid[:, end], start = nxt, ~done, end
-        for i in range(b):
-            if done[i]:
+        finished = []
+        for i, (token, over) in enumerate(zip(nxt.tolist(), done.tolist())):  # one read of each, not 2 x b
+            if over:
                 continue
-            out[i].append(int(nxt[i]))
-            if int(nxt[i]) in sampling.stop_ids or (decode and sampling.stop_strings
-                                                    and hit_stop_string(decode(out[i]), sampling.stop_strings)):
-                done[i] = True
+            out[i].append(token)
+            if token in sampling.stop_ids or (decode and sampling.stop_strings
+                                              and hit_stop_string(decode(out[i]), sampling.stop_strings)):
+                finished.append(i)
+        done[finished] = True
         if bool(done.all()):
             break
     return out

@@ -31,7 +31,8 @@ def next_tokens(logits: torch.Tensor, history: torch.Tensor, s: Sampling, gen: G
         logits = logits.scatter(1, history, seen)
     if s.temperature <= 0:
         return logits.argmax(-1)
-    logits = logits / s.temperature
+    if s.temperature != 1.0:
+        logits = logits / s.temperature
     if s.top_k > 0:
         kth = torch.topk(logits, min(s.top_k, logits.shape[-1])).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -53,8 +54,9 @@ def draw(probs: torch.Tensor, gen: Generators) -> torch.Tensor:
     else:
         u = torch.rand(probs.shape[0], generator=gen, device=probs.device)
     cdf = probs.cumsum(-1)
-    picked = torch.searchsorted(cdf, (u[:, None] * cdf[:, -1:]).contiguous(), right=True).squeeze(-1)
-    last = probs.shape[-1] - 1 - (probs.flip(-1) > 0).int().argmax(-1)  # rounding never picks past it
+    total = cdf[:, -1:]
+    picked = torch.searchsorted(cdf, (u[:, None] * total).contiguous(), right=True).squeeze(-1)
+    last = (cdf < total).sum(-1)  # the last token of non-zero probability: rounding never picks past it
     return torch.minimum(picked, last)
 
 

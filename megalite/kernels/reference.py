@@ -60,6 +60,21 @@ def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     return F.silu(gate) * up
 
 
+# Elements of one temporary when the cross-entropy references walk a CPU tensor's rows in chunks.
+# glibc hands buffers over 32 MB back to the OS when freed, so a whole-logits temporary (4096
+# tokens x 4000 words: 65 MB) is page-faulted in anew each time: in chunks of ~4 MB, reused from
+# the heap and warm in cache, the statistics took 20 ms instead of 140 ms (docs/PERFORMANCE.md).
+# On CUDA the caching allocator reuses memory, and one chunk (one launch per op) is fastest.
+CPU_CHUNK_ELEMENTS = 1 << 20
+
+
+def row_chunks(x: torch.Tensor):
+    """``x`` [..., V] as [rows, V], and the row ranges to process it in (see CPU_CHUNK_ELEMENTS)."""
+    flat = x.reshape(-1, x.shape[-1])
+    step = max(1, CPU_CHUNK_ELEMENTS // max(x.shape[-1], 1)) if x.device.type == "cpu" else max(flat.shape[0], 1)
+    return flat, [slice(s, s + step) for s in range(0, flat.shape[0], step)]
+
+
 def cross_entropy_statistics(logits: torch.Tensor, local_target: torch.Tensor):
     """Per-row statistics of one vocabulary shard, from which ranks combine the loss.
 
@@ -67,13 +82,32 @@ def cross_entropy_statistics(logits: torch.Tensor, local_target: torch.Tensor):
     any index outside [0, V_shard) when the target lives elsewhere. Returns fp32 (at least)
     (max, sum of exp(logit - max), target logit or 0, sum of logits), each of shape [...].
     """
-    x = logits.to(_compute_dtype(logits))
-    row_max = x.max(dim=-1).values
-    sum_exp = (x - row_max.unsqueeze(-1)).exp().sum(dim=-1)
-    inside = (local_target >= 0) & (local_target < x.shape[-1])
-    index = local_target.clamp(0, x.shape[-1] - 1).unsqueeze(-1)
-    target_logit = x.gather(-1, index).squeeze(-1).masked_fill(~inside, 0.0)
-    return row_max, sum_exp, target_logit, x.sum(dim=-1)
+    flat, chunks = row_chunks(logits)
+    target = local_target.reshape(-1)
+    out = torch.empty(4, flat.shape[0], dtype=_compute_dtype(logits), device=logits.device)
+    for rows in chunks:
+        x = flat[rows].to(out.dtype)
+        row_max = x.amax(dim=-1)
+        out[0, rows] = row_max
+        out[1, rows] = torch.sub(x, row_max.unsqueeze(-1)).exp_().sum(dim=-1)
+        inside = (target[rows] >= 0) & (target[rows] < x.shape[-1])
+        index = target[rows].clamp(0, x.shape[-1] - 1).unsqueeze(-1)
+        out[2, rows] = x.gather(-1, index).squeeze(-1).masked_fill(~inside, 0.0)
+        out[3, rows] = x.sum(dim=-1)
+    return tuple(o.view(logits.shape[:-1]) for o in out)
+
+
+def softmax_statistics(logits: torch.Tensor):
+    """Per-row (max, sum of exp(logit - max), sum of exp(logit - max) * logit) of one vocabulary
+    shard, fp32 at least: the entropy's terms, which ranks combine like the cross entropy's."""
+    flat, chunks = row_chunks(logits)
+    out = torch.empty(3, flat.shape[0], dtype=_compute_dtype(logits), device=logits.device)
+    for rows in chunks:
+        x = flat[rows].to(out.dtype)
+        row_max = x.amax(dim=-1)
+        e = torch.sub(x, row_max.unsqueeze(-1)).exp_()
+        out[0, rows], out[1, rows], out[2, rows] = row_max, e.sum(dim=-1), e.mul_(x).sum(dim=-1)
+    return tuple(o.view(logits.shape[:-1]) for o in out)
 
 
 def cross_entropy_gradient(logits: torch.Tensor, local_target: torch.Tensor, lse: torch.Tensor,
@@ -82,13 +116,21 @@ def cross_entropy_gradient(logits: torch.Tensor, local_target: torch.Tensor, lse
     """d loss / d logits of this shard, in the logits' dtype, for the loss
     (1 - ls) * (lse - x_t) + ls * (lse - mean_j x_j) + z * lse^2 of each row, where ``lse``
     is the row's log-sum-exp over the whole (all-shard) vocabulary of ``vocab_size``."""
-    x = logits.to(_compute_dtype(logits))
-    grad = (x - lse.unsqueeze(-1)).exp_()  # one vocabulary-sized buffer, updated in place
-    grad.mul_((1.0 + 2.0 * z_loss * lse).unsqueeze(-1)).sub_(label_smoothing / vocab_size)
-    inside = (local_target >= 0) & (local_target < x.shape[-1])
-    index = local_target.clamp(0, x.shape[-1] - 1).unsqueeze(-1)
-    grad.scatter_add_(-1, index, -(1.0 - label_smoothing) * inside.to(grad.dtype).unsqueeze(-1))
-    return grad.mul_(grad_loss.unsqueeze(-1)).to(logits.dtype)
+    flat, chunks = row_chunks(logits)
+    target, lse, grad_loss = (t.reshape(-1) for t in (local_target, lse, grad_loss))
+    out, dt = torch.empty(flat.shape, dtype=logits.dtype, device=logits.device), _compute_dtype(logits)
+    for rows in chunks:
+        x = flat[rows].to(dt)
+        grad = out[rows] if out.dtype == dt else torch.empty_like(x)  # fp32 and up: computed in place
+        torch.sub(x, lse[rows].unsqueeze(-1), out=grad).exp_()
+        grad.mul_((1.0 + 2.0 * z_loss * lse[rows]).unsqueeze(-1)).sub_(label_smoothing / vocab_size)
+        inside = (target[rows] >= 0) & (target[rows] < x.shape[-1])
+        index = target[rows].clamp(0, x.shape[-1] - 1).unsqueeze(-1)
+        grad.scatter_add_(-1, index, -(1.0 - label_smoothing) * inside.to(grad.dtype).unsqueeze(-1))
+        grad.mul_(grad_loss[rows].unsqueeze(-1))
+        if grad.dtype != out.dtype:
+            out[rows] = grad
+    return out.view(logits.shape)
 
 
 def document_starts(cu_seqlens: torch.Tensor, seq: int, batch: int) -> torch.Tensor:

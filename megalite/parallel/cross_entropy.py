@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 
 from megalite import kernels
+from megalite.kernels.reference import softmax_statistics
 from megalite.parallel import state
 
 IGNORE_INDEX = -100  # a label with no loss (PyTorch's and HF's convention)
@@ -68,12 +69,11 @@ def vocab_parallel_entropy(logits: torch.Tensor) -> torch.Tensor:
     of the logits [..., vocab / tp]: H = lse - sum(p * logit), from per-rank sums rescaled to the
     global maximum, like the cross entropy's statistics."""
     group = state.get().tp_group
-    logits = logits.float()
-    row_max = logits.amax(-1)
+    shard_max, sum_exp, weighted = softmax_statistics(logits)
+    row_max = shard_max.clone()
     if group is not None:
         dist.all_reduce(row_max, op=dist.ReduceOp.MAX, group=group)
-    e = torch.exp(logits - row_max[..., None])
-    sums = torch.stack([e.sum(-1), (e * logits).sum(-1)])
+    sums = torch.stack([sum_exp, weighted]) * torch.exp(shard_max - row_max)
     if group is not None:
         dist.all_reduce(sums, group=group)
     sum_exp, weighted = sums
