@@ -3,7 +3,8 @@ same model, same prompts, same G and completion length, same threads, in one run
 
     python bench/bench_rl.py [--layers 4 --hidden-size 256 --vocab-size 4000 --prompts-per-step 4
                               --num-generations 8 --prompt-length 32 --completion-length 128
-                              --steps 3 --warmup 1 --rounds 2 --threads NCPU] [--json out.json]
+                              --steps 3 --warmup 1 --rounds 2 --threads NCPU --share-prompts 1]
+                             [--json out.json]
 
 A random Llama-shaped model is built from a transformers LlamaConfig and saved as a Hugging Face
 folder with a 4k-piece tokenizer trained on CPython's pydoc topics; megalite loads that folder with
@@ -19,6 +20,8 @@ a step, AdamW (no weight decay, clip 1.0, constant lr), temperature 1, no top-k 
 completion is --completion-length tokens on both sides: trl generates with ``min_new_tokens`` (EOS
 masked out until the limit), megalite through RLStage's ``sample`` hook with no stop ids (EOS, if
 drawn, is kept as an ordinary token). The generated token counts of every step are checked equal.
+megalite computes each prompt once for its G completions (rl_gpt.py's default, the same numbers as
+rows computed apart: tests/test_shared_prefix.py); ``--share-prompts 0`` times every row whole.
 
 Each side runs in its own process (``--worker``), --warmup untimed steps and then --steps timed
 ones; --rounds runs of both sides alternate their order and the fastest run of each side is
@@ -53,7 +56,8 @@ SIDES = ("megalite", "trl")
 BASELINE_IMPORTS = ("torch._dynamo", "datasets", "transformers", "trl", "megalite.posttrain.rl.stage",
                     "megalite.training.trainer")
 SIZES = ("layers", "hidden_size", "heads", "kv_heads", "ffn_hidden_size", "vocab_size", "prompts_per_step",
-         "num_generations", "prompt_length", "completion_length", "steps", "warmup", "threads", "lr", "seed")
+         "num_generations", "prompt_length", "completion_length", "steps", "warmup", "threads", "lr", "seed",
+         "share_prompts")
 
 
 def distinct_words(prompts, completions, **kwargs):
@@ -162,6 +166,7 @@ def megalite_side(a, paths: dict, phases: Phases) -> list:
             "--micro-batch-size", gbs, "--train-iters", a.warmup + a.steps, "--lr", a.lr,
             "--lr-decay-style", "constant", "--lr-warmup-iters", 0, "--weight-decay", 0, "--clip-grad", 1.0,
             "--eval-iters", 0, "--num-workers", 0, "--seed", a.seed]
+    argv += [] if a.share_prompts else ["--no-share-prompts"]
     cfg = parse_config([str(x) for x in argv], tool="rl_gpt.py")
 
     def sample(model, prompt_ids, seeds):  # every completion full length: no stop ids (pad_id: set below)
@@ -293,6 +298,9 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     p.add_argument("--rounds", type=int, default=2, help="runs of every side (alternating order); the fastest counts")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads on both sides")
+    p.add_argument("--share-prompts", type=int, choices=[0, 1], default=1,
+                   help="megalite computes each prompt once for its G completions in training (rl_gpt.py's "
+                        "default: the same numbers, fewer FLOPs); 0: every row whole (--no-share-prompts)")
     p.add_argument("--lr", type=float, default=1e-6)
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--json", help="also write the results as JSON to this file")

@@ -99,6 +99,16 @@ def test_parallel_layouts_equal_one_process(tmp_path, models, greedy, sampled, l
     assert_runs_match(one, other, KEYS)
 
 
+@pytest.mark.parametrize("algorithm", ["grpo", "ppo"])
+def test_shared_prompts_equal_rows_computed_apart(tmp_path, models, sampled, algorithm):
+    """The G completions of a prompt share its computation by default (megalite.model.shared_prefix):
+    --no-share-prompts computes every row whole and gives the same run (PPO: the critic's passes too)."""
+    kw = {"algorithm": "ppo", "num_generations": 2, "beta": 0.05} if algorithm == "ppo" else {}
+    shared = sampled if algorithm == "grpo" else train(models, tmp_path, "shared", **kw)
+    apart = train(models, tmp_path, "apart", no_share_prompts=True, **kw)
+    assert_runs_match(shared, apart, KEYS + (("loss/value_avg",) if algorithm == "ppo" else ()))
+
+
 def test_resume_is_bit_exact_with_sampling(tmp_path, models, sampled):
     save = str(tmp_path / "run")
     kw = dict(num_iterations=2, save=save)

@@ -56,7 +56,7 @@ class SelfAttention(nn.Module):
                                       bias=cfg.add_bias_linear,
                                       init_std=cfg.init_method_std / math.sqrt(2.0 * cfg.num_layers))
 
-    def forward(self, x, rope=None, cache=None, cu_seqlens=None):
+    def forward(self, x, rope=None, cache=None, cu_seqlens=None, shared=None):
         qkv = self.qkv(x)  # the whole sequence, even when x is a sequence-parallel slice
         s, b = qkv.shape[:2]
         q_per_group = self.heads // self.groups
@@ -64,16 +64,18 @@ class SelfAttention(nn.Module):
         q = qkv[:, :, :, :q_per_group].reshape(s, b, self.heads, self.head_dim)
         k, v = qkv[:, :, :, q_per_group], qkv[:, :, :, q_per_group + 1]
         if self.recompute_core and self.training:
-            out = recompute(self._core, q, k, v, rope, None, cu_seqlens)
+            out = recompute(self._core, q, k, v, rope, None, cu_seqlens, shared)
         else:
-            out = self._core(q, k, v, rope, cache, cu_seqlens)
+            out = self._core(q, k, v, rope, cache, cu_seqlens, shared)
         return self.proj(out)
 
-    def _core(self, q, k, v, rope, cache=None, cu_seqlens=None):
+    def _core(self, q, k, v, rope, cache=None, cu_seqlens=None, shared=None):
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = kernels.rotary_qk(q, k, *rope)
+        if shared is not None:  # compact tokens -> their rows, each follower reading its prefix from its leader
+            q, k, v = (shared.expand(t) for t in (q, k, v))
         mask = None
         if cache is not None:  # incremental decoding: attend to everything cached, as the mask allows
             k, v = cache.update(k, v)
@@ -85,7 +87,8 @@ class SelfAttention(nn.Module):
             else:
                 out = kernels.attention(q, k, v, self.backend, cu_seqlens, dropout_p=dropout, mask=mask,
                                         window=self.window)
-        return out.reshape(*out.shape[:2], self.heads * self.head_dim)
+        out = out.reshape(*out.shape[:2], self.heads * self.head_dim)
+        return shared.compact(out) if shared is not None else out
 
 
 def _replicate_kv_head(qkv: ColumnParallelLinear, cfg: ModelConfig, replicas: int) -> None:

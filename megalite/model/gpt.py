@@ -14,11 +14,13 @@ import torch
 from torch import nn
 
 from megalite.config import Config, ModelConfig, attention_window, stage_layers
+from megalite.errors import MegaliteError
 from megalite.model.attention import SelfAttention
 from megalite.model.heads import LMHead
 from megalite.model.mlp import MLP
 from megalite.model.norms import build_norm
 from megalite.model.rotary import RotaryEmbedding
+from megalite.model.shared_prefix import SharedPrefix
 from megalite.parallel import state
 from megalite.parallel.context import document_starts
 from megalite.parallel.init import mark
@@ -38,8 +40,8 @@ class TransformerLayer(nn.Module):
         self.mlp = MLP(cfg)
         self.dropout = SequenceDropout(cfg.hidden_dropout)
 
-    def forward(self, x, rope=None, cache=None, cu_seqlens=None):
-        attended = self.dropout(self.attention(self.input_norm(x), rope, cache, cu_seqlens))
+    def forward(self, x, rope=None, cache=None, cu_seqlens=None, shared=None):
+        attended = self.dropout(self.attention(self.input_norm(x), rope, cache, cu_seqlens, shared))
         h, x = self.post_attention_norm(attended, residual=x)  # the residual add fused into the norm
         return x + self.dropout(self.mlp(h))
 
@@ -107,27 +109,36 @@ class GPTModel(nn.Module):
         return self.output_layer.logits(self.final_norm(x))
 
     def forward(self, tokens: Optional[torch.Tensor] = None, labels: Optional[torch.Tensor] = None,
-                hidden: Optional[torch.Tensor] = None, positions: Optional[torch.Tensor] = None) -> torch.Tensor:
+                hidden: Optional[torch.Tensor] = None, positions: Optional[torch.Tensor] = None,
+                shared_prefix: Optional[SharedPrefix] = None) -> torch.Tensor:
         """Per-token loss [batch, seq] when ``labels`` are given, else logits [batch, seq, vocab / tp]
         (a score head: per-token scores [batch, seq]; a stage without the head: its hidden states).
         ``positions`` [batch, seq] describe packed rows: each restart at 0 begins a document that
-        attends only to itself."""
-        x = self.embed(tokens, positions) if self.pre_process else hidden
+        attends only to itself. ``shared_prefix``: rows repeating other rows' first tokens, which are
+        computed once (megalite.model.shared_prefix; the whole model on one stage, no packing or CP)."""
         rope, cu_seqlens = None, None
-        if positions is not None:  # context parallelism: where each token's document starts (ring attention's mask)
+        if shared_prefix is not None:
+            if not (self.pre_process and self.post_process) or positions is not None or state.get().cp_size > 1:
+                raise MegaliteError("shared prefixes need the whole model on one pipeline stage, unpacked rows and "
+                                    "no context parallelism")
+            every = torch.arange(tokens.shape[1], device=tokens.device).expand_as(tokens)
+            positions = shared_prefix.compact_rows(every)
+            tokens = shared_prefix.compact_rows(tokens)
+        elif positions is not None:  # context parallelism: where each token's document starts (ring attention's mask)
             cu_seqlens = document_starts(positions) if state.get().cp_size > 1 else document_boundaries(positions)
+        x = self.embed(tokens, positions) if self.pre_process else hidden
         if self.rotary is not None:
             s = state.get()
             seq = x.shape[0] * (s.tp_size if s.sequence_parallel else 1)
             rope = self.rotary(torch.arange(seq, device=x.device) if positions is None else positions.t(), x.dtype)
         for layer in self.layers.values():
             if self.recompute_full and self.training:
-                x = recompute(layer, x, rope, None, cu_seqlens)
+                x = recompute(layer, x, rope, None, cu_seqlens, shared_prefix)
             else:
-                x = layer(x, rope, cu_seqlens=cu_seqlens)
+                x = layer(x, rope, cu_seqlens=cu_seqlens, shared=shared_prefix)
         if not self.post_process:
             return x
-        return self.head(self.final_norm(x), labels)
+        return self.head(self.final_norm(x), labels, shared_prefix)
 
     def decode_step(self, tokens: torch.Tensor, positions: torch.Tensor, cache,
                     hidden: Optional[torch.Tensor] = None, at: Optional[torch.Tensor] = None) -> torch.Tensor:

@@ -12,6 +12,9 @@
   sequence parallelism each rank scores its slice of the sequence, the scores are gathered, and the weight's
   gradient is summed over the ranks like a norm's (``sequence_parallel``), so every rank takes the same step.
 
+Both take a model's compact tokens when its rows share prefixes (megalite.model.shared_prefix) and give
+the rows' outputs: the LM head computes at the labelled positions only, the score head at every one.
+
 The run's stage picks one (megalite.training.stage: ``Stage.head``).
 """
 
@@ -23,6 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from megalite.config import ModelConfig
+from megalite.errors import MegaliteError
+from megalite.model.shared_prefix import SharedPrefix
 from megalite.parallel import state
 from megalite.parallel.cross_entropy import IGNORE_INDEX, vocab_parallel_cross_entropy, vocab_parallel_entropy
 from megalite.parallel.init import mark
@@ -50,7 +55,12 @@ class LMHead(nn.Module):
         """[seq, batch, hidden] -> [seq, batch, vocab / tp]."""
         return column_parallel_linear(x, self._tied[0].weight if self._tied else self.weight)
 
-    def forward(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None,
+                shared: Optional[SharedPrefix] = None) -> torch.Tensor:
+        if shared is not None:  # x holds compact tokens: each labelled row position is read from them
+            if labels is None:
+                raise MegaliteError("a model run on shared prefixes computes losses: labels are needed")
+            return self._labelled_only(x, labels.t(), labels.t() != IGNORE_INDEX, shared).transpose(0, 1)
         if labels is not None and self.labelled_only:  # opt-in: finding the labelled rows waits for the device
             labelled = labels.t() != IGNORE_INDEX
             if not bool(labelled.all()):
@@ -72,12 +82,14 @@ class LMHead(nn.Module):
             return torch.stack([losses, vocab_parallel_entropy(logits)], -1)
         return losses
 
-    def _labelled_only(self, x: torch.Tensor, labels: torch.Tensor, labelled: torch.Tensor) -> torch.Tensor:
+    def _labelled_only(self, x: torch.Tensor, labels: torch.Tensor, labelled: torch.Tensor,
+                       shared: Optional[SharedPrefix] = None) -> torch.Tensor:
         """``_per_token`` [seq, batch(, 2)] computed at the labelled positions only (zeros elsewhere):
-        online RL labels only the completions, so prompts and padding skip the output layer."""
+        online RL labels only the completions, so prompts and padding skip the output layer. With
+        ``shared``, x holds its compact tokens."""
         x = gather_from_sequence(x) if state.get().sequence_parallel else copy_to_tp(x)
         rows = labelled.flatten().nonzero().squeeze(1)
-        hidden = x.reshape(-1, x.shape[-1]).index_select(0, rows)
+        hidden = x.reshape(-1, x.shape[-1]).index_select(0, rows if shared is None else shared.expand_index[rows])
         logits = self._scaled(F.linear(hidden, self._tied[0].weight if self._tied else self.weight))
         scores = self._per_token(logits, labels.reshape(-1).index_select(0, rows))
         full = scores.new_zeros((labelled.numel(), *scores.shape[1:])).index_copy(0, rows, scores)
@@ -103,12 +115,14 @@ class ScoreHead(nn.Module):
         self.weight = mark(nn.Parameter(torch.empty(1, cfg.hidden_size)), cfg.init_method_std)
         self.weight.sequence_parallel = state.get().sequence_parallel  # sees only a slice of the sequence
 
-    def forward(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """[seq(/tp), batch, hidden] -> scores [batch, seq]; ``labels`` are not used."""
+    def forward(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None,
+                shared: Optional[SharedPrefix] = None) -> torch.Tensor:
+        """[seq(/tp), batch, hidden] -> scores [batch, seq]; ``labels`` are not used. With ``shared``,
+        x holds its compact tokens, [T(/tp), 1, hidden]."""
         scores = F.linear(x, self.weight).squeeze(-1)
         if state.get().sequence_parallel:
             scores = gather_sequence_for_all(scores)
-        return scores.t()
+        return (shared.expand(scores) if shared is not None else scores).t()
 
 
 LM_ONLY = ("output_layer.weight", "embedding.weight")  # the LM output, and a last stage's copy of a tied embedding

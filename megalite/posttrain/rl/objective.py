@@ -15,6 +15,7 @@ from typing import Callable, Dict, List, Optional
 import torch
 import torch.distributed as dist
 
+from megalite.model.shared_prefix import SharedPrefix, group_leaders
 from megalite.parallel import state
 from megalite.parallel.data_parallel import all_reduce_scalar
 from megalite.posttrain.rl import advantages as adv
@@ -88,10 +89,14 @@ class PolicyGradient:
         if self.rl.mask_truncated_completions:
             rows["loss_mask"][truncated] = 0.0
         n = 0
+        share = self.rl.share_prompts and self.g > 1 and state.get().pp_size == 1
         for mb in batch:
             m = mb["prompt_index"].numel()
             mb.update({k: v[n:n + m].to(device) for k, v in rows.items()})
             mb["sequences"] = torch.ones(m, device=device)
+            if share:
+                mb["shared_prefix"] = shared_prompts(mb["prompt_index"], [len(p) for p in ids[n:n + m]],
+                                                     mb["tokens"].shape[1])
             n += m
         if self.old is not None and (not self.grpo or self.k > 1):  # the policy's log-probs as it generated
             self.old(batch)
@@ -303,6 +308,17 @@ class PolicyGradient:
                    for k in out}
         out.update(self.rollout_metrics)
         return out
+
+
+def shared_prompts(prompt_index: torch.Tensor, prompt_lengths: List[int], seq: int) -> Optional[SharedPrefix]:
+    """The rows of one micro-batch that complete the same prompt compute it once, in every forward pass
+    over them (policy, old and reference log-probs, PPO's critic); None when no prompt repeats."""
+    leader = group_leaders(prompt_index)
+    if bool((leader == torch.arange(leader.numel(), device=leader.device)).all()):
+        return None
+    s = state.get()
+    return SharedPrefix(leader, torch.tensor(prompt_lengths, device=leader.device), seq,
+                        s.tp_size if s.sequence_parallel else 1)
 
 
 def clipped_surrogate(ratio: torch.Tensor, a: torch.Tensor, eps_low: float, eps_high: float) -> torch.Tensor:
