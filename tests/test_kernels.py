@@ -219,6 +219,17 @@ def test_packed_documents_with_every_fused_kernel():
         check_packed_documents(tiny_config(attention_backend="triton", init_method_std=0.02))
 
 
+def test_shared_prefixes_with_every_fused_kernel():
+    """Rows sharing their prompts (online RL) through the Triton kernels: RoPE per compact token, flash
+    attention on the rows gathered back, the fused loss: the rows' own numbers and gradients."""
+    from tests.test_shared_prefix import check_shared_equals_rows
+
+    with fused_kernels(True):
+        model = GPTModel(tiny_config(attention_backend="triton"))
+        initialize(model, 3)
+        check_shared_equals_rows(model.to(DEVICE), device=DEVICE)
+
+
 def test_dispatch_falls_back_where_triton_cannot_run(monkeypatch):
     monkeypatch.setattr(dispatch, "flash_attn_installed", lambda: False)
     monkeypatch.setenv("TRITON_INTERPRET", "1")

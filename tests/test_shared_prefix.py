@@ -56,10 +56,10 @@ def outputs_and_gradients(model, tokens, labels, shared):
     return out.detach(), grads
 
 
-def check_shared_equals_rows(model, multiple_of=1):
+def check_shared_equals_rows(model, multiple_of=1, device="cpu"):
     from megalite.model.heads import LMHead
 
-    tokens, labels, leader, length = grouped_rows()
+    tokens, labels, leader, length = (t.to(device) for t in grouped_rows())
     for m in model.modules():
         if isinstance(m, LMHead):
             m.entropy, m.temperature, m.labelled_only = True, 0.7, True  # online RL's head
