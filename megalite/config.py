@@ -355,7 +355,7 @@ class RLConfig:
     normalize_advantages: bool = opt(False, "RLOO: whiten the advantages over the batch")
     mask_truncated_completions: bool = opt(False, "completions cut at --max-completion-length get no loss")
     share_prompts: bool = opt(True, "compute each prompt once for its G completions in the training passes (the "
-                                    "same numbers, fewer FLOPs; not with pipeline parallelism)",
+                                    "same numbers, fewer FLOPs; not with pipeline parallelism or dropout)",
                               flag="--no-share-prompts", action="store_false")
     critic_load: Optional[str] = opt(None, "PPO: the critic's starting weights, a megalite checkpoint (default: "
                                            "--reward-model when it is a megalite reward model of the policy's "

@@ -99,13 +99,15 @@ def test_parallel_layouts_equal_one_process(tmp_path, models, greedy, sampled, l
     assert_runs_match(one, other, KEYS)
 
 
-@pytest.mark.parametrize("algorithm", ["grpo", "ppo"])
-def test_shared_prompts_equal_rows_computed_apart(tmp_path, models, sampled, algorithm):
+@pytest.mark.parametrize("algorithm", ["grpo", "grpo_greedy", "ppo"])
+def test_shared_prompts_equal_rows_computed_apart(tmp_path, models, sampled, greedy, algorithm):
     """The G completions of a prompt share its computation by default (megalite.model.shared_prefix):
-    --no-share-prompts computes every row whole and gives the same run (PPO: the critic's passes too)."""
-    kw = {"algorithm": "ppo", "num_generations": 2, "beta": 0.05} if algorithm == "ppo" else {}
-    shared = sampled if algorithm == "grpo" else train(models, tmp_path, "shared", **kw)
-    apart = train(models, tmp_path, "apart", no_share_prompts=True, **kw)
+    --no-share-prompts computes every row whole and gives the same run (PPO: the critic's passes too;
+    greedy: the G completions are the same, so whole rows are shared)."""
+    kw = {"ppo": {"algorithm": "ppo", "num_generations": 2, "beta": 0.05}, "grpo_greedy": {"temperature": 0}}
+    shared = {"grpo": sampled, "grpo_greedy": greedy}.get(algorithm)
+    shared = shared or train(models, tmp_path, "shared", **kw[algorithm])
+    apart = train(models, tmp_path, "apart", no_share_prompts=True, **kw.get(algorithm, {}))
     assert_runs_match(shared, apart, KEYS + (("loss/value_avg",) if algorithm == "ppo" else ()))
 
 

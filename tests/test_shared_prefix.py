@@ -5,7 +5,7 @@ or tensor-parallel layout."""
 import pytest
 import torch
 
-from megalite.model.shared_prefix import SharedPrefix, group_leaders
+from megalite.model.shared_prefix import SharedPrefix, common_prefixes, group_leaders
 from megalite.parallel import state
 from megalite.parallel.cross_entropy import IGNORE_INDEX
 from tests.dist_utils import run_distributed
@@ -39,6 +39,9 @@ def test_compact_tokens_expand_back_to_the_rows():
     borrowed = 2 * 4 + 7 + 1  # followers' prefix tokens: 2 x 4, 1 x 7, 1 x 1
     assert shared.tokens == tokens.numel() - borrowed + (-(tokens.numel() - borrowed) % 4)
     assert torch.equal(shared.expand(shared.compact(tokens.t())), tokens.t())
+    followers = torch.tensor([0, 0, 2, 2])
+    rows = torch.tensor([[5, 6, 7, 8], [5, 6, 9, 8], [1, 2, 3, 4], [1, 2, 3, 4]])
+    assert common_prefixes(rows, followers).tolist() == [4, 2, 4, 4]
     with pytest.raises(ValueError, match="its own leader"):
         SharedPrefix(torch.tensor([1, 2, 2]), torch.tensor([2, 2, 2]), 5)
 

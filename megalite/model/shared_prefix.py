@@ -59,3 +59,9 @@ def group_leaders(keys: torch.Tensor) -> torch.Tensor:
     """[batch] -> each row's leader: the first row holding the same key (a prompt's index)."""
     same = keys[:, None] == keys[None, :]
     return same.int().argmax(1)
+
+
+def common_prefixes(tokens: torch.Tensor, leader: torch.Tensor) -> torch.Tensor:
+    """[batch]: how many first tokens of each row [batch, seq] its leader row also has (all of them for
+    a leader): the prompt, and the completion's first tokens when they agree too."""
+    return (tokens == tokens[leader]).int().cumprod(1).sum(1)

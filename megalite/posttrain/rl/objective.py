@@ -15,7 +15,7 @@ from typing import Callable, Dict, List, Optional
 import torch
 import torch.distributed as dist
 
-from megalite.model.shared_prefix import SharedPrefix, group_leaders
+from megalite.model.shared_prefix import SharedPrefix, common_prefixes, group_leaders
 from megalite.parallel import state
 from megalite.parallel.data_parallel import all_reduce_scalar
 from megalite.posttrain.rl import advantages as adv
@@ -89,14 +89,13 @@ class PolicyGradient:
         if self.rl.mask_truncated_completions:
             rows["loss_mask"][truncated] = 0.0
         n = 0
-        share = self.rl.share_prompts and self.g > 1 and state.get().pp_size == 1
+        share = self.g > 1 and shares_prompts(self.cfg)
         for mb in batch:
             m = mb["prompt_index"].numel()
             mb.update({k: v[n:n + m].to(device) for k, v in rows.items()})
             mb["sequences"] = torch.ones(m, device=device)
             if share:
-                mb["shared_prefix"] = shared_prompts(mb["prompt_index"], [len(p) for p in ids[n:n + m]],
-                                                     mb["tokens"].shape[1])
+                mb["shared_prefix"] = shared_prompts(mb["prompt_index"], mb["tokens"])
             n += m
         if self.old is not None and (not self.grpo or self.k > 1):  # the policy's log-probs as it generated
             self.old(batch)
@@ -310,14 +309,23 @@ class PolicyGradient:
         return out
 
 
-def shared_prompts(prompt_index: torch.Tensor, prompt_lengths: List[int], seq: int) -> Optional[SharedPrefix]:
-    """The rows of one micro-batch that complete the same prompt compute it once, in every forward pass
-    over them (policy, old and reference log-probs, PPO's critic); None when no prompt repeats."""
+def shares_prompts(cfg) -> bool:
+    """Whether the rows of a prompt compute it once (--no-share-prompts: never): the whole model on one
+    pipeline stage (stages exchange fixed shapes) and no dropout (one mask over a shared prompt would
+    tie its rows' noise together, where rows computed apart draw their own)."""
+    m = cfg.model
+    return cfg.rl.share_prompts and state.get().pp_size == 1 and m.hidden_dropout == 0 and m.attention_dropout == 0
+
+
+def shared_prompts(prompt_index: torch.Tensor, tokens: torch.Tensor) -> Optional[SharedPrefix]:
+    """The rows of one micro-batch that complete the same prompt compute it once (and the first
+    completion tokens they agree on), in every forward pass over them (policy, old and reference
+    log-probs, PPO's critic); None when no prompt repeats."""
     leader = group_leaders(prompt_index)
     if bool((leader == torch.arange(leader.numel(), device=leader.device)).all()):
         return None
     s = state.get()
-    return SharedPrefix(leader, torch.tensor(prompt_lengths, device=leader.device), seq,
+    return SharedPrefix(leader, common_prefixes(tokens, leader), tokens.shape[1],
                         s.tp_size if s.sequence_parallel else 1)
 
 
