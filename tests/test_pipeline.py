@@ -73,7 +73,7 @@ def _count_live_activations(rank, world, m, out_file):
             super().__init__()
             self.w = torch.nn.Parameter(torch.full((3,), 0.5))
 
-        def forward(self, tokens, labels=None, hidden=None, positions=None):
+        def forward(self, tokens, labels=None, hidden=None, positions=None, shared_prefix=None):
             x = tokens.t().unsqueeze(-1).float() * self.w if hidden is None else hidden * self.w
             live[0] += 1
             peak[0] = max(peak[0], live[0])

@@ -93,6 +93,29 @@ def test_shared_prefixes_give_the_rows_numbers(head, recompute, extra):
     check_shared_equals_rows(model)
 
 
+# Qwen2.5-0.5B's config.json as published (qkv biases, tied embeddings, 7 query heads per key/value head,
+# rope_theta 1e6, a 32k sliding-window setting that is off), with 2 of its 24 layers and a 1,024-word vocabulary.
+QWEN2_5_0_5B = {"architectures": ["Qwen2ForCausalLM"], "attention_dropout": 0.0, "bos_token_id": 151643,
+                "eos_token_id": 151643, "hidden_act": "silu", "hidden_size": 896, "initializer_range": 0.02,
+                "intermediate_size": 4864, "max_position_embeddings": 32768, "max_window_layers": 24,
+                "model_type": "qwen2", "num_attention_heads": 14, "num_hidden_layers": 2, "num_key_value_heads": 2,
+                "rms_norm_eps": 1e-06, "rope_theta": 1000000.0, "sliding_window": 32768, "tie_word_embeddings": True,
+                "torch_dtype": "bfloat16", "transformers_version": "4.43.1", "use_cache": True,
+                "use_sliding_window": False, "vocab_size": 1024}
+
+
+def test_shared_prefixes_on_a_published_config():
+    """A model shaped by a published config.json, read by the HF importer's own conversion."""
+    from megalite.hf.config import model_config as from_hf
+    from megalite.model import GPTModel
+    from megalite.parallel.init import initialize
+
+    torch.manual_seed(0)
+    model = GPTModel(from_hf(QWEN2_5_0_5B))
+    initialize(model, 3)
+    check_shared_equals_rows(model)
+
+
 def test_a_split_model_refuses_shared_prefixes():
     from megalite.errors import MegaliteError
     from megalite.model import GPTModel

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 
-def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.promote_types(x.dtype, torch.float32)
 
 
@@ -21,7 +21,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: Option
     if residual is not None:
         total = x + residual
         return rms_norm(total, weight, eps), total
-    dt = _compute_dtype(x)
+    dt = compute_dtype(x)
     return F.rms_norm(x.to(dt), (x.shape[-1],), weight.to(dt), eps).to(x.dtype)
 
 
@@ -31,7 +31,7 @@ def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: f
     if residual is not None:
         total = x + residual
         return layer_norm(total, weight, bias, eps), total
-    dt = _compute_dtype(x)
+    dt = compute_dtype(x)
     return F.layer_norm(x.to(dt), (x.shape[-1],), weight.to(dt), bias.to(dt), eps).to(x.dtype)
 
 
@@ -84,7 +84,7 @@ def cross_entropy_statistics(logits: torch.Tensor, local_target: torch.Tensor):
     """
     flat, chunks = row_chunks(logits)
     target = local_target.reshape(-1)
-    out = torch.empty(4, flat.shape[0], dtype=_compute_dtype(logits), device=logits.device)
+    out = torch.empty(4, flat.shape[0], dtype=compute_dtype(logits), device=logits.device)
     for rows in chunks:
         x = flat[rows].to(out.dtype)
         row_max = x.amax(dim=-1)
@@ -97,19 +97,6 @@ def cross_entropy_statistics(logits: torch.Tensor, local_target: torch.Tensor):
     return tuple(o.view(logits.shape[:-1]) for o in out)
 
 
-def softmax_statistics(logits: torch.Tensor):
-    """Per-row (max, sum of exp(logit - max), sum of exp(logit - max) * logit) of one vocabulary
-    shard, fp32 at least: the entropy's terms, which ranks combine like the cross entropy's."""
-    flat, chunks = row_chunks(logits)
-    out = torch.empty(3, flat.shape[0], dtype=_compute_dtype(logits), device=logits.device)
-    for rows in chunks:
-        x = flat[rows].to(out.dtype)
-        row_max = x.amax(dim=-1)
-        e = torch.sub(x, row_max.unsqueeze(-1)).exp_()
-        out[0, rows], out[1, rows], out[2, rows] = row_max, e.sum(dim=-1), e.mul_(x).sum(dim=-1)
-    return tuple(o.view(logits.shape[:-1]) for o in out)
-
-
 def cross_entropy_gradient(logits: torch.Tensor, local_target: torch.Tensor, lse: torch.Tensor,
                            grad_loss: torch.Tensor, label_smoothing: float, vocab_size: int,
                            z_loss: float) -> torch.Tensor:
@@ -118,7 +105,7 @@ def cross_entropy_gradient(logits: torch.Tensor, local_target: torch.Tensor, lse
     is the row's log-sum-exp over the whole (all-shard) vocabulary of ``vocab_size``."""
     flat, chunks = row_chunks(logits)
     target, lse, grad_loss = (t.reshape(-1) for t in (local_target, lse, grad_loss))
-    out, dt = torch.empty(flat.shape, dtype=logits.dtype, device=logits.device), _compute_dtype(logits)
+    out, dt = torch.empty(flat.shape, dtype=logits.dtype, device=logits.device), compute_dtype(logits)
     for rows in chunks:
         x = flat[rows].to(dt)
         grad = out[rows] if out.dtype == dt else torch.empty_like(x)  # fp32 and up: computed in place

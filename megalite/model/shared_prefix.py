@@ -28,12 +28,12 @@ class SharedPrefix:
         j = torch.arange(seq, device=device)[:, None]
         i = torch.arange(b, device=device)[None, :]
         borrowed = (leader[None, :] != i) & (j < length[None, :])  # [seq, batch]: read from the leader
-        full = (j * b + i).flatten()  # sequence-first index of every row position
-        kept = full[~borrowed.flatten()]
+        own = j * b + i  # the sequence-first index of every row position
+        kept = own.flatten()[~borrowed.flatten()]
         at = torch.full((seq * b,), -1, dtype=torch.long, device=device)
         at[kept] = torch.arange(kept.numel(), device=device)
         self.seq, self.batch = seq, b
-        self.expand_index = at[torch.where(borrowed, j * b + leader[None, :], j * b + i).flatten()]
+        self.expand_index = at[torch.where(borrowed, j * b + leader[None, :], own).flatten()]
         filler = -kept.numel() % multiple_of
         self.compact_index = torch.cat([kept, kept[:1].expand(filler)])
 

@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 
 from megalite import kernels
-from megalite.kernels.reference import softmax_statistics
+from megalite.kernels.reference import compute_dtype, row_chunks
 from megalite.parallel import state
 
 IGNORE_INDEX = -100  # a label with no loss (PyTorch's and HF's convention)
@@ -61,6 +61,20 @@ def vocab_parallel_cross_entropy(logits: torch.Tensor, target: torch.Tensor, ign
     loss, mean_logit = _VocabParallelCrossEntropy.apply(logits, target, state.get().tp_group, ignore_index,
                                                         label_smoothing, z_loss)
     return (loss, mean_logit) if mean_logits else loss
+
+
+def softmax_statistics(logits: torch.Tensor):
+    """Per-row (max, sum of exp(logit - max), sum of exp(logit - max) * logit) of one vocabulary
+    shard, fp32 at least: the entropy's terms, which ranks combine like the cross entropy's (in CPU row
+    chunks, as the loss's statistics: kernels/reference.py)."""
+    flat, chunks = row_chunks(logits)
+    out = torch.empty(3, flat.shape[0], dtype=compute_dtype(logits), device=logits.device)
+    for rows in chunks:
+        x = flat[rows].to(out.dtype)
+        row_max = x.amax(dim=-1)
+        e = torch.sub(x, row_max.unsqueeze(-1)).exp_()
+        out[0, rows], out[1, rows], out[2, rows] = row_max, e.sum(dim=-1), e.mul_(x).sum(dim=-1)
+    return tuple(o.view(logits.shape[:-1]) for o in out)
 
 
 @torch.no_grad()

@@ -46,8 +46,8 @@ def _no_pipeline(model, batch, loss_fn, forward_only, grad_buffer, loss_scale) -
     for i, mb in enumerate(batch):
         if grad_buffer is not None:
             grad_buffer.set_last_microbatch(i == len(batch) - 1)
-        shared = {"shared_prefix": mb["shared_prefix"]} if "shared_prefix" in mb else {}  # rows sharing prompts
-        loss = loss_fn(model(mb["tokens"], labels=mb.get("labels"), positions=mb.get("position_ids"), **shared), mb)
+        loss = loss_fn(model(mb["tokens"], labels=mb.get("labels"), positions=mb.get("position_ids"),
+                             shared_prefix=mb.get("shared_prefix")), mb)
         if not forward_only:
             (loss * loss_scale).backward() if loss_scale != 1.0 else loss.backward()
         total += loss.item()
@@ -114,7 +114,7 @@ def _pipelined(chunks, batch, loss_fn, shape, dtype, forward_only, grad_buffer, 
             with torch.set_grad_enabled(not forward_only):
                 out = chunks[c](mb["tokens"] if vstage == 0 else None,
                                 labels=mb.get("labels") if vstage == last_vstage else None, hidden=x,
-                                positions=mb.get("position_ids"))  # rows whole: no shared prefixes across stages
+                                positions=mb.get("position_ids"), shared_prefix=mb.get("shared_prefix"))
                 if vstage == last_vstage:
                     out = loss_fn(out, mb)
                     total += out.item()
