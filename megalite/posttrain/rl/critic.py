@@ -16,8 +16,6 @@ import dataclasses
 import os
 from typing import Dict
 
-import torch
-
 from megalite.checkpoint.layout import iteration_dir
 from megalite.checkpoint.load import load_checkpoint
 from megalite.checkpoint.save import save_checkpoint
@@ -27,6 +25,7 @@ from megalite.model.heads import ScoreHead
 from megalite.parallel import state
 from megalite.parallel.init import initialize
 from megalite.parallel.pipeline import forward_backward
+from megalite.posttrain.dpo import reference_pass
 from megalite.posttrain.lora_io import LoRA, load_lora_run
 from megalite.posttrain.reward import score_head_fit
 from megalite.posttrain.rl import ppo
@@ -56,6 +55,9 @@ class Critic:
         initialize(self.model, t.seed)
         self.model.to(device=ctx.device, dtype=ctx.dtype)
         self.grads, self.optimizer = gradients_and_optimizer(self.cfg, self.model)
+        # values(batch): each micro-batch's values [rows, seq] (zero outside the completion), on the last stage
+        self.values = reference_pass(self.model, self.shape, self.dtype, key="values",
+                                     score=lambda scores, mb: scores.float() * mb["loss_mask"])
         if c.load and not c.finetune:  # the run resumes: its critic of the same iteration
             folder = iteration_dir(os.path.join(c.load, FOLDER), ctx.iteration)
             if not os.path.isdir(folder):
@@ -69,18 +71,6 @@ class Critic:
         ckpt = dataclasses.replace(self.cfg.checkpoint, load=load, finetune=finetune, no_load_optim=finetune,
                                    no_load_rng=True)  # the sampling and dropout streams are the policy's
         self.load(dataclasses.replace(self.cfg, checkpoint=ckpt), self.model, self.optimizer, fit_for=score_head_fit)
-
-    @torch.no_grad()
-    def values(self, batch) -> None:
-        """Each micro-batch's values [rows, seq] (zero outside the completion), on the last pipeline stage."""
-        def store(scores, mb):
-            mb["values"] = scores.float() * mb["loss_mask"]
-            return scores.new_zeros(())
-
-        was_training = self.model.training
-        self.model.eval()
-        forward_backward(self.model, batch, store, self.shape, self.dtype, forward_only=True)
-        self.model.train(was_training)
 
     def train_step(self, batch, lr: float, tokens: float) -> Dict[str, float]:
         """One step on the global batch (``tokens`` completion tokens in all); this rank's shares of

@@ -52,7 +52,7 @@ def whiten(x: torch.Tensor, mask: torch.Tensor, group: Optional[object] = None) 
     squares = (((x.double() - mean) ** 2) * mask).sum()
     if group is not None:
         dist.all_reduce(squares, group=group)
-    var = squares / sums[1] * sums[1] / (sums[1] - 1)
+    var = squares / (sums[1] - 1)  # Bessel's correction
     return (((x.double() - mean) * torch.rsqrt(var + WHITEN_EPS)) * mask).to(x.dtype)
 
 
